@@ -1,0 +1,9 @@
+//! rift: a declarative control plane for GPU training clusters, built on etcd.
+//!
+//! Desired state is data in etcd ([`api`] types, stored through [`store`]); every actor is a
+//! reconciler that converges what is toward what is wanted. The `rift` binary ([`cli`]) is the
+//! operator's tool.
+
+pub mod api;
+pub mod cli;
+pub mod store;
