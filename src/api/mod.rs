@@ -13,6 +13,7 @@ pub mod node;
 pub mod notifier;
 pub mod object;
 pub mod pool;
+pub mod selector;
 pub mod training_target;
 pub mod tunnel;
 pub mod validation;

@@ -1,1 +1,107 @@
+//! The `rift` command line: operator commands over the store, with kubectl's habits.
 
+mod apply;
+mod crds;
+mod delete;
+mod describe;
+mod error;
+mod get;
+mod printer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::CliError;
+
+use crate::store::client::DEFAULT_ENDPOINT;
+use crate::store::Store;
+
+/// rift: a declarative control plane for GPU training clusters, built on etcd.
+#[derive(Debug, Parser)]
+#[command(name = "rift", version, about, propagate_version = true)]
+pub struct Cli {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "RIFT_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = DEFAULT_ENDPOINT
+    )]
+    pub endpoints: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from YAML manifests (all or nothing).
+    Apply(apply::ApplyArgs),
+    /// List objects of a kind, or show one.
+    Get(get::GetArgs),
+    /// Show one object in detail, with its recent events.
+    Describe(describe::DescribeArgs),
+    /// Delete objects by name or by manifest.
+    Delete(delete::DeleteArgs),
+    /// Print the JSON Schema of every kind (for editors and review).
+    Crds(crds::CrdsArgs),
+}
+
+/// Parses the command line, runs the command and turns any error into a message and exit 1.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn execute(cli: Cli) -> Result<(), CliError> {
+    let endpoints = cli.endpoints;
+    match cli.command {
+        Command::Apply(args) => apply::run(args, &endpoints).await,
+        Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
+        Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
+        Command::Delete(args) => delete::run(args, &endpoints).await,
+        Command::Crds(args) => crds::run(args),
+    }
+}
+
+async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
+    Ok(Store::connect(endpoints).await?)
+}
+
+/// `-f` arguments: files, directories, or `-` for stdin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileArgs {
+    /// Manifest file, directory (recursive), or `-` for stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+}

@@ -1,1 +1,16 @@
+//! The typed etcd store: key layout, object reads and compare-and-swap writes, the
+//! all-or-nothing apply, and the watcher.
 
+pub mod apply;
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod keys;
+pub mod objects;
+pub mod watcher;
+
+pub use apply::{ApplyItem, ApplyOutcome};
+pub use client::{Fence, KeyValue, Store};
+pub use error::StoreError;
+pub use objects::{DeleteOutcome, Precondition};
+pub use watcher::{WatchConfig, WatchEvent, Watcher};

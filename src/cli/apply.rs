@@ -1,0 +1,40 @@
+//! `rift apply -f PATH`: every document in one transaction, all or nothing.
+
+use crate::api::manifest;
+use crate::store::{ApplyItem, Store};
+
+use super::{CliError, FileArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Validate and show what would change, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(args: ApplyArgs, endpoints: &[String]) -> Result<(), CliError> {
+    // Validate everything before touching etcd: bad input changes nothing.
+    let docs = manifest::load_paths(&args.files.files)?;
+    let store = Store::connect(endpoints).await?;
+    let items: Vec<ApplyItem> = docs
+        .into_iter()
+        .map(|d| ApplyItem {
+            kind: d.kind,
+            name: d.name,
+            object: d.object,
+        })
+        .collect();
+    let outcomes = store.apply(&items, args.dry_run).await?;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for (item, outcome) in items.iter().zip(outcomes) {
+        println!(
+            "{}/{} {}{suffix}",
+            item.kind.singular,
+            item.name,
+            outcome.as_str()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! What `rift` prints when a command fails: what went wrong and what to do.
+
+use crate::api::manifest::ManifestErrors;
+use crate::api::selector::SelectorError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{}", manifest_message(.0))]
+    Manifest(#[from] ManifestErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev)")]
+    UnknownKind(String),
+    #[error("{kind}/{name} not found")]
+    NotFound { kind: String, name: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} object(s) not found; the others were deleted")]
+    SomeNotFound(usize),
+}
+
+fn manifest_message(errors: &ManifestErrors) -> String {
+    let n = errors.0.len();
+    let head = if n == 1 {
+        "the input has a problem; nothing was changed:".to_string()
+    } else {
+        format!("the input has {n} problems; nothing was changed:")
+    };
+    format!("{head}\n{errors}")
+}
+
+/// Resolves a kind as typed (`no`, `nodes`, `Node`).
+pub fn resolve_kind(name: &str) -> Result<&'static crate::api::kinds::KindInfo, CliError> {
+    crate::api::kinds::lookup(name).ok_or_else(|| CliError::UnknownKind(name.to_string()))
+}

@@ -1,0 +1,270 @@
+//! The connection to etcd: endpoints, timeouts, raw reads, and transactions that carry the
+//! leader fence when one is set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
+
+use super::error::{Result, StoreError};
+use super::keys;
+
+/// Default etcd client endpoint.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// How long one request may take before it counts as unanswered.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `connect` waits for etcd to answer a first request.
+pub const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// One key as read from etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+impl KeyValue {
+    pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
+        Self {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+/// Proof of leadership carried by every write of a leader: the create revision of the leader
+/// key it created. A deposed leader's writes fail this compare and are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: i64,
+}
+
+/// What a transaction did.
+#[derive(Debug)]
+pub struct TxnOutcome {
+    pub succeeded: bool,
+    /// The store revision after the transaction.
+    pub revision: i64,
+    /// Responses of the branch that ran (without the fence's own read).
+    pub responses: Vec<TxnOpResponse>,
+}
+
+/// A handle on etcd. Cheap to clone; clones share the connection.
+///
+/// A store made with [`Store::with_fence`] adds the leader fence to every transaction it runs,
+/// and reports [`StoreError::Fenced`] when the fence fails.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    endpoints: Arc<str>,
+    op_timeout: Duration,
+    fence: Option<Fence>,
+}
+
+/// Splits `a,b` and adds `http://` where no scheme is given.
+pub fn normalize_endpoints<S: AsRef<str>>(endpoints: &[S]) -> Vec<String> {
+    endpoints
+        .iter()
+        .flat_map(|e| e.as_ref().split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect()
+}
+
+impl Store {
+    /// Connects and checks that etcd answers within [`CONNECT_PROBE_TIMEOUT`]; an unreachable
+    /// etcd is one [`StoreError::Unreachable`] naming every endpoint tried.
+    pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
+        let store = Self::connect_lazy(endpoints).await?;
+        let mut client = store.client.clone();
+        let probe = client.get(keys::LEADER, None);
+        match tokio::time::timeout(CONNECT_PROBE_TIMEOUT, probe).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(match StoreError::from_etcd(e, &store.endpoints) {
+                StoreError::Etcd(reason) => StoreError::Unreachable {
+                    endpoints: store.endpoints.to_string(),
+                    reason,
+                },
+                other => other,
+            }),
+            Err(_) => Err(StoreError::Unreachable {
+                endpoints: store.endpoints.to_string(),
+                reason: format!("no answer within {} s", CONNECT_PROBE_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// Connects without waiting for etcd to answer: for long-running processes that must start
+    /// while etcd is away and catch up when it is back.
+    pub async fn connect_lazy<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
+        let endpoints = normalize_endpoints(endpoints);
+        let shown: Arc<str> = endpoints.join(",").into();
+        if endpoints.is_empty() {
+            return Err(StoreError::Unreachable {
+                endpoints: "(none)".into(),
+                reason: "no endpoints given".into(),
+            });
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(&endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::from_etcd(e, &shown))?;
+        Ok(Store {
+            client,
+            endpoints: shown,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            fence: None,
+        })
+    }
+
+    /// The endpoints, comma-joined, for messages.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The underlying client, for leases and watches.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A store whose every transaction also requires `fence` to hold.
+    pub fn with_fence(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// Runs one request with the store's timeout, classifying errors.
+    pub(crate) async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(r) => r.map_err(|e| StoreError::from_etcd(e, &self.endpoints)),
+            Err(_) => Err(StoreError::Timeout {
+                endpoints: self.endpoints.to_string(),
+                seconds: self.op_timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Reads one key.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut c = self.client.clone();
+        let resp = self.call(c.get(key, None)).await?;
+        Ok(resp.kvs().first().map(KeyValue::from_etcd))
+    }
+
+    /// Reads every key under `prefix` at one revision (the latest when `revision` is `None`),
+    /// returning the keys and that revision.
+    pub async fn list_raw(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+    ) -> Result<(Vec<KeyValue>, i64)> {
+        let mut opts = GetOptions::new().with_prefix();
+        if let Some(rev) = revision {
+            opts = opts.with_revision(rev);
+        }
+        let mut c = self.client.clone();
+        let resp = self.call(c.get(prefix, Some(opts))).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
+    }
+
+    /// The current store revision.
+    pub async fn revision(&self) -> Result<i64> {
+        let mut c = self.client.clone();
+        let resp = self
+            .call(c.get(keys::LEADER, Some(GetOptions::new().with_count_only())))
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    /// Runs `if compares then ops else failure_ops`, adding the fence when set.
+    ///
+    /// A failed fence is reported as [`StoreError::Fenced`], never as an ordinary failed
+    /// compare, so callers cannot mistake losing leadership for a conflict.
+    pub async fn txn(
+        &self,
+        mut compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        mut failure_ops: Vec<TxnOp>,
+    ) -> Result<TxnOutcome> {
+        let op_count = ops.len().max(compares.len());
+        if let Some(f) = &self.fence {
+            compares.push(Compare::create_revision(
+                f.key.as_str(),
+                CompareOp::Equal,
+                f.create_revision,
+            ));
+            failure_ops.push(TxnOp::get(f.key.as_str(), None));
+        }
+        let txn = Txn::new().when(compares).and_then(ops).or_else(failure_ops);
+        let mut c = self.client.clone();
+        let resp = self.call(c.txn(txn)).await.map_err(|e| match e {
+            StoreError::TooManyOps { .. } => StoreError::TooManyOps { count: op_count },
+            other => other,
+        })?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let mut responses = resp.op_responses();
+        if !resp.succeeded() {
+            if let Some(f) = &self.fence {
+                let fence_held = match responses.pop() {
+                    Some(TxnOpResponse::Get(g)) => g
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| kv.create_revision() == f.create_revision),
+                    _ => false,
+                };
+                if !fence_held {
+                    return Err(StoreError::Fenced);
+                }
+            }
+        }
+        Ok(TxnOutcome {
+            succeeded: resp.succeeded(),
+            revision,
+            responses,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_split_and_given_a_scheme() {
+        assert_eq!(
+            normalize_endpoints(&["127.0.0.1:2379, https://a:1", ""]),
+            vec!["http://127.0.0.1:2379", "https://a:1"]
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Errors from the store, phrased for the person who has to act on them.
+
+/// Everything that can go wrong talking to etcd through the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach etcd (tried {endpoints}): {reason}. Is etcd running? Set --endpoints or RIFT_ENDPOINTS to where it listens.")]
+    Unreachable { endpoints: String, reason: String },
+    #[error("{key} changed since it was read (someone else wrote it); read it again and retry")]
+    Conflict { key: String },
+    #[error("{kind}/{name} already exists")]
+    AlreadyExists { kind: String, name: String },
+    #[error("{kind}/{name} not found")]
+    NotFound { kind: String, name: String },
+    #[error("the value stored at {key} is not valid: {reason}")]
+    Decode { key: String, reason: String },
+    #[error("{count} writes in one transaction is more than etcd allows (--max-txn-ops, 128 by default); split the input or raise the limit on every etcd member")]
+    TooManyOps { count: usize },
+    #[error("the request is larger than etcd accepts (--max-request-bytes, 1.5 MiB by default)")]
+    TooLarge,
+    #[error("this process is no longer the leader; the write was refused by the leader fence")]
+    Fenced,
+    #[error("etcd did not answer within {seconds} s (tried {endpoints})")]
+    Timeout { endpoints: String, seconds: u64 },
+    #[error("etcd refused the request: {0}")]
+    Etcd(String),
+}
+
+impl StoreError {
+    /// True for conditions that pass on their own (etcd restarting, a network blip).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. } | StoreError::Timeout { .. }
+        )
+    }
+
+    /// Classifies an etcd client error, naming `endpoints` where that helps.
+    pub fn from_etcd(err: etcd_client::Error, endpoints: &str) -> Self {
+        use etcd_client::Error as E;
+        match err {
+            E::GRpcStatus(status) => {
+                let msg = status.message();
+                if msg.contains("too many operations in txn request") {
+                    StoreError::TooManyOps { count: 0 }
+                } else if msg.contains("request is too large") {
+                    StoreError::TooLarge
+                } else if is_connectivity_code(status.code() as i32, msg) {
+                    StoreError::Unreachable {
+                        endpoints: endpoints.to_string(),
+                        reason: first_line(msg),
+                    }
+                } else {
+                    StoreError::Etcd(first_line(msg))
+                }
+            }
+            E::TransportError(e) => StoreError::Unreachable {
+                endpoints: endpoints.to_string(),
+                reason: first_line(&e.to_string()),
+            },
+            E::IoError(e) => StoreError::Unreachable {
+                endpoints: endpoints.to_string(),
+                reason: first_line(&e.to_string()),
+            },
+            other => StoreError::Etcd(first_line(&other.to_string())),
+        }
+    }
+}
+
+/// gRPC status codes that mean "could not talk to etcd" (numbers from the gRPC spec, so rift
+/// does not depend on tonic directly): DEADLINE_EXCEEDED (4), UNAVAILABLE (14), and UNKNOWN (2)
+/// when it wraps a transport failure.
+fn is_connectivity_code(code: i32, message: &str) -> bool {
+    match code {
+        4 | 14 => true,
+        2 => message.contains("transport") || message.contains("connect"),
+        _ => false,
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
