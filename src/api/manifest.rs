@@ -78,34 +78,14 @@ pub enum ManifestError {
     Syntax { origin: Origin, message: String },
     #[error("{origin}: {message}")]
     Envelope { origin: Origin, message: String },
-    #[error("{origin}: {}{message}", field_prefix(path))]
-    Decode {
-        origin: Origin,
-        path: String,
-        message: String,
-    },
-    #[error("{origin}: {field}: {message}")]
-    Invalid {
-        origin: Origin,
-        field: String,
-        message: String,
-    },
-    #[error(
-        "{origin}: {object} is also defined at {first}; each object may appear once per apply"
-    )]
-    Duplicate {
-        origin: Origin,
-        object: String,
-        first: String,
-    },
-}
-
-fn field_prefix(path: &str) -> String {
-    if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}: ")
-    }
+    /// The document does not decode as its kind; `message` starts with the field path.
+    #[error("{origin}: {message}")]
+    Decode { origin: Origin, message: String },
+    /// The document decodes but breaks a rule; `message` starts with the field path.
+    #[error("{origin}: {message}")]
+    Invalid { origin: Origin, message: String },
+    #[error("{origin}: also defined at {first}; each object may appear once per apply")]
+    Duplicate { origin: Origin, first: String },
 }
 
 /// Every problem found in a load, one per line when displayed.
@@ -176,11 +156,7 @@ fn check_duplicates(docs: &[Document], errors: &mut Vec<ManifestError>) {
     for d in docs {
         if let Some(first) = seen.insert((d.kind.kind, &d.name), &d.origin) {
             errors.push(ManifestError::Duplicate {
-                origin: Origin {
-                    object: None,
-                    ..d.origin.clone()
-                },
-                object: format!("{}/{}", d.kind.kind, d.name),
+                origin: d.origin.clone(),
                 first: format!("{}: document {}", first.source, first.document),
             });
             seen.insert((d.kind.kind, &d.name), first);
@@ -319,14 +295,16 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Document>, ManifestErro
                     location: d.location,
                     ..origin
                 },
-                path: d.path,
-                message: d.message,
+                message: if d.path.is_empty() {
+                    d.message
+                } else {
+                    format!("{}: {}", d.path, d.message)
+                },
             }),
             Err(ParseFailure::Invalid(fe)) => {
                 errors.extend(fe.0.into_iter().map(|f| ManifestError::Invalid {
                     origin: origin.clone(),
-                    field: f.path,
-                    message: f.message,
+                    message: f.to_string(),
                 }))
             }
         }

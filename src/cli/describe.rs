@@ -163,7 +163,7 @@ mod tests {
         for part in [
             "Name:         selfplay",
             "Labels:       tier=a",
-            "(120s ago)",
+            "(2m ago)",
             "Generation:   2",
             "  replicas: 3",
             "  running: 2",

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 //! Shared helpers for integration tests. Include with `mod support;`.
 
+pub mod cli;
 pub mod etcd;

@@ -99,10 +99,7 @@ fn duplicate_objects_in_one_apply_are_rejected() {
     let e = error(&format!("{POOL}---\n{POOL}"));
     assert_mentions(
         &e,
-        &[
-            "document 2",
-            "Pool/selfplay is also defined at m.yaml: document 1",
-        ],
+        &["document 2 (Pool/selfplay): also defined at m.yaml: document 1"],
     );
 }
 
