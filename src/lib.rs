@@ -4,6 +4,8 @@
 //! reconciler that converges what is toward what is wanted. The `rift` binary ([`cli`]) is the
 //! operator's tool.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod runtime;
 pub mod store;

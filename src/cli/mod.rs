@@ -1,5 +1,6 @@
 //! The `rift` command line: operator commands over the store, with kubectl's habits.
 
+mod agent;
 mod apply;
 mod crds;
 mod delete;
@@ -7,6 +8,7 @@ mod describe;
 mod error;
 mod get;
 mod printer;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,14 +24,8 @@ use crate::store::Store;
 #[derive(Debug, Parser)]
 #[command(name = "rift", version, about, propagate_version = true)]
 pub struct Cli {
-    /// etcd client URLs, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = "RIFT_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = DEFAULT_ENDPOINT
-    )]
+    /// etcd client URLs, comma-separated [default: http://127.0.0.1:2379].
+    #[arg(long, global = true, env = "RIFT_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
 
     #[command(subcommand)]
@@ -48,6 +44,10 @@ pub enum Command {
     Delete(delete::DeleteArgs),
     /// Print the JSON Schema of every kind (for editors and review).
     Crds(crds::CrdsArgs),
+    /// Leader, voters and quorum, nodes, jobs by phase.
+    Status(status::StatusArgs),
+    /// Run the node agent (on every node; with --controllers it may lead).
+    Agent(agent::AgentArgs),
 }
 
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
@@ -84,13 +84,18 @@ fn init_tracing() {
 }
 
 async fn execute(cli: Cli) -> Result<(), CliError> {
-    let endpoints = cli.endpoints;
+    let given = (!cli.endpoints.is_empty()).then(|| cli.endpoints.clone());
+    let endpoints = given
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]);
     match cli.command {
         Command::Apply(args) => apply::run(args, &endpoints).await,
         Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
         Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
         Command::Delete(args) => delete::run(args, &endpoints).await,
         Command::Crds(args) => crds::run(args),
+        Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
+        Command::Agent(args) => agent::run(args, given).await,
     }
 }
 

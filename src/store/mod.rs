@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod client;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod objects;
 pub mod watcher;
 

@@ -1,0 +1,173 @@
+//! Agent configuration: a YAML file (`--config`), overridden by `RIFT_*` environment variables
+//! and flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::duration::HumanDuration;
+use crate::api::node::DEFAULT_AGENT_PORT;
+use crate::api::validation::dns1123_problem;
+
+/// The config file, every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub state_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub lease_ttl: Option<HumanDuration>,
+    pub controllers: Option<bool>,
+}
+
+/// Problems with the agent's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error(
+        "the node name is required: pass --name, set RIFT_NAME, or put `name:` in the config file"
+    )]
+    MissingName,
+    #[error("node name: {0}")]
+    BadName(String),
+    #[error("lease TTL must be at least 1 second")]
+    BadTtl,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The configuration the agent runs with.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub state_dir: PathBuf,
+    pub port: u16,
+    pub listen: String,
+    /// `host:port` peers use to reach this agent.
+    pub advertise: Option<String>,
+    pub lease_ttl: Duration,
+    pub controllers: bool,
+}
+
+/// Values given on the command line or in the environment (they win over the file).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub name: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub state_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub lease_ttl_secs: Option<u64>,
+    pub controllers: bool,
+}
+
+impl AgentConfig {
+    pub fn resolve(file: ConfigFile, o: Overrides) -> Result<Self, ConfigError> {
+        let name = o.name.or(file.name).ok_or(ConfigError::MissingName)?;
+        if let Some(p) = dns1123_problem(&name) {
+            return Err(ConfigError::BadName(p));
+        }
+        let lease_ttl = o
+            .lease_ttl_secs
+            .map(Duration::from_secs)
+            .or(file.lease_ttl.map(HumanDuration::as_duration))
+            .unwrap_or(Duration::from_secs(5));
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::BadTtl);
+        }
+        let port = o.port.or(file.port).unwrap_or(DEFAULT_AGENT_PORT);
+        let listen = o.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0".into());
+        let advertise = o.advertise.or(file.advertise).or_else(|| {
+            let unspecified = listen == "0.0.0.0" || listen == "::";
+            (!unspecified).then(|| format!("{listen}:{port}"))
+        });
+        let endpoints = match o.endpoints {
+            Some(e) if !e.is_empty() => e,
+            _ if !file.endpoints.is_empty() => file.endpoints,
+            _ => vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+        };
+        Ok(AgentConfig {
+            state_dir: o
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/rift")),
+            name,
+            endpoints,
+            port,
+            listen,
+            advertise,
+            lease_ttl,
+            controllers: o.controllers || file.controllers.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file: ConfigFile = serde_norway::from_str(
+            "name: from-file\nport: 9000\nleaseTtl: 3s\ncontrollers: true\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(
+            file,
+            Overrides {
+                name: Some("from-flag".into()),
+                listen: Some("127.0.0.1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.name, "from-flag");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert!(c.controllers);
+        assert_eq!(c.advertise.as_deref(), Some("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn a_name_is_required_and_must_be_valid() {
+        let err = AgentConfig::resolve(ConfigFile::default(), Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingName));
+        let bad = Overrides {
+            name: Some("Bad_Name".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AgentConfig::resolve(ConfigFile::default(), bad),
+            Err(ConfigError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_config_fields_are_rejected() {
+        assert!(serde_norway::from_str::<ConfigFile>("nmae: x\n").is_err());
+    }
+}

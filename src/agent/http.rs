@@ -1,0 +1,43 @@
+//! The agent's HTTP surface: liveness, readiness and status.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AgentState;
+
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// Ready while etcd answers; liveness (`/healthz`) never depends on etcd.
+async fn readyz(State(state): State<Arc<AgentState>>) -> (StatusCode, &'static str) {
+    if state.etcd_ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "etcd unreachable\n")
+    }
+}
+
+/// Status in rift's terms, plus the old orchestrator's field names so existing scripts work.
+async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value> {
+    let leader = state.leader.read().expect("lock").clone();
+    let is_leader = state.is_leader.load(Ordering::Relaxed);
+    Json(json!({
+        "node_id": state.node,
+        "role": if is_leader { "leader" } else { "follower" },
+        "leader_id": leader,
+        "controllers": state.controllers,
+        "etcd_ready": state.etcd_ready.load(Ordering::Relaxed),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}

@@ -1,0 +1,90 @@
+//! Campaign, lead while the lease holds, step down, campaign again.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use etcd_client::TxnOp;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{AgentConfig, AgentState};
+use crate::store::leader::{campaign, ElectionConfig, Leadership};
+use crate::store::{Store, StoreError};
+
+/// The key the leader's heartbeat controller writes: proof that the leader's fenced writes land.
+pub const HEARTBEAT_KEY: &str = "/rift/v1/controllers/heartbeat";
+
+pub async fn run(
+    store: &Store,
+    config: &AgentConfig,
+    state: &Arc<AgentState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut election = ElectionConfig::new(config.name.clone(), config.lease_ttl);
+    election.endpoint = config.advertise.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut stop = shutdown.clone();
+        let leadership = match campaign(store, &election, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%e, "campaign failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        state.is_leader.store(true, Ordering::Relaxed);
+        *state.leader.write().expect("lock") = Some(config.name.clone());
+        let resign = lead(&leadership, &config.name, shutdown.clone()).await;
+        state.is_leader.store(false, Ordering::Relaxed);
+        if resign {
+            leadership.resign().await;
+            tracing::info!("resigned leadership");
+            return;
+        }
+        tracing::warn!("lost leadership; campaigning again");
+    }
+}
+
+/// Runs the controllers until leadership is lost (returns false) or shutdown (returns true).
+async fn lead(leadership: &Leadership, node: &str, mut shutdown: watch::Receiver<bool>) -> bool {
+    let store = leadership.store();
+    let mut seq: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = leadership.lost() => return false,
+            _ = shutdown.wait_for(|s| *s) => return true,
+            _ = tick.tick() => {
+                seq += 1;
+                if let Err(e) = heartbeat(&store, node, seq).await {
+                    if matches!(e, StoreError::Fenced) {
+                        tracing::warn!("a leader write was refused by the fence: stepping down");
+                        leadership.step_down();
+                        return false;
+                    }
+                    tracing::debug!(%e, "leader heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// The trivial controller every leader runs: a fenced write of who leads, a sequence number
+/// and the time. Operators see the leader is alive and able to write.
+async fn heartbeat(store: &Store, node: &str, seq: u64) -> Result<(), StoreError> {
+    let body = json!({"node": node, "seq": seq, "at": Utc::now()}).to_string();
+    store
+        .txn(vec![], vec![TxnOp::put(HEARTBEAT_KEY, body, None)], vec![])
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,118 @@
+//! The node agent: runs on every node, serves HTTP, and on controller-eligible nodes campaigns
+//! for leadership and runs the controllers while it leads.
+//!
+//! This is the process skeleton; registration, resources, the job runner, tunnels and the local
+//! etcd member are added by later work.
+
+pub mod config;
+mod http;
+mod leader_loop;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use config::AgentConfig;
+
+use crate::store::leader::current_leader;
+use crate::store::{Store, StoreError};
+
+/// What the HTTP handlers read about this agent.
+pub struct AgentState {
+    pub node: String,
+    pub controllers: bool,
+    pub is_leader: AtomicBool,
+    pub leader: RwLock<Option<String>>,
+    pub etcd_ready: AtomicBool,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
+/// leadership (so a standby takes over at once) and returns.
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let store = Store::connect_lazy(&config.endpoints).await?;
+    let state = Arc::new(AgentState {
+        node: config.name.clone(),
+        controllers: config.controllers,
+        is_leader: AtomicBool::new(false),
+        leader: RwLock::new(None),
+        etcd_ready: AtomicBool::new(false),
+    });
+    let addr = format!("{}:{}", config.listen, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    tracing::info!(node = %config.name, %addr, "agent listening");
+
+    let mut http_shutdown = shutdown.clone();
+    let server =
+        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(async move { server.await });
+    let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
+
+    if config.controllers {
+        leader_loop::run(&store, &config, &state, shutdown.clone()).await;
+    } else {
+        let mut s = shutdown.clone();
+        let _ = s.wait_for(|s| *s).await;
+    }
+    probe.abort();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Keeps readiness and the known leader current, once a second.
+async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let ready = match current_leader(&store).await {
+            Ok(leader) => {
+                *state.leader.write().expect("lock") = leader.map(|l| l.record.node);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%e, "etcd probe failed");
+                false
+            }
+        };
+        if state.etcd_ready.swap(ready, Ordering::Relaxed) != ready {
+            tracing::info!(ready, "etcd readiness changed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A shutdown channel that turns true on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}

@@ -1,0 +1,60 @@
+//! `rift agent`: the per-node process.
+
+use std::path::PathBuf;
+
+use crate::agent::config::{ConfigFile, Overrides};
+use crate::agent::{self, AgentConfig};
+
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// This node's name (DNS-1123).
+    #[arg(long, env = "RIFT_NAME")]
+    pub name: Option<String>,
+    /// YAML config file; flags and RIFT_* variables override it.
+    #[arg(long, env = "RIFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "RIFT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// HTTP port (default 8770).
+    #[arg(long, env = "RIFT_PORT")]
+    pub port: Option<u16>,
+    /// Address to listen on (default 0.0.0.0).
+    #[arg(long, env = "RIFT_LISTEN")]
+    pub listen: Option<String>,
+    /// host:port peers use to reach this agent (default: listen address and port when specific).
+    #[arg(long, env = "RIFT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Lease TTL in seconds: how fast a dead leader is replaced (default 5).
+    #[arg(long, env = "RIFT_LEASE_TTL")]
+    pub lease_ttl: Option<u64>,
+    /// Campaign for leadership and run the controllers while leading.
+    #[arg(long, env = "RIFT_CONTROLLERS")]
+    pub controllers: bool,
+}
+
+pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), CliError> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => ConfigFile::default(),
+    };
+    let config = AgentConfig::resolve(
+        file,
+        Overrides {
+            name: args.name,
+            endpoints,
+            state_dir: args.state_dir,
+            port: args.port,
+            listen: args.listen,
+            advertise: args.advertise,
+            lease_ttl_secs: args.lease_ttl,
+            controllers: args.controllers,
+        },
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let shutdown = agent::shutdown_on_signals();
+    agent::run(config, shutdown)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))
+}
