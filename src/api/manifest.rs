@@ -225,6 +225,7 @@ fn collect_manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result
 
 /// Decodes every document of one source. `source` names it in messages.
 pub fn parse_str(source: &str, text: &str) -> Result<Vec<Document>, ManifestErrors> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut errors = Vec::new();
     check_sizes(source, text, &mut errors);
     if !errors.is_empty() {
@@ -283,6 +284,16 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Document>, ManifestErro
         match (kind.parse_yaml)(de) {
             Ok(mut object) => {
                 strip_server_fields(&mut object);
+                let size = serde_json::to_vec(&object).map_or(0, |b| b.len());
+                if size > MAX_DOCUMENT_BYTES {
+                    errors.push(ManifestError::Invalid {
+                        origin,
+                        message: format!(
+                            "the object is {size} bytes as stored (after YAML aliases expand); the limit is 1 MiB"
+                        ),
+                    });
+                    continue;
+                }
                 docs.push(Document {
                     origin,
                     kind,

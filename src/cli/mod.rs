@@ -53,6 +53,9 @@ pub enum Command {
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        restore_default_sigpipe();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -71,6 +74,16 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `rift get ... | head` should end quietly when `head` exits, as other Unix tools do, instead
+/// of panicking on a broken pipe (Rust ignores SIGPIPE by default).
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called at start-up before any thread is spawned; SIG_DFL runs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }
 

@@ -17,6 +17,10 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// How long one request may take before it counts as unanswered.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest response rift reads (lists and watch batches); gRPC's default is 4 MiB, which
+/// a few thousand objects exceed.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// How long `connect` waits for etcd to answer a first request.
 pub const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -126,7 +130,10 @@ impl Store {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the raft leader must fail requests and watches, not serve
+            // a silent stream that never delivers.
+            .with_require_leader(true);
         let client = Client::connect(&endpoints, Some(options))
             .await
             .map_err(|e| StoreError::from_etcd(e, &shown))?;
@@ -192,8 +199,11 @@ impl Store {
         if let Some(rev) = revision {
             opts = opts.with_revision(rev);
         }
-        let mut c = self.client.clone();
-        let resp = self.call(c.get(prefix, Some(opts))).await?;
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let resp = self.call(kv.get(prefix, Some(opts))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
     }

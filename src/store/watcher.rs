@@ -65,7 +65,10 @@ pub struct Watcher {
     needs_list: bool,
     stream: Option<WatchStream>,
     progress_requested: bool,
-    pending: VecDeque<WatchEvent>,
+    /// Events received but not yet handed out, with their revisions.
+    pending: VecDeque<(i64, WatchEvent)>,
+    /// The highest revision received from etcd (ahead of `revision` while events are pending).
+    received: i64,
     backoff: ResettingBackoff,
     retry_at: Option<Instant>,
 }
@@ -84,6 +87,7 @@ impl Watcher {
             stream: None,
             progress_requested: false,
             pending: VecDeque::new(),
+            received: 0,
             backoff,
             retry_at: None,
         }
@@ -99,11 +103,13 @@ impl Watcher {
     ) -> Self {
         let mut w = Self::new(store, prefix, config);
         w.revision = revision;
+        w.received = revision;
         w.needs_list = false;
         w
     }
 
-    /// The revision up to which every change has been delivered.
+    /// The revision up to which every change has been handed out by [`Watcher::next`]: a new
+    /// watcher started from it misses nothing.
     pub fn revision(&self) -> i64 {
         self.revision
     }
@@ -117,7 +123,11 @@ impl Watcher {
     /// The next change. Cancel-safe: dropping the future loses no event.
     pub async fn next(&mut self) -> Result<WatchEvent> {
         loop {
-            if let Some(ev) = self.pending.pop_front() {
+            if let Some((rev, ev)) = self.pending.pop_front() {
+                // Only once the last event of a revision is out is that revision complete.
+                if self.pending.front().is_none_or(|(next, _)| *next > rev) {
+                    self.revision = self.revision.max(rev);
+                }
                 return Ok(ev);
             }
             if let Some(at) = self.retry_at {
@@ -128,6 +138,7 @@ impl Watcher {
                 match self.store.list_raw(&self.prefix, None).await {
                     Ok((items, revision)) => {
                         self.revision = revision;
+                        self.received = revision;
                         self.needs_list = false;
                         self.stream = None;
                         return Ok(WatchEvent::Restarted { items, revision });
@@ -138,10 +149,14 @@ impl Watcher {
             if self.stream.is_none() {
                 let opts = WatchOptions::new()
                     .with_prefix()
-                    .with_start_revision(self.revision + 1)
+                    .with_start_revision(self.received + 1)
                     .with_prev_key()
                     .with_progress_notify();
-                let mut client = self.store.client();
+                let mut client = self
+                    .store
+                    .client()
+                    .watch_client()
+                    .max_decoding_message_size(super::client::MAX_RESPONSE_BYTES);
                 match self
                     .store
                     .call(client.watch(self.prefix.as_str(), Some(opts)))
@@ -193,20 +208,25 @@ impl Watcher {
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let kv = KeyValue::from_etcd(kv);
-                        self.revision = self.revision.max(kv.mod_revision);
-                        self.pending.push_back(match ev.event_type() {
-                            EventType::Put => WatchEvent::Put(kv),
-                            EventType::Delete => WatchEvent::Delete {
-                                key: kv.key,
-                                mod_revision: kv.mod_revision,
-                                prev: ev.prev_kv().map(KeyValue::from_etcd),
+                        let rev = kv.mod_revision;
+                        self.received = self.received.max(rev);
+                        self.pending.push_back((
+                            rev,
+                            match ev.event_type() {
+                                EventType::Put => WatchEvent::Put(kv),
+                                EventType::Delete => WatchEvent::Delete {
+                                    key: kv.key,
+                                    mod_revision: rev,
+                                    prev: ev.prev_kv().map(KeyValue::from_etcd),
+                                },
                             },
-                        });
+                        ));
                     }
-                    if resp.events().is_empty() && !resp.created() {
+                    if resp.events().is_empty() && !resp.created() && self.pending.is_empty() {
                         // A progress notification: everything up to its revision was sent.
                         if let Some(h) = resp.header() {
-                            self.revision = self.revision.max(h.revision());
+                            self.received = self.received.max(h.revision());
+                            self.revision = self.received;
                         }
                     }
                 }

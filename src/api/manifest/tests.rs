@@ -187,3 +187,21 @@ status:
     assert!(docs[0].object["metadata"].get("uid").is_none());
     assert!(docs[0].object["metadata"].get("generation").is_none());
 }
+
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    let docs = load(&format!("\u{feff}{POOL}")).unwrap();
+    assert_eq!(docs.len(), 1);
+}
+
+#[test]
+fn alias_expansion_cannot_smuggle_an_oversized_object() {
+    let chunk = "x".repeat(60_000);
+    let mut text = format!("apiVersion: rift/v1\nkind: Job\nmetadata:\n  name: j\n  annotations:\n    a0: &big '{chunk}'\n");
+    for i in 1..30 {
+        text += &format!("    a{i}: *big\n");
+    }
+    text += "spec:\n  command: [\"true\"]\n";
+    let e = error(&text);
+    assert_mentions(&e, &["(Job/j)", "after YAML aliases expand", "1 MiB"]);
+}
