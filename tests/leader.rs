@@ -10,6 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::cli::{rift_bin, KillOnDrop};
 use support::etcd::EtcdCluster;
+use support::http;
 
 const HEARTBEAT: &str = "/rift/v1/controllers/heartbeat";
 
@@ -23,15 +24,18 @@ fn free_port() -> u16 {
 
 struct Agents {
     names: Vec<String>,
+    ports: Vec<u16>,
     procs: Vec<Option<KillOnDrop>>,
 }
 
 impl Agents {
     fn start(endpoints: &str, n: usize, ttl_secs: u64) -> Agents {
         let names: Vec<String> = (0..n).map(|i| format!("agent-{i}")).collect();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let procs = names
             .iter()
-            .map(|name| {
+            .zip(&ports)
+            .map(|(name, port)| {
                 let child = Command::new(rift_bin())
                     .args([
                         "agent",
@@ -43,7 +47,7 @@ impl Agents {
                     ])
                     .args([
                         "--port",
-                        &free_port().to_string(),
+                        &port.to_string(),
                         "--lease-ttl",
                         &ttl_secs.to_string(),
                     ])
@@ -56,7 +60,30 @@ impl Agents {
                 Some(KillOnDrop(child))
             })
             .collect();
-        Agents { names, procs }
+        Agents {
+            names,
+            ports,
+            procs,
+        }
+    }
+
+    /// The roles the live agents report about themselves (`leader`/`follower`); agents that do
+    /// not answer are left out.
+    fn self_reported_leaders(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .zip(&self.ports)
+            .zip(&self.procs)
+            .filter(|(_, p)| p.is_some())
+            .filter_map(|((name, port), _)| {
+                let v = http::get_json(
+                    &format!("127.0.0.1:{port}"),
+                    "/status",
+                    Duration::from_millis(500),
+                )?;
+                (v["role"] == "leader").then(|| name.clone())
+            })
+            .collect()
     }
 
     fn pid(&self, name: &str) -> Pid {
@@ -211,4 +238,57 @@ async fn leader_survives_an_etcd_member_restart_without_flapping() {
         Some((node, rev)),
         "same leader, same term"
     );
+}
+
+#[tokio::test]
+async fn at_every_observation_at_most_one_agent_believes_it_leads() {
+    let cluster = EtcdCluster::single();
+    let mut client = cluster.client().await;
+    let mut agents = Agents::start(&cluster.endpoints_csv(), 3, 2);
+    let (first, _, _) =
+        wait_for_leader_other_than(&mut client, None, Duration::from_secs(20)).await;
+    let observe = |agents: &Agents, rounds: usize| {
+        let mut seen_one = 0;
+        for _ in 0..rounds {
+            let leaders = agents.self_reported_leaders();
+            assert!(
+                leaders.len() <= 1,
+                "several agents believe they lead: {leaders:?}"
+            );
+            seen_one += leaders.len();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen_one
+    };
+    assert!(observe(&agents, 20) > 0, "some agent reports leading");
+    agents.signal(&first, Signal::SIGKILL);
+    // Through the failover and after it.
+    assert!(observe(&agents, 60) > 0, "a new leader reports leading");
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_etcd_stops_claiming_leadership_within_its_ttl() {
+    let mut cluster = EtcdCluster::single();
+    let mut client = cluster.client().await;
+    let ttl = 2;
+    let agents = Agents::start(&cluster.endpoints_csv(), 1, ttl);
+    wait_for_leader_other_than(&mut client, None, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agents.self_reported_leaders().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reported leading"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill(0);
+    let cut_at = Instant::now();
+    while !agents.self_reported_leaders().is_empty() {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(ttl + 1),
+            "still claims leadership {:?} after losing etcd",
+            cut_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -145,44 +145,50 @@ impl Drop for Leadership {
     }
 }
 
-/// Keeps `lease` alive every ttl/3 until it cannot be renewed for a whole TTL or etcd reports
-/// it gone; then sets `lost`.
+/// Keeps `lease` alive every ttl/3 and sets `lost` once it cannot be renewed for a whole TTL
+/// or etcd reports it gone.
+///
+/// Every wait is bounded by `last renewal sent + ttl`, and etcd counts its TTL from when a
+/// renewal arrives (never earlier than it was sent), so this process stops believing it leads
+/// no later than the lease can expire on the server: a standby never takes over while this
+/// side still thinks it leads (for longer than the scheduling of one task).
 async fn keep_alive(store: Store, lease: i64, ttl: Duration, lost: Arc<watch::Sender<bool>>) {
     let interval = ttl / 3;
     let mut last_renewed = Instant::now();
+    let mut channel = None;
     loop {
-        let mut client = store.client();
-        match store.call(client.lease_keep_alive(lease)).await {
-            Ok((mut keeper, mut stream)) => loop {
-                let sent_at = Instant::now();
-                let renewed = async {
-                    keeper.keep_alive().await.ok()?;
-                    let resp = stream.message().await.ok()??;
-                    Some(resp.ttl())
-                };
-                match tokio::time::timeout(interval.max(Duration::from_millis(200)), renewed).await
-                {
-                    Ok(Some(ttl_left)) if ttl_left > 0 => last_renewed = sent_at,
-                    Ok(Some(_)) => {
-                        tracing::warn!(lease, "the lease expired");
-                        let _ = lost.send(true);
-                        return;
-                    }
-                    _ => break,
-                }
-                if last_renewed.elapsed() >= ttl {
-                    break;
-                }
-                tokio::time::sleep_until(sent_at + interval).await;
-            },
-            Err(e) => tracing::debug!(%e, "lease keep-alive stream failed"),
+        let deadline = last_renewed + ttl;
+        let sent_at = Instant::now();
+        let attempt = async {
+            if channel.is_none() {
+                let mut client = store.client();
+                channel = Some(client.lease_keep_alive(lease).await.ok()?);
+            }
+            let (keeper, stream) = channel.as_mut()?;
+            keeper.keep_alive().await.ok()?;
+            Some(stream.message().await.ok()??.ttl())
+        };
+        let limit = deadline.min(sent_at + interval.max(Duration::from_millis(200)));
+        match tokio::time::timeout_at(limit, attempt).await {
+            Ok(Some(left)) if left > 0 => last_renewed = sent_at,
+            Ok(Some(_)) => {
+                tracing::warn!(lease, "the lease expired");
+                let _ = lost.send(true);
+                return;
+            }
+            _ => channel = None,
         }
-        if last_renewed.elapsed() >= ttl {
+        if Instant::now() >= last_renewed + ttl {
             tracing::warn!(lease, "the lease could not be renewed for a whole TTL");
             let _ = lost.send(true);
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = if channel.is_some() {
+            sent_at + interval
+        } else {
+            Instant::now() + Duration::from_millis(100)
+        };
+        tokio::time::sleep_until(next.min(last_renewed + ttl)).await;
     }
 }
 
