@@ -6,6 +6,7 @@
 
 pub mod config;
 mod http;
+pub mod jobs;
 mod leader_loop;
 
 use std::sync::atomic::{AtomicBool, Ordering};

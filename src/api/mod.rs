@@ -12,6 +12,7 @@ pub mod meta;
 pub mod node;
 pub mod notifier;
 pub mod object;
+pub mod placement;
 pub mod pool;
 pub mod selector;
 pub mod training_target;

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod client;
+pub mod compose;
 pub mod error;
 pub mod keys;
 pub mod leader;

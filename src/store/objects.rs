@@ -1,14 +1,19 @@
 //! Reading and writing resource objects: spec under `/rift/v1/<plural>/<name>`, status under
-//! `/rift/v1/status/<plural>/<name>`, both as JSON.
+//! `/rift/v1/status/<plural>/<name>`, both as JSON — except that a Job's and a Node's status is
+//! composed on every read from the keys the scheduler and the node agents own (see
+//! [`super::compose`]), and Events include those agents record under their own prefix.
 //!
 //! Objects are handled as JSON values here so the CLI can work on any kind by name; typed
 //! wrappers ([`Store::get`], [`Store::list`], ...) convert at the edge.
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, PutOptions, TxnOp};
+use std::collections::HashMap;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 
 use super::client::{KeyValue, Store};
+use super::compose::{agent_events, direct_child, StatusSources};
 use super::error::{Result, StoreError};
 use super::keys;
 use crate::api::kinds::KindInfo;
@@ -67,6 +72,41 @@ fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
     Ok(obj)
 }
 
+/// Where a kind's status comes from (DESIGN.md, "Keys in etcd").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusFrom {
+    /// `/rift/v1/status/<plural>/<name>`, written by the one controller that owns it.
+    Stored,
+    /// The placement plus the runtime report of the node it names.
+    Job,
+    /// The agent's `status` and `alive` keys.
+    Node,
+}
+
+fn status_from(kind: &KindInfo) -> StatusFrom {
+    match kind.kind {
+        "Job" => StatusFrom::Job,
+        "Node" => StatusFrom::Node,
+        _ => StatusFrom::Stored,
+    }
+}
+
+/// Events are also written by agents, under `/rift/v1/agents/<node>/events/<id>`.
+fn has_agent_events(kind: &KindInfo) -> bool {
+    kind.kind == "Event"
+}
+
+/// A stored status value, or `None` (with a warning) when it does not decode.
+fn stored_status(kv: &KeyValue) -> Option<Value> {
+    decode(kv)
+        .inspect_err(|e| tracing::warn!(%e, "ignoring undecodable status"))
+        .ok()
+}
+
+fn status_value<T: serde::Serialize>(status: &T) -> Value {
+    serde_json::to_value(status).expect("resource types serialize")
+}
+
 /// The form written to etcd: no status, no resourceVersion.
 pub(crate) fn stored_form(obj: &Value) -> Value {
     let mut obj = obj.clone();
@@ -98,16 +138,97 @@ fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
 }
 
 impl Store {
+    /// Reads several keys at one revision: one transaction of gets (without the leader fence:
+    /// reading needs no proof of leadership). Returns the values in order and that revision.
+    async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
+        let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let mut client = self.client();
+        let resp = self.call(client.txn(Txn::new().and_then(ops))).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let values = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(KeyValue::from_etcd),
+                _ => None,
+            })
+            .collect();
+        Ok((values, revision))
+    }
+
+    /// Reads one key as it was at `revision`.
+    async fn get_at(&self, key: &str, revision: i64) -> Result<Option<KeyValue>> {
+        let mut client = self.client();
+        let opts = GetOptions::new().with_revision(revision);
+        let resp = self.call(client.get(key, Some(opts))).await?;
+        Ok(resp.kvs().first().map(KeyValue::from_etcd))
+    }
+
     /// One object of `kind` with its status, or `None`.
     pub async fn get_object(&self, kind: &KindInfo, name: &str) -> Result<Option<Value>> {
-        let Some(kv) = self.get_raw(&keys::object(kind.plural, name)).await? else {
-            return Ok(None);
+        Ok(self.get_object_keyed(kind, name).await?.0.map(|(_, v)| v))
+    }
+
+    /// One object of `kind` with its status, and the key it is stored at, with the revision
+    /// everything was read at: the object and every key its status is composed from are read
+    /// at that one revision.
+    pub async fn get_object_keyed(
+        &self,
+        kind: &KindInfo,
+        name: &str,
+    ) -> Result<(Option<(String, Value)>, i64)> {
+        let key = keys::object(kind.plural, name);
+        if name.is_empty() || name.contains('/') {
+            return Ok((None, self.revision().await?));
+        }
+        let source = status_from(kind);
+        let mut wanted = vec![key.clone()];
+        match source {
+            StatusFrom::Stored => wanted.push(keys::status(kind.plural, name)),
+            StatusFrom::Job => wanted.push(keys::placement(name)),
+            StatusFrom::Node => {
+                wanted.push(keys::agent_status(name));
+                wanted.push(keys::agent_alive(name));
+            }
+        }
+        let (mut got, rev) = self.get_many(&wanted).await?;
+        let Some(kv) = got[0].take() else {
+            if has_agent_events(kind) {
+                return Ok((self.agent_event(name, rev).await?, rev));
+            }
+            return Ok((None, rev));
         };
-        let status = match self.get_raw(&keys::status(kind.plural, name)).await? {
-            Some(s) => Some(decode(&s)?),
-            None => None,
+        let status = match source {
+            StatusFrom::Stored => got[1].as_ref().and_then(stored_status),
+            StatusFrom::Job => {
+                let mut sources = StatusSources::from_kvs(got[1..].iter().flatten());
+                let node = sources
+                    .placement(name)
+                    .and_then(|p| p.node.clone())
+                    .filter(|n| !n.is_empty() && !n.contains('/'));
+                if let Some(node) = node {
+                    if let Some(report) = self.get_at(&keys::agent_job(&node, name), rev).await? {
+                        sources.add(&report);
+                    }
+                }
+                Some(status_value(&sources.job_status(name)))
+            }
+            StatusFrom::Node => {
+                let sources = StatusSources::from_kvs(got[1..].iter().flatten());
+                Some(status_value(&sources.node_status(name)))
+            }
         };
-        compose(&kv, status).map(Some)
+        Ok((Some((key, compose(&kv, status)?)), rev))
+    }
+
+    /// An agent event with id `id` (any node's), as of `revision`.
+    async fn agent_event(&self, id: &str, revision: i64) -> Result<Option<(String, Value)>> {
+        let (agent_kvs, _) = self.list_raw(keys::AGENTS_PREFIX, Some(revision)).await?;
+        let found = agent_events(&agent_kvs).find(|kv| keys::name_of(&kv.key) == id);
+        match found {
+            Some(kv) => Ok(Some((kv.key.clone(), compose(kv, None)?))),
+            None => Ok(None),
+        }
     }
 
     /// Every object of `kind` matching `selector`, with status, read at one revision; returns
@@ -117,25 +238,75 @@ impl Store {
         kind: &KindInfo,
         selector: &LabelSelector,
     ) -> Result<(Vec<Value>, i64)> {
-        let (kvs, rev) = self
-            .list_raw(&keys::objects_prefix(kind.plural), None)
-            .await?;
-        let (statuses, _) = self
-            .list_raw(&keys::status_prefix(kind.plural), Some(rev))
-            .await?;
-        let mut status_by_name: std::collections::HashMap<&str, &KeyValue> = statuses
+        let (items, rev) = self.list_objects_keyed(kind, selector).await?;
+        Ok((items.into_iter().map(|(_, v)| v).collect(), rev))
+    }
+
+    /// [`Store::list_objects`] with the key each object is stored at.
+    ///
+    /// Each prefix involved is listed once, at one revision, and joined in memory: objects,
+    /// and their stored statuses, or for Jobs the placements and agent keys, for Nodes the
+    /// agent keys; Events include every agent's events. Values that do not decode are skipped
+    /// with a warning, and keys below a further `/` are no objects.
+    pub async fn list_objects_keyed(
+        &self,
+        kind: &KindInfo,
+        selector: &LabelSelector,
+    ) -> Result<(Vec<(String, Value)>, i64)> {
+        let prefix = keys::objects_prefix(kind.plural);
+        let (kvs, rev) = self.list_raw(&prefix, None).await?;
+        let source = status_from(kind);
+        let stored = match source {
+            StatusFrom::Stored => {
+                self.list_raw(&keys::status_prefix(kind.plural), Some(rev))
+                    .await?
+                    .0
+            }
+            _ => vec![],
+        };
+        let placements = match source {
+            StatusFrom::Job => self.list_raw(keys::PLACEMENTS_PREFIX, Some(rev)).await?.0,
+            _ => vec![],
+        };
+        let agents = if source != StatusFrom::Stored || has_agent_events(kind) {
+            self.list_raw(keys::AGENTS_PREFIX, Some(rev)).await?.0
+        } else {
+            vec![]
+        };
+        let status_prefix = keys::status_prefix(kind.plural);
+        let stored_by_name: HashMap<&str, &KeyValue> = stored
             .iter()
-            .map(|kv| (keys::name_of(&kv.key), kv))
+            .filter_map(|kv| Some((direct_child(&status_prefix, &kv.key)?, kv)))
             .collect();
-        let mut out = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            let status = match status_by_name.remove(keys::name_of(&kv.key)) {
-                Some(s) => Some(decode(s)?),
-                None => None,
+        let sources = match source {
+            StatusFrom::Stored => StatusSources::default(),
+            _ => StatusSources::from_kvs(placements.iter().chain(&agents)),
+        };
+
+        let mut candidates: Vec<(&str, &KeyValue)> = kvs
+            .iter()
+            .filter_map(|kv| Some((direct_child(&prefix, &kv.key)?, kv)))
+            .collect();
+        if has_agent_events(kind) {
+            candidates.extend(agent_events(&agents).map(|kv| (keys::name_of(&kv.key), kv)));
+            candidates.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+        }
+        let mut out = Vec::with_capacity(candidates.len());
+        for (name, kv) in candidates {
+            let status = match source {
+                StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
+                StatusFrom::Job => Some(status_value(&sources.job_status(name))),
+                StatusFrom::Node => Some(status_value(&sources.node_status(name))),
             };
-            let obj = compose(kv, status)?;
+            let obj = match compose(kv, status) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    tracing::warn!(%e, "skipping undecodable object");
+                    continue;
+                }
+            };
             if selector.matches(&labels_of(&obj)) {
-                out.push(obj);
+                out.push((kv.key.clone(), obj));
             }
         }
         Ok((out, rev))

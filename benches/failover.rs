@@ -1,0 +1,221 @@
+//! Leader failover and idle cost, with real etcd and real `rift agent --controllers` processes.
+//!
+//! `cargo bench --bench failover` prints a table and one JSON line. Settings (environment):
+//! `RIFT_BENCH_TRIALS` (default 20), `RIFT_BENCH_TTL` (lease TTL in seconds, default 2),
+//! `RIFT_BENCH_IDLE_SECS` (default 60).
+//!
+//! Three ways a leader goes away, each timed from the signal to the moment etcd names a new
+//! leader:
+//! - `sigterm`: graceful shutdown; the leader revokes its lease.
+//! - `sigkill`: the process dies, the host stays up; a standby's probe of the leader's agent
+//!   port is refused three times and it revokes the dead leader's lease.
+//! - `sigstop`: the process hangs (or its host vanishes): nothing answers, so the lease must
+//!   expire; bounded by the TTL.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::etcd::EtcdCluster;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Agent {
+    name: String,
+    child: Child,
+}
+
+impl Agent {
+    fn start(name: &str, endpoints: &str, ttl: u64) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_rift"))
+            .args([
+                "agent",
+                "--name",
+                name,
+                "--controllers",
+                "--listen",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port",
+                &free_port().to_string(),
+                "--lease-ttl",
+                &ttl.to_string(),
+            ])
+            .env("RIFT_ENDPOINTS", endpoints)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rift agent starts");
+        Agent {
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn leader(client: &mut etcd_client::Client) -> Option<String> {
+    let resp = client.get("/rift/v1/leader", None).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(resp.kvs().first()?.value()).ok()?;
+    Some(v["node"].as_str()?.to_string())
+}
+
+async fn wait_for_leader(client: &mut etcd_client::Client, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(l) = leader(client).await {
+            if Some(l.as_str()) != not {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within 60 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Failover times in ms for `trials` leaders taken down with `sig`.
+async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal) -> Vec<f64> {
+    let mut client = etcd_client::Client::connect([endpoints], None)
+        .await
+        .unwrap();
+    let mut agents: Vec<Agent> = (0..3)
+        .map(|i| Agent::start(&format!("bench-{i}"), endpoints, ttl))
+        .collect();
+    let mut next_id = 3;
+    let mut times = Vec::new();
+    for _ in 0..trials {
+        let current = wait_for_leader(&mut client, None).await;
+        // Let the standbys settle into waiting on this leader.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let i = agents
+            .iter()
+            .position(|a| a.name == current)
+            .expect("leader is ours");
+        let start = Instant::now();
+        kill(agents[i].pid(), sig).unwrap();
+        wait_for_leader(&mut client, Some(&current)).await;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        // Replace the taken-down agent so every trial starts from three.
+        let old = agents.swap_remove(i);
+        drop(old);
+        agents.push(Agent::start(&format!("bench-{next_id}"), endpoints, ttl));
+        next_id += 1;
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn proc_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// CPU (% of one core) and RSS (MiB) of an idle leader over `secs`.
+async fn idle(endpoints: &str, ttl: u64, secs: u64) -> (f64, f64) {
+    let mut client = etcd_client::Client::connect([endpoints], None)
+        .await
+        .unwrap();
+    let leader_agent = Agent::start("idle-leader", endpoints, ttl);
+    let _standby = Agent::start("idle-standby", endpoints, ttl);
+    wait_for_leader(&mut client, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = leader_agent.child.id();
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    let before = proc_cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let used = (proc_cpu_ticks(pid) - before) as f64 / ticks_per_sec;
+    (
+        100.0 * used / secs as f64,
+        proc_rss_kib(pid) as f64 / 1024.0,
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let trials = env_or("RIFT_BENCH_TRIALS", 20);
+    let ttl = env_or("RIFT_BENCH_TTL", 2);
+    let idle_secs = env_or("RIFT_BENCH_IDLE_SECS", 60);
+    let cluster = EtcdCluster::single();
+    let ep = cluster.client_url(0);
+
+    println!("leader failover: {trials} trials each, lease TTL {ttl} s, 3 agents, 1 etcd member");
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9}",
+        "how", "p50 ms", "p99 ms", "min ms", "max ms"
+    );
+    let mut json = serde_json::Map::new();
+    for (name, sig) in [
+        ("sigterm", Signal::SIGTERM),
+        ("sigkill", Signal::SIGKILL),
+        ("sigstop", Signal::SIGSTOP),
+    ] {
+        let t = failover(&ep, ttl, trials, sig).await;
+        let (p50, p99) = (percentile(&t, 0.5), percentile(&t, 0.99));
+        println!(
+            "{name:<10} {p50:>9.0} {p99:>9.0} {:>9.0} {:>9.0}",
+            t[0],
+            t[t.len() - 1]
+        );
+        json.insert(
+            name.into(),
+            serde_json::json!({"p50_ms": p50, "p99_ms": p99, "min_ms": t[0], "max_ms": t[t.len()-1]}),
+        );
+    }
+    let (cpu, rss) = idle(&ep, ttl, idle_secs).await;
+    println!("idle leader over {idle_secs} s: CPU {cpu:.2} % of one core, RSS {rss:.1} MiB");
+    json.insert("idle_cpu_percent".into(), cpu.into());
+    json.insert("idle_rss_mib".into(), rss.into());
+    json.insert("trials".into(), trials.into());
+    json.insert("ttl_s".into(), ttl.into());
+    println!("{}", serde_json::Value::Object(json));
+}

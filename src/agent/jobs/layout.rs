@@ -1,0 +1,298 @@
+//! The job state directory: the contract between the agent, the per-job `rift shim`, and
+//! anything that reads logs. Everything needed to re-adopt a running job after an agent
+//! restart, or to learn how it ended while the agent was down, lives here.
+//!
+//! ```text
+//! <state>/agent.heartbeat                  a counter the agent bumps on every lease renewal
+//! <state>/jobs/<job>/run.json              RunSpec: what to run (written once per epoch)
+//! <state>/jobs/<job>/progress.jsonl        RIFT_PROGRESS_FILE: JSON lines of counters
+//! <state>/jobs/<job>/result.json           RIFT_RESULT_FILE: the job's result, if it writes one
+//! <state>/jobs/<job>/attempts/<n>/shim.json   the shim's pid and start time
+//! <state>/jobs/<job>/attempts/<n>/job.json    the job process's pid and start time
+//! <state>/jobs/<job>/attempts/<n>/exit.json   how the attempt ended
+//! <state>/jobs/<job>/attempts/<n>/output.log  stdout and stderr (rotated to output.log.1)
+//! ```
+//!
+//! Files are written to a temporary name and renamed, so a reader never sees half a record.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::api::job::{OnNodeLost, RestartPolicy};
+
+/// What to run for one job at one binding epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    pub job: String,
+    #[serde(default)]
+    pub uid: String,
+    pub epoch: u64,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    pub restart_policy: RestartPolicy,
+    pub backoff_limit: u32,
+    #[serde(default)]
+    pub active_deadline_seconds: Option<u64>,
+    pub on_node_lost: OnNodeLost,
+    pub lost_after_secs: u64,
+    pub grace_secs: u64,
+}
+
+/// A process as recorded by the shim: pid plus its start time in clock ticks since boot, so a
+/// reused pid is never mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcRecord {
+    pub pid: u32,
+    pub start_ticks: u64,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// Why an attempt ended, besides its own exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The process exited (or was killed) on its own.
+    #[default]
+    Exited,
+    /// It could not be started (missing binary, bad workdir).
+    StartError,
+    /// The agent asked the shim to stop it (deleted, moved, deadline).
+    Stopped,
+    /// `onNodeLost: reschedule` and the agent's heartbeat went stale for `lostAfter`.
+    NodeLost,
+    /// The agent refused to start it (e.g. a bound GPU index this node does not have);
+    /// retrying cannot help.
+    Rejected,
+}
+
+/// How an attempt ended, written by the shim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason: EndReason,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ExitRecord {
+    /// Exited with status 0 on its own.
+    pub fn succeeded(&self) -> bool {
+        self.reason == EndReason::Exited && self.exit_code == Some(0)
+    }
+}
+
+/// Paths of one agent's state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn heartbeat(&self) -> PathBuf {
+        self.root.join("agent.heartbeat")
+    }
+
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+
+    pub fn job(&self, job: &str) -> JobDir {
+        JobDir {
+            path: self.jobs().join(job),
+        }
+    }
+
+    /// Names of every job with a directory here.
+    pub fn job_names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        match std::fs::read_dir(self.jobs()) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    if e.file_type()?.is_dir() {
+                        names.push(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Paths of one job's directory.
+#[derive(Clone, Debug)]
+pub struct JobDir {
+    path: PathBuf,
+}
+
+impl JobDir {
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn run_spec(&self) -> PathBuf {
+        self.path.join("run.json")
+    }
+
+    pub fn progress(&self) -> PathBuf {
+        self.path.join("progress.jsonl")
+    }
+
+    pub fn result(&self) -> PathBuf {
+        self.path.join("result.json")
+    }
+
+    pub fn attempt(&self, n: u32) -> PathBuf {
+        self.path.join("attempts").join(n.to_string())
+    }
+
+    pub fn shim_record(&self, n: u32) -> PathBuf {
+        self.attempt(n).join("shim.json")
+    }
+
+    pub fn job_record(&self, n: u32) -> PathBuf {
+        self.attempt(n).join("job.json")
+    }
+
+    pub fn exit_record(&self, n: u32) -> PathBuf {
+        self.attempt(n).join("exit.json")
+    }
+
+    pub fn log(&self, n: u32) -> PathBuf {
+        self.attempt(n).join("output.log")
+    }
+
+    /// The highest attempt number started so far (0 when none).
+    pub fn last_attempt(&self) -> u32 {
+        std::fs::read_dir(self.path.join("attempts"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    /// The counters of the last complete line of the progress file.
+    pub fn read_progress(&self) -> BTreeMap<String, f64> {
+        let Ok(text) = std::fs::read_to_string(self.progress()) else {
+            return BTreeMap::new();
+        };
+        text.lines()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(
+                    v.as_object()?
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temporary file, then rename).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a JSON record; `Ok(None)` when the file does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_attempts_are_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let job = state.job("train");
+        assert_eq!(job.last_attempt(), 0);
+        let rec = ProcRecord {
+            pid: 7,
+            start_ticks: 99,
+            started_at: None,
+        };
+        write_json(&job.job_record(2), &rec).unwrap();
+        write_json(&job.job_record(10), &rec).unwrap();
+        assert_eq!(job.last_attempt(), 10);
+        assert_eq!(
+            read_json::<ProcRecord>(&job.job_record(2)).unwrap(),
+            Some(rec)
+        );
+        assert_eq!(read_json::<ProcRecord>(&job.exit_record(2)).unwrap(), None);
+        assert_eq!(state.job_names().unwrap(), ["train"]);
+    }
+
+    #[test]
+    fn progress_is_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = StateDir::new(dir.path()).job("sp");
+        std::fs::create_dir_all(job.path()).unwrap();
+        std::fs::write(
+            job.progress(),
+            "{\"games\": 10}\n{\"games\": 20, \"x\": 1}\n{\"games\": 3",
+        )
+        .unwrap();
+        let p = job.read_progress();
+        assert_eq!(p["games"], 20.0);
+        assert_eq!(p["x"], 1.0);
+    }
+}

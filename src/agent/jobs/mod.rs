@@ -1,0 +1,7 @@
+//! Running the jobs bound to this node: the state directory, the per-job shim, restart
+//! decisions, and the loop that converges local processes to the bindings.
+
+pub mod layout;
+pub mod policy;
+pub mod procs;
+pub mod shim;

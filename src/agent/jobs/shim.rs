@@ -1,0 +1,246 @@
+//! `rift shim`: the small parent of one job attempt, in the manner of containerd's shim.
+//!
+//! It runs in its own session (so it outlives the agent and its systemd unit's cgroup kill with
+//! `KillMode=process`), starts the job in its own process group, copies its output to a capped
+//! log, records the job's pid and start time, and finally writes how the attempt ended. The
+//! agent stops an attempt by sending the shim SIGTERM: the shim sends SIGTERM to the job's
+//! group and SIGKILL after the grace period.
+//!
+//! For `onNodeLost: reschedule` jobs the shim also watches the agent's heartbeat file (bumped on
+//! every lease renewal): when it has not changed for `lostAfter`, measured on the shim's own
+//! monotonic clock, the job is stopped — whether the agent is dead or merely cut off from etcd —
+//! so the leader can later run it elsewhere without two copies ever running.
+//!
+//! The shim uses no async runtime: it stays a few MiB.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::sys::signal::{signal as set_handler, SigHandler, Signal};
+
+use super::layout::{read_json, write_json, EndReason, ExitRecord, JobDir, RunSpec};
+use super::procs;
+use crate::api::job::OnNodeLost;
+
+/// Largest log file before it is rotated to `output.log.1` (one old file is kept).
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: i32) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Errors that keep the shim from doing its job at all (recorded in its own log).
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: no run.json")]
+    NoSpec(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ShimError + '_ {
+    move |source| ShimError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A log file capped at [`MAX_LOG_BYTES`], rotated once.
+struct CappedLog {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+impl CappedLog {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            written,
+        })
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.written + buf.len() as u64 > MAX_LOG_BYTES {
+            let old = self.path.with_extension("log.1");
+            std::fs::rename(&self.path, old)?;
+            *self = Self::open(&self.path)?;
+        }
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn pump(
+    mut from: impl Read + Send + 'static,
+    log: Arc<Mutex<CappedLog>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut log) = log.lock() {
+                let _ = log.write(&buf[..n]);
+            }
+        }
+    })
+}
+
+/// Runs attempt `attempt` of the job in `dir` to its end. `heartbeat` is the agent's heartbeat
+/// file.
+pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> {
+    // Our own session: not killed with the agent, not by a terminal hang-up.
+    let _ = nix::unistd::setsid();
+    // SAFETY: the handler only stores to an atomic; installed before any thread starts.
+    unsafe {
+        let _ = set_handler(Signal::SIGTERM, SigHandler::Handler(on_sigterm));
+        let _ = set_handler(Signal::SIGHUP, SigHandler::SigIgn);
+        let _ = set_handler(Signal::SIGINT, SigHandler::SigIgn);
+    }
+    let job = JobDir::at(dir);
+    let spec: RunSpec = read_json(&job.run_spec())
+        .map_err(io_at(&job.run_spec()))?
+        .ok_or_else(|| ShimError::NoSpec(dir.display().to_string()))?;
+    let attempt_dir = job.attempt(attempt);
+    std::fs::create_dir_all(&attempt_dir).map_err(io_at(&attempt_dir))?;
+    let me = procs::record(std::process::id()).expect("our own /proc entry exists");
+    write_json(&job.shim_record(attempt), &me).map_err(io_at(&job.shim_record(attempt)))?;
+
+    let end = |exit_code, signal, reason, message: String| {
+        let rec = ExitRecord {
+            exit_code,
+            signal,
+            finished_at: Utc::now(),
+            reason,
+            message,
+        };
+        write_json(&job.exit_record(attempt), &rec).map_err(io_at(&job.exit_record(attempt)))
+    };
+
+    if let Some(w) = &spec.workdir {
+        if !Path::new(w).is_dir() {
+            return end(
+                None,
+                None,
+                EndReason::StartError,
+                format!("workdir `{w}` does not exist"),
+            );
+        }
+    }
+    let log = Arc::new(Mutex::new(
+        CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?,
+    ));
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..])
+        .envs(&spec.env)
+        .env("RIFT_JOB_NAME", &spec.job)
+        .env("RIFT_ATTEMPT", attempt.to_string())
+        .env("RIFT_PROGRESS_FILE", job.progress())
+        .env("RIFT_RESULT_FILE", job.result())
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            spec.gpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Some(w) = &spec.workdir {
+        cmd.current_dir(w);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return end(
+                None,
+                None,
+                EndReason::StartError,
+                format!("cannot start `{}`: {e}", spec.command[0]),
+            )
+        }
+    };
+    let pid = child.id();
+    let readers = [
+        pump(child.stdout.take().expect("piped"), log.clone()),
+        pump(child.stderr.take().expect("piped"), log.clone()),
+    ];
+    if let Some(rec) = procs::record(pid) {
+        write_json(&job.job_record(attempt), &rec).map_err(io_at(&job.job_record(attempt)))?;
+    }
+
+    let grace = Duration::from_secs(spec.grace_secs);
+    let lost_after = Duration::from_secs(spec.lost_after_secs);
+    let mut last_beat = std::fs::read(heartbeat).ok();
+    let mut beat_changed_at = Instant::now();
+    let mut stopping: Option<(Instant, EndReason, String)> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            break status;
+        }
+        if stopping.is_none() && STOP_REQUESTED.load(Ordering::SeqCst) {
+            stopping = Some((
+                Instant::now(),
+                EndReason::Stopped,
+                "stopped by the agent".into(),
+            ));
+            procs::signal_group(pid, Signal::SIGTERM);
+        }
+        if spec.on_node_lost == OnNodeLost::Reschedule && stopping.is_none() {
+            let beat = std::fs::read(heartbeat).ok();
+            if beat != last_beat {
+                last_beat = beat;
+                beat_changed_at = Instant::now();
+            } else if beat_changed_at.elapsed() >= lost_after {
+                let msg = format!(
+                    "the node lost its lease for {}s (onNodeLost: reschedule): stopped so it can run elsewhere",
+                    beat_changed_at.elapsed().as_secs()
+                );
+                stopping = Some((Instant::now(), EndReason::NodeLost, msg));
+                procs::signal_group(pid, Signal::SIGTERM);
+            }
+        }
+        if let Some((since, _, _)) = &stopping {
+            if since.elapsed() >= grace {
+                procs::signal_group(pid, Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Whatever the job left in its group goes with it.
+    procs::signal_group(pid, Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for r in readers {
+        while !r.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let (reason, message) = match stopping {
+        Some((_, reason, message)) => (reason, message),
+        None => (EndReason::Exited, String::new()),
+    };
+    end(status.code(), status.signal(), reason, message)
+}

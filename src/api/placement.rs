@@ -1,0 +1,163 @@
+//! The records that connect a Job to a node: the scheduler's placement and binding, and the
+//! node agent's runtime report (DESIGN.md, "Keys in etcd"). A Job's status as people see it is
+//! composed from them by [`compose_job_status`], never written by two hands.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::job::{JobPhase, JobStatus};
+
+/// `/rift/v1/placements/<job>`: where the scheduler put a job, or why it could not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+    /// Grows each time the job is bound anew; reports from older epochs are ignored.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Why the job is not placed, e.g. `0/12 nodes: 7 insufficient GPUs, 5 not ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+/// `/rift/v1/bindings/<node>/<job>`: what one node's agent must run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+    pub epoch: u64,
+}
+
+/// `/rift/v1/agents/<node>/jobs/<job>`: what the node's agent observes of a job it runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeReport {
+    pub phase: JobPhase,
+    pub epoch: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub progress: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+}
+
+/// A Job's status from its placement and the report of the node it is placed on:
+/// no placement (or a why-not) → Pending; placed but no report for that epoch → Scheduled;
+/// otherwise the report's phase. Reports from another epoch are ignored.
+pub fn compose_job_status(
+    placement: Option<&Placement>,
+    report: Option<&RuntimeReport>,
+) -> JobStatus {
+    let Some(p) = placement else {
+        return JobStatus::default();
+    };
+    let Some(node) = &p.node else {
+        return JobStatus {
+            phase: JobPhase::Pending,
+            reason: "Unschedulable".into(),
+            message: p.pending.clone().unwrap_or_default(),
+            ..JobStatus::default()
+        };
+    };
+    let base = JobStatus {
+        phase: JobPhase::Scheduled,
+        node: Some(node.clone()),
+        gpus: p.gpus.clone(),
+        epoch: Some(p.epoch),
+        ..JobStatus::default()
+    };
+    match report {
+        Some(r) if r.epoch == p.epoch => JobStatus {
+            phase: r.phase,
+            attempts: r.attempts,
+            pid: r.pid,
+            start_time: r.start_time,
+            finish_time: r.finish_time,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            reason: r.reason.clone(),
+            message: r.message.clone(),
+            progress: r.progress.clone(),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(epoch: u64) -> Placement {
+        Placement {
+            node: Some("n1".into()),
+            gpus: vec![0],
+            epoch,
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn no_placement_is_pending() {
+        assert_eq!(compose_job_status(None, None).phase, JobPhase::Pending);
+    }
+
+    #[test]
+    fn why_not_is_shown_while_pending() {
+        let p = Placement {
+            pending: Some("0/3 nodes: 3 insufficient GPUs".into()),
+            ..Placement::default()
+        };
+        let s = compose_job_status(Some(&p), None);
+        assert_eq!(s.phase, JobPhase::Pending);
+        assert_eq!(s.message, "0/3 nodes: 3 insufficient GPUs");
+    }
+
+    #[test]
+    fn placed_without_report_is_scheduled() {
+        let s = compose_job_status(Some(&placed(2)), None);
+        assert_eq!(
+            (s.phase, s.node.as_deref()),
+            (JobPhase::Scheduled, Some("n1"))
+        );
+    }
+
+    #[test]
+    fn report_of_the_current_epoch_wins_and_older_ones_are_ignored() {
+        let report = RuntimeReport {
+            phase: JobPhase::Running,
+            epoch: 2,
+            pid: Some(42),
+            ..RuntimeReport::default()
+        };
+        assert_eq!(
+            compose_job_status(Some(&placed(2)), Some(&report)).phase,
+            JobPhase::Running
+        );
+        assert_eq!(
+            compose_job_status(Some(&placed(3)), Some(&report)).phase,
+            JobPhase::Scheduled
+        );
+    }
+}
