@@ -110,17 +110,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Failover times in ms for `trials` leaders taken down with `sig`.
-async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal) -> Vec<f64> {
+async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal, round: &str) -> Vec<f64> {
     let mut client = etcd_client::Client::connect([endpoints], None)
         .await
         .unwrap();
     let mut agents: Vec<Agent> = (0..3)
-        .map(|i| Agent::start(&format!("bench-{i}"), endpoints, ttl))
+        .map(|i| Agent::start(&format!("{round}-{i}"), endpoints, ttl))
         .collect();
     let mut next_id = 3;
     let mut times = Vec::new();
     for _ in 0..trials {
-        let current = wait_for_leader(&mut client, None).await;
+        // A leader from an earlier round may hold the key until its lease expires.
+        let current = loop {
+            let l = wait_for_leader(&mut client, None).await;
+            if agents.iter().any(|a| a.name == l) {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         // Let the standbys settle into waiting on this leader.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let i = agents
@@ -134,7 +141,7 @@ async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal) -> Vec<f6
         // Replace the taken-down agent so every trial starts from three.
         let old = agents.swap_remove(i);
         drop(old);
-        agents.push(Agent::start(&format!("bench-{next_id}"), endpoints, ttl));
+        agents.push(Agent::start(&format!("{round}-{next_id}"), endpoints, ttl));
         next_id += 1;
     }
     times.sort_by(f64::total_cmp);
@@ -199,7 +206,7 @@ async fn main() {
         ("sigkill", Signal::SIGKILL),
         ("sigstop", Signal::SIGSTOP),
     ] {
-        let t = failover(&ep, ttl, trials, sig).await;
+        let t = failover(&ep, ttl, trials, sig, name).await;
         let (p50, p99) = (percentile(&t, 0.5), percentile(&t, 0.99));
         println!(
             "{name:<10} {p50:>9.0} {p99:>9.0} {:>9.0} {:>9.0}",

@@ -22,7 +22,22 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     pub advertise: Option<String>,
     pub lease_ttl: Option<HumanDuration>,
+    /// TTL of the node's liveness lease (how fast a dead node shows NotReady).
+    pub node_lease_ttl: Option<HumanDuration>,
     pub controllers: Option<bool>,
+    /// This node's addresses, in the order peers should try them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub roles: Vec<crate::api::node::NodeRole>,
+    #[serde(default)]
+    pub nat_blocked: bool,
+    /// GPUs NVML cannot see (Apple, AMD) or declared for tests.
+    #[serde(default)]
+    pub gpus: Vec<crate::api::node::GpuDeclaration>,
 }
 
 /// Problems with the agent's configuration.
@@ -69,7 +84,29 @@ pub struct AgentConfig {
     /// `host:port` peers use to reach this agent.
     pub advertise: Option<String>,
     pub lease_ttl: Duration,
+    pub node_lease_ttl: Duration,
     pub controllers: bool,
+    pub addresses: Vec<String>,
+    pub provider: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub roles: Vec<crate::api::node::NodeRole>,
+    pub nat_blocked: bool,
+    pub gpus: Vec<crate::api::node::GpuDeclaration>,
+}
+
+impl AgentConfig {
+    /// The Node spec this agent registers when no operator has applied one.
+    pub fn node_spec(&self) -> crate::api::NodeSpec {
+        crate::api::NodeSpec {
+            addresses: self.addresses.clone(),
+            provider: self.provider.clone(),
+            roles: self.roles.clone(),
+            nat_blocked: self.nat_blocked,
+            unschedulable: false,
+            gpus: self.gpus.clone(),
+            agent_port: self.port,
+        }
+    }
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -82,7 +119,9 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub advertise: Option<String>,
     pub lease_ttl_secs: Option<u64>,
+    pub node_lease_ttl_secs: Option<u64>,
     pub controllers: bool,
+    pub gpus: Vec<crate::api::node::GpuDeclaration>,
 }
 
 impl AgentConfig {
@@ -121,7 +160,19 @@ impl AgentConfig {
             listen,
             advertise,
             lease_ttl,
+            node_lease_ttl: o
+                .node_lease_ttl_secs
+                .map(Duration::from_secs)
+                .or(file.node_lease_ttl.map(HumanDuration::as_duration))
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_secs(1)),
             controllers: o.controllers || file.controllers.unwrap_or(false),
+            addresses: file.addresses,
+            provider: file.provider.unwrap_or_default(),
+            labels: file.labels,
+            roles: file.roles,
+            nat_blocked: file.nat_blocked,
+            gpus: if o.gpus.is_empty() { file.gpus } else { o.gpus },
         })
     }
 }

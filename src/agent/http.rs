@@ -16,6 +16,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -40,4 +41,8 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value>
         "etcd_ready": state.etcd_ready.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+async fn metrics(State(state): State<Arc<AgentState>>) -> String {
+    state.metrics.render(&state.node)
 }

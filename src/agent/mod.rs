@@ -1,13 +1,16 @@
 //! The node agent: runs on every node, serves HTTP, and on controller-eligible nodes campaigns
 //! for leadership and runs the controllers while it leads.
 //!
-//! This is the process skeleton; registration, resources, the job runner, tunnels and the local
-//! etcd member are added by later work.
+//! Pieces: [`registration`] (the Node and its liveness lease), [`jobs`] (the job runner and its
+//! shims), HTTP (`/healthz`, `/readyz`, `/status`, `/metrics`), and the leader loop. Tunnels
+//! and the local etcd member are added by later work.
 
 pub mod config;
 mod http;
 pub mod jobs;
 mod leader_loop;
+pub mod metrics;
+pub mod registration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,6 +26,8 @@ use crate::store::{Store, StoreError};
 /// What the HTTP handlers read about this agent.
 pub struct AgentState {
     pub node: String,
+    pub state_dir: jobs::layout::StateDir,
+    pub metrics: Arc<metrics::Metrics>,
     pub controllers: bool,
     pub is_leader: AtomicBool,
     pub leader: RwLock<Option<String>>,
@@ -39,14 +44,23 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot use the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
 /// leadership (so a standby takes over at once) and returns.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let store = Store::connect_lazy(&config.endpoints).await?;
+    let state_dir = jobs::layout::StateDir::new(&config.state_dir);
+    let metrics = Arc::new(metrics::Metrics::default());
     let state = Arc::new(AgentState {
         node: config.name.clone(),
+        state_dir: state_dir.clone(),
+        metrics: metrics.clone(),
         controllers: config.controllers,
         is_leader: AtomicBool::new(false),
         leader: RwLock::new(None),
@@ -68,6 +82,46 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         });
     let server = tokio::spawn(async move { server.await });
     let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let registration = tokio::spawn(registration::keep_alive(
+        store.clone(),
+        config.name.clone(),
+        config.node_lease_ttl,
+        state_dir.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let node_spec = config.node_spec();
+    let gpu_count = Some(node_spec.gpus.iter().map(|g| g.count as usize).sum());
+    {
+        let store = store.clone();
+        let name = config.name.clone();
+        tokio::spawn(async move {
+            loop {
+                match registration::ensure_node(&store, &name, &node_spec).await {
+                    Ok(created) => {
+                        tracing::info!(created, "node registered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%e, "cannot register the node yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    let runner = jobs::runner::Runner::new(
+        config.name.clone(),
+        store.clone(),
+        state_dir,
+        gpu_count,
+        metrics,
+    );
+    let runner = tokio::spawn(runner.run(shutdown.clone()));
 
     if config.controllers {
         leader_loop::run(&store, &config, &state, shutdown.clone()).await;
@@ -76,6 +130,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         let _ = s.wait_for(|s| *s).await;
     }
     probe.abort();
+    let _ = runner.await;
+    let _ = registration.await;
     let _ = server.await;
     Ok(())
 }
@@ -116,4 +172,9 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }

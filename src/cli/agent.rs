@@ -29,6 +29,10 @@ pub struct AgentArgs {
     /// Lease TTL in seconds: how fast a dead leader is replaced (default 5).
     #[arg(long, env = "RIFT_LEASE_TTL")]
     pub lease_ttl: Option<u64>,
+    /// TTL in seconds of the node's liveness lease: how fast a dead node shows NotReady
+    /// (default 5).
+    #[arg(long, env = "RIFT_NODE_LEASE_TTL")]
+    pub node_lease_ttl: Option<u64>,
     /// Campaign for leadership and run the controllers while leading.
     #[arg(long, env = "RIFT_CONTROLLERS")]
     pub controllers: bool,
@@ -49,7 +53,9 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             listen: args.listen,
             advertise: args.advertise,
             lease_ttl_secs: args.lease_ttl,
+            node_lease_ttl_secs: args.node_lease_ttl,
             controllers: args.controllers,
+            gpus: Vec::new(),
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

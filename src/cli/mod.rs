@@ -48,11 +48,35 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
     Agent(agent::AgentArgs),
+    /// Parent one job attempt (started by the agent; not for people).
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+/// `rift shim`: arguments the agent passes.
+#[derive(Debug, clap::Args)]
+pub struct ShimArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub attempt: u32,
+    #[arg(long)]
+    pub heartbeat: PathBuf,
 }
 
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Shim(args) = &cli.command {
+        // No async runtime and no tracing subscriber: the shim stays small.
+        return match crate::agent::jobs::shim::run(&args.dir, args.attempt, &args.heartbeat) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rift shim: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if !matches!(cli.command, Command::Agent(_)) {
         restore_default_sigpipe();
     }
@@ -109,6 +133,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
         Command::Agent(args) => agent::run(args, given).await,
+        Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

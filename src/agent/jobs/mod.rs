@@ -4,4 +4,5 @@
 pub mod layout;
 pub mod policy;
 pub mod procs;
+pub mod runner;
 pub mod shim;
