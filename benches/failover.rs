@@ -117,9 +117,8 @@ async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal, round: &s
     let mut agents: Vec<Agent> = (0..3)
         .map(|i| Agent::start(&format!("{round}-{i}"), endpoints, ttl))
         .collect();
-    let mut next_id = 3;
     let mut times = Vec::new();
-    for _ in 0..trials {
+    for next_id in 3..3 + trials {
         // A leader from an earlier round may hold the key until its lease expires.
         let current = loop {
             let l = wait_for_leader(&mut client, None).await;
@@ -142,7 +141,6 @@ async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal, round: &s
         let old = agents.swap_remove(i);
         drop(old);
         agents.push(Agent::start(&format!("{round}-{next_id}"), endpoints, ttl));
-        next_id += 1;
     }
     times.sort_by(f64::total_cmp);
     times

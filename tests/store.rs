@@ -94,28 +94,32 @@ async fn two_concurrent_updates_one_conflicts_and_no_update_is_lost() {
 async fn spec_change_bumps_generation_and_status_change_does_not() {
     let cluster = EtcdCluster::single();
     let store = store(&cluster).await;
-    let created = store.create(&job("a", "v0")).await.unwrap();
+    let spec: PoolSpec = serde_json::from_value(serde_json::json!({
+        "replicas": 1, "template": {"spec": {"command": ["true"]}}
+    }))
+    .unwrap();
+    let created = store.create(&Object::new("p", spec)).await.unwrap();
 
-    let status = rift::api::JobStatus {
-        message: "observed".into(),
+    let status = rift::api::pool::PoolStatus {
+        running: 1,
         ..Default::default()
     };
-    store.put_status::<JobSpec>("a", &status).await.unwrap();
-    let after_status = store.get::<JobSpec>("a").await.unwrap().unwrap();
+    store.put_status::<PoolSpec>("p", &status).await.unwrap();
+    let after_status = store.get::<PoolSpec>("p").await.unwrap().unwrap();
     assert_eq!(after_status.metadata.generation, Some(1));
     assert_eq!(
         after_status.metadata.resource_version,
         created.metadata.resource_version
     );
-    assert_eq!(after_status.status.unwrap().message, "observed");
+    assert_eq!(after_status.status.unwrap().running, 1);
 
-    let mut labelled = store.get::<JobSpec>("a").await.unwrap().unwrap();
+    let mut labelled = store.get::<PoolSpec>("p").await.unwrap().unwrap();
     labelled.metadata.labels.insert("x".into(), "y".into());
     let labelled = store.update(&labelled).await.unwrap();
     assert_eq!(labelled.metadata.generation, Some(1), "labels are not spec");
 
     let mut changed = labelled.clone();
-    changed.spec.priority = 5;
+    changed.spec.replicas = Some(5);
     let changed = store.update(&changed).await.unwrap();
     assert_eq!(changed.metadata.generation, Some(2));
 }

@@ -11,6 +11,7 @@ pub mod jobs;
 mod leader_loop;
 pub mod metrics;
 pub mod registration;
+pub mod resources;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

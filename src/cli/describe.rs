@@ -31,7 +31,8 @@ pub async fn run(args: DescribeArgs, store: &Store) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Events about `kind/name`, oldest first.
+/// Events about `kind/name`, oldest first: controllers' (`/rift/v1/events/`) and every
+/// agent's (`/rift/v1/agents/<node>/events/`), which the store lists together.
 async fn events_for(store: &Store, kind: &str, name: &str) -> Result<Vec<Value>, CliError> {
     let event_kind = kinds::by_kind("Event").expect("Event is registered");
     let (mut events, _) = store
@@ -125,6 +126,11 @@ pub fn render(kind: &str, obj: &Value, events: &[Value], now: DateTime<Utc>) -> 
                     s(&e["spec"]["type"]),
                     s(&e["spec"]["reason"]),
                     e["spec"]["count"].to_string(),
+                    e["spec"]["source"]
+                        .as_str()
+                        .filter(|f| !f.is_empty())
+                        .unwrap_or("-")
+                        .to_string(),
                     s(&e["spec"]["message"]),
                 ]
             })
@@ -132,7 +138,7 @@ pub fn render(kind: &str, obj: &Value, events: &[Value], now: DateTime<Utc>) -> 
         let mut buf = Vec::new();
         printer::write_table(
             &mut buf,
-            Some(&["LAST-SEEN", "TYPE", "REASON", "COUNT", "MESSAGE"]),
+            Some(&["LAST-SEEN", "TYPE", "REASON", "COUNT", "FROM", "MESSAGE"]),
             &rows,
         )
         .expect("writing to memory cannot fail");
@@ -157,7 +163,8 @@ mod tests {
         });
         let events = vec![
             json!({"spec": {"type": "Normal", "reason": "scaled", "count": 2,
-            "message": "scaled to 3", "lastSeen": "2026-11-22T11:59:00Z"}}),
+            "message": "scaled to 3", "lastSeen": "2026-11-22T11:59:00Z",
+            "source": "agent/n1"}}),
         ];
         let text = render("Pool", &obj, &events, now);
         for part in [
@@ -168,6 +175,7 @@ mod tests {
             "  replicas: 3",
             "  running: 2",
             "scaled to 3",
+            "agent/n1",
             "60s",
         ] {
             assert!(text.contains(part), "`{part}` not in:\n{text}");

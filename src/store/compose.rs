@@ -323,10 +323,7 @@ mod tests {
                 "/rift/v1/placements/a",
                 json!({"node": "n1", "gpus": [1], "epoch": 2}),
             ),
-            kv(
-                "/rift/v1/placements/b",
-                json!({"node": "n1", "epoch": 5}),
-            ),
+            kv("/rift/v1/placements/b", json!({"node": "n1", "epoch": 5})),
             kv(
                 "/rift/v1/placements/c",
                 json!({"pending": "0/3 nodes: 3 insufficient GPUs"}),
@@ -352,7 +349,10 @@ mod tests {
         assert_eq!(a.node.as_deref(), Some("n1"));
         assert_eq!(a.gpus, vec![1]);
         let b = s.job_status("b");
-        assert_eq!((b.phase, b.node.as_deref()), (JobPhase::Scheduled, Some("n1")));
+        assert_eq!(
+            (b.phase, b.node.as_deref()),
+            (JobPhase::Scheduled, Some("n1"))
+        );
         let c = s.job_status("c");
         assert_eq!(c.phase, JobPhase::Pending);
         assert_eq!(c.message, "0/3 nodes: 3 insufficient GPUs");
@@ -433,7 +433,10 @@ mod tests {
         let keys: Vec<&str> = agent_events(&kvs).map(|kv| kv.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["/rift/v1/agents/n1/events/e1", "/rift/v1/agents/n2/events/e2"]
+            [
+                "/rift/v1/agents/n1/events/e1",
+                "/rift/v1/agents/n2/events/e2"
+            ]
         );
     }
 }

@@ -6,9 +6,9 @@
 //! Objects are handled as JSON values here so the CLI can work on any kind by name; typed
 //! wrappers ([`Store::get`], [`Store::list`], ...) convert at the edge.
 
-use chrono::Utc;
 use std::collections::HashMap;
 
+use chrono::Utc;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 
@@ -70,6 +70,12 @@ fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
         map.insert("status".into(), status);
     }
     Ok(obj)
+}
+
+/// An object exactly as stored at `kv`, with its `resourceVersion` and no status: for kinds
+/// without status (Events) read straight from a watch.
+pub(crate) fn object_from_kv(kv: &KeyValue) -> Result<Value> {
+    compose(kv, None)
 }
 
 /// Where a kind's status comes from (DESIGN.md, "Keys in etcd").

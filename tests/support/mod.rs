@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Shared helpers for integration tests. Include with `mod support;`.
 
+pub mod agent;
 pub mod cli;
 pub mod etcd;
 pub mod http;

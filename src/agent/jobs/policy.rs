@@ -71,6 +71,7 @@ fn describe_exit(rec: &ExitRecord) -> String {
     match (rec.exit_code, rec.signal) {
         (_, Some(sig)) => format!("killed by signal {sig}"),
         (Some(code), None) => format!("exited with code {code}"),
+        (None, None) if !rec.message.is_empty() => rec.message.clone(),
         (None, None) => "ended".into(),
     }
 }

@@ -438,10 +438,16 @@ impl Runner {
         let decision = decide(&spec, &obs, Utc::now());
         match (&obs.state, decision) {
             (AttemptState::NotStarted, _) => r.phase = JobPhase::Scheduled,
-            (AttemptState::Running, _) => {
-                r.phase = JobPhase::Running;
-                r.pid = proc_rec.map(|p| p.pid);
-            }
+            (AttemptState::Running, _) => match proc_rec {
+                Some(p) => {
+                    r.phase = JobPhase::Running;
+                    r.pid = Some(p.pid);
+                }
+                None => {
+                    r.phase = JobPhase::Scheduled;
+                    r.reason = "Starting".into();
+                }
+            },
             (
                 AttemptState::Ended(rec),
                 Next::Done {

@@ -1,0 +1,157 @@
+//! Running a real `rift agent` against a test etcd, and binding jobs to it the way the
+//! scheduler does (placement + binding).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cli::rift_bin;
+
+/// An agent process with its own state directory; killed on drop (its shims are not: tests
+/// that start jobs must let [`TestAgent`] clean them up via `kill_shims`).
+pub struct TestAgent {
+    pub name: String,
+    pub endpoints: String,
+    pub state: PathBuf,
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestAgent {
+    /// Starts agent `name` with a fresh state directory; `extra` flags are passed through.
+    pub fn start(name: &str, endpoints: &str, extra: &[&str]) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Self::start_in(name, endpoints, dir.path().to_path_buf(), extra);
+        a._dir = Some(dir);
+        a
+    }
+
+    /// Starts agent `name` on an existing state directory.
+    pub fn start_in(name: &str, endpoints: &str, state: PathBuf, extra: &[&str]) -> TestAgent {
+        let mut a = TestAgent {
+            name: name.into(),
+            endpoints: endpoints.into(),
+            state,
+            port: TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            _dir: None,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.join("agent.log"))
+            .unwrap();
+        let child = Command::new(rift_bin())
+            .args(["agent", "--name", &self.name, "--listen", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--node-lease-ttl", "2"])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.extra)
+            .env("RIFT_ENDPOINTS", &self.endpoints)
+            .env("RIFT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn job_dir(&self, job: &str) -> PathBuf {
+        self.state.join("jobs").join(job)
+    }
+
+    /// The agent's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs every shim and job process started from this agent's state directory.
+    pub fn kill_shims(&self) {
+        kill_processes_mentioning(&self.state);
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+        self.kill_shims();
+    }
+}
+
+/// SIGKILLs every process whose command line or environment mentions `path`, with its group.
+pub fn kill_processes_mentioning(path: &Path) {
+    let needle = path.to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let hit = |b: &[u8]| String::from_utf8_lossy(b).contains(&needle);
+        if hit(&cmdline) || hit(&environ) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let rest = &s[s.rfind(')').unwrap() + 2..];
+            !rest.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
