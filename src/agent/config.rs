@@ -38,6 +38,9 @@ pub struct ConfigFile {
     /// GPUs NVML cannot see (Apple, AMD) or declared for tests.
     #[serde(default)]
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// Usage above which the node counts as overloaded (percent).
+    #[serde(default)]
+    pub thresholds: super::resources::Thresholds,
 }
 
 /// Problems with the agent's configuration.
@@ -92,6 +95,7 @@ pub struct AgentConfig {
     pub roles: Vec<crate::api::node::NodeRole>,
     pub nat_blocked: bool,
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    pub thresholds: super::resources::Thresholds,
 }
 
 impl AgentConfig {
@@ -173,6 +177,7 @@ impl AgentConfig {
             roles: file.roles,
             nat_blocked: file.nat_blocked,
             gpus: if o.gpus.is_empty() { file.gpus } else { o.gpus },
+            thresholds: file.thresholds,
         })
     }
 }

@@ -10,6 +10,7 @@ mod http;
 pub mod jobs;
 mod leader_loop;
 pub mod metrics;
+pub mod node_status;
 pub mod registration;
 pub mod resources;
 
@@ -45,6 +46,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot read this machine's resources: {0}")]
+    Resources(String),
     #[error("cannot use the state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -96,7 +99,31 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
     let node_spec = config.node_spec();
-    let gpu_count = Some(node_spec.gpus.iter().map(|g| g.count as usize).sum());
+    // One probe before anything runs: the runner must know which GPU indices exist.
+    let resource_probe =
+        resources::ResourceProbe::new().map_err(|e| AgentError::Resources(e.to_string()))?;
+    let (resource_probe, observed) = node_status::probe_once(
+        resource_probe,
+        config.gpus.clone(),
+        config.state_dir.clone(),
+    )
+    .await;
+    let gpu_count = Some(observed.capacity.gpus.len());
+    tracing::info!(
+        cpus = observed.capacity.cpus,
+        gpus = observed.capacity.gpus.len(),
+        "resources"
+    );
+    let status_writer = node_status::StatusWriter {
+        node: config.name.clone(),
+        store: store.clone(),
+        state: state_dir.clone(),
+        declared: config.gpus.clone(),
+        thresholds: config.thresholds.clone(),
+        endpoint: config.advertise.clone(),
+        metrics: metrics.clone(),
+    };
+    let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
     {
         let store = store.clone();
         let name = config.name.clone();
@@ -132,6 +159,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     probe.abort();
     let _ = runner.await;
+    let _ = status_writer.await;
     let _ = registration.await;
     let _ = server.await;
     Ok(())

@@ -33,6 +33,10 @@ pub struct AgentArgs {
     /// (default 5).
     #[arg(long, env = "RIFT_NODE_LEASE_TTL")]
     pub node_lease_ttl: Option<u64>,
+    /// Declare GPUs NVML cannot see, or for tests: MODEL[xCOUNT][:MEMORY_GB], e.g. `H100x8`,
+    /// `"RTX 4090x2:24"`. Repeatable; replaces `gpus:` from the config file.
+    #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
+    pub gpus: Vec<crate::api::node::GpuDeclaration>,
     /// Campaign for leadership and run the controllers while leading.
     #[arg(long, env = "RIFT_CONTROLLERS")]
     pub controllers: bool,
@@ -55,7 +59,7 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             lease_ttl_secs: args.lease_ttl,
             node_lease_ttl_secs: args.node_lease_ttl,
             controllers: args.controllers,
-            gpus: Vec::new(),
+            gpus: args.gpus,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -73,8 +73,20 @@ fn gpu_summary(v: &Value) -> String {
         .and_then(Value::as_array)
         .filter(|g| !g.is_empty());
     if let Some(gpus) = observed {
-        let model = gpus[0]["model"].as_str().unwrap_or("?");
-        return format!("{}x {model}", gpus.len());
+        // `2x H100,1x RTX 4090`, models in order of first appearance.
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for g in gpus {
+            let model = g["model"].as_str().unwrap_or("?");
+            match counts.iter_mut().find(|(m, _)| *m == model) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((model, 1)),
+            }
+        }
+        return counts
+            .iter()
+            .map(|(m, n)| format!("{n}x {m}"))
+            .collect::<Vec<_>>()
+            .join(",");
     }
     let declared: Vec<String> = v
         .pointer("/spec/gpus")
@@ -105,7 +117,10 @@ fn labels(v: &Value, pointer: &str) -> String {
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         })
@@ -356,6 +371,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn mixed_gpus_are_counted_per_model_and_progress_shows_numbers() {
+        let node = serde_json::json!({"metadata": {"name": "n"}, "status": {"capacity": {"gpus": [
+            {"index": 0, "model": "H100"}, {"index": 1, "model": "H100"}, {"index": 2, "model": "RTX 4090"}]}}});
+        assert_eq!(gpu_summary(&node), "2x H100,1x RTX 4090");
+        let job = serde_json::json!({"status": {"progress": {"games": 120.0}}});
+        assert_eq!(labels(&job, "/status/progress"), "games=120.0");
     }
 
     #[test]

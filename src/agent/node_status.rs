@@ -1,0 +1,116 @@
+//! The Node status the agent publishes at `/rift/v1/agents/<node>/status`: capacity, usage,
+//! load score, overload, running jobs. Probed every few seconds, written only on a meaningful
+//! change or at least every 30 s ([`should_write`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use etcd_client::TxnOp;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::jobs::layout::{read_json, ExitRecord, ProcRecord, StateDir};
+use super::jobs::procs;
+use super::metrics::Metrics;
+use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
+use crate::api::node::{GpuDeclaration, NodeStatus};
+use crate::store::{keys, Store};
+
+/// How often resources are probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything the status writer needs.
+pub struct StatusWriter {
+    pub node: String,
+    pub store: Store,
+    pub state: StateDir,
+    pub declared: Vec<GpuDeclaration>,
+    pub thresholds: Thresholds,
+    pub endpoint: Option<String>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Jobs whose latest attempt is running on this node (per the state directory).
+pub fn running_jobs(state: &StateDir) -> Vec<String> {
+    state
+        .job_names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|j| {
+            let dir = state.job(j);
+            let n = dir.last_attempt();
+            n > 0
+                && read_json::<ExitRecord>(&dir.exit_record(n))
+                    .ok()
+                    .flatten()
+                    .is_none()
+                && read_json::<ProcRecord>(&dir.job_record(n))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| procs::is_alive(&r))
+        })
+        .collect()
+}
+
+/// Probes once (blocking work off the async threads) and returns the probe for reuse.
+pub async fn probe_once(
+    mut probe: ResourceProbe,
+    declared: Vec<GpuDeclaration>,
+    disk: PathBuf,
+) -> (ResourceProbe, Observed) {
+    tokio::task::spawn_blocking(move || {
+        let observed = probe.probe(&declared, &disk);
+        (probe, observed)
+    })
+    .await
+    .expect("the resource probe does not panic")
+}
+
+impl StatusWriter {
+    /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
+    pub async fn run(self, mut probe: ResourceProbe, mut shutdown: watch::Receiver<bool>) {
+        let mut last: Option<NodeStatus> = None;
+        let mut last_write = Instant::now();
+        loop {
+            let (p, observed) = probe_once(
+                probe,
+                self.declared.clone(),
+                self.state.root().to_path_buf(),
+            )
+            .await;
+            probe = p;
+            let mut status = NodeStatus {
+                running_jobs: running_jobs(&self.state),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                endpoint: self.endpoint.clone(),
+                last_heartbeat: Some(Utc::now()),
+                ..NodeStatus::default()
+            };
+            observed.apply(&mut status, &self.thresholds);
+            if should_write(last.as_ref(), last_write.elapsed(), &status) {
+                let body = serde_json::to_vec(&status).expect("statuses serialize");
+                let key = keys::agent_status(&self.node);
+                match self
+                    .store
+                    .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+                    .await
+                {
+                    Ok(_) => {
+                        last = Some(status);
+                        last_write = Instant::now();
+                        self.metrics
+                            .status_writes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(%e, "node status not written yet"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = super::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
