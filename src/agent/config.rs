@@ -227,3 +227,20 @@ mod tests {
         assert!(serde_norway::from_str::<ConfigFile>("nmae: x\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node.example.yaml");
+        let file = ConfigFile::load(&path).unwrap();
+        let c = AgentConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.name, "gh200-a");
+        assert_eq!(c.endpoints.len(), 3);
+        assert_eq!(c.node_lease_ttl, Duration::from_secs(5));
+        assert!(c.controllers);
+        assert_eq!(c.node_spec().addresses, ["100.64.0.20", "203.0.113.20"]);
+    }
+}
