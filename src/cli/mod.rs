@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod cordon;
 mod crds;
 mod delete;
 mod describe;
@@ -48,6 +49,12 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
     Agent(agent::AgentArgs),
+    /// Mark a node unschedulable: no new jobs are placed there.
+    Cordon(cordon::NodeArgs),
+    /// Make a cordoned node schedulable again.
+    Uncordon(cordon::NodeArgs),
+    /// Cordon a node and move its jobs elsewhere (--wait to follow until it is empty).
+    Drain(cordon::DrainArgs),
     /// Parent one job attempt (started by the agent; not for people).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -133,6 +140,9 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
         Command::Agent(args) => agent::run(args, given).await,
+        Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
+        Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
+        Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }

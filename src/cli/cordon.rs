@@ -1,0 +1,148 @@
+//! `rift cordon NODE`, `rift uncordon NODE`, `rift drain NODE [--wait]`.
+//!
+//! Placements and bindings have one writer, the scheduler. So `drain` does not evict anything
+//! itself: it cordons the Node and marks it with the [`DRAIN_ANNOTATION`]; the leader's
+//! scheduler evicts the node's jobs (they go back to Pending and are placed elsewhere), and
+//! `--wait` watches the node's bindings until none are left.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::api::NodeSpec;
+use crate::store::{keys, Store, StoreError};
+
+use super::CliError;
+
+/// Set by `rift drain` on a Node whose jobs the scheduler must move away.
+pub const DRAIN_ANNOTATION: &str = "rift.dev/drain";
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The node's name.
+    pub node: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    pub node: String,
+    /// Wait, showing progress, until no job is bound to the node.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (0: wait forever).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
+}
+
+/// Sets `unschedulable` (and the drain mark) with compare-and-swap, retrying on conflict.
+async fn set_node(store: &Store, name: &str, cordon: bool, drain: bool) -> Result<bool, CliError> {
+    for _ in 0..10 {
+        let mut node = store
+            .get::<NodeSpec>(name)
+            .await?
+            .ok_or_else(|| CliError::NotFound {
+                kind: "node".into(),
+                name: name.into(),
+            })?;
+        let had_drain = node.metadata.annotations.contains_key(DRAIN_ANNOTATION);
+        if node.spec.unschedulable == cordon && had_drain == drain {
+            return Ok(false);
+        }
+        node.spec.unschedulable = cordon;
+        if drain {
+            node.metadata
+                .annotations
+                .insert(DRAIN_ANNOTATION.into(), Utc::now().to_rfc3339());
+        } else {
+            node.metadata.annotations.remove(DRAIN_ANNOTATION);
+        }
+        match store.update(&node).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CliError::Usage(format!(
+        "node/{name} keeps changing under us; try again"
+    )))
+}
+
+pub async fn cordon(args: NodeArgs, store: &Store) -> Result<(), CliError> {
+    let changed = set_node(store, &args.node, true, false).await?;
+    println!(
+        "node/{} {}",
+        args.node,
+        if changed {
+            "cordoned"
+        } else {
+            "already cordoned"
+        }
+    );
+    Ok(())
+}
+
+pub async fn uncordon(args: NodeArgs, store: &Store) -> Result<(), CliError> {
+    let changed = set_node(store, &args.node, false, false).await?;
+    println!(
+        "node/{} {}",
+        args.node,
+        if changed {
+            "uncordoned"
+        } else {
+            "already schedulable"
+        }
+    );
+    Ok(())
+}
+
+/// Jobs currently bound to `node`.
+pub async fn bound_jobs(store: &Store, node: &str) -> Result<Vec<String>, StoreError> {
+    let prefix = keys::bindings_prefix(node);
+    let (kvs, _) = store.list_raw(&prefix, None).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
+        .collect())
+}
+
+pub async fn drain(args: DrainArgs, store: &Store) -> Result<(), CliError> {
+    set_node(store, &args.node, true, true).await?;
+    let jobs = bound_jobs(store, &args.node).await?;
+    println!(
+        "node/{} cordoned and marked for draining; {} job(s) to move: {}",
+        args.node,
+        jobs.len(),
+        if jobs.is_empty() {
+            "-".into()
+        } else {
+            jobs.join(", ")
+        }
+    );
+    if !args.wait {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    let mut last = jobs;
+    while !last.is_empty() {
+        if args.timeout > 0 && start.elapsed() > Duration::from_secs(args.timeout) {
+            return Err(CliError::Usage(format!(
+                "node/{} still has {} job(s) after {} s: {} (is a leader running the scheduler?)",
+                args.node,
+                last.len(),
+                args.timeout,
+                last.join(", ")
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let now = bound_jobs(store, &args.node).await?;
+        for gone in last.iter().filter(|j| !now.contains(j)) {
+            println!("  job/{gone} moved off ({} left)", now.len());
+        }
+        last = now;
+    }
+    println!("node/{} drained", args.node);
+    Ok(())
+}
