@@ -7,5 +7,6 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod controllers;
 pub mod runtime;
 pub mod store;

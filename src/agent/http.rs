@@ -1,4 +1,4 @@
-//! The agent's HTTP surface: liveness, readiness and status.
+//! The agent's HTTP surface: liveness, readiness, status, metrics and job logs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/jobs/{name}/logs", get(super::logs::job_logs))
         .with_state(state)
 }
 

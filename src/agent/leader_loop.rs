@@ -10,6 +10,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::{AgentConfig, AgentState};
+use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::placement::PlacementConfig;
+use crate::controllers::scheduler::Scheduler;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
 use crate::store::{Store, StoreError};
 
@@ -58,15 +61,42 @@ pub async fn run(
 /// Runs the controllers until leadership is lost (returns false) or shutdown (returns true).
 async fn lead(leadership: &Leadership, node: &str, mut shutdown: watch::Receiver<bool>) -> bool {
     let store = leadership.store();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let scheduler = Scheduler::new(
+        store.clone(),
+        PlacementConfig::default(),
+        Housekeeping::default(),
+    );
+    let mut scheduler = tokio::spawn(scheduler.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let resign = lead_with_heartbeat(leadership, node, &store, &mut shutdown, &mut scheduler).await;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    resign
+}
+
+async fn lead_with_heartbeat(
+    leadership: &Leadership,
+    node: &str,
+    store: &Store,
+    shutdown: &mut watch::Receiver<bool>,
+    scheduler: &mut tokio::task::JoinHandle<Result<(), StoreError>>,
+) -> bool {
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = leadership.lost() => return false,
-            _ = shutdown.wait_for(|s| *s) => return true,
+            _ = super::stopped(shutdown) => return true,
+            r = &mut *scheduler => {
+                tracing::warn!(result = ?r.map(|r| r.err()), "the scheduler stopped: stepping down");
+                leadership.step_down();
+                return false;
+            }
             _ = tick.tick() => {
                 seq += 1;
-                if let Err(e) = heartbeat(&store, node, seq).await {
+                if let Err(e) = heartbeat(store, node, seq).await {
                     if matches!(e, StoreError::Fenced) {
                         tracing::warn!("a leader write was refused by the fence: stepping down");
                         leadership.step_down();

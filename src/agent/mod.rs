@@ -9,6 +9,7 @@ pub mod config;
 mod http;
 pub mod jobs;
 mod leader_loop;
+mod logs;
 pub mod metrics;
 pub mod node_status;
 pub mod registration;
@@ -119,7 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         store: store.clone(),
         state: state_dir.clone(),
         declared: config.gpus.clone(),
-        thresholds: config.thresholds.clone(),
+        thresholds: config.thresholds,
         endpoint: config.advertise.clone(),
         metrics: metrics.clone(),
     };
@@ -127,9 +128,10 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     {
         let store = store.clone();
         let name = config.name.clone();
+        let labels = config.labels.clone();
         tokio::spawn(async move {
             loop {
-                match registration::ensure_node(&store, &name, &node_spec).await {
+                match registration::ensure_node(&store, &name, &node_spec, &labels).await {
                     Ok(created) => {
                         tracing::info!(created, "node registered");
                         return;

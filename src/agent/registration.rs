@@ -18,8 +18,15 @@ use crate::store::{keys, Store, StoreError};
 
 /// Creates the Node from the agent's config unless it exists; an existing Node (applied by an
 /// operator, or registered before) is adopted as it is: the operator's spec wins.
-pub async fn ensure_node(store: &Store, name: &str, spec: &NodeSpec) -> Result<bool, StoreError> {
-    match store.create(&Object::new(name, spec.clone())).await {
+pub async fn ensure_node(
+    store: &Store,
+    name: &str,
+    spec: &NodeSpec,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, StoreError> {
+    let mut node = Object::new(name, spec.clone());
+    node.metadata.labels = labels.clone();
+    match store.create(&node).await {
         Ok(_) => Ok(true),
         Err(StoreError::AlreadyExists { .. }) => Ok(false),
         Err(e) => Err(e),

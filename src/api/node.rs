@@ -12,6 +12,9 @@ use super::validation::FieldErrors;
 
 pub type Node = Object<NodeSpec>;
 
+/// Set by `rift drain` on a Node whose jobs the scheduler must move elsewhere.
+pub const DRAIN_ANNOTATION: &str = "rift.dev/drain";
+
 /// The port every agent serves HTTP on unless told otherwise.
 pub const DEFAULT_AGENT_PORT: u16 = 8770;
 

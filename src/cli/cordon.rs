@@ -14,8 +14,7 @@ use crate::store::{keys, Store, StoreError};
 
 use super::CliError;
 
-/// Set by `rift drain` on a Node whose jobs the scheduler must move away.
-pub const DRAIN_ANNOTATION: &str = "rift.dev/drain";
+pub use crate::api::node::DRAIN_ANNOTATION;
 
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {

@@ -8,6 +8,7 @@ mod delete;
 mod describe;
 mod error;
 mod get;
+mod logs;
 mod printer;
 mod status;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// Leader, voters and quorum, nodes, jobs by phase.
     Status(status::StatusArgs),
+    /// Print a job's output, from the agent of the node it runs on (-f to follow).
+    Logs(logs::LogsArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
     Agent(agent::AgentArgs),
     /// Mark a node unschedulable: no new jobs are placed there.
@@ -139,6 +142,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Delete(args) => delete::run(args, &endpoints).await,
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
+        Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
         Command::Agent(args) => agent::run(args, given).await,
         Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,

@@ -14,10 +14,10 @@
 //! The shim uses no async runtime: it stays a few MiB.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -88,21 +88,30 @@ impl CappedLog {
     }
 }
 
-fn pump(
-    mut from: impl Read + Send + 'static,
-    log: Arc<Mutex<CappedLog>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if let Ok(mut log) = log.lock() {
-                let _ = log.write(&buf[..n]);
-            }
+/// Copies what the job wrote to the log, waiting up to `wait` for output. Returns false once
+/// the pipe is closed (every writer is gone).
+fn drain_output(pipe: &mut std::fs::File, log: &mut CappedLog, wait: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ready = {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(wait.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(n) if n > 0 => fds[0].revents().unwrap_or(PollFlags::empty()),
+            _ => PollFlags::empty(),
         }
-    })
+    };
+    if ready.contains(PollFlags::POLLIN) {
+        let mut buf = [0u8; 16384];
+        return match pipe.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                let _ = log.write(&buf[..n]);
+                true
+            }
+            Err(_) => false,
+        };
+    }
+    !ready.contains(PollFlags::POLLHUP)
 }
 
 /// Runs attempt `attempt` of the job in `dir` to its end. `heartbeat` is the agent's heartbeat
@@ -146,9 +155,13 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             );
         }
     }
-    let log = Arc::new(Mutex::new(
-        CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?,
-    ));
+    let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
+    // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| ShimError::Io {
+        path: "pipe".into(),
+        source: e.into(),
+    })?;
+    let err_end: OwnedFd = write_end.try_clone().map_err(io_at(&job.log(attempt)))?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .envs(&spec.env)
@@ -165,8 +178,8 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
                 .join(","),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Some(w) = &spec.workdir {
         cmd.current_dir(w);
@@ -182,11 +195,12 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             )
         }
     };
+    // Our copies of the write end went into the child; drop them so EOF arrives when the job
+    // (and everything it started) has closed its output.
+    drop(cmd);
     let pid = child.id();
-    let readers = [
-        pump(child.stdout.take().expect("piped"), log.clone()),
-        pump(child.stderr.take().expect("piped"), log.clone()),
-    ];
+    let mut output = std::fs::File::from(read_end);
+    let mut pipe_open = true;
     if let Some(rec) = procs::record(pid) {
         write_json(&job.job_record(attempt), &rec).map_err(io_at(&job.job_record(attempt)))?;
     }
@@ -227,15 +241,19 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
                 procs::signal_group(pid, Signal::SIGKILL);
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if pipe_open {
+            pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
+        } else {
+            // The job closed its output but runs on: just wait.
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     // Whatever the job left in its group goes with it.
     procs::signal_group(pid, Signal::SIGKILL);
+    // Whatever is still buffered in the pipe (the group is dead, so it ends soon).
     let deadline = Instant::now() + Duration::from_secs(1);
-    for r in readers {
-        while !r.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    while pipe_open && Instant::now() < deadline {
+        pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
     }
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {

@@ -1,0 +1,404 @@
+//! `rift logs JOB [-f] [--tail N] [--attempt N]`: a job's output, streamed from the agent of
+//! the node it is placed on.
+//!
+//! The node comes from the job's placement; the agent is tried at the node's reported endpoint
+//! first, then at each of its addresses (with its `agentPort`) in order, each with a short
+//! connect timeout. The request is plain HTTP/1.0 over TCP, so the agent answers with an
+//! unchunked body that ends when it closes the connection.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::CliError;
+use crate::api::placement::Placement;
+use crate::api::validation::dns1123_problem;
+use crate::api::{JobPhase, JobSpec, Node, NodeSpec};
+use crate::store::{keys, Store};
+
+/// How long one address may take to accept the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a connected agent may take to answer with its status line and headers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Without `-f`: the longest silence in the body before giving up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// With `-f` on a job that is placed but not yet started: how long to wait for the agent to
+/// start it.
+const START_WAIT: Duration = Duration::from_secs(15);
+/// The most of an error body shown.
+const MAX_ERROR_BODY: usize = 4096;
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The job.
+    pub job: String,
+    /// Keep streaming output as it is written, across restarts, until the job ends (or Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Show attempt N (default: the latest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempt: Option<u32>,
+}
+
+pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
+    if let Some(problem) = dns1123_problem(&args.job) {
+        return Err(CliError::Usage(format!(
+            "invalid job name {:?}: {problem}",
+            args.job
+        )));
+    }
+    let (node_name, phase) = job_node(store, &args.job).await?;
+    let node = store.get::<NodeSpec>(&node_name).await?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "job {} is placed on node {node_name}, but there is no Node {node_name} to find its agent by",
+            args.job
+        ))
+    })?;
+    let addresses = agent_addresses(&node);
+    if addresses.is_empty() {
+        return Err(CliError::Usage(format!(
+            "node {node_name} (where job {} runs) has no endpoint and no addresses",
+            args.job
+        )));
+    }
+    let path = request_path(&args);
+    let wait_for_start = args.follow && phase == Some(JobPhase::Scheduled);
+    tokio::select! {
+        r = fetch(&node_name, &addresses, &path, args.follow, wait_for_start) => r,
+        // Ctrl-C ends a follow quietly.
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// The node `job` is placed on, and the job's phase (`None` when the Job object is gone but its
+/// placement is not: its output still lies on that node).
+async fn job_node(store: &Store, job: &str) -> Result<(String, Option<JobPhase>), CliError> {
+    if let Some(obj) = store.get::<JobSpec>(job).await? {
+        let status = obj.status.unwrap_or_default();
+        return match status.node {
+            Some(node) => Ok((node, Some(status.phase))),
+            None => {
+                let why = [status.message, status.reason]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .unwrap_or_else(|| "the scheduler has not placed it yet".into());
+                Err(CliError::Usage(format!(
+                    "job {job} is {:?}: {why}",
+                    status.phase
+                )))
+            }
+        };
+    }
+    store
+        .get_raw(&keys::placement(job))
+        .await?
+        .and_then(|kv| serde_json::from_slice::<Placement>(&kv.value).ok())
+        .and_then(|p| p.node)
+        .map(|node| (node, None))
+        .ok_or_else(|| CliError::NotFound {
+            kind: "job".into(),
+            name: job.into(),
+        })
+}
+
+/// Where to try the node's agent, in order: the endpoint it reports, then each address with the
+/// agent's port; without repeats.
+pub fn agent_addresses(node: &Node) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let endpoint = node.status.as_ref().and_then(|s| s.endpoint.clone());
+    let from_spec = node
+        .spec
+        .addresses
+        .iter()
+        .map(|a| with_port(a.trim(), node.spec.agent_port));
+    for addr in endpoint.into_iter().chain(from_spec) {
+        if !addr.is_empty() && !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out
+}
+
+/// `host:port` for an address that is a host name or IP; an address that already names a port
+/// (`host:port`, `[v6]:port`) is kept as it is.
+fn with_port(host: &str, port: u16) -> String {
+    let colons = host.matches(':').count();
+    if host.starts_with('[') {
+        if host.contains("]:") {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        }
+    } else if colons == 1 {
+        host.to_string()
+    } else if colons > 1 {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn request_path(args: &LogsArgs) -> String {
+    let mut query = Vec::new();
+    if args.follow {
+        query.push("follow=true".to_string());
+    }
+    if let Some(n) = args.tail {
+        query.push(format!("tail={n}"));
+    }
+    if let Some(n) = args.attempt {
+        query.push(format!("attempt={n}"));
+    }
+    let mut path = format!("/v1/jobs/{}/logs", args.job);
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
+    }
+    path
+}
+
+/// Tries each address until one answers, then streams its body to stdout.
+async fn fetch(
+    node: &str,
+    addresses: &[String],
+    path: &str,
+    follow: bool,
+    wait_for_start: bool,
+) -> Result<(), CliError> {
+    let mut tried = Vec::new();
+    for addr in addresses {
+        let started = Instant::now();
+        loop {
+            let mut resp = match request(addr, path).await {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::debug!(%addr, %why, "agent address did not answer");
+                    tried.push(format!("{addr} ({why})"));
+                    break;
+                }
+            };
+            if resp.status == 200 {
+                return resp.copy_to_stdout(!follow).await;
+            }
+            // Placed but not started yet: the agent has no state for it for a moment.
+            if resp.status == 404 && wait_for_start && started.elapsed() < START_WAIT {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let body = resp.error_body().await;
+            return Err(CliError::Usage(format!(
+                "the agent of node {node} ({addr}) answered {}: {body}",
+                resp.status
+            )));
+        }
+    }
+    Err(CliError::Usage(format!(
+        "no address of node {node} answered; tried {}",
+        tried.join(", ")
+    )))
+}
+
+/// A response whose status line and headers were read; `body` holds what came after them.
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+    stream: TcpStream,
+}
+
+/// Connects to `addr` and sends `GET path` as HTTP/1.0; an error says why in a few words.
+async fn request(addr: &str, path: &str) -> Result<Response, String> {
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(format!(
+                "no connection within {:.1}s",
+                CONNECT_TIMEOUT.as_secs_f64()
+            ))
+        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let head = async {
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rift/{}\r\nAccept: text/plain\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let status = parse_status(&buf[..end])
+                    .ok_or_else(|| "answered, but not with HTTP".to_string())?;
+                return Ok((status, buf.split_off(end + 4)));
+            }
+            if buf.len() > 64 * 1024 {
+                return Err("answered with oversized headers".to_string());
+            }
+            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed the connection without answering".to_string());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (status, body) = tokio::time::timeout(RESPONSE_TIMEOUT, head)
+        .await
+        .map_err(|_| {
+            format!(
+                "connected, but no answer within {}s",
+                RESPONSE_TIMEOUT.as_secs()
+            )
+        })??;
+    Ok(Response {
+        status,
+        body,
+        stream,
+    })
+}
+
+impl Response {
+    /// Streams the body to stdout until the agent closes the connection; with `idle_limit`,
+    /// gives up after [`IDLE_TIMEOUT`] without a byte.
+    async fn copy_to_stdout(&mut self, idle_limit: bool) -> Result<(), CliError> {
+        let stdout_err = |source| CliError::Io {
+            path: "stdout".into(),
+            source,
+        };
+        let mut out = tokio::io::stdout();
+        out.write_all(&self.body).await.map_err(stdout_err)?;
+        out.flush().await.map_err(stdout_err)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let read = self.stream.read(&mut buf);
+            let n = if idle_limit {
+                match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(CliError::Usage(format!(
+                            "the agent sent nothing for {}s; giving up",
+                            IDLE_TIMEOUT.as_secs()
+                        )))
+                    }
+                }
+            } else {
+                read.await
+            };
+            let n = n.map_err(|source| CliError::Io {
+                path: "the agent's connection".into(),
+                source,
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n]).await.map_err(stdout_err)?;
+            out.flush().await.map_err(stdout_err)?;
+        }
+    }
+
+    /// The first line of an error answer's body (bounded, and briefly waited for).
+    async fn error_body(&mut self) -> String {
+        let mut body = std::mem::take(&mut self.body);
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while body.len() < MAX_ERROR_BODY {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&body);
+        let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        if line.is_empty() {
+            "(no message)".into()
+        } else {
+            line.trim().to_string()
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The status code of `HTTP/1.x CODE REASON`.
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut parts = text.lines().next()?.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NodeStatus, Object};
+
+    #[test]
+    fn endpoint_first_then_addresses_with_the_agent_port_without_repeats() {
+        let mut node = Object::new(
+            "n1",
+            NodeSpec {
+                addresses: vec![
+                    "100.64.0.1".into(),
+                    "fd7a::1".into(),
+                    "10.0.0.1:9000".into(),
+                    "[fd7a::2]".into(),
+                    "box.example".into(),
+                    "127.0.0.1".into(),
+                ],
+                agent_port: 8771,
+                ..NodeSpec::default()
+            },
+        );
+        node.status = Some(NodeStatus {
+            endpoint: Some("127.0.0.1:8771".into()),
+            ..NodeStatus::default()
+        });
+        assert_eq!(
+            agent_addresses(&node),
+            [
+                "127.0.0.1:8771",
+                "100.64.0.1:8771",
+                "[fd7a::1]:8771",
+                "10.0.0.1:9000",
+                "[fd7a::2]:8771",
+                "box.example:8771",
+            ]
+        );
+    }
+
+    #[test]
+    fn request_paths_carry_only_what_was_asked() {
+        let args = |follow, tail, attempt| LogsArgs {
+            job: "train".into(),
+            follow,
+            tail,
+            attempt,
+        };
+        assert_eq!(
+            request_path(&args(false, None, None)),
+            "/v1/jobs/train/logs"
+        );
+        assert_eq!(
+            request_path(&args(true, Some(3), Some(2))),
+            "/v1/jobs/train/logs?follow=true&tail=3&attempt=2"
+        );
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status(b"HTTP/1.0 404 Not Found\r\nx: y"), Some(404));
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
+    }
+}

@@ -1,0 +1,294 @@
+//! The scheduler: in passes over a snapshot of the cluster, it keeps Pools at their size,
+//! does the housekeeping (drain, lost nodes, TTL, orphans), and places every Pending job.
+//!
+//! A pass reads Nodes and Jobs (with composed status), Pools, placements and bindings, decides
+//! with pure functions ([`super::pools::plan`], [`super::housekeeping::decide`],
+//! [`super::placement::schedule`]) and writes placement + binding pairs in batched,
+//! compare-and-swap, leader-fenced transactions ([`super::writes::apply`]). Passes run after
+//! any change in the store (coalesced) and at least every [`TICK`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::housekeeping::{self, Housekeeping};
+use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, PlacementConfig};
+use super::pools;
+use super::writes::{self, Write};
+use crate::api::kinds;
+use crate::api::placement::{Binding, Placement};
+use crate::api::selector::LabelSelector;
+use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
+use crate::store::watcher::{WatchConfig, Watcher};
+use crate::store::{keys, Store, StoreError};
+
+/// The longest time between passes when nothing changes.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Changes arriving within this window share one pass.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+/// The cluster as one pass sees it.
+pub struct Snapshot {
+    pub nodes: Vec<Node>,
+    pub jobs: Vec<Job>,
+    pub pools: Vec<Pool>,
+    /// Placement and its mod revision, by job.
+    pub placements: HashMap<String, (Placement, i64)>,
+    /// `(node, job, binding)`.
+    pub bindings: Vec<(String, String, Binding)>,
+}
+
+/// Reads a snapshot. Each read is consistent; writes are guarded by compare-and-swap, so a
+/// change between reads costs at most a retried write on the next pass.
+pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
+    let all = LabelSelector::everything();
+    let (nodes, _) = store.list::<NodeSpec>(&all).await?;
+    let (jobs, _) = store.list::<JobSpec>(&all).await?;
+    let (pools, _) = store.list::<PoolSpec>(&all).await?;
+    let (kvs, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
+    let placements = kvs
+        .iter()
+        .filter_map(|kv| {
+            let job = kv.key.strip_prefix(keys::PLACEMENTS_PREFIX)?;
+            let p: Placement = serde_json::from_slice(&kv.value).ok()?;
+            Some((job.to_string(), (p, kv.mod_revision)))
+        })
+        .collect();
+    let prefix = format!("{}bindings/", keys::ROOT);
+    let (kvs, _) = store.list_raw(&prefix, Some(rev)).await?;
+    let bindings = kvs
+        .iter()
+        .filter_map(|kv| {
+            let (node, job) = kv.key.strip_prefix(&prefix)?.split_once('/')?;
+            let b: Binding = serde_json::from_slice(&kv.value).ok()?;
+            Some((node.to_string(), job.to_string(), b))
+        })
+        .collect();
+    Ok(Snapshot {
+        nodes,
+        jobs,
+        pools,
+        placements,
+        bindings,
+    })
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    pub placed: usize,
+    pub unschedulable: usize,
+    pub evicted: usize,
+    pub deleted_jobs: usize,
+    pub conflicts: usize,
+}
+
+/// The scheduler's state between passes.
+pub struct Scheduler {
+    store: Store,
+    placement: PlacementConfig,
+    housekeeping: Housekeeping,
+    /// When this leader first saw each node NotReady (its own monotonic clock).
+    lost_since: HashMap<String, Instant>,
+}
+
+impl Scheduler {
+    /// `store` must be the leader's fenced store.
+    pub fn new(store: Store, placement: PlacementConfig, housekeeping: Housekeeping) -> Self {
+        Self {
+            store,
+            placement,
+            housekeeping,
+            lost_since: HashMap::new(),
+        }
+    }
+
+    fn track_lost_nodes(&mut self, nodes: &[Node]) -> HashMap<String, Duration> {
+        let now = Instant::now();
+        let present: HashSet<&str> = nodes.iter().map(|n| n.name()).collect();
+        self.lost_since.retain(|n, _| present.contains(n.as_str()));
+        for n in nodes {
+            if n.status.as_ref().is_some_and(|s| s.is_ready()) {
+                self.lost_since.remove(n.name());
+            } else {
+                self.lost_since.entry(n.name().to_string()).or_insert(now);
+            }
+        }
+        self.lost_since
+            .iter()
+            .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+            .collect()
+    }
+
+    /// One pass: pools, housekeeping, placement.
+    pub async fn pass(&mut self) -> Result<PassStats, StoreError> {
+        let mut stats = PassStats::default();
+        let snap = load(&self.store).await?;
+        pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
+
+        let lost_for = self.track_lost_nodes(&snap.nodes);
+        let chores = housekeeping::decide(
+            &snap.nodes,
+            &snap.jobs,
+            &snap.pools,
+            &snap.placements,
+            &lost_for,
+            &self.housekeeping,
+            Utc::now(),
+        );
+        let job_kind = kinds::by_kind("Job").expect("Job is registered");
+        for job in &chores.delete_jobs {
+            self.store.delete_object(job_kind, job).await?;
+            stats.deleted_jobs += 1;
+        }
+        let applied = writes::apply(&self.store, &chores.writes).await?;
+        stats.conflicts += applied.conflicts;
+        stats.evicted += chores
+            .writes
+            .iter()
+            .filter(|w| matches!(w, Write::Evict { .. }))
+            .count();
+
+        // Jobs touched by housekeeping wait for the next pass, which sees the result.
+        let touched: HashSet<&str> = chores
+            .delete_jobs
+            .iter()
+            .map(String::as_str)
+            .chain(chores.writes.iter().map(|w| match w {
+                Write::Place { job, .. }
+                | Write::Pending { job, .. }
+                | Write::Evict { job, .. }
+                | Write::Forget { job, .. } => job.as_str(),
+            }))
+            .collect();
+        let writes = self.placement_writes(&snap, &touched, &mut stats);
+        let applied = writes::apply(&self.store, &writes).await?;
+        stats.conflicts += applied.conflicts;
+        Ok(stats)
+    }
+
+    fn placement_writes(
+        &self,
+        snap: &Snapshot,
+        touched: &HashSet<&str>,
+        stats: &mut PassStats,
+    ) -> Vec<Write> {
+        let jobs: HashMap<&str, &Job> = snap.jobs.iter().map(|j| (j.name(), j)).collect();
+        let mut bound: HashMap<&str, Vec<BoundJob>> = HashMap::new();
+        for (node, job, b) in &snap.bindings {
+            if let Some(j) = jobs.get(job.as_str()) {
+                if !touched.contains(job.as_str()) {
+                    bound
+                        .entry(node.as_str())
+                        .or_default()
+                        .push(BoundJob::from_job(j, b.gpus.clone()));
+                }
+            }
+        }
+        let views: Vec<NodeView> = snap
+            .nodes
+            .iter()
+            .map(|n| NodeView::from_node(n, bound.remove(n.name()).unwrap_or_default()))
+            .collect();
+        let pending: Vec<PendingJob> = snap
+            .jobs
+            .iter()
+            .filter(|j| !touched.contains(j.name()) && j.metadata.deletion_timestamp.is_none())
+            .filter(|j| match snap.placements.get(j.name()) {
+                None => true,
+                Some((p, _)) => p.node.is_none(),
+            })
+            .map(PendingJob::from_job)
+            .collect();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let placed = |job: &str| snap.placements.get(job);
+        let mut out = Vec::new();
+        for decision in placement::schedule(&views, &pending, &self.placement) {
+            let prev = placed(decision.job());
+            let epoch = prev.map_or(0, |(p, _)| p.epoch);
+            let expect = prev.map(|(_, rev)| *rev);
+            match decision {
+                Decision::Place { job, node, gpus } => {
+                    stats.placed += 1;
+                    out.push(Write::Place {
+                        job,
+                        node,
+                        gpus,
+                        epoch: epoch + 1,
+                        expect,
+                    });
+                }
+                Decision::Preempt {
+                    job,
+                    node,
+                    gpus,
+                    evict,
+                } => {
+                    for victim in evict {
+                        if let Some((p, rev)) = placed(&victim) {
+                            stats.evicted += 1;
+                            out.push(Write::Evict {
+                                reason: format!("preempted by higher-priority job {job}"),
+                                job: victim,
+                                node: node.clone(),
+                                epoch: p.epoch,
+                                expect: Some(*rev),
+                            });
+                        }
+                    }
+                    stats.placed += 1;
+                    out.push(Write::Place {
+                        job,
+                        node,
+                        gpus,
+                        epoch: epoch + 1,
+                        expect,
+                    });
+                }
+                Decision::Unschedulable { job, reason } => {
+                    stats.unschedulable += 1;
+                    if prev.and_then(|(p, _)| p.pending.as_ref()) != Some(&reason) {
+                        out.push(Write::Pending {
+                            job,
+                            reason,
+                            epoch,
+                            expect,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs passes until `stop` resolves or a write is refused by the leader fence (then
+    /// returns [`StoreError::Fenced`]: the caller must step down).
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        tokio::pin!(stop);
+        let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
+        loop {
+            match self.pass().await {
+                Ok(stats) if stats != PassStats::default() => {
+                    tracing::info!(?stats, "scheduler pass")
+                }
+                Ok(_) => {}
+                Err(StoreError::Fenced) => return Err(StoreError::Fenced),
+                Err(e) => tracing::warn!(%e, "scheduler pass failed; retrying"),
+            }
+            // Wait for a change (or the tick), then let a burst of changes settle.
+            tokio::select! {
+                _ = watcher.next() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = &mut stop => return Ok(()),
+            }
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+}
