@@ -41,6 +41,8 @@ pub struct ConfigFile {
     /// Usage above which the node counts as overloaded (percent).
     #[serde(default)]
     pub thresholds: super::resources::Thresholds,
+    /// Leader only: extra time beyond a job's `lostAfter` before it is moved off a lost node.
+    pub reschedule_margin: Option<HumanDuration>,
 }
 
 /// Problems with the agent's configuration.
@@ -96,6 +98,7 @@ pub struct AgentConfig {
     pub nat_blocked: bool,
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
     pub thresholds: super::resources::Thresholds,
+    pub reschedule_margin: Duration,
 }
 
 impl AgentConfig {
@@ -126,6 +129,7 @@ pub struct Overrides {
     pub node_lease_ttl_secs: Option<u64>,
     pub controllers: bool,
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    pub reschedule_margin_secs: Option<u64>,
 }
 
 impl AgentConfig {
@@ -178,6 +182,11 @@ impl AgentConfig {
             nat_blocked: file.nat_blocked,
             gpus: if o.gpus.is_empty() { file.gpus } else { o.gpus },
             thresholds: file.thresholds,
+            reschedule_margin: o
+                .reschedule_margin_secs
+                .map(Duration::from_secs)
+                .or(file.reschedule_margin.map(HumanDuration::as_duration))
+                .unwrap_or(Duration::from_secs(10)),
         })
     }
 }

@@ -47,7 +47,10 @@ pub async fn run(
         };
         state.is_leader.store(true, Ordering::Relaxed);
         *state.leader.write().expect("lock") = Some(config.name.clone());
-        let resign = lead(&leadership, &config.name, shutdown.clone()).await;
+        let housekeeping = Housekeeping {
+            margin: config.reschedule_margin,
+        };
+        let resign = lead(&leadership, &config.name, housekeeping, shutdown.clone()).await;
         state.is_leader.store(false, Ordering::Relaxed);
         if resign {
             leadership.resign().await;
@@ -59,7 +62,12 @@ pub async fn run(
 }
 
 /// Runs the controllers until leadership is lost (returns false) or shutdown (returns true).
-async fn lead(leadership: &Leadership, node: &str, mut shutdown: watch::Receiver<bool>) -> bool {
+async fn lead(
+    leadership: &Leadership,
+    node: &str,
+    housekeeping: Housekeeping,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
     let store = leadership.store();
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let scheduler = Scheduler::new(

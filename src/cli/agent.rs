@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// `"RTX 4090x2:24"`. Repeatable; replaces `gpus:` from the config file.
     #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// Leader only: seconds beyond a job's lostAfter before it is moved off a lost node
+    /// (default 10).
+    #[arg(long, env = "RIFT_RESCHEDULE_MARGIN")]
+    pub reschedule_margin: Option<u64>,
     /// Campaign for leadership and run the controllers while leading.
     #[arg(long, env = "RIFT_CONTROLLERS")]
     pub controllers: bool,
@@ -60,6 +64,7 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             node_lease_ttl_secs: args.node_lease_ttl,
             controllers: args.controllers,
             gpus: args.gpus,
+            reschedule_margin_secs: args.reschedule_margin,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

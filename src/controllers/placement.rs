@@ -281,7 +281,7 @@ fn decide<'a>(
             }
             Err(u) => {
                 counts[u as usize] += 1;
-                if config.preemption && u.evictable() {
+                if config.preemption && u.evictable() && node.may_evict_for(job.priority) {
                     capacity_only.push(i);
                 }
             }
@@ -299,7 +299,7 @@ fn decide<'a>(
         let mut best: Option<(VictimCost, usize, Vec<usize>)> = None;
         for i in capacity_only {
             // Skip nodes that cannot beat the best found so far (ties keep the earlier name).
-            match cluster.nodes[i].cheapest_possible(job.priority) {
+            match cluster.nodes[i].cheapest_possible(&needs) {
                 None => continue,
                 Some(bound) if best.as_ref().is_some_and(|(c, _, _)| bound >= *c) => continue,
                 Some(_) => {}

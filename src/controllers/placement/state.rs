@@ -82,6 +82,8 @@ pub(super) struct NodeState<'a> {
     cpus_free: f64,
     mem_free: f64,
     residents: Vec<Resident<'a>>,
+    /// The lowest priority among residents not evicted (`i32::MAX` when none).
+    min_priority: i32,
     /// (pool id, jobs of that pool here).
     pools: Vec<(usize, u32)>,
 }
@@ -154,6 +156,7 @@ impl<'a> Cluster<'a> {
                 cpus_free: cpus_cap,
                 mem_free: mem_cap,
                 residents: Vec::with_capacity(v.bound.len()),
+                min_priority: i32::MAX,
                 pools: Vec::new(),
             };
             for b in &v.bound {
@@ -261,6 +264,7 @@ impl<'a> NodeState<'a> {
     fn add_resident(&mut self, r: Resident<'a>) {
         self.cpus_free -= r.cpus;
         self.mem_free -= r.mem;
+        self.min_priority = self.min_priority.min(r.priority);
         if let Some(p) = r.pool {
             match self.pools.iter_mut().find(|e| e.0 == p) {
                 Some(e) => e.1 += 1,
@@ -430,13 +434,7 @@ impl<'a> NodeState<'a> {
         if cands.is_empty() || !self.fits_without(n, &cands, &mut holders) {
             return None;
         }
-        let useful = |r: &Resident| {
-            r.gpus
-                .iter()
-                .filter_map(|g| self.slot(*g))
-                .filter(|&i| n.elig.get(self.slots[i].model) == Some(&Elig::Yes))
-                .count()
-        };
+        let useful = |r: &Resident| self.useful(n, r);
         cands.sort_by(|&a, &b| {
             let (a, b) = (&self.residents[a], &self.residents[b]);
             a.priority
@@ -472,16 +470,47 @@ impl<'a> NodeState<'a> {
         )
     }
 
-    /// A lower bound on [`victim_cost`](Self::victim_cost) for any eviction here on behalf of a
-    /// job of `priority`: one victim of the lowest evictable priority. `None` when nothing here
-    /// may be evicted.
-    pub fn cheapest_possible(&self, priority: i32) -> Option<VictimCost> {
-        self.residents
+    /// Whether anything here has a lower priority than `priority` (cheap).
+    pub fn may_evict_for(&self, priority: i32) -> bool {
+        self.min_priority < priority
+    }
+
+    /// How many of `r`'s GPUs the job could use.
+    fn useful(&self, n: &Needs, r: &Resident) -> u32 {
+        r.gpus
             .iter()
-            .filter(|r| !r.evicted && r.priority < priority)
-            .map(|r| r.priority)
-            .min()
-            .map(|p| (p, i64::from(p) + PRIORITY_OFFSET, 1))
+            .filter_map(|g| self.slot(*g))
+            .filter(|&i| n.elig.get(self.slots[i].model) == Some(&Elig::Yes))
+            .count() as u32
+    }
+
+    /// A lower bound on [`victim_cost`](Self::victim_cost) for any eviction here for the job:
+    /// the fewest victims that could free enough eligible GPUs, all of the lowest evictable
+    /// priority. `None` when no eviction here can free enough GPUs.
+    pub fn cheapest_possible(&self, n: &Needs) -> Option<VictimCost> {
+        if !self.may_evict_for(n.job.priority) {
+            return None;
+        }
+        let free: u32 = self
+            .models
+            .iter()
+            .filter(|m| n.elig.get(m.model) == Some(&Elig::Yes))
+            .map(|m| m.free)
+            .sum();
+        let most = self
+            .residents
+            .iter()
+            .filter(|r| !r.evicted && r.priority < n.job.priority)
+            .map(|r| self.useful(n, r))
+            .max()
+            .unwrap_or(0);
+        let fewest = match n.gpus.saturating_sub(free) {
+            0 => 1,
+            _ if most == 0 => return None,
+            deficit => deficit.div_ceil(most) as usize,
+        };
+        let p = self.min_priority;
+        Some((p, (i64::from(p) + PRIORITY_OFFSET) * fewest as i64, fewest))
     }
 
     /// Evicts residents, freeing what they held; returns their names.
@@ -513,6 +542,13 @@ impl<'a> NodeState<'a> {
             }
             names.push(r.name.to_string());
         }
+        self.min_priority = self
+            .residents
+            .iter()
+            .filter(|r| !r.evicted)
+            .map(|r| r.priority)
+            .min()
+            .unwrap_or(i32::MAX);
         names
     }
 }

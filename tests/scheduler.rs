@@ -1,0 +1,326 @@
+//! The scheduler, pools, drain and lost nodes with real etcd and real agents: one agent runs
+//! the controllers (label `role: ctl`, no GPUs), the others are workers (`worker: "yes"`) with
+//! declared GPUs.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rift::api::job::OnNodeLost;
+use rift::api::{JobPhase, JobSpec, Object};
+use rift::store::Store;
+use support::agent::{eventually, process_alive, TestAgent};
+use support::cli::rift;
+use support::etcd::EtcdCluster;
+
+fn config(dir: &Path, name: &str, labels: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, format!("labels: {labels}\n")).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+struct Cluster {
+    etcd: EtcdCluster,
+    store: Store,
+    dir: tempfile::TempDir,
+    _ctl: TestAgent,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let etcd = EtcdCluster::single();
+        let store = Store::connect(&etcd.endpoints()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "ctl", "{role: ctl}");
+        let ctl = TestAgent::start(
+            "ctl",
+            &etcd.endpoints_csv(),
+            &[
+                "--config",
+                &cfg,
+                "--controllers",
+                "--lease-ttl",
+                "2",
+                "--reschedule-margin",
+                "2",
+            ],
+        );
+        Cluster {
+            etcd,
+            store,
+            dir,
+            _ctl: ctl,
+        }
+    }
+
+    fn worker(&self, name: &str, gpus: &[&str]) -> TestAgent {
+        let cfg = config(self.dir.path(), name, "{worker: \"yes\"}");
+        let mut args = vec!["--config", cfg.as_str()];
+        for g in gpus {
+            args.extend(["--gpus", g]);
+        }
+        TestAgent::start(name, &self.etcd.endpoints_csv(), &args)
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = support::cli::rift_stdin(&self.etcd.endpoints_csv(), &["apply", "-f", "-"], yaml);
+        assert!(out.ok, "{}", out.stderr);
+    }
+
+    async fn job(&self, name: &str) -> Option<rift::api::Job> {
+        self.store.get::<JobSpec>(name).await.ok().flatten()
+    }
+
+    async fn wait_running(&self, name: &str, within: u64) -> rift::api::Job {
+        eventually(
+            Duration::from_secs(within),
+            &format!("{name} running"),
+            || async {
+                self.job(name).await.filter(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == JobPhase::Running)
+                })
+            },
+        )
+        .await
+    }
+}
+
+async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&mut JobSpec)) {
+    let mut spec = JobSpec::with_command(["sh", "-c", script]);
+    spec.node_selector.insert("worker".into(), "yes".into());
+    spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(2);
+    tune(&mut spec);
+    store.create(&Object::new(name, spec)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_per_gpu_pool_fills_every_gpu_and_only_those() {
+    let c = Cluster::start().await;
+    let _w1 = c.worker("w1", &["H100x2"]);
+    let _w2 = c.worker("w2", &["RTX 4090x1"]);
+    let _w3 = c.worker("w3", &[]);
+    c.apply(
+        "apiVersion: rift/v1\nkind: Pool\nmetadata: {name: sp}\nspec:\n  perGpu: true\n  nodeSelector: {worker: \"yes\"}\n  template:\n    spec:\n      type: selfplay\n      command: [sleep, \"60\"]\n",
+    );
+    let jobs = eventually(Duration::from_secs(30), "3 members running", || async {
+        let (jobs, _) = c
+            .store
+            .list::<JobSpec>(&"rift.dev/pool=sp".parse().unwrap())
+            .await
+            .ok()?;
+        let running = jobs
+            .iter()
+            .filter(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == JobPhase::Running)
+            })
+            .count();
+        (jobs.len() == 3 && running == 3).then_some(jobs)
+    })
+    .await;
+    let mut placed: Vec<(String, Vec<u32>)> = jobs
+        .iter()
+        .map(|j| {
+            let s = j.status.as_ref().unwrap();
+            (s.node.clone().unwrap(), s.gpus.clone())
+        })
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            ("w1".to_string(), vec![0]),
+            ("w1".to_string(), vec![1]),
+            ("w2".to_string(), vec![0])
+        ]
+    );
+    let pool = rift(
+        &c.etcd.endpoints_csv(),
+        &["get", "pool", "sp", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&pool.stdout).unwrap();
+    assert_eq!(
+        (
+            v["status"]["desired"].as_u64(),
+            v["status"]["running"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_fits_nowhere_says_why() {
+    let c = Cluster::start().await;
+    let _w1 = c.worker("w1", &["H100x2"]);
+    let _w2 = c.worker("w2", &[]);
+    create_job(&c.store, "huge", "true", |s| s.resources.gpus = 8).await;
+    let job = eventually(Duration::from_secs(30), "a why-not", || async {
+        c.job("huge")
+            .await
+            .filter(|j| j.status.as_ref().is_some_and(|s| !s.message.is_empty()))
+    })
+    .await;
+    let s = job.status.unwrap();
+    assert_eq!(s.phase, JobPhase::Pending);
+    assert!(s.message.starts_with("0/3 nodes:"), "{}", s.message);
+    assert!(s.message.contains("insufficient GPUs"), "{}", s.message);
+    assert!(
+        s.message.contains("node selector mismatch"),
+        "the ctl node: {}",
+        s.message
+    );
+}
+
+#[tokio::test]
+async fn drain_moves_every_job_off_a_node() {
+    let c = Cluster::start().await;
+    let _w1 = c.worker("w1", &[]);
+    c.apply("apiVersion: rift/v1\nkind: Pool\nmetadata: {name: cpu}\nspec:\n  replicas: 3\n  nodeSelector: {worker: \"yes\"}\n  template:\n    spec:\n      command: [sleep, \"60\"]\n      terminationGracePeriod: 2s\n");
+    for i in 0..3 {
+        c.wait_running(&format!("cpu-{i}"), 30).await;
+    }
+    let _w2 = c.worker("w2", &[]);
+    let out = rift(
+        &c.etcd.endpoints_csv(),
+        &["drain", "w1", "--wait", "--timeout", "40"],
+    );
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("node/w1 drained"), "{}", out.stdout);
+    for i in 0..3 {
+        let j = c.wait_running(&format!("cpu-{i}"), 30).await;
+        assert_eq!(j.status.unwrap().node.as_deref(), Some("w2"));
+    }
+}
+
+#[tokio::test]
+async fn a_killed_nodes_reschedule_jobs_run_elsewhere_and_its_wait_jobs_stay() {
+    let c = Cluster::start().await;
+    let mut w1 = c.worker("w1", &[]);
+    let lost_after = rift::api::duration::HumanDuration::from_secs(2);
+    create_job(&c.store, "mover", "sleep 120", |s| {
+        s.on_node_lost = OnNodeLost::Reschedule;
+        s.lost_after = lost_after;
+    })
+    .await;
+    create_job(&c.store, "stayer", "sleep 120", |s| {
+        s.lost_after = lost_after
+    })
+    .await;
+    c.wait_running("mover", 30).await;
+    c.wait_running("stayer", 30).await;
+    let _w2 = c.worker("w2", &[]);
+    w1.kill();
+    let killed = Instant::now();
+    let moved = eventually(Duration::from_secs(40), "mover running on w2", || async {
+        c.job("mover").await.filter(|j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == JobPhase::Running && s.node.as_deref() == Some("w2"))
+        })
+    })
+    .await;
+    // Node TTL 2 s + lostAfter 2 s + margin 2 s, at the least.
+    assert!(
+        killed.elapsed() >= Duration::from_secs(4),
+        "moved too early: {:?}",
+        killed.elapsed()
+    );
+    assert!(moved.status.unwrap().epoch.unwrap() >= 2);
+    let stayer = c.job("stayer").await.unwrap().status.unwrap();
+    assert_eq!(
+        stayer.node.as_deref(),
+        Some("w1"),
+        "a wait job is never moved"
+    );
+}
+
+/// Each instance appends `start <pid> <ns>` and, when stopped, `stop <pid> <ns>`.
+const RECORDING_JOB: &str = "echo \"start $$ $(date +%s%N)\" >> \"$LOG\"; trap 'echo \"stop $$ $(date +%s%N)\" >> \"$LOG\"; exit 0' TERM; while true; do sleep 0.1; done";
+
+#[tokio::test]
+async fn a_cut_off_node_never_runs_a_job_at_the_same_time_as_its_replacement() {
+    let c = Cluster::start().await;
+    let w1 = c.worker("w1", &[]);
+    let log = c.dir.path().join("instances.log");
+    create_job(&c.store, "solo", RECORDING_JOB, |s| {
+        s.on_node_lost = OnNodeLost::Reschedule;
+        s.lost_after = rift::api::duration::HumanDuration::from_secs(3);
+        s.env.insert("LOG".into(), log.to_string_lossy().into());
+    })
+    .await;
+    let first = c.wait_running("solo", 30).await.status.unwrap();
+    assert_eq!(first.node.as_deref(), Some("w1"));
+    let _w2 = c.worker("w2", &[]);
+    // Cut w1's agent off: it stops renewing its lease; its shims keep running on their own.
+    let agent_pid = pid_of_agent(&w1);
+    nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    eventually(Duration::from_secs(40), "solo running on w2", || async {
+        c.job("solo").await.filter(|j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == JobPhase::Running && s.node.as_deref() == Some("w2"))
+        })
+    })
+    .await;
+    nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !process_alive(first.pid.unwrap()),
+        "the old instance is gone"
+    );
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<(&str, &str, u128)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((p.next()?, p.next()?, p.next()?.parse().ok()?))
+        })
+        .collect();
+    // Replay the log: never more than one instance between its start and its stop.
+    let mut running = std::collections::BTreeSet::new();
+    let mut sorted = events.clone();
+    sorted.sort_by_key(|e| e.2);
+    for (what, pid, _) in &sorted {
+        match *what {
+            "start" => {
+                running.insert(*pid);
+                assert!(running.len() <= 1, "two instances ran at once: {text}");
+            }
+            _ => {
+                running.remove(pid);
+            }
+        }
+    }
+    assert_eq!(
+        events.iter().filter(|e| e.0 == "start").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("stop {}", first.pid.unwrap())),
+        "the old instance was stopped: {text}"
+    );
+}
+
+fn pid_of_agent(agent: &TestAgent) -> nix::unistd::Pid {
+    let needle = format!("--name\0{}\0", agent.name);
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("agent")
+            && cmd.contains(&needle)
+            && cmd.contains(&agent.state.to_string_lossy().to_string())
+        {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+    }
+    panic!("agent {} not found", agent.name);
+}
