@@ -70,11 +70,7 @@ async fn lead(
 ) -> bool {
     let store = leadership.store();
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let scheduler = Scheduler::new(
-        store.clone(),
-        PlacementConfig::default(),
-        Housekeeping::default(),
-    );
+    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
     let mut scheduler = tokio::spawn(scheduler.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));

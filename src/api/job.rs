@@ -307,4 +307,7 @@ pub struct JobStatus {
     /// Counters the job reports through `RIFT_PROGRESS_FILE`, e.g. `games: 120`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub progress: BTreeMap<String, f64>,
+    /// What the job wrote to `RIFT_RESULT_FILE`, once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }

@@ -60,6 +60,9 @@ pub struct RuntimeReport {
     pub progress: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<u32>,
+    /// What a finished job wrote to `RIFT_RESULT_FILE` (JSON), e.g. `{"model": "...", "loss": 0.4}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// A Job's status from its placement and the report of the node it is placed on:
@@ -99,6 +102,7 @@ pub fn compose_job_status(
             reason: r.reason.clone(),
             message: r.message.clone(),
             progress: r.progress.clone(),
+            result: r.result.clone(),
             ..base
         },
         _ => base,

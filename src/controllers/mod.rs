@@ -8,7 +8,9 @@
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
 
 pub mod housekeeping;
+pub mod notifier;
 pub mod placement;
 pub mod pools;
 pub mod scheduler;
+pub mod training;
 pub mod writes;

@@ -4,7 +4,8 @@
 //!
 //! **Order.** Pending jobs are decided one at a time by priority (higher first), then creation
 //! time (older first), then name. Each decision updates a working copy of every node's free
-//! GPUs, cpus and memory, so one batch never double-books anything.
+//! GPUs, cpus and memory, so one batch never double-books anything. Decisions come back in
+//! that order, one per pending job.
 //!
 //! **Fit**, checked per node in this fixed rule order; a node that fails counts once, under its
 //! first failing rule (the label in quotes is what the why-not says):
@@ -36,9 +37,9 @@
 //!   spread over nodes first (default 100 dominates every other term);
 //! * `powerWeight` × (mean power of the chosen GPUs ÷ the strongest power in the table), for
 //!   training and evaluation jobs: the most powerful free GPUs;
-//! * `packWeight` × (the node's share of GPUs in use after placing; for a `gpus: 0` job its share
-//!   of requested cpus), for every other type (selfplay, sync, custom): bin packing onto
-//!   partially used nodes, leaving whole nodes free for large training jobs;
+//! * `packWeight` × (the node's share of GPUs in use once the job is placed; for a `gpus: 0`
+//!   job its share of cpus requested), for every other type (selfplay, sync, custom): bin
+//!   packing onto partially used nodes, leaving whole nodes free for large training jobs;
 //! * `spareGpusWeight` × (the node's free share of GPUs), subtracted, for `gpus: 0` jobs: keep
 //!   GPU machines for GPU work when a CPU box will do;
 //! * `loadWeight` × (1 − `loadScore`): the least loaded node breaks near-ties.
@@ -48,14 +49,19 @@
 //!
 //! **Preemption** (when `preemption` is on and no node fits as is): on the nodes that failed only
 //! rules 7–9, evict jobs of strictly lower priority until the job fits, lowest priority first,
-//! then drop any victim the fit does not need. The node whose victims have the lowest highest
-//! priority, then the lowest priority sum, then the fewest victims (then name) wins. The
-//! scheduler deletes the victims' bindings and writes their placements back to pending, so they
-//! are placed again in a later pass (never in the same batch). With a job's priority at 100 and
-//! selfplay at 0, training evicts selfplay; equal or higher priorities are never evicted.
+//! then drop any victim the fit does not need. The node wins whose victims' highest priority is
+//! lowest, then whose priority sum is lowest (each offset by 2^31, as kube-scheduler does, so
+//! more victims never look cheaper), then with the fewest victims, then by name. The scheduler
+//! deletes the victims' bindings and writes their placements back to pending, so they are
+//! placed again in a later pass (never in the same batch). Priority alone decides: training at
+//! 100 evicts selfplay at 0; equal or higher priorities are never evicted. Overloaded, cordoned
+//! or mismatched nodes are never preemption targets.
 //!
-//! The work per job is one pass over the nodes with O(GPU models on the node) per node; node
-//! usage is computed once per call and updated incrementally.
+//! **Cost.** Node usage is computed once per call and updated incrementally; each job is one
+//! pass over the nodes at O(GPU models on the node) each. Preemption looks only at nodes with
+//! something of lower priority, and skips a node when a lower bound on its cost (fewest
+//! victims that could free enough GPUs, all of the node's lowest priority) cannot beat the best
+//! found.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::housekeeping::{self, Housekeeping};
 use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, PlacementConfig};
 use super::pools;
+use super::training::TrainingController;
 use super::writes::{self, Write};
 use crate::api::kinds;
 use crate::api::placement::{Binding, Placement};
@@ -34,6 +35,7 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub jobs: Vec<Job>,
     pub pools: Vec<Pool>,
+    pub targets: Vec<crate::api::TrainingTarget>,
     /// Placement and its mod revision, by job.
     pub placements: HashMap<String, (Placement, i64)>,
     /// `(node, job, binding)`.
@@ -47,6 +49,7 @@ pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
     let (nodes, _) = store.list::<NodeSpec>(&all).await?;
     let (jobs, _) = store.list::<JobSpec>(&all).await?;
     let (pools, _) = store.list::<PoolSpec>(&all).await?;
+    let (targets, _) = store.list::<crate::api::TrainingTargetSpec>(&all).await?;
     let (kvs, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
     let placements = kvs
         .iter()
@@ -70,6 +73,7 @@ pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
         nodes,
         jobs,
         pools,
+        targets,
         placements,
         bindings,
     })
@@ -83,6 +87,7 @@ pub struct PassStats {
     pub evicted: usize,
     pub deleted_jobs: usize,
     pub conflicts: usize,
+    pub training_events: usize,
 }
 
 /// The scheduler's state between passes.
@@ -127,6 +132,13 @@ impl Scheduler {
         let mut stats = PassStats::default();
         let snap = load(&self.store).await?;
         pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
+        let happenings = TrainingController::new(self.store.clone())
+            .pass(&snap.targets, &snap.jobs, Utc::now())
+            .await?;
+        for h in &happenings {
+            tracing::info!(target = %h.target, reason = h.reason, "{}", h.message);
+        }
+        stats.training_events += happenings.len();
 
         let lost_for = self.track_lost_nodes(&snap.nodes);
         let chores = housekeeping::decide(

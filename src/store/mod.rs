@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod client;
 pub mod compose;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod leader;
 pub mod objects;

@@ -228,6 +228,26 @@ impl JobDir {
     }
 }
 
+/// The largest result file published (it travels in the job's status in etcd).
+pub const MAX_RESULT_BYTES: u64 = 64 << 10;
+
+impl JobDir {
+    /// The JSON the job wrote to `RIFT_RESULT_FILE`; a missing, oversized or non-JSON file
+    /// gives `None` (with a warning for the latter two).
+    pub fn read_result(&self) -> Option<serde_json::Value> {
+        let path = self.result();
+        let size = std::fs::metadata(&path).ok()?.len();
+        if size > MAX_RESULT_BYTES {
+            tracing::warn!(path = %path.display(), size, "result file too large; not published");
+            return None;
+        }
+        let bytes = std::fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), %e, "result file is not JSON"))
+            .ok()
+    }
+}
+
 /// Writes `value` as JSON to `path` atomically (temporary file, then rename).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     if let Some(parent) = path.parent() {

@@ -462,6 +462,7 @@ impl Runner {
                 r.exit_code = rec.exit_code;
                 r.signal = rec.signal;
                 r.finish_time = Some(rec.finished_at);
+                r.result = dir.read_result();
             }
             (AttemptState::Ended(rec), Next::Start { not_before, .. }) => {
                 r.phase = JobPhase::Scheduled;

@@ -546,3 +546,46 @@ fn views_are_built_from_stored_objects() {
     let b = BoundJob::from_job(&j, vec![1]);
     assert_eq!((b.cpus, b.memory_gb, b.gpus), (2.0, 0.0, vec![1]));
 }
+
+#[test]
+fn more_victims_never_look_cheaper_even_at_negative_priorities() {
+    let mut a = node("a", "H100", 2);
+    a.bound = vec![
+        bound("a-1", &[0], -5, JobType::Selfplay),
+        bound("a-2", &[1], -5, JobType::Selfplay),
+    ];
+    let mut b = node("b", "H100", 2);
+    b.bound = vec![bound("b-1", &[0, 1], -5, JobType::Selfplay)];
+    let d = one(&[a, b], training("t", 2, 0));
+    assert_eq!(
+        d,
+        Decision::Preempt {
+            job: "t".into(),
+            node: "b".into(),
+            gpus: vec![0, 1],
+            evict: vec!["b-1".into()],
+        }
+    );
+}
+
+#[test]
+fn preemption_frees_cpus_and_memory_too() {
+    let mut a = node("a", "H100", 8);
+    let mut hog = bound("hog", &[], 0, JobType::Sync);
+    hog.cpus = 64.0;
+    let mut small = bound("small", &[0], 0, JobType::Selfplay);
+    small.memory_gb = 1.0;
+    a.bound = vec![small, hog];
+    let mut t = training("t", 1, 10);
+    t.resources.cpus = Some(16.0);
+    let d = one(&[a], t);
+    assert_eq!(
+        d,
+        Decision::Preempt {
+            job: "t".into(),
+            node: "a".into(),
+            gpus: vec![1],
+            evict: vec!["hog".into()],
+        }
+    );
+}

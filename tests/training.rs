@@ -1,0 +1,131 @@
+//! The training loop end to end with real etcd and agents: selfplay games → one training run
+//! → evaluation → promotion; a failing training run waits out its cooldown.
+
+mod support;
+
+use std::time::Duration;
+
+use rift::api::training_target::TrainingTargetStatus;
+use rift::api::TrainingTargetSpec;
+use rift::store::Store;
+use support::agent::{eventually, TestAgent};
+use support::cli::rift_stdin;
+use support::etcd::EtcdCluster;
+
+const SELFPLAY: &str = r#"apiVersion: rift/v1
+kind: Pool
+metadata: {name: selfplay}
+spec:
+  replicas: 2
+  template:
+    metadata:
+      labels: {board: hex8, players: "2"}
+    spec:
+      type: selfplay
+      command: [sh, -c, 'i=0; while true; do i=$((i+25)); echo "{\"games\": $i}" >> "$RIFT_PROGRESS_FILE"; sleep 0.2; done']
+"#;
+
+fn target(name: &str, train_script: &str, cooldown: u64) -> String {
+    format!(
+        r#"apiVersion: rift/v1
+kind: TrainingTarget
+metadata: {{name: {name}}}
+spec:
+  board: hex8
+  players: 2
+  selfplaySelector: {{board: hex8, players: "2"}}
+  firstTrainingGames: 200
+  retrainGames: 100000
+  cooldownSeconds: {cooldown}
+  training:
+    spec:
+      type: training
+      command: [sh, -c, '{train_script}']
+  evaluation:
+    promoteWinRate: 0.55
+    template:
+      spec:
+        type: evaluation
+        command: [sh, -c, 'test -n "$RIFT_CANDIDATE_MODEL" && echo "{{\"winRate\": 0.61}}" > "$RIFT_RESULT_FILE"']
+"#
+    )
+}
+
+async fn status(store: &Store, name: &str) -> Option<TrainingTargetStatus> {
+    store.get::<TrainingTargetSpec>(name).await.ok()??.status
+}
+
+#[tokio::test]
+async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
+    let etcd = EtcdCluster::single();
+    let ep = etcd.endpoints_csv();
+    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let _worker = TestAgent::start("w1", &ep, &[]);
+    let train = r#"sleep 1; echo "{\"model\": \"hex8-2p-gen$RIFT_GENERATION\", \"loss\": 0.4}" > "$RIFT_RESULT_FILE""#;
+    let out = rift_stdin(
+        &ep,
+        &["apply", "-f", "-"],
+        &format!("{SELFPLAY}---\n{}", target("hex8-2p", train, 3600)),
+    );
+    assert!(out.ok, "{}", out.stderr);
+
+    let st = eventually(Duration::from_secs(60), "a promoted model", || async {
+        status(&store, "hex8-2p")
+            .await
+            .filter(|s| s.current_model.is_some())
+    })
+    .await;
+    assert_eq!(st.current_model.as_deref(), Some("hex8-2p-gen1"));
+    assert_eq!(st.training_generation, 1);
+    let run = &st.history[0];
+    assert_eq!((run.promoted, run.win_rate), (true, Some(0.61)));
+    assert_eq!(run.candidate.as_deref(), Some("hex8-2p-gen1"));
+    assert!(st.total_games >= 200, "{st:?}");
+    assert!(st.last_trained_at.is_some());
+
+    // Games keep coming, but the cooldown (1 h) holds: no second run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = status(&store, "hex8-2p").await.unwrap();
+    assert_eq!(later.training_generation, 1, "trained once, not twice");
+    assert!(
+        later.total_games > st.total_games,
+        "selfplay games still counted"
+    );
+    assert!(later.active_job.is_none());
+}
+
+#[tokio::test]
+async fn a_failing_training_run_is_recorded_and_not_retried_before_its_cooldown() {
+    let etcd = EtcdCluster::single();
+    let ep = etcd.endpoints_csv();
+    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let _worker = TestAgent::start("w1", &ep, &[]);
+    let out = rift_stdin(
+        &ep,
+        &["apply", "-f", "-"],
+        &format!("{SELFPLAY}---\n{}", target("broken", "exit 7", 3600)),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let st = eventually(Duration::from_secs(60), "a failed run", || async {
+        status(&store, "broken")
+            .await
+            .filter(|s| s.history.first().is_some_and(|r| r.finished_at.is_some()))
+    })
+    .await;
+    assert!(
+        st.history[0].outcome.contains("training failed"),
+        "{:?}",
+        st.history[0]
+    );
+    assert!(!st.history[0].promoted);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = status(&store, "broken").await.unwrap();
+    assert_eq!(
+        later.training_generation, 1,
+        "no hot loop: waits for the cooldown"
+    );
+    assert!(later.message.contains("cooling down"), "{}", later.message);
+    assert!(later.current_model.is_none());
+}
