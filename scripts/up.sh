@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A local cluster for a first look: one etcd member in .rift/etcd, the demo manifests applied.
-# Runs in the foreground; Ctrl-C stops it. Data survives restarts.
+# A local cluster for a first look: one etcd member in .rift/etcd, one `rift agent` that runs
+# the controllers and the jobs (with two declared GPUs, so the demo's per-GPU selfplay pool has
+# somewhere to run), and the demo manifests applied. Runs in the foreground; Ctrl-C stops it.
+# Data and job state survive restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +23,13 @@ etcd --name rift-local --data-dir "$state/etcd" \
   --initial-cluster "rift-local=http://127.0.0.1:${peer}" \
   --max-txn-ops 10000 --logger zap --log-outputs "$state/etcd.log" &
 etcd_pid=$!
-trap 'echo; echo "stopping etcd"; kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true' EXIT INT TERM
+agent_pid=""
+stop() {
+  echo
+  if [ -n "$agent_pid" ]; then echo "stopping the agent (jobs keep running under their shims until it is back)"; kill $agent_pid 2>/dev/null; wait $agent_pid 2>/dev/null || true; fi
+  echo "stopping etcd"; kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true
+}
+trap stop EXIT INT TERM
 
 for _ in $(seq 1 100); do
   curl -fsS "${endpoint}/health" >/dev/null 2>&1 && break
@@ -29,16 +37,27 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+cat > "$state/node.yaml" <<YAML
+name: ${RIFT_NODE_NAME:-local}
+labels: {demo: "true"}
+gpus: [{model: ${RIFT_DEMO_GPU:-H100}, count: ${RIFT_DEMO_GPUS:-2}}]
+YAML
+RIFT_LOG=${RIFT_LOG:-info} ./target/debug/rift --endpoints "$endpoint" agent --config "$state/node.yaml" \
+  --controllers --state-dir "$state/agent" --listen 127.0.0.1 --port "${RIFT_AGENT_PORT:-8770}" \
+  --lease-ttl 2 --node-lease-ttl 2 > "$state/agent.log" 2>&1 &
+agent_pid=$!
 ./target/debug/rift --endpoints "$endpoint" apply -f manifests/demo/
 cat <<MSG
 
-rift is up: etcd at ${endpoint} (data in ${state}/etcd). In another terminal:
+rift is up: etcd at ${endpoint} (data in ${state}/etcd), one agent running the
+controllers and the jobs (log: ${state}/agent.log). In another terminal:
 
   export PATH=\$PWD/target/debug:\$PATH
-  rift get jobs            # the demo jobs
-  rift get pools -o wide
-  rift describe trainingtarget hex8-2p
-  rift get jobs -w         # watch changes as they happen
+  rift status -w                       # leader, voters, nodes, jobs by phase
+  rift get jobs -w                     # selfplay fills both GPUs; training follows
+  rift get trainingtarget hex8-2p -o yaml
+  rift logs -f selfplay-hex8-local-0
+  rift get nodes -o wide
   etcdctl get --prefix /rift/v1/ --keys-only
 
 Press Ctrl-C to stop.

@@ -441,3 +441,46 @@ async fn a_reschedule_job_is_stopped_by_its_shim_when_the_agent_dies_for_good() 
     .await;
     assert!(exit.contains("NodeLost"), "{exit}");
 }
+
+#[tokio::test]
+async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
+    let (cluster, store, mut client) = setup().await;
+    // Run the agent from a copy of the binary, then remove the copy, as an upgrade that
+    // replaces /usr/local/bin/rift does before the agent restarts.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("rift");
+    std::fs::copy(support::cli::rift_bin(), &exe).unwrap();
+    let state = dir.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = support::cli::KillOnDrop(
+        std::process::Command::new(&exe)
+            .args([
+                "agent",
+                "--name",
+                "n1",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .env("RIFT_ENDPOINTS", cluster.endpoints_csv())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&exe).unwrap();
+    create_job(&store, "upgrading", "exit 0", |_| {}).await;
+    bind(&mut client, "upgrading", "n1", 1, &[]).await;
+    let r = wait_phase(&mut client, "n1", "upgrading", JobPhase::Succeeded, 20).await;
+    assert_eq!(r.exit_code, Some(0));
+    let _ = agent.0.kill();
+    support::agent::kill_processes_mentioning(&state);
+}

@@ -191,7 +191,10 @@ impl Scheduler {
         let mut bound: HashMap<&str, Vec<BoundJob>> = HashMap::new();
         for (node, job, b) in &snap.bindings {
             if let Some(j) = jobs.get(job.as_str()) {
-                if !touched.contains(job.as_str()) {
+                // A finished job keeps its binding (its logs and report stay on the node) but
+                // holds no GPUs, cpus or memory.
+                let finished = j.status.as_ref().is_some_and(|s| s.phase.is_finished());
+                if !touched.contains(job.as_str()) && !finished {
                     bound
                         .entry(node.as_str())
                         .or_default()

@@ -53,11 +53,22 @@ pub struct Runner {
     stopping: HashMap<String, u32>,
     /// The last report written per job.
     published: HashMap<String, RuntimeReport>,
+    /// The agent's executable as of start-up (see [`shim_exe`]).
+    exe: PathBuf,
     metrics: Arc<Metrics>,
 }
 
-fn shim_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rift"))
+/// The executable to start shims with.
+///
+/// Normally the `rift` binary at the path the agent was started from (so an upgraded binary
+/// copied there is used for new shims). If that path is gone — the binary is being replaced
+/// mid-upgrade — `/proc/self/exe` still runs the agent's own image, so jobs can start anyway.
+fn shim_exe(started_from: &std::path::Path) -> PathBuf {
+    if started_from.is_file() {
+        started_from.to_path_buf()
+    } else {
+        PathBuf::from("/proc/self/exe")
+    }
 }
 
 impl Runner {
@@ -77,6 +88,13 @@ impl Runner {
             children: HashMap::new(),
             stopping: HashMap::new(),
             published: HashMap::new(),
+            exe: std::env::current_exe()
+                .map(|p| {
+                    // Linux marks a replaced executable "(deleted)"; the path itself is what we want.
+                    let s = p.to_string_lossy();
+                    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+                })
+                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             metrics,
         }
     }
@@ -324,7 +342,7 @@ impl Runner {
             return;
         }
         let shim_log = std::fs::File::create(attempt_dir.join("shim.log")).ok();
-        let mut cmd = Command::new(shim_exe());
+        let mut cmd = Command::new(shim_exe(&self.exe));
         cmd.arg("shim")
             .arg("--dir")
             .arg(dir.path())

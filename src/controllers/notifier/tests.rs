@@ -1,7 +1,11 @@
 use chrono::TimeZone;
 
+use serde_json::Value;
+
+use super::delivery::{host_of, DISCORD_MAX_CHARS};
 use super::*;
 use crate::api::event::{EventSpec, EventType, ObjectRef};
+use crate::api::notifier::{NotifierFormat, SecretRef};
 use crate::api::Object;
 
 fn event(reason: &str, count: u32) -> Event {

@@ -296,8 +296,10 @@ fn higher_priority_goes_first_then_oldest_first() {
     let mut urgent = job("urgent", 1);
     urgent.created = at(100);
     urgent.priority = 5;
-    let mut config = PlacementConfig::default();
-    config.preemption = false;
+    let config = PlacementConfig {
+        preemption: false,
+        ..PlacementConfig::default()
+    };
     let d = schedule(&nodes, &[new, old, urgent], &config);
     let order: Vec<&str> = d.iter().map(Decision::job).collect();
     assert_eq!(order, ["urgent", "old", "new"]);
