@@ -292,3 +292,27 @@ async fn a_leader_cut_off_from_etcd_stops_claiming_leadership_within_its_ttl() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn status_keeps_the_old_orchestrators_fields() {
+    let cluster = EtcdCluster::single();
+    let mut client = cluster.client().await;
+    let agents = Agents::start(&cluster.endpoints_csv(), 2, 2);
+    let (leader_node, _, _) =
+        wait_for_leader_other_than(&mut client, None, Duration::from_secs(20)).await;
+    client
+        .put("/rift/v1/votersets/default", r#"{"apiVersion":"rift/v1","kind":"VoterSet","metadata":{"name":"default"},"spec":{"voters":["agent-0","gone"]}}"#, None)
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", agents.ports[0]);
+    let v = support::agent::eventually(Duration::from_secs(10), "peers and voters", || async {
+        http::get_json(&addr, "/status", Duration::from_secs(1))
+            .filter(|v| v["alive_peers"] == 1 && v["voters_alive"] == 1)
+    })
+    .await;
+    assert_eq!(v["node_id"], "agent-0");
+    assert_eq!(v["leader_id"], leader_node.as_str());
+    assert!(v["role"] == "leader" || v["role"] == "follower");
+    assert_eq!(v["alive_peer_names"], serde_json::json!(["agent-1"]));
+    assert_eq!(v["voters_alive_names"], serde_json::json!(["agent-0"]));
+}

@@ -34,11 +34,18 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> (StatusCode, &'static s
 async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value> {
     let leader = state.leader.read().expect("lock").clone();
     let is_leader = state.is_leader.load(Ordering::Relaxed);
+    let peers = state.alive_peers.read().expect("lock").clone();
+    let voters = state.voters_alive.read().expect("lock").clone();
     Json(json!({
         "node_id": state.node,
         "role": if is_leader { "leader" } else { "follower" },
         "leader_id": leader,
         "controllers": state.controllers,
+        // The old orchestrator reported counts; the names come beside them.
+        "alive_peers": peers.len(),
+        "alive_peer_names": peers,
+        "voters_alive": voters.len(),
+        "voters_alive_names": voters,
         "etcd_ready": state.etcd_ready.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
     }))

@@ -35,6 +35,10 @@ pub struct AgentState {
     pub is_leader: AtomicBool,
     pub leader: RwLock<Option<String>>,
     pub etcd_ready: AtomicBool,
+    /// Peers (by the old orchestrator's meaning): other nodes whose alive key exists.
+    pub alive_peers: RwLock<Vec<String>>,
+    /// Voters named by the VoterSet whose agents are alive.
+    pub voters_alive: RwLock<Vec<String>>,
 }
 
 /// Errors that stop the agent.
@@ -70,6 +74,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         is_leader: AtomicBool::new(false),
         leader: RwLock::new(None),
         etcd_ready: AtomicBool::new(false),
+        alive_peers: RwLock::new(Vec::new()),
+        voters_alive: RwLock::new(Vec::new()),
     });
     let addr = format!("{}:{}", config.listen, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -168,7 +174,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
 }
 
 /// Keeps readiness and the known leader current, once a second.
+/// Keeps readiness, the known leader, and the peers and voters alive current.
 async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick: u64 = 0;
     loop {
         let ready = match current_leader(&store).await {
             Ok(leader) => {
@@ -183,11 +191,46 @@ async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::R
         if state.etcd_ready.swap(ready, Ordering::Relaxed) != ready {
             tracing::info!(ready, "etcd readiness changed");
         }
+        if ready && tick % 2 == 0 {
+            if let Ok((alive, voters)) = peers_and_voters(&store).await {
+                *state.voters_alive.write().expect("lock") =
+                    voters.into_iter().filter(|v| alive.contains(v)).collect();
+                *state.alive_peers.write().expect("lock") =
+                    alive.into_iter().filter(|n| *n != state.node).collect();
+            }
+        }
+        tick += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// Nodes whose alive key exists (one keys-only read), and the VoterSet's voters.
+async fn peers_and_voters(store: &Store) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let mut kv = store.client().kv_client();
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let resp = store
+        .call(kv.get(crate::store::keys::AGENTS_PREFIX, Some(opts)))
+        .await?;
+    let alive = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            let rest = key.strip_prefix(crate::store::keys::AGENTS_PREFIX)?;
+            rest.strip_suffix("/alive").map(str::to_string)
+        })
+        .collect();
+    let voters = store
+        .get::<crate::api::VoterSetSpec>(crate::api::voter_set::VOTER_SET_NAME)
+        .await?
+        .map(|v| v.spec.voters)
+        .unwrap_or_default();
+    Ok((alive, voters))
 }
 
 /// A shutdown channel that turns true on SIGTERM or SIGINT.
