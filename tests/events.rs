@@ -163,7 +163,7 @@ async fn record_returns_at_once_and_writes_in_the_background() {
     }
     rec.warning("Job", "j0", "job_started", "started again");
     assert!(
-        started.elapsed() < Duration::from_millis(50),
+        started.elapsed() < Duration::from_millis(250),
         "{:?}",
         started.elapsed()
     );

@@ -11,8 +11,10 @@ use tokio::sync::watch;
 
 use super::{AgentConfig, AgentState};
 use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
+use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
 use crate::store::{Store, StoreError};
 
@@ -69,14 +71,29 @@ async fn lead(
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let store = leadership.store();
+    EventRecorder::controller(store.clone(), "leader").normal(
+        "Node",
+        node,
+        "leader_changed",
+        format!("{node} is now the leader"),
+    );
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut notifier_stop = stop_tx.subscribe();
+    let notifier = tokio::spawn(NotifierController::new(store.clone()).run(async move {
+        let _ = notifier_stop.wait_for(|s| *s).await;
+    }));
     let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
     let mut scheduler = tokio::spawn(scheduler.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     let resign = lead_with_heartbeat(leadership, node, &store, &mut shutdown, &mut scheduler).await;
     let _ = stop_tx.send(true);
-    let _ = scheduler.await;
+    // The scheduler may already have ended (that is why leading stopped): a finished handle
+    // must not be awaited again.
+    if !scheduler.is_finished() {
+        let _ = scheduler.await;
+    }
+    let _ = notifier.await;
     resign
 }
 

@@ -18,10 +18,12 @@ use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, Placement
 use super::pools;
 use super::training::TrainingController;
 use super::writes::{self, Write};
+use crate::api::event::EventType;
 use crate::api::kinds;
 use crate::api::placement::{Binding, Placement};
 use crate::api::selector::LabelSelector;
 use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
+use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, Watcher};
 use crate::store::{keys, Store, StoreError};
 
@@ -97,12 +99,14 @@ pub struct Scheduler {
     housekeeping: Housekeeping,
     /// When this leader first saw each node NotReady (its own monotonic clock).
     lost_since: HashMap<String, Instant>,
+    events: EventRecorder,
 }
 
 impl Scheduler {
     /// `store` must be the leader's fenced store.
     pub fn new(store: Store, placement: PlacementConfig, housekeeping: Housekeeping) -> Self {
         Self {
+            events: EventRecorder::controller(store.clone(), "scheduler"),
             store,
             placement,
             housekeeping,
@@ -117,8 +121,16 @@ impl Scheduler {
         for n in nodes {
             if n.status.as_ref().is_some_and(|s| s.is_ready()) {
                 self.lost_since.remove(n.name());
-            } else {
-                self.lost_since.entry(n.name().to_string()).or_insert(now);
+            } else if let std::collections::hash_map::Entry::Vacant(e) =
+                self.lost_since.entry(n.name().to_string())
+            {
+                e.insert(now);
+                self.events.warning(
+                    "Node",
+                    n.name(),
+                    "node_not_ready",
+                    "the node's agent lease expired (or it never registered)",
+                );
             }
         }
         self.lost_since
@@ -137,6 +149,13 @@ impl Scheduler {
             .await?;
         for h in &happenings {
             tracing::info!(target = %h.target, reason = h.reason, "{}", h.message);
+            let ty = if h.reason.ends_with("_failed") {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            self.events
+                .record("TrainingTarget", &h.target, h.reason, &h.message, ty);
         }
         stats.training_events += happenings.len();
 
@@ -178,7 +197,26 @@ impl Scheduler {
         let writes = self.placement_writes(&snap, &touched, &mut stats);
         let applied = writes::apply(&self.store, &writes).await?;
         stats.conflicts += applied.conflicts;
+        self.record_placement_events(chores.writes.iter().chain(&writes));
         Ok(stats)
+    }
+
+    /// Events for the state changes this pass wrote (never for unchanged state: event writes
+    /// wake the scheduler again). Placements themselves are not announced: too many.
+    fn record_placement_events<'a>(&self, writes: impl Iterator<Item = &'a Write>) {
+        for w in writes {
+            match w {
+                Write::Pending { job, reason, .. } => {
+                    self.events
+                        .normal("Job", job, "job_unschedulable", reason.clone())
+                }
+                Write::Evict { job, reason, .. } => {
+                    self.events
+                        .warning("Job", job, "job_evicted", reason.clone())
+                }
+                Write::Place { .. } | Write::Forget { .. } => {}
+            }
+        }
     }
 
     fn placement_writes(

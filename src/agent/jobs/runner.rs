@@ -55,6 +55,7 @@ pub struct Runner {
     published: HashMap<String, RuntimeReport>,
     /// The agent's executable as of start-up (see [`shim_exe`]).
     exe: PathBuf,
+    events: crate::store::events::EventRecorder,
     metrics: Arc<Metrics>,
 }
 
@@ -80,6 +81,7 @@ impl Runner {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            events: crate::store::events::EventRecorder::agent(store.clone(), &node),
             node,
             store,
             state,
@@ -499,6 +501,27 @@ impl Runner {
         Some(r)
     }
 
+    /// An event when a job this agent was already reporting changes phase (a restarted agent
+    /// does not announce every job it takes back over).
+    fn announce(&self, job: &str, before: Option<JobPhase>, report: &RuntimeReport) {
+        if before.is_none() || before == Some(report.phase) {
+            return;
+        }
+        match report.phase {
+            JobPhase::Failed => self.events.warning(
+                "Job",
+                job,
+                "job_failed",
+                format!("{}: {}", report.reason, report.message),
+            ),
+            JobPhase::Succeeded => {
+                self.events
+                    .normal("Job", job, "job_succeeded", report.message.clone())
+            }
+            _ => {}
+        }
+    }
+
     /// Publishes the job's report when it changed; a failed write is retried next pass.
     /// Returns false when etcd did not take it.
     async fn report(&mut self, job: &str) -> bool {
@@ -510,12 +533,14 @@ impl Runner {
         }
         let key = keys::agent_job(&self.node, job);
         let body = serde_json::to_vec(&report).expect("reports serialize");
+        let before = self.published.get(job).map(|r| r.phase);
         match self
             .store
             .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
             .await
         {
             Ok(_) => {
+                self.announce(job, before, &report);
                 self.metrics
                     .status_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
