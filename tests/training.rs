@@ -129,3 +129,79 @@ async fn a_failing_training_run_is_recorded_and_not_retried_before_its_cooldown(
     assert!(later.message.contains("cooling down"), "{}", later.message);
     assert!(later.current_model.is_none());
 }
+
+/// A webhook receiver on loopback that records every request's signature header and body.
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+) {
+    use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let store = store.clone();
+            async move {
+                let sig = headers
+                    .get("x-rift-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                store.lock().unwrap().push((sig, body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test]
+async fn a_promotion_reaches_a_signed_webhook() {
+    use hmac::{Hmac, Mac};
+    let etcd = EtcdCluster::single();
+    let ep = etcd.endpoints_csv();
+    let (url, seen) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let _worker = TestAgent::start("w1", &ep, &[]);
+    let notifier = format!(
+        "apiVersion: rift/v1\nkind: Notifier\nmetadata: {{name: hook}}\nspec:\n  url: {url}\n  events: [model_promoted]\n  secret: {{file: {}}}\n",
+        secret_file.display()
+    );
+    let train = r#"echo "{\"model\": \"m1\"}" > "$RIFT_RESULT_FILE""#;
+    let out = rift_stdin(
+        &ep,
+        &["apply", "-f", "-"],
+        &format!(
+            "{SELFPLAY}---\n{}---\n{notifier}",
+            target("hex8-2p", train, 3600)
+        ),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let (sig, body) = eventually(
+        Duration::from_secs(60),
+        "a model_promoted webhook",
+        || async { seen.lock().unwrap().first().cloned() },
+    )
+    .await;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(&body);
+    assert_eq!(
+        sig,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    );
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["spec"]["reason"], "model_promoted", "{event}");
+    assert_eq!(event["spec"]["involvedObject"]["name"], "hex8-2p");
+    assert!(
+        !String::from_utf8_lossy(&body).contains("s3cret"),
+        "the secret is never sent"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "only the subscribed event");
+}
