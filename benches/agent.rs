@@ -111,8 +111,11 @@ async fn main() {
     let store = Store::connect(&cluster.endpoints()).await.unwrap();
     let mut client = cluster.client().await;
     let agent = TestAgent::start("bench-node", &ep, &[]);
-    let agent_pid = pids_with_cmdline("--name\0bench-node")[0];
+    // Look the pid up once the child has exec'd (before that /proc shows the parent's command).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent_pid = *pids_with_cmdline("--name\0bench-node")
+        .first()
+        .expect("the agent is running");
 
     let (idle_cpu, idle_rss) = measure_idle(agent_pid, idle_secs).await;
 

@@ -32,6 +32,12 @@ async fn main() {
     let nodes = env_or("RIFT_BENCH_NODES", 100);
     let jobs = env_or("RIFT_BENCH_JOBS", 1000);
     let gpu_jobs = env_or("RIFT_BENCH_GPU_JOBS", 0) == 1;
+    // Enough GPUs for every job, so the figure is the placing, not the waiting.
+    let nodes = if gpu_jobs {
+        nodes.max(jobs.div_ceil(8))
+    } else {
+        nodes
+    };
     let etcd = EtcdCluster::single();
     let store = Store::connect(&etcd.endpoints()).await.unwrap();
     let mut client = etcd.client().await;

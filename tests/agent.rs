@@ -356,7 +356,7 @@ async fn node_shows_not_ready_within_the_lease_ttl_after_the_agent_is_killed() {
 #[tokio::test]
 async fn etcd_outage_keeps_jobs_running_and_status_catches_up() {
     let (mut cluster, store, mut client) = setup().await;
-    let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
+    let agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "steady", "sleep 60", |_| {}).await;
     create_job(&store, "finisher", "sleep 8; exit 0", |_| {}).await;
     create_job(&store, "mover", "sleep 60", |s| {
@@ -379,6 +379,12 @@ async fn etcd_outage_keeps_jobs_running_and_status_catches_up() {
 
     cluster.stop(0);
     tokio::time::sleep(Duration::from_secs(20)).await;
+    // Liveness never depends on etcd; readiness does.
+    let probe = |path: &str| {
+        support::http::get(&agent.addr(), path, Duration::from_secs(2)).map(|(code, _)| code)
+    };
+    assert_eq!(probe("/healthz"), Some(200));
+    assert_eq!(probe("/readyz"), Some(503));
     assert!(
         process_alive(steady.pid.unwrap()),
         "a wait job survives a 20 s etcd outage"

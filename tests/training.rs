@@ -205,3 +205,62 @@ async fn a_promotion_reaches_a_signed_webhook() {
     );
     assert_eq!(seen.lock().unwrap().len(), 1, "only the subscribed event");
 }
+
+#[tokio::test]
+async fn a_restarted_selfplay_job_counts_each_attempt_once() {
+    let etcd = EtcdCluster::single();
+    let ep = etcd.endpoints_csv();
+    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let _worker = TestAgent::start("w1", &ep, &[]);
+    // Each attempt reports 150 games, then fails: three attempts in all (backoffLimit 2).
+    let flaky = r#"apiVersion: rift/v1
+kind: Job
+metadata:
+  name: flaky-selfplay
+  labels: {board: hex8, players: "2"}
+spec:
+  type: selfplay
+  command: [sh, -c, 'echo "{\"games\": 150}" >> "$RIFT_PROGRESS_FILE"; sleep 1; exit 1']
+  restartPolicy: OnFailure
+  backoffLimit: 2
+"#;
+    let out = rift_stdin(
+        &ep,
+        &["apply", "-f", "-"],
+        &format!(
+            "{flaky}---\n{}",
+            target("counter", "true", 3600)
+                .replace("firstTrainingGames: 200", "firstTrainingGames: 100000")
+        ),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let job_done = || async {
+        let j = store
+            .get::<rift::api::JobSpec>("flaky-selfplay")
+            .await
+            .ok()??;
+        j.status.filter(|s| s.phase == rift::api::JobPhase::Failed)
+    };
+    let failed = eventually(Duration::from_secs(60), "three failed attempts", job_done).await;
+    assert_eq!(failed.attempts, 3);
+    let st = eventually(Duration::from_secs(10), "all games counted", || async {
+        status(&store, "counter")
+            .await
+            .filter(|s| s.total_games >= 450)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st2 = status(&store, "counter").await.unwrap();
+    assert_eq!(
+        (st.total_games, st2.total_games),
+        (450, 450),
+        "each attempt's games once, never twice"
+    );
+    assert_eq!(
+        st2.ledger.len(),
+        3,
+        "one ledger entry per attempt: {:?}",
+        st2.ledger
+    );
+}
