@@ -18,29 +18,7 @@ use rift::api::{JobSpec, Object};
 use rift::store::Store;
 use support::agent::TestAgent;
 use support::etcd::EtcdCluster;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
+use support::proc::{env_or, measure_idle, percentile, rss_kib};
 
 fn pids_with_cmdline(needle: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -54,24 +32,6 @@ fn pids_with_cmdline(needle: &str) -> Vec<u32> {
                 .then_some(pid)
         })
         .collect()
-}
-
-/// CPU % of one core and RSS MiB of `pid` over `secs`.
-async fn measure_idle(pid: u32, secs: u64) -> (f64, f64) {
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap_or(100) as f64;
-    let before = cpu_ticks(pid);
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let used = (cpu_ticks(pid) - before) as f64 / hz;
-    (
-        100.0 * used / secs as f64,
-        rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
-    )
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn bind(client: &mut etcd_client::Client, job: &str, node: &str) -> DateTime<Utc> {

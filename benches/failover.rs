@@ -15,28 +15,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::etcd::EtcdCluster;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::proc::{env_or, free_port, measure_idle, percentile};
 
 struct Agent {
     name: String,
@@ -104,11 +89,6 @@ async fn wait_for_leader(client: &mut etcd_client::Client, not: Option<&str>) ->
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 /// Failover times in ms for `trials` leaders taken down with `sig`.
 async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal, round: &str) -> Vec<f64> {
     let mut client = etcd_client::Client::connect([endpoints], None)
@@ -146,23 +126,6 @@ async fn failover(endpoints: &str, ttl: u64, trials: u64, sig: Signal, round: &s
     times
 }
 
-fn proc_cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn proc_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// CPU (% of one core) and RSS (MiB) of an idle leader over `secs`.
 async fn idle(endpoints: &str, ttl: u64, secs: u64) -> (f64, f64) {
     let mut client = etcd_client::Client::connect([endpoints], None)
@@ -172,17 +135,7 @@ async fn idle(endpoints: &str, ttl: u64, secs: u64) -> (f64, f64) {
     let _standby = Agent::start("idle-standby", endpoints, ttl);
     wait_for_leader(&mut client, None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = leader_agent.child.id();
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap_or(100) as f64;
-    let before = proc_cpu_ticks(pid);
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let used = (proc_cpu_ticks(pid) - before) as f64 / ticks_per_sec;
-    (
-        100.0 * used / secs as f64,
-        proc_rss_kib(pid) as f64 / 1024.0,
-    )
+    measure_idle(leader_agent.child.id(), secs).await
 }
 
 #[tokio::main]

@@ -19,13 +19,7 @@ use rift::controllers::placement::PlacementConfig;
 use rift::controllers::scheduler::Scheduler;
 use rift::store::{keys, Store};
 use support::etcd::EtcdCluster;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::proc::env_or;
 
 #[tokio::main]
 async fn main() {

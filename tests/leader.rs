@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,16 +10,9 @@ use nix::unistd::Pid;
 use support::cli::{rift_bin, KillOnDrop};
 use support::etcd::EtcdCluster;
 use support::http;
+use support::proc::free_port;
 
 const HEARTBEAT: &str = "/rift/v1/controllers/heartbeat";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Agents {
     names: Vec<String>,

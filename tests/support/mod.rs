@@ -5,3 +5,4 @@ pub mod agent;
 pub mod cli;
 pub mod etcd;
 pub mod http;
+pub mod proc;
