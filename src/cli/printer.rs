@@ -119,6 +119,13 @@ fn labels(v: &Value, pointer: &str) -> String {
             m.iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => format!("{k}={s}"),
+                    // Counters arrive as floats; `games=120`, not `games=120.0`.
+                    Value::Number(n)
+                        if n.as_f64()
+                            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) =>
+                    {
+                        format!("{k}={}", n.as_f64().unwrap_or_default() as i64)
+                    }
                     other => format!("{k}={other}"),
                 })
                 .collect::<Vec<_>>()
@@ -379,7 +386,7 @@ mod tests {
             {"index": 0, "model": "H100"}, {"index": 1, "model": "H100"}, {"index": 2, "model": "RTX 4090"}]}}});
         assert_eq!(gpu_summary(&node), "2x H100,1x RTX 4090");
         let job = serde_json::json!({"status": {"progress": {"games": 120.0}}});
-        assert_eq!(labels(&job, "/status/progress"), "games=120.0");
+        assert_eq!(labels(&job, "/status/progress"), "games=120");
     }
 
     #[test]
