@@ -58,6 +58,10 @@ pub fn count_games(ledger: &mut BTreeMap<String, u64>, selfplay: &[&Job]) -> u64
             .copied()
             .unwrap_or(0.0)
             .max(0.0) as u64;
+        // A run that has reported nothing yet (not started, or no games) needs no entry.
+        if games == 0 && !ledger.contains_key(&key) {
+            continue;
+        }
         let entry = ledger.entry(key).or_insert(0);
         *entry = (*entry).max(games);
     }

@@ -5,13 +5,17 @@
 //! ```text
 //! <state>/agent.heartbeat                  a counter the agent bumps on every lease renewal
 //! <state>/jobs/<job>/run.json              RunSpec: what to run (written once per epoch)
-//! <state>/jobs/<job>/progress.jsonl        RIFT_PROGRESS_FILE: JSON lines of counters
 //! <state>/jobs/<job>/result.json           RIFT_RESULT_FILE: the job's result, if it writes one
 //! <state>/jobs/<job>/attempts/<n>/shim.json   the shim's pid and start time
 //! <state>/jobs/<job>/attempts/<n>/job.json    the job process's pid and start time
 //! <state>/jobs/<job>/attempts/<n>/exit.json   how the attempt ended
 //! <state>/jobs/<job>/attempts/<n>/output.log  stdout and stderr (rotated to output.log.1)
+//! <state>/jobs/<job>/attempts/<n>/progress.jsonl  RIFT_PROGRESS_FILE: JSON lines of counters
 //! ```
+//!
+//! Progress is per attempt: a restarted attempt starts its counters from zero in a file of its
+//! own, so its first report can never repeat the previous attempt's last counter (which would
+//! make the training ledger count those games twice).
 //!
 //! Files are written to a temporary name and renamed, so a reader never sees half a record.
 
@@ -167,8 +171,8 @@ impl JobDir {
         self.path.join("run.json")
     }
 
-    pub fn progress(&self) -> PathBuf {
-        self.path.join("progress.jsonl")
+    pub fn progress(&self, n: u32) -> PathBuf {
+        self.attempt(n).join("progress.jsonl")
     }
 
     pub fn result(&self) -> PathBuf {
@@ -207,9 +211,9 @@ impl JobDir {
             .unwrap_or(0)
     }
 
-    /// The counters of the last complete line of the progress file.
-    pub fn read_progress(&self) -> BTreeMap<String, f64> {
-        let Ok(text) = std::fs::read_to_string(self.progress()) else {
+    /// The counters of the last complete line of attempt `n`'s progress file.
+    pub fn read_progress(&self, n: u32) -> BTreeMap<String, f64> {
+        let Ok(text) = std::fs::read_to_string(self.progress(n)) else {
             return BTreeMap::new();
         };
         text.lines()
@@ -305,13 +309,17 @@ mod tests {
     fn progress_is_the_last_complete_line() {
         let dir = tempfile::tempdir().unwrap();
         let job = StateDir::new(dir.path()).job("sp");
-        std::fs::create_dir_all(job.path()).unwrap();
+        std::fs::create_dir_all(job.attempt(1)).unwrap();
         std::fs::write(
-            job.progress(),
+            job.progress(1),
             "{\"games\": 10}\n{\"games\": 20, \"x\": 1}\n{\"games\": 3",
         )
         .unwrap();
-        let p = job.read_progress();
+        let p = job.read_progress(1);
+        assert!(
+            job.read_progress(2).is_empty(),
+            "each attempt has its own counters"
+        );
         assert_eq!(p["games"], 20.0);
         assert_eq!(p["x"], 1.0);
     }

@@ -451,7 +451,7 @@ impl Runner {
             epoch: spec.epoch,
             attempts: attempt,
             gpus: spec.gpus.clone(),
-            progress: dir.read_progress(),
+            progress: dir.read_progress(attempt),
             start_time: proc_rec.and_then(|p| p.started_at),
             ..RuntimeReport::default()
         };

@@ -167,7 +167,7 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
         .envs(&spec.env)
         .env("RIFT_JOB_NAME", &spec.job)
         .env("RIFT_ATTEMPT", attempt.to_string())
-        .env("RIFT_PROGRESS_FILE", job.progress())
+        .env("RIFT_PROGRESS_FILE", job.progress(attempt))
         .env("RIFT_RESULT_FILE", job.result())
         .env(
             "CUDA_VISIBLE_DEVICES",
