@@ -75,12 +75,11 @@ async fn sees_create_update_delete_in_order() {
     );
 }
 
-#[tokio::test]
-async fn resumes_without_missing_events_when_its_member_restarts() {
-    let mut cluster = EtcdCluster::three();
-    // The watcher talks only to member 0; writes go through member 1.
+/// A watcher past its initial list that talks only to member 0, and a client writing through
+/// member 1, so member 0 can be stopped while writes go on.
+async fn watcher_on_member_0(cluster: &EtcdCluster) -> (Watcher, etcd_client::Client) {
     let store = Store::connect(&[cluster.client_url(0)]).await.unwrap();
-    let mut writer = etcd_client::Client::connect([cluster.client_url(1)], None)
+    let writer = etcd_client::Client::connect([cluster.client_url(1)], None)
         .await
         .unwrap();
     let mut w = Watcher::new(store, PREFIX, quick());
@@ -88,6 +87,13 @@ async fn resumes_without_missing_events_when_its_member_restarts() {
         next_event(&mut w).await,
         WatchEvent::Restarted { .. }
     ));
+    (w, writer)
+}
+
+#[tokio::test]
+async fn resumes_without_missing_events_when_its_member_restarts() {
+    let mut cluster = EtcdCluster::three();
+    let (mut w, mut writer) = watcher_on_member_0(&cluster).await;
     writer.put(format!("{PREFIX}k0"), "0", None).await.unwrap();
     assert_eq!(
         describe(&next_event(&mut w).await),
@@ -112,15 +118,7 @@ async fn resumes_without_missing_events_when_its_member_restarts() {
 #[tokio::test]
 async fn relists_when_the_revision_it_needs_was_compacted() {
     let mut cluster = EtcdCluster::three();
-    let store = Store::connect(&[cluster.client_url(0)]).await.unwrap();
-    let mut writer = etcd_client::Client::connect([cluster.client_url(1)], None)
-        .await
-        .unwrap();
-    let mut w = Watcher::new(store, PREFIX, quick());
-    assert!(matches!(
-        next_event(&mut w).await,
-        WatchEvent::Restarted { .. }
-    ));
+    let (mut w, mut writer) = watcher_on_member_0(&cluster).await;
 
     cluster.stop(0);
     for i in 0..5 {

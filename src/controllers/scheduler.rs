@@ -187,12 +187,7 @@ impl Scheduler {
             .delete_jobs
             .iter()
             .map(String::as_str)
-            .chain(chores.writes.iter().map(|w| match w {
-                Write::Place { job, .. }
-                | Write::Pending { job, .. }
-                | Write::Evict { job, .. }
-                | Write::Forget { job, .. } => job.as_str(),
-            }))
+            .chain(chores.writes.iter().map(Write::job))
             .collect();
         let writes = self.placement_writes(&snap, &touched, &mut stats);
         let applied = writes::apply(&self.store, &writes).await?;
@@ -264,16 +259,18 @@ impl Scheduler {
             let prev = placed(decision.job());
             let epoch = prev.map_or(0, |(p, _)| p.epoch);
             let expect = prev.map(|(_, rev)| *rev);
+            // A new binding always gets the next epoch, guarded by the placement as read.
+            let place = |job, node, gpus| Write::Place {
+                job,
+                node,
+                gpus,
+                epoch: epoch + 1,
+                expect,
+            };
             match decision {
                 Decision::Place { job, node, gpus } => {
                     stats.placed += 1;
-                    out.push(Write::Place {
-                        job,
-                        node,
-                        gpus,
-                        epoch: epoch + 1,
-                        expect,
-                    });
+                    out.push(place(job, node, gpus));
                 }
                 Decision::Preempt {
                     job,
@@ -294,13 +291,7 @@ impl Scheduler {
                         }
                     }
                     stats.placed += 1;
-                    out.push(Write::Place {
-                        job,
-                        node,
-                        gpus,
-                        epoch: epoch + 1,
-                        expect,
-                    });
+                    out.push(place(job, node, gpus));
                 }
                 Decision::Unschedulable { job, reason } => {
                     stats.unschedulable += 1;

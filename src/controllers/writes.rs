@@ -41,7 +41,8 @@ pub enum Write {
 }
 
 impl Write {
-    fn job(&self) -> &str {
+    /// The job this write is about.
+    pub fn job(&self) -> &str {
         match self {
             Write::Place { job, .. }
             | Write::Pending { job, .. }
