@@ -170,11 +170,20 @@ impl Runner {
         }
         let mut etcd_answers = true;
         for job in self.state.job_names().unwrap_or_default() {
-            self.step(&job);
+            let dir = self.state.job(&job);
+            let Ok(Some(spec)) = read_json::<RunSpec>(&dir.run_spec()) else {
+                continue;
+            };
+            // Read the job's records once; again only if the step changed them.
+            let mut obs = self.observed(&job, &dir);
+            if self.step(&job, &dir, &spec, &obs) {
+                obs = self.observed(&job, &dir);
+            }
             // Once a write fails, the rest wait for the next pass: an unreachable etcd must
             // not make one pass take a request timeout per job.
             if etcd_answers {
-                etcd_answers = self.report(&job).await;
+                let report = self.build_report(&dir, &spec, &obs);
+                etcd_answers = self.report(&job, report).await;
             }
         }
         self.metrics
@@ -308,13 +317,9 @@ impl Runner {
     }
 
     /// Takes the next step the restart policy asks for.
-    fn step(&mut self, job: &str) {
-        let dir = self.state.job(job);
-        let Ok(Some(spec)) = read_json::<RunSpec>(&dir.run_spec()) else {
-            return;
-        };
-        let obs = self.observed(job, &dir);
-        match decide(&spec, &obs, Utc::now()) {
+    /// Returns true when it started or stopped an attempt (the records changed).
+    fn step(&mut self, job: &str, dir: &JobDir, spec: &RunSpec, obs: &Observed) -> bool {
+        match decide(spec, obs, Utc::now()) {
             Next::Start {
                 attempt,
                 not_before,
@@ -324,16 +329,18 @@ impl Runner {
                         .restarts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                self.start(job, &dir, attempt);
+                self.start(job, dir, attempt);
+                true
             }
             Next::Stop { reason } => {
                 if self.stopping.get(job) != Some(&obs.attempt) {
                     tracing::info!(job, reason, "stopping");
-                    self.signal_shim(&dir, obs.attempt, Signal::SIGTERM);
+                    self.signal_shim(dir, obs.attempt, Signal::SIGTERM);
                     self.stopping.insert(job.to_string(), obs.attempt);
                 }
+                false
             }
-            Next::Start { .. } | Next::Wait | Next::Done { .. } => {}
+            Next::Start { .. } | Next::Wait | Next::Done { .. } => false,
         }
     }
 
@@ -441,10 +448,7 @@ impl Runner {
         }
     }
 
-    fn build_report(&self, job: &str) -> Option<RuntimeReport> {
-        let dir = self.state.job(job);
-        let spec: RunSpec = read_json(&dir.run_spec()).ok()??;
-        let obs = self.observed(job, &dir);
+    fn build_report(&self, dir: &JobDir, spec: &RunSpec, obs: &Observed) -> RuntimeReport {
         let attempt = obs.attempt;
         let proc_rec: Option<ProcRecord> = read_json(&dir.job_record(attempt)).ok().flatten();
         let mut r = RuntimeReport {
@@ -455,7 +459,7 @@ impl Runner {
             start_time: proc_rec.and_then(|p| p.started_at),
             ..RuntimeReport::default()
         };
-        let decision = decide(&spec, &obs, Utc::now());
+        let decision = decide(spec, obs, Utc::now());
         match (&obs.state, decision) {
             (AttemptState::NotStarted, _) => r.phase = JobPhase::Scheduled,
             (AttemptState::Running, _) => match proc_rec {
@@ -498,7 +502,7 @@ impl Runner {
             }
             (AttemptState::Ended(_), _) => r.phase = JobPhase::Scheduled,
         }
-        Some(r)
+        r
     }
 
     /// An event when a job this agent was already reporting changes phase (a restarted agent
@@ -524,10 +528,7 @@ impl Runner {
 
     /// Publishes the job's report when it changed; a failed write is retried next pass.
     /// Returns false when etcd did not take it.
-    async fn report(&mut self, job: &str) -> bool {
-        let Some(report) = self.build_report(job) else {
-            return true;
-        };
+    async fn report(&mut self, job: &str, report: RuntimeReport) -> bool {
         if self.published.get(job) == Some(&report) {
             return true;
         }
