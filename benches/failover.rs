@@ -15,11 +15,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::agent::spawn_candidate;
 use support::etcd::EtcdCluster;
 use support::proc::{env_or, free_port, measure_idle, percentile};
 
@@ -30,27 +31,7 @@ struct Agent {
 
 impl Agent {
     fn start(name: &str, endpoints: &str, ttl: u64) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_rift"))
-            .args([
-                "agent",
-                "--name",
-                name,
-                "--controllers",
-                "--listen",
-                "127.0.0.1",
-            ])
-            .args([
-                "--port",
-                &free_port().to_string(),
-                "--lease-ttl",
-                &ttl.to_string(),
-            ])
-            .env("RIFT_ENDPOINTS", endpoints)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rift agent starts");
+        let child = spawn_candidate(name, endpoints, free_port(), ttl);
         Agent {
             name: name.to_string(),
             child,

@@ -2,12 +2,12 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::cli::{rift_bin, KillOnDrop};
+use support::agent::spawn_candidate;
+use support::cli::KillOnDrop;
 use support::etcd::EtcdCluster;
 use support::http;
 use support::proc::free_port;
@@ -28,27 +28,7 @@ impl Agents {
             .iter()
             .zip(&ports)
             .map(|(name, port)| {
-                let child = Command::new(rift_bin())
-                    .args([
-                        "agent",
-                        "--name",
-                        name,
-                        "--controllers",
-                        "--listen",
-                        "127.0.0.1",
-                    ])
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--lease-ttl",
-                        &ttl_secs.to_string(),
-                    ])
-                    .env("RIFT_ENDPOINTS", endpoints)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
+                let child = spawn_candidate(name, endpoints, *port, ttl_secs);
                 Some(KillOnDrop(child))
             })
             .collect();

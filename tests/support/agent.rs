@@ -155,3 +155,24 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts `rift agent --controllers` named `name` on 127.0.0.1:`port` with leader lease `ttl`
+/// seconds and its output discarded: a leader candidate for election tests and benchmarks.
+pub fn spawn_candidate(name: &str, endpoints: &str, port: u16, ttl: u64) -> Child {
+    Command::new(rift_bin())
+        .args([
+            "agent",
+            "--name",
+            name,
+            "--controllers",
+            "--listen",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port.to_string(), "--lease-ttl", &ttl.to_string()])
+        .env("RIFT_ENDPOINTS", endpoints)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rift agent starts")
+}
