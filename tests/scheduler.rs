@@ -138,18 +138,20 @@ async fn a_per_gpu_pool_fills_every_gpu_and_only_those() {
             ("w2".to_string(), vec![0])
         ]
     );
-    let pool = rift(
-        &c.etcd.endpoints_csv(),
-        &["get", "pool", "sp", "-o", "json"],
-    );
-    let v: serde_json::Value = serde_json::from_str(&pool.stdout).unwrap();
-    assert_eq!(
-        (
-            v["status"]["desired"].as_u64(),
-            v["status"]["running"].as_u64()
-        ),
-        (Some(3), Some(3))
-    );
+    // The Pool's status is written on the scheduler's next pass: it follows within a second.
+    let ep = c.etcd.endpoints_csv();
+    eventually(
+        Duration::from_secs(10),
+        "pool status desired 3, running 3",
+        || async {
+            let pool = rift(&ep, &["get", "pool", "sp", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&pool.stdout).ok()?;
+            (v["status"]["desired"].as_u64() == Some(3)
+                && v["status"]["running"].as_u64() == Some(3))
+            .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
