@@ -133,6 +133,41 @@ pub struct NodeStatus {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The etcd member this node can host or hosts (from `/rift/v1/agents/<node>/etcd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<NodeEtcd>,
+}
+
+/// The etcd member a node's agent can run, as its agent reports it. The voters controller adds
+/// a node as a member with these URLs; the agent then starts and supervises the process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeEtcd {
+    /// The peer URL the member is (or would be) registered with.
+    pub peer_urls: Vec<String>,
+    /// Client URLs, in address order (e.g. tailscale first, then public).
+    pub client_urls: Vec<String>,
+    #[serde(default)]
+    pub state: LocalMemberState,
+    /// Times the agent restarted a member process that had died.
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// What the agent is doing with its local etcd member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LocalMemberState {
+    /// Not a member: nothing runs (the node can be added by the VoterSet).
+    #[default]
+    Idle,
+    /// The process runs.
+    Running,
+    /// The process died; the agent restarts it after a backoff.
+    Restarting,
+    /// The agent cannot run the member (see the message).
+    Failed,
 }
 
 impl NodeStatus {

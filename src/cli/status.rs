@@ -10,6 +10,7 @@ use crate::api::selector::LabelSelector;
 use crate::api::voter_set::VOTER_SET_NAME;
 use crate::api::{JobPhase, JobSpec, NodeSpec, VoterSetSpec};
 use crate::store::leader::current_leader;
+use crate::store::members;
 use crate::store::watcher::{WatchConfig, Watcher};
 use crate::store::{keys, Store};
 
@@ -74,21 +75,16 @@ pub async fn collect(store: &Store) -> Result<Report, CliError> {
         .await?
         .map(|v| v.spec.voters)
         .unwrap_or_default();
-    let mut client = store.client();
-    let members = store.call(client.member_list()).await?;
-    let mut views = Vec::new();
-    for m in members.members() {
-        let healthy = match m.client_urls().first() {
-            Some(url) => member_healthy(url).await,
-            None => false,
-        };
-        views.push(MemberView {
-            name: m.name().to_string(),
-            id: format!("{:x}", m.id()),
-            learner: m.is_learner(),
-            healthy,
-        });
-    }
+    let views: Vec<MemberView> = members::list(store)
+        .await?
+        .into_iter()
+        .map(|m| MemberView {
+            id: m.hex_id(),
+            name: m.name,
+            learner: m.learner,
+            healthy: m.healthy,
+        })
+        .collect();
     let voters: Vec<&MemberView> = views.iter().filter(|m| !m.learner).collect();
     let quorum = voters.iter().filter(|m| m.healthy).count() * 2 > voters.len();
     let (nodes, _) = store.list::<NodeSpec>(&LabelSelector::everything()).await?;
@@ -120,24 +116,6 @@ pub async fn collect(store: &Store) -> Result<Report, CliError> {
         },
         jobs: by_phase,
     })
-}
-
-async fn member_healthy(url: &str) -> bool {
-    let check = async {
-        let mut c = etcd_client::Client::connect(
-            [url],
-            Some(
-                etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)),
-            ),
-        )
-        .await
-        .ok()?;
-        c.status().await.ok()
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), check).await,
-        Ok(Some(_))
-    )
 }
 
 /// The report as people read it.

@@ -13,4 +13,5 @@ pub mod placement;
 pub mod pools;
 pub mod scheduler;
 pub mod training;
+pub mod voters;
 pub mod writes;

@@ -217,6 +217,12 @@ impl Store {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
+    /// Checks that the leader fence (if any) still holds: [`StoreError::Fenced`] when this
+    /// process no longer leads. For actions no transaction can guard (membership changes).
+    pub async fn check_fence(&self) -> Result<()> {
+        self.txn(vec![], vec![], vec![]).await.map(|_| ())
+    }
+
     /// Runs `if compares then ops else failure_ops`, adding the fence when set.
     ///
     /// A failed fence is reported as [`StoreError::Fenced`], never as an ordinary failed

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use super::client::KeyValue;
 use super::keys;
 use crate::api::meta::{Condition, ConditionStatus};
+use crate::api::node::NodeEtcd;
 use crate::api::placement::{compose_job_status, Placement, RuntimeReport};
 use crate::api::{JobStatus, NodeStatus};
 
@@ -44,6 +45,8 @@ pub enum AgentKey<'a> {
     Alive { node: &'a str },
     /// `status`: the NodeStatus the agent observes.
     Status { node: &'a str },
+    /// `etcd`: the node's local etcd member.
+    Etcd { node: &'a str },
     /// `jobs/<job>`: the runtime report of one job.
     Job { node: &'a str, job: &'a str },
     /// `tunnels/<tunnel>`: a tunnel's status.
@@ -62,6 +65,7 @@ pub fn parse_agent_key(key: &str) -> Option<AgentKey<'_>> {
     match what {
         "alive" => Some(AgentKey::Alive { node }),
         "status" => Some(AgentKey::Status { node }),
+        "etcd" => Some(AgentKey::Etcd { node }),
         _ => {
             let (dir, name) = what.split_once('/')?;
             if name.is_empty() || name.contains('/') {
@@ -97,6 +101,7 @@ struct AgentKeys {
     /// The status key exists (even if it did not decode).
     status_present: bool,
     status: Option<NodeStatus>,
+    etcd: Option<NodeEtcd>,
     reports: HashMap<String, RuntimeReport>,
 }
 
@@ -140,6 +145,9 @@ impl StatusSources {
                 let a = self.agent(node);
                 a.status_present = true;
                 a.status = status;
+            }
+            Some(AgentKey::Etcd { node }) => {
+                self.agent(node).etcd = decode_or_warn::<NodeEtcd>(kv);
             }
             Some(AgentKey::Job { node, job }) => {
                 if let Some(r) = decode_or_warn::<RuntimeReport>(kv) {
@@ -185,7 +193,11 @@ impl StatusSources {
     /// `node`'s status: see [`compose_node_status`].
     pub fn node_status(&self, node: &str) -> NodeStatus {
         match self.agents.get(node) {
-            Some(a) => compose_node_status(a.status.clone(), a.status_present, a.alive),
+            Some(a) => {
+                let mut status = compose_node_status(a.status.clone(), a.status_present, a.alive);
+                status.etcd = a.etcd.clone();
+                status
+            }
             None => compose_node_status(None, false, false),
         }
     }

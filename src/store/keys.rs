@@ -54,6 +54,11 @@ pub fn agent_status(node: &str) -> String {
     format!("{ROOT}agents/{node}/status")
 }
 
+/// `/rift/v1/agents/<node>/etcd`: the node's local etcd member (URLs and state).
+pub fn agent_etcd(node: &str) -> String {
+    format!("{ROOT}agents/{node}/etcd")
+}
+
 pub fn agent_job(node: &str, job: &str) -> String {
     format!("{ROOT}agents/{node}/jobs/{job}")
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod leader;
+pub mod members;
 pub mod objects;
 pub mod watcher;
 

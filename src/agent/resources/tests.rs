@@ -198,6 +198,7 @@ fn status() -> NodeStatus {
         agent_version: "0.1.0".into(),
         endpoint: Some("10.0.0.1:8770".into()),
         last_heartbeat: Some(Utc::now()),
+        etcd: None,
     }
 }
 
