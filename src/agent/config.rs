@@ -43,6 +43,41 @@ pub struct ConfigFile {
     pub thresholds: super::resources::Thresholds,
     /// Leader only: extra time beyond a job's `lostAfter` before it is moved off a lost node.
     pub reschedule_margin: Option<HumanDuration>,
+    /// The local etcd member this node runs when the VoterSet makes it a voter.
+    #[serde(default)]
+    pub etcd: EtcdFileConfig,
+}
+
+/// `etcd:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdFileConfig {
+    /// Offer to host a member (default true; NAT-blocked nodes never do).
+    pub enabled: Option<bool>,
+    /// The etcd binary: a path, or a name looked up on PATH (default `etcd`).
+    pub binary: Option<PathBuf>,
+    pub client_port: Option<u16>,
+    pub peer_port: Option<u16>,
+    /// Stop the member when the agent stops (default false: a restarted agent adopts it, so
+    /// upgrading agents never bounces a voter).
+    pub stop_with_agent: Option<bool>,
+    /// Extra etcd flags, e.g. `[--heartbeat-interval, "250", --election-timeout, "2500"]` for
+    /// voters far apart.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// The local etcd member's settings, resolved.
+#[derive(Clone, Debug)]
+pub struct EtcdMemberConfig {
+    pub enabled: bool,
+    pub binary: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub stop_with_agent: bool,
+    pub extra_args: Vec<String>,
+    /// Start a new one-member cluster when there is no data and no cluster answers.
+    pub bootstrap: bool,
 }
 
 /// Problems with the agent's configuration.
@@ -99,6 +134,7 @@ pub struct AgentConfig {
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
     pub thresholds: super::resources::Thresholds,
     pub reschedule_margin: Duration,
+    pub etcd: EtcdMemberConfig,
 }
 
 impl AgentConfig {
@@ -130,6 +166,14 @@ pub struct Overrides {
     pub controllers: bool,
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
     pub reschedule_margin_secs: Option<u64>,
+    /// Replace `addresses:` from the file.
+    pub addresses: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub etcd_binary: Option<PathBuf>,
+    pub etcd_client_port: Option<u16>,
+    pub etcd_peer_port: Option<u16>,
+    pub etcd_stop_with_agent: bool,
+    pub bootstrap: bool,
 }
 
 impl AgentConfig {
@@ -175,11 +219,32 @@ impl AgentConfig {
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_secs(1)),
             controllers: o.controllers || file.controllers.unwrap_or(false),
-            addresses: file.addresses,
+            addresses: if o.addresses.is_empty() {
+                file.addresses
+            } else {
+                o.addresses
+            },
             provider: file.provider.unwrap_or_default(),
-            labels: file.labels,
+            labels: {
+                let mut labels = file.labels;
+                labels.extend(o.labels);
+                labels
+            },
             roles: file.roles,
             nat_blocked: file.nat_blocked,
+            etcd: EtcdMemberConfig {
+                enabled: file.etcd.enabled.unwrap_or(true) && !file.nat_blocked,
+                binary: o
+                    .etcd_binary
+                    .or(file.etcd.binary)
+                    .unwrap_or_else(|| PathBuf::from("etcd")),
+                client_port: o.etcd_client_port.or(file.etcd.client_port).unwrap_or(2379),
+                peer_port: o.etcd_peer_port.or(file.etcd.peer_port).unwrap_or(2380),
+                stop_with_agent: o.etcd_stop_with_agent
+                    || file.etcd.stop_with_agent.unwrap_or(false),
+                extra_args: file.etcd.extra_args,
+                bootstrap: o.bootstrap,
+            },
             gpus: if o.gpus.is_empty() { file.gpus } else { o.gpus },
             thresholds: file.thresholds,
             reschedule_margin: o

@@ -14,6 +14,7 @@ use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
+use crate::controllers::voters::VotersController;
 use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
 use crate::store::{Store, StoreError};
@@ -82,6 +83,10 @@ async fn lead(
     let notifier = tokio::spawn(NotifierController::new(store.clone()).run(async move {
         let _ = notifier_stop.wait_for(|s| *s).await;
     }));
+    let mut voters_stop = stop_tx.subscribe();
+    let voters = tokio::spawn(VotersController::new(store.clone()).run(async move {
+        let _ = voters_stop.wait_for(|s| *s).await;
+    }));
     let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
     let mut scheduler = tokio::spawn(scheduler.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -94,6 +99,7 @@ async fn lead(
         let _ = scheduler.await;
     }
     let _ = notifier.await;
+    let _ = voters.await;
     resign
 }
 

@@ -2,10 +2,11 @@
 //! for leadership and runs the controllers while it leads.
 //!
 //! Pieces: [`registration`] (the Node and its liveness lease), [`jobs`] (the job runner and its
-//! shims), HTTP (`/healthz`, `/readyz`, `/status`, `/metrics`), and the leader loop. Tunnels
-//! and the local etcd member are added by later work.
+//! shims), [`etcd_member`] (the local etcd member and the agent's endpoints), HTTP
+//! (`/healthz`, `/readyz`, `/status`, `/metrics`), and the leader loop.
 
 pub mod config;
+pub mod etcd_member;
 mod http;
 pub mod jobs;
 mod leader_loop;
@@ -63,7 +64,15 @@ pub enum AgentError {
 /// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
 /// leadership (so a standby takes over at once) and returns.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    let store = Store::connect_lazy(&config.endpoints).await?;
+    // Endpoints learned by an earlier run (every voter's client URLs) come after the
+    // configured ones: the cluster is found even after the configured voters were retired.
+    let mut endpoints = config.endpoints.clone();
+    for e in etcd_member::saved_endpoints(&config.state_dir) {
+        if !endpoints.contains(&e) {
+            endpoints.push(e);
+        }
+    }
+    let store = Store::connect_lazy(&endpoints).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
     let metrics = Arc::new(metrics::Metrics::default());
     let state = Arc::new(AgentState {
@@ -97,6 +106,11 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         path: config.state_dir.display().to_string(),
         source,
     })?;
+    // The member stops (if it stops with the agent) only after everything else is done: the
+    // leader's resignation and the node's lease revocation may need it.
+    let (member_stop, member_stopped) = watch::channel(false);
+    let member = etcd_member::Supervisor::new(&config, store.clone());
+    let member = tokio::spawn(member.run(member_stopped));
     let registration = tokio::spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
@@ -170,6 +184,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let _ = status_writer.await;
     let _ = registration.await;
     let _ = server.await;
+    let _ = member_stop.send(true);
+    let _ = member.await;
     Ok(())
 }
 

@@ -44,12 +44,55 @@ pub struct AgentArgs {
     /// Campaign for leadership and run the controllers while leading.
     #[arg(long, env = "RIFT_CONTROLLERS")]
     pub controllers: bool,
+    /// This node's address, in the order peers should try them (e.g. tailscale first, then
+    /// public). Repeatable; replaces `addresses:` from the config file.
+    #[arg(long = "address", value_name = "HOST")]
+    pub addresses: Vec<String>,
+    /// A label for the Node when the agent registers it, KEY=VALUE. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Join an existing cluster through these etcd endpoints (comma-separated), like
+    /// --endpoints. Making this node a voter is then an edit of the VoterSet.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Start a new one-member etcd cluster on this machine when there is no member data and no
+    /// cluster answers (what `rift up` does). Without it an agent never creates a cluster.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// The etcd binary for the local member (default: `etcd` on PATH).
+    #[arg(long, env = "RIFT_ETCD_BINARY")]
+    pub etcd_binary: Option<PathBuf>,
+    /// Client port of the local etcd member (default 2379).
+    #[arg(long)]
+    pub etcd_client_port: Option<u16>,
+    /// Peer port of the local etcd member (default 2380).
+    #[arg(long)]
+    pub etcd_peer_port: Option<u16>,
+}
+
+/// `KEY=VALUE` for `--label`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("`{s}`: the key is empty"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), CliError> {
     let file = match &args.config {
         Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => ConfigFile::default(),
+    };
+    let endpoints = match (endpoints, args.join.is_empty()) {
+        (e, true) => e,
+        (None, false) => Some(args.join),
+        (Some(mut e), false) => {
+            e.extend(args.join);
+            Some(e)
+        }
     };
     let config = AgentConfig::resolve(
         file,
@@ -65,6 +108,13 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             controllers: args.controllers,
             gpus: args.gpus,
             reschedule_margin_secs: args.reschedule_margin,
+            addresses: args.addresses,
+            labels: args.labels,
+            etcd_binary: args.etcd_binary,
+            etcd_client_port: args.etcd_client_port,
+            etcd_peer_port: args.etcd_peer_port,
+            etcd_stop_with_agent: false,
+            bootstrap: args.bootstrap,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -18,6 +18,15 @@ pub async fn run(args: ApplyArgs, endpoints: &[String]) -> Result<(), CliError> 
     // Validate everything before touching etcd: bad input changes nothing.
     let docs = manifest::load_paths(&args.files.files)?;
     let store = Store::connect(endpoints).await?;
+    apply_docs(&store, docs, args.dry_run).await
+}
+
+/// Applies validated documents in one transaction and prints one line per object.
+pub async fn apply_docs(
+    store: &Store,
+    docs: Vec<manifest::Document>,
+    dry_run: bool,
+) -> Result<(), CliError> {
     let items: Vec<ApplyItem> = docs
         .into_iter()
         .map(|d| ApplyItem {
@@ -26,8 +35,8 @@ pub async fn run(args: ApplyArgs, endpoints: &[String]) -> Result<(), CliError> 
             object: d.object,
         })
         .collect();
-    let outcomes = store.apply(&items, args.dry_run).await?;
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let outcomes = store.apply(&items, dry_run).await?;
+    let suffix = if dry_run { " (dry run)" } else { "" };
     for (item, outcome) in items.iter().zip(outcomes) {
         println!(
             "{}/{} {}{suffix}",

@@ -11,6 +11,7 @@ mod get;
 mod logs;
 mod printer;
 mod status;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Print a job's output, from the agent of the node it runs on (-f to follow).
     Logs(logs::LogsArgs),
+    /// Start a one-machine cluster in the foreground: etcd, an agent that leads, manifests.
+    Up(up::UpArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
     Agent(agent::AgentArgs),
     /// Mark a node unschedulable: no new jobs are placed there.
@@ -87,10 +90,19 @@ pub fn run() -> ExitCode {
             }
         };
     }
-    if !matches!(cli.command, Command::Agent(_)) {
+    if !matches!(cli.command, Command::Agent(_) | Command::Up(_)) {
         restore_default_sigpipe();
     }
-    init_tracing();
+    match &cli.command {
+        // `rift up` keeps the terminal for its own progress; the agent logs to a file.
+        Command::Up(args) => {
+            if let Err(e) = init_file_tracing(&args.state_dir.join("agent.log")) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        _ => init_tracing(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,6 +142,26 @@ fn init_tracing() {
         .try_init();
 }
 
+fn init_file_tracing(path: &std::path::Path) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
 async fn execute(cli: Cli) -> Result<(), CliError> {
     let given = (!cli.endpoints.is_empty()).then(|| cli.endpoints.clone());
     let endpoints = given
@@ -144,6 +176,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
         Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
         Command::Agent(args) => agent::run(args, given).await,
+        Command::Up(args) => up::run(args).await,
         Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
         Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,

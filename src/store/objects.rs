@@ -195,6 +195,7 @@ impl Store {
             StatusFrom::Node => {
                 wanted.push(keys::agent_status(name));
                 wanted.push(keys::agent_alive(name));
+                wanted.push(keys::agent_etcd(name));
             }
         }
         let (mut got, rev) = self.get_many(&wanted).await?;

@@ -15,6 +15,8 @@ pub struct TestAgent {
     pub endpoints: String,
     pub state: PathBuf,
     pub port: u16,
+    /// The loopback address it listens on (`127.0.0.1` unless started with [`Self::start_on`]).
+    pub listen: String,
     extra: Vec<String>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -31,7 +33,27 @@ impl TestAgent {
 
     /// Starts agent `name` on an existing state directory.
     pub fn start_in(name: &str, endpoints: &str, state: PathBuf, extra: &[&str]) -> TestAgent {
+        Self::start_in_on("127.0.0.1", name, endpoints, state, extra)
+    }
+
+    /// Starts agent `name` listening on `ip` (another loopback address: another "machine"),
+    /// with a fresh state directory.
+    pub fn start_on(ip: &str, name: &str, endpoints: &str, extra: &[&str]) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Self::start_in_on(ip, name, endpoints, dir.path().to_path_buf(), extra);
+        a._dir = Some(dir);
+        a
+    }
+
+    fn start_in_on(
+        ip: &str,
+        name: &str,
+        endpoints: &str,
+        state: PathBuf,
+        extra: &[&str],
+    ) -> TestAgent {
         let mut a = TestAgent {
+            listen: ip.into(),
             name: name.into(),
             endpoints: endpoints.into(),
             state,
@@ -55,7 +77,7 @@ impl TestAgent {
             .open(self.state.join("agent.log"))
             .unwrap();
         let child = Command::new(rift_bin())
-            .args(["agent", "--name", &self.name, "--listen", "127.0.0.1"])
+            .args(["agent", "--name", &self.name, "--listen", &self.listen])
             .args(["--port", &self.port.to_string(), "--node-lease-ttl", "2"])
             .arg("--state-dir")
             .arg(&self.state)
@@ -83,7 +105,7 @@ impl TestAgent {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.listen, self.port)
     }
 
     pub fn job_dir(&self, job: &str) -> PathBuf {

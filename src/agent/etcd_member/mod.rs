@@ -1,0 +1,376 @@
+//! The local etcd member: the agent starts and supervises this node's `etcd` process when the
+//! cluster lists the node as a member (added by the voters controller), restarts it with
+//! backoff when it dies, and stops it and clears its data when the node is removed.
+//!
+//! It also keeps the agent's own endpoints current: every voter's client URLs (in each
+//! voter's address order) are added to the etcd client and saved in `<state>/endpoints.json`,
+//! so an agent restarted after its configured endpoints were retired still finds the cluster.
+//!
+//! Guarantees: a member is only started for a node the member list names (or, with
+//! `--bootstrap`, when nothing answers and there is no data); data is only cleared when a
+//! cluster that answers no longer lists the node. An agent restart adopts the running member
+//! instead of restarting it (unless `etcd.stopWithAgent`).
+
+pub mod decide;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::TxnOp;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::node::{LocalMemberState, NodeEtcd};
+use crate::store::events::EventRecorder;
+use crate::store::{keys, Store};
+
+use super::config::{AgentConfig, EtcdMemberConfig};
+use decide::{decide, Action, Membership, Observation};
+use process::{MemberDir, MemberProcess, MemberSpec};
+
+/// How often the supervisor looks.
+const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// Restart delays after the member dies: doubling from 1 s, capped.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A member that ran this long resets the restart delay.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long a member list request may take before the cluster counts as unreachable.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The saved endpoints file under the state directory.
+pub fn endpoints_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("endpoints.json")
+}
+
+/// Endpoints learned by an earlier run (voters' client URLs), if any.
+pub fn saved_endpoints(state_dir: &Path) -> Vec<String> {
+    crate::agent::jobs::layout::read_json::<Vec<String>>(&endpoints_file(state_dir))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The hosts this node's etcd URLs use: its addresses, else the host of `--advertise`, else a
+/// specific listen address.
+fn hosts(config: &AgentConfig) -> Vec<String> {
+    if !config.addresses.is_empty() {
+        return config.addresses.clone();
+    }
+    if let Some(host) = config.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
+        return vec![host.0.to_string()];
+    }
+    let specific = config.listen != "0.0.0.0" && config.listen != "::";
+    if specific {
+        vec![config.listen.clone()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The member's URLs and command line, or why this node cannot host one.
+pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
+    let etcd: &EtcdMemberConfig = &config.etcd;
+    if !etcd.enabled {
+        return Err(if config.nat_blocked {
+            "NAT-blocked nodes do not host etcd members".into()
+        } else {
+            "etcd.enabled is false in this node's config".into()
+        });
+    }
+    let binary = process::find_binary(&etcd.binary).ok_or_else(|| {
+        format!(
+            "`{}` not found: install etcd (Debian: etcd-server) or set etcd.binary",
+            etcd.binary.display()
+        )
+    })?;
+    let hosts = hosts(config);
+    let Some(first) = hosts.first() else {
+        return Err(
+            "no address peers can reach this node's etcd at: set `addresses:` \
+                    in the config or --address"
+                .into(),
+        );
+    };
+    let url = |host: &str, port: u16| {
+        if host.contains(':') {
+            format!("http://[{host}]:{port}")
+        } else {
+            format!("http://{host}:{port}")
+        }
+    };
+    let client_urls: Vec<String> = hosts.iter().map(|h| url(h, etcd.client_port)).collect();
+    let specific = config.listen != "0.0.0.0" && config.listen != "::";
+    let (listen_client_urls, listen_peer_urls) = if specific {
+        (
+            client_urls.clone(),
+            hosts.iter().map(|h| url(h, etcd.peer_port)).collect(),
+        )
+    } else {
+        (
+            vec![url("0.0.0.0", etcd.client_port)],
+            vec![url("0.0.0.0", etcd.peer_port)],
+        )
+    };
+    Ok(MemberSpec {
+        name: config.name.clone(),
+        binary,
+        dir: MemberDir::new(&config.state_dir),
+        peer_url: url(first, etcd.peer_port),
+        client_urls,
+        listen_peer_urls,
+        listen_client_urls,
+        extra_args: etcd.extra_args.clone(),
+    })
+}
+
+/// Supervises the local member until `shutdown`.
+pub struct Supervisor {
+    node: String,
+    store: Store,
+    spec: Result<MemberSpec, String>,
+    state_dir: PathBuf,
+    bootstrap: bool,
+    stop_with_agent: bool,
+    events: EventRecorder,
+    process: Option<MemberProcess>,
+    report: NodeEtcd,
+    written: Option<NodeEtcd>,
+    restart_delay: Duration,
+    not_before: Instant,
+    learned: Vec<String>,
+}
+
+impl Supervisor {
+    pub fn new(config: &AgentConfig, store: Store) -> Self {
+        let spec = member_spec(config);
+        let process = spec
+            .as_ref()
+            .ok()
+            .and_then(|s| MemberProcess::adopt(&s.dir));
+        if let Some(p) = &process {
+            tracing::info!(pid = p.record.pid, "adopted the running etcd member");
+        }
+        let report = match &spec {
+            Ok(s) => NodeEtcd {
+                peer_urls: vec![s.peer_url.clone()],
+                client_urls: s.client_urls.clone(),
+                ..NodeEtcd::default()
+            },
+            Err(why) => NodeEtcd {
+                state: LocalMemberState::Failed,
+                message: why.clone(),
+                ..NodeEtcd::default()
+            },
+        };
+        Supervisor {
+            node: config.name.clone(),
+            events: EventRecorder::agent(store.clone(), &config.name),
+            store,
+            spec,
+            state_dir: config.state_dir.clone(),
+            bootstrap: config.etcd.bootstrap,
+            stop_with_agent: config.etcd.stop_with_agent,
+            process,
+            report,
+            written: None,
+            restart_delay: Duration::from_secs(1),
+            not_before: Instant::now(),
+            learned: saved_endpoints(&config.state_dir),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut pass: u64 = 0;
+        loop {
+            let membership = self.observe().await;
+            if let Ok(spec) = self.spec.clone() {
+                self.converge(&spec, &membership).await;
+            }
+            if pass % 5 == 0 {
+                self.learn_endpoints().await;
+            }
+            self.write_report().await;
+            pass += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+                _ = super::stopped(&mut shutdown) => break,
+            }
+        }
+        if let Some(p) = &mut self.process {
+            if self.stop_with_agent {
+                tracing::info!("stopping the local etcd member");
+                p.stop(Duration::from_secs(10)).await;
+            } else {
+                tracing::info!(pid = p.record.pid, "leaving the etcd member running");
+            }
+        }
+    }
+
+    /// This node in the member list, as [`decide`] needs it.
+    async fn observe(&self) -> Membership {
+        let mut client = self.store.client();
+        let list = match tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await {
+            Ok(Ok(l)) => l,
+            _ => return Membership::Unknown,
+        };
+        let Ok(spec) = &self.spec else {
+            return Membership::Unknown;
+        };
+        let ours = |urls: &[String]| urls.iter().any(|u| *u == spec.peer_url);
+        let mut cluster = Vec::new();
+        let mut found = None;
+        for m in list.members() {
+            if m.name() == self.node || ours(m.peer_urls()) {
+                found = Some(m.peer_urls().to_vec());
+                continue;
+            }
+            if !m.name().is_empty() {
+                for u in m.peer_urls() {
+                    cluster.push((m.name().to_string(), u.clone()));
+                }
+            }
+        }
+        match found {
+            Some(urls) if ours(&urls) => {
+                cluster.push((self.node.clone(), spec.peer_url.clone()));
+                Membership::Member { cluster }
+            }
+            Some(urls) => Membership::Mismatch { registered: urls },
+            None => Membership::NotMember,
+        }
+    }
+
+    async fn converge(&mut self, spec: &MemberSpec, membership: &Membership) {
+        let running = self.process.as_mut().is_some_and(|p| p.is_running());
+        if self.process.is_some() && !running {
+            let ran = self
+                .process
+                .take()
+                .and_then(|p| p.record.started_at)
+                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            if ran >= STABLE_AFTER {
+                self.restart_delay = Duration::from_secs(1);
+            }
+            self.report.restarts += 1;
+            self.report.state = LocalMemberState::Restarting;
+            self.report.message = format!(
+                "etcd exited; restarting in {} s (log: {})",
+                self.restart_delay.as_secs(),
+                spec.dir.log().display()
+            );
+            self.events.warning(
+                "Node",
+                &self.node,
+                "etcd_member_died",
+                self.report.message.clone(),
+            );
+            self.not_before = Instant::now() + self.restart_delay;
+            self.restart_delay = (self.restart_delay * 2).min(RESTART_MAX);
+        }
+        let observation = Observation {
+            running,
+            has_data: spec.dir.has_data(),
+            bootstrap: self.bootstrap,
+            membership: membership.clone(),
+        };
+        match decide(&observation) {
+            Action::Keep => {
+                if running {
+                    self.set(LocalMemberState::Running, "");
+                } else if self.report.state != LocalMemberState::Restarting {
+                    self.set(LocalMemberState::Idle, "");
+                }
+            }
+            Action::Start(mode) => {
+                if Instant::now() < self.not_before {
+                    return;
+                }
+                match MemberProcess::spawn(spec, &mode) {
+                    Ok(p) => {
+                        tracing::info!(pid = p.record.pid, ?mode, "started the local etcd member");
+                        self.process = Some(p);
+                        self.set(LocalMemberState::Running, "");
+                    }
+                    Err(e) => {
+                        self.not_before = Instant::now() + self.restart_delay;
+                        self.restart_delay = (self.restart_delay * 2).min(RESTART_MAX);
+                        let why = format!("cannot start etcd: {e}");
+                        self.set(LocalMemberState::Failed, &why);
+                    }
+                }
+            }
+            Action::StopAndWipe => {
+                if let Some(p) = &mut self.process {
+                    p.stop(Duration::from_secs(10)).await;
+                }
+                self.process = None;
+                match spec.dir.wipe() {
+                    Ok(()) => {
+                        self.events.normal(
+                            "Node",
+                            &self.node,
+                            "etcd_member_removed",
+                            "removed from the etcd cluster: member stopped and its data cleared",
+                        );
+                        self.set(LocalMemberState::Idle, "");
+                    }
+                    Err(e) => self.set(
+                        LocalMemberState::Failed,
+                        &format!("cannot clear {}: {e}", spec.dir.data().display()),
+                    ),
+                }
+            }
+            Action::Refuse(why) => self.set(LocalMemberState::Failed, &why),
+        }
+    }
+
+    fn set(&mut self, state: LocalMemberState, message: &str) {
+        self.report.state = state;
+        self.report.message = message.to_string();
+    }
+
+    async fn write_report(&mut self) {
+        if self.written.as_ref() == Some(&self.report) {
+            return;
+        }
+        let body = serde_json::to_vec(&self.report).expect("reports serialize");
+        let key = keys::agent_etcd(&self.node);
+        let put = TxnOp::put(key.as_str(), body, None);
+        if self.store.txn(vec![], vec![put], vec![]).await.is_ok() {
+            self.written = Some(self.report.clone());
+        }
+    }
+
+    /// Adds every voter's client URLs to this agent's etcd client and saves them.
+    async fn learn_endpoints(&mut self) {
+        let mut client = self.store.client();
+        let Ok(Ok(list)) = tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await else {
+            return;
+        };
+        let urls: Vec<String> = list
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner())
+            .flat_map(|m| m.client_urls().iter().cloned())
+            .collect();
+        if urls.is_empty() || urls == self.learned {
+            return;
+        }
+        for url in &urls {
+            if let Err(e) = client.add_endpoint(url).await {
+                tracing::debug!(%url, %e, "cannot add endpoint");
+            }
+        }
+        for gone in self.learned.iter().filter(|u| !urls.contains(u)) {
+            let _ = client.remove_endpoint(gone).await;
+        }
+        let path = endpoints_file(&self.state_dir);
+        if let Err(e) = crate::agent::jobs::layout::write_json(&path, &urls) {
+            tracing::warn!(%e, "cannot save the learned endpoints");
+        }
+        tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");
+        self.learned = urls;
+    }
+}

@@ -1,0 +1,250 @@
+//! The local `etcd` process: its command line, starting it in its own process group (so a
+//! Ctrl-C in the agent's terminal or a `systemctl restart` of the agent does not take it
+//! down), adopting it again after an agent restart, and stopping it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::decide::StartMode;
+use crate::agent::jobs::layout::{read_json, write_json, ProcRecord};
+use crate::agent::jobs::procs;
+
+/// Where the member keeps its files: `<state>/etcd/{data/, member.json, etcd.log}`.
+#[derive(Clone, Debug)]
+pub struct MemberDir {
+    root: PathBuf,
+}
+
+impl MemberDir {
+    pub fn new(state_dir: &Path) -> Self {
+        MemberDir {
+            root: state_dir.join("etcd"),
+        }
+    }
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    pub fn record(&self) -> PathBuf {
+        self.root.join("member.json")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join("etcd.log")
+    }
+    /// The data directory holds a member (etcd creates `member/` in it on first start).
+    pub fn has_data(&self) -> bool {
+        self.data().join("member").is_dir()
+    }
+    /// Removes the member's data (after it was removed from the cluster).
+    pub fn wipe(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.data()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything the command line needs.
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    pub name: String,
+    pub binary: PathBuf,
+    pub dir: MemberDir,
+    pub peer_url: String,
+    pub client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub listen_client_urls: Vec<String>,
+    pub extra_args: Vec<String>,
+}
+
+/// The etcd arguments for starting in `mode`.
+pub fn args(spec: &MemberSpec, mode: &StartMode) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--name".into(),
+        spec.name.clone(),
+        "--data-dir".into(),
+        spec.dir.data().display().to_string(),
+        "--listen-client-urls".into(),
+        spec.listen_client_urls.join(","),
+        "--advertise-client-urls".into(),
+        spec.client_urls.join(","),
+        "--listen-peer-urls".into(),
+        spec.listen_peer_urls.join(","),
+        "--initial-advertise-peer-urls".into(),
+        spec.peer_url.clone(),
+        // `rift apply` writes a whole manifest set in one transaction.
+        "--max-txn-ops".into(),
+        "10000".into(),
+        "--auto-compaction-mode".into(),
+        "periodic".into(),
+        "--auto-compaction-retention".into(),
+        "1h".into(),
+        "--logger".into(),
+        "zap".into(),
+        "--log-outputs".into(),
+        spec.dir.log().display().to_string(),
+    ];
+    let cluster = match mode {
+        StartMode::FromData => None,
+        StartMode::New => Some((vec![(spec.name.clone(), spec.peer_url.clone())], "new")),
+        StartMode::Join { cluster } => Some((cluster.clone(), "existing")),
+    };
+    if let Some((members, state)) = cluster {
+        let joined: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
+        a.extend([
+            "--initial-cluster".into(),
+            joined.join(","),
+            "--initial-cluster-state".into(),
+            state.into(),
+        ]);
+    }
+    a.extend(spec.extra_args.iter().cloned());
+    a
+}
+
+/// A running member process: started by this agent (`child` kept to reap it) or adopted.
+pub struct MemberProcess {
+    pub record: ProcRecord,
+    child: Option<tokio::process::Child>,
+}
+
+impl MemberProcess {
+    /// Starts etcd in its own process group, output appended to the member's log.
+    pub fn spawn(spec: &MemberSpec, mode: &StartMode) -> std::io::Result<MemberProcess> {
+        std::fs::create_dir_all(spec.dir.data().parent().expect("data has a parent"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.dir.log())?;
+        let child = tokio::process::Command::new(&spec.binary)
+            .args(args(spec, mode))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id().unwrap_or_default();
+        let record = procs::record(pid).ok_or_else(|| {
+            std::io::Error::other(format!("etcd (pid {pid}) exited at once; see its log"))
+        })?;
+        write_json(&spec.dir.record(), &record)?;
+        Ok(MemberProcess {
+            record,
+            child: Some(child),
+        })
+    }
+
+    /// The member a previous agent started, if it still runs.
+    pub fn adopt(dir: &MemberDir) -> Option<MemberProcess> {
+        let record: ProcRecord = read_json(&dir.record()).ok().flatten()?;
+        procs::is_alive(&record).then_some(MemberProcess {
+            record,
+            child: None,
+        })
+    }
+
+    /// True while the process runs (a child that exited is reaped here).
+    pub fn is_running(&mut self) -> bool {
+        if let Some(child) = &mut self.child {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+        }
+        procs::is_alive(&self.record)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if !self.is_running() {
+            return;
+        }
+        procs::signal(self.record.pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.is_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.is_running() {
+            procs::signal(self.record.pid, Signal::SIGKILL);
+            while self.is_running() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// `binary` itself if it names a path, else its first match on `PATH`.
+pub fn find_binary(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return binary.is_file().then(|| binary.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MemberSpec {
+        MemberSpec {
+            name: "a".into(),
+            binary: "etcd".into(),
+            dir: MemberDir::new(Path::new("/s")),
+            peer_url: "http://10.0.0.1:2380".into(),
+            client_urls: vec!["http://10.0.0.1:2379".into(), "http://1.2.3.4:2379".into()],
+            listen_peer_urls: vec!["http://0.0.0.0:2380".into()],
+            listen_client_urls: vec!["http://0.0.0.0:2379".into()],
+            extra_args: vec!["--heartbeat-interval".into(), "200".into()],
+        }
+    }
+
+    fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn a_restart_from_data_passes_no_initial_cluster() {
+        let a = args(&spec(), &StartMode::FromData);
+        assert_eq!(value(&a, "--data-dir"), Some("/s/etcd/data"));
+        assert_eq!(
+            value(&a, "--advertise-client-urls"),
+            Some("http://10.0.0.1:2379,http://1.2.3.4:2379")
+        );
+        assert!(value(&a, "--initial-cluster").is_none());
+        assert_eq!(a[a.len() - 2..], ["--heartbeat-interval", "200"]);
+    }
+
+    #[test]
+    fn new_and_join_name_the_initial_cluster_and_its_state() {
+        let a = args(&spec(), &StartMode::New);
+        assert_eq!(
+            value(&a, "--initial-cluster"),
+            Some("a=http://10.0.0.1:2380")
+        );
+        assert_eq!(value(&a, "--initial-cluster-state"), Some("new"));
+        let cluster = vec![
+            ("b".into(), "http://10.0.0.2:2380".into()),
+            ("a".into(), "http://10.0.0.1:2380".into()),
+        ];
+        let a = args(&spec(), &StartMode::Join { cluster });
+        assert_eq!(
+            value(&a, "--initial-cluster"),
+            Some("b=http://10.0.0.2:2380,a=http://10.0.0.1:2380")
+        );
+        assert_eq!(value(&a, "--initial-cluster-state"), Some("existing"));
+    }
+
+    #[test]
+    fn binaries_are_found_on_path_or_by_path() {
+        assert!(find_binary(Path::new("sh")).is_some());
+        assert!(find_binary(Path::new("/bin/sh")).is_some());
+        assert!(find_binary(Path::new("no-such-binary-rift")).is_none());
+        assert!(find_binary(Path::new("/nonexistent/etcd")).is_none());
+    }
+}

@@ -1,0 +1,228 @@
+//! `rift up`: a whole cluster on this machine, in the foreground.
+//!
+//! It runs an agent with the controllers that bootstraps a one-member etcd cluster (the agent
+//! starts and supervises that member like any voter's), makes this node the VoterSet's only
+//! voter, applies the given manifests and prints how to reach the cluster. Ctrl-C stops the
+//! agent and its etcd member; running `rift up` again on the same state directory resumes the
+//! same cluster from its data. Jobs keep running under their shims while it is stopped.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::agent::config::{ConfigFile, Overrides};
+use crate::agent::{self, AgentConfig};
+use crate::api::manifest;
+use crate::api::voter_set::{VoterSet, VOTER_SET_NAME};
+use crate::api::VoterSetSpec;
+use crate::store::{Store, StoreError};
+
+use super::apply::apply_docs;
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where etcd's data, job state and logs live; reused by the next `rift up`.
+    #[arg(long, default_value = ".rift")]
+    pub state_dir: PathBuf,
+    /// Manifests (files or directories) applied once the cluster is up. Repeatable.
+    #[arg(long = "manifests", short = 'f', value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+    /// This node's name.
+    #[arg(long, default_value = "local")]
+    pub name: String,
+    /// The address etcd and the agent listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: String,
+    /// etcd's client port.
+    #[arg(long, default_value_t = 2379)]
+    pub port: u16,
+    /// etcd's peer port.
+    #[arg(long, default_value_t = 2380)]
+    pub peer_port: u16,
+    /// The agent's HTTP port.
+    #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT)]
+    pub agent_port: u16,
+    /// Declare GPUs (as `rift agent --gpus`), e.g. `H100x2` so a laptop runs the GPU demo.
+    #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
+    pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// A label for this node, KEY=VALUE. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::agent::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// An agent config file for anything else (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// How long etcd has to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(args: UpArgs) -> Result<(), CliError> {
+    // Bad manifests are refused before anything starts.
+    let docs = if args.manifests.is_empty() {
+        Vec::new()
+    } else {
+        manifest::load_paths(&args.manifests)?
+    };
+    let config = config(&args)?;
+    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
+    if !member_dir.has_data() && Store::connect(&[endpoint.as_str()]).await.is_ok() {
+        return Err(CliError::Usage(format!(
+            "something already answers at {endpoint} and {} holds no cluster of ours: stop \
+             it, or pick other ports with --port and --peer-port",
+            config.state_dir.display()
+        )));
+    }
+    if let Err(why) = agent::etcd_member::member_spec(&config) {
+        return Err(CliError::Usage(format!("cannot run etcd here: {why}")));
+    }
+    let resuming = member_dir.has_data();
+    eprintln!(
+        "{} etcd at {endpoint} (data in {})",
+        if resuming { "resuming" } else { "starting" },
+        member_dir.data().display()
+    );
+    let shutdown = agent::shutdown_on_signals();
+    let mut agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+
+    let store = tokio::select! {
+        s = wait_for_etcd(&endpoint) => s?,
+        r = &mut agent_task => return Err(agent_ended(r, &member_dir)),
+    };
+    ensure_voter_set(&store, &args.name).await?;
+    if !docs.is_empty() {
+        eprintln!("applying {}", join_paths(&args.manifests));
+        apply_docs(&store, docs, false).await?;
+    }
+    print_how_to_reach(&endpoint, &args, &config);
+    let result = agent_task.await;
+    eprintln!(
+        "stopped; `rift up --state-dir {}` resumes this cluster",
+        config.state_dir.display()
+    );
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
+        Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
+    }
+}
+
+fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => ConfigFile::default(),
+    };
+    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let own_thresholds = args.config.is_some();
+    let mut config = AgentConfig::resolve(
+        file,
+        Overrides {
+            name: Some(args.name.clone()),
+            endpoints: Some(vec![endpoint]),
+            state_dir: Some(args.state_dir.clone()),
+            port: Some(args.agent_port),
+            listen: Some(args.listen.clone()),
+            lease_ttl_secs: Some(2),
+            node_lease_ttl_secs: Some(2),
+            controllers: true,
+            gpus: args.gpus.clone(),
+            addresses: vec![args.listen.clone()],
+            labels: args.labels.clone(),
+            etcd_client_port: Some(args.port),
+            etcd_peer_port: Some(args.peer_port),
+            etcd_stop_with_agent: true,
+            bootstrap: true,
+            ..Overrides::default()
+        },
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    if !own_thresholds {
+        // One machine that is also someone's workstation: a busy CPU (a build) must not stop
+        // the demo from scheduling. Memory, GPU memory and disk thresholds still apply.
+        config.thresholds.cpu = 100.0;
+    }
+    Ok(config)
+}
+
+fn host_for_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn wait_for_etcd(endpoint: &str) -> Result<Store, CliError> {
+    let started = Instant::now();
+    loop {
+        match Store::connect(&[endpoint]).await {
+            Ok(store) => return Ok(store),
+            Err(e) if started.elapsed() > START_TIMEOUT => {
+                return Err(CliError::Usage(format!(
+                    "etcd did not come up within {} s: {e}",
+                    START_TIMEOUT.as_secs()
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn agent_ended(
+    r: Result<Result<(), agent::AgentError>, tokio::task::JoinError>,
+    dir: &agent::etcd_member::process::MemberDir,
+) -> CliError {
+    let why = match r {
+        Ok(Ok(())) => "it stopped".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    CliError::Usage(format!(
+        "the agent ended before etcd was up: {why} (etcd's log: {})",
+        dir.log().display()
+    ))
+}
+
+/// Creates the VoterSet with this node as its only voter, unless one exists.
+async fn ensure_voter_set(store: &Store, node: &str) -> Result<(), CliError> {
+    let voter_set = VoterSet::new(
+        VOTER_SET_NAME,
+        VoterSetSpec {
+            voters: vec![node.to_string()],
+        },
+    );
+    match store.create(&voter_set).await {
+        Ok(_) => eprintln!("created VoterSet {VOTER_SET_NAME} with voter {node}"),
+        Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
+    let e = if args.port == 2379 && args.listen == "127.0.0.1" {
+        String::new()
+    } else {
+        format!(" --endpoints {endpoint}")
+    };
+    println!(
+        "\nrift is up: etcd at {endpoint}, node `{}` leads and runs jobs; state and logs in {}.\n\
+         In another terminal:\n\n  \
+         export PATH=$PWD/target/debug:$PATH\n  \
+         rift{e} status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
+         rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
+         rift{e} get voterset -w            # etcd membership as it converges\n  \
+         rift{e} logs -f JOB                # a job's output\n\n\
+         Ctrl-C stops it; `rift up` again resumes the same cluster.",
+        config.name,
+        config.state_dir.display()
+    );
+}
