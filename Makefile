@@ -7,8 +7,10 @@ deps:
 build: deps
 	cargo build
 
+# One machine: an agent that bootstraps its own etcd member, leads, and runs the demo on two
+# declared GPUs. State in .rift/; Ctrl-C stops it; `make up` again resumes the same cluster.
 up: build
-	@bash scripts/up.sh
+	./target/debug/rift up --state-dir .rift -f manifests/demo --gpus H100x2 --label demo=true
 
 test: deps
 	cargo test
