@@ -11,6 +11,8 @@ pub enum CliError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    #[error(transparent)]
     Selector(#[from] SelectorError),
     #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev)")]
     UnknownKind(String),

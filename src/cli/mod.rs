@@ -2,12 +2,14 @@
 
 mod agent;
 mod apply;
+mod completion;
 mod cordon;
 mod crds;
 mod delete;
 mod describe;
 mod error;
 mod get;
+mod import;
 mod logs;
 mod printer;
 mod status;
@@ -61,6 +63,10 @@ pub enum Command {
     Uncordon(cordon::NodeArgs),
     /// Cordon a node and move its jobs elsewhere (--wait to follow until it is empty).
     Drain(cordon::DrainArgs),
+    /// Convert the old orchestrator's files into rift manifests (`rift import hosts FILE`).
+    Import(import::ImportArgs),
+    /// Print a shell completion script: `rift completion bash|zsh|fish`.
+    Completion(completion::CompletionArgs),
     /// Parent one job attempt (started by the agent; not for people).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -180,6 +186,8 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
         Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
+        Command::Import(args) => import::run(args),
+        Command::Completion(args) => completion::run(args),
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }
