@@ -76,7 +76,7 @@ async fn replace(mb: u64) -> f64 {
 
 fn summary(name: &str, mut v: Vec<f64>) -> (String, serde_json::Value) {
     v.sort_by(f64::total_cmp);
-    let (p50, max) = (percentile(&v, 50.0), v[v.len() - 1]);
+    let (p50, max) = (percentile(&v, 0.5), v[v.len() - 1]);
     (
         format!("{name:<12} {:>6} {p50:>8.2} {max:>8.2}", v.len()),
         serde_json::json!({"trials": v.len(), "p50_s": p50, "max_s": max}),

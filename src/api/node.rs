@@ -52,7 +52,8 @@ fn default_agent_port() -> u16 {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeRole {
-    /// May be made an etcd voter by the VoterSet.
+    /// Meant to be an etcd voter. Informational: the VoterSet decides who votes, and the voters
+    /// controller refuses nodes that are NAT-blocked, not Ready or offer no etcd member.
     Voter,
     /// May run the controllers (one elected leader at a time).
     Controller,
