@@ -19,7 +19,11 @@ struct Up {
 impl Up {
     fn start(state: &std::path::Path, ports: (u16, u16, u16)) -> Up {
         let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo");
-        let (client, peer, agent) = (ports.0.to_string(), ports.1.to_string(), ports.2.to_string());
+        let (client, peer, agent) = (
+            ports.0.to_string(),
+            ports.1.to_string(),
+            ports.2.to_string(),
+        );
         let state_arg = state.display().to_string();
         let child = rift_command(
             "",
@@ -67,7 +71,9 @@ impl Drop for Up {
 
 fn status_json(endpoint: &str) -> Option<serde_json::Value> {
     let run = rift(endpoint, &["status", "-o", "json"]);
-    run.ok.then(|| serde_json::from_str(&run.stdout).ok()).flatten()
+    run.ok
+        .then(|| serde_json::from_str(&run.stdout).ok())
+        .flatten()
 }
 
 fn job_phase(endpoint: &str, job: &str) -> Option<String> {
@@ -84,15 +90,22 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
-    eventually(Duration::from_secs(60), "a selfplay job Running", || async {
-        (job_phase(&ep, "selfplay-hex8-local-0")? == "Running").then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "a selfplay job Running",
+        || async { (job_phase(&ep, "selfplay-hex8-local-0")? == "Running").then_some(()) },
+    )
     .await;
-    let s = eventually(Duration::from_secs(30), "status: a leader and one voter", || async {
-        let s = status_json(&ep)?;
-        let one_voter = s["voters"]["members"].as_array()?.len() == 1;
-        (s["leader"]["node"] == "local" && one_voter && s["voters"]["quorum"] == true).then_some(s)
-    })
+    let s = eventually(
+        Duration::from_secs(30),
+        "status: a leader and one voter",
+        || async {
+            let s = status_json(&ep)?;
+            let one_voter = s["voters"]["members"].as_array()?.len() == 1;
+            (s["leader"]["node"] == "local" && one_voter && s["voters"]["quorum"] == true)
+                .then_some(s)
+        },
+    )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
     let member_id = s["voters"]["members"][0]["id"].clone();
@@ -111,7 +124,10 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
         (s["voters"]["quorum"] == true).then_some(s)
     })
     .await;
-    assert_eq!(s["voters"]["members"][0]["id"], member_id, "the same member");
+    assert_eq!(
+        s["voters"]["members"][0]["id"], member_id,
+        "the same member"
+    );
     let pool = rift(&up2.endpoint, &["get", "pool", "selfplay-hex8"]);
     assert!(pool.ok, "{}", pool.stderr);
     let hello = job_phase(&up2.endpoint, "hello").unwrap();
@@ -140,11 +156,21 @@ fn rift_up_refuses_ports_another_etcd_holds() {
 fn rift_up_checks_manifests_before_starting_anything() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: rift/v1\nkind: Job\nmetadata: {name: x}\nspec: {replicas: 2}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: rift/v1\nkind: Job\nmetadata: {name: x}\nspec: {replicas: 2}\n",
+    )
+    .unwrap();
     let state = dir.path().join("state");
     let run = rift(
         "",
-        &["up", "--state-dir", &state.display().to_string(), "-f", &bad.display().to_string()],
+        &[
+            "up",
+            "--state-dir",
+            &state.display().to_string(),
+            "-f",
+            &bad.display().to_string(),
+        ],
     );
     assert!(!run.ok);
     assert!(run.stderr.contains("bad.yaml"), "{}", run.stderr);

@@ -26,6 +26,30 @@ fn text(v: &Value, pointer: &str) -> String {
     }
 }
 
+/// A VoterSet's real members, e.g. `a,b,c(learner),d(down)`.
+fn members_summary(v: &Value) -> String {
+    let Some(members) = v.pointer("/status/members").and_then(Value::as_array) else {
+        return String::new();
+    };
+    members
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().filter(|n| !n.is_empty());
+            let mut s = name.map_or_else(
+                || m["id"].as_str().unwrap_or("?").to_string(),
+                str::to_string,
+            );
+            if m["learner"] == true {
+                s += "(learner)";
+            } else if m["healthy"] != true {
+                s += "(down)";
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn or_dash(s: String) -> String {
     if s.is_empty() {
         "-".into()
@@ -161,7 +185,12 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
             ],
             &["MODEL", "PRIORITY"],
         ),
-        "VoterSet" => (&["NAME", "VOTERS", "PHASE", "QUORUM", "AGE"], &["MESSAGE"]),
+        "VoterSet" => (
+            &[
+                "NAME", "VOTERS", "MEMBERS", "PHASE", "QUORUM", "AGE", "MESSAGE",
+            ],
+            &[],
+        ),
         "Tunnel" => (
             &["NAME", "NODE", "RELAY", "CONNECTED", "RESTARTS", "AGE"],
             &["ENDPOINT", "LAST-ERROR"],
@@ -260,11 +289,13 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
             vec![
                 name,
                 list(v, "/spec/voters"),
+                or_dash(members_summary(v)),
                 or_dash(text(v, "/status/phase")),
                 or_dash(text(v, "/status/quorum")),
                 created,
+                or_dash(text(v, "/status/message")),
             ],
-            vec![or_dash(text(v, "/status/message"))],
+            vec![],
         ),
         "Tunnel" => (
             vec![

@@ -162,7 +162,16 @@ pub fn render(r: &Report) -> String {
         .collect::<String>();
     out += &format!("Nodes:   {} total, {} ready", r.nodes.total, r.nodes.ready);
     if !r.nodes.not_ready.is_empty() {
-        out += &format!("; not ready: {}", r.nodes.not_ready.join(", "));
+        // A fleet-wide outage must not print thousands of names: the first few, then a count.
+        const SHOWN: usize = 10;
+        let names = &r.nodes.not_ready;
+        out += &format!(
+            "; not ready: {}",
+            names[..names.len().min(SHOWN)].join(", ")
+        );
+        if names.len() > SHOWN {
+            out += &format!(" and {} more (rift get nodes)", names.len() - SHOWN);
+        }
     }
     out += "\nJobs:    ";
     out += &r
