@@ -118,11 +118,30 @@ async fn replacing_a_voter_converges_without_losing_quorum() {
         },
     )
     .await;
-    eventually(Duration::from_secs(20), "a voter_removed event", || async {
-        let describe = rift(&a.client_url, &["describe", "voterset", "default"]);
-        describe.stdout.contains("voter_removed").then_some(())
-    })
-    .await;
+    let mut describe = String::new();
+    for _ in 0..100 {
+        describe = rift(&a.client_url, &["describe", "voterset", "default"]).stdout;
+        if describe.contains("voter_removed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !describe.contains("voter_removed") {
+        let logs: Vec<String> = [&a, &b, &c, &_d]
+            .iter()
+            .map(|n| {
+                let log = n.agent.log();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("etcd_member") || l.contains("WARN") || l.contains("ERROR")
+                    })
+                    .collect();
+                format!("--- {}:\n{}", n.agent.name, lines.join("\n"))
+            })
+            .collect();
+        panic!("no voter_removed event:\n{describe}\n{}", logs.join("\n"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,7 @@ pub fn lease_reusable(left: Duration, ttl: Duration) -> bool {
 }
 
 /// One occurrence waiting to be written.
+#[derive(Clone)]
 struct Occurrence {
     kind: String,
     name: String,
@@ -258,6 +259,10 @@ impl EventRecorder {
     }
 }
 
+/// Extra attempts for an event whose write failed transiently, and the pause between them.
+const WRITE_RETRIES: usize = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(300);
+
 /// The background writer: one occurrence at a time, until every recorder clone is gone.
 async fn drain(core: Arc<Core>, mut rx: mpsc::Receiver<Queued>) {
     while let Some(item) = rx.recv().await {
@@ -267,7 +272,19 @@ async fn drain(core: Arc<Core>, mut rx: mpsc::Receiver<Queued>) {
             }
             Queued::Record(o) => {
                 let what = format!("{}/{} {}", o.kind, o.name, o.reason);
-                match core.write(o).await {
+                // A transient failure (one endpoint of several just went away) is retried a
+                // few times before the event is given up.
+                let mut result = core.write(o.clone()).await;
+                for _ in 0..WRITE_RETRIES {
+                    match &result {
+                        Err(e) if e.is_transient() => {
+                            tokio::time::sleep(RETRY_DELAY).await;
+                            result = core.write(o.clone()).await;
+                        }
+                        _ => break,
+                    }
+                }
+                match result {
                     Ok(_) => {}
                     Err(StoreError::Fenced) => {
                         tracing::debug!(event = %what, "event not recorded: no longer the leader")

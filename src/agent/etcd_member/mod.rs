@@ -181,17 +181,23 @@ impl Supervisor {
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut pass: u64 = 0;
         loop {
-            let membership = self.observe().await;
+            let mut client = self.store.client();
+            let list = match tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await {
+                Ok(Ok(list)) => Some(list),
+                _ => None,
+            };
+            let membership = match &list {
+                Some(list) => self.membership(list.members()),
+                None => Membership::Unknown,
+            };
             if let Ok(spec) = self.spec.clone() {
                 self.converge(&spec, &membership).await;
             }
-            if pass % 5 == 0 {
-                self.learn_endpoints().await;
+            if let Some(list) = &list {
+                self.learn_endpoints(list.members()).await;
             }
             self.write_report().await;
-            pass += 1;
             tokio::select! {
                 _ = tokio::time::sleep(PASS_INTERVAL) => {}
                 _ = super::stopped(&mut shutdown) => break,
@@ -208,19 +214,14 @@ impl Supervisor {
     }
 
     /// This node in the member list, as [`decide`] needs it.
-    async fn observe(&self) -> Membership {
-        let mut client = self.store.client();
-        let list = match tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await {
-            Ok(Ok(l)) => l,
-            _ => return Membership::Unknown,
-        };
+    fn membership(&self, members: &[etcd_client::Member]) -> Membership {
         let Ok(spec) = &self.spec else {
             return Membership::Unknown;
         };
         let ours = |urls: &[String]| urls.iter().any(|u| *u == spec.peer_url);
         let mut cluster = Vec::new();
         let mut found = None;
-        for m in list.members() {
+        for m in members {
             if m.name() == self.node || ours(m.peer_urls()) {
                 found = Some(m.peer_urls().to_vec());
                 continue;
@@ -343,14 +344,11 @@ impl Supervisor {
         }
     }
 
-    /// Adds every voter's client URLs to this agent's etcd client and saves them.
-    async fn learn_endpoints(&mut self) {
-        let mut client = self.store.client();
-        let Ok(Ok(list)) = tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await else {
-            return;
-        };
-        let urls: Vec<String> = list
-            .members()
+    /// Adds every voter's client URLs to this agent's etcd client and saves them; drops the
+    /// URLs of members that are gone (requests routed to them would fail until then).
+    async fn learn_endpoints(&mut self, members: &[etcd_client::Member]) {
+        let client = self.store.client();
+        let urls: Vec<String> = members
             .iter()
             .filter(|m| !m.is_learner())
             .flat_map(|m| m.client_urls().iter().cloned())
