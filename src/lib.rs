@@ -8,5 +8,6 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controllers;
+pub mod net;
 pub mod runtime;
 pub mod store;
