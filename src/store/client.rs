@@ -74,6 +74,8 @@ pub struct Store {
     endpoints: Arc<str>,
     op_timeout: Duration,
     fence: Option<Fence>,
+    /// Keeps the endpoint health task ([`super::endpoints`]) running while any clone lives.
+    _health: Option<Arc<()>>,
 }
 
 /// Splits `a,b` and adds `http://` where no scheme is given.
@@ -96,8 +98,18 @@ pub fn normalize_endpoints<S: AsRef<str>>(endpoints: &[S]) -> Vec<String> {
 impl Store {
     /// Connects and checks that etcd answers within [`CONNECT_PROBE_TIMEOUT`]; an unreachable
     /// etcd is one [`StoreError::Unreachable`] naming every endpoint tried.
+    ///
+    /// With several endpoints, only those that answer a probe first are used (see
+    /// [`super::endpoints`]), so a dead or unroutable first endpoint costs at most one probe
+    /// timeout.
     pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let store = Self::connect_lazy(endpoints).await?;
+        let urls = normalize_endpoints(endpoints);
+        let store = if urls.len() > 1 {
+            let (probes, answered) = super::endpoints::probe_all(&urls).await;
+            Self::connect_balanced(urls, answered, probes).await?
+        } else {
+            Self::connect_lazy(endpoints).await?
+        };
         let mut client = store.client.clone();
         let probe = client.get(keys::LEADER, None);
         match tokio::time::timeout(CONNECT_PROBE_TIMEOUT, probe).await {
@@ -118,9 +130,30 @@ impl Store {
 
     /// Connects without waiting for etcd to answer: for long-running processes that must start
     /// while etcd is away and catch up when it is back.
+    ///
+    /// With several endpoints, a background task keeps requests off those that do not answer
+    /// ([`super::endpoints`]); until its first probe (about a second) requests may still go
+    /// to a dead one and fail.
     pub async fn connect_lazy<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let endpoints = normalize_endpoints(endpoints);
+        let urls = normalize_endpoints(endpoints);
+        let all = vec![true; urls.len()];
+        let probes = vec![None; urls.len()];
+        Self::connect_balanced(urls, all, probes).await
+    }
+
+    /// A client balancing over the endpoints marked in `use_now` (all of them when none is),
+    /// with a health task for the rest when there are several.
+    async fn connect_balanced(
+        endpoints: Vec<String>,
+        use_now: Vec<bool>,
+        probes: Vec<Option<Client>>,
+    ) -> Result<Store> {
         let shown: Arc<str> = endpoints.join(",").into();
+        let use_now = if use_now.iter().any(|u| *u) {
+            use_now
+        } else {
+            vec![true; endpoints.len()]
+        };
         if endpoints.is_empty() {
             return Err(StoreError::Unreachable {
                 endpoints: "(none)".into(),
@@ -134,14 +167,31 @@ impl Store {
             // A member cut off from the raft leader must fail requests and watches, not serve
             // a silent stream that never delivers.
             .with_require_leader(true);
-        let client = Client::connect(&endpoints, Some(options))
+        let initial: Vec<&String> = endpoints
+            .iter()
+            .zip(&use_now)
+            .filter_map(|(e, u)| u.then_some(e))
+            .collect();
+        let client = Client::connect(&initial, Some(options))
             .await
             .map_err(|e| StoreError::from_etcd(e, &shown))?;
+        let health = (endpoints.len() > 1).then(|| {
+            let guard = Arc::new(());
+            super::endpoints::spawn_health(
+                client.clone(),
+                endpoints,
+                use_now,
+                probes,
+                Arc::downgrade(&guard),
+            );
+            guard
+        });
         Ok(Store {
             client,
             endpoints: shown,
             op_timeout: DEFAULT_OP_TIMEOUT,
             fence: None,
+            _health: health,
         })
     }
 

@@ -6,3 +6,4 @@ pub mod cli;
 pub mod etcd;
 pub mod http;
 pub mod proc;
+pub mod sshd;
