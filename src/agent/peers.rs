@@ -20,7 +20,7 @@ use crate::net::{agent_addresses, Dialer};
 use crate::store::Store;
 
 /// How often peers are probed.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a connected peer may take to answer `/healthz`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -255,3 +255,28 @@ impl Tunnels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_node_endpoint_is_a_connected_tunnels_and_falls_back_when_it_goes_down() {
+        let (tx, _) = watch::channel(BTreeMap::new());
+        let mut ep = Endpoint {
+            tunnels: tx.subscribe(),
+            fallback: Some("10.0.0.5:8770".into()),
+        };
+        assert_eq!(ep.current().as_deref(), Some("10.0.0.5:8770"));
+        tx.send_modify(|m| {
+            m.insert("t".to_string(), "relay.example:18770".to_string());
+        });
+        ep.changed().await;
+        assert_eq!(ep.current().as_deref(), Some("relay.example:18770"));
+        tx.send_modify(|m| {
+            m.remove("t");
+        });
+        assert_eq!(ep.current().as_deref(), Some("10.0.0.5:8770"));
+        assert_eq!(Endpoint::fixed(None).current(), None);
+    }
+}
