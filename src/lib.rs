@@ -9,5 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod controllers;
 pub mod import;
+pub mod net;
 pub mod runtime;
 pub mod store;

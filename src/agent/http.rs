@@ -36,6 +36,7 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value>
     let is_leader = state.is_leader.load(Ordering::Relaxed);
     let peers = state.alive_peers.read().expect("lock").clone();
     let voters = state.voters_alive.read().expect("lock").clone();
+    let reachable = state.reachable_peers.read().expect("lock").clone();
     Json(json!({
         "node_id": state.node,
         "role": if is_leader { "leader" } else { "follower" },
@@ -46,6 +47,8 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value>
         "alive_peer_names": peers,
         "voters_alive": voters.len(),
         "voters_alive_names": voters,
+        // Peers whose agent answered over HTTP, and the address (of their ordered ones) that did.
+        "reachable_peers": reachable,
         "etcd_ready": state.etcd_ready.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
     }))

@@ -2,8 +2,9 @@
 //! for leadership and runs the controllers while it leads.
 //!
 //! Pieces: [`registration`] (the Node and its liveness lease), [`jobs`] (the job runner and its
-//! shims), [`etcd_member`] (the local etcd member and the agent's endpoints), HTTP
-//! (`/healthz`, `/readyz`, `/status`, `/metrics`), and the leader loop.
+//! shims), [`etcd_member`] (the local etcd member and the agent's endpoints), [`tunnels`]
+//! (reverse SSH tunnels of a NAT-blocked node), peer probes, HTTP (`/healthz`, `/readyz`,
+//! `/status`, `/metrics`), and the leader loop.
 
 pub mod config;
 pub mod etcd_member;
@@ -13,8 +14,10 @@ mod leader_loop;
 mod logs;
 pub mod metrics;
 pub mod node_status;
+mod peers;
 pub mod registration;
 pub mod resources;
+pub mod tunnels;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -40,6 +43,8 @@ pub struct AgentState {
     pub alive_peers: RwLock<Vec<String>>,
     /// Voters named by the VoterSet whose agents are alive.
     pub voters_alive: RwLock<Vec<String>>,
+    /// Peers whose agent answered, and the address it answered at.
+    pub reachable_peers: RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 /// Errors that stop the agent.
@@ -85,6 +90,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         etcd_ready: AtomicBool::new(false),
         alive_peers: RwLock::new(Vec::new()),
         voters_alive: RwLock::new(Vec::new()),
+        reachable_peers: RwLock::default(),
     });
     let addr = format!("{}:{}", config.listen, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -135,16 +141,25 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         gpus = observed.capacity.gpus.len(),
         "resources"
     );
+    let tunnels = tunnels::Tunnels::new(
+        config.name.clone(),
+        config.port,
+        store.clone(),
+        &config.state_dir,
+        config.advertise.clone(),
+    );
     let status_writer = node_status::StatusWriter {
         node: config.name.clone(),
         store: store.clone(),
         state: state_dir.clone(),
         declared: config.gpus.clone(),
         thresholds: config.thresholds,
-        endpoint: config.advertise.clone(),
+        endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
     let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
+    let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
+    let peers = tokio::spawn(peers::run(store.clone(), state.clone(), shutdown.clone()));
     {
         let store = store.clone();
         let name = config.name.clone();
@@ -180,6 +195,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         let _ = s.wait_for(|s| *s).await;
     }
     probe.abort();
+    peers.abort();
+    let _ = tunnels.await;
     let _ = runner.await;
     let _ = status_writer.await;
     let _ = registration.await;

@@ -28,7 +28,9 @@ pub struct StatusWriter {
     pub state: StateDir,
     pub declared: Vec<GpuDeclaration>,
     pub thresholds: Thresholds,
-    pub endpoint: Option<String>,
+    /// Where peers reach this agent: a connected tunnel's relay endpoint, else the configured
+    /// one.
+    pub endpoint: super::tunnels::Endpoint,
     pub metrics: Arc<Metrics>,
 }
 
@@ -70,7 +72,7 @@ pub async fn probe_once(
 
 impl StatusWriter {
     /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
-    pub async fn run(self, mut probe: ResourceProbe, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut probe: ResourceProbe, mut shutdown: watch::Receiver<bool>) {
         let mut last: Option<NodeStatus> = None;
         let mut last_write = Instant::now();
         loop {
@@ -84,7 +86,7 @@ impl StatusWriter {
             let mut status = NodeStatus {
                 running_jobs: running_jobs(&self.state),
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                endpoint: self.endpoint.clone(),
+                endpoint: self.endpoint.current(),
                 last_heartbeat: Some(Utc::now()),
                 ..NodeStatus::default()
             };
@@ -109,6 +111,8 @@ impl StatusWriter {
             }
             tokio::select! {
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                // A tunnel came up or went down: publish the new endpoint now.
+                _ = self.endpoint.changed() => {}
                 _ = super::stopped(&mut shutdown) => return,
             }
         }

@@ -160,6 +160,12 @@ fn affects<'a>(kind: &KindInfo, key: &'a str) -> Option<Affects<'a>> {
                 _ => None,
             })
             .map(Affects::Object),
+        "Tunnel" => own
+            .or(match parse_agent_key(key) {
+                Some(AgentKey::Tunnel { tunnel, .. }) => Some(tunnel),
+                _ => None,
+            })
+            .map(Affects::Object),
         _ => own
             .or_else(|| direct_child(&keys::status_prefix(kind.plural), key))
             .map(Affects::Object),

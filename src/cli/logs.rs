@@ -2,8 +2,10 @@
 //! the node it is placed on.
 //!
 //! The node comes from the job's placement; the agent is tried at the node's reported endpoint
-//! first, then at each of its addresses (with its `agentPort`) in order, each with a short
-//! connect timeout. The request is plain HTTP/1.0 over TCP, so the agent answers with an
+//! first (for a NAT-blocked node, its tunnel's relay endpoint), then at each of its addresses
+//! (with its `agentPort`) in order, each with a short connect timeout
+//! ([`crate::net::dial::agent_addresses`]). A CLI run is one process, so what worked is not
+//! remembered across runs; the endpoint the agent advertises comes first. The request is plain HTTP/1.0 over TCP, so the agent answers with an
 //! unchunked body that ends when it closes the connection.
 
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use tokio::net::TcpStream;
 use super::CliError;
 use crate::api::placement::Placement;
 use crate::api::validation::dns1123_problem;
-use crate::api::{JobPhase, JobSpec, Node, NodeSpec};
+use crate::api::{JobPhase, JobSpec, NodeSpec};
+use crate::net::dial::{agent_addresses, connect_one};
 use crate::store::{keys, Store};
 
 /// How long one address may take to accept the connection.
@@ -105,43 +108,6 @@ async fn job_node(store: &Store, job: &str) -> Result<(String, Option<JobPhase>)
         })
 }
 
-/// Where to try the node's agent, in order: the endpoint it reports, then each address with the
-/// agent's port; without repeats.
-pub fn agent_addresses(node: &Node) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let endpoint = node.status.as_ref().and_then(|s| s.endpoint.clone());
-    let from_spec = node
-        .spec
-        .addresses
-        .iter()
-        .map(|a| with_port(a.trim(), node.spec.agent_port));
-    for addr in endpoint.into_iter().chain(from_spec) {
-        if !addr.is_empty() && !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    out
-}
-
-/// `host:port` for an address that is a host name or IP; an address that already names a port
-/// (`host:port`, `[v6]:port`) is kept as it is.
-fn with_port(host: &str, port: u16) -> String {
-    let colons = host.matches(':').count();
-    if host.starts_with('[') {
-        if host.contains("]:") {
-            host.to_string()
-        } else {
-            format!("{host}:{port}")
-        }
-    } else if colons == 1 {
-        host.to_string()
-    } else if colons > 1 {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 fn request_path(args: &LogsArgs) -> String {
     let mut query = Vec::new();
     if args.follow {
@@ -211,17 +177,7 @@ struct Response {
 
 /// Connects to `addr` and sends `GET path` as HTTP/1.0; an error says why in a few words.
 async fn request(addr: &str, path: &str) -> Result<Response, String> {
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Err(_) => {
-            return Err(format!(
-                "no connection within {:.1}s",
-                CONNECT_TIMEOUT.as_secs_f64()
-            ))
-        }
-        Ok(Err(e)) => return Err(e.to_string()),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
+    let mut stream = connect_one(addr, CONNECT_TIMEOUT).await?;
     let head = async {
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rift/{}\r\nAccept: text/plain\r\n\r\n",
@@ -341,41 +297,6 @@ fn parse_status(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NodeStatus, Object};
-
-    #[test]
-    fn endpoint_first_then_addresses_with_the_agent_port_without_repeats() {
-        let mut node = Object::new(
-            "n1",
-            NodeSpec {
-                addresses: vec![
-                    "100.64.0.1".into(),
-                    "fd7a::1".into(),
-                    "10.0.0.1:9000".into(),
-                    "[fd7a::2]".into(),
-                    "box.example".into(),
-                    "127.0.0.1".into(),
-                ],
-                agent_port: 8771,
-                ..NodeSpec::default()
-            },
-        );
-        node.status = Some(NodeStatus {
-            endpoint: Some("127.0.0.1:8771".into()),
-            ..NodeStatus::default()
-        });
-        assert_eq!(
-            agent_addresses(&node),
-            [
-                "127.0.0.1:8771",
-                "100.64.0.1:8771",
-                "[fd7a::1]:8771",
-                "10.0.0.1:9000",
-                "[fd7a::2]:8771",
-                "box.example:8771",
-            ]
-        );
-    }
 
     #[test]
     fn request_paths_carry_only_what_was_asked() {

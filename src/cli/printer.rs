@@ -163,7 +163,7 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
     let (base, extra): (&[&str], &[&str]) = match kind.kind {
         "Node" => (
             &["NAME", "STATUS", "ROLES", "GPUS", "PROVIDER", "AGE"],
-            &["ADDRESSES", "LOAD", "JOBS", "VERSION"],
+            &["ADDRESSES", "ENDPOINT", "LOAD", "JOBS", "VERSION"],
         ),
         "Job" => (
             &["NAME", "TYPE", "PHASE", "NODE", "GPUS", "ATTEMPTS", "AGE"],
@@ -228,6 +228,7 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
             ],
             vec![
                 or_dash(list(v, "/spec/addresses")),
+                or_dash(text(v, "/status/endpoint")),
                 or_dash(text(v, "/status/loadScore")),
                 v.pointer("/status/runningJobs")
                     .and_then(Value::as_array)

@@ -74,6 +74,10 @@ pub struct Store {
     endpoints: Arc<str>,
     op_timeout: Duration,
     fence: Option<Fence>,
+    /// The endpoints in use, updatable ([`Store::set_endpoints`]).
+    endpoint_set: super::endpoints::EndpointSet,
+    /// Keeps the endpoint health task ([`super::endpoints`]) running while any clone lives.
+    _health: Option<Arc<()>>,
 }
 
 /// Splits `a,b` and adds `http://` where no scheme is given.
@@ -96,8 +100,18 @@ pub fn normalize_endpoints<S: AsRef<str>>(endpoints: &[S]) -> Vec<String> {
 impl Store {
     /// Connects and checks that etcd answers within [`CONNECT_PROBE_TIMEOUT`]; an unreachable
     /// etcd is one [`StoreError::Unreachable`] naming every endpoint tried.
+    ///
+    /// With several endpoints, only those that answer a probe first are used (see
+    /// [`super::endpoints`]), so a dead or unroutable first endpoint costs at most one probe
+    /// timeout.
     pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let store = Self::connect_lazy(endpoints).await?;
+        let urls = normalize_endpoints(endpoints);
+        let store = if urls.len() > 1 {
+            let (probes, answered) = super::endpoints::probe_all(&urls).await;
+            Self::connect_balanced(urls, answered, probes, true).await?
+        } else {
+            Self::connect_balanced(urls, vec![true], vec![None], false).await?
+        };
         let mut client = store.client.clone();
         let probe = client.get(keys::LEADER, None);
         match tokio::time::timeout(CONNECT_PROBE_TIMEOUT, probe).await {
@@ -118,9 +132,32 @@ impl Store {
 
     /// Connects without waiting for etcd to answer: for long-running processes that must start
     /// while etcd is away and catch up when it is back.
+    ///
+    /// With several endpoints, a background task keeps requests off those that do not answer
+    /// ([`super::endpoints`]); until its first probe (about a second) requests may still go
+    /// to a dead one and fail.
     pub async fn connect_lazy<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let endpoints = normalize_endpoints(endpoints);
+        let urls = normalize_endpoints(endpoints);
+        let all = vec![true; urls.len()];
+        let probes = vec![None; urls.len()];
+        Self::connect_balanced(urls, all, probes, true).await
+    }
+
+    /// A client balancing over the endpoints marked in `use_now` (all of them when none is),
+    /// with a health task (when `watch`) that keeps the balance on those that answer and follows
+    /// [`Store::set_endpoints`].
+    async fn connect_balanced(
+        endpoints: Vec<String>,
+        use_now: Vec<bool>,
+        probes: Vec<Option<Client>>,
+        watch: bool,
+    ) -> Result<Store> {
         let shown: Arc<str> = endpoints.join(",").into();
+        let use_now = if use_now.iter().any(|u| *u) {
+            use_now
+        } else {
+            vec![true; endpoints.len()]
+        };
         if endpoints.is_empty() {
             return Err(StoreError::Unreachable {
                 endpoints: "(none)".into(),
@@ -134,15 +171,48 @@ impl Store {
             // A member cut off from the raft leader must fail requests and watches, not serve
             // a silent stream that never delivers.
             .with_require_leader(true);
-        let client = Client::connect(&endpoints, Some(options))
+        let initial: Vec<&String> = endpoints
+            .iter()
+            .zip(&use_now)
+            .filter_map(|(e, u)| u.then_some(e))
+            .collect();
+        let client = Client::connect(&initial, Some(options))
             .await
             .map_err(|e| StoreError::from_etcd(e, &shown))?;
+        let endpoint_set = super::endpoints::EndpointSet::new(endpoints);
+        let health = watch.then(|| {
+            let guard = Arc::new(());
+            super::endpoints::spawn_health(
+                client.clone(),
+                endpoint_set.clone(),
+                use_now,
+                probes,
+                Arc::downgrade(&guard),
+            );
+            guard
+        });
         Ok(Store {
             client,
             endpoints: shown,
             op_timeout: DEFAULT_OP_TIMEOUT,
             fence: None,
+            endpoint_set,
+            _health: health,
         })
+    }
+
+    /// Replaces the endpoints this store (and every clone) uses: new ones join the balance once
+    /// they answer a probe, ones left out leave it. Only stores made by [`Store::connect_lazy`]
+    /// (or [`Store::connect`] with several endpoints) follow; others ignore it.
+    pub fn set_endpoints(&self, urls: Vec<String>) {
+        if !urls.is_empty() {
+            self.endpoint_set.set(urls);
+        }
+    }
+
+    /// The endpoints this store currently uses (configured and learned).
+    pub fn current_endpoints(&self) -> Vec<String> {
+        self.endpoint_set.get()
     }
 
     /// The endpoints, comma-joined, for messages.

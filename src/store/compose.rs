@@ -14,6 +14,7 @@ use super::keys;
 use crate::api::meta::{Condition, ConditionStatus};
 use crate::api::node::NodeEtcd;
 use crate::api::placement::{compose_job_status, Placement, RuntimeReport};
+use crate::api::tunnel::TunnelStatus;
 use crate::api::{JobStatus, NodeStatus};
 
 /// The condition type the alive key decides.
@@ -103,6 +104,7 @@ struct AgentKeys {
     status: Option<NodeStatus>,
     etcd: Option<NodeEtcd>,
     reports: HashMap<String, RuntimeReport>,
+    tunnels: HashMap<String, TunnelStatus>,
 }
 
 /// Placements and agent keys read at one revision, joined on demand.
@@ -154,6 +156,11 @@ impl StatusSources {
                     self.agent(node).reports.insert(job.to_string(), r);
                 }
             }
+            Some(AgentKey::Tunnel { node, tunnel }) => {
+                if let Some(t) = decode_or_warn::<TunnelStatus>(kv) {
+                    self.agent(node).tunnels.insert(tunnel.to_string(), t);
+                }
+            }
             _ => {}
         }
     }
@@ -201,6 +208,38 @@ impl StatusSources {
             None => compose_node_status(None, false, false),
         }
     }
+}
+
+impl StatusSources {
+    /// The status of Tunnel `tunnel` run by `node`'s agent: see [`compose_tunnel_status`].
+    pub fn tunnel_status(&self, node: &str, tunnel: &str) -> Option<TunnelStatus> {
+        let agent = self.agents.get(node);
+        compose_tunnel_status(
+            agent.and_then(|a| a.tunnels.get(tunnel).cloned()),
+            agent.is_some_and(|a| a.alive),
+            node,
+        )
+    }
+}
+
+/// A Tunnel's status: what the agent of its node last wrote, except that while that agent's
+/// alive key is gone nobody keeps the tunnel up, so it shows not connected and says why.
+/// `None` while a live agent has not reported yet.
+pub fn compose_tunnel_status(
+    reported: Option<TunnelStatus>,
+    agent_alive: bool,
+    node: &str,
+) -> Option<TunnelStatus> {
+    if agent_alive {
+        return reported;
+    }
+    let mut status = reported.unwrap_or_default();
+    status.connected = false;
+    status.endpoint = None;
+    status.last_error = format!(
+        "no agent is running on node {node} (its heartbeat lease is gone); nothing keeps the tunnel up"
+    );
+    Some(status)
 }
 
 /// A Node's status: what its agent reported (`reported`, the default when absent), with the
@@ -432,6 +471,31 @@ mod tests {
         let never = s.node_status("never");
         assert!(!never.is_ready());
         assert_eq!(ready(&never).reason, REASON_NEVER_REGISTERED);
+    }
+
+    #[test]
+    fn tunnel_status_comes_from_its_nodes_agent_and_is_down_without_it() {
+        let up = json!({"connected": true, "relay": "r1", "restarts": 2,
+                        "endpoint": "100.64.0.7:18770"});
+        let kvs = vec![
+            kv("/rift/v1/agents/vast-1/alive", json!("x")),
+            kv("/rift/v1/agents/vast-1/tunnels/t1", up.clone()),
+            kv("/rift/v1/agents/vast-2/tunnels/t2", up),
+        ];
+        let s = StatusSources::from_kvs(&kvs);
+        let t1 = s.tunnel_status("vast-1", "t1").unwrap();
+        assert!(t1.connected);
+        assert_eq!(t1.endpoint.as_deref(), Some("100.64.0.7:18770"));
+        assert_eq!(s.tunnel_status("vast-1", "other"), None, "not reported yet");
+        assert_eq!(
+            s.tunnel_status("vast-2", "t1"),
+            s.tunnel_status("vast-2", "none")
+        );
+        let t2 = s.tunnel_status("vast-2", "t2").unwrap();
+        assert!(!t2.connected, "the agent of vast-2 is gone");
+        assert_eq!(t2.restarts, 2);
+        assert_eq!(t2.endpoint, None);
+        assert!(t2.last_error.contains("no agent is running on node vast-2"));
     }
 
     #[test]

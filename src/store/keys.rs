@@ -63,6 +63,12 @@ pub fn agent_job(node: &str, job: &str) -> String {
     format!("{ROOT}agents/{node}/jobs/{job}")
 }
 
+/// `/rift/v1/agents/<node>/tunnels/<tunnel>`: a tunnel's status, written by the agent of the
+/// node that runs it.
+pub fn agent_tunnel(node: &str, tunnel: &str) -> String {
+    format!("{ROOT}agents/{node}/tunnels/{tunnel}")
+}
+
 pub fn agent_event(node: &str, id: &str) -> String {
     format!("{ROOT}agents/{node}/events/{id}")
 }

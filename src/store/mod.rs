@@ -5,6 +5,7 @@ pub mod apply;
 pub mod backoff;
 pub mod client;
 pub mod compose;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod keys;

@@ -87,12 +87,15 @@ enum StatusFrom {
     Job,
     /// The agent's `status` and `alive` keys.
     Node,
+    /// The tunnel key and `alive` key of the agent of the node in `spec.node`.
+    Tunnel,
 }
 
 fn status_from(kind: &KindInfo) -> StatusFrom {
     match kind.kind {
         "Job" => StatusFrom::Job,
         "Node" => StatusFrom::Node,
+        "Tunnel" => StatusFrom::Tunnel,
         _ => StatusFrom::Stored,
     }
 }
@@ -107,6 +110,21 @@ fn stored_status(kv: &KeyValue) -> Option<Value> {
     decode(kv)
         .inspect_err(|e| tracing::warn!(%e, "ignoring undecodable status"))
         .ok()
+}
+
+/// The node a stored Tunnel names in `spec.node`, when it is a usable key segment.
+fn tunnel_node(kv: &KeyValue) -> Option<String> {
+    let obj: Value = serde_json::from_slice(&kv.value).ok()?;
+    obj.pointer("/spec/node")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+        .map(str::to_string)
+}
+
+/// A Tunnel's composed status from `sources`, which must hold its node's agent keys.
+fn tunnel_status(sources: &StatusSources, kv: &KeyValue, name: &str) -> Option<Value> {
+    let node = tunnel_node(kv)?;
+    sources.tunnel_status(&node, name).map(|s| status_value(&s))
 }
 
 fn status_value<T: serde::Serialize>(status: &T) -> Value {
@@ -197,6 +215,7 @@ impl Store {
                 wanted.push(keys::agent_alive(name));
                 wanted.push(keys::agent_etcd(name));
             }
+            StatusFrom::Tunnel => {}
         }
         let (mut got, rev) = self.get_many(&wanted).await?;
         let Some(kv) = got[0].take() else {
@@ -224,6 +243,18 @@ impl Store {
                 let sources = StatusSources::from_kvs(got[1..].iter().flatten());
                 Some(status_value(&sources.node_status(name)))
             }
+            StatusFrom::Tunnel => match tunnel_node(&kv) {
+                Some(node) => {
+                    let mut sources = StatusSources::default();
+                    for k in [keys::agent_tunnel(&node, name), keys::agent_alive(&node)] {
+                        if let Some(found) = self.get_at(&k, rev).await? {
+                            sources.add(&found);
+                        }
+                    }
+                    tunnel_status(&sources, &kv, name)
+                }
+                None => None,
+            },
         };
         Ok((Some((key, compose(&kv, status)?)), rev))
     }
@@ -304,6 +335,7 @@ impl Store {
                 StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
                 StatusFrom::Job => Some(status_value(&sources.job_status(name))),
                 StatusFrom::Node => Some(status_value(&sources.node_status(name))),
+                StatusFrom::Tunnel => tunnel_status(&sources, kv, name),
             };
             let obj = match compose(kv, status) {
                 Ok(obj) => obj,

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod etcd;
 pub mod http;
 pub mod proc;
+pub mod sshd;
 pub mod voters;

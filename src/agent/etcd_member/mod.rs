@@ -139,6 +139,8 @@ pub struct Supervisor {
     restart_delay: Duration,
     not_before: Instant,
     learned: Vec<String>,
+    /// The endpoints from the agent's configuration: always kept.
+    configured: Vec<String>,
 }
 
 impl Supervisor {
@@ -177,6 +179,7 @@ impl Supervisor {
             restart_delay: Duration::from_secs(1),
             not_before: Instant::now(),
             learned: saved_endpoints(&config.state_dir),
+            configured: crate::store::client::normalize_endpoints(&config.endpoints),
         }
     }
 
@@ -344,8 +347,8 @@ impl Supervisor {
         }
     }
 
-    /// Adds every voter's client URLs to this agent's etcd client and saves them; drops the
-    /// URLs of members that are gone (requests routed to them would fail until then).
+    /// Makes every voter's client URLs (with the configured ones) the store's endpoints and saves
+    /// them; drops the URLs of members that are gone at once.
     async fn learn_endpoints(&mut self, members: &[etcd_client::Member]) {
         let client = self.store.client();
         let urls: Vec<String> = members
@@ -356,14 +359,18 @@ impl Supervisor {
         if urls.is_empty() || urls == self.learned {
             return;
         }
-        for url in &urls {
-            if let Err(e) = client.add_endpoint(url).await {
-                tracing::debug!(%url, %e, "cannot add endpoint");
-            }
-        }
+        // Gone members leave the balance now (requests routed to them fail); new ones join
+        // once the store's health task has seen them answer.
         for gone in self.learned.iter().filter(|u| !urls.contains(u)) {
             let _ = client.remove_endpoint(gone).await;
         }
+        let mut wanted = self.configured.clone();
+        wanted.extend(
+            urls.iter()
+                .filter(|u| !self.configured.contains(u))
+                .cloned(),
+        );
+        self.store.set_endpoints(wanted);
         let path = endpoints_file(&self.state_dir);
         if let Err(e) = crate::agent::jobs::layout::write_json(&path, &urls) {
             tracing::warn!(%e, "cannot save the learned endpoints");

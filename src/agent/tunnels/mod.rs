@@ -1,0 +1,282 @@
+//! Tunnels: reverse SSH tunnels from this (NAT-blocked) node to a relay, so peers and operators
+//! can reach it. The reconciler watches `Tunnel` objects, keeps one [`supervisor::Supervisor`]
+//! (one `ssh -N -R` process) per Tunnel whose `spec.node` is this node, and stops it when the
+//! Tunnel is deleted, moves to another node, or the agent stops.
+//!
+//! Who writes what (DESIGN.md, "Keys in etcd"): the tunnel's status goes to this node's own
+//! `/rift/v1/agents/<node>/tunnels/<name>`, composed into the Tunnel's status on read; the
+//! endpoint a connected tunnel gives the agent (`relay-host:remote-port`) goes into the Node
+//! status this agent writes, through [`Endpoint`].
+//!
+//! Pieces: [`select`] (which relay and address, pure), [`ssh`] (the ssh command line, pinned
+//! known_hosts, stderr meanings), [`supervisor`] (one tunnel's restart loop).
+
+pub mod select;
+pub mod ssh;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use etcd_client::{GetOptions, TxnOp};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{Tunnel, TunnelSpec};
+use crate::store::compose::direct_child;
+use crate::store::events::EventRecorder;
+use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use crate::store::{keys, KeyValue, Store};
+use supervisor::{Endpoints, Supervisor};
+
+/// The endpoint this agent advertises in its Node status: a connected tunnel's
+/// `relay-host:remote-port` for the agent port when there is one, else the configured one.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    tunnels: watch::Receiver<BTreeMap<String, String>>,
+    fallback: Option<String>,
+}
+
+impl Endpoint {
+    /// An endpoint that is always `fallback` (no tunnels).
+    pub fn fixed(fallback: Option<String>) -> Self {
+        let (_, rx) = watch::channel(BTreeMap::new());
+        Self {
+            tunnels: rx,
+            fallback,
+        }
+    }
+
+    /// The endpoint now: the first connected tunnel's (by name), else the fallback.
+    pub fn current(&self) -> Option<String> {
+        self.tunnels
+            .borrow()
+            .values()
+            .next()
+            .cloned()
+            .or_else(|| self.fallback.clone())
+    }
+
+    /// Resolves when the endpoint may have changed (never, once the tunnels are gone).
+    pub async fn changed(&mut self) {
+        if self.tunnels.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The Tunnel reconciler of one agent.
+pub struct Tunnels {
+    node: String,
+    agent_port: u16,
+    store: Store,
+    /// `<state>/tunnels/`
+    dir: PathBuf,
+    endpoints: Endpoints,
+    fallback: Option<String>,
+}
+
+/// One supervised tunnel.
+struct Running {
+    spec: TunnelSpec,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Tunnels {
+    /// `state_root` is the agent's state directory; `advertise` the endpoint to show while no
+    /// tunnel is connected.
+    pub fn new(
+        node: String,
+        agent_port: u16,
+        store: Store,
+        state_root: &std::path::Path,
+        advertise: Option<String>,
+    ) -> Self {
+        let (endpoints, _) = watch::channel(BTreeMap::new());
+        Self {
+            node,
+            agent_port,
+            store,
+            dir: state_root.join("tunnels"),
+            endpoints,
+            fallback: advertise,
+        }
+    }
+
+    /// The endpoint handle for the Node status writer.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            tunnels: self.endpoints.subscribe(),
+            fallback: self.fallback.clone(),
+        }
+    }
+
+    /// Watches Tunnels until `shutdown`, then stops every ssh process before returning.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let events = EventRecorder::agent(self.store.clone(), &self.node);
+        let prefix = keys::objects_prefix("tunnels");
+        let mut watcher = Watcher::new(self.store.clone(), prefix.clone(), WatchConfig::default());
+        let mut running: HashMap<String, Running> = HashMap::new();
+        loop {
+            let ev = tokio::select! {
+                ev = watcher.next() => ev,
+                _ = crate::agent::stopped(&mut shutdown) => break,
+            };
+            match ev {
+                Ok(WatchEvent::Restarted { items, .. }) => {
+                    let mine: HashMap<String, TunnelSpec> = items
+                        .iter()
+                        .filter_map(|kv| self.mine(&prefix, kv))
+                        .collect();
+                    let gone: Vec<String> = running
+                        .keys()
+                        .filter(|n| !mine.contains_key(*n))
+                        .cloned()
+                        .collect();
+                    for name in gone {
+                        self.stop(&mut running, &name, true).await;
+                    }
+                    for (name, spec) in mine {
+                        self.ensure(&mut running, &events, name, spec).await;
+                    }
+                    self.remove_orphan_statuses(&running).await;
+                }
+                Ok(WatchEvent::Put(kv)) => {
+                    let Some(name) = direct_child(&prefix, &kv.key).map(str::to_string) else {
+                        continue;
+                    };
+                    match self.mine(&prefix, &kv) {
+                        Some((name, spec)) => self.ensure(&mut running, &events, name, spec).await,
+                        // Moved to another node, or no longer decodes: not ours to run.
+                        None => self.stop(&mut running, &name, true).await,
+                    }
+                }
+                Ok(WatchEvent::Delete { key, .. }) => {
+                    if let Some(name) = direct_child(&prefix, &key).map(str::to_string) {
+                        self.stop(&mut running, &name, true).await;
+                    }
+                }
+                Err(e) => tracing::debug!(%e, "tunnels watch: retrying"),
+            }
+        }
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            self.stop(&mut running, &name, false).await;
+        }
+    }
+
+    /// The Tunnel at `kv` when it is valid and runs on this node.
+    fn mine(&self, prefix: &str, kv: &KeyValue) -> Option<(String, TunnelSpec)> {
+        let name = direct_child(prefix, &kv.key)?;
+        let tunnel: Tunnel = serde_json::from_slice(&kv.value)
+            .inspect_err(
+                |e| tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable Tunnel"),
+            )
+            .ok()?;
+        if tunnel.spec.node != self.node {
+            return None;
+        }
+        let problems = tunnel.validate();
+        if !problems.is_empty() {
+            tracing::warn!(tunnel = name, %problems, "ignoring invalid Tunnel");
+            return None;
+        }
+        Some((name.to_string(), tunnel.spec))
+    }
+
+    /// Starts supervising `name`, or restarts it when its spec changed.
+    async fn ensure(
+        &self,
+        running: &mut HashMap<String, Running>,
+        events: &EventRecorder,
+        name: String,
+        spec: TunnelSpec,
+    ) {
+        if running.get(&name).is_some_and(|r| r.spec == spec) {
+            return;
+        }
+        self.stop(running, &name, false).await;
+        let (stop, stop_rx) = watch::channel(false);
+        let sup = Supervisor {
+            node: self.node.clone(),
+            name: name.clone(),
+            spec: spec.clone(),
+            store: self.store.clone(),
+            dir: self.dir.join(&name),
+            agent_port: self.agent_port,
+            endpoints: self.endpoints.clone(),
+            events: events.clone(),
+        };
+        tracing::info!(tunnel = %name, relay = %spec.relay, "supervising tunnel");
+        let task = tokio::spawn(sup.run(stop_rx));
+        running.insert(name, Running { spec, stop, task });
+    }
+
+    /// Stops `name`'s ssh (when running) and waits for it; with `forget`, also deletes its
+    /// status key and state directory.
+    async fn stop(&self, running: &mut HashMap<String, Running>, name: &str, forget: bool) {
+        let Some(r) = running.remove(name) else {
+            return;
+        };
+        let _ = r.stop.send(true);
+        let _ = r.task.await;
+        tracing::info!(tunnel = %name, "tunnel stopped");
+        if forget {
+            let key = keys::agent_tunnel(&self.node, name);
+            if let Err(e) = self
+                .store
+                .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                .await
+            {
+                tracing::debug!(%e, "tunnel status not deleted; the next full list retries");
+            }
+            let _ = std::fs::remove_dir_all(self.dir.join(name));
+        }
+    }
+
+    /// Deletes status keys this agent wrote for tunnels it no longer runs (deleted while it
+    /// was down).
+    async fn remove_orphan_statuses(&self, running: &HashMap<String, Running>) {
+        let prefix = keys::agent_tunnel(&self.node, "");
+        let mut kv = self.store.client().kv_client();
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let Ok(resp) = self.store.call(kv.get(prefix.as_str(), Some(opts))).await else {
+            return;
+        };
+        for k in resp.kvs() {
+            let key = String::from_utf8_lossy(k.key()).into_owned();
+            if direct_child(&prefix, &key).is_some_and(|n| !running.contains_key(n)) {
+                let _ = self
+                    .store
+                    .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                    .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_node_endpoint_is_a_connected_tunnels_and_falls_back_when_it_goes_down() {
+        let (tx, _) = watch::channel(BTreeMap::new());
+        let mut ep = Endpoint {
+            tunnels: tx.subscribe(),
+            fallback: Some("10.0.0.5:8770".into()),
+        };
+        assert_eq!(ep.current().as_deref(), Some("10.0.0.5:8770"));
+        tx.send_modify(|m| {
+            m.insert("t".to_string(), "relay.example:18770".to_string());
+        });
+        ep.changed().await;
+        assert_eq!(ep.current().as_deref(), Some("relay.example:18770"));
+        tx.send_modify(|m| {
+            m.remove("t");
+        });
+        assert_eq!(ep.current().as_deref(), Some("10.0.0.5:8770"));
+        assert_eq!(Endpoint::fixed(None).current(), None);
+    }
+}
