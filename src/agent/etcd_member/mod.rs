@@ -221,7 +221,7 @@ impl Supervisor {
         let Ok(spec) = &self.spec else {
             return Membership::Unknown;
         };
-        let ours = |urls: &[String]| urls.iter().any(|u| *u == spec.peer_url);
+        let ours = |urls: &[String]| urls.contains(&spec.peer_url);
         let mut cluster = Vec::new();
         let mut found = None;
         for m in members {
