@@ -94,13 +94,29 @@ pub async fn uncordon(args: NodeArgs, store: &Store) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Jobs currently bound to `node`.
+/// Jobs bound to `node` that have not finished (what a drain still has to move).
 pub async fn bound_jobs(store: &Store, node: &str) -> Result<Vec<String>, StoreError> {
     let prefix = keys::bindings_prefix(node);
     let (kvs, _) = store.list_raw(&prefix, None).await?;
-    Ok(kvs
+    let bound: Vec<String> = kvs
         .iter()
         .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    if bound.is_empty() {
+        return Ok(bound);
+    }
+    // A finished job stays bound (its record is there) but has nothing left to move.
+    let (jobs, _) = store
+        .list::<crate::api::JobSpec>(&crate::api::selector::LabelSelector::everything())
+        .await?;
+    let finished: std::collections::HashSet<&str> = jobs
+        .iter()
+        .filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+        .map(|j| j.name())
+        .collect();
+    Ok(bound
+        .into_iter()
+        .filter(|j| !finished.contains(j.as_str()))
         .collect())
 }
 

@@ -243,7 +243,9 @@ fn converged_message(size: usize, voters: &[&(Option<String>, &MemberInfo)]) -> 
     let mut notes = Vec::new();
     if size % 2 == 0 {
         notes.push(format!(
-            "warning: {size} voters tolerate no more failures than {}; an odd count is better",
+            "warning: {size} voters tolerate {} failure(s), no more than {}; an odd count is \
+             better",
+            (size - 1) / 2,
             size - 1
         ));
     }
