@@ -16,7 +16,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::proc::{env_or, percentile};
-use support::voters::{apply_voters, bootstrap_one, member_client, wait_converged, VoterNode};
+use support::voters::{
+    apply_voters, bootstrap_one, member_client, wait_converged, wait_node_offers_etcd, VoterNode,
+};
 
 const CONVERGE: Duration = Duration::from_secs(300);
 
@@ -31,22 +33,11 @@ async fn fill(url: &str, mb: u64) {
     }
 }
 
-async fn wait_offers(endpoint: &str, node: &str) {
-    support::agent::eventually(Duration::from_secs(60), "node offers etcd", || async move {
-        let run = support::cli::rift(endpoint, &["get", "node", node, "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-        (v["status"]["etcd"]["peerUrls"].as_array()?.len() == 1
-            && v["status"]["conditions"][0]["status"] == "True")
-            .then_some(())
-    })
-    .await;
-}
-
 async fn add_and_promote(mb: u64) -> f64 {
     let a = bootstrap_one("a").await;
     fill(&a.client_url, mb).await;
     let b = VoterNode::start("b", "127.0.0.2", Some(&a.client_url), false);
-    wait_offers(&a.client_url, "b").await;
+    wait_node_offers_etcd(&a.client_url, "b").await;
     let t = Instant::now();
     apply_voters(&a.client_url, &["a", "b"]);
     wait_converged(&a.client_url, &["a", "b"], CONVERGE).await;
@@ -60,12 +51,12 @@ async fn replace(mb: u64) -> f64 {
     fill(&a.client_url, mb).await;
     let b = VoterNode::start("b", "127.0.0.2", Some(&a.client_url), false);
     let c = VoterNode::start("c", "127.0.0.3", Some(&a.client_url), false);
-    wait_offers(&a.client_url, "b").await;
-    wait_offers(&a.client_url, "c").await;
+    wait_node_offers_etcd(&a.client_url, "b").await;
+    wait_node_offers_etcd(&a.client_url, "c").await;
     apply_voters(&a.client_url, &["a", "b", "c"]);
     wait_converged(&a.client_url, &["a", "b", "c"], CONVERGE).await;
     let d = VoterNode::start("d", "127.0.0.4", Some(&a.client_url), false);
-    wait_offers(&a.client_url, "d").await;
+    wait_node_offers_etcd(&a.client_url, "d").await;
     let t = Instant::now();
     apply_voters(&a.client_url, &["a", "b", "d"]);
     wait_converged(&a.client_url, &["a", "b", "d"], CONVERGE).await;

@@ -12,7 +12,7 @@ use support::agent::{eventually, process_alive};
 use support::cli::{rift, rift_stdin};
 use support::voters::{
     apply_voters, bootstrap_one, local_read, member_client, voter_set, wait_converged,
-    QuorumObserver, VoterNode,
+    wait_node_offers_etcd, QuorumObserver, VoterNode,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -27,21 +27,6 @@ async fn three_voters() -> (VoterNode, VoterNode, VoterNode) {
     apply_voters(&a.client_url, &["a", "b", "c"]);
     wait_converged(&a.client_url, &["a", "b", "c"], CONVERGE).await;
     (a, b, c)
-}
-
-async fn wait_node_offers_etcd(endpoints: &str, node: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("node {node} is Ready and offers an etcd member"),
-        || async move {
-            let run = rift(endpoints, &["get", "node", node, "-o", "json"]);
-            let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-            let ready = v["status"]["conditions"][0]["status"] == "True";
-            let offers = v["status"]["etcd"]["peerUrls"].as_array()?.len() == 1;
-            (ready && offers).then_some(())
-        },
-    )
-    .await;
 }
 
 fn all_urls(nodes: &[&VoterNode]) -> Vec<String> {

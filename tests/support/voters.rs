@@ -9,7 +9,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use serde_json::Value;
 
 use super::agent::{eventually, TestAgent};
-use super::cli::rift_stdin;
+use super::cli::{rift, rift_stdin};
 use super::proc::free_port;
 
 /// An agent that may host an etcd member, with the URLs that member would use.
@@ -105,7 +105,7 @@ pub fn apply_voters(endpoints: &str, voters: &[&str]) {
 
 /// The VoterSet as JSON (with its status), if it exists.
 pub fn voter_set(endpoints: &str) -> Option<Value> {
-    let run = super::cli::rift(endpoints, &["get", "voterset", "default", "-o", "json"]);
+    let run = rift(endpoints, &["get", "voterset", "default", "-o", "json"]);
     run.ok
         .then(|| serde_json::from_str(&run.stdout).ok())
         .flatten()
@@ -132,6 +132,22 @@ pub async fn wait_converged(endpoints: &str, names: &[&str], within: Duration) -
         }
     })
     .await
+}
+
+/// Waits until `node` is Ready and its agent offers an etcd member.
+pub async fn wait_node_offers_etcd(endpoints: &str, node: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("node {node} is Ready and offers an etcd member"),
+        || async move {
+            let run = rift(endpoints, &["get", "node", node, "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+            let ready = v["status"]["conditions"][0]["status"] == "True";
+            let offers = v["status"]["etcd"]["peerUrls"].as_array()?.len() == 1;
+            (ready && offers).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Watches the member list from outside and records every observation in which the healthy
