@@ -55,10 +55,20 @@ impl Up {
         }
     }
 
-    /// Ctrl-C, and wait for it to exit.
+    /// Ctrl-C, and wait (at most a minute) for it to exit.
     fn stop(&mut self) -> std::process::ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
-        self.child.wait().unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rift up did not stop within a minute of Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use support::agent::{eventually, process_alive};
 use support::cli::{rift, rift_stdin};
 use support::voters::{
     apply_voters, bootstrap_one, local_read, member_client, voter_set, wait_converged,
-    wait_node_offers_etcd, QuorumObserver, VoterNode,
+    wait_node_offers_etcd, QuorumObserver, VoterNode, SERIAL,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -35,6 +35,7 @@ fn all_urls(nodes: &[&VoterNode]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_from_one_to_three_voters_keeps_quorum_and_data() {
+    let _serial = SERIAL.lock().await;
     let a = bootstrap_one("a").await;
     let mut c = member_client(&a.client_url).await.unwrap();
     c.put("/test/before", "written-with-one-voter", None)
@@ -82,6 +83,7 @@ async fn growing_from_one_to_three_voters_keeps_quorum_and_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_voter_converges_without_losing_quorum() {
+    let _serial = SERIAL.lock().await;
     let (a, b, c) = three_voters().await;
     let _d = VoterNode::start("d", "127.0.0.4", Some(&a.client_url), false);
     wait_node_offers_etcd(&a.client_url, "d").await;
@@ -131,6 +133,7 @@ async fn replacing_a_voter_converges_without_losing_quorum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_etcd_member_is_restarted_by_its_agent() {
+    let _serial = SERIAL.lock().await;
     let a = bootstrap_one("a").await;
     let pid = a.etcd_pid().expect("the agent recorded its member's pid");
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
@@ -155,6 +158,7 @@ async fn a_killed_etcd_member_is_restarted_by_its_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_adopts_its_running_member() {
+    let _serial = SERIAL.lock().await;
     let mut a = bootstrap_one("a").await;
     let pid = a.etcd_pid().unwrap();
     a.agent.restart();
@@ -167,6 +171,7 @@ async fn an_agent_restart_adopts_its_running_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_voter_is_removed_and_replaced() {
+    let _serial = SERIAL.lock().await;
     let (a, b, c) = three_voters().await;
     // c's machine dies: its agent and its etcd member.
     drop(c);
@@ -188,6 +193,7 @@ async fn a_dead_voter_is_removed_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_voter_sets_are_blocked_and_change_nothing() {
+    let _serial = SERIAL.lock().await;
     let a = bootstrap_one("a").await;
     // A NAT-blocked node with a live agent, and a node with no agent (never Ready).
     let config = tempfile::NamedTempFile::new().unwrap();

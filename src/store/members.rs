@@ -39,8 +39,8 @@ pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
     let mut client = store.client();
     let resp = store.call(client.member_list()).await?;
     let probes = resp.members().iter().map(|m| {
-        let urls = m.client_urls().to_vec();
-        async move { healthy(&urls).await }
+        let (urls, id) = (m.client_urls().to_vec(), m.id());
+        async move { healthy(&urls, id).await }
     });
     let health = futures::future::join_all(probes).await;
     Ok(resp
@@ -58,8 +58,9 @@ pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
         .collect())
 }
 
-/// True when any of `client_urls` answers a status request within [`HEALTH_TIMEOUT`].
-pub async fn healthy(client_urls: &[String]) -> bool {
+/// True when any of `client_urls` answers a status request within [`HEALTH_TIMEOUT`] as member
+/// `id` (not some other member or cluster now at that URL) and knows a raft leader.
+pub async fn healthy(client_urls: &[String], id: u64) -> bool {
     for url in client_urls {
         let check = async {
             let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
@@ -68,8 +69,11 @@ pub async fn healthy(client_urls: &[String]) -> bool {
                 .ok()?;
             c.status().await.ok()
         };
-        if let Ok(Some(_)) = tokio::time::timeout(HEALTH_TIMEOUT, check).await {
-            return true;
+        if let Ok(Some(status)) = tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+            let answered_as = status.header().map(|h| h.member_id());
+            if answered_as == Some(id) && status.leader() != 0 {
+                return true;
+            }
         }
     }
     false

@@ -29,7 +29,10 @@ impl VoterNode {
 
     /// As [`Self::start`], with `extra` agent flags.
     pub fn start_with(name: &str, ip: &str, endpoints: Option<&str>, extra: &[&str]) -> VoterNode {
-        let (client, peer) = (free_port(), free_port());
+        let client = free_port();
+        let peer = std::iter::repeat_with(free_port)
+            .find(|p| *p != client)
+            .unwrap();
         let client_url = format!("http://{ip}:{client}");
         let endpoints = endpoints.unwrap_or(&client_url).to_string();
         let (client, peer) = (client.to_string(), peer.to_string());
@@ -142,7 +145,10 @@ pub async fn wait_node_offers_etcd(endpoints: &str, node: &str) {
         || async move {
             let run = rift(endpoints, &["get", "node", node, "-o", "json"]);
             let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-            let ready = v["status"]["conditions"][0]["status"] == "True";
+            let ready = v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
             let offers = v["status"]["etcd"]["peerUrls"].as_array()?.len() == 1;
             (ready && offers).then_some(())
         },
@@ -150,14 +156,18 @@ pub async fn wait_node_offers_etcd(endpoints: &str, node: &str) {
     .await;
 }
 
-/// Watches the member list from outside and records every observation in which the healthy
-/// voting members were fewer than a quorum.
+/// Watches the cluster from outside, as a client would: a linearizable read every 200 ms.
+/// Quorum counts as lost when no read succeeds for longer than [`QUORUM_LOSS_AFTER`] (a
+/// leader election, e.g. after the leader's own member is removed, is shorter).
 pub struct QuorumObserver {
     stop: Arc<AtomicBool>,
     pub observations: Arc<AtomicUsize>,
     pub violations: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// How long without a successful linearizable read counts as quorum lost.
+pub const QUORUM_LOSS_AFTER: Duration = Duration::from_secs(5);
 
 impl QuorumObserver {
     pub fn start(endpoints: Vec<String>) -> QuorumObserver {
@@ -170,25 +180,17 @@ impl QuorumObserver {
                 v.lock().unwrap().push("cannot connect".into());
                 return;
             };
+            let mut last_ok = std::time::Instant::now();
             while !s.load(Ordering::Relaxed) {
-                if let Ok(list) = client.member_list().await {
-                    let voters: Vec<_> =
-                        list.members().iter().filter(|m| !m.is_learner()).collect();
-                    let mut healthy = 0;
-                    for m in &voters {
-                        if let Some(url) = m.client_urls().first() {
-                            if member_answers(url).await {
-                                healthy += 1;
-                            }
-                        }
-                    }
+                let read =
+                    tokio::time::timeout(Duration::from_secs(2), client.get("/quorum-probe", None));
+                if matches!(read.await, Ok(Ok(_))) {
+                    last_ok = std::time::Instant::now();
                     o.fetch_add(1, Ordering::Relaxed);
-                    if healthy < voters.len() / 2 + 1 {
-                        let names: Vec<&str> = voters.iter().map(|m| m.name()).collect();
-                        v.lock()
-                            .unwrap()
-                            .push(format!("{healthy} healthy of voters {names:?}"));
-                    }
+                } else if last_ok.elapsed() > QUORUM_LOSS_AFTER {
+                    v.lock()
+                        .unwrap()
+                        .push(format!("no linearizable read for {:?}", last_ok.elapsed()));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -201,7 +203,7 @@ impl QuorumObserver {
         }
     }
 
-    /// Stops observing; returns (observations, violations).
+    /// Stops observing; returns (successful observations, violations).
     pub async fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
@@ -209,6 +211,10 @@ impl QuorumObserver {
         (self.observations.load(Ordering::Relaxed), v)
     }
 }
+
+/// One voter test at a time in a process: each runs up to four etcd members and four agents
+/// with controllers, which is all a 2-core machine should carry.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn member_client_any(endpoints: &[String]) -> Option<Client> {
     let options = ConnectOptions::new()

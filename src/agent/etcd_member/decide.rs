@@ -1,18 +1,25 @@
 //! What the agent does with its local etcd member, decided from what it observes. Pure.
 //!
 //! The member list is the authority: the agent starts a member only for a node the cluster
-//! knows (or, with `--bootstrap`, when no cluster answers and there is no data yet), and
-//! clears its data only when a cluster that answers no longer lists it.
+//! knows (or, with `--bootstrap`, when no cluster answers and this state directory never held
+//! a member), and sets its data aside (never deletes it) only when its own cluster's leader
+//! has answered, several times in a row, without it.
 
 /// This node as the cluster's member list shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Membership {
-    /// No cluster answered (etcd down or unreachable): nothing is known.
+    /// No cluster answered (etcd down or unreachable), or one that is not this node's cluster
+    /// answered: nothing is known.
     Unknown,
     /// Listed; `cluster` is every started member plus this one, as `name=peer-url` pairs,
-    /// for `--initial-cluster` when joining.
-    Member { cluster: Vec<(String, String)> },
-    /// A cluster answered and does not list this node.
+    /// for `--initial-cluster` when joining. `started_voter`: the entry is a voter that has
+    /// run before (its name is set), so its data is part of the quorum's history.
+    Member {
+        cluster: Vec<(String, String)>,
+        started_voter: bool,
+    },
+    /// This node's cluster answered, from its leader, several times in a row, and does not list
+    /// this node.
     NotMember,
     /// Listed under this node's name but with other peer URLs than this agent offers: a
     /// configuration change that must not be "fixed" by wiping data.
@@ -24,8 +31,10 @@ pub enum Membership {
 pub struct Observation {
     /// The member process this agent started (or adopted) is running.
     pub running: bool,
-    /// The data directory holds a member's data.
+    /// The data directory holds a member's write-ahead log.
     pub has_data: bool,
+    /// This state directory has belonged to a cluster before (its cluster id is recorded).
+    pub ever_member: bool,
     /// `--bootstrap`: start a new one-member cluster when there is nothing else.
     pub bootstrap: bool,
     pub membership: Membership,
@@ -47,8 +56,8 @@ pub enum Action {
     /// Nothing to change.
     Keep,
     Start(StartMode),
-    /// Removed from the cluster: stop the process if it runs and clear the data directory.
-    StopAndWipe,
+    /// Removed from the cluster: stop the process if it runs and set the data directory aside.
+    StopAndSetAside,
     /// Cannot act; the reason is reported in the Node's status.
     Refuse(String),
 }
@@ -63,7 +72,7 @@ pub fn decide(o: &Observation) -> Action {
     }
     let removed = o.membership == Membership::NotMember;
     if removed && (o.running || o.has_data) {
-        return Action::StopAndWipe;
+        return Action::StopAndSetAside;
     }
     if o.running {
         return Action::Keep;
@@ -72,10 +81,25 @@ pub fn decide(o: &Observation) -> Action {
         return Action::Start(StartMode::FromData);
     }
     match &o.membership {
-        Membership::Member { cluster } => Action::Start(StartMode::Join {
+        Membership::Member {
+            started_voter: true,
+            ..
+        } => Action::Refuse(
+            "this node is a voter that has run before but its data is gone; joining empty \
+             would rewrite the quorum's history: remove it from the VoterSet, wait until it is \
+             gone, then add it again"
+                .into(),
+        ),
+        Membership::Member { cluster, .. } => Action::Start(StartMode::Join {
             cluster: cluster.clone(),
         }),
-        Membership::Unknown if o.bootstrap => Action::Start(StartMode::New),
+        Membership::Unknown if o.bootstrap && !o.ever_member => Action::Start(StartMode::New),
+        Membership::Unknown if o.bootstrap => Action::Refuse(
+            "--bootstrap: this state directory belonged to a cluster before (it was removed, \
+             or its data is gone); refusing to start a second cluster. Use a fresh --state-dir \
+             to bootstrap anew"
+                .into(),
+        ),
         _ => Action::Keep,
     }
 }
@@ -88,6 +112,7 @@ mod tests {
         Observation {
             running,
             has_data,
+            ever_member: false,
             bootstrap,
             membership,
         }
@@ -96,6 +121,7 @@ mod tests {
     fn joined() -> Membership {
         Membership::Member {
             cluster: vec![("a".into(), "http://a:2380".into())],
+            started_voter: false,
         }
     }
 
@@ -128,7 +154,7 @@ mod tests {
         assert_eq!(
             decide(&obs(false, false, false, joined())),
             Action::Start(StartMode::Join {
-                cluster: vec![("a".into(), "http://a:2380".into())]
+                cluster: vec![("a".into(), "http://a:2380".into())],
             })
         );
     }
@@ -150,16 +176,35 @@ mod tests {
     fn a_removed_member_is_stopped_and_its_data_cleared() {
         assert_eq!(
             decide(&obs(true, true, false, Membership::NotMember)),
-            Action::StopAndWipe
+            Action::StopAndSetAside
         );
         assert_eq!(
             decide(&obs(false, true, false, Membership::NotMember)),
-            Action::StopAndWipe
+            Action::StopAndSetAside
         );
         assert_eq!(
             decide(&obs(false, false, false, Membership::NotMember)),
             Action::Keep
         );
+    }
+
+    #[test]
+    fn a_state_dir_that_held_a_member_never_bootstraps_a_second_cluster() {
+        let mut o = obs(false, false, true, Membership::Unknown);
+        o.ever_member = true;
+        assert!(matches!(decide(&o), Action::Refuse(r) if r.contains("second cluster")));
+    }
+
+    #[test]
+    fn a_started_voter_without_data_does_not_rejoin_empty() {
+        let m = Membership::Member {
+            cluster: vec![("a".into(), "http://a:2380".into())],
+            started_voter: true,
+        };
+        assert!(matches!(
+            decide(&obs(false, false, false, m)),
+            Action::Refuse(r) if r.contains("remove it from the VoterSet")
+        ));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::store::events::EventRecorder;
 use crate::store::{keys, Store};
 
 use super::config::{AgentConfig, EtcdMemberConfig};
-use decide::{decide, Action, Membership, Observation};
+use decide::{decide, Action, Membership, Observation, StartMode};
 use process::{MemberDir, MemberProcess, MemberSpec};
 
 /// How often the supervisor looks.
@@ -35,6 +35,8 @@ const PASS_INTERVAL: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A member that ran this long resets the restart delay.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Consecutive passes a cluster must answer without this node before the agent acts on it.
+const NOT_MEMBER_PASSES: u32 = 5;
 /// How long a member list request may take before the cluster counts as unreachable.
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -141,6 +143,9 @@ pub struct Supervisor {
     learned: Vec<String>,
     /// The endpoints from the agent's configuration: always kept.
     configured: Vec<String>,
+    /// The cluster this state directory belongs to, once known (`<state>/etcd/cluster.json`).
+    cluster_id: Option<u64>,
+    not_member_streak: u32,
 }
 
 impl Supervisor {
@@ -180,6 +185,8 @@ impl Supervisor {
             not_before: Instant::now(),
             learned: saved_endpoints(&config.state_dir),
             configured: crate::store::client::normalize_endpoints(&config.endpoints),
+            cluster_id: MemberDir::new(&config.state_dir).cluster_id(),
+            not_member_streak: 0,
         }
     }
 
@@ -190,12 +197,30 @@ impl Supervisor {
                 Ok(Ok(list)) => Some(list),
                 _ => None,
             };
-            let membership = match &list {
-                Some(list) => self.membership(list.members()),
-                None => Membership::Unknown,
+            let cluster_id = list
+                .as_ref()
+                .and_then(|l| l.header())
+                .map(|h| h.cluster_id());
+            let membership = match (&list, cluster_id) {
+                (Some(list), Some(id)) => self.membership(list.members(), id),
+                _ => Membership::Unknown,
             };
-            if let Ok(spec) = self.spec.clone() {
+            // "Not a member" is acted on (stop, set the data aside) only when it holds for
+            // several passes: one answer from a member that has not yet applied this node's
+            // addition must not cost the data.
+            self.not_member_streak = match membership {
+                Membership::NotMember => self.not_member_streak + 1,
+                _ => 0,
+            };
+            let settled =
+                membership != Membership::NotMember || self.not_member_streak >= NOT_MEMBER_PASSES;
+            if let (Ok(spec), true) = (self.spec.clone(), settled) {
                 self.converge(&spec, &membership).await;
+                if let (Membership::Member { .. }, Some(id), true) =
+                    (&membership, cluster_id, self.process.is_some())
+                {
+                    self.remember_cluster(&spec, id);
+                }
             }
             if let Some(list) = &list {
                 self.learn_endpoints(list.members()).await;
@@ -216,17 +241,27 @@ impl Supervisor {
         }
     }
 
-    /// This node in the member list, as [`decide`] needs it.
-    fn membership(&self, members: &[etcd_client::Member]) -> Membership {
+    /// This node in the member list answered by cluster `cluster_id`, as [`decide`] needs it.
+    /// A list from another cluster than the one this node joined is no information.
+    fn membership(&self, members: &[etcd_client::Member], cluster_id: u64) -> Membership {
         let Ok(spec) = &self.spec else {
             return Membership::Unknown;
         };
+        if self.cluster_id.is_some_and(|ours| ours != cluster_id) {
+            tracing::warn!(
+                cluster_id = format!("{cluster_id:x}"),
+                "an etcd endpoint answers for another cluster; ignoring its member list"
+            );
+            return Membership::Unknown;
+        }
         let ours = |urls: &[String]| urls.contains(&spec.peer_url);
         let mut cluster = Vec::new();
         let mut found = None;
+        let mut started_voter = false;
         for m in members {
             if m.name() == self.node || ours(m.peer_urls()) {
                 found = Some(m.peer_urls().to_vec());
+                started_voter = !m.name().is_empty() && !m.is_learner();
                 continue;
             }
             if !m.name().is_empty() {
@@ -238,10 +273,24 @@ impl Supervisor {
         match found {
             Some(urls) if ours(&urls) => {
                 cluster.push((self.node.clone(), spec.peer_url.clone()));
-                Membership::Member { cluster }
+                Membership::Member {
+                    cluster,
+                    started_voter,
+                }
             }
             Some(urls) => Membership::Mismatch { registered: urls },
             None => Membership::NotMember,
+        }
+    }
+
+    /// Records the cluster this state directory belongs to (once).
+    fn remember_cluster(&mut self, spec: &MemberSpec, cluster_id: u64) {
+        if self.cluster_id.is_some() {
+            return;
+        }
+        match spec.dir.write_cluster_id(cluster_id) {
+            Ok(()) => self.cluster_id = Some(cluster_id),
+            Err(e) => tracing::warn!(%e, "cannot record the cluster id"),
         }
     }
 
@@ -276,6 +325,7 @@ impl Supervisor {
         let observation = Observation {
             running,
             has_data: spec.dir.has_data(),
+            ever_member: self.cluster_id.is_some(),
             bootstrap: self.bootstrap,
             membership: membership.clone(),
         };
@@ -291,6 +341,14 @@ impl Supervisor {
                 if Instant::now() < self.not_before {
                     return;
                 }
+                if mode != StartMode::FromData {
+                    // What a failed earlier start left (no write-ahead log) is no member's
+                    // data: set it aside so etcd starts clean.
+                    if let Err(e) = spec.dir.set_aside_partial() {
+                        self.set(LocalMemberState::Failed, &format!("{e}"));
+                        return;
+                    }
+                }
                 match MemberProcess::spawn(spec, &mode) {
                     Ok(p) => {
                         tracing::info!(pid = p.record.pid, ?mode, "started the local etcd member");
@@ -305,24 +363,29 @@ impl Supervisor {
                     }
                 }
             }
-            Action::StopAndWipe => {
+            Action::StopAndSetAside => {
                 if let Some(p) = &mut self.process {
                     p.stop(Duration::from_secs(10)).await;
                 }
                 self.process = None;
-                match spec.dir.wipe() {
-                    Ok(()) => {
+                match spec.dir.set_aside() {
+                    Ok(kept) => {
                         self.events.normal(
                             "Node",
                             &self.node,
                             "etcd_member_removed",
-                            "removed from the etcd cluster: member stopped and its data cleared",
+                            format!(
+                                "removed from the etcd cluster: member stopped, its data moved \
+                                 to {}",
+                                kept.display()
+                            ),
                         );
+                        self.report.restarts = 0;
                         self.set(LocalMemberState::Idle, "");
                     }
                     Err(e) => self.set(
                         LocalMemberState::Failed,
-                        &format!("cannot clear {}: {e}", spec.dir.data().display()),
+                        &format!("cannot set {} aside: {e}", spec.dir.data().display()),
                     ),
                 }
             }
@@ -361,7 +424,12 @@ impl Supervisor {
         }
         // Gone members leave the balance now (requests routed to them fail); new ones join
         // once the store's health task has seen them answer.
-        for gone in self.learned.iter().filter(|u| !urls.contains(u)) {
+        let configured = &self.configured;
+        for gone in self
+            .learned
+            .iter()
+            .filter(|u| !urls.contains(u) && !configured.contains(u))
+        {
             let _ = client.remove_endpoint(gone).await;
         }
         let mut wanted = self.configured.clone();

@@ -33,16 +33,54 @@ impl MemberDir {
     pub fn log(&self) -> PathBuf {
         self.root.join("etcd.log")
     }
-    /// The data directory holds a member (etcd creates `member/` in it on first start).
+    /// The data directory holds a member: its write-ahead log has a segment. (etcd creates
+    /// `member/snap/db` before it validates a join, so `member/` alone proves nothing.)
     pub fn has_data(&self) -> bool {
-        self.data().join("member").is_dir()
+        std::fs::read_dir(self.data().join("member/wal")).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wal")))
+        })
     }
-    /// Removes the member's data (after it was removed from the cluster).
-    pub fn wipe(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(self.data()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Moves the data directory to `data.removed-<unix time>` (after the member was removed):
+    /// never deleted, in case the removal was a mistake. Earlier set-aside copies are deleted,
+    /// so at most one is kept. Returns where it went.
+    pub fn set_aside(&self) -> std::io::Result<PathBuf> {
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("data.removed-") {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
         }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let kept = self.root.join(format!("data.removed-{secs}"));
+        match std::fs::rename(self.data(), &kept) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(kept),
+        }
+    }
+    /// Sets aside a data directory that holds no member (what a failed start left).
+    pub fn set_aside_partial(&self) -> std::io::Result<()> {
+        if self.data().exists() && !self.has_data() {
+            self.set_aside()?;
+        }
+        Ok(())
+    }
+    /// `<root>/cluster.json`: the cluster this state directory joined.
+    fn cluster_record(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+    pub fn cluster_id(&self) -> Option<u64> {
+        let v: serde_json::Value = read_json(&self.cluster_record()).ok().flatten()?;
+        u64::from_str_radix(v["clusterId"].as_str()?, 16).ok()
+    }
+    pub fn write_cluster_id(&self, id: u64) -> std::io::Result<()> {
+        write_json(
+            &self.cluster_record(),
+            &serde_json::json!({"clusterId": format!("{id:x}")}),
+        )
     }
 }
 
@@ -81,6 +119,8 @@ pub fn args(spec: &MemberSpec, mode: &StartMode) -> Vec<String> {
         "periodic".into(),
         "--auto-compaction-retention".into(),
         "1h".into(),
+        // etcd's default, stated: it refuses a membership change that would lose quorum.
+        "--strict-reconfig-check".into(),
         "--logger".into(),
         "zap".into(),
         "--log-outputs".into(),
