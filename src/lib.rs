@@ -6,7 +6,9 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controllers;
 pub mod runtime;
+pub mod sim;
 pub mod store;

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod bench;
 mod cordon;
 mod crds;
 mod delete;
@@ -10,6 +11,7 @@ mod error;
 mod get;
 mod logs;
 mod printer;
+mod sim;
 mod status;
 
 use std::path::PathBuf;
@@ -58,6 +60,10 @@ pub enum Command {
     Uncordon(cordon::NodeArgs),
     /// Cordon a node and move its jobs elsewhere (--wait to follow until it is empty).
     Drain(cordon::DrainArgs),
+    /// Run a benchmark scenario (starts its own etcd, agents and hollow nodes).
+    Bench(bench::BenchArgs),
+    /// Run N hollow nodes (simulated agents) against etcd, for scale tests.
+    Sim(sim::SimArgs),
     /// Parent one job attempt (started by the agent; not for people).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -147,6 +153,8 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
         Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Sim(args) => sim::run(args, Store::connect_lazy(&endpoints).await?).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }

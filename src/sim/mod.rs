@@ -1,0 +1,162 @@
+//! Hollow nodes (`rift sim`): many node agents in one process against real etcd, in the manner
+//! of Kubernetes' kubemark. Each hollow node has its own lease and alive key, registers its
+//! Node, writes its status, watches only its own bindings prefix and runs the real job
+//! [`Runner`](crate::agent::jobs::runner::Runner) over simulated processes; see [`hollow`].
+//!
+//! What does not scale when thousands of agents share one process, and what is done about it:
+//! - **lease keep-alive streams**: shared, one stream for all ([`leases`]);
+//! - **state directories**: one per node under one root, best on tmpfs (`/dev/shm` is used
+//!   when present);
+//! - **watch streams**: one per node, all on the process's one etcd connection, as a real
+//!   fleet has one per agent; etcd serves them from one watchable store, and each node's
+//!   watch covers only its own prefix, so no node reads another node's events;
+//! - **tasks**: a few tokio tasks per node (runner, status, registration, events), which
+//!   tokio handles by the hundred thousand.
+
+pub mod hollow;
+pub mod leases;
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use hollow::{HollowSettings, Life};
+use leases::SharedLeases;
+
+use crate::agent::jobs::layout::StateDir;
+use crate::store::{keys, Store, StoreError};
+
+/// The name of hollow node `i` with `prefix`.
+pub fn node_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
+}
+
+/// A default root for hollow state: tmpfs when the machine has it.
+pub fn default_state_root() -> PathBuf {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("rift-sim-{}", std::process::id()))
+}
+
+struct Member {
+    name: String,
+    life: watch::Sender<Life>,
+    task: JoinHandle<()>,
+}
+
+/// A running set of hollow nodes. Dropping it crashes every node still running (tasks are
+/// aborted; their leases expire); call [`Cluster::stop`] for a graceful end.
+pub struct Cluster {
+    store: Store,
+    members: Vec<Member>,
+    state_root: PathBuf,
+    leases: SharedLeases,
+}
+
+impl Cluster {
+    /// Starts `count` hollow nodes named `<prefix>-00000`.. with state under `state_root`.
+    pub fn start(
+        store: Store,
+        prefix: &str,
+        count: usize,
+        settings: HollowSettings,
+        state_root: PathBuf,
+    ) -> Cluster {
+        let leases = SharedLeases::start(store.clone());
+        let mut cluster = Cluster {
+            store,
+            members: Vec::with_capacity(count),
+            state_root,
+            leases,
+        };
+        cluster.add(prefix, 0..count, settings);
+        cluster
+    }
+
+    /// Starts more hollow nodes, numbered `range`.
+    pub fn add(&mut self, prefix: &str, range: std::ops::Range<usize>, settings: HollowSettings) {
+        for i in range {
+            let name = node_name(prefix, i);
+            let (life, rx) = watch::channel(Life::Running);
+            let node = hollow::HollowNode {
+                name: name.clone(),
+                store: self.store.clone(),
+                leases: self.leases.clone(),
+                state: StateDir::new(self.state_root.join(&name)),
+                settings: settings.clone(),
+            };
+            let task = tokio::spawn(node.run(rx));
+            self.members.push(Member { name, life, task });
+        }
+    }
+
+    /// The names of the nodes, in start order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| m.name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Ends node `i` as a crash (its lease expires) or gracefully; returns its name.
+    pub fn end(&self, i: usize, how: Life) -> &str {
+        let _ = self.members[i].life.send(how);
+        &self.members[i].name
+    }
+
+    /// How many of this cluster's nodes have an alive key in etcd now.
+    pub async fn alive(&self) -> Result<usize, StoreError> {
+        let names: std::collections::HashSet<&str> = self.names().collect();
+        Ok(alive_nodes(&self.store)
+            .await?
+            .iter()
+            .filter(|n| names.contains(n.as_str()))
+            .count())
+    }
+
+    /// Stops every node gracefully (leases revoked), waits for them, and removes the state.
+    pub async fn stop(mut self) {
+        for m in &self.members {
+            let _ = m.life.send(Life::Stop);
+        }
+        for m in std::mem::take(&mut self.members) {
+            let _ = m.task.await;
+        }
+        let _ = std::fs::remove_dir_all(&self.state_root);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &self.members {
+            m.task.abort();
+        }
+    }
+}
+
+/// Nodes whose alive key exists (one keys-only read).
+pub async fn alive_nodes(store: &Store) -> Result<Vec<String>, StoreError> {
+    let mut kv = store.client().kv_client();
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let resp = store.call(kv.get(keys::AGENTS_PREFIX, Some(opts))).await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            let rest = key.strip_prefix(keys::AGENTS_PREFIX)?;
+            rest.strip_suffix("/alive").map(str::to_string)
+        })
+        .collect())
+}
