@@ -98,7 +98,9 @@ impl LocalEtcd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| BenchError::Setup(format!("cannot start `{bin}` (set RIFT_ETCD_BIN): {e}")))?;
+            .map_err(|e| {
+                BenchError::Setup(format!("cannot start `{bin}` (set RIFT_ETCD_BIN): {e}"))
+            })?;
         let etcd = LocalEtcd {
             endpoint,
             proc: Proc { child },
@@ -139,7 +141,10 @@ pub async fn spawn_agent(
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.args(["agent", "--name", name, "--listen", "127.0.0.1"])
-        .args(["--port", &free_port().map_err(|e| BenchError::io(dir, e))?.to_string()])
+        .args([
+            "--port",
+            &free_port().map_err(|e| BenchError::io(dir, e))?.to_string(),
+        ])
         .args(["--lease-ttl", &lease_ttl.to_string()])
         .args(["--node-lease-ttl", &lease_ttl.to_string()])
         .arg("--state-dir")

@@ -38,7 +38,10 @@ impl EtcdLimit {
             ),
             json!(round(self.txn_per_s)),
         );
-        r.field("etcd_batched_keys_per_s", json!(round(self.batched_keys_per_s)));
+        r.field(
+            "etcd_batched_keys_per_s",
+            json!(round(self.batched_keys_per_s)),
+        );
     }
 
     /// `rate` as a fraction of the single-put transaction rate.
@@ -89,7 +92,10 @@ pub async fn measure(
     let batched_keys_per_s = hammer(store, concurrency.min(8), run_for, BATCH).await;
     let mut kv = store.client().kv_client();
     store
-        .call(kv.delete(PREFIX, Some(etcd_client::DeleteOptions::new().with_prefix())))
+        .call(kv.delete(
+            PREFIX,
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ))
         .await?;
     Ok(EtcdLimit {
         txn_per_s,

@@ -21,7 +21,14 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
     let etcd = LocalEtcd::start().await?;
     let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
     let dir = TempDir::new("failover")?;
-    let (cluster, _) = hollow(&etcd.endpoint, nodes, quiet_settings(8, common.lease_ttl), &dir, common.timeout).await?;
+    let (cluster, _) = hollow(
+        &etcd.endpoint,
+        nodes,
+        quiet_settings(8, common.lease_ttl),
+        &dir,
+        common.timeout,
+    )
+    .await?;
     let observed = observe::start(&store).await?;
     let mut agents: Vec<(String, env::Proc)> = Vec::new();
     let mut next_id = 0;
@@ -37,7 +44,10 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
             while agents.len() < 3 {
                 let name = format!("cand-{next_id}");
                 next_id += 1;
-                agents.push((name.clone(), env::spawn_agent(&store, &name, dir.path(), true, common.lease_ttl).await?));
+                agents.push((
+                    name.clone(),
+                    env::spawn_agent(&store, &name, dir.path(), true, common.lease_ttl).await?,
+                ));
             }
             // A leader of ours, settled (standbys watching it), and done with its first pass.
             let current = loop {
@@ -50,11 +60,19 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let i = agents.iter().position(|(n, _)| *n == current).expect("ours");
+            let i = agents
+                .iter()
+                .position(|(n, _)| *n == current)
+                .expect("ours");
             let probe = format!("probe-{label}-{t}");
             let start = Instant::now();
             agents[i].1.signal(sig);
-            store.create(&Object::new(probe.clone(), JobSpec::with_command(["selfplay"]))).await?;
+            store
+                .create(&Object::new(
+                    probe.clone(),
+                    JobSpec::with_command(["selfplay"]),
+                ))
+                .await?;
             env::wait_for_leader(&store, Some(&current), common.timeout)
                 .await
                 .ok_or_else(|| BenchError::Timeout("no new leader".into()))?;
@@ -74,8 +92,16 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
             drop(old);
         }
         let (t, b) = (Spread::of(takeover), Spread::of(bound));
-        r.add(&format!("{label}_takeover"), format!("{label}: new leader named: {}", t.show()), t.json());
-        r.add(&format!("{label}_first_binding"), format!("{label}: job created at the signal bound: {}", b.show()), b.json());
+        r.add(
+            &format!("{label}_takeover"),
+            format!("{label}: new leader named: {}", t.show()),
+            t.json(),
+        );
+        r.add(
+            &format!("{label}_first_binding"),
+            format!("{label}: job created at the signal bound: {}", b.show()),
+            b.json(),
+        );
     }
     drop(agents);
     drop(cluster);

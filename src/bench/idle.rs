@@ -21,7 +21,10 @@ pub async fn run(seconds: u64, common: &Common) -> Result<Report, BenchError> {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let mut r = Report::new("idle");
     r.field("seconds", json!(seconds));
-    for (i, (label, p)) in [("leader", &leader), ("agent", &agent)].into_iter().enumerate() {
+    for (i, (label, p)) in [("leader", &leader), ("agent", &agent)]
+        .into_iter()
+        .enumerate()
+    {
         let cpu = 100.0 * (env::cpu_seconds(p.pid()).unwrap_or(0.0) - before[i]) / seconds as f64;
         let rss = env::rss_mib(p.pid()).unwrap_or(0.0);
         r.add(

@@ -63,7 +63,10 @@ async fn apply_jobs(
         t.await.map_err(|e| BenchError::Setup(e.to_string()))??;
     }
     let sent = sent.lock().expect("lock");
-    Ok(sent.iter().map(|t| t.expect("every job was created")).collect())
+    Ok(sent
+        .iter()
+        .map(|t| t.expect("every job was created"))
+        .collect())
 }
 
 pub fn job_name(i: usize) -> String {
@@ -80,7 +83,13 @@ pub async fn hollow(
 ) -> Result<(Cluster, f64), BenchError> {
     let store = Store::connect(&[endpoint]).await?;
     let started = Instant::now();
-    let cluster = Cluster::start(store, "hollow", nodes, settings, state.path().join("hollow"));
+    let cluster = Cluster::start(
+        store,
+        "hollow",
+        nodes,
+        settings,
+        state.path().join("hollow"),
+    );
     while cluster.alive().await? < nodes {
         if started.elapsed() > limit {
             return Err(BenchError::Timeout(format!(
@@ -189,7 +198,11 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     limit.add_to(&mut r);
     r.add(
         "apply_per_s",
-        format!("{apply_rate:.0} jobs/s created ({} in flight), {:.3} of etcd's txn rate", args.concurrency, limit.fraction(apply_rate)),
+        format!(
+            "{apply_rate:.0} jobs/s created ({} in flight), {:.3} of etcd's txn rate",
+            args.concurrency,
+            limit.fraction(apply_rate)
+        ),
         json!(round(apply_rate)),
     );
     r.add(
@@ -199,16 +212,37 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     );
     r.add(
         "running_per_s",
-        format!("{running_rate:.0} jobs/s reported Running, {:.3} of etcd's txn rate", limit.fraction(running_rate)),
+        format!(
+            "{running_rate:.0} jobs/s reported Running, {:.3} of etcd's txn rate",
+            limit.fraction(running_rate)
+        ),
         json!(round(running_rate)),
     );
-    let what = if args.preload { "leader start" } else { "apply" };
+    let what = if args.preload {
+        "leader start"
+    } else {
+        "apply"
+    };
     let b = Spread::of(to_bound);
     let run = Spread::of(to_running);
-    r.add(&format!("{}_to_bound", if args.preload { "start" } else { "apply" }), format!("{what} -> bound: {}", b.show()), b.json());
-    r.add(&format!("{}_to_running", if args.preload { "start" } else { "apply" }), format!("{what} -> Running: {}", run.show()), run.json());
+    r.add(
+        &format!("{}_to_bound", if args.preload { "start" } else { "apply" }),
+        format!("{what} -> bound: {}", b.show()),
+        b.json(),
+    );
+    r.add(
+        &format!(
+            "{}_to_running",
+            if args.preload { "start" } else { "apply" }
+        ),
+        format!("{what} -> Running: {}", run.show()),
+        run.json(),
+    );
     r.field("bound_fraction_of_etcd", json!(limit.fraction(bound_rate)));
-    r.field("running_fraction_of_etcd", json!(limit.fraction(running_rate)));
+    r.field(
+        "running_fraction_of_etcd",
+        json!(limit.fraction(running_rate)),
+    );
     let db = env::etcd_db_mib(&store).await.unwrap_or(0.0);
     let etcd_rss = env::rss_mib(etcd.proc.pid()).unwrap_or(0.0);
     let sim_rss = env::rss_mib(std::process::id()).unwrap_or(0.0);
@@ -224,7 +258,10 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     );
     r.add(
         "hollow_process",
-        format!("RSS {sim_rss:.0} MiB for {} hollow nodes (with this bench's watch)", args.nodes),
+        format!(
+            "RSS {sim_rss:.0} MiB for {} hollow nodes (with this bench's watch)",
+            args.nodes
+        ),
         json!({"rss_mib": round(sim_rss)}),
     );
     drop(leader);

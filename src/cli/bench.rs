@@ -92,7 +92,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                             args.gpus_per_job
                         )));
                     }
-                    bench::schedule::run(&a, &common).await.map_err(fail)?.print();
+                    bench::schedule::run(&a, &common)
+                        .await
+                        .map_err(fail)?
+                        .print();
                 }
             }
         }

@@ -56,12 +56,12 @@ impl SimArgs {
 /// Runs the hollow nodes until SIGTERM or SIGINT, then stops them gracefully.
 pub async fn run(args: SimArgs, store: Store) -> Result<(), CliError> {
     if args.nodes == 0 {
-        return Err(CliError::Usage(
-            "--nodes must be at least 1".into(),
-        ));
+        return Err(CliError::Usage("--nodes must be at least 1".into()));
     }
     crate::api::validation::dns1123_problem(&crate::sim::node_name(&args.prefix, 0))
-        .map_or(Ok(()), |p| Err(CliError::Usage(format!("--prefix {}: {p}", args.prefix))))?;
+        .map_or(Ok(()), |p| {
+            Err(CliError::Usage(format!("--prefix {}: {p}", args.prefix)))
+        })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
     let mut shutdown = crate::agent::shutdown_on_signals();
     let cluster = Cluster::start(store, &args.prefix, args.nodes, args.settings(), root);

@@ -103,14 +103,17 @@ impl HollowNode {
             ..NodeSpec::default()
         };
         let mut watching = life.clone();
-        tokio::select! {
+        let registered = tokio::select! {
             _ = async {
                 while ensure_node(&self.store, &self.name, &spec, &labels).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                self.keep_alive(life.clone()).await
-            } => {}
-            _ = watching.wait_for(|l| *l != Life::Running) => {}
+            } => true,
+            _ = watching.wait_for(|l| *l != Life::Running) => false,
+        };
+        if registered {
+            // Returns once `life` changes, having revoked or abandoned the lease.
+            self.keep_alive(life.clone()).await;
         }
         let ending = *life.borrow();
         let _ = stop_tx.send(true);
