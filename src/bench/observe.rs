@@ -62,12 +62,11 @@ pub async fn start(store: &Store) -> Result<Observed, BenchError> {
                 let parts: Vec<&str> = key.trim_start_matches(keys::ROOT).split('/').collect();
                 match (ev.event_type(), parts.as_slice()) {
                     (EventType::Put, ["bindings", _node, job]) => stamp(&o.bound, job, now),
-                    (EventType::Put, ["agents", _node, "jobs", job]) => {
+                    (EventType::Put, ["agents", _node, "jobs", job])
                         if serde_json::from_slice::<RuntimeReport>(kv.value())
-                            .is_ok_and(|r| r.phase == JobPhase::Running)
-                        {
-                            stamp(&o.running, job, now)
-                        }
+                            .is_ok_and(|r| r.phase == JobPhase::Running) =>
+                    {
+                        stamp(&o.running, job, now)
                     }
                     (EventType::Delete, ["agents", node, "alive"]) => {
                         stamp(&o.not_ready, node, now)
