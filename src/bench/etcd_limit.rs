@@ -12,7 +12,8 @@ use super::report::{round, Report};
 use super::BenchError;
 use crate::store::Store;
 
-/// Keys written here, outside rift's prefix (no controller wakes up), deleted afterwards.
+/// Keys written here (overwritten in a small set), outside rift's prefix so no controller
+/// wakes up; deleted afterwards.
 const PREFIX: &str = "/rift-bench/limit/";
 /// Puts per transaction in the batched run: what the scheduler writes per transaction
 /// (50 placements + 50 bindings).
@@ -65,7 +66,9 @@ async fn hammer(store: &Store, concurrency: usize, run_for: Duration, batch: usi
                 let mut i = 0u64;
                 while start.elapsed() < run_for {
                     let ops = (0..batch)
-                        .map(|b| TxnOp::put(format!("{PREFIX}{t}/{i}/{b}"), "x".repeat(64), None))
+                        .map(|b| {
+                            TxnOp::put(format!("{PREFIX}{t}/{}/{b}", i % 10), "x".repeat(64), None)
+                        })
                         .collect();
                     if store.txn(vec![], ops, vec![]).await.is_ok() {
                         done.fetch_add(batch as u64, Ordering::Relaxed);

@@ -27,18 +27,20 @@ pub struct ScheduleArgs {
     pub nodes: usize,
     pub jobs: usize,
     pub gpus_per_job: u32,
+    pub cpus_per_job: f64,
     pub concurrency: usize,
     pub preload: bool,
 }
 
 /// Creates jobs `bench-00000`.. with `concurrency` creates in flight; returns when each
 /// create was sent.
-async fn apply_jobs(
-    store: &Store,
-    jobs: usize,
-    gpus: u32,
-    concurrency: usize,
-) -> Result<Vec<Instant>, BenchError> {
+async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, BenchError> {
+    let (jobs, gpus, cpus, concurrency) = (
+        args.jobs,
+        args.gpus_per_job,
+        args.cpus_per_job,
+        args.concurrency,
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(Mutex::new(vec![None; jobs]));
     let tasks: Vec<_> = (0..concurrency.max(1))
@@ -52,6 +54,7 @@ async fn apply_jobs(
                     }
                     let mut spec = JobSpec::with_command(["selfplay"]);
                     spec.resources.gpus = gpus;
+                    spec.resources.cpus = (cpus > 0.0).then_some(cpus);
                     let at = Instant::now();
                     store.create(&Object::new(job_name(i), spec)).await?;
                     sent.lock().expect("lock")[i] = Some(at);
@@ -81,15 +84,16 @@ pub async fn hollow(
     state: &TempDir,
     limit: Duration,
 ) -> Result<(Cluster, f64), BenchError> {
-    let store = Store::connect(&[endpoint]).await?;
     let started = Instant::now();
+    let endpoints = [endpoint.to_string()];
     let cluster = Cluster::start(
-        store,
+        &endpoints,
         "hollow",
         nodes,
         settings,
         state.path().join("hollow"),
-    );
+    )
+    .await?;
     while cluster.alive().await? < nodes {
         if started.elapsed() > limit {
             return Err(BenchError::Timeout(format!(
@@ -135,7 +139,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         leader = Some(start_leader(&store, &dir, common).await?);
     }
     let apply_start = Instant::now();
-    let sent = apply_jobs(&store, args.jobs, args.gpus_per_job, args.concurrency).await?;
+    let sent = apply_jobs(&store, args).await?;
     let apply_s = apply_start.elapsed().as_secs_f64();
     let t0 = match leader {
         Some(_) => apply_start,
@@ -187,13 +191,14 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     r.add(
         "setup",
         format!(
-            "{} hollow nodes x 8 GPUs (alive in {register_s:.1} s), {} jobs of {} GPU(s), {}",
+            "{} hollow nodes x 8 GPUs, 64 CPUs (alive in {register_s:.1} s), {} jobs of {} GPU(s) and {} CPU(s), {}",
             args.nodes,
             args.jobs,
             args.gpus_per_job,
+            args.cpus_per_job,
             if args.preload { "preloaded before the leader started" } else { "applied while the leader runs" }
         ),
-        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "preload": args.preload, "concurrency": args.concurrency}),
+        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency}),
     );
     limit.add_to(&mut r);
     r.add(

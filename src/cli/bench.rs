@@ -31,9 +31,13 @@ pub struct BenchArgs {
     /// Jobs to apply (schedule); comma-separated for several runs.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub jobs: Vec<usize>,
-    /// GPUs each job asks for (schedule; nodes have 8).
-    #[arg(long, default_value_t = 0)]
+    /// GPUs each job asks for (schedule; hollow nodes have 8). The scheduler bin-packs, so
+    /// this decides how many jobs share a node.
+    #[arg(long, default_value_t = 1)]
     pub gpus_per_job: u32,
+    /// CPUs each job asks for (schedule; hollow nodes have 64).
+    #[arg(long, default_value_t = 1.0)]
+    pub cpus_per_job: f64,
     /// Requests in flight while applying jobs and measuring etcd.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -83,13 +87,16 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                         nodes: n,
                         jobs,
                         gpus_per_job: args.gpus_per_job,
+                        cpus_per_job: args.cpus_per_job,
                         concurrency: common.concurrency,
                         preload: args.preload,
                     };
-                    if args.gpus_per_job as usize * jobs > 8 * n {
+                    if args.gpus_per_job as usize * jobs > 8 * n
+                        || args.cpus_per_job * jobs as f64 > 64.0 * n as f64
+                    {
                         return Err(CliError::Usage(format!(
-                            "{jobs} jobs of {} GPU(s) do not fit on {n} nodes of 8 GPUs",
-                            args.gpus_per_job
+                            "{jobs} jobs of {} GPU(s) and {} CPU(s) do not fit on {n} hollow nodes of 8 GPUs and 64 CPUs; use more --nodes or smaller --gpus-per-job / --cpus-per-job",
+                            args.gpus_per_job, args.cpus_per_job
                         )));
                     }
                     bench::schedule::run(&a, &common)

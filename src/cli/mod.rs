@@ -154,7 +154,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
         Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Sim(args) => sim::run(args, Store::connect_lazy(&endpoints).await?).await,
+        Command::Sim(args) => sim::run(args, &endpoints).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }

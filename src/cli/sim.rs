@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::agent::jobs::simulated::SimBehaviour;
 use crate::sim::{default_state_root, Cluster, HollowSettings};
-use crate::store::Store;
 
 use super::CliError;
 
@@ -54,7 +53,7 @@ impl SimArgs {
 }
 
 /// Runs the hollow nodes until SIGTERM or SIGINT, then stops them gracefully.
-pub async fn run(args: SimArgs, store: Store) -> Result<(), CliError> {
+pub async fn run(args: SimArgs, endpoints: &[String]) -> Result<(), CliError> {
     if args.nodes == 0 {
         return Err(CliError::Usage("--nodes must be at least 1".into()));
     }
@@ -64,7 +63,8 @@ pub async fn run(args: SimArgs, store: Store) -> Result<(), CliError> {
         })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
     let mut shutdown = crate::agent::shutdown_on_signals();
-    let cluster = Cluster::start(store, &args.prefix, args.nodes, args.settings(), root);
+    let cluster =
+        Cluster::start(endpoints, &args.prefix, args.nodes, args.settings(), root).await?;
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {

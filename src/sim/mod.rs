@@ -42,6 +42,9 @@ pub fn default_state_root() -> PathBuf {
     base.join(format!("rift-sim-{}", std::process::id()))
 }
 
+/// Hollow nodes per etcd connection (see [`Cluster::start`]).
+pub const NODES_PER_CONNECTION: usize = 50;
+
 struct Member {
     name: String,
     life: watch::Sender<Life>,
@@ -52,6 +55,9 @@ struct Member {
 /// aborted; their leases expire); call [`Cluster::stop`] for a graceful end.
 pub struct Cluster {
     store: Store,
+    /// Extra connections, one per [`NODES_PER_CONNECTION`] nodes.
+    connections: Vec<Store>,
+    endpoints: Vec<String>,
     members: Vec<Member>,
     state_root: PathBuf,
     leases: SharedLeases,
@@ -59,32 +65,49 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `count` hollow nodes named `<prefix>-00000`.. with state under `state_root`.
-    pub fn start(
-        store: Store,
+    ///
+    /// Every [`NODES_PER_CONNECTION`] nodes share one etcd connection (a real fleet has one
+    /// per agent; one HTTP/2 connection for thousands of nodes' requests and watches queues
+    /// them behind each other).
+    pub async fn start(
+        endpoints: &[String],
         prefix: &str,
         count: usize,
         settings: HollowSettings,
         state_root: PathBuf,
-    ) -> Cluster {
+    ) -> Result<Cluster, StoreError> {
+        let store = Store::connect_lazy(endpoints).await?;
         let leases = SharedLeases::start(store.clone());
         let mut cluster = Cluster {
             store,
+            connections: Vec::new(),
+            endpoints: endpoints.to_vec(),
             members: Vec::with_capacity(count),
             state_root,
             leases,
         };
-        cluster.add(prefix, 0..count, settings);
-        cluster
+        cluster.add(prefix, 0..count, settings).await?;
+        Ok(cluster)
     }
 
     /// Starts more hollow nodes, numbered `range`.
-    pub fn add(&mut self, prefix: &str, range: std::ops::Range<usize>, settings: HollowSettings) {
+    pub async fn add(
+        &mut self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        settings: HollowSettings,
+    ) -> Result<(), StoreError> {
         for i in range {
+            if self.members.len() / NODES_PER_CONNECTION >= self.connections.len() {
+                self.connections
+                    .push(Store::connect_lazy(&self.endpoints).await?);
+            }
+            let store = self.connections.last().expect("one connection").clone();
             let name = node_name(prefix, i);
             let (life, rx) = watch::channel(Life::Running);
             let node = hollow::HollowNode {
                 name: name.clone(),
-                store: self.store.clone(),
+                store,
                 leases: self.leases.clone(),
                 state: StateDir::new(self.state_root.join(&name)),
                 settings: settings.clone(),
@@ -92,6 +115,7 @@ impl Cluster {
             let task = tokio::spawn(node.run(rx));
             self.members.push(Member { name, life, task });
         }
+        Ok(())
     }
 
     /// The names of the nodes, in start order.
