@@ -76,7 +76,11 @@ pub fn job_name(i: usize) -> String {
     format!("bench-{i:05}")
 }
 
-/// Starts hollow nodes and waits until every one is alive.
+/// Hollow nodes started at once; the next wave starts when these are alive.
+const WAVE: usize = 500;
+
+/// Starts hollow nodes in waves of [`WAVE`] (thousands registering at once only queue behind
+/// each other) and waits until every one is alive.
 pub async fn hollow(
     endpoint: &str,
     nodes: usize,
@@ -86,23 +90,23 @@ pub async fn hollow(
 ) -> Result<(Cluster, f64), BenchError> {
     let started = Instant::now();
     let endpoints = [endpoint.to_string()];
-    let cluster = Cluster::start(
-        &endpoints,
-        "hollow",
-        nodes,
-        settings,
-        state.path().join("hollow"),
-    )
-    .await?;
-    while cluster.alive().await? < nodes {
+    let root = state.path().join("hollow");
+    let mut cluster = Cluster::start(&endpoints, "hollow", 0, settings.clone(), root).await?;
+    let mut alive = 0;
+    while alive < nodes {
+        let target = (cluster.len() + WAVE).min(nodes);
+        if cluster.len() < target && alive >= cluster.len() {
+            cluster.add("hollow", cluster.len()..target, settings.clone()).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A slow answer while thousands register is no failure: ask again.
+        alive = cluster.alive().await.unwrap_or(alive);
         if started.elapsed() > limit {
             return Err(BenchError::Timeout(format!(
-                "{} of {nodes} hollow nodes alive after {} s",
-                cluster.alive().await?,
+                "{alive} of {nodes} hollow nodes alive after {} s",
                 limit.as_secs()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok((cluster, started.elapsed().as_secs_f64()))
 }
