@@ -96,7 +96,9 @@ pub async fn hollow(
     while alive < nodes {
         let target = (cluster.len() + WAVE).min(nodes);
         if cluster.len() < target && alive >= cluster.len() {
-            cluster.add("hollow", cluster.len()..target, settings.clone()).await?;
+            cluster
+                .add("hollow", cluster.len()..target, settings.clone())
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         // A slow answer while thousands register is no failure: ask again.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::TxnOp;
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::layout::{
@@ -115,7 +116,15 @@ impl<P: JobProcesses> Runner<P> {
         loop {
             tokio::select! {
                 ev = watcher.next() => match ev {
-                    Ok(ev) => self.apply_binding_event(ev),
+                    Ok(ev) => {
+                        self.apply_binding_event(ev);
+                        // Every event already received goes in before one pass: a burst of
+                        // bindings (the scheduler writes them in batches) costs one pass, not
+                        // one per binding. (`next` is cancel-safe: an unready poll loses nothing.)
+                        while let Some(Ok(ev)) = watcher.next().now_or_never() {
+                            self.apply_binding_event(ev);
+                        }
+                    }
                     Err(e) => tracing::debug!(%e, "bindings watch: retrying"),
                 },
                 _ = tick.tick() => {}
