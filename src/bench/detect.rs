@@ -79,6 +79,6 @@ pub async fn run(nodes: usize, kill: usize, common: &Common) -> Result<Report, B
         ),
         s.json(),
     );
-    drop(cluster);
+    cluster.crash().await;
     Ok(r)
 }

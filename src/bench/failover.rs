@@ -104,6 +104,6 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
         );
     }
     drop(agents);
-    drop(cluster);
+    cluster.crash().await;
     Ok(r)
 }

@@ -276,7 +276,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         json!({"rss_mib": round(sim_rss)}),
     );
     drop(leader);
-    drop(cluster);
+    cluster.crash().await;
     Ok(r)
 }
 

@@ -78,6 +78,23 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             args.nodes.clone()
         }
     };
+    // On SIGINT / SIGTERM the scenario is dropped, so what it started (etcd, agents, hollow
+    // nodes, temporary directories) is stopped and removed on the way out.
+    let mut interrupted = crate::agent::shutdown_on_signals();
+    tokio::select! {
+        r = scenario(&args, &common, nodes) => r,
+        _ = crate::agent::stopped(&mut interrupted) => {
+            Err(CliError::Usage("rift bench: interrupted; what it started was stopped".into()))
+        }
+    }
+}
+
+async fn scenario(
+    args: &BenchArgs,
+    common: &Common,
+    nodes: impl Fn(usize) -> Vec<usize>,
+) -> Result<(), CliError> {
+    let common = common.clone();
     let fail = |e: bench::BenchError| CliError::Usage(format!("rift bench: {e}"));
     match args.scenario {
         Scenario::Schedule => {

@@ -51,8 +51,9 @@ struct Member {
     task: JoinHandle<()>,
 }
 
-/// A running set of hollow nodes. Dropping it crashes every node still running (tasks are
-/// aborted; their leases expire); call [`Cluster::stop`] for a graceful end.
+/// A running set of hollow nodes. Dropping it crashes every node still running (each stops
+/// its tasks; their leases expire) without waiting; [`Cluster::stop`] ends them gracefully and
+/// [`Cluster::crash`] as crashes, both waiting and removing the state.
 pub struct Cluster {
     store: Store,
     /// Extra connections, one per [`NODES_PER_CONNECTION`] nodes.
@@ -148,9 +149,18 @@ impl Cluster {
     }
 
     /// Stops every node gracefully (leases revoked), waits for them, and removes the state.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.end_all(Life::Stop).await
+    }
+
+    /// Ends every node as a crash (leases left to expire), waits, and removes the state.
+    pub async fn crash(self) {
+        self.end_all(Life::Crash).await
+    }
+
+    async fn end_all(mut self, how: Life) {
         for m in &self.members {
-            let _ = m.life.send(Life::Stop);
+            let _ = m.life.send(how);
         }
         for m in std::mem::take(&mut self.members) {
             let _ = m.task.await;
@@ -162,7 +172,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &self.members {
-            m.task.abort();
+            let _ = m.life.send(Life::Crash);
         }
     }
 }
