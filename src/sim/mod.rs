@@ -68,8 +68,7 @@ impl Cluster {
     /// Starts `count` hollow nodes named `<prefix>-00000`.. with state under `state_root`.
     ///
     /// Every [`NODES_PER_CONNECTION`] nodes share one etcd connection (a real fleet has one
-    /// per agent; one HTTP/2 connection for thousands of nodes' requests and watches queues
-    /// them behind each other).
+    /// per agent; no difference was measured against one connection for all at 1,000 nodes).
     pub async fn start(
         endpoints: &[String],
         prefix: &str,
