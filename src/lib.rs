@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controllers;
 pub mod import;
 pub mod net;
 pub mod runtime;
+pub mod sim;
 pub mod store;

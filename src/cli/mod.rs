@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod bench;
 mod completion;
 mod cordon;
 mod crds;
@@ -12,6 +13,7 @@ mod get;
 mod import;
 mod logs;
 mod printer;
+mod sim;
 mod status;
 mod up;
 
@@ -67,6 +69,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Print a shell completion script: `rift completion bash|zsh|fish`.
     Completion(completion::CompletionArgs),
+    /// Run a benchmark scenario (starts its own etcd, agents and hollow nodes).
+    Bench(bench::BenchArgs),
+    /// Run N hollow nodes (simulated agents) against etcd, for scale tests.
+    Sim(sim::SimArgs),
     /// Parent one job attempt (started by the agent; not for people).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -188,6 +194,8 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
         Command::Import(args) => import::run(args),
         Command::Completion(args) => completion::run(args),
+        Command::Bench(args) => bench::run(args).await,
+        Command::Sim(args) => sim::run(args, &endpoints).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod layout;
 pub mod policy;
+pub mod process;
 pub mod procs;
 pub mod runner;
 pub mod shim;
+pub mod simulated;

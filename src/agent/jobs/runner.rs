@@ -11,21 +11,19 @@
 //!   epoch, is stopped here (SIGTERM, then SIGKILL after its grace period).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::TxnOp;
-use nix::sys::signal::Signal;
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::layout::{
     read_json, write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec, StateDir,
 };
 use super::policy::{decide, AttemptState, Next, Observed};
-use super::procs;
+use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::metrics::Metrics;
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
@@ -39,7 +37,9 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// A started attempt is given this long to write its shim record before it counts as lost.
 const SHIM_START_GRACE: Duration = Duration::from_secs(10);
 
-pub struct Runner {
+/// The converge loop of one node, over a process layer `P` (real shims by default; hollow
+/// nodes use simulated processes, so the same logic is exercised at scale).
+pub struct Runner<P: JobProcesses = ShimProcesses> {
     node: String,
     store: Store,
     state: StateDir,
@@ -47,38 +47,41 @@ pub struct Runner {
     gpu_count: Option<usize>,
     /// The bindings as last read; `None` until the first complete list.
     bindings: Option<HashMap<String, Binding>>,
-    /// Shims this process started (reaped here; others were adopted from disk).
-    children: HashMap<String, Child>,
+    /// Starts, watches and stops attempts.
+    procs: P,
     /// Attempts already asked to stop, so SIGTERM is sent once.
     stopping: HashMap<String, u32>,
     /// The last report written per job.
     published: HashMap<String, RuntimeReport>,
-    /// The agent's executable as of start-up (see [`shim_exe`]).
-    exe: PathBuf,
     events: crate::store::events::EventRecorder,
     metrics: Arc<Metrics>,
+    /// How often the jobs are looked at when nothing changes.
+    tick: Duration,
 }
 
-/// The executable to start shims with.
-///
-/// Normally the `rift` binary at the path the agent was started from (so an upgraded binary
-/// copied there is used for new shims). If that path is gone — the binary is being replaced
-/// mid-upgrade — `/proc/self/exe` still runs the agent's own image, so jobs can start anyway.
-fn shim_exe(started_from: &std::path::Path) -> PathBuf {
-    if started_from.is_file() {
-        started_from.to_path_buf()
-    } else {
-        PathBuf::from("/proc/self/exe")
-    }
-}
-
-impl Runner {
+impl Runner<ShimProcesses> {
+    /// The real runner: every attempt runs under a `rift shim` process.
     pub fn new(
         node: String,
         store: Store,
         state: StateDir,
         gpu_count: Option<usize>,
         metrics: Arc<Metrics>,
+    ) -> Self {
+        let procs = ShimProcesses::new(state.heartbeat());
+        Runner::with_processes(node, store, state, gpu_count, metrics, procs)
+    }
+}
+
+impl<P: JobProcesses> Runner<P> {
+    /// A runner over the process layer `procs`.
+    pub fn with_processes(
+        node: String,
+        store: Store,
+        state: StateDir,
+        gpu_count: Option<usize>,
+        metrics: Arc<Metrics>,
+        procs: P,
     ) -> Self {
         Self {
             events: crate::store::events::EventRecorder::agent(store.clone(), &node),
@@ -87,18 +90,18 @@ impl Runner {
             state,
             gpu_count,
             bindings: None,
-            children: HashMap::new(),
+            procs,
             stopping: HashMap::new(),
             published: HashMap::new(),
-            exe: std::env::current_exe()
-                .map(|p| {
-                    // Linux marks a replaced executable "(deleted)"; the path itself is what we want.
-                    let s = p.to_string_lossy();
-                    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
-                })
-                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             metrics,
+            tick: TICK,
         }
+    }
+
+    /// Looks at the jobs every `tick` when nothing changes (default [`TICK`]).
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
     }
 
     /// Runs until `shutdown`; running jobs are left to their shims.
@@ -108,12 +111,20 @@ impl Runner {
             keys::bindings_prefix(&self.node),
             WatchConfig::default(),
         );
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = watcher.next() => match ev {
-                    Ok(ev) => self.apply_binding_event(ev),
+                    Ok(ev) => {
+                        self.apply_binding_event(ev);
+                        // Every event already received goes in before one pass: a burst of
+                        // bindings (the scheduler writes them in batches) costs one pass, not
+                        // one per binding. (`next` is cancel-safe: an unready poll loses nothing.)
+                        while let Some(Ok(ev)) = watcher.next().now_or_never() {
+                            self.apply_binding_event(ev);
+                        }
+                    }
                     Err(e) => tracing::debug!(%e, "bindings watch: retrying"),
                 },
                 _ = tick.tick() => {}
@@ -155,8 +166,7 @@ impl Runner {
 
     /// One pass: start, restart, stop and report.
     pub async fn converge(&mut self) {
-        self.children
-            .retain(|_, c| matches!(c.try_wait(), Ok(None)));
+        self.procs.poll();
         let local = self.state.job_names().unwrap_or_default();
         if let Some(bindings) = self.bindings.clone() {
             for (job, binding) in &bindings {
@@ -262,16 +272,10 @@ impl Runner {
         if let Ok(Some(rec)) = read_json::<ExitRecord>(&dir.exit_record(n)) {
             return AttemptState::Ended(rec);
         }
-        if self.children.contains_key(job) {
+        if self.procs.is_running(job, dir, n) {
             return AttemptState::Running;
         }
         let shim: Option<ProcRecord> = read_json(&dir.shim_record(n)).ok().flatten();
-        let job_proc: Option<ProcRecord> = read_json(&dir.job_record(n)).ok().flatten();
-        if shim.as_ref().is_some_and(procs::is_alive)
-            || job_proc.as_ref().is_some_and(procs::is_alive)
-        {
-            return AttemptState::Running;
-        }
         let young = std::fs::metadata(dir.attempt(n))
             .and_then(|m| m.modified())
             .ok()
@@ -329,13 +333,13 @@ impl Runner {
                         .restarts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                self.start(job, dir, attempt);
+                self.start(dir, spec, attempt);
                 true
             }
             Next::Stop { reason } => {
                 if self.stopping.get(job) != Some(&obs.attempt) {
                     tracing::info!(job, reason, "stopping");
-                    self.signal_shim(dir, obs.attempt, Signal::SIGTERM);
+                    self.procs.stop(job, dir, obs.attempt);
                     self.stopping.insert(job.to_string(), obs.attempt);
                 }
                 false
@@ -344,32 +348,14 @@ impl Runner {
         }
     }
 
-    fn start(&mut self, job: &str, dir: &JobDir, attempt: u32) {
-        let attempt_dir = dir.attempt(attempt);
-        if let Err(e) = std::fs::create_dir_all(&attempt_dir) {
+    fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) {
+        let job = spec.job.as_str();
+        if let Err(e) = std::fs::create_dir_all(dir.attempt(attempt)) {
             tracing::error!(job, %e, "cannot create the attempt directory");
             return;
         }
-        let shim_log = std::fs::File::create(attempt_dir.join("shim.log")).ok();
-        let mut cmd = Command::new(shim_exe(&self.exe));
-        cmd.arg("shim")
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--attempt")
-            .arg(attempt.to_string())
-            .arg("--heartbeat")
-            .arg(self.state.heartbeat())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        match shim_log {
-            Some(f) => cmd.stderr(f),
-            None => cmd.stderr(Stdio::null()),
-        };
-        match cmd.spawn() {
-            Ok(child) => {
-                tracing::info!(job, attempt, "started");
-                self.children.insert(job.to_string(), child);
-            }
+        match self.procs.start(dir, spec, attempt) {
+            Ok(()) => tracing::info!(job, attempt, "started"),
             Err(e) => {
                 let rec = ExitRecord {
                     exit_code: None,
@@ -379,26 +365,6 @@ impl Runner {
                     message: format!("cannot start the shim: {e}"),
                 };
                 let _ = write_json(&dir.exit_record(attempt), &rec);
-            }
-        }
-    }
-
-    fn signal_shim(&self, dir: &JobDir, attempt: u32, sig: Signal) {
-        match read_json::<ProcRecord>(&dir.shim_record(attempt))
-            .ok()
-            .flatten()
-        {
-            Some(rec) if procs::is_alive(&rec) => procs::signal(rec.pid, sig),
-            _ => {
-                // No live shim: stop the job's group directly.
-                if let Some(rec) = read_json::<ProcRecord>(&dir.job_record(attempt))
-                    .ok()
-                    .flatten()
-                {
-                    if procs::is_alive(&rec) {
-                        procs::signal_group(rec.pid, sig);
-                    }
-                }
             }
         }
     }
@@ -414,13 +380,13 @@ impl Runner {
         ) {
             if self.stopping.get(job) != Some(&attempt) {
                 tracing::info!(job, why, "stopping");
-                self.signal_shim(&dir, attempt, Signal::SIGTERM);
+                self.procs.stop(job, &dir, attempt);
                 self.stopping.insert(job.to_string(), attempt);
             }
             return true;
         }
         self.stopping.remove(job);
-        self.children.remove(job);
+        self.procs.forget(job);
         if let Err(e) = std::fs::remove_dir_all(dir.path()) {
             tracing::warn!(job, %e, "cannot remove the job directory");
         }

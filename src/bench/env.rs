@@ -1,0 +1,216 @@
+//! What a benchmark starts: a throwaway etcd member, real `rift agent` processes, and
+//! process measurements. Everything lives in one temporary directory, removed at the end.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::BenchError;
+use crate::api::{NodeSpec, Object};
+use crate::store::Store;
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Result<TempDir, BenchError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rift-bench-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| BenchError::io(&path, e))?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-member etcd on free loopback ports with its data in a temporary directory
+/// (the binary from `RIFT_ETCD_BIN`, else `etcd` on `PATH`), default settings otherwise
+/// (2 GiB backend quota).
+pub struct LocalEtcd {
+    pub endpoint: String,
+    pub proc: Proc,
+    _dir: TempDir,
+}
+
+impl LocalEtcd {
+    pub async fn start() -> Result<LocalEtcd, BenchError> {
+        let dir = TempDir::new("etcd")?;
+        let bin = std::env::var("RIFT_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let port = || free_port().map_err(|e| BenchError::Setup(format!("no free port: {e}")));
+        let (client, peer) = (port()?, port()?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log"))
+            .map_err(|e| BenchError::io(dir.path(), e))?;
+        let child = Command::new(&bin)
+            .arg("--name=bench")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=bench={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                BenchError::Setup(format!("cannot start `{bin}` (set RIFT_ETCD_BIN): {e}"))
+            })?;
+        let etcd = LocalEtcd {
+            endpoint,
+            proc: Proc { child },
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if Store::connect(&[etcd.endpoint.as_str()]).await.is_ok() {
+                return Ok(etcd);
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup("etcd did not answer within 20 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Starts a real `rift agent` (this executable) named `name` with its state under `dir`.
+/// A controller agent's Node is created unschedulable first, so no job runs on it.
+pub async fn spawn_agent(
+    store: &Store,
+    name: &str,
+    dir: &Path,
+    controllers: bool,
+    lease_ttl: u64,
+) -> Result<Proc, BenchError> {
+    if controllers {
+        let spec = NodeSpec {
+            unschedulable: true,
+            ..NodeSpec::default()
+        };
+        match store.create(&Object::new(name, spec)).await {
+            Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["agent", "--name", name, "--listen", "127.0.0.1"])
+        .args([
+            "--port",
+            &free_port().map_err(|e| BenchError::io(dir, e))?.to_string(),
+        ])
+        .args(["--lease-ttl", &lease_ttl.to_string()])
+        .args(["--node-lease-ttl", &lease_ttl.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join(name))
+        .env("RIFT_ENDPOINTS", store.endpoints())
+        .env_remove("RIFT_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if controllers {
+        cmd.arg("--controllers");
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| BenchError::Setup(format!("cannot start rift agent: {e}")))?;
+    Ok(Proc { child })
+}
+
+/// The node named by the leader key, if any.
+pub async fn leader(store: &Store) -> Option<String> {
+    crate::store::leader::current_leader(store)
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.record.node)
+}
+
+/// Waits (polling every 2 ms) until a leader other than `not` is named; `None` after `limit`.
+pub async fn wait_for_leader(store: &Store, not: Option<&str>, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(l) = leader(store).await {
+            if Some(l.as_str()) != not {
+                return Some(l);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// CPU time (user + system) of `pid` in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// Resident memory of `pid` in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+}
+
+/// etcd's backend database size in MiB (as the quota counts it).
+pub async fn etcd_db_mib(store: &Store) -> Option<f64> {
+    let mut c = store.client();
+    let status = store.call(c.status()).await.ok()?;
+    Some(status.db_size() as f64 / (1024.0 * 1024.0))
+}

@@ -1,0 +1,294 @@
+//! `rift bench schedule`: jobs applied onto hollow nodes, through a real leader process.
+//!
+//! Starts etcd, measures its own limit, starts `--nodes` hollow nodes in this process and one
+//! `rift agent --controllers` process (the leader; its Node is unschedulable), then applies
+//! `--jobs` Jobs (`--concurrency` creates in flight) and stamps, from a watch, when each
+//! job's binding appears and when its node reports it Running. With `--preload` the jobs are
+//! created before the leader starts, so the figure is the scheduler's own throughput
+//! (kube-scheduler's scheduler_perf measures this way), not bounded by the apply rate.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::env::{self, LocalEtcd, TempDir};
+use super::observe::{self, Observed};
+use super::report::{round, Report, Spread};
+use super::{etcd_limit, BenchError, Common};
+use crate::api::{JobSpec, Object};
+use crate::sim::{Cluster, HollowSettings};
+use crate::store::Store;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ScheduleArgs {
+    pub nodes: usize,
+    pub jobs: usize,
+    pub gpus_per_job: u32,
+    pub cpus_per_job: f64,
+    pub concurrency: usize,
+    pub preload: bool,
+}
+
+/// Creates jobs `bench-00000`.. with `concurrency` creates in flight; returns when each
+/// create was sent.
+async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, BenchError> {
+    let (jobs, gpus, cpus, concurrency) = (
+        args.jobs,
+        args.gpus_per_job,
+        args.cpus_per_job,
+        args.concurrency,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(Mutex::new(vec![None; jobs]));
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (store, next, sent) = (store.clone(), next.clone(), sent.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs {
+                        return Ok::<(), BenchError>(());
+                    }
+                    let mut spec = JobSpec::with_command(["selfplay"]);
+                    spec.resources.gpus = gpus;
+                    spec.resources.cpus = (cpus > 0.0).then_some(cpus);
+                    let at = Instant::now();
+                    store.create(&Object::new(job_name(i), spec)).await?;
+                    sent.lock().expect("lock")[i] = Some(at);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| BenchError::Setup(e.to_string()))??;
+    }
+    let sent = sent.lock().expect("lock");
+    Ok(sent
+        .iter()
+        .map(|t| t.expect("every job was created"))
+        .collect())
+}
+
+pub fn job_name(i: usize) -> String {
+    format!("bench-{i:05}")
+}
+
+/// Hollow nodes started at once; the next wave starts when these are alive.
+const WAVE: usize = 500;
+
+/// Starts hollow nodes in waves of [`WAVE`] (thousands registering at once only queue behind
+/// each other) and waits until every one is alive.
+pub async fn hollow(
+    endpoint: &str,
+    nodes: usize,
+    settings: HollowSettings,
+    state: &TempDir,
+    limit: Duration,
+) -> Result<(Cluster, f64), BenchError> {
+    let started = Instant::now();
+    let endpoints = [endpoint.to_string()];
+    let root = state.path().join("hollow");
+    let mut cluster = Cluster::start(&endpoints, "hollow", 0, settings.clone(), root).await?;
+    let mut alive = 0;
+    while alive < nodes {
+        let target = (cluster.len() + WAVE).min(nodes);
+        if cluster.len() < target && alive >= cluster.len() {
+            cluster
+                .add("hollow", cluster.len()..target, settings.clone())
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A slow answer while thousands register is no failure: ask again.
+        alive = cluster.alive().await.unwrap_or(alive);
+        if started.elapsed() > limit {
+            return Err(BenchError::Timeout(format!(
+                "{alive} of {nodes} hollow nodes alive after {} s",
+                limit.as_secs()
+            )));
+        }
+    }
+    Ok((cluster, started.elapsed().as_secs_f64()))
+}
+
+/// Settings for hollow nodes whose jobs run until stopped and report no progress.
+pub fn quiet_settings(gpus: u32, ttl: u64) -> HollowSettings {
+    let mut s = HollowSettings {
+        gpus,
+        node_lease_ttl: Duration::from_secs(ttl),
+        ..HollowSettings::default()
+    };
+    s.behaviour.duration = Duration::ZERO;
+    s.behaviour.progress_every = Duration::ZERO;
+    s
+}
+
+pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchError> {
+    let etcd = LocalEtcd::start().await?;
+    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+    let limit = etcd_limit::measure(&store, common.concurrency, common.limit_for).await?;
+    let dir = TempDir::new("schedule")?;
+    let (cluster, register_s) = hollow(
+        &etcd.endpoint,
+        args.nodes,
+        quiet_settings(8, common.lease_ttl),
+        &dir,
+        common.timeout,
+    )
+    .await?;
+    let observed = observe::start(&store).await?;
+
+    let mut leader = None;
+    if !args.preload {
+        leader = Some(start_leader(&store, &dir, common).await?);
+    }
+    let apply_start = Instant::now();
+    let sent = apply_jobs(&store, args).await?;
+    let apply_s = apply_start.elapsed().as_secs_f64();
+    let t0 = match leader {
+        Some(_) => apply_start,
+        None => {
+            leader = Some(start_leader(&store, &dir, common).await?);
+            Instant::now()
+        }
+    };
+    let leader = leader.expect("started");
+    let cpu_before = env::cpu_seconds(leader.pid()).unwrap_or(0.0);
+    let mut leader_rss: f64 = 0.0;
+    let deadline = Instant::now() + common.timeout;
+    while Observed::count(&observed.running) < args.jobs {
+        leader_rss = leader_rss.max(env::rss_mib(leader.pid()).unwrap_or(0.0));
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!(
+                "{} of {} jobs bound, {} running after {} s",
+                Observed::count(&observed.bound),
+                args.jobs,
+                Observed::count(&observed.running),
+                common.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let leader_cpu = 100.0 * (env::cpu_seconds(leader.pid()).unwrap_or(0.0) - cpu_before) / wall;
+    leader_rss = leader_rss.max(env::rss_mib(leader.pid()).unwrap_or(0.0));
+
+    let (mut to_bound, mut to_running) = (Vec::new(), Vec::new());
+    let (mut last_bound, mut last_running) = (t0, t0);
+    for (i, at) in sent.iter().enumerate() {
+        let name = job_name(i);
+        let start = if args.preload { t0 } else { *at };
+        if let Some(b) = Observed::get(&observed.bound, &name) {
+            to_bound.push((b.saturating_duration_since(start)).as_secs_f64() * 1000.0);
+            last_bound = last_bound.max(b);
+        }
+        if let Some(r) = Observed::get(&observed.running, &name) {
+            to_running.push((r.saturating_duration_since(start)).as_secs_f64() * 1000.0);
+            last_running = last_running.max(r);
+        }
+    }
+    let bound_rate = args.jobs as f64 / (last_bound - t0).as_secs_f64();
+    let running_rate = args.jobs as f64 / (last_running - t0).as_secs_f64();
+    let apply_rate = args.jobs as f64 / apply_s;
+
+    let mut r = Report::new("schedule");
+    r.add(
+        "setup",
+        format!(
+            "{} hollow nodes x 8 GPUs, 64 CPUs (alive in {register_s:.1} s), {} jobs of {} GPU(s) and {} CPU(s), {}",
+            args.nodes,
+            args.jobs,
+            args.gpus_per_job,
+            args.cpus_per_job,
+            if args.preload { "preloaded before the leader started" } else { "applied while the leader runs" }
+        ),
+        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency}),
+    );
+    limit.add_to(&mut r);
+    r.add(
+        "apply_per_s",
+        format!(
+            "{apply_rate:.0} jobs/s created ({} in flight), {:.3} of etcd's txn rate",
+            args.concurrency,
+            limit.fraction(apply_rate)
+        ),
+        json!(round(apply_rate)),
+    );
+    r.add(
+        "bound_per_s",
+        format!("{bound_rate:.0} jobs/s bound (placement + binding committed), {:.3} of etcd's txn rate", limit.fraction(bound_rate)),
+        json!(round(bound_rate)),
+    );
+    r.add(
+        "running_per_s",
+        format!(
+            "{running_rate:.0} jobs/s reported Running, {:.3} of etcd's txn rate",
+            limit.fraction(running_rate)
+        ),
+        json!(round(running_rate)),
+    );
+    let what = if args.preload {
+        "leader start"
+    } else {
+        "apply"
+    };
+    let b = Spread::of(to_bound);
+    let run = Spread::of(to_running);
+    r.add(
+        &format!("{}_to_bound", if args.preload { "start" } else { "apply" }),
+        format!("{what} -> bound: {}", b.show()),
+        b.json(),
+    );
+    r.add(
+        &format!(
+            "{}_to_running",
+            if args.preload { "start" } else { "apply" }
+        ),
+        format!("{what} -> Running: {}", run.show()),
+        run.json(),
+    );
+    r.field("bound_fraction_of_etcd", json!(limit.fraction(bound_rate)));
+    r.field(
+        "running_fraction_of_etcd",
+        json!(limit.fraction(running_rate)),
+    );
+    let db = env::etcd_db_mib(&store).await.unwrap_or(0.0);
+    let etcd_rss = env::rss_mib(etcd.proc.pid()).unwrap_or(0.0);
+    let sim_rss = env::rss_mib(std::process::id()).unwrap_or(0.0);
+    r.add(
+        "leader",
+        format!("RSS {leader_rss:.0} MiB (peak), CPU {leader_cpu:.0} % of one core over the run"),
+        json!({"rss_mib": round(leader_rss), "cpu_percent": round(leader_cpu)}),
+    );
+    r.add(
+        "etcd",
+        format!("db {db:.1} MiB of the 2048 MiB quota, RSS {etcd_rss:.0} MiB"),
+        json!({"db_mib": round(db), "rss_mib": round(etcd_rss)}),
+    );
+    r.add(
+        "hollow_process",
+        format!(
+            "RSS {sim_rss:.0} MiB for {} hollow nodes (with this bench's watch)",
+            args.nodes
+        ),
+        json!({"rss_mib": round(sim_rss)}),
+    );
+    drop(leader);
+    cluster.crash().await;
+    Ok(r)
+}
+
+/// Starts the leader agent and waits until it leads.
+pub async fn start_leader(
+    store: &Store,
+    dir: &TempDir,
+    common: &Common,
+) -> Result<env::Proc, BenchError> {
+    let p = env::spawn_agent(store, "leader-0", dir.path(), true, common.lease_ttl).await?;
+    env::wait_for_leader(store, None, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| BenchError::Timeout("no leader within 30 s".into()))?;
+    Ok(p)
+}

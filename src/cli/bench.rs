@@ -1,0 +1,152 @@
+//! `rift bench SCENARIO`: see [`crate::bench`].
+
+use std::time::Duration;
+
+use crate::bench::{self, schedule::ScheduleArgs, Common};
+
+use super::CliError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Jobs applied onto hollow nodes: jobs/s bound and Running, apply -> Running latency.
+    Schedule,
+    /// Leader SIGKILL / SIGTERM with hollow nodes present: takeover p50/p99.
+    Failover,
+    /// Hollow nodes crash: NotReady observed p50/p99.
+    Detect,
+    /// Idle real agents (leader and plain): CPU and RSS.
+    Idle,
+    /// etcd's own transaction rate on this machine.
+    EtcdLimit,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Hollow nodes; comma-separated for several runs (schedule). [default: schedule 1000,
+    /// failover 1000, detect 5000]
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<usize>,
+    /// Jobs to apply (schedule); comma-separated for several runs.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub jobs: Vec<usize>,
+    /// GPUs each job asks for (schedule; hollow nodes have 8). The scheduler bin-packs, so
+    /// this decides how many jobs share a node.
+    #[arg(long, default_value_t = 1)]
+    pub gpus_per_job: u32,
+    /// CPUs each job asks for (schedule; hollow nodes have 64).
+    #[arg(long, default_value_t = 1.0)]
+    pub cpus_per_job: f64,
+    /// Requests in flight while applying jobs and measuring etcd.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Create the jobs before the leader starts (schedule: the scheduler's own throughput).
+    #[arg(long)]
+    pub preload: bool,
+    /// Trials per signal (failover).
+    #[arg(long, default_value_t = 10)]
+    pub trials: usize,
+    /// Hollow nodes to crash (detect).
+    #[arg(long, default_value_t = 100)]
+    pub kill: usize,
+    /// How long to measure (idle).
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Leader and node lease TTL in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub lease_ttl: u64,
+    /// How long each etcd-limit measurement runs, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub limit_seconds: u64,
+    /// The most any wait may take, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let common = Common {
+        lease_ttl: args.lease_ttl.max(1),
+        concurrency: args.concurrency.max(1),
+        limit_for: Duration::from_secs(args.limit_seconds.max(1)),
+        timeout: Duration::from_secs(args.timeout.max(1)),
+    };
+    let nodes = |default: usize| {
+        if args.nodes.is_empty() {
+            vec![default]
+        } else {
+            args.nodes.clone()
+        }
+    };
+    // On SIGINT / SIGTERM the scenario is dropped, so what it started (etcd, agents, hollow
+    // nodes, temporary directories) is stopped and removed on the way out.
+    let mut interrupted = crate::agent::shutdown_on_signals();
+    tokio::select! {
+        r = scenario(&args, &common, nodes) => r,
+        _ = crate::agent::stopped(&mut interrupted) => {
+            Err(CliError::Usage("rift bench: interrupted; what it started was stopped".into()))
+        }
+    }
+}
+
+async fn scenario(
+    args: &BenchArgs,
+    common: &Common,
+    nodes: impl Fn(usize) -> Vec<usize>,
+) -> Result<(), CliError> {
+    let common = common.clone();
+    let fail = |e: bench::BenchError| CliError::Usage(format!("rift bench: {e}"));
+    match args.scenario {
+        Scenario::Schedule => {
+            for &n in &nodes(1000) {
+                for &jobs in &args.jobs {
+                    let a = ScheduleArgs {
+                        nodes: n,
+                        jobs,
+                        gpus_per_job: args.gpus_per_job,
+                        cpus_per_job: args.cpus_per_job,
+                        concurrency: common.concurrency,
+                        preload: args.preload,
+                    };
+                    if args.gpus_per_job as usize * jobs > 8 * n
+                        || args.cpus_per_job * jobs as f64 > 64.0 * n as f64
+                    {
+                        return Err(CliError::Usage(format!(
+                            "{jobs} jobs of {} GPU(s) and {} CPU(s) do not fit on {n} hollow nodes of 8 GPUs and 64 CPUs; use more --nodes or smaller --gpus-per-job / --cpus-per-job",
+                            args.gpus_per_job, args.cpus_per_job
+                        )));
+                    }
+                    bench::schedule::run(&a, &common)
+                        .await
+                        .map_err(fail)?
+                        .print();
+                }
+            }
+        }
+        Scenario::Failover => {
+            for &n in &nodes(1000) {
+                bench::failover::run(n, args.trials.max(1), &common)
+                    .await
+                    .map_err(fail)?
+                    .print();
+            }
+        }
+        Scenario::Detect => {
+            for &n in &nodes(5000) {
+                bench::detect::run(n, args.kill, &common)
+                    .await
+                    .map_err(fail)?
+                    .print();
+            }
+        }
+        Scenario::Idle => bench::idle::run(args.seconds, &common)
+            .await
+            .map_err(fail)?
+            .print(),
+        Scenario::EtcdLimit => bench::etcd_limit::run(common.concurrency, common.limit_for)
+            .await
+            .map_err(fail)?
+            .print(),
+    }
+    Ok(())
+}

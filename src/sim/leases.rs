@@ -1,0 +1,191 @@
+//! One lease keep-alive stream for every hollow node of a process.
+//!
+//! A real agent keeps its node lease alive over its own `LeaseKeepAlive` gRPC stream. Five
+//! thousand hollow nodes doing the same would open five thousand streams on one connection
+//! (each a server-side goroutine pair and a client-side channel and task). etcd's stream takes
+//! requests for any lease, so [`SharedLeases`] sends every hollow node's renewals over one
+//! stream, each lease renewed every TTL/3 as the real agent does, and tells a node when its
+//! lease is lost (etcd answered TTL 0, or no renewal succeeded for a whole TTL) so it can
+//! register again.
+//!
+//! The stream is opened with an anchor lease of its own (etcd's client API opens a keep-alive
+//! stream for a lease that exists); when the stream fails it is opened again on the next tick.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::store::Store;
+
+/// How often due renewals are sent.
+const TICK: Duration = Duration::from_millis(100);
+/// TTL of the stream's own anchor lease.
+const ANCHOR_TTL: Duration = Duration::from_secs(30);
+
+enum Cmd {
+    Keep {
+        id: i64,
+        ttl: Duration,
+        lost: oneshot::Sender<()>,
+    },
+    Forget {
+        id: i64,
+    },
+}
+
+/// A handle on the shared keep-alive task; cheap to clone. The task ends when every handle
+/// is dropped.
+#[derive(Clone)]
+pub struct SharedLeases {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl SharedLeases {
+    /// Starts the shared keep-alive task on `store`.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx));
+        Self { tx }
+    }
+
+    /// Keeps lease `id` (granted with `ttl`) alive; the receiver resolves when it is lost.
+    pub fn keep(&self, id: i64, ttl: Duration) -> oneshot::Receiver<()> {
+        let (lost, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Keep { id, ttl, lost });
+        rx
+    }
+
+    /// Stops renewing lease `id` (it expires in etcd after its TTL, as for a crashed agent).
+    pub fn forget(&self, id: i64) {
+        let _ = self.tx.send(Cmd::Forget { id });
+    }
+}
+
+struct Entry {
+    ttl: Duration,
+    /// When the last renewal etcd confirmed was sent (or the lease was handed over).
+    renewed: Instant,
+    /// When the request now in flight was sent.
+    sent: Option<Instant>,
+    next: Instant,
+    lost: Option<oneshot::Sender<()>>,
+}
+
+struct Stream {
+    keeper: LeaseKeeper,
+    anchor: i64,
+    /// (lease, ttl) answers; closed when the stream ends.
+    answers: mpsc::UnboundedReceiver<(i64, i64)>,
+}
+
+async fn open(store: &Store) -> Option<Stream> {
+    let mut c = store.client();
+    let anchor = store
+        .call(c.lease_grant(ANCHOR_TTL.as_secs() as i64, None))
+        .await
+        .ok()?
+        .id();
+    let (keeper, stream) = store.call(c.lease_keep_alive(anchor)).await.ok()?;
+    let (tx, answers) = mpsc::unbounded_channel();
+    tokio::spawn(read_answers(stream, tx));
+    Some(Stream {
+        keeper,
+        anchor,
+        answers,
+    })
+}
+
+/// Reads answers off the stream in a task of its own, so sending never waits on reading.
+async fn read_answers(mut stream: LeaseKeepAliveStream, tx: mpsc::UnboundedSender<(i64, i64)>) {
+    while let Ok(Some(resp)) = stream.message().await {
+        if tx.send((resp.id(), resp.ttl())).is_err() {
+            return;
+        }
+    }
+}
+
+fn lose(entries: &mut HashMap<i64, Entry>, id: i64) {
+    if let Some(mut e) = entries.remove(&id) {
+        if let Some(tx) = e.lost.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut entries: HashMap<i64, Entry> = HashMap::new();
+    let mut stream: Option<Stream> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::Keep { id, ttl, lost }) => {
+                    let now = Instant::now();
+                    entries.insert(id, Entry { ttl, renewed: now, sent: None, next: now + ttl / 3, lost: Some(lost) });
+                }
+                Some(Cmd::Forget { id }) => {
+                    entries.remove(&id);
+                }
+                None => break,
+            },
+            answer = async { stream.as_mut()?.answers.recv().await }, if stream.is_some() => match answer {
+                Some((id, ttl)) => {
+                    if ttl <= 0 {
+                        lose(&mut entries, id);
+                    } else if let Some(e) = entries.get_mut(&id) {
+                        if let Some(sent) = e.sent.take() {
+                            e.renewed = sent;
+                        }
+                    }
+                }
+                None => {
+                    tracing::debug!("shared lease stream ended; opening it again");
+                    if let Some(s) = stream.take() {
+                        entries.remove(&s.anchor);
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let expired: Vec<i64> = entries
+                    .iter()
+                    .filter(|(_, e)| now - e.renewed >= e.ttl)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    lose(&mut entries, id);
+                }
+                if stream.is_none() {
+                    stream = open(&store).await;
+                    if let Some(s) = &stream {
+                        entries.insert(s.anchor, Entry { ttl: ANCHOR_TTL, renewed: now, sent: None, next: now + ANCHOR_TTL / 3, lost: None });
+                    }
+                }
+                let Some(s) = stream.as_mut() else { continue };
+                let mut failed = false;
+                for (id, e) in entries.iter_mut().filter(|(_, e)| now >= e.next) {
+                    s.keeper.id = *id;
+                    if s.keeper.keep_alive().await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    e.sent = Some(now);
+                    e.next = now + (e.ttl / 3).max(TICK);
+                }
+                if failed {
+                    if let Some(s) = stream.take() {
+                        entries.remove(&s.anchor);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = stream {
+        let mut c = store.client();
+        let _ = store.call(c.lease_revoke(s.anchor)).await;
+    }
+}

@@ -1,0 +1,273 @@
+//! Hollow nodes against real etcd with a real leader: simulated jobs go Running, report
+//! progress and end as their simulated processes say; crashed hollow nodes go NotReady; and
+//! every `rift bench` scenario runs at a smoke size and prints its JSON line.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rift::api::job::RestartPolicy;
+use rift::api::{JobPhase, JobSpec, NodeSpec, Object};
+use rift::sim::{Cluster, HollowSettings, Life};
+use rift::store::Store;
+use support::agent::{eventually, TestAgent};
+use support::cli::rift_bin;
+use support::etcd::EtcdCluster;
+
+/// A `rift sim` process, killed on drop.
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hollow_job(tune: impl FnOnce(&mut JobSpec)) -> JobSpec {
+    let mut spec = JobSpec::with_command(["selfplay"]);
+    spec.node_selector.insert("hollow".into(), "true".into());
+    tune(&mut spec);
+    spec
+}
+
+async fn ready_nodes(store: &Store, prefix: &str) -> usize {
+    let Ok((nodes, _)) = store.list::<NodeSpec>(&Default::default()).await else {
+        return 0;
+    };
+    nodes
+        .iter()
+        .filter(|n| n.metadata.name.starts_with(prefix))
+        .filter(|n| n.status.as_ref().is_some_and(|s| s.is_ready()))
+        .count()
+}
+
+async fn job_status(store: &Store, name: &str) -> Option<rift::api::job::JobStatus> {
+    store.get::<JobSpec>(name).await.ok()??.status
+}
+
+#[tokio::test]
+async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
+    let etcd = EtcdCluster::single();
+    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let _leader = TestAgent::start("ctl", &etcd.endpoints_csv(), &["--controllers"]);
+    let state = tempfile::tempdir().unwrap();
+    let _sim = Sim(Command::new(rift_bin())
+        .args([
+            "sim",
+            "--nodes",
+            "20",
+            "--prefix",
+            "h",
+            "--job-duration",
+            "4s",
+        ])
+        .args([
+            "--progress-every",
+            "1s",
+            "--node-lease-ttl",
+            "2",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .env("RIFT_ENDPOINTS", etcd.endpoints_csv())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    eventually(Duration::from_secs(30), "20 hollow nodes Ready", || async {
+        (ready_nodes(&store, "h-").await == 20).then_some(())
+    })
+    .await;
+
+    for i in 0..10 {
+        store
+            .create(&Object::new(format!("ok-{i}"), hollow_job(|_| {})))
+            .await
+            .unwrap();
+    }
+    let failing = hollow_job(|s| {
+        s.env.insert("RIFT_SIM_EXIT_CODE".into(), "3".into());
+        s.env.insert("RIFT_SIM_DURATION".into(), "1s".into());
+        s.restart_policy = RestartPolicy::Never;
+    });
+    store.create(&Object::new("bad", failing)).await.unwrap();
+
+    // Running on a hollow node, then progress counted by the simulated process.
+    let running = eventually(
+        Duration::from_secs(30),
+        "ok-0 running with progress",
+        || async {
+            job_status(&store, "ok-0").await.filter(|s| {
+                s.phase == JobPhase::Running && s.progress.get("games").is_some_and(|g| *g > 0.0)
+            })
+        },
+    )
+    .await;
+    assert!(running.node.as_deref().is_some_and(|n| n.starts_with("h-")));
+
+    for i in 0..10 {
+        let s = eventually(
+            Duration::from_secs(40),
+            &format!("ok-{i} succeeded"),
+            || async {
+                job_status(&store, &format!("ok-{i}"))
+                    .await
+                    .filter(|s| s.phase == JobPhase::Succeeded)
+            },
+        )
+        .await;
+        assert_eq!(s.exit_code, Some(0));
+        assert!(
+            s.progress["games"] >= 30.0,
+            "4 s at 10 games/s: {:?}",
+            s.progress
+        );
+    }
+    let bad = eventually(Duration::from_secs(30), "bad failed", || async {
+        job_status(&store, "bad")
+            .await
+            .filter(|s| s.phase == JobPhase::Failed)
+    })
+    .await;
+    assert_eq!(bad.exit_code, Some(3));
+    assert_eq!(bad.attempts, 1, "restartPolicy Never: one attempt");
+}
+
+#[tokio::test]
+async fn a_crashed_hollow_node_goes_not_ready_and_a_stopped_one_at_once() {
+    let etcd = EtcdCluster::single();
+    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let settings = HollowSettings {
+        node_lease_ttl: Duration::from_secs(2),
+        ..HollowSettings::default()
+    };
+    let cluster = Cluster::start(
+        &etcd.endpoints(),
+        "c",
+        6,
+        settings,
+        state.path().to_path_buf(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "6 nodes ready", || async {
+        (ready_nodes(&store, "c-").await == 6).then_some(())
+    })
+    .await;
+    // Longer than a TTL: the survivors' leases are being renewed over the shared stream.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ready_nodes(&store, "c-").await, 6);
+
+    let crashed = cluster.end(2, Life::Crash).to_string();
+    let start = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the crashed node NotReady",
+        || async {
+            let n = store.get::<NodeSpec>(&crashed).await.ok()??;
+            (!n.status?.is_ready()).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "a crash is noticed by lease expiry, not at once ({:?})",
+        start.elapsed()
+    );
+    let stopped = cluster.end(4, Life::Stop).to_string();
+    eventually(
+        Duration::from_secs(2),
+        "the stopped node NotReady",
+        || async {
+            let n = store.get::<NodeSpec>(&stopped).await.ok()??;
+            (!n.status?.is_ready()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(ready_nodes(&store, "c-").await, 4, "the others stay Ready");
+    cluster.stop().await;
+    assert!(!state.path().exists(), "stop removes the hollow state");
+}
+
+/// Runs `rift bench ARGS` and returns its JSON line.
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(rift_bin())
+        .arg("bench")
+        .args(args)
+        .args(["--limit-seconds", "1", "--timeout", "120"])
+        .env_remove("RIFT_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rift bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().expect("output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+fn spread_ok(v: &serde_json::Value, count: u64) {
+    assert_eq!(v["count"], count, "{v}");
+    let (p50, p99) = (v["p50_ms"].as_f64().unwrap(), v["p99_ms"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p50 <= p99, "{v}");
+}
+
+#[test]
+fn bench_schedule_and_etcd_limit_print_their_figures() {
+    let v = bench(&["schedule", "--nodes", "10", "--jobs", "30"]);
+    assert_eq!(v["scenario"], "schedule");
+    assert_eq!(v["setup"]["nodes"], 10);
+    spread_ok(&v["apply_to_running"], 30);
+    spread_ok(&v["apply_to_bound"], 30);
+    for k in [
+        "bound_per_s",
+        "running_per_s",
+        "apply_per_s",
+        "etcd_txn_per_s",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert!(v["running_fraction_of_etcd"].as_f64().unwrap() > 0.0);
+    assert!(v["leader"]["rss_mib"].as_f64().unwrap() > 1.0);
+    assert!(v["etcd"]["db_mib"].as_f64().unwrap() > 0.0);
+
+    let v = bench(&["etcd-limit"]);
+    assert_eq!(v["scenario"], "etcd-limit");
+    assert!(v["etcd_txn_per_s"].as_f64().unwrap() > 10.0, "{v}");
+    assert!(v["etcd_batched_keys_per_s"].as_f64().unwrap() > 10.0, "{v}");
+}
+
+#[test]
+fn bench_failover_detect_and_idle_print_their_figures() {
+    let v = bench(&[
+        "failover",
+        "--nodes",
+        "10",
+        "--trials",
+        "1",
+        "--lease-ttl",
+        "2",
+    ]);
+    for k in [
+        "sigkill_takeover",
+        "sigkill_first_binding",
+        "sigterm_takeover",
+        "sigterm_first_binding",
+    ] {
+        spread_ok(&v[k], 1);
+    }
+    let v = bench(&["detect", "--nodes", "10", "--kill", "3", "--lease-ttl", "2"]);
+    spread_ok(&v["not_ready"], 3);
+    assert!(v["not_ready"]["p99_ms"].as_f64().unwrap() < 10_000.0, "{v}");
+    let v = bench(&["idle", "--seconds", "2"]);
+    for k in ["leader", "agent"] {
+        assert!(v[k]["rss_mib"].as_f64().unwrap() > 1.0, "{v}");
+        assert!(v[k]["cpu_percent"].as_f64().unwrap() >= 0.0, "{v}");
+    }
+}
