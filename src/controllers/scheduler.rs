@@ -24,7 +24,8 @@ use crate::api::placement::{Binding, Placement};
 use crate::api::selector::LabelSelector;
 use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
 use crate::store::events::EventRecorder;
-use crate::store::watcher::{WatchConfig, Watcher};
+use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use futures::FutureExt;
 use crate::store::{keys, Store, StoreError};
 
 /// The longest time between passes when nothing changes.
@@ -326,13 +327,98 @@ impl Scheduler {
                 Err(StoreError::Fenced) => return Err(StoreError::Fenced),
                 Err(e) => tracing::warn!(%e, "scheduler pass failed; retrying"),
             }
-            // Wait for a change (or the tick), then let a burst of changes settle.
-            tokio::select! {
-                _ = watcher.next() => {}
-                _ = tokio::time::sleep(TICK) => {}
-                _ = &mut stop => return Ok(()),
+            // Wait for a change that can alter a decision (or the tick), let a burst settle,
+            // then take everything already queued: one pass answers them all.
+            let tick = tokio::time::sleep(TICK);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    ev = watcher.next() => if triggers_pass(&ev) { break },
+                    _ = &mut tick => break,
+                    _ = &mut stop => return Ok(()),
+                }
             }
             tokio::time::sleep(COALESCE).await;
+            for _ in 0..MAX_DRAIN {
+                // `next` is cancel-safe: a poll that would wait is dropped without loss.
+                if watcher.next().now_or_never().is_none() {
+                    break;
+                }
+            }
         }
+    }
+}
+
+/// Most queued watch events taken at once before a pass.
+const MAX_DRAIN: usize = 100_000;
+
+/// True for a change that can alter a scheduling decision. Not: events, the leader's own
+/// heartbeat and record, statuses controllers write (the scheduler's own Pool and
+/// TrainingTarget statuses among them), agents' events, etcd-member and tunnel reports, and
+/// node status reports (capacity and load are read again at the next tick, within a second).
+/// Without this filter, every write by anyone started another full pass.
+pub fn triggers_pass(ev: &Result<WatchEvent, StoreError>) -> bool {
+    let key = match ev {
+        Ok(WatchEvent::Put(kv)) => kv.key.as_str(),
+        Ok(WatchEvent::Delete { key, .. }) => key.as_str(),
+        _ => return true,
+    };
+    let Some(rest) = key.strip_prefix(keys::ROOT) else {
+        return false;
+    };
+    if ["events/", "status/", "controllers/", "leader"]
+        .iter()
+        .any(|p| rest.starts_with(p))
+    {
+        return false;
+    }
+    match rest.strip_prefix("agents/").and_then(|r| r.split_once('/')) {
+        Some((_, what)) => what == "alive" || what.starts_with("jobs/"),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn put(key: &str) -> Result<WatchEvent, StoreError> {
+        Ok(WatchEvent::Put(KeyValue {
+            key: key.into(),
+            value: vec![],
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        }))
+    }
+
+    #[test]
+    fn only_changes_that_can_alter_a_decision_start_a_pass() {
+        for key in [
+            "/rift/v1/jobs/j",
+            "/rift/v1/pools/p",
+            "/rift/v1/nodes/n",
+            "/rift/v1/placements/j",
+            "/rift/v1/bindings/n/j",
+            "/rift/v1/agents/n/alive",
+            "/rift/v1/agents/n/jobs/j",
+        ] {
+            assert!(triggers_pass(&put(key)), "{key}");
+        }
+        for key in [
+            "/rift/v1/events/e",
+            "/rift/v1/status/pools/p",
+            "/rift/v1/controllers/heartbeat",
+            "/rift/v1/leader",
+            "/rift/v1/agents/n/status",
+            "/rift/v1/agents/n/events/e",
+            "/rift/v1/agents/n/etcd",
+            "/rift/v1/agents/n/tunnels/t",
+            "/elsewhere/x",
+        ] {
+            assert!(!triggers_pass(&put(key)), "{key}");
+        }
+        assert!(triggers_pass(&Err(StoreError::Fenced)), "errors end the wait");
     }
 }
