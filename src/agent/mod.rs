@@ -266,7 +266,7 @@ async fn peers_and_voters(store: &Store) -> Result<(Vec<String>, Vec<String>), S
     Ok((alive, voters))
 }
 
-/// A shutdown channel that turns true on SIGTERM or SIGINT.
+/// A shutdown channel that turns true on SIGTERM or SIGINT; a second signal exits at once.
 pub fn shutdown_on_signals() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -277,6 +277,14 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
         let _ = tx.send(true);
+        // A second signal while shutting down means "now": exit without waiting (jobs keep
+        // running under their shims either way).
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("second signal: exiting without a clean shutdown");
+        std::process::exit(130);
     });
     rx
 }
