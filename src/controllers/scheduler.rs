@@ -25,8 +25,8 @@ use crate::api::selector::LabelSelector;
 use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use futures::FutureExt;
 use crate::store::{keys, Store, StoreError};
+use futures::FutureExt;
 
 /// The longest time between passes when nothing changes.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -419,6 +419,9 @@ mod tests {
         ] {
             assert!(!triggers_pass(&put(key)), "{key}");
         }
-        assert!(triggers_pass(&Err(StoreError::Fenced)), "errors end the wait");
+        assert!(
+            triggers_pass(&Err(StoreError::Fenced)),
+            "errors end the wait"
+        );
     }
 }
