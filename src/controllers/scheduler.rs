@@ -5,7 +5,10 @@
 //! with pure functions ([`super::pools::plan`], [`super::housekeeping::decide`],
 //! [`super::placement::schedule`]) and writes placement + binding pairs in batched,
 //! compare-and-swap, leader-fenced transactions ([`super::writes::apply`]). Passes run after
-//! any change in the store (coalesced) and at least every [`TICK`].
+//! any change that can alter a decision ([`triggers_pass`], coalesced) and at least every
+//! [`TICK`]. While it runs, the scheduler reads its snapshots from a watch-fed [`Mirror`],
+//! first brought up to etcd's current revision ([`catch_up`]), instead of re-reading the whole
+//! cluster from etcd every pass; when the mirror cannot be shown current it reads from etcd.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -24,8 +27,9 @@ use crate::api::placement::{Binding, Placement};
 use crate::api::selector::LabelSelector;
 use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
 use crate::store::events::EventRecorder;
+use crate::store::mirror::Mirror;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, Store, StoreError};
+use crate::store::{keys, KeyValue, Store, StoreError};
 use futures::FutureExt;
 
 /// The longest time between passes when nothing changes.
@@ -53,33 +57,54 @@ pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
     let (jobs, _) = store.list::<JobSpec>(&all).await?;
     let (pools, _) = store.list::<PoolSpec>(&all).await?;
     let (targets, _) = store.list::<crate::api::TrainingTargetSpec>(&all).await?;
-    let (kvs, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
-    let placements = kvs
-        .iter()
-        .filter_map(|kv| {
-            let job = kv.key.strip_prefix(keys::PLACEMENTS_PREFIX)?;
-            let p: Placement = serde_json::from_slice(&kv.value).ok()?;
-            Some((job.to_string(), (p, kv.mod_revision)))
-        })
-        .collect();
-    let prefix = format!("{}bindings/", keys::ROOT);
-    let (kvs, _) = store.list_raw(&prefix, Some(rev)).await?;
-    let bindings = kvs
-        .iter()
-        .filter_map(|kv| {
-            let (node, job) = kv.key.strip_prefix(&prefix)?.split_once('/')?;
-            let b: Binding = serde_json::from_slice(&kv.value).ok()?;
-            Some((node.to_string(), job.to_string(), b))
-        })
-        .collect();
+    let (placements, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
+    let (bindings, _) = store.list_raw(&bindings_root(), Some(rev)).await?;
     Ok(Snapshot {
         nodes,
         jobs,
         pools,
         targets,
-        placements,
-        bindings,
+        placements: decode_placements(&placements),
+        bindings: decode_bindings(&bindings),
     })
+}
+
+/// The same snapshot from a watch-fed [`Mirror`] (one revision for everything, no reads).
+pub fn load_mirror(mirror: &Mirror) -> Snapshot {
+    let all = LabelSelector::everything();
+    Snapshot {
+        nodes: mirror.list::<NodeSpec>(&all),
+        jobs: mirror.list::<JobSpec>(&all),
+        pools: mirror.list::<PoolSpec>(&all),
+        targets: mirror.list::<crate::api::TrainingTargetSpec>(&all),
+        placements: decode_placements(&mirror.prefix(keys::PLACEMENTS_PREFIX)),
+        bindings: decode_bindings(&mirror.prefix(&bindings_root())),
+    }
+}
+
+fn bindings_root() -> String {
+    format!("{}bindings/", keys::ROOT)
+}
+
+fn decode_placements(kvs: &[KeyValue]) -> HashMap<String, (Placement, i64)> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let job = kv.key.strip_prefix(keys::PLACEMENTS_PREFIX)?;
+            let p: Placement = serde_json::from_slice(&kv.value).ok()?;
+            Some((job.to_string(), (p, kv.mod_revision)))
+        })
+        .collect()
+}
+
+fn decode_bindings(kvs: &[KeyValue]) -> Vec<(String, String, Binding)> {
+    let prefix = bindings_root();
+    kvs.iter()
+        .filter_map(|kv| {
+            let (node, job) = kv.key.strip_prefix(&prefix)?.split_once('/')?;
+            let b: Binding = serde_json::from_slice(&kv.value).ok()?;
+            Some((node.to_string(), job.to_string(), b))
+        })
+        .collect()
 }
 
 /// What one pass did, for logs and tests.
@@ -140,10 +165,15 @@ impl Scheduler {
             .collect()
     }
 
-    /// One pass: pools, housekeeping, placement.
+    /// One pass over a snapshot read from etcd: pools, housekeeping, placement.
     pub async fn pass(&mut self) -> Result<PassStats, StoreError> {
-        let mut stats = PassStats::default();
         let snap = load(&self.store).await?;
+        self.pass_on(snap).await
+    }
+
+    /// One pass over `snap`: pools, housekeeping, placement.
+    pub async fn pass_on(&mut self, snap: Snapshot) -> Result<PassStats, StoreError> {
+        let mut stats = PassStats::default();
         pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
         let happenings = TrainingController::new(self.store.clone())
             .pass(&snap.targets, &snap.jobs, Utc::now())
@@ -318,8 +348,18 @@ impl Scheduler {
     ) -> Result<(), StoreError> {
         tokio::pin!(stop);
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
+        let mut mirror = Mirror::new();
         loop {
-            match self.pass().await {
+            let snap = match catch_up(&self.store, &mut watcher, &mut mirror).await {
+                Ok(true) => Ok(load_mirror(&mirror)),
+                // The mirror could not be shown current: read from etcd this time.
+                Ok(false) | Err(_) => load(&self.store).await,
+            };
+            let result = match snap {
+                Ok(snap) => self.pass_on(snap).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(stats) if stats != PassStats::default() => {
                     tracing::info!(?stats, "scheduler pass")
                 }
@@ -333,7 +373,14 @@ impl Scheduler {
             tokio::pin!(tick);
             loop {
                 tokio::select! {
-                    ev = watcher.next() => if triggers_pass(&ev) { break },
+                    ev = watcher.next() => {
+                        if let Ok(ev) = &ev {
+                            mirror.apply(ev);
+                        }
+                        if triggers_pass(&ev) {
+                            break;
+                        }
+                    }
                     _ = &mut tick => break,
                     _ = &mut stop => return Ok(()),
                 }
@@ -341,12 +388,42 @@ impl Scheduler {
             tokio::time::sleep(COALESCE).await;
             for _ in 0..MAX_DRAIN {
                 // `next` is cancel-safe: a poll that would wait is dropped without loss.
-                if watcher.next().now_or_never().is_none() {
-                    break;
+                match watcher.next().now_or_never() {
+                    Some(Ok(ev)) => mirror.apply(&ev),
+                    Some(Err(_)) => {}
+                    None => break,
                 }
             }
         }
     }
+}
+
+/// How long a pass waits for the mirror to reach etcd's current revision before it reads
+/// from etcd instead.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Brings `mirror` up to etcd's current revision (everything written before this call),
+/// applying watch events; false when that did not happen within [`CATCH_UP`] (e.g. the last
+/// write was outside rift's prefix, so no event under it carries that revision).
+async fn catch_up(
+    store: &Store,
+    watcher: &mut Watcher,
+    mirror: &mut Mirror,
+) -> Result<bool, StoreError> {
+    let target = store.revision().await?;
+    let deadline = tokio::time::sleep(CATCH_UP);
+    tokio::pin!(deadline);
+    while !mirror.synced() || watcher.revision() < target {
+        tokio::select! {
+            ev = watcher.next() => {
+                if let Ok(ev) = &ev {
+                    mirror.apply(ev);
+                }
+            }
+            _ = &mut deadline => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Most queued watch events taken at once before a pass.

@@ -11,6 +11,7 @@ pub mod events;
 pub mod keys;
 pub mod leader;
 pub mod members;
+pub mod mirror;
 pub mod objects;
 pub mod watcher;
 

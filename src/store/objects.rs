@@ -154,7 +154,7 @@ fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
+pub(crate) fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
     serde_json::from_value(value).map_err(|e| StoreError::Decode {
         key: key.to_string(),
         reason: e.to_string(),
@@ -293,62 +293,31 @@ impl Store {
     ) -> Result<(Vec<(String, Value)>, i64)> {
         let prefix = keys::objects_prefix(kind.plural);
         let (kvs, rev) = self.list_raw(&prefix, None).await?;
-        let source = status_from(kind);
-        let stored = match source {
-            StatusFrom::Stored => {
-                self.list_raw(&keys::status_prefix(kind.plural), Some(rev))
-                    .await?
-                    .0
-            }
-            _ => vec![],
+        let needs = ListNeeds::of(kind);
+        let stored = if needs.stored {
+            self.list_raw(&keys::status_prefix(kind.plural), Some(rev))
+                .await?
+                .0
+        } else {
+            vec![]
         };
-        let placements = match source {
-            StatusFrom::Job => self.list_raw(keys::PLACEMENTS_PREFIX, Some(rev)).await?.0,
-            _ => vec![],
+        let placements = if needs.placements {
+            self.list_raw(keys::PLACEMENTS_PREFIX, Some(rev)).await?.0
+        } else {
+            vec![]
         };
-        let agents = if source != StatusFrom::Stored || has_agent_events(kind) {
+        let agents = if needs.agents {
             self.list_raw(keys::AGENTS_PREFIX, Some(rev)).await?.0
         } else {
             vec![]
         };
-        let status_prefix = keys::status_prefix(kind.plural);
-        let stored_by_name: HashMap<&str, &KeyValue> = stored
-            .iter()
-            .filter_map(|kv| Some((direct_child(&status_prefix, &kv.key)?, kv)))
-            .collect();
-        let sources = match source {
-            StatusFrom::Stored => StatusSources::default(),
-            _ => StatusSources::from_kvs(placements.iter().chain(&agents)),
+        let sources = ListSources {
+            objects: &kvs,
+            stored: &stored,
+            placements: &placements,
+            agents: &agents,
         };
-
-        let mut candidates: Vec<(&str, &KeyValue)> = kvs
-            .iter()
-            .filter_map(|kv| Some((direct_child(&prefix, &kv.key)?, kv)))
-            .collect();
-        if has_agent_events(kind) {
-            candidates.extend(agent_events(&agents).map(|kv| (keys::name_of(&kv.key), kv)));
-            candidates.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
-        }
-        let mut out = Vec::with_capacity(candidates.len());
-        for (name, kv) in candidates {
-            let status = match source {
-                StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
-                StatusFrom::Job => Some(status_value(&sources.job_status(name))),
-                StatusFrom::Node => Some(status_value(&sources.node_status(name))),
-                StatusFrom::Tunnel => tunnel_status(&sources, kv, name),
-            };
-            let obj = match compose(kv, status) {
-                Ok(obj) => obj,
-                Err(e) => {
-                    tracing::warn!(%e, "skipping undecodable object");
-                    continue;
-                }
-            };
-            if selector.matches(&labels_of(&obj)) {
-                out.push((kv.key.clone(), obj));
-            }
-        }
-        Ok((out, rev))
+        Ok((join_objects(kind, selector, &sources), rev))
     }
 
     /// Writes the spec/metadata of an object under `precondition`; returns the new revision.
@@ -525,4 +494,83 @@ impl Store {
         let value = serde_json::to_value(status).expect("resource types serialize");
         self.put_status_value(kind, name, &value, None).await
     }
+}
+
+/// Which prefixes besides the objects' own a list of `kind` needs.
+pub struct ListNeeds {
+    pub stored: bool,
+    pub placements: bool,
+    pub agents: bool,
+}
+
+impl ListNeeds {
+    pub fn of(kind: &KindInfo) -> Self {
+        let source = status_from(kind);
+        ListNeeds {
+            stored: source == StatusFrom::Stored,
+            placements: source == StatusFrom::Job,
+            agents: source != StatusFrom::Stored || has_agent_events(kind),
+        }
+    }
+}
+
+/// The keys a list of one kind is joined from, all read at one revision: the objects, and as
+/// [`ListNeeds`] says, stored statuses, placements and agent keys.
+pub struct ListSources<'a> {
+    pub objects: &'a [KeyValue],
+    pub stored: &'a [KeyValue],
+    pub placements: &'a [KeyValue],
+    pub agents: &'a [KeyValue],
+}
+
+/// Joins the objects of `kind` with their status, in name order, keeping those `selector`
+/// matches. Pure: the same join whether the keys came from etcd or from a watch-fed
+/// [`super::mirror::Mirror`]. Values that do not decode are skipped with a warning, and keys
+/// below a further `/` are no objects.
+pub fn join_objects(
+    kind: &KindInfo,
+    selector: &LabelSelector,
+    src: &ListSources<'_>,
+) -> Vec<(String, Value)> {
+    let prefix = keys::objects_prefix(kind.plural);
+    let source = status_from(kind);
+    let (kvs, stored, placements, agents) = (src.objects, src.stored, src.placements, src.agents);
+    let status_prefix = keys::status_prefix(kind.plural);
+    let stored_by_name: HashMap<&str, &KeyValue> = stored
+        .iter()
+        .filter_map(|kv| Some((direct_child(&status_prefix, &kv.key)?, kv)))
+        .collect();
+    let sources = match source {
+        StatusFrom::Stored => StatusSources::default(),
+        _ => StatusSources::from_kvs(placements.iter().chain(agents)),
+    };
+
+    let mut candidates: Vec<(&str, &KeyValue)> = kvs
+        .iter()
+        .filter_map(|kv| Some((direct_child(&prefix, &kv.key)?, kv)))
+        .collect();
+    if has_agent_events(kind) {
+        candidates.extend(agent_events(agents).map(|kv| (keys::name_of(&kv.key), kv)));
+        candidates.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+    }
+    let mut out = Vec::with_capacity(candidates.len());
+    for (name, kv) in candidates {
+        let status = match source {
+            StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
+            StatusFrom::Job => Some(status_value(&sources.job_status(name))),
+            StatusFrom::Node => Some(status_value(&sources.node_status(name))),
+            StatusFrom::Tunnel => tunnel_status(&sources, kv, name),
+        };
+        let obj = match compose(kv, status) {
+            Ok(obj) => obj,
+            Err(e) => {
+                tracing::warn!(%e, "skipping undecodable object");
+                continue;
+            }
+        };
+        if selector.matches(&labels_of(&obj)) {
+            out.push((kv.key.clone(), obj));
+        }
+    }
+    out
 }
