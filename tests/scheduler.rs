@@ -160,11 +160,18 @@ async fn a_job_that_fits_nowhere_says_why() {
     let _w1 = c.worker("w1", &["H100x2"]);
     let _w2 = c.worker("w2", &[]);
     create_job(&c.store, "huge", "true", |s| s.resources.gpus = 8).await;
-    let job = eventually(Duration::from_secs(30), "a why-not", || async {
-        c.job("huge")
-            .await
-            .filter(|j| j.status.as_ref().is_some_and(|s| !s.message.is_empty()))
-    })
+    // The why-not is rewritten as nodes register and report: wait for the one over all three.
+    let job = eventually(
+        Duration::from_secs(30),
+        "a why-not over 3 nodes",
+        || async {
+            c.job("huge").await.filter(|j| {
+                j.status.as_ref().is_some_and(|s| {
+                    s.message.starts_with("0/3 nodes:") && s.message.contains("GPUs")
+                })
+            })
+        },
+    )
     .await;
     let s = job.status.unwrap();
     assert_eq!(s.phase, JobPhase::Pending);
