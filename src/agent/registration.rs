@@ -60,7 +60,7 @@ pub async fn keep_alive(
     let mut beats = 0u64;
     let mut was_down = false;
     loop {
-        let lease = match register(&store, &node, ttl).await {
+        let lease = match register(&store, &node, ttl, false).await {
             Ok(l) => l,
             Err(e) => {
                 if !was_down {
@@ -131,15 +131,23 @@ pub async fn keep_alive(
     }
 }
 
-/// Grants a lease and puts the alive key under it.
-async fn register(store: &Store, node: &str, ttl: Duration) -> Result<i64, StoreError> {
+/// Grants a lease and puts the alive key under it; `hollow` marks a simulated node's key.
+pub async fn register(
+    store: &Store,
+    node: &str,
+    ttl: Duration,
+    hollow: bool,
+) -> Result<i64, StoreError> {
     let mut c = store.client();
     let lease = store
         .call(c.lease_grant(ttl.as_secs().max(1) as i64, None))
         .await?
         .id();
-    let body =
-        serde_json::json!({"since": Utc::now(), "version": env!("CARGO_PKG_VERSION")}).to_string();
+    let mut body = serde_json::json!({"since": Utc::now(), "version": env!("CARGO_PKG_VERSION")});
+    if hollow {
+        body["hollow"] = true.into();
+    }
+    let body = body.to_string();
     store
         .txn(
             vec![],

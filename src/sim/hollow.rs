@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{PutOptions, TxnOp};
+use etcd_client::TxnOp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -22,11 +22,11 @@ use crate::agent::jobs::layout::{read_json, ExitRecord, StateDir};
 use crate::agent::jobs::runner::Runner;
 use crate::agent::jobs::simulated::{SimBehaviour, SimProcesses};
 use crate::agent::metrics::Metrics;
-use crate::agent::registration::ensure_node;
+use crate::agent::registration::{self, ensure_node};
 use crate::agent::resources::should_write;
 use crate::api::node::{Capacity, Gpu, NodeStatus};
 use crate::api::NodeSpec;
-use crate::store::{keys, Store, StoreError};
+use crate::store::{keys, Store};
 
 /// The label every hollow Node carries (`hollow: "true"`).
 pub const HOLLOW_LABEL: &str = "hollow";
@@ -127,7 +127,7 @@ impl HollowNode {
     async fn keep_alive(&self, mut life: watch::Receiver<Life>) {
         let ttl = self.settings.node_lease_ttl;
         loop {
-            let lease = match register(&self.store, &self.name, ttl).await {
+            let lease = match registration::register(&self.store, &self.name, ttl, true).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::debug!(node = %self.name, %e, "cannot register yet");
@@ -154,29 +154,6 @@ impl HollowNode {
             }
         }
     }
-}
-
-/// Grants a lease and puts the alive key under it (as the real agent's registration does).
-async fn register(store: &Store, node: &str, ttl: Duration) -> Result<i64, StoreError> {
-    let mut c = store.client();
-    let lease = store
-        .call(c.lease_grant(ttl.as_secs().max(1) as i64, None))
-        .await?
-        .id();
-    let body = serde_json::json!({"since": Utc::now(), "version": env!("CARGO_PKG_VERSION"), "hollow": true})
-        .to_string();
-    store
-        .txn(
-            vec![],
-            vec![TxnOp::put(
-                keys::agent_alive(node),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            )],
-            vec![],
-        )
-        .await?;
-    Ok(lease)
 }
 
 /// The declared capacity of a hollow node.
