@@ -277,11 +277,16 @@ async fn status_keeps_the_old_orchestrators_fields() {
         .await
         .unwrap();
     let addr = format!("127.0.0.1:{}", agents.ports[0]);
-    let v = support::agent::eventually(Duration::from_secs(10), "peers and voters", || async {
-        http::get_json(&addr, "/status", Duration::from_secs(1))
-            .filter(|v| v["alive_peers"] == 1 && v["voters_alive"] == 1)
-    })
-    .await;
+    // Each agent refreshes what it knows of the leader and its peers once a second.
+    let v =
+        support::agent::eventually(Duration::from_secs(10), "peers, voters, leader", || async {
+            http::get_json(&addr, "/status", Duration::from_secs(1)).filter(|v| {
+                v["alive_peers"] == 1
+                    && v["voters_alive"] == 1
+                    && v["leader_id"] == leader_node.as_str()
+            })
+        })
+        .await;
     assert_eq!(v["node_id"], "agent-0");
     assert_eq!(v["leader_id"], leader_node.as_str());
     assert!(v["role"] == "leader" || v["role"] == "follower");

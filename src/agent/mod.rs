@@ -72,7 +72,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
     let mut endpoints = config.endpoints.clone();
-    for e in etcd_member::saved_endpoints(&config.state_dir) {
+    for e in etcd_member::saved_endpoints(&config.state_dir, &config.endpoints) {
         if !endpoints.contains(&e) {
             endpoints.push(e);
         }

@@ -350,14 +350,23 @@ impl Scheduler {
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
         let mut mirror = Mirror::new();
         loop {
-            let snap = match catch_up(&self.store, &mut watcher, &mut mirror).await {
-                Ok(true) => Ok(load_mirror(&mirror)),
-                // The mirror could not be shown current: read from etcd this time.
-                Ok(false) | Err(_) => load(&self.store).await,
+            // A stop ends the pass in flight: each write is its own compare-and-swap
+            // transaction, so the next leader simply decides again from what landed. (Waiting
+            // for the pass would delay a graceful handover by as long as the pass takes.)
+            let pass = async {
+                let snap = match catch_up(&self.store, &mut watcher, &mut mirror).await {
+                    Ok(true) => Ok(load_mirror(&mirror)),
+                    // The mirror could not be shown current: read from etcd this time.
+                    Ok(false) | Err(_) => load(&self.store).await,
+                };
+                match snap {
+                    Ok(snap) => self.pass_on(snap).await,
+                    Err(e) => Err(e),
+                }
             };
-            let result = match snap {
-                Ok(snap) => self.pass_on(snap).await,
-                Err(e) => Err(e),
+            let result = tokio::select! {
+                r = pass => r,
+                _ = &mut stop => return Ok(()),
             };
             match result {
                 Ok(stats) if stats != PassStats::default() => {

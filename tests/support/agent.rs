@@ -191,6 +191,9 @@ pub fn spawn_candidate(name: &str, endpoints: &str, port: u16, ttl: u64) -> Chil
             "127.0.0.1",
         ])
         .args(["--port", &port.to_string(), "--lease-ttl", &ttl.to_string()])
+        // Its own state directory: candidates of different tests must share nothing.
+        .arg("--state-dir")
+        .arg(std::env::temp_dir().join(format!("rift-candidate-{name}-{port}")))
         .env("RIFT_ENDPOINTS", endpoints)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

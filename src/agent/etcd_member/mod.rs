@@ -45,12 +45,28 @@ pub fn endpoints_file(state_dir: &Path) -> PathBuf {
     state_dir.join("endpoints.json")
 }
 
-/// Endpoints learned by an earlier run (voters' client URLs), if any.
-pub fn saved_endpoints(state_dir: &Path) -> Vec<String> {
-    crate::agent::jobs::layout::read_json::<Vec<String>>(&endpoints_file(state_dir))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+/// What `endpoints.json` holds: the voters' client URLs, and the configured endpoints they
+/// were learned through.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedEndpoints {
+    configured: Vec<String>,
+    learned: Vec<String>,
+}
+
+/// Endpoints learned by an earlier run (voters' client URLs), if that run was configured with
+/// the same endpoints: a state directory reused against another cluster (or a test's) must not
+/// bring the old cluster's members along.
+pub fn saved_endpoints(state_dir: &Path, configured: &[String]) -> Vec<String> {
+    let saved: SavedEndpoints =
+        match crate::agent::jobs::layout::read_json(&endpoints_file(state_dir)) {
+            Ok(Some(s)) => s,
+            _ => return Vec::new(),
+        };
+    if saved.configured == crate::store::client::normalize_endpoints(configured) {
+        saved.learned
+    } else {
+        Vec::new()
+    }
 }
 
 /// The hosts this node's etcd URLs use: its addresses, else the host of `--advertise`, else a
@@ -183,7 +199,7 @@ impl Supervisor {
             written: None,
             restart_delay: Duration::from_secs(1),
             not_before: Instant::now(),
-            learned: saved_endpoints(&config.state_dir),
+            learned: saved_endpoints(&config.state_dir, &config.endpoints),
             configured: crate::store::client::normalize_endpoints(&config.endpoints),
             cluster_id: MemberDir::new(&config.state_dir).cluster_id(),
             not_member_streak: 0,
@@ -440,7 +456,11 @@ impl Supervisor {
         );
         self.store.set_endpoints(wanted);
         let path = endpoints_file(&self.state_dir);
-        if let Err(e) = crate::agent::jobs::layout::write_json(&path, &urls) {
+        let saved = SavedEndpoints {
+            configured: self.configured.clone(),
+            learned: urls.clone(),
+        };
+        if let Err(e) = crate::agent::jobs::layout::write_json(&path, &saved) {
             tracing::warn!(%e, "cannot save the learned endpoints");
         }
         tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");
