@@ -34,13 +34,13 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub listen: String,
     /// etcd's client port.
-    #[arg(long, default_value_t = 2379)]
+    #[arg(long, default_value_t = 2379, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// etcd's peer port.
-    #[arg(long, default_value_t = 2380)]
+    #[arg(long, default_value_t = 2380, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
     /// The agent's HTTP port.
-    #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT)]
+    #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: u16,
     /// Declare GPUs (as `rift agent --gpus`), e.g. `H100x2` so a laptop runs the GPU demo.
     #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let mut agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
 
     let store = tokio::select! {
-        s = wait_for_etcd(&endpoint) => s?,
+        s = wait_for_etcd(&endpoint) => s.map_err(|e| with_log_tail(e, &member_dir))?,
         r = &mut agent_task => return Err(agent_ended(r, &member_dir)),
     };
     ensure_voter_set(&store, &args.name).await?;
@@ -166,6 +166,21 @@ async fn wait_for_etcd(endpoint: &str) -> Result<Store, CliError> {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// `e` with the last lines of etcd's log, which say why it did not come up.
+fn with_log_tail(e: CliError, dir: &agent::etcd_member::process::MemberDir) -> CliError {
+    let log = std::fs::read_to_string(dir.log()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        return e;
+    }
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    CliError::Usage(format!(
+        "{e}\nlast lines of {}:\n{}",
+        dir.log().display(),
+        tail.join("\n")
+    ))
 }
 
 fn agent_ended(
