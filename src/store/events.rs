@@ -47,7 +47,7 @@ pub const MAX_ID_LEN: usize = 100;
 /// Messages are cut to this many characters.
 pub const MAX_MESSAGE_CHARS: usize = 2000;
 /// Compare-and-swap attempts before a record gives up with a conflict.
-const CAS_ATTEMPTS: usize = 8;
+const CAS_ATTEMPTS: usize = 16;
 
 /// Where a recorder's events are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -395,8 +395,16 @@ impl Core {
                     event.metadata.resource_version = Some(outcome.revision.to_string());
                     return Ok(event);
                 }
-                // Someone recorded the same event in between: read it again.
-                Ok(_) => continue,
+                // Someone recorded the same event in between: read it again, after a short
+                // random pause so two recorders of one event do not retry in lockstep.
+                Ok(_) => {
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or_default();
+                    tokio::time::sleep(Duration::from_micros(u64::from(nanos % 5_000))).await;
+                    continue;
+                }
                 Err(e) if is_lease_gone(&e) => {
                     tracing::debug!(lease, "event lease is gone; granting a new one");
                     self.forget_lease(lease).await;
