@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use support::proc::{env_or, percentile};
 use support::voters::{
-    apply_voters, bootstrap_one, member_client, wait_converged, wait_node_offers_etcd, VoterNode,
+    apply_voters, bootstrap_one, grow_to_three, member_client, wait_converged,
+    wait_node_offers_etcd, VoterNode,
 };
 
 const CONVERGE: Duration = Duration::from_secs(300);
@@ -49,12 +50,7 @@ async fn add_and_promote(mb: u64) -> f64 {
 async fn replace(mb: u64) -> f64 {
     let a = bootstrap_one("a").await;
     fill(&a.client_url, mb).await;
-    let b = VoterNode::start("b", "127.0.0.2", Some(&a.client_url), false);
-    let c = VoterNode::start("c", "127.0.0.3", Some(&a.client_url), false);
-    wait_node_offers_etcd(&a.client_url, "b").await;
-    wait_node_offers_etcd(&a.client_url, "c").await;
-    apply_voters(&a.client_url, &["a", "b", "c"]);
-    wait_converged(&a.client_url, &["a", "b", "c"], CONVERGE).await;
+    let (b, c) = grow_to_three(&a, CONVERGE).await;
     let d = VoterNode::start("d", "127.0.0.4", Some(&a.client_url), false);
     wait_node_offers_etcd(&a.client_url, "d").await;
     let t = Instant::now();

@@ -11,8 +11,8 @@ use nix::unistd::Pid;
 use support::agent::{eventually, process_alive};
 use support::cli::{rift, rift_stdin};
 use support::voters::{
-    apply_voters, bootstrap_one, local_read, member_client, voter_set, wait_converged,
-    wait_node_offers_etcd, QuorumObserver, VoterNode, SERIAL,
+    apply_voters, bootstrap_one, grow_to_three, local_read, member_client, voter_set,
+    wait_converged, wait_node_offers_etcd, QuorumObserver, VoterNode, SERIAL,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -20,12 +20,7 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// a (bootstrapped) + b, c joined through a, grown to three voters; `before` written first.
 async fn three_voters() -> (VoterNode, VoterNode, VoterNode) {
     let a = bootstrap_one("a").await;
-    let b = VoterNode::start("b", "127.0.0.2", Some(&a.client_url), false);
-    let c = VoterNode::start("c", "127.0.0.3", Some(&a.client_url), false);
-    wait_node_offers_etcd(&a.client_url, "b").await;
-    wait_node_offers_etcd(&a.client_url, "c").await;
-    apply_voters(&a.client_url, &["a", "b", "c"]);
-    wait_converged(&a.client_url, &["a", "b", "c"], CONVERGE).await;
+    let (b, c) = grow_to_three(&a, CONVERGE).await;
     (a, b, c)
 }
 

@@ -11,7 +11,7 @@ use etcd_client::TxnOp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::jobs::layout::{read_json, ExitRecord, ProcRecord, StateDir};
+use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
 use super::jobs::procs;
 use super::metrics::Metrics;
 use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
@@ -34,8 +34,20 @@ pub struct StatusWriter {
     pub metrics: Arc<Metrics>,
 }
 
-/// Jobs whose latest attempt is running on this node (per the state directory).
+/// Jobs whose latest attempt is running on this node (per the state directory): started, no
+/// exit record, and its process alive.
 pub fn running_jobs(state: &StateDir) -> Vec<String> {
+    running_jobs_where(state, |dir, n| {
+        read_json::<ProcRecord>(&dir.job_record(n))
+            .ok()
+            .flatten()
+            .is_some_and(|r| procs::is_alive(&r))
+    })
+}
+
+/// Jobs whose latest attempt has started and has no exit record, and for which `alive` says
+/// the attempt still runs (the real agent checks its process; a hollow node its record).
+pub fn running_jobs_where(state: &StateDir, alive: impl Fn(&JobDir, u32) -> bool) -> Vec<String> {
     state
         .job_names()
         .unwrap_or_default()
@@ -48,10 +60,7 @@ pub fn running_jobs(state: &StateDir) -> Vec<String> {
                     .ok()
                     .flatten()
                     .is_none()
-                && read_json::<ProcRecord>(&dir.job_record(n))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| procs::is_alive(&r))
+                && alive(&dir, n)
         })
         .collect()
 }

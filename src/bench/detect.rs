@@ -6,27 +6,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::env::{LocalEtcd, TempDir};
-use super::observe::{self, Observed};
+use super::observe::Observed;
 use super::report::{Report, Spread};
-use super::schedule::{hollow, quiet_settings};
+use super::schedule::{hollow_bed, HollowBed};
 use super::{BenchError, Common};
 use crate::sim::Life;
-use crate::store::Store;
 
 pub async fn run(nodes: usize, kill: usize, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
-    let dir = TempDir::new("detect")?;
-    let (cluster, register_s) = hollow(
-        &etcd.endpoint,
-        nodes,
-        quiet_settings(8, common.lease_ttl),
-        &dir,
-        common.timeout,
-    )
-    .await?;
-    let observed = observe::start(&store).await?;
+    // Bound in this order so they drop in reverse: observer and nodes first, etcd last.
+    let HollowBed {
+        etcd: _etcd,
+        store: _store,
+        dir: _dir,
+        cluster,
+        register_s,
+        observed,
+    } = hollow_bed("detect", nodes, common).await?;
     // Let renewals spread over the TTL as they would in a running fleet.
     tokio::time::sleep(Duration::from_secs(common.lease_ttl)).await;
     let kill = kill.clamp(1, nodes);

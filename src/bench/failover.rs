@@ -9,27 +9,23 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::env::{self, LocalEtcd, TempDir};
-use super::observe::{self, Observed};
+use super::env;
+use super::observe::Observed;
 use super::report::{Report, Spread};
-use super::schedule::{hollow, quiet_settings};
+use super::schedule::{hollow_bed, HollowBed};
 use super::{BenchError, Common};
 use crate::api::{JobSpec, Object};
-use crate::store::Store;
 
 pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
-    let dir = TempDir::new("failover")?;
-    let (cluster, _) = hollow(
-        &etcd.endpoint,
-        nodes,
-        quiet_settings(8, common.lease_ttl),
-        &dir,
-        common.timeout,
-    )
-    .await?;
-    let observed = observe::start(&store).await?;
+    // Bound in this order so they drop in reverse: observer and nodes first, etcd last.
+    let HollowBed {
+        etcd: _etcd,
+        store,
+        dir,
+        cluster,
+        register_s: _,
+        observed,
+    } = hollow_bed("failover", nodes, common).await?;
     let mut agents: Vec<(String, env::Proc)> = Vec::new();
     let mut next_id = 0;
     let mut r = Report::new("failover");

@@ -113,6 +113,40 @@ pub async fn hollow(
     Ok((cluster, started.elapsed().as_secs_f64()))
 }
 
+/// What `detect` and `failover` start from: an etcd of their own, `nodes` quiet hollow nodes
+/// alive on it, and a watch observing it.
+pub struct HollowBed {
+    pub etcd: LocalEtcd,
+    pub store: Store,
+    pub dir: TempDir,
+    pub cluster: Cluster,
+    /// Seconds until every hollow node was alive.
+    pub register_s: f64,
+    pub observed: Observed,
+}
+
+pub async fn hollow_bed(
+    name: &str,
+    nodes: usize,
+    common: &Common,
+) -> Result<HollowBed, BenchError> {
+    let etcd = LocalEtcd::start().await?;
+    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+    let dir = TempDir::new(name)?;
+    let settings = quiet_settings(8, common.lease_ttl);
+    let (cluster, register_s) =
+        hollow(&etcd.endpoint, nodes, settings, &dir, common.timeout).await?;
+    let observed = observe::start(&store).await?;
+    Ok(HollowBed {
+        etcd,
+        store,
+        dir,
+        cluster,
+        register_s,
+        observed,
+    })
+}
+
 /// Settings for hollow nodes whose jobs run until stopped and report no progress.
 pub fn quiet_settings(gpus: u32, ttl: u64) -> HollowSettings {
     let mut s = HollowSettings {

@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::leases::SharedLeases;
-use crate::agent::jobs::layout::{read_json, ExitRecord, StateDir};
+use crate::agent::jobs::layout::StateDir;
 use crate::agent::jobs::runner::Runner;
 use crate::agent::jobs::simulated::{SimBehaviour, SimProcesses};
 use crate::agent::metrics::Metrics;
+use crate::agent::node_status::running_jobs_where;
 use crate::agent::registration::{self, ensure_node};
 use crate::agent::resources::should_write;
 use crate::api::node::{Capacity, Gpu, NodeStatus};
@@ -173,25 +174,6 @@ pub fn capacity(gpus: u32) -> Capacity {
     }
 }
 
-/// Jobs whose latest attempt has started and not ended, per the state directory.
-fn running_jobs(state: &StateDir) -> Vec<String> {
-    state
-        .job_names()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|j| {
-            let dir = state.job(j);
-            let n = dir.last_attempt();
-            n > 0
-                && dir.job_record(n).exists()
-                && read_json::<ExitRecord>(&dir.exit_record(n))
-                    .ok()
-                    .flatten()
-                    .is_none()
-        })
-        .collect()
-}
-
 /// Writes the node status on change or every 30 s (the real agent's rule), looking every
 /// `status_every`.
 async fn status_loop(
@@ -206,7 +188,7 @@ async fn status_loop(
     loop {
         let mut status = NodeStatus {
             capacity: capacity(settings.gpus),
-            running_jobs: running_jobs(&state),
+            running_jobs: running_jobs_where(&state, |dir, n| dir.job_record(n).exists()),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             last_heartbeat: Some(Utc::now()),
             ..NodeStatus::default()

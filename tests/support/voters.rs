@@ -223,6 +223,18 @@ async fn member_client_any(endpoints: &[String]) -> Option<Client> {
     Client::connect(endpoints, Some(options)).await.ok()
 }
 
+/// Joins b (127.0.0.2) and c (127.0.0.3) through `a` and grows the VoterSet to `[a, b, c]`,
+/// waiting until it has converged.
+pub async fn grow_to_three(a: &VoterNode, within: Duration) -> (VoterNode, VoterNode) {
+    let b = VoterNode::start("b", "127.0.0.2", Some(&a.client_url), false);
+    let c = VoterNode::start("c", "127.0.0.3", Some(&a.client_url), false);
+    wait_node_offers_etcd(&a.client_url, "b").await;
+    wait_node_offers_etcd(&a.client_url, "c").await;
+    apply_voters(&a.client_url, &["a", "b", "c"]);
+    wait_converged(&a.client_url, &["a", "b", "c"], within).await;
+    (b, c)
+}
+
 /// Starts `a` (bootstrapping on 127.0.0.1) and waits until its one-member cluster answers and
 /// the VoterSet names it.
 pub async fn bootstrap_one(name: &str) -> VoterNode {
