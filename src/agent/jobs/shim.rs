@@ -11,6 +11,12 @@
 //! monotonic clock, the job is stopped — whether the agent is dead or merely cut off from etcd —
 //! so the leader can later run it elsewhere without two copies ever running.
 //!
+//! Privileges: the shim runs as the agent's user (root on a node) with umask 077, so every
+//! file it writes is private. It starts the job as the node's `runAs` user when one is
+//! configured ([`super::run_as`]), with the variables of the Job's `envFrom` files
+//! ([`super::env_files`], read here at start and kept nowhere else), and copies that job's
+//! progress and result files into the state directory ([`super::exchange`]).
+//!
 //! The shim uses no async runtime: it stays a few MiB.
 
 use std::io::{Read, Write};
@@ -23,8 +29,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::{signal as set_handler, SigHandler, Signal};
 
+use super::env_files;
+use super::exchange::Exchange;
 use super::layout::{read_json, write_json, EndReason, ExitRecord, JobDir, RunSpec};
 use super::procs;
+use super::run_as::{self, RunAs};
 use crate::api::job::OnNodeLost;
 
 /// Largest log file before it is rotated to `output.log.1` (one old file is kept).
@@ -34,6 +43,24 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: i32) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// How the node starts jobs (from the agent's config, passed on the shim's command line).
+#[derive(Clone, Debug)]
+pub struct ShimOptions {
+    /// The user jobs run as (`runAs`); `None`: the shim's own user.
+    pub run_as: Option<String>,
+    /// Where `envFrom` files live (`secretsDir`).
+    pub secrets_dir: PathBuf,
+}
+
+impl Default for ShimOptions {
+    fn default() -> Self {
+        ShimOptions {
+            run_as: None,
+            secrets_dir: PathBuf::from(env_files::DEFAULT_SECRETS_DIR),
+        }
+    }
 }
 
 /// Errors that keep the shim from doing its job at all (recorded in its own log).
@@ -116,7 +143,14 @@ fn drain_output(pipe: &mut std::fs::File, log: &mut CappedLog, wait: Duration) -
 
 /// Runs attempt `attempt` of the job in `dir` to its end. `heartbeat` is the agent's heartbeat
 /// file.
-pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> {
+pub fn run(
+    dir: &Path,
+    attempt: u32,
+    heartbeat: &Path,
+    options: &ShimOptions,
+) -> Result<(), ShimError> {
+    // Everything the shim writes is private to its user (the job gets 022 back).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Our own session: not killed with the agent, not by a terminal hang-up.
     let _ = nix::unistd::setsid();
     // SAFETY: the handler only stores to an atomic; installed before any thread starts.
@@ -155,6 +189,43 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             );
         }
     }
+    let run_as = match options.run_as.as_deref().map(RunAs::resolve_usable) {
+        Some(Err(e)) => return end(None, None, EndReason::StartError, e.to_string()),
+        Some(Ok(user)) => Some(user),
+        None => None,
+    };
+    // Secret values: into the job's environment, nowhere else.
+    let secret_env = match env_files::read_all(&spec.env_from, &options.secrets_dir) {
+        Ok(vars) => vars,
+        Err(e) => return end(None, None, EndReason::StartError, e.to_string()),
+    };
+    let mut exchange = match run_as.as_ref().filter(|u| !u.is_current()) {
+        Some(user) => match Exchange::create(&job, attempt, user) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                return end(
+                    None,
+                    None,
+                    EndReason::StartError,
+                    format!("cannot make a directory for the job's progress and result files: {e}"),
+                )
+            }
+        },
+        None => {
+            // Created here, private, so a job that appends or truncates keeps that mode.
+            for path in [job.progress(attempt), job.result()] {
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path);
+            }
+            None
+        }
+    };
+    let (progress_file, result_file) = match &exchange {
+        Some(x) => (x.progress_file(), x.result_file()),
+        None => (job.progress(attempt), job.result()),
+    };
     let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
     // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| ShimError::Io {
@@ -164,11 +235,13 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
     let err_end: OwnedFd = write_end.try_clone().map_err(io_at(&job.log(attempt)))?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
+        // `env` wins over `envFrom` for a name set in both.
+        .envs(secret_env)
         .envs(&spec.env)
         .env("RIFT_JOB_NAME", &spec.job)
         .env("RIFT_ATTEMPT", attempt.to_string())
-        .env("RIFT_PROGRESS_FILE", job.progress(attempt))
-        .env("RIFT_RESULT_FILE", job.result())
+        .env("RIFT_PROGRESS_FILE", progress_file)
+        .env("RIFT_RESULT_FILE", result_file)
         .env(
             "CUDA_VISIBLE_DEVICES",
             spec.gpus
@@ -181,18 +254,24 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Some(w) = &spec.workdir {
-        cmd.current_dir(w);
-    }
+    run_as::prepare(&mut cmd, run_as.as_ref(), spec.workdir.as_deref());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            let as_user = match run_as.as_ref().filter(|u| !u.is_current()) {
+                Some(u) => format!(" as user {}", u.name),
+                None => String::new(),
+            };
+            let in_dir = match (&spec.workdir, as_user.is_empty()) {
+                (Some(w), false) => format!(" in workdir `{w}`"),
+                _ => String::new(),
+            };
             return end(
                 None,
                 None,
                 EndReason::StartError,
-                format!("cannot start `{}`: {e}", spec.command[0]),
-            )
+                format!("cannot start `{}`{as_user}{in_dir}: {e}", spec.command[0]),
+            );
         }
     };
     // Our copies of the write end went into the child; drop them so EOF arrives when the job
@@ -241,6 +320,9 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
                 procs::signal_group(pid, Signal::SIGKILL);
             }
         }
+        if let Some(x) = &mut exchange {
+            x.sync_due();
+        }
         if pipe_open {
             pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
         } else {
@@ -254,6 +336,10 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
     let deadline = Instant::now() + Duration::from_secs(1);
     while pipe_open && Instant::now() < deadline {
         pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
+    }
+    // The job's last progress and result are in place before the runner learns of its end.
+    if let Some(mut x) = exchange.take() {
+        x.sync();
     }
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {
