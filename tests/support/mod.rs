@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod etcd;
 pub mod http;
+pub mod jobs;
 pub mod proc;
 pub mod sshd;
 pub mod voters;
