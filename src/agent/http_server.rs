@@ -5,13 +5,14 @@
 //!
 //! - **A connection must send a complete request head within
 //!   [`HttpLimits::header_read_timeout`]** of being accepted, and again of its previous
-//!   response when kept alive; otherwise it is closed. The transport's handshake counts against
-//!   the same deadline. Half-sent requests (slowloris) are therefore dropped, not kept.
+//!   response when kept alive; otherwise it is closed. The transport's handshake has a deadline
+//!   of the same length before that. Half-sent requests (slowloris) are dropped, not kept.
 //! - **At most [`HttpLimits::max_connections`] connections are served at once, and at most
 //!   [`HttpLimits::max_connections_per_peer`] from one address**, so one client cannot take
 //!   every slot. A connection over either limit is answered `503 Service Unavailable` with a
-//!   message saying which limit, then closed; at most [`MAX_REJECTING`] such answers are in
-//!   progress at a time, beyond which connections are closed at once.
+//!   message saying which limit and closed, a few hundred milliseconds after its handshake; at
+//!   most [`MAX_REJECTING`] such answers are in progress at a time, beyond which connections
+//!   are closed at once.
 //! - Request heads are capped at [`MAX_HEAD_BYTES`], so each connection's buffers stay small:
 //!   memory is bounded by the connection limit.
 //! - On shutdown the listener closes, idle connections close at once, and requests in flight
@@ -22,7 +23,6 @@
 //! their own ([`HttpLimits::max_follow_streams`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::pin;
@@ -34,7 +34,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -44,8 +44,10 @@ use super::metrics::Metrics;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How many refused connections are answered with a 503 at once; more are closed unanswered.
 pub const MAX_REJECTING: usize = 32;
-/// How long a refused connection has to send its request before it is closed unanswered.
+/// How long a refused connection's handshake may take before it is closed unanswered.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a refused connection is read from before and after its answer.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// The agent's HTTP limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,29 +290,28 @@ async fn serve_connection<T: Transport>(
     }
 }
 
-/// Reads one request from a refused connection and answers 503 with `message`.
+/// Answers a refused connection `503` with `message` and closes it, in well under a second
+/// whatever the client does: what it already sent (its request, normally) is read first and
+/// whatever follows the answer briefly, so closing does not reset the connection under the
+/// answer; a client that sends nothing gets the answer all the same.
 async fn reject<T: Transport>(tcp: TcpStream, transport: T, message: String) {
-    let Ok(Ok(io)) = tokio::time::timeout(REJECT_TIMEOUT, transport.wrap(tcp)).await else {
+    let Ok(Ok(mut io)) = tokio::time::timeout(REJECT_TIMEOUT, transport.wrap(tcp)).await else {
         return;
     };
-    let service = hyper::service::service_fn(move |_req| {
-        let message = message.clone();
-        async move {
-            let resp = axum::http::Response::builder()
-                .status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-                .header(axum::http::header::RETRY_AFTER, "5")
-                .header(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; charset=utf-8",
-                )
-                .body(axum::body::Body::from(message))
-                .expect("a valid response");
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let mut builder = http1_builder(REJECT_TIMEOUT);
-    builder.keep_alive(false);
-    let _ = builder.serve_connection(TokioIo::new(io), service).await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, io.read(&mut buf)).await;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Retry-After: 5\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{message}",
+        message.len()
+    );
+    if io.write_all(answer.as_bytes()).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn http1_builder(header_read_timeout: Duration) -> http1::Builder {
