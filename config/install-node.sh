@@ -10,9 +10,11 @@
 #   1. copies the rift binary to /usr/local/bin/rift (atomically: a running agent keeps its
 #      old binary until it restarts);
 #   2. writes /etc/rift/node.yaml only if it is absent, or with --force (from --config FILE, or
-#      a minimal one from --name and --endpoints);
-#   3. installs /etc/systemd/system/rift-agent.service and creates /var/lib/rift;
-#   4. runs `systemctl daemon-reload` (when the unit changed) and `systemctl enable --now
+#      a minimal one from --name and --endpoints, with `runAs: rift-job`);
+#   3. creates the user rift-job that jobs run as (a system user without login or home);
+#   4. installs /etc/systemd/system/rift-agent.service and creates /var/lib/rift (0700) and
+#      /etc/rift/secrets (0700: the files Jobs name in `envFrom`);
+#   5. runs `systemctl daemon-reload` (when the unit changed) and `systemctl enable --now
 #      rift-agent`; with --restart, restarts the agent when the binary changed. Jobs keep
 #      running across the restart (KillMode=process; each job runs under its own shim).
 #
@@ -26,7 +28,7 @@
 #   --force            overwrite an existing /etc/rift/node.yaml
 #   --restart          restart the agent if the binary changed
 #   --root DIR         install under DIR instead of / (for tests and images); implies
-#                      --no-systemctl unless DIR is /
+#                      --no-systemctl and creates no user unless DIR is /
 #   --no-systemctl     do not call systemctl
 set -euo pipefail
 
@@ -81,6 +83,8 @@ bin_dst="$root/usr/local/bin/rift"
 conf_dst="$root/etc/rift/node.yaml"
 unit_dst="$root/etc/systemd/system/rift-agent.service"
 state_dir="$root/var/lib/rift"
+secrets_dir="$root/etc/rift/secrets"
+job_user=rift-job
 
 if { [ ! -e "$conf_dst" ] || $force; } && [ -z "$config" ] && [ -z "$name" ]; then
   die "${conf_dst#"$root"} does not exist: give --config FILE, or --name NAME --endpoints URLS"
@@ -123,20 +127,40 @@ elif [ -n "$name" ]; then
     IFS=, read -ra urls <<< "$endpoints"
     for u in "${urls[@]}"; do echo "  - $u"; done
     echo "stateDir: /var/lib/rift"
+    echo "runAs: $job_user"
     echo "controllers: $controllers"
   } > "$generated"
   install_file "$generated" "$conf_dst" 0644 || true
 fi
 
+if [ -n "$root" ]; then
+  echo "skipped    user $job_user (--root)"
+elif getent passwd "$job_user" >/dev/null; then
+  echo "unchanged  user $job_user"
+else
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$job_user"
+  echo "created    user $job_user (jobs run as it)"
+fi
+
 unit_changed=false
 if install_file "$here/rift-agent.service" "$unit_dst" 0644; then unit_changed=true; fi
-if [ -d "$state_dir" ]; then
-  echo "unchanged  ${state_dir#"$root"}/"
-else
-  mkdir -p "$state_dir"
-  chmod 0750 "$state_dir"
-  echo "created    ${state_dir#"$root"}/"
-fi
+# private_dir DIR: creates DIR with mode 0700, or makes an existing one 0700.
+private_dir() {
+  local dir=$1
+  if [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    chmod 0700 "$dir"
+    echo "created    ${dir#"$root"}/"
+  elif [ "$(stat -c %a "$dir")" != 700 ]; then
+    chmod 0700 "$dir"
+    echo "private    ${dir#"$root"}/ (now 0700)"
+  else
+    echo "unchanged  ${dir#"$root"}/"
+  fi
+}
+private_dir "$state_dir"
+private_dir "$secrets_dir"
 
 if ! $systemctl; then
   echo "skipped    systemctl (--no-systemctl or --root)"
