@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rift::api::job::EnvFromSource;
@@ -18,56 +17,8 @@ use rift::store::Store;
 use support::agent::TestAgent;
 use support::cli::{rift, rift_stdin};
 use support::etcd::EtcdCluster;
+use support::fs::{files_containing, not_private};
 use support::jobs::{bind, create_job, wait_phase};
-
-/// Every path under `root` that others could read: a directory not 0700, a file with any
-/// group or other permission bit.
-fn not_private(root: &Path) -> Vec<String> {
-    let mut bad = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let mode = std::fs::symlink_metadata(&dir)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode != 0o700 {
-            bad.push(format!("{} {mode:o}", dir.display()));
-        }
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.permissions().mode() & 0o077 != 0 {
-                bad.push(format!(
-                    "{} {:o}",
-                    entry.path().display(),
-                    meta.permissions().mode() & 0o777
-                ));
-            }
-        }
-    }
-    bad
-}
-
-/// Every file under `root` whose bytes contain `needle`.
-fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
-            {
-                hits.push(path);
-            }
-        }
-    }
-    hits
-}
 
 fn attempt_log(agent: &TestAgent, job: &str) -> String {
     std::fs::read_to_string(agent.job_dir(job).join("attempts/1/output.log")).unwrap_or_default()

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod etcd;
+pub mod fs;
 pub mod http;
 pub mod jobs;
 pub mod proc;

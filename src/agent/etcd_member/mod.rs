@@ -471,3 +471,32 @@ impl Supervisor {
         self.learned = urls;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::{ConfigFile, Overrides};
+
+    #[test]
+    fn an_agent_listening_everywhere_still_binds_etcd_only_to_its_own_addresses() {
+        let config = AgentConfig::resolve(
+            ConfigFile::default(),
+            Overrides {
+                name: Some("n1".into()),
+                addresses: vec!["127.0.0.2".into(), "192.0.2.7".into()],
+                etcd_binary: Some("sh".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0", "the agent's own default");
+        let spec = member_spec(&config).unwrap();
+        assert_eq!(spec.listen_client_urls, ["http://127.0.0.2:2379"]);
+        assert_eq!(spec.listen_peer_urls, ["http://127.0.0.2:2380"]);
+        // Advertised as before: every address, in order.
+        assert_eq!(
+            spec.client_urls,
+            ["http://127.0.0.2:2379", "http://192.0.2.7:2379"]
+        );
+    }
+}
