@@ -101,6 +101,26 @@ async fn jobs_run_as_the_configured_user_and_cannot_read_the_agents_state() {
     assert_eq!(r.progress.get("games"), Some(&7.0), "progress is copied in");
     assert_eq!(r.result, Some(serde_json::json!({"model": "m1"})));
 
+    // A workdir the job's user may not enter fails the start, saying so.
+    create_job(&store, "private-dir", "pwd", |s| {
+        s.workdir = Some(state.clone())
+    })
+    .await;
+    bind(&mut client, "private-dir", "n1").await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "private-dir",
+        JobPhase::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        r.message.contains("as user nobody in workdir") && r.message.contains("Permission denied"),
+        "{}",
+        r.message
+    );
+
     bind(&mut client, "swap", "n1").await;
     let r = wait_phase(
         &client,

@@ -146,6 +146,11 @@ async fn half_sent_requests_are_dropped_after_the_header_timeout_and_others_are_
             still_open += 1;
         }
     }
+    eprintln!(
+        "1,000 half-sent requests: all closed by the agent {:.1} s after they were opened; \
+         agent RSS {rss_before} KiB before, {rss_during} KiB during",
+        opened.elapsed().as_secs_f64()
+    );
     assert_eq!(
         still_open, 0,
         "connections the agent kept past its header timeout"
@@ -206,13 +211,19 @@ async fn log_followers_are_capped_with_a_clear_503_and_a_place_frees_when_one_le
             panic!("unexpected answer: {head:?}");
         }
     }
+    let rss_during = rss_kib(pid).unwrap();
+    eprintln!(
+        "2,000 follow requests: {} streamed, {refused_follow} refused by the follow cap, \
+         {refused_other} by a connection cap; agent RSS {rss_before} KiB before, {rss_during} KiB \
+         during",
+        streams.len()
+    );
     assert_eq!(streams.len(), 16, "exactly the cap streams");
     assert_eq!(refused_follow + refused_other, 2000 - 16);
     assert!(refused_follow > 0);
     // Everything else is still served, and memory stayed bounded.
     let (code, _) = get_from("127.0.0.2", addr, "/status").await.unwrap();
     assert_eq!(code, 200);
-    let rss_during = rss_kib(pid).unwrap();
     assert!(
         rss_during < rss_before + 32 * 1024,
         "RSS grew from {rss_before} KiB to {rss_during} KiB with 16 followers and 2,000 requests"

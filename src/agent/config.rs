@@ -90,6 +90,9 @@ impl HttpFileConfig {
         if limits.max_connections_per_peer == 0 {
             return bad("maxConnectionsPerPeer", "must be at least 1 (default 128)");
         }
+        if limits.max_follow_streams == 0 {
+            return bad("maxFollowStreams", "must be at least 1 (default 64)");
+        }
         Ok(limits)
     }
 }
