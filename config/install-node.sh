@@ -25,6 +25,8 @@
 #   --name NAME        write a minimal node.yaml for NAME (with --endpoints)
 #   --endpoints URLS   etcd client URLs, comma-separated (with --name)
 #   --controllers      with --name: this node may lead (runs the controllers when elected)
+#   --run-as USER      with --name: the user jobs run as (runAs) [default: rift-job, created
+#                      when missing; another user must exist]
 #   --force            overwrite an existing /etc/rift/node.yaml
 #   --restart          restart the agent if the binary changed
 #   --root DIR         install under DIR instead of / (for tests and images); implies
@@ -42,6 +44,7 @@ endpoints=""
 controllers=false
 force=false
 restart=false
+job_user=rift-job
 systemctl=true
 
 die() { echo "install-node: $*" >&2; exit 1; }
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     --name) name=${2:?--name needs a node name}; shift 2 ;;
     --endpoints) endpoints=${2:?--endpoints needs URLs}; shift 2 ;;
     --controllers) controllers=true; shift ;;
+    --run-as) job_user=${2:?--run-as needs a user}; shift 2 ;;
     --force) force=true; shift ;;
     --restart) restart=true; shift ;;
     --root) root=${2:?--root needs a directory}; shift 2 ;;
@@ -79,12 +83,15 @@ if [ -n "$name" ]; then
   [ -n "$endpoints" ] || die "--name needs --endpoints (the etcd voters' client URLs)"
 fi
 
+if [ -z "$root" ] && [ "$job_user" != rift-job ] && ! getent passwd "$job_user" >/dev/null; then
+  die "--run-as $job_user: no such user; create it, or leave --run-as out (rift-job is created)"
+fi
+
 bin_dst="$root/usr/local/bin/rift"
 conf_dst="$root/etc/rift/node.yaml"
 unit_dst="$root/etc/systemd/system/rift-agent.service"
 state_dir="$root/var/lib/rift"
 secrets_dir="$root/etc/rift/secrets"
-job_user=rift-job
 
 if { [ ! -e "$conf_dst" ] || $force; } && [ -z "$config" ] && [ -z "$name" ]; then
   die "${conf_dst#"$root"} does not exist: give --config FILE, or --name NAME --endpoints URLS"

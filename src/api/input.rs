@@ -28,7 +28,7 @@ pub const MAX_FLOW_DEPTH: usize = 64;
 /// Input refused before parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{source_name}: cannot read: {error}")]
+    #[error("{source_name}: {error}")]
     Read {
         source_name: String,
         error: std::io::Error,
@@ -194,7 +194,7 @@ mod tests {
         f.set_len(MAX_INPUT_BYTES + 1).unwrap(); // sparse: nothing is read
         let err = read_file(&path, MAX_INPUT_BYTES).unwrap_err().to_string();
         assert!(
-            err.contains("16.0 MiB") && err.contains("smaller parts"),
+            err.contains("(16 MiB)") && err.contains("smaller parts"),
             "{err}"
         );
         let endless = std::io::repeat(b'a');
