@@ -3,6 +3,7 @@
 
 pub mod env_files;
 pub mod exchange;
+pub mod launch;
 pub mod layout;
 pub mod policy;
 pub mod process;

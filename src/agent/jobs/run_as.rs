@@ -110,9 +110,12 @@ pub fn prepare(cmd: &mut Command, run_as: Option<&RunAs>, workdir: Option<&str>)
         }
         return;
     };
-    cmd.env("HOME", &user.home)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name);
+    let home = user.home.display().to_string();
+    for (name, value) in [("HOME", &home), ("USER", &user.name), ("LOGNAME", &user.name)] {
+        if !cmd.get_envs().any(|(k, _)| k == name) {
+            cmd.env(name, value);
+        }
+    }
     let workdir = workdir.map(PathBuf::from);
     // SAFETY: runs in the forked child of a single-threaded process (the shim), so the
     // allocation `chdir` may make cannot meet a lock held by another thread; every other call

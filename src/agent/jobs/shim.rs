@@ -12,10 +12,8 @@
 //! so the leader can later run it elsewhere without two copies ever running.
 //!
 //! Privileges: the shim runs as the agent's user (root on a node) with umask 077, so every
-//! file it writes is private. It starts the job as the node's `runAs` user when one is
-//! configured ([`super::run_as`]), with the variables of the Job's `envFrom` files
-//! ([`super::env_files`], read here at start and kept nowhere else), and copies that job's
-//! progress and result files into the state directory ([`super::exchange`]).
+//! file it writes is private; what it prepares for the job — its user, its `envFrom`
+//! secrets, where it writes progress and result — is [`super::launch`].
 //!
 //! The shim uses no async runtime: it stays a few MiB.
 
@@ -29,11 +27,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::{signal as set_handler, SigHandler, Signal};
 
-use super::env_files;
-use super::exchange::Exchange;
+use super::launch::Launch;
 use super::layout::{read_json, write_json, EndReason, ExitRecord, JobDir, RunSpec};
 use super::procs;
-use super::run_as::{self, RunAs};
 use crate::api::job::OnNodeLost;
 
 /// Largest log file before it is rotated to `output.log.1` (one old file is kept).
@@ -58,7 +54,7 @@ impl Default for ShimOptions {
     fn default() -> Self {
         ShimOptions {
             run_as: None,
-            secrets_dir: PathBuf::from(env_files::DEFAULT_SECRETS_DIR),
+            secrets_dir: PathBuf::from(super::env_files::DEFAULT_SECRETS_DIR),
         }
     }
 }
@@ -189,42 +185,9 @@ pub fn run(
             );
         }
     }
-    let run_as = match options.run_as.as_deref().map(RunAs::resolve_usable) {
-        Some(Err(e)) => return end(None, None, EndReason::StartError, e.to_string()),
-        Some(Ok(user)) => Some(user),
-        None => None,
-    };
-    // Secret values: into the job's environment, nowhere else.
-    let secret_env = match env_files::read_all(&spec.env_from, &options.secrets_dir) {
-        Ok(vars) => vars,
-        Err(e) => return end(None, None, EndReason::StartError, e.to_string()),
-    };
-    let mut exchange = match run_as.as_ref().filter(|u| !u.is_current()) {
-        Some(user) => match Exchange::create(&job, attempt, user) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                return end(
-                    None,
-                    None,
-                    EndReason::StartError,
-                    format!("cannot make a directory for the job's progress and result files: {e}"),
-                )
-            }
-        },
-        None => {
-            // Created here, private, so a job that appends or truncates keeps that mode.
-            for path in [job.progress(attempt), job.result()] {
-                let _ = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path);
-            }
-            None
-        }
-    };
-    let (progress_file, result_file) = match &exchange {
-        Some(x) => (x.progress_file(), x.result_file()),
-        None => (job.progress(attempt), job.result()),
+    let mut launch = match Launch::prepare(&job, attempt, &spec, options) {
+        Ok(l) => l,
+        Err(message) => return end(None, None, EndReason::StartError, message),
     };
     let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
     // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
@@ -235,13 +198,11 @@ pub fn run(
     let err_end: OwnedFd = write_end.try_clone().map_err(io_at(&job.log(attempt)))?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
-        // `env` wins over `envFrom` for a name set in both.
-        .envs(secret_env)
         .envs(&spec.env)
         .env("RIFT_JOB_NAME", &spec.job)
         .env("RIFT_ATTEMPT", attempt.to_string())
-        .env("RIFT_PROGRESS_FILE", progress_file)
-        .env("RIFT_RESULT_FILE", result_file)
+        .env("RIFT_PROGRESS_FILE", job.progress(attempt))
+        .env("RIFT_RESULT_FILE", job.result())
         .env(
             "CUDA_VISIBLE_DEVICES",
             spec.gpus
@@ -254,24 +215,12 @@ pub fn run(
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    run_as::prepare(&mut cmd, run_as.as_ref(), spec.workdir.as_deref());
+    launch.configure(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let as_user = match run_as.as_ref().filter(|u| !u.is_current()) {
-                Some(u) => format!(" as user {}", u.name),
-                None => String::new(),
-            };
-            let in_dir = match (&spec.workdir, as_user.is_empty()) {
-                (Some(w), false) => format!(" in workdir `{w}`"),
-                _ => String::new(),
-            };
-            return end(
-                None,
-                None,
-                EndReason::StartError,
-                format!("cannot start `{}`{as_user}{in_dir}: {e}", spec.command[0]),
-            );
+            let message = launch.start_error(&spec.command[0], &e);
+            return end(None, None, EndReason::StartError, message);
         }
     };
     // Our copies of the write end went into the child; drop them so EOF arrives when the job
@@ -320,9 +269,7 @@ pub fn run(
                 procs::signal_group(pid, Signal::SIGKILL);
             }
         }
-        if let Some(x) = &mut exchange {
-            x.sync_due();
-        }
+        launch.sync_due();
         if pipe_open {
             pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
         } else {
@@ -338,9 +285,7 @@ pub fn run(
         pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
     }
     // The job's last progress and result are in place before the runner learns of its end.
-    if let Some(mut x) = exchange.take() {
-        x.sync();
-    }
+    launch.finish();
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {
         Some((_, reason, message)) => (reason, message),
