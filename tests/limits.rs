@@ -236,7 +236,29 @@ async fn log_followers_are_capped_with_a_clear_503_and_a_place_frees_when_one_le
         head.starts_with("HTTP/1.1 200").then_some((head, s))
     })
     .await;
-    drop((again, streams));
+
+    // Shutting down is held up neither by followers nor by a half-sent request (the header
+    // timeout is 10 s here).
+    let mut half = connect_from("127.0.0.4", addr).await.unwrap();
+    half.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let stopping = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(6), "the agent exits", || async {
+        (!support::agent::process_alive(pid)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "SIGTERM with {} followers and a half-sent request open: exited in {:.1} s",
+        streams.len() + 1,
+        stopping.elapsed().as_secs_f64()
+    );
+    drop((again, streams, half));
 }
 
 /// 200 KB of nested flow collections (this took about a minute to refuse before).

@@ -16,7 +16,8 @@
 //! - Request heads are capped at [`MAX_HEAD_BYTES`], so each connection's buffers stay small:
 //!   memory is bounded by the connection limit.
 //! - On shutdown the listener closes, idle connections close at once, and requests in flight
-//!   finish (log followers end on the same signal, see [`super::logs`]).
+//!   or half-sent get [`SHUTDOWN_GRACE`] before their connection is dropped (log followers end
+//!   on the same signal, see [`super::logs`]).
 //!
 //! Caveat: a connection that has sent its request and then stops reading a long response holds
 //! its slot until the response ends; followed logs, the only endless responses, have a cap of
@@ -46,6 +47,8 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_REJECTING: usize = 32;
 /// How long a refused connection's handshake may take before it is closed unanswered.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request in flight may still take once the agent shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a refused connection is read from before and after its answer.
 const LINGER: Duration = Duration::from_millis(100);
 
@@ -273,21 +276,19 @@ async fn serve_connection<T: Transport>(
     };
     let mut conn = pin!(http1_builder(limits.header_read_timeout)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(router)));
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%e, "connection ended");
-                }
-                return;
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%e, "connection ended");
             }
-            _ = super::stopped(&mut stop), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            return;
         }
+        _ = super::stopped(&mut stop) => {}
     }
+    // Shutting down: no new request on this connection; one in flight (or still being sent)
+    // gets a moment, then the connection is dropped.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
 }
 
 /// Answers a refused connection `503` with `message` and closes it, in well under a second

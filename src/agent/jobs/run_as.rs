@@ -111,7 +111,11 @@ pub fn prepare(cmd: &mut Command, run_as: Option<&RunAs>, workdir: Option<&str>)
         return;
     };
     let home = user.home.display().to_string();
-    for (name, value) in [("HOME", &home), ("USER", &user.name), ("LOGNAME", &user.name)] {
+    for (name, value) in [
+        ("HOME", &home),
+        ("USER", &user.name),
+        ("LOGNAME", &user.name),
+    ] {
         if !cmd.get_envs().any(|(k, _)| k == name) {
             cmd.env(name, value);
         }
