@@ -18,6 +18,11 @@
 //! make the training ledger count those games twice).
 //!
 //! Files are written to a temporary name and renamed, so a reader never sees half a record.
+//!
+//! The directory is private to the agent's user (0700, files 0600). A job that runs as another
+//! user (`runAs`) cannot reach it: its `RIFT_PROGRESS_FILE` and `RIFT_RESULT_FILE` are in a
+//! private directory of its own, and `progress.jsonl` and `result.json` here are the shim's
+//! copies of them ([`super::exchange`]).
 
 use std::collections::BTreeMap;
 use std::io;
