@@ -237,15 +237,26 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
 /// Creates the state directory, or makes an existing one private (0700): jobs, logs, etcd's
 /// data and keys live there, and jobs run as another user must not read them. (Files inside
 /// are created 0600 under the agent's umask 077; older ones are unreachable through the
-/// directory.)
+/// directory.) A shared directory — `/`, one with the sticky bit like `/tmp`, or one owned by
+/// someone else — is refused rather than changed.
 fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let err = |source| AgentError::StateDir {
         path: path.display().to_string(),
         source,
     };
     std::fs::create_dir_all(path).map_err(err)?;
-    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
+    let meta = std::fs::metadata(path).map_err(err)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let shared = path.canonicalize().is_ok_and(|p| p.parent().is_none())
+        || mode & 0o1000 != 0
+        || meta.uid() != nix::unistd::Uid::effective().as_raw();
+    if shared {
+        return Err(err(std::io::Error::other(
+            "it is shared (the root, a sticky directory such as /tmp, or owned by another \
+             user); give the agent a directory of its own, e.g. /var/lib/rift",
+        )));
+    }
     if mode != 0o700 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
         tracing::info!(path = %path.display(), from = format!("{mode:o}"), "state directory made private (0700)");
@@ -253,7 +264,6 @@ fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Keeps readiness and the known leader current, once a second.
 /// Keeps readiness, the known leader, and the peers and voters alive current.
 async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
     let mut tick: u64 = 0;
@@ -339,4 +349,34 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_made_private_and_a_shared_one_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_state_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o700);
+        private_state_dir(&dir.path().join("new/state")).unwrap();
+        assert_eq!(mode(&dir.path().join("new/state")), 0o700);
+
+        let sticky = dir.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = private_state_dir(&sticky).unwrap_err().to_string();
+        assert!(err.contains("shared"), "{err}");
+        assert_eq!(mode(&sticky), 0o1777, "left as it was");
+        assert!(private_state_dir(std::path::Path::new("/")).is_err());
+    }
 }
