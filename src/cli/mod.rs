@@ -87,6 +87,12 @@ pub struct ShimArgs {
     pub attempt: u32,
     #[arg(long)]
     pub heartbeat: PathBuf,
+    /// Start the job as this user (the node's `runAs`).
+    #[arg(long)]
+    pub run_as: Option<String>,
+    /// Where the job's `envFrom` files live (the node's `secretsDir`).
+    #[arg(long, default_value = crate::agent::jobs::env_files::DEFAULT_SECRETS_DIR)]
+    pub secrets_dir: PathBuf,
 }
 
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
@@ -94,7 +100,16 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Shim(args) = &cli.command {
         // No async runtime and no tracing subscriber: the shim stays small.
-        return match crate::agent::jobs::shim::run(&args.dir, args.attempt, &args.heartbeat) {
+        let options = crate::agent::jobs::shim::ShimOptions {
+            run_as: args.run_as.clone(),
+            secrets_dir: args.secrets_dir.clone(),
+        };
+        return match crate::agent::jobs::shim::run(
+            &args.dir,
+            args.attempt,
+            &args.heartbeat,
+            &options,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rift shim: {e}");
@@ -102,7 +117,11 @@ pub fn run() -> ExitCode {
             }
         };
     }
-    if !matches!(cli.command, Command::Agent(_) | Command::Up(_)) {
+    if matches!(cli.command, Command::Agent(_) | Command::Up(_)) {
+        // The state directory holds job env, logs, etcd's data and keys: everything the agent
+        // (and the etcd member it starts) creates is private to its user.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    } else {
         restore_default_sigpipe();
     }
     match &cli.command {
