@@ -218,6 +218,21 @@ pub struct Usage {
     pub gpu_memory_percent: f64,
     #[serde(default)]
     pub gpu_util_percent: f64,
+    /// Each NVIDIA GPU as NVML measured it, by index (declared GPUs are not measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuUsage>,
+}
+
+/// One measured GPU's utilisation and memory use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GpuUsage {
+    pub index: u32,
+    /// Absent when NVML could not read the GPU's utilisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub util_percent: Option<f64>,
+    #[serde(default)]
+    pub memory_percent: f64,
 }
 
 /// Labels selecting nodes or jobs: every pair must match.
