@@ -9,6 +9,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod controllers;
+pub mod dashboard;
 pub mod faults;
 pub mod import;
 pub mod net;

@@ -6,6 +6,7 @@ mod bench;
 mod completion;
 mod cordon;
 mod crds;
+mod dashboard;
 mod delete;
 mod describe;
 mod error;
@@ -53,6 +54,8 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// Leader, voters and quorum, nodes, jobs by phase.
     Status(status::StatusArgs),
+    /// Serve a live, read-only web view of the cluster (default http://127.0.0.1:8780/).
+    Dashboard(dashboard::DashboardArgs),
     /// Print a job's output, from the agent of the node it runs on (-f to follow).
     Logs(logs::LogsArgs),
     /// Start a one-machine cluster in the foreground: etcd, an agent that leads, manifests.
@@ -205,6 +208,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Delete(args) => delete::run(args, &endpoints).await,
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
+        Command::Dashboard(args) => dashboard::run(args, &endpoints).await,
         Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
         Command::Agent(args) => agent::run(args, given).await,
         Command::Up(args) => up::run(args).await,
