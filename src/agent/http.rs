@@ -4,7 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -54,6 +55,9 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value>
     }))
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> String {
-    state.metrics.render(&state.node)
+async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{AgentConfig, AgentState};
 use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
@@ -53,7 +54,17 @@ pub async fn run(
         let housekeeping = Housekeeping {
             margin: config.reschedule_margin,
         };
-        let resign = lead(&leadership, &config.name, housekeeping, shutdown.clone()).await;
+        let metrics = state.metrics.leader.clone();
+        metrics.leading(true);
+        let resign = lead(
+            &leadership,
+            &config.name,
+            housekeeping,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        metrics.leading(false);
         state.is_leader.store(false, Ordering::Relaxed);
         if resign {
             leadership.resign().await;
@@ -69,6 +80,7 @@ async fn lead(
     leadership: &Leadership,
     node: &str,
     housekeeping: Housekeeping,
+    metrics: LeaderMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let store = leadership.store();
@@ -87,7 +99,8 @@ async fn lead(
     let voters = tokio::spawn(VotersController::new(store.clone()).run(async move {
         let _ = voters_stop.wait_for(|s| *s).await;
     }));
-    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
+    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
+        .with_metrics(metrics);
     let mut scheduler = tokio::spawn(scheduler.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));

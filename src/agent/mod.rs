@@ -100,7 +100,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     let store = Store::connect_lazy(&endpoints).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(&config.name));
     let state = Arc::new(AgentState {
         node: config.name.clone(),
         state_dir: state_dir.clone(),

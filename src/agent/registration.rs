@@ -2,7 +2,6 @@
 //! `/rift/v1/agents/<node>/alive` attached to its own lease, and bumps the heartbeat file on
 //! every renewal (the shim's evidence that the agent still holds its lease).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +73,7 @@ pub async fn keep_alive(
             }
         };
         if was_down {
-            metrics.etcd_reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics.etcd_reconnects.inc();
             tracing::info!("registered with etcd again");
         }
         was_down = false;
@@ -99,10 +98,7 @@ pub async fn keep_alive(
                     last_renewed = sent;
                     beats += 1;
                     beat(&state, beats);
-                    metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
-                    metrics
-                        .lease_renew_micros
-                        .fetch_add(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    metrics.lease_renewed(sent.elapsed());
                 }
                 Ok(Some(_)) => break, // expired: register again
                 _ => {

@@ -268,13 +268,17 @@ fn usage_moved(old: &Usage, new: &Usage) -> bool {
     let per_gpu = |u: &Usage| -> Vec<(u32, f64, f64)> {
         u.gpus
             .iter()
-            .map(|g| (g.index, g.util_percent.unwrap_or(f64::NAN), g.memory_percent))
+            .map(|g| {
+                (
+                    g.index,
+                    g.util_percent.unwrap_or(f64::NAN),
+                    g.memory_percent,
+                )
+            })
             .collect()
     };
     let (old_gpus, new_gpus) = (per_gpu(old), per_gpu(new));
-    if old_gpus.len() != new_gpus.len()
-        || old_gpus.iter().zip(&new_gpus).any(|(a, b)| a.0 != b.0)
-    {
+    if old_gpus.len() != new_gpus.len() || old_gpus.iter().zip(&new_gpus).any(|(a, b)| a.0 != b.0) {
         return true;
     }
     let gpu_figures = old_gpus

@@ -316,9 +316,7 @@ impl<P: JobProcesses> Runner<P> {
                 not_before,
             } if Utc::now() >= not_before => {
                 if attempt > 1 {
-                    self.metrics
-                        .restarts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.restarts.inc();
                 }
                 self.start(dir, spec, attempt);
                 true
@@ -495,9 +493,7 @@ impl<P: JobProcesses> Runner<P> {
         {
             Ok(_) => {
                 self.announce(job, before, &report);
-                self.metrics
-                    .status_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.status_writes.inc();
                 self.published.insert(job.to_string(), report);
                 true
             }

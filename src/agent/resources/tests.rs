@@ -457,7 +457,10 @@ fn a_single_gpu_moving_five_points_or_appearing_is_a_change() {
     assert!(status_changed_meaningfully(&status(), &util));
     let mut unread = status();
     unread.usage.gpus[0].util_percent = None;
-    assert!(status_changed_meaningfully(&status(), &unread), "readable → not");
+    assert!(
+        status_changed_meaningfully(&status(), &unread),
+        "readable → not"
+    );
     let mut more = status();
     more.usage.gpus.push(GpuUsage::default());
     assert!(status_changed_meaningfully(&status(), &more));
