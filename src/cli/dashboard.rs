@@ -83,8 +83,14 @@ mod tests {
 
     #[test]
     fn urls_name_a_reachable_address() {
-        assert_eq!(url_of("127.0.0.1:8780".parse().unwrap()), "http://127.0.0.1:8780/");
-        assert_eq!(url_of("0.0.0.0:80".parse().unwrap()), "http://127.0.0.1:80/");
+        assert_eq!(
+            url_of("127.0.0.1:8780".parse().unwrap()),
+            "http://127.0.0.1:8780/"
+        );
+        assert_eq!(
+            url_of("0.0.0.0:80".parse().unwrap()),
+            "http://127.0.0.1:80/"
+        );
         assert_eq!(url_of("[::1]:8780".parse().unwrap()), "http://[::1]:8780/");
         assert_eq!(url_of("[::]:8780".parse().unwrap()), "http://[::1]:8780/");
     }

@@ -12,9 +12,9 @@ use crate::api::{
     Event, EventSpec, Job, JobPhase, JobSpec, Node, NodeSpec, Pool, PoolSpec, TrainingTarget,
     TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
+use crate::store::keys;
 use crate::store::leader::LeaderRecord;
 use crate::store::mirror::Mirror;
-use crate::store::keys;
 
 /// A job holding GPUs (or at least a place) on a node: Scheduled or Running there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl Cluster {
             .find(|kv| kv.key == keys::LEADER)
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let mut events: Vec<Event> = mirror.list::<EventSpec>(&all);
-        events.sort_by(|a, b| b.spec.last_seen.cmp(&a.spec.last_seen));
+        events.sort_by_key(|e| std::cmp::Reverse(e.spec.last_seen));
         Cluster::assemble(Parts {
             revision,
             taken_at,

@@ -127,7 +127,11 @@ pub fn warnings(cluster: &Cluster, link: &Link, now: DateTime<Utc>) -> Vec<Warni
     if !not_ready.is_empty() {
         out.push(warning(
             Warn,
-            format!("{} of {} nodes not ready", not_ready.len(), cluster.nodes.len()),
+            format!(
+                "{} of {} nodes not ready",
+                not_ready.len(),
+                cluster.nodes.len()
+            ),
             names(&not_ready),
             Some("/nodes"),
         ));

@@ -231,11 +231,7 @@ mod tests {
         let rate = h.games_per_hour("hex8", now).unwrap();
         assert_eq!(rate.over, Duration::from_secs(3600));
         assert!((rate.per_hour - 1100.0).abs() < 1e-9, "{rate:?}");
-        assert_eq!(
-            h.games_per_hour("hex8", t0),
-            None,
-            "one sample is no rate"
-        );
+        assert_eq!(h.games_per_hour("hex8", t0), None, "one sample is no rate");
         assert_eq!(h.games_per_hour("other", now), None);
     }
 
@@ -253,8 +249,14 @@ mod tests {
     fn runs_outlive_the_etcd_history_limit_and_go_with_their_target() {
         let mut h = History::default();
         let now = Utc::now();
-        h.remember_runs(&cluster(now, vec![target("hex8", 0, &[(1, true), (2, false)])]));
-        h.remember_runs(&cluster(now, vec![target("hex8", 0, &[(2, true), (3, true)])]));
+        h.remember_runs(&cluster(
+            now,
+            vec![target("hex8", 0, &[(1, true), (2, false)])],
+        ));
+        h.remember_runs(&cluster(
+            now,
+            vec![target("hex8", 0, &[(2, true), (3, true)])],
+        ));
         let runs: Vec<(u64, bool)> = h
             .runs("hex8")
             .iter()
@@ -262,7 +264,10 @@ mod tests {
             .collect();
         assert_eq!(runs, [(1, true), (2, true), (3, true)], "latest state wins");
         h.remember_runs(&cluster(now, vec![]));
-        assert!(h.runs("hex8").is_empty(), "a deleted target's runs are dropped");
+        assert!(
+            h.runs("hex8").is_empty(),
+            "a deleted target's runs are dropped"
+        );
         h.sample(&cluster(now, vec![target("hex8", 1, &[])]), now);
         h.sample(&cluster(now, vec![]), now);
         assert!(h.target("hex8").is_none());

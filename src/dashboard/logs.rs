@@ -111,8 +111,11 @@ async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
                         .into_iter()
                         .find(|s| !s.is_empty())
                         .unwrap_or_else(|| "not placed yet".into());
-                    out.text(&format!("(job {name} is {:?}: {why}; its output follows once it runs)\n", status.phase))
-                        .await;
+                    out.text(&format!(
+                        "(job {name} is {:?}: {why}; its output follows once it runs)\n",
+                        status.phase
+                    ))
+                    .await;
                     said_waiting = true;
                 }
             }
@@ -123,8 +126,10 @@ async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
         }
     };
     let Some(node_obj) = source.view().cluster.node(&node).cloned() else {
-        out.end(&format!("job {name} is placed on node {node}, but there is no Node {node} to find its agent by"))
-            .await;
+        out.end(&format!(
+            "job {name} is placed on node {node}, but there is no Node {node} to find its agent by"
+        ))
+        .await;
         return;
     };
     let addresses = agent_addresses(&node_obj);
@@ -132,12 +137,15 @@ async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
     let started = tokio::time::Instant::now();
     let mut resp = loop {
         let answer = dialer
-            .reach(&node, &addresses, |tcp| agent_http::get_on(tcp, &node, &path))
+            .reach(&node, &addresses, |tcp| {
+                agent_http::get_on(tcp, &node, &path)
+            })
             .await;
         let mut resp = match answer {
             Ok((resp, _addr)) => resp,
             Err(e) => {
-                out.end(&format!("the agent of node {node} cannot be reached: {e}")).await;
+                out.end(&format!("the agent of node {node} cannot be reached: {e}"))
+                    .await;
                 return;
             }
         };
@@ -150,14 +158,20 @@ async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
             continue;
         }
         let body = resp.error_body().await;
-        out.end(&format!("the agent of node {node} answered {}: {body}", resp.status))
-            .await;
+        out.end(&format!(
+            "the agent of node {node} answered {}: {body}",
+            resp.status
+        ))
+        .await;
         return;
     };
     match pump(&mut resp, out).await {
         Ok(true) => out.end("end of output").await,
         Ok(false) => {}
-        Err(e) => out.end(&format!("the connection to node {node}'s agent broke: {e}")).await,
+        Err(e) => {
+            out.end(&format!("the connection to node {node}'s agent broke: {e}"))
+                .await
+        }
     }
 }
 

@@ -46,10 +46,7 @@ pub enum Link {
     /// Watching; the snapshot follows etcd.
     Live { since: DateTime<Utc> },
     /// etcd did not answer; the snapshot is the last one seen.
-    Unreachable {
-        since: DateTime<Utc>,
-        error: String,
-    },
+    Unreachable { since: DateTime<Utc>, error: String },
 }
 
 impl Link {

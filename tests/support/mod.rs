@@ -2,11 +2,13 @@
 //! Shared helpers for integration tests. Include with `mod support;`.
 
 pub mod agent;
+pub mod browser;
 pub mod cli;
 pub mod etcd;
 pub mod fs;
 pub mod http;
 pub mod jobs;
 pub mod proc;
+pub mod promtool;
 pub mod sshd;
 pub mod voters;

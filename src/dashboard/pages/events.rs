@@ -13,7 +13,12 @@ pub fn render(view: &View, query: &Query) -> Rendered {
     if unread(view) {
         return Rendered::ok(html! {});
     }
-    let wanted = match query.event_type.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    let wanted = match query
+        .event_type
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         None => None,
         Some(t) if t.eq_ignore_ascii_case("warning") => Some(EventType::Warning),
         Some(t) if t.eq_ignore_ascii_case("normal") => Some(EventType::Normal),

@@ -48,19 +48,24 @@ pub fn render(view: &View, query: &Query) -> Rendered {
     if unread(view) {
         return Rendered::ok(html! {});
     }
-    let (selector, phase, page) = match (query.selector(), query.job_phase(), query.page_number())
-    {
+    let (selector, phase, page) = match (query.selector(), query.job_phase(), query.page_number()) {
         (Ok(s), Ok(p), Ok(n)) => (s, p, n),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Rendered::bad_input(&e),
     };
     let c = &view.cluster;
     let name_part = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let node = query.node.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    let node = query
+        .node
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
     let filtered: Vec<&Job> = c
         .jobs
         .iter()
         .filter(|j| name_part.is_none_or(|q| j.name().contains(q)))
-        .filter(|j| node.is_none_or(|n| j.status.as_ref().and_then(|s| s.node.as_deref()) == Some(n)))
+        .filter(|j| {
+            node.is_none_or(|n| j.status.as_ref().and_then(|s| s.node.as_deref()) == Some(n))
+        })
         .filter(|j| selector.matches(&j.metadata.labels))
         .collect();
     let mut by_phase = [0usize; 5];

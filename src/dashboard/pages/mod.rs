@@ -64,7 +64,10 @@ impl Page {
         if path.contains("//") {
             return None;
         }
-        let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
         Some(match path {
             "/" => Page::Overview,
             "/nodes" => Page::Nodes,
@@ -165,7 +168,12 @@ impl Query {
 
     /// The page number asked for (1 when none).
     pub fn page_number(&self) -> Result<usize, String> {
-        match self.page.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        match self
+            .page
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             None => Ok(1),
             Some(p) => p
                 .parse::<usize>()
@@ -177,13 +185,20 @@ impl Query {
     pub fn selector(&self) -> Result<LabelSelector, String> {
         match self.l.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
             None => Ok(LabelSelector::everything()),
-            Some(l) => l.parse().map_err(|e: crate::api::selector::SelectorError| e.to_string()),
+            Some(l) => l
+                .parse()
+                .map_err(|e: crate::api::selector::SelectorError| e.to_string()),
         }
     }
 
     /// The job phase asked for (any when none).
     pub fn job_phase(&self) -> Result<Option<JobPhase>, String> {
-        match self.phase.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        match self
+            .phase
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             None => Ok(None),
             Some(p) => JobPhase::ALL
                 .into_iter()

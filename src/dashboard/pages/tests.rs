@@ -99,8 +99,14 @@ fn markup_in_names_labels_and_messages_comes_out_escaped_on_every_page() {
     for page in every_page() {
         let (status, body) = html(&page, &s, &Query::default());
         assert_eq!(status, 200, "{page:?}");
-        assert!(!body.contains("<script"), "{page:?} lets markup through:\n{body}");
-        assert!(body.contains("&lt;script&gt;"), "{page:?} shows the text escaped");
+        assert!(
+            !body.contains("<script"),
+            "{page:?} lets markup through:\n{body}"
+        );
+        assert!(
+            body.contains("&lt;script&gt;"),
+            "{page:?} shows the text escaped"
+        );
     }
     let with_query = Query {
         l: Some(format!("app={SCRIPT}")),
@@ -109,7 +115,9 @@ fn markup_in_names_labels_and_messages_comes_out_escaped_on_every_page() {
     };
     let (_, body) = html(&Page::Jobs, &s, &with_query);
     assert!(!body.contains("<script"), "a query is escaped too:\n{body}");
-    let controls = super::controls(&Page::Jobs, &with_query).unwrap().into_string();
+    let controls = super::controls(&Page::Jobs, &with_query)
+        .unwrap()
+        .into_string();
     assert!(!controls.contains("<script") && controls.contains("&lt;script&gt;"));
     let nf = not_found("/<script>x").into_string();
     assert!(!nf.contains("<script") && nf.contains("&lt;script&gt;"));
@@ -119,7 +127,10 @@ fn markup_in_names_labels_and_messages_comes_out_escaped_on_every_page() {
 fn only_known_paths_are_pages_and_a_job_path_takes_only_a_valid_name() {
     assert_eq!(Page::from_path("/"), Some(Page::Overview));
     assert_eq!(Page::from_path("/jobs/"), Some(Page::Jobs));
-    assert_eq!(Page::from_path("/jobs/train-1"), Some(Page::Job("train-1".into())));
+    assert_eq!(
+        Page::from_path("/jobs/train-1"),
+        Some(Page::Job("train-1".into()))
+    );
     for bad in [
         "/nope",
         "/jobs/Bad_Name",
@@ -157,7 +168,10 @@ fn bad_filters_are_answered_with_what_to_type_instead() {
         },
     );
     assert_eq!(status, 400);
-    assert!(body.contains("Pending, Scheduled, Running, Succeeded, Failed"), "{body}");
+    assert!(
+        body.contains("Pending, Scheduled, Running, Succeeded, Failed"),
+        "{body}"
+    );
     let (status, body) = ask(
         Page::Events,
         Query {
@@ -199,14 +213,20 @@ fn ten_thousand_jobs_are_shown_a_hundred_at_a_time_failed_and_pending_first() {
     let failed = body.find("job-zz-failed").unwrap();
     let pending = body.find("job-zz-pending").unwrap();
     let running = body.find("job-job-00000").unwrap();
-    assert!(failed < pending && pending < running, "failed, then pending, then the rest");
+    assert!(
+        failed < pending && pending < running,
+        "failed, then pending, then the rest"
+    );
 
     let last = Query {
         page: Some("1000000".into()),
         ..Query::default()
     };
     let (_, body) = html(&Page::Jobs, &s, &last);
-    assert!(body.contains("page 101 of 101"), "a page past the end is the last");
+    assert!(
+        body.contains("page 101 of 101"),
+        "a page past the end is the last"
+    );
     assert_eq!(body.matches("<tr id=\"job-").count(), 2);
 
     let running_only = Query {
@@ -215,7 +235,11 @@ fn ten_thousand_jobs_are_shown_a_hundred_at_a_time_failed_and_pending_first() {
         ..Query::default()
     };
     let (_, body) = html(&Page::Jobs, &s, &running_only);
-    assert_eq!(body.matches("<tr id=\"job-").count(), 10, "job-09990 .. job-09999");
+    assert_eq!(
+        body.matches("<tr id=\"job-").count(),
+        10,
+        "job-09990 .. job-09999"
+    );
 }
 
 #[test]
@@ -246,7 +270,10 @@ fn the_nodes_page_shows_who_holds_each_gpu_and_filters_by_label() {
 fn elo_follows_the_win_rate_of_promoted_runs() {
     assert_eq!(elo_gain(0.5), Some(0.0));
     assert!((elo_gain(0.61).unwrap() - 77.71).abs() < 0.01);
-    assert!((elo_gain(1.0).unwrap() - 798.25).abs() < 0.01, "a sweep is capped");
+    assert!(
+        (elo_gain(1.0).unwrap() - 798.25).abs() < 0.01,
+        "a sweep is capped"
+    );
     assert_eq!(elo_gain(1.0), elo_gain(2.0));
     assert!(elo_gain(0.0).unwrap() < -798.0);
     assert_eq!(elo_gain(f64::NAN), None);

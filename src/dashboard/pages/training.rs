@@ -177,7 +177,10 @@ fn elo_chart(name: &str, runs: &[&TrainingRun]) -> Chart {
         x: curve.iter().map(|p| p.0.timestamp()).collect(),
         series: vec![Series {
             label: "Elo".into(),
-            values: curve.iter().map(|p| Some((p.1 * 10.0).round() / 10.0)).collect(),
+            values: curve
+                .iter()
+                .map(|p| Some((p.1 * 10.0).round() / 10.0))
+                .collect(),
             color: 2,
             style: Style::Dots,
         }],

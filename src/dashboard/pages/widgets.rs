@@ -219,9 +219,15 @@ mod tests {
     fn slices_clamp_to_the_rows_there_are() {
         assert_eq!(slice(10_000, 1, 100).end, 100);
         let last = slice(10_000, 1_000_000, 100);
-        assert_eq!((last.page, last.pages, last.start, last.end), (100, 100, 9900, 10_000));
+        assert_eq!(
+            (last.page, last.pages, last.start, last.end),
+            (100, 100, 9900, 10_000)
+        );
         let empty = slice(0, 3, 100);
-        assert_eq!((empty.page, empty.pages, empty.start, empty.end), (1, 1, 0, 0));
+        assert_eq!(
+            (empty.page, empty.pages, empty.start, empty.end),
+            (1, 1, 0, 0)
+        );
         assert_eq!(slice(5, 0, 100).page, 1, "page 0 is the first");
     }
 
@@ -229,7 +235,9 @@ mod tests {
     fn bars_never_overflow_and_figures_read_well() {
         let over = bar(250.0, "", "x").into_string();
         assert!(over.contains(r#"class="fill" width="100.0""#), "{over}");
-        assert!(bar(f64::NAN, "", "x").into_string().contains(r#"width="0.0""#));
+        assert!(bar(f64::NAN, "", "x")
+            .into_string()
+            .contains(r#"width="0.0""#));
         assert_eq!(bytes(85_899_345_920), "80 GiB");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(count(1_234_567), "1\u{202f}234\u{202f}567");
