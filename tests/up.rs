@@ -17,13 +17,14 @@ struct Up {
 }
 
 impl Up {
-    fn start(state: &std::path::Path, ports: (u16, u16, u16)) -> Up {
+    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16)) -> Up {
         let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo");
         let (client, peer, agent) = (
             ports.0.to_string(),
             ports.1.to_string(),
             ports.2.to_string(),
         );
+        let dashboard = format!("127.0.0.1:{}", ports.3);
         let state_arg = state.display().to_string();
         let child = rift_command(
             "",
@@ -43,6 +44,8 @@ impl Up {
                 "H100x2",
                 "--label",
                 "demo=true",
+                "--dashboard",
+                &dashboard,
             ],
         )
         .stdout(Stdio::null())
@@ -96,7 +99,7 @@ fn job_phase(endpoint: &str, job: &str) -> Option<String> {
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port());
+    let ports = (free_port(), free_port(), free_port(), free_port());
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
@@ -118,6 +121,12 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
+    // It serves the dashboard too, reading the same cluster.
+    let dashboard = format!("127.0.0.1:{}", ports.3);
+    let (code, page) = support::http::get(&dashboard, "/nodes", Duration::from_secs(5))
+        .expect("rift up serves the dashboard");
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"node-local\""), "{page}");
     // etcd listens on the node's address, not on every interface.
     assert!(
         std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),

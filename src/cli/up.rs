@@ -51,6 +51,12 @@ pub struct UpArgs {
     /// An agent config file for anything else (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where to serve the dashboard (`rift dashboard` in the same process).
+    #[arg(long, value_name = "ADDR", default_value = super::dashboard::DEFAULT_LISTEN)]
+    pub dashboard: std::net::SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// How long etcd has to come up.
@@ -94,7 +100,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         eprintln!("applying {}", join_paths(&args.manifests));
         apply_docs(&store, docs, false).await?;
     }
-    print_how_to_reach(&endpoint, &args, &config);
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        serve_dashboard(args.dashboard, &store, shutdown.clone()).await
+    };
+    print_how_to_reach(&endpoint, &args, &config, dashboard.as_deref());
     let result = agent_task.await;
     eprintln!(
         "stopped; `rift up --state-dir {}` resumes this cluster",
@@ -228,15 +239,48 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
+/// Serves the dashboard beside the cluster; a taken address is a warning, not a failure (the
+/// cluster is what `rift up` is for). Returns its URL.
+async fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    store: &Store,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<String> {
+    match crate::dashboard::bind(addr).await {
+        Ok(listener) => {
+            let url = super::dashboard::url_of(listener.local_addr().unwrap_or(addr));
+            tokio::spawn(crate::dashboard::serve(
+                listener,
+                store.clone(),
+                crate::dashboard::Limits::default(),
+                shutdown,
+            ));
+            Some(url)
+        }
+        Err(e) => {
+            eprintln!("warning: no dashboard: {e} (or --no-dashboard)");
+            None
+        }
+    }
+}
+
+fn print_how_to_reach(
+    endpoint: &str,
+    args: &UpArgs,
+    config: &AgentConfig,
+    dashboard: Option<&str>,
+) {
     let e = if args.port == 2379 && args.listen == "127.0.0.1" {
         String::new()
     } else {
         format!(" --endpoints {endpoint}")
     };
+    let dashboard = dashboard
+        .map(|url| format!("Dashboard: {url} (live, read-only)\n"))
+        .unwrap_or_default();
     println!(
         "\nrift is up: etcd at {endpoint}, node `{}` leads and runs jobs; state and logs in {}.\n\
-         In another terminal:\n\n  \
+         {dashboard}In another terminal:\n\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
          rift{e} status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
          rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
