@@ -130,6 +130,19 @@
     });
   }
 
+  // A page left for another keeps its event streams open while the browser holds it for
+  // "back" (the back/forward cache), and a browser opens at most six connections to one host:
+  // close them on leaving, and load the page afresh if it is shown again.
+  window.addEventListener("pagehide", function () {
+    document.querySelectorAll("[sse-connect]").forEach(function (el) {
+      var data = el["htmx-internal-data"];
+      if (data && data.sseEventSource) data.sseEventSource.close();
+    });
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) location.reload();
+  });
+
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", init);
   } else {

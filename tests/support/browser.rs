@@ -171,12 +171,22 @@ impl Browser {
         self.seen.push(method.to_string());
     }
 
-    /// Loads `url` and waits for its load event.
+    /// Loads `url` and waits for its load event. A navigation Chromium aborts because it saw
+    /// the machine's network change (other tests add loopback addresses and interfaces) is
+    /// tried again, a few times.
     pub async fn goto(&mut self, url: &str) {
-        self.seen.clear();
-        let r = self.call("Page.navigate", json!({"url": url})).await;
-        if let Some(e) = r["errorText"].as_str() {
-            panic!("cannot load {url}: {e}");
+        let mut tries = 0;
+        loop {
+            self.seen.clear();
+            let r = self.call("Page.navigate", json!({"url": url})).await;
+            match r["errorText"].as_str() {
+                None => break,
+                Some("net::ERR_NETWORK_CHANGED") if tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(e) => panic!("cannot load {url}: {e}"),
+            }
         }
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         while !self.seen.iter().any(|m| m == "Page.loadEventFired") {

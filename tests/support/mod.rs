@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod browser;
 pub mod cli;
+pub mod dashboard;
 pub mod etcd;
 pub mod fs;
 pub mod http;
