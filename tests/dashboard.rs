@@ -17,7 +17,7 @@ use rift::api::{JobSpec, Object};
 use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::browser::Browser;
-use support::cli::{rift, rift_stdin};
+use support::cli::rift_stdin;
 use support::dashboard::TestDashboard;
 use support::etcd::EtcdCluster;
 use support::http;
