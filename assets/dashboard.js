@@ -48,15 +48,21 @@
     });
     var axis = { stroke: ink, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
     var yRange = function (u, min, max) {
-      var lo = spec.yMin != null ? spec.yMin : min, hi = spec.yMax != null ? spec.yMax : max;
+      // yMin and yMax are values the axis always shows (0 for counts, 0-1 for win rates).
+      var lo = spec.yMin != null ? Math.min(spec.yMin, min) : min;
+      var hi = spec.yMax != null ? Math.max(spec.yMax, max) : max;
       if (lo === hi) { hi = lo + 1; }
       return [lo, hi];
     };
+    var x0 = Math.min.apply(null, spec.x), x1 = Math.max.apply(null, spec.x);
+    var xScale = x0 === x1 ? { time: true, auto: false, range: [x0 - 60, x1 + 60] } : { time: true };
     var plot = new uPlot({
       width: Math.max(el.clientWidth, 200),
       height: 190,
       series: series,
-      scales: { x: { time: true }, y: { range: yRange } },
+      // One point (a first promotion, a fresh dashboard) has no width: give it a minute
+      // either side, or uPlot has no scale to draw on.
+      scales: { x: xScale, y: { range: yRange } },
       axes: [axis, Object.assign({}, axis, { size: 48 })],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } }
@@ -114,7 +120,11 @@
       }
     };
     document.body.addEventListener("htmx:afterSwap", followLog);
-    document.body.addEventListener("htmx:sseMessage", followLog);
+    document.body.addEventListener("htmx:sseMessage", function (e) {
+      followLog(e);
+      drawCharts(document);
+      updateAges(document);
+    });
     var live = document.getElementById("live");
     if (live && !live.hasAttribute("sse-connect")) setConn("", "static");
     else setConn("connecting", "connecting");

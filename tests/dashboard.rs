@@ -152,7 +152,7 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
     b.eval("window.notReloaded = true").await;
     let promoted = b
         .wait_for(
-            "window.notReloaded === true && (() => { const c = document.getElementById('chart-elo-hex8-2p'); \
+            "window.notReloaded === true && (() => { const c = document.querySelector('[data-name=chart-elo-hex8-2p]'); \
              return c && c.dataset.drawn === '1' && Number(c.dataset.points) >= 1 \
              && !!c.querySelector('canvas'); })()",
             Duration::from_secs(90),
@@ -170,6 +170,11 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
         row.as_str().unwrap().contains("+78"),
         "ΔElo of a 0.61 win rate: {row}"
     );
+    b.wait_for(
+        "[...document.querySelectorAll('.chart')].every(c => c.dataset.drawn === '1')",
+        Duration::from_secs(5),
+    )
+    .await;
     b.screenshot(&screenshot_dir().join("training-promoted.png"))
         .await;
 

@@ -47,23 +47,23 @@ pub fn render(view: &View, query: &Query) -> Rendered {
         }
         (pager(s, |n| format!("/events{}", query.with_page(Some(n)))))
         div.scroll {
-            table.events {
+            table.events.stack {
                 thead { tr { th { "Last seen" } th { "Type" } th { "Reason" } th { "Object" } th { "Message" } th.wide { "Count" } th.wide { "Source" } } }
                 tbody {
                     @for e in &shown[s.start..s.end] {
                         @let warn = e.spec.event_type == EventType::Warning;
                         tr class=(if warn { "warn" } else { "" }) {
-                            td { (time(Some(e.spec.last_seen))) }
-                            td { @if warn { (badge("warn", "Warning")) } @else { (badge("muted", "Normal")) } }
-                            td { (e.spec.reason) }
-                            td {
+                            td data-label="Seen" { (time(Some(e.spec.last_seen))) }
+                            td data-label="Type" { @if warn { (badge("warn", "Warning")) } @else { (badge("muted", "Normal")) } }
+                            td data-label="Reason" { (e.spec.reason) }
+                            td data-label="Object" {
                                 @if e.spec.involved_object.kind == "Job" {
                                     a href={"/jobs/" (e.spec.involved_object.name)} { "Job/" (e.spec.involved_object.name) }
                                 } @else {
                                     (e.spec.involved_object.kind) "/" (e.spec.involved_object.name)
                                 }
                             }
-                            td.why { (e.spec.message) }
+                            td.why data-label="Message" { (e.spec.message) }
                             td.wide { (e.spec.count) }
                             td.wide.muted { (e.spec.source) }
                         }

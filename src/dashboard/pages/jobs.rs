@@ -98,7 +98,7 @@ pub fn render(view: &View, query: &Query) -> Rendered {
         }
         (pager(s, |n| format!("/jobs{}", query.with_page(Some(n)))))
         div.scroll {
-            table.jobs {
+            table.jobs.stack {
                 thead { tr {
                     th { "Job" } th { "Phase" } th { "Node" } th { "GPUs" } th.wide { "Age" }
                     th.wide { "Attempts" } th.wide { "Progress" } th { "Why" }
@@ -124,19 +124,19 @@ fn row(job: &Job) -> Markup {
     };
     html! {
         tr id={"job-" (job.name())} {
-            td.name {
+            td.name data-label="Job" {
                 a href={"/jobs/" (job.name())} { (job.name()) }
                 span.muted.type { " " (format!("{:?}", job.spec.job_type).to_lowercase()) }
             }
-            td { (phase_badge(st.phase)) }
-            td { @if let Some(n) = &st.node { (n) } @else { span.muted { "–" } } }
-            td { (gpu_list(&st.gpus, job.spec.resources.gpus)) }
+            td data-label="Phase" { (phase_badge(st.phase)) }
+            td data-label="Node" { @if let Some(n) = &st.node { (n) } @else { span.muted { "–" } } }
+            td data-label="GPUs" { (gpu_list(&st.gpus, job.spec.resources.gpus)) }
             td.wide { (time(job.metadata.creation_timestamp)) }
             td.wide { (st.attempts) }
             td.wide {
                 @for (k, v) in &st.progress { span.progress { (k) " " (format_figure(*v)) } " " }
             }
-            td.why { @if let Some(w) = why { (w) } }
+            td.why data-label="Why" { @if let Some(w) = why { (w) } }
         }
     }
 }

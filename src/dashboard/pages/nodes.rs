@@ -54,7 +54,7 @@ pub fn render(view: &View, query: &Query) -> Rendered {
         }
         (pager(s, |n| format!("/nodes{}", query.with_page(Some(n)))))
         div.scroll {
-            table.nodes {
+            table.nodes.stack {
                 thead { tr {
                     th { "Node" } th { "State" } th { "Heartbeat" } th { "Load" }
                     th { "GPUs" } th { "Jobs" } th.wide { "Tunnel" } th.wide { "Agent" }
@@ -75,7 +75,7 @@ fn row(c: &Cluster, node: &Node) -> Markup {
     let running: Vec<&str> = placed.iter().map(|p| p.job.as_str()).collect();
     html! {
         tr id={"node-" (node.name())} {
-            td.name {
+            td.name data-label="Node" {
                 strong { (node.name()) }
                 div.tags {
                     @if !node.spec.provider.is_empty() { span.muted { (node.spec.provider) } " " }
@@ -85,7 +85,7 @@ fn row(c: &Cluster, node: &Node) -> Markup {
                     @for (k, v) in &node.metadata.labels { span.label { (k) "=" (v) } " " }
                 }
             }
-            td {
+            td data-label="State" {
                 @if is_ready(node) { (badge("ok", "Ready")) }
                 @else {
                     span title=(ready.map_or(String::new(), |r| format!("{}: {}", r.reason, r.message))) {
@@ -94,14 +94,16 @@ fn row(c: &Cluster, node: &Node) -> Markup {
                 }
                 @if status.overloaded { " " (badge("warn", "overloaded")) }
             }
-            td { (time(status.last_heartbeat)) }
-            td.load {
-                (meter("CPU", status.usage.cpu_percent))
-                (meter("MEM", status.usage.memory_percent))
-                (meter("DISK", status.usage.disk_percent))
+            td data-label="Heartbeat" { (time(status.last_heartbeat)) }
+            td.load data-label="Load" {
+                div.meters {
+                    (meter("CPU", status.usage.cpu_percent))
+                    (meter("MEM", status.usage.memory_percent))
+                    (meter("DISK", status.usage.disk_percent))
+                }
             }
-            td { (gpus(&status, placed)) }
-            td.jobs {
+            td data-label="GPUs" { (gpus(&status, placed)) }
+            td.jobs data-label="Jobs" {
                 (running.len())
                 @for j in running.iter().take(JOBS_SHOWN) { " " a href={"/jobs/" (j)} { (j) } }
                 @if running.len() > JOBS_SHOWN {

@@ -173,7 +173,7 @@ fn elo_chart(name: &str, runs: &[&TrainingRun]) -> Chart {
     let curve = elo_curve(runs);
     Chart {
         id: format!("chart-elo-{name}"),
-        title: "Elo of the promoted models".into(),
+        title: "Elo of the promoted models (the first model is 0)".into(),
         x: curve.iter().map(|p| p.0.timestamp()).collect(),
         series: vec![Series {
             label: "Elo".into(),
@@ -184,7 +184,7 @@ fn elo_chart(name: &str, runs: &[&TrainingRun]) -> Chart {
             color: 2,
             style: Style::Dots,
         }],
-        y_min: None,
+        y_min: Some(0.0),
         y_max: None,
     }
 }

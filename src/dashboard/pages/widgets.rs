@@ -113,8 +113,10 @@ pub struct Chart {
     /// Unix seconds.
     pub x: Vec<i64>,
     pub series: Vec<Series>,
+    /// A value the y axis always shows (e.g. 0 for counts), whatever the data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub y_min: Option<f64>,
+    /// Likewise at the top (e.g. 1 for win rates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub y_max: Option<f64>,
 }
@@ -144,16 +146,25 @@ pub enum Style {
 }
 
 impl Chart {
+    /// The chart's box. A chart whose data did not change keeps its element across live
+    /// updates (`hx-preserve`, keyed by a hash of the data), so it is not redrawn, and does
+    /// not flicker, every time something else on the page changes.
     pub fn render(&self) -> Markup {
         let points = self.x.len();
+        let data = serde_json::to_string(self).expect("charts serialize");
+        let key = format!(
+            "{}-{}",
+            self.id,
+            &crate::dashboard::live::fragment_hash(&data)[..8]
+        );
         html! {
             figure.chart-box {
                 figcaption { (self.title) }
                 @if points == 0 {
                     p.chart-empty { "no data yet" }
                 } @else {
-                    div.chart id=(self.id) data-points=(points)
-                        data-chart=(serde_json::to_string(self).expect("charts serialize")) {}
+                    div.chart id=(key) data-name=(self.id) data-points=(points) hx-preserve="true"
+                        data-chart=(data) {}
                 }
             }
         }
