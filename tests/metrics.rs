@@ -37,6 +37,11 @@ spec:
       command: ['true']
 ---
 apiVersion: rift/v1
+kind: VoterSet
+metadata: {name: default}
+spec: {voters: [ctl]}
+---
+apiVersion: rift/v1
 kind: Node
 metadata: {name: nat-1}
 spec:
@@ -69,11 +74,29 @@ async fn every_metrics_endpoint_passes_promtool_and_only_the_leader_exports_the_
     let worker = TestAgent::start("w1", &ep, &["--gpus", "H100x2"]);
     let out = rift_stdin(&ep, &["apply", "-f", "-"], OBJECTS);
     assert!(out.ok, "{}", out.stderr);
+    // A target that has promoted once (as the training controller records it), so its
+    // win-rate and promotion series exist.
+    let status = serde_json::json!({
+        "trainingGeneration": 1, "currentModel": "m1",
+        "history": [{"generation": 1, "job": "hex8-2p-train-1", "winRate": 0.6, "promoted": true,
+                     "finishedAt": chrono::Utc::now()}]
+    });
+    etcd.client()
+        .await
+        .put(
+            "/rift/v1/status/trainingtargets/hex8-2p",
+            status.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
 
     let wanted = [
         "rift_scheduler_pending_jobs{node=\"ctl\"} 1",
         "rift_training_games{target=\"hex8-2p\",node=\"ctl\"} 0",
         "rift_tunnel_up{",
+        "rift_etcd_quorum{node=\"ctl\"} 1",
+        "rift_training_last_win_rate{target=\"hex8-2p\",node=\"ctl\"} 0.6",
         "rift_jobs{job_node=\"\",phase=\"Pending\",node=\"ctl\"} 1",
     ];
     let start = std::time::Instant::now();
@@ -118,10 +141,112 @@ async fn every_metrics_endpoint_passes_promtool_and_only_the_leader_exports_the_
     );
     assert!(follow.contains("# TYPE rift_agent_lease_renew_seconds histogram"));
 
+    // What config/ builds on is what the agents export.
+    for name in referenced_metrics() {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        let exported = lead.contains(&format!("# TYPE {family} "))
+            || follow.contains(&format!("# TYPE {family} "))
+            || NVML_ONLY.contains(&family);
+        assert!(exported, "config/ uses {name}, which no agent exports");
+    }
+
     // The leader dies: its series go with it, and the cluster is counted by no one else.
     leader.kill();
     let follow = scrape(&worker).unwrap();
     assert!(!follow.contains("rift_scheduler_pending_jobs{"));
     check_metrics(&follow).unwrap();
     worker.kill_shims();
+}
+
+/// Series only a node whose GPUs NVML measures exports (covered by unit tests; CI has no GPU).
+const NVML_ONLY: [&str; 3] = [
+    "rift_gpu_utilization_ratio",
+    "rift_gpu_memory_used_ratio",
+    "rift_gpu_memory_bytes",
+];
+
+fn config_file(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Every PromQL expression of the Grafana dashboard.
+fn grafana_exprs() -> Vec<String> {
+    let dash: serde_json::Value = serde_json::from_str(&config_file("grafana-dashboard.json"))
+        .expect("the Grafana dashboard is JSON");
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every `rift_*` name the Grafana dashboard and the alert rules use.
+fn referenced_metrics() -> std::collections::BTreeSet<String> {
+    let text = grafana_exprs().join(" ") + &config_file("prometheus-rules.example.yml");
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("rift_") {
+        let start = i + at;
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            names.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn the_prometheus_example_and_every_grafana_query_parse() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let check = std::process::Command::new(support::promtool::promtool_bin())
+        .args([
+            "check",
+            "config",
+            &format!("{dir}/config/prometheus.example.yml"),
+        ])
+        .output()
+        .expect("promtool runs (scripts/install-deps.sh installs it)");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // promtool parses PromQL in rule files: every dashboard query as a recording rule.
+    let rules = tempfile::NamedTempFile::new().unwrap();
+    let body: String = grafana_exprs()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "      - record: grafana_query_{i}\n        expr: {}\n",
+                serde_json::to_string(e).unwrap()
+            )
+        })
+        .collect();
+    std::fs::write(
+        rules.path(),
+        format!("groups:\n  - name: grafana\n    rules:\n{body}"),
+    )
+    .unwrap();
+    let check = std::process::Command::new(support::promtool::promtool_bin())
+        .args(["check", "rules"])
+        .arg(rules.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "a Grafana query does not parse:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
