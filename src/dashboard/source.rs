@@ -209,6 +209,7 @@ async fn run(
                 out.cluster = Arc::new(cluster);
                 out.publish();
                 let took = started.elapsed();
+                tracing::debug!(took_ms = took.as_millis() as u64, jobs = out.cluster.jobs.len(), "dashboard snapshot built");
                 gap = MIN_GAP.max(took * 4);
                 last_publish = Instant::now();
             }
