@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use crate::api::selector::LabelSelector;
 use crate::api::voter_set::VOTER_SET_NAME;
 use crate::api::{
-    Event, EventSpec, Job, JobPhase, JobSpec, Node, NodeSpec, Pool, PoolSpec, TrainingTarget,
-    TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
+    Event, EventSpec, Job, JobPhase, JobSpec, Node, NodeSpec, TrainingTarget, TrainingTargetSpec,
+    Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::keys;
 use crate::store::leader::LeaderRecord;
@@ -35,7 +35,6 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// In name order.
     pub jobs: Vec<Job>,
-    pub pools: Vec<Pool>,
     pub targets: Vec<TrainingTarget>,
     pub voter_set: Option<VoterSet>,
     pub tunnels: Vec<Tunnel>,
@@ -64,7 +63,6 @@ impl Cluster {
             leader,
             nodes: mirror.list::<NodeSpec>(&all),
             jobs: mirror.list::<JobSpec>(&all),
-            pools: mirror.list::<PoolSpec>(&all),
             targets: mirror.list::<TrainingTargetSpec>(&all),
             voter_set: mirror
                 .list::<VoterSetSpec>(&all)
@@ -100,7 +98,6 @@ impl Cluster {
             leader: parts.leader,
             nodes: parts.nodes,
             jobs: parts.jobs,
-            pools: parts.pools,
             targets: parts.targets,
             voter_set: parts.voter_set,
             tunnels: parts.tunnels,
@@ -175,7 +172,6 @@ pub struct Parts {
     pub leader: Option<LeaderRecord>,
     pub nodes: Vec<Node>,
     pub jobs: Vec<Job>,
-    pub pools: Vec<Pool>,
     pub targets: Vec<TrainingTarget>,
     pub voter_set: Option<VoterSet>,
     pub tunnels: Vec<Tunnel>,

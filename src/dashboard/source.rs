@@ -71,7 +71,7 @@ pub struct View {
 pub struct Source {
     views: watch::Receiver<Arc<View>>,
     history: Arc<RwLock<History>>,
-    /// The sender of a [`Source::fixed`] view, kept so its streams stay open.
+    /// The sender of a fixed view (render tests), kept so its streams stay open.
     _fixed: Option<Arc<watch::Sender<Arc<View>>>>,
 }
 
@@ -96,6 +96,7 @@ impl Source {
     }
 
     /// A source that never changes, showing `cluster` (for render tests).
+    #[cfg(test)]
     pub fn fixed(cluster: Cluster, link: Link, history: History) -> Source {
         let (tx, views) = watch::channel(Arc::new(View {
             cluster: Arc::new(cluster),
