@@ -14,9 +14,15 @@ use support::agent::{eventually, process_alive, TestAgent};
 use support::cli::rift;
 use support::etcd::EtcdCluster;
 
+/// An agent config with `labels`. The tests share a busy machine: a full CPU must not make a
+/// worker "overloaded" (unschedulable), so the cpu threshold is out of reach.
 fn config(dir: &Path, name: &str, labels: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, format!("labels: {labels}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("labels: {labels}\nthresholds: {{cpu: 100}}\n"),
+    )
+    .unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -85,6 +91,14 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- controller agent log ---\n{}", self._ctl.log());
+        }
     }
 }
 

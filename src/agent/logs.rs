@@ -41,7 +41,6 @@ use tokio::sync::watch;
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, RunSpec};
 use super::jobs::policy::{self, AttemptState, Next, Observed};
 use super::AgentState;
-use crate::api::validation::dns1123_problem;
 
 /// How often a followed log is polled for new bytes, rotations and attempts.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -73,14 +72,10 @@ pub async fn job_logs(
     Path(name): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Response {
-    if let Some(problem) = dns1123_problem(&name) {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("invalid job name {name:?}: {problem}\n"),
-        )
-            .into_response();
-    }
-    let dir = state.state_dir.job(&name);
+    let dir = match state.state_dir.job(&name) {
+        Ok(dir) => dir,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     let q = query.clone();
     let opened =
         tokio::task::spawn_blocking(move || LogReader::open(dir, q.attempt, q.tail, q.follow))
@@ -647,7 +642,7 @@ mod tests {
     #[test]
     fn tail_of_a_big_log_reads_only_its_end_and_spans_the_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         // 200k lines (~2.5 MB) rotated, then 3 lines live.
         append(&job.log(1).with_extension("log.1"), &numbered(1, 200_000));
         append(&job.log(1), &numbered(200_001, 200_003));
@@ -683,7 +678,7 @@ mod tests {
     fn latest_attempt_by_default_and_unknown_jobs_or_attempts_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
-        let job = state.job("j");
+        let job = state.job("j").unwrap();
         append(&job.log(1), "one\n");
         append(&job.log(2), "two\n");
         let mut r = LogReader::open(job.clone(), None, None, false).unwrap();
@@ -695,7 +690,7 @@ mod tests {
             Err(OpenError::NoAttempt { asked: 7, last: 2 })
         ));
         assert!(matches!(
-            LogReader::open(state.job("nope"), None, None, false),
+            LogReader::open(state.job("nope").unwrap(), None, None, false),
             Err(OpenError::NoJob)
         ));
     }
@@ -703,7 +698,7 @@ mod tests {
     #[test]
     fn follow_sees_appends_rotation_and_the_next_attempt_then_ends_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         std::fs::create_dir_all(job.path()).unwrap();
         let mut r = LogReader::open(job.clone(), None, None, true).unwrap();
         let mut out = String::new();
@@ -739,7 +734,7 @@ mod tests {
     #[test]
     fn follow_ends_when_the_job_directory_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         append(&job.log(1), "x\n");
         let mut r = LogReader::open(job.clone(), None, Some(10), true).unwrap();
         let mut out = String::new();

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub use config::AgentConfig;
 
+use crate::store;
 use crate::store::leader::current_leader;
 use crate::store::{Store, StoreError};
 
@@ -117,11 +118,17 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let (member_stop, member_stopped) = watch::channel(false);
     let member = etcd_member::Supervisor::new(&config, store.clone());
     let member = tokio::spawn(member.run(member_stopped));
+    let (renewals, last_renewal) = store::lease::LastRenewal::channel();
+    let heartbeats = tokio::spawn(registration::write_heartbeats(
+        state_dir.clone(),
+        renewals.subscribe(),
+        shutdown.clone(),
+    ));
     let registration = tokio::spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
         config.node_lease_ttl,
-        state_dir.clone(),
+        renewals,
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -185,6 +192,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         state_dir,
         gpu_count,
         metrics,
+        last_renewal,
     );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
 
@@ -200,6 +208,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let _ = runner.await;
     let _ = status_writer.await;
     let _ = registration.await;
+    let _ = heartbeats.await;
     let _ = server.await;
     let _ = member_stop.send(true);
     let _ = member.await;

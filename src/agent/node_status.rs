@@ -53,7 +53,9 @@ pub fn running_jobs_where(state: &StateDir, alive: impl Fn(&JobDir, u32) -> bool
         .unwrap_or_default()
         .into_iter()
         .filter(|j| {
-            let dir = state.job(j);
+            let Ok(dir) = state.job(j) else {
+                return false;
+            };
             let n = dir.last_attempt();
             n > 0
                 && read_json::<ExitRecord>(&dir.exit_record(n))

@@ -2,6 +2,7 @@
 //! decisions, and the loop that converges local processes to the bindings.
 
 pub mod layout;
+pub mod local;
 pub mod policy;
 pub mod process;
 pub mod procs;

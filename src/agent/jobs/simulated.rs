@@ -250,7 +250,7 @@ mod tests {
     }
 
     fn started(procs: &mut SimProcesses, state: &StateDir, s: &RunSpec) -> JobDir {
-        let dir = state.job(&s.job);
+        let dir = state.job(&s.job).unwrap();
         std::fs::create_dir_all(dir.attempt(1)).unwrap();
         procs.start(&dir, s, 1).unwrap();
         dir
