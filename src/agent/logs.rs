@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, RunSpec};
-use super::jobs::policy::{self, AttemptState, Next, Observed};
+use super::jobs::policy::{self, AttemptState, Book, Next, Observed};
 use super::AgentState;
 
 /// How often a followed log is polled for new bytes, rotations and attempts.
@@ -500,24 +500,20 @@ impl LogReader {
 /// same records it decides on; `None` when the policy starts no further attempt.
 fn next_start(job: &JobDir, attempt: u32, exit: &ExitRecord) -> Option<chrono::DateTime<Utc>> {
     let spec: RunSpec = read_json(&job.run_spec()).ok().flatten()?;
-    let failures = (1..attempt)
-        .filter(|n| {
-            read_json::<ExitRecord>(&job.exit_record(*n))
-                .ok()
-                .flatten()
-                .is_some_and(|r| !r.succeeded())
-        })
-        .count() as u32
-        + u32::from(!exit.succeeded());
-    let first_started = read_json::<ProcRecord>(&job.job_record(1))
+    let started = read_json::<ProcRecord>(&job.job_record(attempt))
         .ok()
         .flatten()
         .and_then(|r| r.started_at);
+    let book = read_json::<Book>(&job.book())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .count(attempt, started, exit);
     let observed = Observed {
         attempt,
         state: AttemptState::Ended(exit.clone()),
-        failures,
-        first_started,
+        failures: book.failures,
+        first_started: book.first_started,
     };
     match policy::decide(&spec, &observed, Utc::now()) {
         Next::Start { not_before, .. } => Some(not_before),
