@@ -53,6 +53,9 @@ const START_ATTEMPTS: usize = 5;
 /// How many log lines a startup failure panic includes.
 const LOG_TAIL_LINES: usize = 30;
 
+/// A client URL no member listens on (port 1 refuses connections).
+const UNREACHABLE_CLIENT_URL: &str = "http://127.0.0.1:1";
+
 /// etcd's error text for compacting at or below the compacted revision.
 const ERR_COMPACTED: &str = "required revision has been compacted";
 
@@ -190,6 +193,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// `--initial-cluster-token`, unique per cluster (and per start attempt).
     token: String,
+    /// The client URL members advertise instead of their own, if any.
+    advertise: Option<String>,
     /// Dropped after `Drop::drop` has killed the members.
     dir: TempDir,
 }
@@ -199,6 +204,13 @@ impl EtcdCluster {
     /// once it is healthy; panics (with its log tail) if it is not within 20 s.
     pub fn single() -> EtcdCluster {
         EtcdCluster::with_members(1)
+    }
+
+    /// One member, like [`single`](Self::single), that advertises a client URL nothing
+    /// listens on (`http://127.0.0.1:1`): agents learn no way to it besides the endpoints they
+    /// were given, so a test can put a fault proxy between one agent and etcd and cut it.
+    pub fn single_unadvertised() -> EtcdCluster {
+        EtcdCluster::start(1, Some(UNREACHABLE_CLIENT_URL.into()))
     }
 
     /// Three members on `127.0.0.1`, `127.0.0.2` and `127.0.0.3` forming a real
@@ -216,6 +228,10 @@ impl EtcdCluster {
     /// grabbed one of the ports chosen for it), all members are killed and the
     /// cluster is started again from scratch with new ports, up to 5 attempts.
     pub fn with_members(n: usize) -> EtcdCluster {
+        EtcdCluster::start(n, None)
+    }
+
+    fn start(n: usize, advertise: Option<String>) -> EtcdCluster {
         assert!(
             (1..=254).contains(&n),
             "EtcdCluster::with_members: n must be in 1..=254, got {n}"
@@ -227,6 +243,7 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members: Vec::new(),
             token: String::new(),
+            advertise,
             dir,
         };
         let mut failures = String::new();
@@ -469,6 +486,7 @@ impl EtcdCluster {
     /// Spawn member `i`'s etcd process. Panics if it cannot be spawned at all.
     fn spawn(&mut self, i: usize, state: &str, initial_cluster: &str) {
         let token = self.token.clone();
+        let advertise = self.advertise.clone();
         let m = &mut self.members[i];
         let log_path = m.log_path();
         let mut log = open_log(&log_path);
@@ -482,6 +500,7 @@ impl EtcdCluster {
             .unwrap_or_else(|e| panic!("dup {}: {e}", log_path.display()));
         let bin = etcd_bin();
         let client_url = m.client_url();
+        let advertised = advertise.unwrap_or_else(|| client_url.clone());
         let peer_url = m.peer_url();
         let child = Command::new(&bin)
             .arg("--name")
@@ -491,7 +510,7 @@ impl EtcdCluster {
             .arg("--listen-client-urls")
             .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(&client_url)
+            .arg(&advertised)
             .arg("--listen-peer-urls")
             .arg(&peer_url)
             .arg("--initial-advertise-peer-urls")
