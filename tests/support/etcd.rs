@@ -210,7 +210,7 @@ impl EtcdCluster {
     /// listens on (`http://127.0.0.1:1`): agents learn no way to it besides the endpoints they
     /// were given, so a test can put a fault proxy between one agent and etcd and cut it.
     pub fn single_unadvertised() -> EtcdCluster {
-        EtcdCluster::start(1, Some(UNREACHABLE_CLIENT_URL.into()))
+        EtcdCluster::launch(1, Some(UNREACHABLE_CLIENT_URL.into()))
     }
 
     /// Three members on `127.0.0.1`, `127.0.0.2` and `127.0.0.3` forming a real
@@ -228,10 +228,10 @@ impl EtcdCluster {
     /// grabbed one of the ports chosen for it), all members are killed and the
     /// cluster is started again from scratch with new ports, up to 5 attempts.
     pub fn with_members(n: usize) -> EtcdCluster {
-        EtcdCluster::start(n, None)
+        EtcdCluster::launch(n, None)
     }
 
-    fn start(n: usize, advertise: Option<String>) -> EtcdCluster {
+    fn launch(n: usize, advertise: Option<String>) -> EtcdCluster {
         assert!(
             (1..=254).contains(&n),
             "EtcdCluster::with_members: n must be in 1..=254, got {n}"

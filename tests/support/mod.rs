@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod etcd;
 pub mod http;
 pub mod proc;
