@@ -187,8 +187,18 @@ pub async fn campaign(
     config: &ElectionConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Option<Leadership>> {
-    tokio::pin!(shutdown);
     let keeper = LeaseKeeper::grant(store, config.ttl).await?;
+    campaign_with(store, keeper, config, shutdown).await
+}
+
+/// [`campaign`] under a lease the caller already keeps.
+pub async fn campaign_with(
+    store: &Store,
+    keeper: LeaseKeeper,
+    config: &ElectionConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Option<Leadership>> {
+    tokio::pin!(shutdown);
     let lease = keeper.id();
     let won = |create_revision: i64, keeper: LeaseKeeper| {
         tracing::info!(node = %config.node, revision = create_revision, "became leader");
