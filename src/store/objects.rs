@@ -59,7 +59,14 @@ fn decode(kv: &KeyValue) -> Result<Value> {
 
 /// The stored form of an object with its `resourceVersion` and `status` filled in.
 fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
+    compose_with(kv, |_| status)
+}
+
+/// [`compose`] with the status worked out from the decoded object (a Job's status depends on
+/// its uid).
+fn compose_with(kv: &KeyValue, status: impl FnOnce(&Value) -> Option<Value>) -> Result<Value> {
     let mut obj = decode(kv)?;
+    let status = status(&obj);
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),
@@ -70,6 +77,10 @@ fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
         map.insert("status".into(), status);
     }
     Ok(obj)
+}
+
+fn uid_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/uid").and_then(Value::as_str)
 }
 
 /// An object exactly as stored at `kv`, with its `resourceVersion` and no status: for kinds
@@ -298,7 +309,10 @@ impl Store {
                         sources.add(&report);
                     }
                 }
-                Some(status_value(&sources.job_status(name)))
+                let obj = compose_with(&kv, |obj| {
+                    Some(status_value(&sources.job_status_for(name, uid_of(obj))))
+                })?;
+                return Ok((Some((key, obj)), rev));
             }
             StatusFrom::Node => {
                 let sources = StatusSources::from_kvs(got[1..].iter().flatten());
@@ -615,13 +629,13 @@ pub fn join_objects(
     }
     let mut out = Vec::with_capacity(candidates.len());
     for (name, kv) in candidates {
-        let status = match source {
+        let status = |obj: &Value| match source {
             StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
-            StatusFrom::Job => Some(status_value(&sources.job_status(name))),
+            StatusFrom::Job => Some(status_value(&sources.job_status_for(name, uid_of(obj)))),
             StatusFrom::Node => Some(status_value(&sources.node_status(name))),
             StatusFrom::Tunnel => tunnel_status(&sources, kv, name),
         };
-        let obj = match compose(kv, status) {
+        let obj = match compose_with(kv, status) {
             Ok(obj) => obj,
             Err(e) => {
                 tracing::warn!(%e, "skipping undecodable object");
