@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::api::kinds::KindInfo;
 use crate::api::selector::LabelSelector;
 use crate::store::compose::{direct_child, parse_agent_key, placement_job, AgentKey};
-use crate::store::objects::object_from_kv;
+use crate::store::objects::{mark_if_undecodable, object_from_kv};
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store};
 
@@ -59,7 +59,14 @@ pub async fn run(args: GetArgs, store: &Store) -> Result<(), CliError> {
         None => store.list_objects_keyed(kind, &selector).await?,
     };
     let mut out = std::io::stdout().lock();
-    let values = items.iter().map(|(_, v)| v.clone()).collect();
+    let values = items
+        .iter()
+        .map(|(_, v)| {
+            let mut v = v.clone();
+            mark_if_undecodable(kind, &mut v);
+            v
+        })
+        .collect();
     print_initial(&mut out, kind, &args, values)?;
     drop(out);
     if args.watch {
@@ -349,6 +356,9 @@ async fn watch(
 
 fn print_change(kind: &KindInfo, args: &GetArgs, obj: &Value, mark: Mark) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
+    let mut obj = obj.clone();
+    mark_if_undecodable(kind, &mut obj);
+    let obj = &obj;
     let note = match mark {
         Mark::Changed => None,
         Mark::Deleted => Some("deleted"),

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::api::kinds::KindInfo;
 use crate::api::API_VERSION;
+use crate::store::objects::UNDECODABLE_ANNOTATION;
 
 /// `-o` formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -212,8 +213,24 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
     h
 }
 
-/// One table row for `v`, matching [`headers`].
+/// One table row for `v`, matching [`headers`]. An object this build cannot decode (see
+/// [`UNDECODABLE_ANNOTATION`]) shows `Undecodable` as its Job phase or Node state.
 pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let mut r = row_of(kind, v, wide, now);
+    if v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(UNDECODABLE_ANNOTATION))
+        .is_some()
+    {
+        match kind.kind {
+            "Job" => r[2] = "Undecodable".into(),
+            "Node" => r[1] = "Undecodable".into(),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn row_of(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
     let name = text(v, "/metadata/name");
     let created = age(timestamp(v, "/metadata/creationTimestamp"), now);
     let (base, extra): (Vec<String>, Vec<String>) = match kind.kind {
