@@ -257,3 +257,63 @@ async fn a_binding_key_that_is_no_job_name_is_only_logged() {
     r.assert_no_overlap();
     assert_eq!(r.starts("steady"), 1);
 }
+
+#[tokio::test]
+async fn numbers_beyond_any_clock_are_refused_at_apply_or_answered_never_a_panic() {
+    let etcd = support::etcd::EtcdCluster::single();
+    let agent = TestAgent::start("n1", &etcd.endpoints_csv(), &[]);
+    let endpoints = etcd.endpoints_csv();
+    let huge = u64::MAX;
+    for (field, value) in [
+        ("lostAfter", huge.to_string()),
+        ("activeDeadlineSeconds", huge.to_string()),
+        ("terminationGracePeriod", huge.to_string()),
+        ("ttlAfterFinished", format!("{}", huge / 2)),
+    ] {
+        let yaml = format!(
+            "apiVersion: rift/v1\nkind: Job\nmetadata: {{name: hostile}}\nspec: {{command: [\"true\"], {field}: {value}}}\n"
+        );
+        let out = support::cli::rift_stdin(&endpoints, &["apply", "-f", "-"], &yaml);
+        assert!(!out.ok, "{field}: {value} was accepted");
+        assert!(
+            out.stderr.contains(&format!("spec.{field}")) && out.stderr.contains("10 years"),
+            "{field}: {}",
+            out.stderr
+        );
+    }
+    let out = support::cli::rift(&endpoints, &["get", "jobs"]);
+    assert!(!out.stdout.contains("hostile"), "nothing was written");
+
+    // The log handler takes any tail.
+    let mut client = etcd.client().await;
+    let store = rift::store::Store::connect(&etcd.endpoints())
+        .await
+        .unwrap();
+    store
+        .create(&rift::api::Object::new(
+            "talker",
+            rift::api::JobSpec::with_command(["sh", "-c", "echo one; echo two; sleep 60"]),
+        ))
+        .await
+        .unwrap();
+    client
+        .put("/rift/v1/bindings/n1/talker", r#"{"epoch": 1}"#, None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "talker logged", || async {
+        let log = agent.job_dir("talker").join("attempts/1/output.log");
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|l| l.contains("two"))
+    })
+    .await;
+    let path = format!("/v1/jobs/talker/logs?tail={}", u64::MAX);
+    let (code, body) = support::http::get(&agent.addr(), &path, Duration::from_secs(5))
+        .expect("the agent answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("one\ntwo\n"), "the whole log: {body:?}");
+    assert!(
+        support::http::get(&agent.addr(), "/healthz", Duration::from_secs(2)).is_some(),
+        "the agent is alive"
+    );
+}

@@ -547,7 +547,12 @@ fn tail_scan(segments: &[(&File, u64)], n: usize) -> io::Result<(usize, u64, u64
             file.read_exact_at(block, start)?;
             scanned += block.len() as u64;
             for i in (0..block.len()).rev() {
-                let needed = wanted.get_or_insert(if block[i] == b'\n' { n + 1 } else { n });
+                // A trailing newline ends the last line; any count (usize::MAX included) is fine.
+                let needed = wanted.get_or_insert(if block[i] == b'\n' {
+                    n.saturating_add(1)
+                } else {
+                    n
+                });
                 if block[i] == b'\n' {
                     *needed -= 1;
                     if *needed == 0 {
@@ -632,6 +637,17 @@ mod tests {
             let (i, off) = tail_start(&[(&f, text.len() as u64)], n).unwrap();
             assert_eq!(i, 0);
             assert_eq!(&text[off as usize..], want, "{text:?} tail {n}");
+        }
+    }
+
+    #[test]
+    fn a_tail_of_any_size_is_the_whole_log_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let f = File::open(&path).unwrap();
+        for n in [usize::MAX, usize::MAX - 1] {
+            assert_eq!(tail_start(&[(&f, 4)], n).unwrap(), (0, 0));
         }
     }
 
