@@ -133,21 +133,10 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
     let node_spec = config.node_spec();
-    // One probe before anything runs: the runner must know which GPU indices exist.
-    let resource_probe =
-        resources::ResourceProbe::new().map_err(|e| AgentError::Resources(e.to_string()))?;
-    let (resource_probe, observed) = node_status::probe_once(
-        resource_probe,
-        config.gpus.clone(),
-        config.state_dir.clone(),
-    )
-    .await;
-    let gpu_count = Some(observed.capacity.gpus.len());
-    tracing::info!(
-        cpus = observed.capacity.cpus,
-        gpus = observed.capacity.gpus.len(),
-        "resources"
-    );
+    // The first resource probe (NVML may hang in a broken driver) is waited for only so long:
+    // the runner should know which GPU indices exist, but a Ready node must never run nothing
+    // because a probe does not return.
+    let first_probe = tokio::spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
     let tunnels = tunnels::Tunnels::new(
         config.name.clone(),
         config.port,
@@ -164,7 +153,42 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
-    let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
+    let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
+        FirstProbe::Done(Ok((probe, observed))) => {
+            tracing::info!(
+                cpus = observed.capacity.cpus,
+                gpus = observed.capacity.gpus.len(),
+                "resources"
+            );
+            let gpus = Some(observed.capacity.gpus.len());
+            (
+                gpus,
+                tokio::spawn(status_writer.run(probe, shutdown.clone())),
+            )
+        }
+        FirstProbe::Done(Err(e)) => return Err(AgentError::Resources(e)),
+        FirstProbe::Late(pending) => {
+            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
+            tracing::warn!(
+                waited = ?FIRST_PROBE_WAIT,
+                "the resource probe (NVML) has not answered: jobs run without it, the node \
+                 status waits for it"
+            );
+            let mut stop = shutdown.clone();
+            let writer = tokio::spawn(async move {
+                let probe = tokio::select! {
+                    r = pending => r,
+                    _ = stopped(&mut stop) => return,
+                };
+                match probe {
+                    Ok(Ok((probe, _))) => status_writer.run(probe, stop).await,
+                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
+                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
+                }
+            });
+            ((declared > 0).then_some(declared as usize), writer)
+        }
+    };
     let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
     let peers = tokio::spawn(peers::run(store.clone(), state.clone(), shutdown.clone()));
     {
@@ -213,6 +237,36 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let _ = member_stop.send(true);
     let _ = member.await;
     Ok(())
+}
+
+/// How long the agent waits for its first resource probe before it runs jobs without it.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
+
+type ProbeResult = Result<(resources::ResourceProbe, resources::Observed), String>;
+
+/// Opens the resource probe (NVML) and probes once, off the async workers.
+async fn first_probe(
+    declared: Vec<crate::api::node::GpuDeclaration>,
+    disk: std::path::PathBuf,
+) -> ProbeResult {
+    let probe = tokio::task::spawn_blocking(resources::ResourceProbe::new)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(node_status::probe_once(probe, declared, disk).await)
+}
+
+enum FirstProbe {
+    Done(ProbeResult),
+    Late(tokio::task::JoinHandle<ProbeResult>),
+}
+
+async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> FirstProbe {
+    match tokio::time::timeout(FIRST_PROBE_WAIT, &mut task).await {
+        Ok(Ok(r)) => FirstProbe::Done(r),
+        Ok(Err(e)) => FirstProbe::Done(Err(format!("the resource probe panicked: {e}"))),
+        Err(_) => FirstProbe::Late(task),
+    }
 }
 
 /// Keeps readiness and the known leader current, once a second.
