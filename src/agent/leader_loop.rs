@@ -112,9 +112,12 @@ async fn lead(
     resign
 }
 
+/// One controller's task.
+type ControllerTask = JoinHandle<Result<(), StoreError>>;
+
 /// The leader's controller tasks, each `None` once it has ended and been looked at.
 struct Controllers {
-    tasks: Vec<(&'static str, Option<JoinHandle<Result<(), StoreError>>>)>,
+    tasks: Vec<(&'static str, Option<ControllerTask>)>,
 }
 
 impl Controllers {

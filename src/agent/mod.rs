@@ -154,19 +154,19 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         metrics: metrics.clone(),
     };
     let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
-        FirstProbe::Done(Ok((probe, observed))) => {
-            tracing::info!(
-                cpus = observed.capacity.cpus,
-                gpus = observed.capacity.gpus.len(),
-                "resources"
-            );
-            let gpus = Some(observed.capacity.gpus.len());
-            (
-                gpus,
-                tokio::spawn(status_writer.run(probe, shutdown.clone())),
-            )
-        }
-        FirstProbe::Done(Err(e)) => return Err(AgentError::Resources(e)),
+        FirstProbe::Done(done) => match *done {
+            Ok((probe, observed)) => {
+                tracing::info!(
+                    cpus = observed.capacity.cpus,
+                    gpus = observed.capacity.gpus.len(),
+                    "resources"
+                );
+                let gpus = Some(observed.capacity.gpus.len());
+                let writer = tokio::spawn(status_writer.run(probe, shutdown.clone()));
+                (gpus, writer)
+            }
+            Err(e) => return Err(AgentError::Resources(e)),
+        },
         FirstProbe::Late(pending) => {
             let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
             tracing::warn!(
@@ -257,14 +257,14 @@ async fn first_probe(
 }
 
 enum FirstProbe {
-    Done(ProbeResult),
+    Done(Box<ProbeResult>),
     Late(tokio::task::JoinHandle<ProbeResult>),
 }
 
 async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> FirstProbe {
     match tokio::time::timeout(FIRST_PROBE_WAIT, &mut task).await {
-        Ok(Ok(r)) => FirstProbe::Done(r),
-        Ok(Err(e)) => FirstProbe::Done(Err(format!("the resource probe panicked: {e}"))),
+        Ok(Ok(r)) => FirstProbe::Done(Box::new(r)),
+        Ok(Err(e)) => FirstProbe::Done(Box::new(Err(format!("the resource probe panicked: {e}")))),
         Err(_) => FirstProbe::Late(task),
     }
 }
