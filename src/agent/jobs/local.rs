@@ -74,6 +74,8 @@ struct Tracked {
     started_here: Option<Instant>,
     /// Starts held back, and why (logged once per reason).
     held: Option<&'static str>,
+    /// The report of the attempt that ended the job, once built.
+    done: Option<(u32, RuntimeReport)>,
 }
 
 /// The runner's local state: tracked jobs and the process layer.
@@ -349,7 +351,18 @@ impl<P: JobProcesses> Local<P> {
             Next::Start { .. } | Next::Wait | Next::Done { .. } => {}
         }
         let obs = t.observed(state.clone());
-        let mut report = build_report(t, &obs, now);
+        // A job that is over changes no more: its report (progress and result files read) is
+        // built once.
+        let over = matches!(state, AttemptState::Ended(_))
+            && matches!(decide(&t.spec, &obs, now), Next::Done { .. });
+        let mut report = match &t.done {
+            Some((n, r)) if over && *n == t.attempt => r.clone(),
+            _ => {
+                let r = build_report(t, &obs, now);
+                t.done = over.then(|| (t.attempt, r.clone()));
+                r
+            }
+        };
         report.released = ordered_off && state != AttemptState::Running;
         (report, restarted)
     }
@@ -411,6 +424,7 @@ impl Tracked {
             job_record: None,
             started_here: None,
             held: None,
+            done: None,
         }
     }
 
