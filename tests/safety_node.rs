@@ -317,3 +317,45 @@ async fn numbers_beyond_any_clock_are_refused_at_apply_or_answered_never_a_panic
         "the agent is alive"
     );
 }
+
+#[tokio::test]
+async fn a_job_that_keeps_restarting_keeps_only_its_last_attempt_folders() {
+    let etcd = support::etcd::EtcdCluster::single();
+    let agent = TestAgent::start("n1", &etcd.endpoints_csv(), &[]);
+    let store = rift::store::Store::connect(&etcd.endpoints())
+        .await
+        .unwrap();
+    let mut spec = rift::api::JobSpec::with_command(["true"]);
+    spec.restart_policy = RestartPolicy::Always;
+    store
+        .create(&rift::api::Object::new("loop", spec))
+        .await
+        .unwrap();
+    etcd.client()
+        .await
+        .put("/rift/v1/bindings/n1/loop", r#"{"epoch": 1}"#, None)
+        .await
+        .unwrap();
+    let attempts = agent.job_dir("loop").join("attempts");
+    let count = || std::fs::read_dir(&attempts).map_or(0, |d| d.count());
+    let last = || {
+        std::fs::read_dir(&attempts)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(40), "eight attempts", || async {
+        (last() >= 8).then_some(())
+    })
+    .await;
+    assert!(count() <= 5, "{} attempt folders kept", count());
+    let book: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.job_dir("loop").join("book.json")).unwrap())
+            .unwrap();
+    assert_eq!(book["failures"], 0, "successes are no failures: {book}");
+    assert!(book["through"].as_u64().unwrap() >= 7, "{book}");
+}
