@@ -361,7 +361,8 @@ pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> io::Result<(
     write_json_with(path, value, false)
 }
 
-fn write_json_with<T: Serialize>(path: &Path, value: &T, durable: bool) -> io::Result<()> {
+/// [`write_json`] when `durable`, else [`write_json_volatile`].
+pub fn write_json_with<T: Serialize>(path: &Path, value: &T, durable: bool) -> io::Result<()> {
     use std::io::Write as _;
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::layout::{
-    read_json, write_json, write_json_if_absent, EndReason, ExitRecord, JobDir, ProcRecord,
+    read_json, write_json_if_absent, write_json_with, EndReason, ExitRecord, JobDir, ProcRecord,
     RunSpec, StateDir,
 };
 use super::policy::{decide, AttemptState, Book, Next, Observed};
@@ -76,6 +76,8 @@ struct Tracked {
     held: Option<&'static str>,
     /// The report of the attempt that ended the job, once built.
     done: Option<(u32, RuntimeReport)>,
+    /// Whether its records are flushed to disk ([`JobProcesses::DURABLE`]).
+    durable: bool,
 }
 
 /// The runner's local state: tracked jobs and the process layer.
@@ -146,7 +148,7 @@ impl<P: JobProcesses> Local<P> {
                     let attempt = dir.last_attempt();
                     let book = load_book(&dir, attempt);
                     self.jobs
-                        .insert(name, Tracked::new(dir, spec, book, attempt));
+                        .insert(name, Tracked::new(dir, spec, book, attempt, P::DURABLE));
                 }
                 other => {
                     if let Err(e) = other {
@@ -233,11 +235,11 @@ impl<P: JobProcesses> Local<P> {
                 return;
             }
         };
-        if let Err(e) = write_json(&dir.run_spec(), spec) {
+        if let Err(e) = write_json_with(&dir.run_spec(), spec, P::DURABLE) {
             tracing::error!(job, %e, "cannot write the run spec");
             return;
         }
-        let mut tracked = Tracked::new(dir, spec.clone(), Book::default(), 0);
+        let mut tracked = Tracked::new(dir, spec.clone(), Book::default(), 0, P::DURABLE);
         if let Some(bad) = self.missing_gpu(&spec.gpus) {
             let rec = ExitRecord {
                 exit_code: None,
@@ -246,7 +248,7 @@ impl<P: JobProcesses> Local<P> {
                 reason: EndReason::Rejected,
                 message: bad,
             };
-            if write_json(&tracked.dir.exit_record(1), &rec).is_ok() {
+            if write_json_with(&tracked.dir.exit_record(1), &rec, P::DURABLE).is_ok() {
                 tracked.attempt = 1;
                 tracked.exit = Some(rec);
             }
@@ -407,15 +409,16 @@ fn start<P: JobProcesses>(procs: &mut P, t: &mut Tracked, attempt: u32) {
                 reason: EndReason::StartError,
                 message: format!("cannot start the shim: {e}"),
             };
-            let _ = write_json(&t.dir.exit_record(attempt), &rec);
+            let _ = write_json_with(&t.dir.exit_record(attempt), &rec, t.durable);
         }
     }
     t.dir.prune_attempts(attempt);
 }
 
 impl Tracked {
-    fn new(dir: JobDir, spec: RunSpec, book: Book, attempt: u32) -> Self {
+    fn new(dir: JobDir, spec: RunSpec, book: Book, attempt: u32, durable: bool) -> Self {
         Self {
+            durable,
             dir,
             spec,
             book,
@@ -445,7 +448,7 @@ impl Tracked {
             book = book.count(self.attempt, started, exit);
         }
         if book != self.book {
-            if let Err(e) = write_json(&self.dir.book(), &book) {
+            if let Err(e) = write_json_with(&self.dir.book(), &book, self.durable) {
                 tracing::warn!(job = self.spec.job, %e, "cannot write the restart book");
             }
             self.book = book;

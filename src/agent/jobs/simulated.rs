@@ -18,7 +18,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::layout::{write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec};
+use super::layout::{
+    write_json_volatile as write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec,
+};
 use super::process::JobProcesses;
 
 /// Job environment variable overriding [`SimBehaviour::duration`].
@@ -169,6 +171,8 @@ impl SimProcesses {
 }
 
 impl JobProcesses for SimProcesses {
+    const DURABLE: bool = false;
+
     fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) -> io::Result<()> {
         let rec = ProcRecord {
             pid: 0,
