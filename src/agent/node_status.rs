@@ -94,8 +94,12 @@ impl StatusWriter {
             )
             .await;
             probe = p;
+            let state = self.state.clone();
+            let running = tokio::task::spawn_blocking(move || running_jobs(&state))
+                .await
+                .unwrap_or_default();
             let mut status = NodeStatus {
-                running_jobs: running_jobs(&self.state),
+                running_jobs: running,
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 endpoint: self.endpoint.current(),
                 last_heartbeat: Some(Utc::now()),
