@@ -48,6 +48,8 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     bindings: Option<HashMap<String, Binding>>,
     /// Jobs whose binding exists but does not decode.
     unreadable: std::collections::HashSet<String>,
+    /// Jobs already warned about as undecodable (once each).
+    warned_undecodable: std::collections::HashSet<String>,
     /// When the node's lease was last renewed.
     lease: LastRenewal,
     /// Disk and processes; `None` only while a pass holds it.
@@ -93,6 +95,7 @@ impl<P: JobProcesses> Runner<P> {
             store,
             bindings: None,
             unreadable: Default::default(),
+            warned_undecodable: Default::default(),
             lease,
             published: HashMap::new(),
             metrics,
@@ -263,9 +266,12 @@ impl<P: JobProcesses> Runner<P> {
 
     /// Run specs, from their Jobs, for the bindings that have none here (in memory, then one
     /// read per such binding). A Job of another uid than its binding's is not run.
-    async fn fresh_specs(&self, local: &Local<P>) -> HashMap<String, RunSpec> {
+    async fn fresh_specs(&mut self, local: &Local<P>) -> HashMap<String, RunSpec> {
         let mut fresh = HashMap::new();
-        for (job, b) in self.bindings.iter().flatten() {
+        let Some(bindings) = &self.bindings else {
+            return fresh;
+        };
+        for (job, b) in bindings {
             if !local.needs_spec(job, b) {
                 continue;
             }
@@ -280,7 +286,9 @@ impl<P: JobProcesses> Runner<P> {
                 }
                 Ok(None) => {} // the Job is gone; its binding will follow
                 Err(e @ StoreError::Decode { .. }) => {
-                    tracing::warn!(job, %e, "cannot read the job; not starting it")
+                    if self.warned_undecodable.insert(job.clone()) {
+                        tracing::warn!(job, %e, "cannot read the job; not starting it");
+                    }
                 }
                 Err(e) => tracing::debug!(job, %e, "cannot read the job yet"),
             }
