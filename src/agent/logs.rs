@@ -74,7 +74,10 @@ pub async fn job_logs(
 ) -> Response {
     let dir = match state.state_dir.job(&name) {
         Ok(dir) => dir,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => {
+            let body = format!("invalid job name {:?}: {}\n", e.name, e.problem);
+            return (StatusCode::BAD_REQUEST, body).into_response();
+        }
     };
     let q = query.clone();
     let opened =
