@@ -93,6 +93,22 @@ impl Cluster {
         self.store.get::<JobSpec>(name).await.ok().flatten()
     }
 
+    /// Waits until Job `name` is Running (anywhere).
+    pub async fn wait_running(&self, name: &str, within: u64) -> Job {
+        eventually(
+            Duration::from_secs(within),
+            &format!("{name} running"),
+            || async {
+                self.job(name).await.filter(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == JobPhase::Running)
+                })
+            },
+        )
+        .await
+    }
+
     /// Waits until Job `name` is Running on `node`.
     pub async fn wait_running_on(&self, name: &str, node: &str, within: u64) -> Job {
         eventually(
@@ -131,6 +147,11 @@ pub async fn create_job(
     spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(2);
     tune(&mut spec);
     store.create(&Object::new(name, spec)).await.unwrap();
+}
+
+/// `sh -c script`, as a job command.
+pub fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
 }
 
 /// The pid of `agent`'s own process (not its shims).
