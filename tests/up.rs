@@ -92,6 +92,38 @@ fn job_phase(endpoint: &str, job: &str) -> Option<String> {
     v["status"]["phase"].as_str().map(str::to_string)
 }
 
+/// `(pid, start time)` of every job process `rift up` started under `state` (from the records
+/// its shims wrote), and whether each still runs.
+fn job_processes(state: &std::path::Path) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    let Ok(jobs) = std::fs::read_dir(state.join("jobs")) else {
+        return out;
+    };
+    for job in jobs.flatten() {
+        let Ok(attempts) = std::fs::read_dir(job.path().join("attempts")) else {
+            continue;
+        };
+        for attempt in attempts.flatten() {
+            let Ok(text) = std::fs::read_to_string(attempt.path().join("job.json")) else {
+                continue;
+            };
+            let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let pid = rec["pid"].as_u64().unwrap() as u32;
+            let ticks = rec["startTicks"].as_u64().unwrap();
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f[0] != "Z" && f.get(19)?.parse::<u64>().ok()? == ticks)
+                })
+                .unwrap_or(false);
+            out.push((pid, alive));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,12 +152,39 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
     let member_id = s["voters"]["members"][0]["id"].clone();
 
+    // A second `rift up` on the same state directory is refused, naming the first.
+    let second = rift(
+        "",
+        &["up", "--state-dir", &state.display().to_string(), "--port", "1"],
+    );
+    assert!(!second.ok);
+    assert!(
+        second.stderr.contains(&format!(
+            "rift up is already running on {} (pid {})",
+            state.display(),
+            up.child.id()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(status_json(&ep).is_some(), "the first one is untouched");
+
+    let running = job_processes(&state);
+    assert!(
+        running.iter().any(|(_, alive)| *alive),
+        "jobs run: {running:?}"
+    );
     let exit = up.stop();
     assert!(exit.success(), "Ctrl-C stops cleanly: {exit:?}");
     assert!(
         status_json(&ep).is_none(),
         "its etcd member stopped with it"
     );
+    let left: Vec<u32> = job_processes(&state)
+        .into_iter()
+        .filter_map(|(pid, alive)| alive.then_some(pid))
+        .collect();
+    assert!(left.is_empty(), "a rift up cluster's jobs stop with it: {left:?} still run");
 
     // Again, on the same state directory: the same cluster, objects intact.
     let up2 = Up::start(&state, ports);
@@ -142,6 +201,13 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     assert!(pool.ok, "{}", pool.stderr);
     let hello = job_phase(&up2.endpoint, "hello").unwrap();
     assert_eq!(hello, "Succeeded", "the finished job is remembered");
+    let ep2 = up2.endpoint.clone();
+    eventually(
+        Duration::from_secs(60),
+        "selfplay Running again after the resume",
+        || async { (job_phase(&ep2, "selfplay-hex8-local-0")? == "Running").then_some(()) },
+    )
+    .await;
     drop(up2);
     kill_processes_mentioning(&state);
 }
