@@ -14,15 +14,33 @@ use support::proc::free_port;
 struct Up {
     child: Child,
     endpoint: String,
+    state: std::path::PathBuf,
+}
+
+/// The demo manifests with their Notifier pointed at `webhook_port` (the README's runs use
+/// rift up's default port; tests never use a fixed one).
+fn demo_manifests(dir: &std::path::Path, webhook_port: u16) -> std::path::PathBuf {
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/demo");
+    let to = dir.join("demo");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let text = text.replace("127.0.0.1:8771", &format!("127.0.0.1:{webhook_port}"));
+        std::fs::write(to.join(entry.file_name()), text).unwrap();
+    }
+    to
 }
 
 impl Up {
-    fn start(state: &std::path::Path, ports: (u16, u16, u16)) -> Up {
-        let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo");
-        let (client, peer, agent) = (
+    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook.
+    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16)) -> Up {
+        let manifests = demo_manifests(state.parent().unwrap(), ports.3);
+        let manifests = manifests.to_str().unwrap();
+        let (client, peer, agent, webhook) = (
             ports.0.to_string(),
             ports.1.to_string(),
             ports.2.to_string(),
+            ports.3.to_string(),
         );
         let state_arg = state.display().to_string();
         let child = rift_command(
@@ -39,6 +57,8 @@ impl Up {
                 &peer,
                 "--agent-port",
                 &agent,
+                "--webhook-port",
+                &webhook,
                 "--gpus",
                 "H100x2",
                 "--label",
@@ -52,6 +72,7 @@ impl Up {
         Up {
             child,
             endpoint: format!("http://127.0.0.1:{client}"),
+            state: state.to_path_buf(),
         }
     }
 
@@ -73,9 +94,12 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// Kills it and, since a killed `rift up` cannot stop them, its etcd member and jobs: a
+    /// failing test leaves nothing running.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        kill_processes_mentioning(&self.state);
     }
 }
 
@@ -128,7 +152,7 @@ fn job_processes(state: &std::path::Path) -> Vec<(u32, bool)> {
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port());
+    let ports = (free_port(), free_port(), free_port(), free_port());
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
@@ -151,6 +175,32 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
     let member_id = s["voters"]["members"][0]["id"].clone();
+
+    // The demo Notifier posts to the receiver rift up runs (training starts once selfplay has
+    // made 200 games); nothing fails.
+    let log = state.join("notifications.log");
+    eventually(
+        Duration::from_secs(90),
+        "the demo's training_started notification in notifications.log",
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .any(|l| l.contains(" training_started "))
+                .then_some(())
+        },
+    )
+    .await;
+    let notifier = eventually(Duration::from_secs(30), "the Notifier's status", || async {
+        let run = rift(&ep, &["get", "notifier", "local-webhook", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (v["status"]["delivered"].as_u64()? >= 1).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        notifier["status"]["failures"].as_u64().unwrap_or(0),
+        0,
+        "{notifier}"
+    );
 
     // A second `rift up` on the same state directory is refused, naming the first.
     let second = rift(
@@ -208,8 +258,6 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
         || async { (job_phase(&ep2, "selfplay-hex8-local-0")? == "Running").then_some(()) },
     )
     .await;
-    drop(up2);
-    kill_processes_mentioning(&state);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 mod jobs;
 mod lock;
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,10 @@ pub struct UpArgs {
     /// etcd's peer port.
     #[arg(long, default_value_t = 2380, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
+    /// Where the demo Notifier posts: `rift up` appends what arrives to
+    /// `<state-dir>/notifications.log` (0: no receiver).
+    #[arg(long, default_value_t = 8771)]
+    pub webhook_port: u16,
     /// The agent's HTTP port.
     #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: u16,
@@ -103,7 +108,20 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             let _ = stop.send(true);
         });
     }
-    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown));
+    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    if args.webhook_port != 0 {
+        let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
+        match webhook::serve(&addr, &config.state_dir, shutdown).await {
+            Ok(_) => eprintln!(
+                "webhooks posted to http://{addr}/ are appended to {}",
+                webhook::log_path(&config.state_dir).display()
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot receive webhooks on {addr}: {e}; the demo Notifier's \
+                 deliveries will fail (pick another port with --webhook-port)"
+            ),
+        }
+    }
     let result = serve(&args, docs, &config, &endpoint, &member_dir, agent_task, &stop).await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
