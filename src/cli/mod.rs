@@ -113,7 +113,10 @@ pub fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        _ => init_tracing(),
+        // An agent says what it does (stderr, the journal under systemd); a command only
+        // warns. RIFT_LOG overrides either (README, "Logs").
+        Command::Agent(_) => init_tracing("info"),
+        _ => init_tracing("warn"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -145,9 +148,11 @@ fn restore_default_sigpipe() {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr at `RIFT_LOG` (tracing's filter syntax, e.g. `debug` or
+/// `info,rift::controllers=debug`), else at `default`.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RIFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
