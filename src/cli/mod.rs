@@ -11,6 +11,7 @@ mod describe;
 mod error;
 mod get;
 mod import;
+mod jsonpath;
 mod logs;
 mod printer;
 mod sim;
