@@ -220,7 +220,9 @@ fn stale_voters_are_left_out_of_the_voter_set_each_with_a_warning_and_its_line()
         assert_eq!(count_lines(&out.stderr, warning), 1, "{warning}:\n{}", out.stderr);
     }
     assert!(
-        out.stdout.contains("kind: VoterSet\nmetadata:\n  name: default\nspec:\n  voters:\n  - hetzner-cpu1\n"),
+        out.stdout.contains(
+            "kind: VoterSet\nmetadata:\n  name: default\nspec:\n  voters:\n  - hetzner-cpu1\n"
+        ),
         "{}",
         out.stdout
     );
@@ -322,12 +324,18 @@ fn every_version_of_the_old_file_imports_and_its_ready_hosts_become_schedulable_
         let out = import(&[&fixture(name), "-o", out_dir.to_str().unwrap()]);
         assert!(out.ok, "{name}: {}", out.stderr);
         assert_eq!(
-            count_lines(&out.stderr, "imported cordoned because their status is not `ready`"),
+            count_lines(
+                &out.stderr,
+                "imported cordoned because their status is not `ready`"
+            ),
             1,
             "{name}: one warning for every non-ready host:\n{}",
             out.stderr
         );
-        let dry = rift(&ep, &["apply", "--dry-run", "-f", out_dir.to_str().unwrap()]);
+        let dry = rift(
+            &ep,
+            &["apply", "--dry-run", "-f", out_dir.to_str().unwrap()],
+        );
         assert!(dry.ok, "{name}: {}", dry.stderr);
         let applied = rift(&ep, &["apply", "-f", out_dir.to_str().unwrap()]);
         assert!(applied.ok, "{name}: {}", applied.stderr);
@@ -387,11 +395,14 @@ fn a_late_file_with_stale_voters_keeps_the_voters_that_can_be() {
         out.stderr
     );
     assert!(
-        out.stdout.contains(
-            "voters:\n  - nebius-backbone-1\n  - hetzner-cpu1\n  - hetzner-cpu2\n"
-        ),
+        out.stdout
+            .contains("voters:\n  - nebius-backbone-1\n  - hetzner-cpu1\n  - hetzner-cpu2\n"),
         "{}",
         out.stdout
     );
-    assert!(out.stderr.contains("a VoterSet of 3 voter(s)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("a VoterSet of 3 voter(s)"),
+        "{}",
+        out.stderr
+    );
 }

@@ -200,7 +200,11 @@ async fn drain_moves_every_job_off_a_node() {
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("node/w1 drained"), "{}", out.stdout);
     // One progress line per job, counting down, each saying where it went.
-    let progress: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("  job/")).collect();
+    let progress: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  job/"))
+        .collect();
     assert_eq!(progress.len(), 3, "{}", out.stdout);
     for (line, left) in progress.iter().zip(["(2 left)", "(1 left)", "(0 left)"]) {
         assert!(line.ends_with(left), "{line}: {}", out.stdout);

@@ -205,7 +205,13 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     // A second `rift up` on the same state directory is refused, naming the first.
     let second = rift(
         "",
-        &["up", "--state-dir", &state.display().to_string(), "--port", "1"],
+        &[
+            "up",
+            "--state-dir",
+            &state.display().to_string(),
+            "--port",
+            "1",
+        ],
     );
     assert!(!second.ok);
     assert!(
@@ -234,7 +240,10 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
         .into_iter()
         .filter_map(|(pid, alive)| alive.then_some(pid))
         .collect();
-    assert!(left.is_empty(), "a rift up cluster's jobs stop with it: {left:?} still run");
+    assert!(
+        left.is_empty(),
+        "a rift up cluster's jobs stop with it: {left:?} still run"
+    );
 
     // Again, on the same state directory: the same cluster, objects intact.
     let up2 = Up::start(&state, ports);

@@ -8,6 +8,7 @@ use crate::api::selector::LabelSelector;
 use crate::store::Store;
 
 use super::error::resolve_kind;
+use super::output;
 use super::printer;
 use super::CliError;
 
@@ -104,10 +105,10 @@ pub fn render(kind: &str, obj: &Value, events: &[Value], now: DateTime<Utc>) -> 
         out += &field("Deleting", format!("since {t}, waiting for finalizers"));
     }
     out += "Spec:\n";
-    out += &indent(&printer::to_yaml(&obj["spec"]), 2);
+    out += &indent(&output::to_yaml(&obj["spec"]), 2);
     out += "Status:\n";
     match obj.get("status") {
-        Some(st) if !st.is_null() => out += &indent(&printer::to_yaml(st), 2),
+        Some(st) if !st.is_null() => out += &indent(&output::to_yaml(st), 2),
         _ => out += "  <not reported yet>\n",
     }
     out += "Events:\n";

@@ -18,6 +18,9 @@ pub enum CliError {
     UnknownKind(String),
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
+    /// Several names, each `kind/name`.
+    #[error("{} not found", .0.join(", "))]
+    NotFoundNames(Vec<String>),
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]

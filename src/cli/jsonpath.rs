@@ -249,9 +249,20 @@ mod tests {
             "True"
         );
         assert_eq!(render_with("{.items[1].status.gpus}", &l), "[0,1]");
-        assert_eq!(render_with("name: {.items[-1].metadata.name}!", &l), "name: b!");
-        assert_eq!(render_with("{.items[5].nothing}", &l), "", "missing is empty");
-        assert_eq!(render_with(".kind", &l), "List", "a bare path, as --sort-by");
+        assert_eq!(
+            render_with("name: {.items[-1].metadata.name}!", &l),
+            "name: b!"
+        );
+        assert_eq!(
+            render_with("{.items[5].nothing}", &l),
+            "",
+            "missing is empty"
+        );
+        assert_eq!(
+            render_with(".kind", &l),
+            "List",
+            "a bare path, as --sort-by"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod get;
 mod import;
 mod jsonpath;
 mod logs;
+mod output;
 mod printer;
 mod sim;
 mod status;

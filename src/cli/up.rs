@@ -122,7 +122,16 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             ),
         }
     }
-    let result = serve(&args, docs, &config, &endpoint, &member_dir, agent_task, &stop).await;
+    let result = serve(
+        &args,
+        docs,
+        &config,
+        &endpoint,
+        &member_dir,
+        agent_task,
+        &stop,
+    )
+    .await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
     eprintln!(

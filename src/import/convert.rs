@@ -348,9 +348,9 @@ impl Converter<'_> {
                     "it is left out ({})",
                     left_out_reason(h).unwrap_or_default()
                 )),
-                Some(h) if h.nat_blocked => Some(
-                    "it is NAT-blocked: peers cannot reach its etcd".to_string(),
-                ),
+                Some(h) if h.nat_blocked => {
+                    Some("it is NAT-blocked: peers cannot reach its etcd".to_string())
+                }
                 Some(Host {
                     status: HostStatus::NotReady(status),
                     ..

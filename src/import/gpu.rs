@@ -168,13 +168,20 @@ fn size_in(text: &str) -> Option<f64> {
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | '/' | '-' | '_'))
         .filter(|t| !t.is_empty())
         .collect();
-    let number = |t: &str| t.parse::<f64>().ok().filter(|gb| *gb > 0.0 && gb.is_finite());
-    tokens.iter().enumerate().find_map(|(i, t)| match t.strip_suffix("gb") {
-        Some(n) if !n.is_empty() => number(n),
-        Some(_) => None,
-        None if tokens.get(i + 1) == Some(&"gb") => number(t),
-        None => None,
-    })
+    let number = |t: &str| {
+        t.parse::<f64>()
+            .ok()
+            .filter(|gb| *gb > 0.0 && gb.is_finite())
+    };
+    tokens
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| match t.strip_suffix("gb") {
+            Some(n) if !n.is_empty() => number(n),
+            Some(_) => None,
+            None if tokens.get(i + 1) == Some(&"gb") => number(t),
+            None => None,
+        })
 }
 
 /// The lowercase alphanumeric words of a name.
@@ -289,7 +296,16 @@ mod tests {
     #[test]
     fn no_gpu_spellings_mean_none() {
         for text in [
-            "", "none", "None", " cpu ", "n/a", "CPU only", "cpu-only", "No GPU", "null", "0",
+            "",
+            "none",
+            "None",
+            " cpu ",
+            "n/a",
+            "CPU only",
+            "cpu-only",
+            "No GPU",
+            "null",
+            "0",
             "None (CPU)",
         ] {
             assert_eq!(parse_gpu(text), Ok(None), "{text}");

@@ -474,7 +474,7 @@ impl Reader<'_> {
             _ => None,
         };
         match n {
-            Some(n) if n == 0.0 => None,
+            Some(0.0) => None,
             Some(n) if n.is_finite() && n > 0.0 => Some(n),
             _ => {
                 self.field_problem(f, "must be a number of gigabytes (0 when not known)");

@@ -99,7 +99,11 @@ pub fn stop_all(state: &StateDir) -> usize {
         }
         if Instant::now() >= deadline {
             let names: Vec<&str> = left.iter().map(|l| l.job.as_str()).collect();
-            eprintln!("killing {} job(s) past their grace period: {}", left.len(), names.join(", "));
+            eprintln!(
+                "killing {} job(s) past their grace period: {}",
+                left.len(),
+                names.join(", ")
+            );
             for l in &left {
                 l.kill();
             }

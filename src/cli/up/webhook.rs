@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn a_notification_is_one_line_with_its_reason_and_text() {
-        let json = br#"{"kind":"Event","spec":{"reason":"training_started"},"text":"hex8-2p:\nstarted"}"#;
+        let json =
+            br#"{"kind":"Event","spec":{"reason":"training_started"},"text":"hex8-2p:\nstarted"}"#;
         assert_eq!(describe(json), "training_started hex8-2p: started");
         assert_eq!(describe(br#"{"content":"hi"}"#), "- hi");
         assert_eq!(describe(b"not json\n"), "- not json ");

@@ -88,7 +88,11 @@ fn retirement_like_and_p2p_disabled_hosts_are_left_out_with_the_status_as_writte
             ("e".into(), "status: Archived".into()),
         ]
     );
-    let names: Vec<&str> = f.nodes.iter().map(|n| n.node.metadata.name.as_str()).collect();
+    let names: Vec<&str> = f
+        .nodes
+        .iter()
+        .map(|n| n.node.metadata.name.as_str())
+        .collect();
     assert_eq!(names, ["g"]);
     let text = render::stream(&f, "hosts.yaml");
     assert!(text.contains("#   a: status: retired\n"), "{text}");
@@ -121,7 +125,11 @@ fn any_other_status_imports_cordoned_with_the_old_status_and_one_warning() {
     let f = fleet(&text);
     assert!(f.left_out.is_empty(), "{:?}", f.left_out);
     assert!(!node(&f, "ok").node.spec.unschedulable);
-    assert!(!node(&f, "ok").node.metadata.annotations.contains_key(IMPORTED_STATUS));
+    assert!(!node(&f, "ok")
+        .node
+        .metadata
+        .annotations
+        .contains_key(IMPORTED_STATUS));
     for (i, st) in statuses.iter().enumerate() {
         let n = &node(&f, &format!("h{i}")).node;
         assert!(n.spec.unschedulable, "{st}: cordoned");
@@ -160,8 +168,14 @@ fn a_voter_that_cannot_be_one_is_left_out_of_the_voter_set_with_a_warning_and_it
     let text = "p2p_voters:\n  - a\n  - ghost\n  - n\n  - r\n  - o\n  - a\nhosts:\n  a: {}\n  n:\n    nat_blocked: true\n  r:\n    status: retired\n  o:\n    status: offline\n";
     let f = fleet(text);
     assert_eq!(f.voter_set.as_ref().unwrap().spec.voters, ["a"]);
-    assert_eq!(node(&f, "a").node.spec.roles, [NodeRole::Voter, NodeRole::Controller]);
-    assert!(node(&f, "o").node.spec.roles.is_empty(), "not a voter: no voter role");
+    assert_eq!(
+        node(&f, "a").node.spec.roles,
+        [NodeRole::Voter, NodeRole::Controller]
+    );
+    assert!(
+        node(&f, "o").node.spec.roles.is_empty(),
+        "not a voter: no voter role"
+    );
     let voter_warnings: Vec<&String> = f
         .warnings
         .iter()
@@ -184,7 +198,11 @@ fn when_no_listed_voter_remains_it_is_an_error() {
     let p = problems("p2p_voters: [ghost, r]\nhosts:\n  a: {}\n  r: {status: retired}\n");
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!((p[0].path.as_str(), p[0].line), ("p2p_voters", Some(1)));
-    assert!(p[0].message.contains("no listed voter can be one"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("no listed voter can be one"),
+        "{}",
+        p[0].message
+    );
 }
 #[test]
 fn nat_blocked_hosts_get_a_tunnel_through_their_named_relay() {
@@ -271,10 +289,15 @@ fn a_relay_reference_that_cannot_relay_is_ignored_with_a_warning_and_another_rel
     assert_eq!(relay_of("v3"), "relay-1", "the secondary takes over");
     let w = f.warnings.join("\n");
     assert!(
-        w.contains("hosts.yaml:6: hosts.v1.relay_primary: relay `nowhere` ignored: it is not a host"),
+        w.contains(
+            "hosts.yaml:6: hosts.v1.relay_primary: relay `nowhere` ignored: it is not a host"
+        ),
         "{w}"
     );
-    assert!(w.contains("relay `v1` ignored: it is NAT-blocked itself"), "{w}");
+    assert!(
+        w.contains("relay `v1` ignored: it is NAT-blocked itself"),
+        "{w}"
+    );
     assert!(
         w.contains("relay `gone` ignored: it is left out (status: retired)"),
         "{w}"
