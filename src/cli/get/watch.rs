@@ -328,8 +328,9 @@ pub async fn run(
             Sink::Append(columns) => {
                 for (obj, mark) in prints {
                     let mut r = table_row(kind, &obj, args, At::now(), &ctx);
+                    // At the end of the row, so the columns stay under their headers.
                     if let Some(note) = mark.note() {
-                        r[0] = format!("{} ({note})", r[0]);
+                        r.push(format!("({note})"));
                     }
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{}", columns.line(&r)).map_err(io_err)?;
