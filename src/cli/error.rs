@@ -28,8 +28,11 @@ pub enum CliError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0} object(s) not found; the others were deleted")]
-    SomeNotFound(usize),
+    #[error("{} not found ({deleted} other object(s) deleted)", .missing.join(", "))]
+    SomeNotFound {
+        missing: Vec<String>,
+        deleted: usize,
+    },
 }
 
 fn manifest_message(errors: &ManifestErrors) -> String {
