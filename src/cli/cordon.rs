@@ -24,6 +24,7 @@ pub struct NodeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DrainArgs {
+    /// The node's name.
     pub node: String,
     /// Wait, showing progress, until no job is bound to the node.
     #[arg(long)]

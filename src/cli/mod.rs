@@ -8,16 +8,21 @@ mod cordon;
 mod crds;
 mod delete;
 mod describe;
+mod edit;
 mod error;
+mod explain;
 mod get;
 mod import;
 mod jsonpath;
 mod logs;
+mod modify;
 mod output;
 mod printer;
 mod sim;
 mod status;
+mod top;
 mod up;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +56,21 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// Delete objects by name or by manifest.
     Delete(delete::DeleteArgs),
+    /// Edit one object in your editor ($RIFT_EDITOR, $EDITOR or vi); written back with
+    /// compare-and-swap, reopened on invalid input.
+    Edit(edit::EditArgs),
+    /// Set or remove labels: `rift label node gh200-a gpu=gh200 spot-`.
+    Label(modify::MetaArgs),
+    /// Set or remove annotations: `rift annotate job train note="rerun after fix"`.
+    Annotate(modify::MetaArgs),
+    /// Set a Pool's replicas: `rift scale pool selfplay --replicas 8`.
+    Scale(modify::ScaleArgs),
+    /// What a kind or a field is, from its schema: `rift explain job.spec.resources`.
+    Explain(explain::ExplainArgs),
+    /// Each node's CPU, memory and per-GPU use: `rift top nodes`.
+    Top(top::TopArgs),
+    /// This client's version, and the cluster's etcd version and id.
+    Version(version::VersionArgs),
     /// Print the JSON Schema of every kind (for editors and review).
     Crds(crds::CrdsArgs),
     /// Leader, voters and quorum, nodes, jobs by phase.
@@ -83,10 +103,13 @@ pub enum Command {
 /// `rift shim`: arguments the agent passes.
 #[derive(Debug, clap::Args)]
 pub struct ShimArgs {
+    /// The job's state directory.
     #[arg(long)]
     pub dir: PathBuf,
+    /// The attempt to run.
     #[arg(long)]
     pub attempt: u32,
+    /// The agent's heartbeat file.
     #[arg(long)]
     pub heartbeat: PathBuf,
 }
@@ -191,6 +214,17 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
         Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
         Command::Delete(args) => delete::run(args, &endpoints).await,
+        Command::Edit(args) => edit::run(args, &connect(&endpoints).await?).await,
+        Command::Label(args) => {
+            modify::meta(args, modify::Map::Labels, &connect(&endpoints).await?).await
+        }
+        Command::Annotate(args) => {
+            modify::meta(args, modify::Map::Annotations, &connect(&endpoints).await?).await
+        }
+        Command::Scale(args) => modify::scale(args, &connect(&endpoints).await?).await,
+        Command::Explain(args) => explain::run(args),
+        Command::Top(args) => top::run(args, &connect(&endpoints).await?).await,
+        Command::Version(args) => version::run(args, || connect(&endpoints)).await,
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
         Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
@@ -207,6 +241,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// The one way a command obtains its store (`--endpoints` / `RIFT_ENDPOINTS`).
 async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
     Ok(Store::connect(endpoints).await?)
 }
@@ -217,4 +252,35 @@ pub struct FileArgs {
     /// Manifest file, directory (recursive), or `-` for stdin. Repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command, flag and argument a person can type says what it is in `--help`.
+    #[test]
+    fn every_command_flag_and_argument_has_help() {
+        let mut missing = Vec::new();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        walk(&super::Cli::command(), "rift", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }
