@@ -1,4 +1,4 @@
-//! Status as people see it, composed from the keys its writers own (DESIGN.md, "Keys in
+//! Status as people see it, composed from the keys its writers own (docs/architecture.md, "Keys in
 //! etcd"): a Job's from the scheduler's placement and the runtime report of the node it is
 //! placed on, a Node's from its agent's status and alive keys.
 //!

@@ -1,5 +1,5 @@
 //! Recording Events: what happened to an object, deduplicated by object and reason, stored
-//! under an etcd lease so that it expires on its own (DESIGN.md, "Keys in etcd").
+//! under an etcd lease so that it expires on its own (docs/architecture.md, "Keys in etcd").
 //!
 //! An [`EventRecorder`] belongs to one writer: a controller (events under
 //! `/rift/v1/events/<id>`, source `controller/<name>`) or a node's agent (events under
