@@ -134,7 +134,9 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     .await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
-    eprintln!(
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "stopped; `rift up --state-dir {}` resumes this cluster",
         config.state_dir.display()
     );

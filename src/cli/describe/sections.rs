@@ -330,7 +330,7 @@ pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
         out += &field(
             "Games",
             format!(
-                "{} since the last training of {threshold} needed; {} in all",
+                "{} new since the last training ({threshold} start one); {} in all",
                 status.games_since_last_training, status.total_games
             ),
         );
@@ -473,7 +473,7 @@ mod tests {
         let text = training_target(&cooling, now);
         for part in [
             "cooling down, 14 m left",
-            "40 since the last training of 200 needed",
+            "40 new since the last training (200 start one)",
             "selfplay-0   120     2",
             "selfplay-1   120     1",
             "0.61",

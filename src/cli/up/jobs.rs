@@ -15,6 +15,13 @@ use nix::sys::signal::Signal;
 use crate::agent::jobs::layout::{read_json, JobDir, ProcRecord, RunSpec, StateDir};
 use crate::agent::jobs::procs;
 
+/// A progress line on stderr; a closed stderr (the terminal or a `| tee` gone) must not stop
+/// the jobs from being stopped.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Time on top of the longest grace period for shims to record the end.
 const MARGIN: Duration = Duration::from_secs(5);
 
@@ -81,11 +88,11 @@ pub fn stop_all(state: &StateDir) -> usize {
         return 0;
     }
     let names: Vec<&str> = live.iter().map(|l| l.job.as_str()).collect();
-    eprintln!(
+    say(format_args!(
         "stopping {} job(s) (a rift up cluster's jobs stop with it): {}",
         live.len(),
         names.join(", ")
-    );
+    ));
     for l in &live {
         l.stop();
     }
@@ -94,7 +101,7 @@ pub fn stop_all(state: &StateDir) -> usize {
     loop {
         let left: Vec<&Live> = live.iter().filter(|l| l.running()).collect();
         if left.is_empty() {
-            eprintln!("stopped {} job(s)", live.len());
+            say(format_args!("stopped {} job(s)", live.len()));
             return live.len();
         }
         if Instant::now() >= deadline {
@@ -110,7 +117,10 @@ pub fn stop_all(state: &StateDir) -> usize {
             return live.len();
         }
         if last_shown.elapsed() >= Duration::from_secs(5) {
-            eprintln!("  waiting for {} job(s) to stop...", left.len());
+            say(format_args!(
+                "  waiting for {} job(s) to stop...",
+                left.len()
+            ));
             last_shown = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -1,6 +1,6 @@
 //! A webhook receiver for the demo's Notifier: `rift up` listens on `--webhook-port` and
-//! appends every POST it receives to `<state>/notifications.log`, one line each (time, the
-//! event's reason, its text; the raw body for anything that is not a rift notification), so
+//! appends every POST it receives to `<state>/notifications.log`, one line each (time and the
+//! notification's text; the raw body for anything that is not a rift notification), so
 //! the demo's notifications land somewhere real and can be watched with `tail -f`.
 //!
 //! It is a convenience of the development cluster, not part of rift's delivery guarantees:
@@ -13,12 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use tokio::sync::watch;
-
-use crate::controllers::notifier::EVENT_HEADER;
 
 /// Largest body kept; a larger one is cut (a notification is a few hundred bytes).
 const MAX_LINE_BYTES: usize = 16 << 10;
@@ -52,35 +50,23 @@ pub async fn serve(
     }))
 }
 
-/// `reason text` of a notification in any of the Notifier formats; the raw body otherwise.
+/// The text of a notification in any of the Notifier formats; the raw body otherwise.
 fn describe(body: &[u8]) -> String {
     let body = &body[..body.len().min(MAX_LINE_BYTES)];
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let said = parsed.as_ref().and_then(|v| {
-        let text = ["text", "content"]
+        ["text", "content"]
             .iter()
-            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_str))?;
-        let reason = v
-            .pointer("/spec/reason")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("-");
-        Some(format!("{reason} {text}"))
+            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_str))
+            .map(str::to_string)
     });
-    said.unwrap_or_else(|| format!("- {}", String::from_utf8_lossy(body)))
+    said.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
         .replace(['\n', '\r'], " ")
 }
 
-async fn receive(
-    State(file): State<Arc<Mutex<std::fs::File>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let id = headers
-        .get(EVENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+async fn receive(State(file): State<Arc<Mutex<std::fs::File>>>, body: Bytes) -> StatusCode {
     let line = format!(
-        "{} {} (event {id})\n",
+        "{} {}\n",
         chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
         describe(&body)
     );
@@ -101,11 +87,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_notification_is_one_line_with_its_reason_and_text() {
-        let json =
-            br#"{"kind":"Event","spec":{"reason":"training_started"},"text":"hex8-2p:\nstarted"}"#;
-        assert_eq!(describe(json), "training_started hex8-2p: started");
-        assert_eq!(describe(br#"{"content":"hi"}"#), "- hi");
-        assert_eq!(describe(b"not json\n"), "- not json ");
+    fn a_notification_is_one_line_of_its_text() {
+        let json = br#"{"kind":"Event","text":"Normal training_started hex8-2p:\nstarted"}"#;
+        assert_eq!(describe(json), "Normal training_started hex8-2p: started");
+        assert_eq!(describe(br#"{"content":"hi"}"#), "hi");
+        assert_eq!(describe(b"not json\n"), "not json ");
     }
 }
