@@ -3,6 +3,7 @@
 mod agent;
 mod apply;
 mod bench;
+mod columns;
 mod completion;
 mod cordon;
 mod crds;

@@ -29,8 +29,9 @@ use crate::store::objects::object_from_kv;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store};
 
+use super::super::columns::Columns;
 use super::super::output::{self, Output};
-use super::super::printer::{self, At, Columns, Context};
+use super::super::printer::{self, At, Context};
 use super::super::CliError;
 use super::{io_err, sort, table_headers, table_row, GetArgs};
 
