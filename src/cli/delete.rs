@@ -24,7 +24,12 @@ pub struct DeleteArgs {
     pub ignore_not_found: bool,
 }
 
-pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError> {
+/// Reads the targets (and any manifests) first, then connects through `connect`.
+pub async fn run<F, Fut>(args: DeleteArgs, connect: F) -> Result<(), CliError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Store, CliError>>,
+{
     let targets: Vec<(&'static KindInfo, String)> = if args.files.is_empty() {
         let kind = resolve_kind(args.kind.as_deref().unwrap_or_default())?;
         if args.names.is_empty() {
@@ -40,7 +45,7 @@ pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError>
             .map(|d| (d.kind, d.name))
             .collect()
     };
-    let store = Store::connect(endpoints).await?;
+    let store = connect().await?;
     let mut missing = Vec::new();
     let mut deleted = 0;
     for (kind, name) in targets {

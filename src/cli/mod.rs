@@ -214,10 +214,10 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         .clone()
         .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]);
     match cli.command {
-        Command::Apply(args) => apply::run(args, &endpoints).await,
+        Command::Apply(args) => apply::run(args, || connect(&endpoints)).await,
         Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
         Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
-        Command::Delete(args) => delete::run(args, &endpoints).await,
+        Command::Delete(args) => delete::run(args, || connect(&endpoints)).await,
         Command::Edit(args) => edit::run(args, &connect(&endpoints).await?).await,
         Command::Label(args) => {
             modify::meta(args, modify::Map::Labels, &connect(&endpoints).await?).await
@@ -245,7 +245,9 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// The one way a command obtains its store (`--endpoints` / `RIFT_ENDPOINTS`).
+/// The one way an operator command obtains its store (`--endpoints` / `RIFT_ENDPOINTS`);
+/// commands that check their input first take it as a closure. (`rift up` talks to the etcd
+/// member it starts itself; agents, `sim` and `bench` have their own configuration.)
 async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
     Ok(Store::connect(endpoints).await?)
 }
