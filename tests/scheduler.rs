@@ -14,9 +14,17 @@ use support::agent::{eventually, process_alive, TestAgent};
 use support::cli::rift;
 use support::etcd::EtcdCluster;
 
+/// An agent config with `labels`. The CPU threshold is 100 %: these tests are about placement,
+/// draining and lost nodes, and a busy test machine (the suite, other work) must not make
+/// their workers "overloaded" and unschedulable (which happened under load: "0/3 nodes: ...
+/// 1 overloaded"). Overload itself is decided and tested in `controllers::placement`.
 fn config(dir: &Path, name: &str, labels: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, format!("labels: {labels}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("labels: {labels}\nthresholds: {{cpu: 100}}\n"),
+    )
+    .unwrap();
     path.to_string_lossy().into_owned()
 }
 
