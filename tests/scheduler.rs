@@ -14,9 +14,17 @@ use support::agent::{eventually, process_alive, TestAgent};
 use support::cli::rift;
 use support::etcd::EtcdCluster;
 
+/// An agent config with `labels`. The CPU threshold is 100 %: these tests are about placement,
+/// draining and lost nodes, and a busy test machine (the suite, other work) must not make
+/// their workers "overloaded" and unschedulable (which happened under load: "0/3 nodes: ...
+/// 1 overloaded"). Overload itself is decided and tested in `controllers::placement`.
 fn config(dir: &Path, name: &str, labels: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, format!("labels: {labels}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("labels: {labels}\nthresholds: {{cpu: 100}}\n"),
+    )
+    .unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -199,6 +207,20 @@ async fn drain_moves_every_job_off_a_node() {
     );
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("node/w1 drained"), "{}", out.stdout);
+    // One progress line per job, counting down, each saying where it went.
+    let progress: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  job/"))
+        .collect();
+    assert_eq!(progress.len(), 3, "{}", out.stdout);
+    for (line, left) in progress.iter().zip(["(2 left)", "(1 left)", "(0 left)"]) {
+        assert!(line.ends_with(left), "{line}: {}", out.stdout);
+        assert!(
+            line.contains(" moved to w2 ") || line.contains(" evicted: Pending"),
+            "{line}"
+        );
+    }
     for i in 0..3 {
         let j = c.wait_running(&format!("cpu-{i}"), 30).await;
         assert_eq!(j.status.unwrap().node.as_deref(), Some("w2"));

@@ -15,6 +15,8 @@ pub struct AgentArgs {
     /// YAML config file; flags and RIFT_* variables override it.
     #[arg(long, env = "RIFT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Where job state and logs, and the local etcd member's data, live (default
+    /// /var/lib/rift).
     #[arg(long, env = "RIFT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// HTTP port (default 8770).

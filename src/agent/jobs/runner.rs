@@ -25,6 +25,7 @@ use super::layout::{
 use super::policy::{decide, AttemptState, Next, Observed};
 use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::metrics::Metrics;
+use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::JobSpec;
@@ -179,7 +180,7 @@ impl<P: JobProcesses> Runner<P> {
             // not make one pass take a request timeout per job.
             if etcd_answers {
                 let report = self.build_report(&dir, &spec, &obs);
-                etcd_answers = self.report(&job, report).await;
+                etcd_answers = self.report(&job, &spec.uid, report).await;
             }
         }
         self.metrics
@@ -460,28 +461,35 @@ impl<P: JobProcesses> Runner<P> {
 
     /// An event when a job this agent was already reporting changes phase (a restarted agent
     /// does not announce every job it takes back over).
-    fn announce(&self, job: &str, before: Option<JobPhase>, report: &RuntimeReport) {
+    fn announce(&self, job: &str, uid: &str, before: Option<JobPhase>, report: &RuntimeReport) {
         if before.is_none() || before == Some(report.phase) {
             return;
         }
+        let object = ObjectRef {
+            kind: "Job".into(),
+            name: job.into(),
+            uid: uid.into(),
+        };
         match report.phase {
-            JobPhase::Failed => self.events.warning(
-                "Job",
-                job,
+            JobPhase::Failed => self.events.record_about(
+                &object,
                 "job_failed",
                 format!("{}: {}", report.reason, report.message),
+                EventType::Warning,
             ),
-            JobPhase::Succeeded => {
-                self.events
-                    .normal("Job", job, "job_succeeded", report.message.clone())
-            }
+            JobPhase::Succeeded => self.events.record_about(
+                &object,
+                "job_succeeded",
+                report.message.clone(),
+                EventType::Normal,
+            ),
             _ => {}
         }
     }
 
     /// Publishes the job's report when it changed; a failed write is retried next pass.
     /// Returns false when etcd did not take it.
-    async fn report(&mut self, job: &str, report: RuntimeReport) -> bool {
+    async fn report(&mut self, job: &str, uid: &str, report: RuntimeReport) -> bool {
         if self.published.get(job) == Some(&report) {
             return true;
         }
@@ -494,7 +502,7 @@ impl<P: JobProcesses> Runner<P> {
             .await
         {
             Ok(_) => {
-                self.announce(job, before, &report);
+                self.announce(job, uid, before, &report);
                 self.metrics
                     .status_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
