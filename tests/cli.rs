@@ -266,7 +266,8 @@ fn describe_and_delete_by_name_and_by_file() {
     assert!(rift(&ep, &["apply", "-f", EVERY_KIND]).ok);
     let d = rift(&ep, &["describe", "pool", "selfplay"]);
     assert!(
-        d.ok && d.stdout.contains("Name:         selfplay") && d.stdout.contains("replicas: 4"),
+        d.ok && d.stdout.contains("Name:         selfplay")
+            && d.stdout.contains("Size:         4 replicas"),
         "{}",
         d.stdout
     );

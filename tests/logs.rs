@@ -214,6 +214,25 @@ async fn unknown_pending_and_invalid_jobs_are_clear_errors() {
         r.stderr
     );
 
+    // With -f, a job that is not placed is waited for, saying why.
+    let mut follow = rift_command(&eps, &["logs", "-f", "big"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "-f waits for a Pending job"
+    );
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting for job big to be placed: Pending: 0/1 nodes: 1 insufficient GPUs"),
+        "{err}"
+    );
+
     let r = rift(&eps, &["logs", "../x"]);
     assert!(!r.ok);
     assert!(r.stderr.contains("invalid job name"), "{}", r.stderr);

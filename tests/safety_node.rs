@@ -141,6 +141,7 @@ async fn a_shim_started_after_the_lease_lapsed_stops_its_job_at_once() {
         epoch: 1,
         command: log.command("late", None),
         env: Default::default(),
+        env_from: Vec::new(),
         workdir: None,
         gpus: vec![],
         restart_policy: RestartPolicy::Never,

@@ -115,6 +115,20 @@ async fn drain_moves_every_job_off_a_node() {
     );
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("node/w1 drained"), "{}", out.stdout);
+    // One progress line per job, counting down, each saying where it went.
+    let progress: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  job/"))
+        .collect();
+    assert_eq!(progress.len(), 3, "{}", out.stdout);
+    for (line, left) in progress.iter().zip(["(2 left)", "(1 left)", "(0 left)"]) {
+        assert!(line.ends_with(left), "{line}: {}", out.stdout);
+        assert!(
+            line.contains(" moved to w2 ") || line.contains(" evicted: Pending"),
+            "{line}"
+        );
+    }
     for i in 0..3 {
         let j = c.wait_running(&format!("cpu-{i}"), 30).await;
         assert_eq!(j.status.unwrap().node.as_deref(), Some("w2"));

@@ -45,7 +45,7 @@ use sysinfo::{
 };
 
 use crate::api::meta::Condition;
-use crate::api::node::{Capacity, Gpu, GpuDeclaration, NodeStatus, Usage};
+use crate::api::node::{Capacity, Gpu, GpuDeclaration, GpuUsage, NodeStatus, Usage};
 
 /// The syntax of a GPU declaration, for messages and `--help`.
 pub const GPU_DECLARATION_SYNTAX: &str =
@@ -626,6 +626,15 @@ fn compose(host: &HostSample, nvml: &NvmlSample, declared: &[GpuDeclaration]) ->
             disk_percent: ratio_percent(disk_total.saturating_sub(disk_available), disk_total),
             gpu_memory_percent: ratio_percent(gpu_memory_used, gpu_memory_total),
             gpu_util_percent: percent_figure(gpu_util),
+            gpus: nvml
+                .gpus
+                .iter()
+                .map(|g| GpuUsage {
+                    index: g.index,
+                    util_percent: g.util_percent.map(|u| percent_figure(f64::from(u))),
+                    memory_percent: ratio_percent(g.memory_used, g.memory_total),
+                })
+                .collect(),
         },
         load_average: None,
     }

@@ -1,6 +1,6 @@
 //! The records that connect a Job to a node: the scheduler's placement and binding, and the
-//! node agent's runtime report (DESIGN.md, "Keys in etcd"). A Job's status as people see it is
-//! composed from them by [`compose_job_status`], never written by two hands.
+//! node agent's runtime report (docs/architecture.md, "Keys in etcd"). A Job's status as people
+//! see it is composed from them by [`compose_job_status`], never written by two hands.
 
 use std::collections::BTreeMap;
 

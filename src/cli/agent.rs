@@ -15,6 +15,8 @@ pub struct AgentArgs {
     /// YAML config file; flags and RIFT_* variables override it.
     #[arg(long, env = "RIFT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Where job state and logs, and the local etcd member's data, live (default
+    /// /var/lib/rift).
     #[arg(long, env = "RIFT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// HTTP port (default 8770).
@@ -68,6 +70,12 @@ pub struct AgentArgs {
     /// Peer port of the local etcd member (default 2380).
     #[arg(long)]
     pub etcd_peer_port: Option<u16>,
+    /// Run jobs as this user (a name or uid) instead of the agent's own; `runAs` in the config.
+    #[arg(long, env = "RIFT_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Where Jobs' `envFrom` files are (default /etc/rift/secrets); `secretsDir` in the config.
+    #[arg(long, env = "RIFT_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` for `--label`.
@@ -115,6 +123,8 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             etcd_peer_port: args.etcd_peer_port,
             etcd_stop_with_agent: false,
             bootstrap: args.bootstrap,
+            run_as: args.run_as,
+            secrets_dir: args.secrets_dir,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

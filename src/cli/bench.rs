@@ -22,6 +22,7 @@ pub enum Scenario {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// The scenario to run (figures in BENCHMARKS.md).
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Hollow nodes; comma-separated for several runs (schedule). [default: schedule 1000,

@@ -54,7 +54,29 @@ pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
             args.job
         )));
     }
-    let (node_name, phase) = job_node(store, &args.job).await?;
+    // With -f, a job that is not placed yet (Pending, e.g. preempted) is waited for.
+    let mut said = String::new();
+    let (node_name, phase) = loop {
+        match job_node(store, &args.job).await? {
+            Located::Placed(node, phase) => break (node, phase),
+            Located::Unplaced(why) if args.follow => {
+                if why != said {
+                    eprintln!("waiting for job {} to be placed: {why}", args.job);
+                    said = why;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+            Located::Unplaced(why) => {
+                return Err(CliError::Usage(format!(
+                    "job {} is {why} (rift logs -f waits for it)",
+                    args.job
+                )))
+            }
+        }
+    };
     let node = store.get::<NodeSpec>(&node_name).await?.ok_or_else(|| {
         CliError::Usage(format!(
             "job {} is placed on node {node_name}, but there is no Node {node_name} to find its agent by",
@@ -77,31 +99,35 @@ pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
     }
 }
 
-/// The node `job` is placed on, and the job's phase (`None` when the Job object is gone but its
-/// placement is not: its output still lies on that node).
-async fn job_node(store: &Store, job: &str) -> Result<(String, Option<JobPhase>), CliError> {
+/// Where a job's output is.
+enum Located {
+    /// On this node; the job's phase (`None` when the Job object is gone but its placement is
+    /// not: its output still lies on that node).
+    Placed(String, Option<JobPhase>),
+    /// Not placed anywhere: its phase and why, e.g. `Pending: 0/1 nodes: ...`.
+    Unplaced(String),
+}
+
+async fn job_node(store: &Store, job: &str) -> Result<Located, CliError> {
     if let Some(obj) = store.get::<JobSpec>(job).await? {
         let status = obj.status.unwrap_or_default();
-        return match status.node {
-            Some(node) => Ok((node, Some(status.phase))),
+        return Ok(match status.node {
+            Some(node) => Located::Placed(node, Some(status.phase)),
             None => {
                 let why = [status.message, status.reason]
                     .into_iter()
                     .find(|s| !s.is_empty())
                     .unwrap_or_else(|| "the scheduler has not placed it yet".into());
-                Err(CliError::Usage(format!(
-                    "job {job} is {:?}: {why}",
-                    status.phase
-                )))
+                Located::Unplaced(format!("{:?}: {why}", status.phase))
             }
-        };
+        });
     }
     store
         .get_raw(&keys::placement(job))
         .await?
         .and_then(|kv| serde_json::from_slice::<Placement>(&kv.value).ok())
         .and_then(|p| p.node)
-        .map(|node| (node, None))
+        .map(|node| Located::Placed(node, None))
         .ok_or_else(|| CliError::NotFound {
             kind: "job".into(),
             name: job.into(),

@@ -3,13 +3,23 @@
 //! It runs an agent with the controllers that bootstraps a one-member etcd cluster (the agent
 //! starts and supervises that member like any voter's), makes this node the VoterSet's only
 //! voter, applies the given manifests and prints how to reach the cluster. Ctrl-C stops the
-//! agent and its etcd member; running `rift up` again on the same state directory resumes the
-//! same cluster from its data. Jobs keep running under their shims while it is stopped.
+//! agent, its etcd member and the jobs it ran ([`jobs`]: this is a development cluster, unlike
+//! a real node's agent, whose jobs outlive it); running `rift up` again on the same state
+//! directory resumes the same cluster from its data. One `rift up` per state directory
+//! ([`lock`]): a second one says which process holds it.
+
+mod jobs;
+mod lock;
+mod webhook;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::agent::config::{ConfigFile, Overrides};
+use crate::agent::jobs::layout::StateDir;
 use crate::agent::{self, AgentConfig};
 use crate::api::manifest;
 use crate::api::voter_set::{VoterSet, VOTER_SET_NAME};
@@ -39,6 +49,10 @@ pub struct UpArgs {
     /// etcd's peer port.
     #[arg(long, default_value_t = 2380, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
+    /// Where the demo Notifier posts: `rift up` appends what arrives to
+    /// `<state-dir>/notifications.log` (0: no receiver).
+    #[arg(long, default_value_t = 8771)]
+    pub webhook_port: u16,
     /// The agent's HTTP port.
     #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: u16,
@@ -64,6 +78,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         manifest::load_paths(&args.manifests)?
     };
     let config = config(&args)?;
+    // Held until this process ends; taken before anything else looks at the state directory.
+    let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
     let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
     if !member_dir.has_data() && Store::connect(&[endpoint.as_str()]).await.is_ok() {
@@ -82,25 +98,83 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if resuming { "resuming" } else { "starting" },
         member_dir.data().display()
     );
-    let shutdown = agent::shutdown_on_signals();
-    let mut agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
-
-    let store = tokio::select! {
-        s = wait_for_etcd(&endpoint) => s.map_err(|e| with_log_tail(e, &member_dir))?,
-        r = &mut agent_task => return Err(agent_ended(r, &member_dir)),
-    };
-    ensure_voter_set(&store, &args.name).await?;
-    if !docs.is_empty() {
-        eprintln!("applying {}", join_paths(&args.manifests));
-        apply_docs(&store, docs, false).await?;
+    let (stop, shutdown) = watch::channel(false);
+    let stop = Arc::new(stop);
+    {
+        let stop = stop.clone();
+        let mut signals = agent::shutdown_on_signals();
+        tokio::spawn(async move {
+            agent::stopped(&mut signals).await;
+            let _ = stop.send(true);
+        });
     }
-    print_how_to_reach(&endpoint, &args, &config);
-    let result = agent_task.await;
-    eprintln!(
+    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    if args.webhook_port != 0 {
+        let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
+        match webhook::serve(&addr, &config.state_dir, shutdown).await {
+            Ok(_) => eprintln!(
+                "webhooks posted to http://{addr}/ are appended to {}",
+                webhook::log_path(&config.state_dir).display()
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot receive webhooks on {addr}: {e}; the demo Notifier's \
+                 deliveries will fail (pick another port with --webhook-port)"
+            ),
+        }
+    }
+    let result = serve(
+        &args,
+        docs,
+        &config,
+        &endpoint,
+        &member_dir,
+        agent_task,
+        &stop,
+    )
+    .await;
+    let state = StateDir::new(&config.state_dir);
+    let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "stopped; `rift up --state-dir {}` resumes this cluster",
         config.state_dir.display()
     );
-    match result {
+    result
+}
+
+/// Brings the cluster up, then waits for the agent to end (Ctrl-C). On an error the agent is
+/// told to stop and awaited, so the caller can stop the jobs after it.
+async fn serve(
+    args: &UpArgs,
+    docs: Vec<manifest::Document>,
+    config: &AgentConfig,
+    endpoint: &str,
+    member_dir: &agent::etcd_member::process::MemberDir,
+    mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
+    stop: &watch::Sender<bool>,
+) -> Result<(), CliError> {
+    let setup = async {
+        let store = tokio::select! {
+            s = wait_for_etcd(endpoint) => s.map_err(|e| with_log_tail(e, member_dir))?,
+            r = &mut agent_task => return Err(agent_ended(r, member_dir)),
+        };
+        ensure_voter_set(&store, &args.name).await?;
+        if !docs.is_empty() {
+            eprintln!("applying {}", join_paths(&args.manifests));
+            apply_docs(&store, docs, false).await?;
+        }
+        Ok(())
+    };
+    if let Err(e) = setup.await {
+        let _ = stop.send(true);
+        if !agent_task.is_finished() {
+            let _ = agent_task.await;
+        }
+        return Err(e);
+    }
+    print_how_to_reach(endpoint, args, config);
+    match agent_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
         Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
@@ -136,6 +210,12 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
+        // `sudo rift up`: jobs run as the person who invoked it, not as root.
+        config.run_as = std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u != "root");
+    }
     if !own_thresholds {
         // One machine that is also someone's workstation: a busy CPU (a build) must not stop
         // the demo from scheduling. Memory, GPU memory and disk thresholds still apply.
@@ -236,7 +316,7 @@ fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
          rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
          rift{e} get voterset -w            # etcd membership as it converges\n  \
          rift{e} logs -f JOB                # a job's output\n\n\
-         Ctrl-C stops it; `rift up` again resumes the same cluster.",
+         Ctrl-C stops it with its etcd and its jobs; `rift up` again resumes the same cluster.",
         config.name,
         config.state_dir.display()
     );

@@ -76,7 +76,7 @@ pub enum Decision {
 }
 
 /// When the last run ended, successfully or not.
-fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
+pub fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
     status.history.iter().filter_map(|r| r.finished_at).max()
 }
 

@@ -278,6 +278,15 @@ impl Store {
         Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
     }
 
+    /// The etcd server's version and the cluster id, from the member that answers
+    /// (`rift version`).
+    pub async fn server_version(&self) -> Result<(String, u64)> {
+        let mut c = self.client.clone();
+        let resp = self.call(c.status()).await?;
+        let cluster = resp.header().map(|h| h.cluster_id()).unwrap_or_default();
+        Ok((resp.version().to_string(), cluster))
+    }
+
     /// The current store revision.
     pub async fn revision(&self) -> Result<i64> {
         let mut c = self.client.clone();

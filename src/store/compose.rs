@@ -1,6 +1,6 @@
-//! Status as people see it, composed from the keys its writers own (DESIGN.md, "Keys in
-//! etcd"): a Job's from the scheduler's placement and the runtime report of the node it is
-//! placed on, a Node's from its agent's status and alive keys.
+//! Status as people see it, composed from the keys its writers own (docs/architecture.md,
+//! "Keys in etcd"): a Job's from the scheduler's placement and the runtime report of the node
+//! it is placed on, a Node's from its agent's status and alive keys.
 //!
 //! Pure: the store reads the keys (listing each prefix once, at one revision) and this module
 //! joins them in memory, so a list costs the same few round trips however many objects it holds.

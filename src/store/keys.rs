@@ -1,4 +1,4 @@
-//! The key layout in etcd (see DESIGN.md, "Keys in etcd"). One writer role per key.
+//! The key layout in etcd (see docs/architecture.md, "Keys in etcd"). One writer role per key.
 
 /// Everything rift stores lives under this prefix.
 pub const ROOT: &str = "/rift/v1/";

@@ -89,7 +89,7 @@ pub(crate) fn object_from_kv(kv: &KeyValue) -> Result<Value> {
     compose(kv, None)
 }
 
-/// Where a kind's status comes from (DESIGN.md, "Keys in etcd").
+/// Where a kind's status comes from (docs/architecture.md, "Keys in etcd").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StatusFrom {
     /// `/rift/v1/status/<plural>/<name>`, written by the one controller that owns it.

@@ -53,8 +53,8 @@ pub struct PassInput {
 /// What one pass found.
 #[derive(Clone, Debug, Default)]
 pub struct PassOutput {
-    /// The report of every job this node has a record of, or a released binding.
-    pub reports: Vec<(String, RuntimeReport)>,
+    /// `(job, uid, report)` of every job this node has a record of, or a released binding.
+    pub reports: Vec<(String, String, RuntimeReport)>,
     /// Attempts started after an earlier one ended.
     pub restarts: u64,
 }
@@ -108,6 +108,7 @@ impl RunSpec {
             epoch: binding.epoch,
             command: s.command.clone(),
             env: s.env.clone(),
+            env_from: s.env_from.iter().map(|e| e.file.clone()).collect(),
             workdir: s.workdir.clone(),
             gpus: binding.gpus.clone(),
             restart_policy: s.restart_policy,
@@ -190,7 +191,12 @@ impl<P: JobProcesses> Local<P> {
             let binding = input.bindings.as_ref().and_then(|m| m.get(&job));
             let (report, restarted) = self.step(&job, binding, input.renewed, now);
             out.restarts += u64::from(restarted);
-            out.reports.push((job, report));
+            let uid = self
+                .jobs
+                .get(&job)
+                .map(|t| t.spec.uid.clone())
+                .unwrap_or_default();
+            out.reports.push((job, uid, report));
         }
         // A stop order for something that never ran here (or was already cleared) is answered
         // at once: nothing runs.
@@ -198,6 +204,7 @@ impl<P: JobProcesses> Local<P> {
             if b.stop.is_some() && !self.jobs.contains_key(job) && !self.strays.contains(job) {
                 out.reports.push((
                     job.clone(),
+                    b.uid.clone(),
                     RuntimeReport {
                         epoch: b.epoch,
                         released: true,

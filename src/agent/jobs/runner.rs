@@ -28,6 +28,7 @@ use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::metrics::Metrics;
+use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::validation::dns1123_problem;
@@ -60,21 +61,6 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     metrics: Arc<Metrics>,
     /// How often the jobs are looked at when nothing changes.
     tick: Duration,
-}
-
-impl Runner<ShimProcesses> {
-    /// The real runner: every attempt runs under a `rift shim` process.
-    pub fn new(
-        node: String,
-        store: Store,
-        state: StateDir,
-        gpu_count: Option<usize>,
-        metrics: Arc<Metrics>,
-        lease: LastRenewal,
-    ) -> Self {
-        let procs = ShimProcesses::new(state.heartbeat());
-        Runner::with_processes(node, store, state, gpu_count, metrics, lease, procs)
-    }
 }
 
 impl<P: JobProcesses> Runner<P> {
@@ -240,13 +226,13 @@ impl<P: JobProcesses> Runner<P> {
                 .fetch_add(out.restarts, std::sync::atomic::Ordering::Relaxed);
         }
         let reported: std::collections::HashSet<String> =
-            out.reports.iter().map(|(j, _)| j.clone()).collect();
+            out.reports.iter().map(|(j, _, _)| j.clone()).collect();
         // Once a write fails, the rest wait for the next pass: an unreachable etcd must not make
         // one pass take a request timeout per job.
         let mut etcd_answers = true;
-        for (job, report) in out.reports {
+        for (job, uid, report) in out.reports {
             if etcd_answers {
-                etcd_answers = self.report(&job, report).await;
+                etcd_answers = self.report(&job, &uid, report).await;
             }
         }
         let gone: Vec<String> = self
@@ -317,28 +303,35 @@ impl<P: JobProcesses> Runner<P> {
 
     /// An event when a job this agent was already reporting changes phase (a restarted agent
     /// does not announce every job it takes back over).
-    fn announce(&self, job: &str, before: Option<JobPhase>, report: &RuntimeReport) {
+    fn announce(&self, job: &str, uid: &str, before: Option<JobPhase>, report: &RuntimeReport) {
         if before.is_none() || before == Some(report.phase) {
             return;
         }
+        let object = ObjectRef {
+            kind: "Job".into(),
+            name: job.into(),
+            uid: uid.into(),
+        };
         match report.phase {
-            JobPhase::Failed => self.events.warning(
-                "Job",
-                job,
+            JobPhase::Failed => self.events.record_about(
+                &object,
                 "job_failed",
                 format!("{}: {}", report.reason, report.message),
+                EventType::Warning,
             ),
-            JobPhase::Succeeded => {
-                self.events
-                    .normal("Job", job, "job_succeeded", report.message.clone())
-            }
+            JobPhase::Succeeded => self.events.record_about(
+                &object,
+                "job_succeeded",
+                report.message.clone(),
+                EventType::Normal,
+            ),
             _ => {}
         }
     }
 
     /// Publishes the job's report when it changed; a failed write is retried next pass.
     /// Returns false when etcd did not take it.
-    async fn report(&mut self, job: &str, report: RuntimeReport) -> bool {
+    async fn report(&mut self, job: &str, uid: &str, report: RuntimeReport) -> bool {
         if self.published.get(job) == Some(&report) {
             return true;
         }
@@ -351,7 +344,7 @@ impl<P: JobProcesses> Runner<P> {
             .await
         {
             Ok(_) => {
-                self.announce(job, before, &report);
+                self.announce(job, uid, before, &report);
                 self.metrics
                     .status_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

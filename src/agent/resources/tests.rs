@@ -20,6 +20,7 @@ fn usage(cpu: f64, memory: f64, gpu_memory: f64, disk: f64) -> Usage {
         disk_percent: disk,
         gpu_memory_percent: gpu_memory,
         gpu_util_percent: 0.0,
+        gpus: vec![],
     }
 }
 
@@ -191,6 +192,7 @@ fn status() -> NodeStatus {
             disk_percent: 40.0,
             gpu_memory_percent: 50.0,
             gpu_util_percent: 60.0,
+            gpus: vec![],
         },
         load_score: 0.3,
         overloaded: false,
@@ -426,6 +428,17 @@ fn declared_gpus_follow_nvml_ones_and_never_reuse_a_lost_gpus_index() {
         "40 of 160 bytes across NVML GPUs"
     );
     assert_eq!(o.usage.gpu_util_percent, 50.0, "mean of 100 and 0");
+    let per_gpu: Vec<_> = o
+        .usage
+        .gpus
+        .iter()
+        .map(|g| (g.index, g.util_percent, g.memory_percent))
+        .collect();
+    assert_eq!(
+        per_gpu,
+        [(0, Some(100.0), 50.0), (1, Some(0.0), 0.0)],
+        "each NVML GPU on its own; declared ones have no figures"
+    );
 }
 
 #[test]

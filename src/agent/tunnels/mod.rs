@@ -3,10 +3,10 @@
 //! (one `ssh -N -R` process) per Tunnel whose `spec.node` is this node, and stops it when the
 //! Tunnel is deleted, moves to another node, or the agent stops.
 //!
-//! Who writes what (DESIGN.md, "Keys in etcd"): the tunnel's status goes to this node's own
-//! `/rift/v1/agents/<node>/tunnels/<name>`, composed into the Tunnel's status on read; the
-//! endpoint a connected tunnel gives the agent (`relay-host:remote-port`) goes into the Node
-//! status this agent writes, through [`Endpoint`].
+//! Who writes what (docs/architecture.md, "Keys in etcd"): the tunnel's status goes to this
+//! node's own `/rift/v1/agents/<node>/tunnels/<name>`, composed into the Tunnel's status on
+//! read; the endpoint a connected tunnel gives the agent (`relay-host:remote-port`) goes into
+//! the Node status this agent writes, through [`Endpoint`].
 //!
 //! Pieces: [`select`] (which relay and address, pure), [`ssh`] (the ssh command line, pinned
 //! known_hosts, stderr meanings), [`supervisor`] (one tunnel's restart loop).
