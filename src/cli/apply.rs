@@ -1,7 +1,7 @@
 //! `rift apply -f PATH`: every document in one transaction, all or nothing.
 
 use crate::api::manifest;
-use crate::store::{ApplyItem, Store};
+use crate::store::{Access, ApplyItem, Store};
 
 use super::{CliError, FileArgs};
 
@@ -14,10 +14,10 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 }
 
-pub async fn run(args: ApplyArgs, endpoints: &[String]) -> Result<(), CliError> {
+pub async fn run(args: ApplyArgs, access: &Access) -> Result<(), CliError> {
     // Validate everything before touching etcd: bad input changes nothing.
     let docs = manifest::load_paths(&args.files.files)?;
-    let store = Store::connect(endpoints).await?;
+    let store = Store::connect(access).await?;
     apply_docs(&store, docs, args.dry_run).await
 }
 

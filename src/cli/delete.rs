@@ -23,7 +23,7 @@ pub struct DeleteArgs {
     pub ignore_not_found: bool,
 }
 
-pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError> {
+pub async fn run(args: DeleteArgs, access: &crate::store::Access) -> Result<(), CliError> {
     let targets: Vec<(&'static KindInfo, String)> = if args.files.is_empty() {
         let kind = resolve_kind(args.kind.as_deref().unwrap_or_default())?;
         if args.names.is_empty() {
@@ -39,7 +39,7 @@ pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError>
             .map(|d| (d.kind, d.name))
             .collect()
     };
-    let store = Store::connect(endpoints).await?;
+    let store = Store::connect(access).await?;
     let mut missing = 0;
     for (kind, name) in targets {
         match store.delete_object(kind, &name).await? {

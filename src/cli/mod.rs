@@ -3,7 +3,9 @@
 mod agent;
 mod apply;
 mod bench;
+mod certs;
 mod completion;
+pub mod config;
 mod cordon;
 mod crds;
 mod delete;
@@ -15,6 +17,7 @@ mod logs;
 mod printer;
 mod sim;
 mod status;
+mod token;
 mod up;
 
 use std::path::PathBuf;
@@ -24,16 +27,20 @@ use clap::{Parser, Subcommand};
 
 pub use error::CliError;
 
-use crate::store::client::DEFAULT_ENDPOINT;
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 /// rift: a declarative control plane for GPU training clusters, built on etcd.
 #[derive(Debug, Parser)]
 #[command(name = "rift", version, about, propagate_version = true)]
 pub struct Cli {
-    /// etcd client URLs, comma-separated [default: http://127.0.0.1:2379].
+    /// etcd client URLs, comma-separated [default: those in RIFT_CONFIG].
     #[arg(long, global = true, env = "RIFT_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+
+    /// Talk plain http:// to a plaintext cluster, without credentials (clusters not yet moved
+    /// to TLS; never the default).
+    #[arg(long, global = true, env = "RIFT_INSECURE")]
+    pub insecure: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -69,6 +76,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Print a shell completion script: `rift completion bash|zsh|fish`.
     Completion(completion::CompletionArgs),
+    /// Join tokens for new nodes: `rift token create --role worker|controller`, list, revoke.
+    Token(token::TokenArgs),
+    /// This cluster's certificates: `rift certs check` shows expiry; `revoke NODE`.
+    Certs(certs::CertsArgs),
     /// Run a benchmark scenario (starts its own etcd, agents and hollow nodes).
     Bench(bench::BenchArgs),
     /// Run N hollow nodes (simulated agents) against etcd, for scale tests.
@@ -176,32 +187,33 @@ fn init_file_tracing(path: &std::path::Path) -> Result<(), String> {
 
 async fn execute(cli: Cli) -> Result<(), CliError> {
     let given = (!cli.endpoints.is_empty()).then(|| cli.endpoints.clone());
-    let endpoints = given
-        .clone()
-        .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]);
+    // Credentials are read only by commands that talk to etcd.
+    let access = || config::access(&cli.endpoints, cli.insecure);
     match cli.command {
-        Command::Apply(args) => apply::run(args, &endpoints).await,
-        Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
-        Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
-        Command::Delete(args) => delete::run(args, &endpoints).await,
+        Command::Apply(args) => apply::run(args, &access()?).await,
+        Command::Get(args) => get::run(args, &connect(&access()?).await?).await,
+        Command::Describe(args) => describe::run(args, &connect(&access()?).await?).await,
+        Command::Delete(args) => delete::run(args, &access()?).await,
         Command::Crds(args) => crds::run(args),
-        Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
-        Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
-        Command::Agent(args) => agent::run(args, given).await,
+        Command::Status(args) => status::run(args, &connect(&access()?).await?).await,
+        Command::Logs(args) => logs::run(args, &connect(&access()?).await?).await,
+        Command::Agent(args) => agent::run(args, given, cli.insecure).await,
         Command::Up(args) => up::run(args).await,
-        Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
-        Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
-        Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
+        Command::Cordon(args) => cordon::cordon(args, &connect(&access()?).await?).await,
+        Command::Uncordon(args) => cordon::uncordon(args, &connect(&access()?).await?).await,
+        Command::Drain(args) => cordon::drain(args, &connect(&access()?).await?).await,
         Command::Import(args) => import::run(args),
         Command::Completion(args) => completion::run(args),
+        Command::Token(args) => token::run(args, &connect(&access()?).await?).await,
+        Command::Certs(args) => certs::run(args, access).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Sim(args) => sim::run(args, &endpoints).await,
+        Command::Sim(args) => sim::run(args, &access()?).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }
 
-async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
-    Ok(Store::connect(endpoints).await?)
+async fn connect(access: &Access) -> Result<Store, CliError> {
+    Ok(Store::connect(access).await?)
 }
 
 /// `-f` arguments: files, directories, or `-` for stdin.

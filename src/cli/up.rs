@@ -5,16 +5,25 @@
 //! voter, applies the given manifests and prints how to reach the cluster. Ctrl-C stops the
 //! agent and its etcd member; running `rift up` again on the same state directory resumes the
 //! same cluster from its data. Jobs keep running under their shims while it is stopped.
+//!
+//! Trust: the first `rift up` creates the cluster CA and this node's certificates under
+//! `<state>/pki/`, and the operator's credentials `<state>/admin.conf` (it prints the
+//! `export RIFT_CONFIG=...` line); etcd runs with TLS on both ports, client certificates and
+//! authentication. On a state directory of a plaintext cluster (made before TLS) it does the
+//! same and restarts the member with TLS from its data: every object is kept, running jobs
+//! keep running.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::agent::config::{ConfigFile, Overrides};
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, identity, AgentConfig};
 use crate::api::manifest;
 use crate::api::voter_set::{VoterSet, VOTER_SET_NAME};
 use crate::api::VoterSetSpec;
-use crate::store::{Store, StoreError};
+use crate::pki::credentials::Credentials;
+use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
+use crate::store::{Access, Store, StoreError};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -64,15 +73,25 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         manifest::load_paths(&args.manifests)?
     };
     let config = config(&args)?;
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
-    if !member_dir.has_data() && Store::connect(&[endpoint.as_str()]).await.is_ok() {
+    let address = format!("{}:{}", host_for_url(&args.listen), args.port);
+    let port_taken = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(address.as_str()),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    let running_here =
+        agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
+    if port_taken && !running_here {
         return Err(CliError::Usage(format!(
-            "something already answers at {endpoint} and {} holds no cluster of ours: stop \
-             it, or pick other ports with --port and --peer-port",
+            "something already listens at {address} and it is not this state directory's etcd \
+             ({}): stop it, or pick other ports with --port and --peer-port",
             config.state_dir.display()
         )));
     }
+    let admin = trust(&config)?;
     if let Err(why) = agent::etcd_member::member_spec(&config) {
         return Err(CliError::Usage(format!("cannot run etcd here: {why}")));
     }
@@ -85,8 +104,9 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let shutdown = agent::shutdown_on_signals();
     let mut agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
 
+    let access = Access::tls(&[endpoint.as_str()], admin.identity());
     let store = tokio::select! {
-        s = wait_for_etcd(&endpoint) => s.map_err(|e| with_log_tail(e, &member_dir))?,
+        s = wait_for_etcd(&access) => s.map_err(|e| with_log_tail(e, &member_dir))?,
         r = &mut agent_task => return Err(agent_ended(r, &member_dir)),
     };
     ensure_voter_set(&store, &args.name).await?;
@@ -94,7 +114,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         eprintln!("applying {}", join_paths(&args.manifests));
         apply_docs(&store, docs, false).await?;
     }
-    print_how_to_reach(&endpoint, &args, &config);
+    print_how_to_reach(&endpoint, &config);
     let result = agent_task.await;
     eprintln!(
         "stopped; `rift up --state-dir {}` resumes this cluster",
@@ -112,7 +132,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => ConfigFile::default(),
     };
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let own_thresholds = args.config.is_some();
     let mut config = AgentConfig::resolve(
         file,
@@ -152,10 +172,43 @@ fn host_for_url(host: &str) -> String {
     }
 }
 
-async fn wait_for_etcd(endpoint: &str) -> Result<Store, CliError> {
+/// This node's certificates and the operator's credentials: made on the first run (and on a
+/// state directory of a plaintext cluster); the credentials are made again when missing or
+/// within 90 days of expiry.
+fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
+    let pki = PkiDir::new(&config.state_dir);
+    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
+    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+        Some(ca) if pki.has_identity() => ca,
+        _ => {
+            if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
+                eprintln!(
+                    "moving this plaintext cluster to TLS: creating its CA and certificates in {}",
+                    pki.root().display()
+                );
+            }
+            identity::bootstrap(config, &pki).map_err(failed)?
+        }
+    };
+    let path = identity::admin_conf(&config.state_dir);
+    let fresh = Credentials::load(&path).ok().filter(|c| {
+        inspect::inspect(&c.cert)
+            .is_ok_and(|i| !i.renewal_due(chrono::Utc::now(), RENEW_BEFORE))
+            && c.ca.trim() == ca.cert_pem().trim()
+    });
+    match fresh {
+        Some(c) => Ok(c),
+        None => {
+            identity::write_admin_conf(config, &ca).map_err(failed)?;
+            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+        }
+    }
+}
+
+async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
     let started = Instant::now();
     loop {
-        match Store::connect(&[endpoint]).await {
+        match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
                 return Err(CliError::Usage(format!(
@@ -222,22 +275,21 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
-    let e = if args.port == 2379 && args.listen == "127.0.0.1" {
-        String::new()
-    } else {
-        format!(" --endpoints {endpoint}")
-    };
+fn print_how_to_reach(endpoint: &str, config: &AgentConfig) {
+    let conf = identity::admin_conf(&config.state_dir);
+    let conf = std::path::absolute(&conf).unwrap_or(conf);
     println!(
-        "\nrift is up: etcd at {endpoint}, node `{}` leads and runs jobs; state and logs in {}.\n\
-         In another terminal:\n\n  \
+        "\nrift is up: etcd at {endpoint} (TLS), node `{}` leads and runs jobs; state and logs \
+         in {}.\nIn another terminal:\n\n  \
+         export RIFT_CONFIG={}\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
-         rift{e} status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
-         rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
-         rift{e} get voterset -w            # etcd membership as it converges\n  \
-         rift{e} logs -f JOB                # a job's output\n\n\
+         rift status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
+         rift get jobs -w                # jobs as they are placed, run and finish\n  \
+         rift get voterset -w            # etcd membership as it converges\n  \
+         rift logs -f JOB                # a job's output\n\n\
          Ctrl-C stops it; `rift up` again resumes the same cluster.",
         config.name,
-        config.state_dir.display()
+        config.state_dir.display(),
+        conf.display()
     );
 }
