@@ -3,14 +3,15 @@
 # nothing, and says so.
 #
 #   config/install-node.sh --config node.yaml                 # first install
-#   config/install-node.sh --name gh200-a --endpoints http://100.64.0.10:2379,http://100.64.0.11:2379
+#   config/install-node.sh --name gh200-a --join https://100.64.0.10:8770 --token RIFT1...
 #   config/install-node.sh --binary ./rift --restart          # rolling upgrade of one node
 #
 # What it does, each step only when needed:
 #   1. copies the rift binary to /usr/local/bin/rift (atomically: a running agent keeps its
 #      old binary until it restarts);
 #   2. writes /etc/rift/node.yaml only if it is absent, or with --force (from --config FILE, or
-#      a minimal one from --name and --endpoints);
+#      a minimal one from --name and --join or --endpoints); with --token, writes the join token
+#      to /etc/rift/join.env (0600), read by the unit on the agent's first start;
 #   3. installs /etc/systemd/system/rift-agent.service and creates /var/lib/rift;
 #   4. runs `systemctl daemon-reload` (when the unit changed) and `systemctl enable --now
 #      rift-agent`; with --restart, restarts the agent when the binary changed. Jobs keep
@@ -20,8 +21,10 @@
 #   --binary PATH      the rift binary to install [default: target/release/rift, else
 #                      target/debug/rift next to this script, else `rift` on PATH]
 #   --config FILE      the node config to install as /etc/rift/node.yaml
-#   --name NAME        write a minimal node.yaml for NAME (with --endpoints)
-#   --endpoints URLS   etcd client URLs, comma-separated (with --name)
+#   --name NAME        write a minimal node.yaml for NAME (with --join, or --endpoints)
+#   --join URL         a controller's agent to join through, https://HOST:8770 (with --name)
+#   --token TOKEN      the join token from `rift token create` (with --join)
+#   --endpoints URLS   etcd client URLs, comma-separated (with --name; optional with --join)
 #   --controllers      with --name: this node may lead (runs the controllers when elected)
 #   --force            overwrite an existing /etc/rift/node.yaml
 #   --restart          restart the agent if the binary changed
@@ -37,6 +40,8 @@ binary=""
 config=""
 name=""
 endpoints=""
+join=""
+token=""
 controllers=false
 force=false
 restart=false
@@ -50,6 +55,8 @@ while [ $# -gt 0 ]; do
     --config) config=${2:?--config needs a file}; shift 2 ;;
     --name) name=${2:?--name needs a node name}; shift 2 ;;
     --endpoints) endpoints=${2:?--endpoints needs URLs}; shift 2 ;;
+    --join) join=${2:?--join needs a URL}; shift 2 ;;
+    --token) token=${2:?--token needs a token}; shift 2 ;;
     --controllers) controllers=true; shift ;;
     --force) force=true; shift ;;
     --restart) restart=true; shift ;;
@@ -74,11 +81,15 @@ fi
 if [ -n "$name" ]; then
   [[ "$name" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] \
     || die "--name $name: use lowercase letters, digits and '-' (e.g. gh200-a)"
-  [ -n "$endpoints" ] || die "--name needs --endpoints (the etcd voters' client URLs)"
+  [ -n "$endpoints" ] || [ -n "$join" ] \
+    || die "--name needs --endpoints (the etcd voters' client URLs) or --join URL --token TOKEN"
 fi
+[ -z "$join" ] || [ -n "$token" ] || die "--join needs --token (from \`rift token create\`)"
+[ -z "$token" ] || [[ "$token" == RIFT1* ]] || die "--token: not a rift join token (RIFT1...)"
 
 bin_dst="$root/usr/local/bin/rift"
 conf_dst="$root/etc/rift/node.yaml"
+token_dst="$root/etc/rift/join.env"
 unit_dst="$root/etc/systemd/system/rift-agent.service"
 state_dir="$root/var/lib/rift"
 
@@ -119,13 +130,23 @@ elif [ -n "$name" ]; then
   {
     echo "# Written by config/install-node.sh; every field is documented in config/node.example.yaml."
     echo "name: $name"
-    echo "endpoints:"
-    IFS=, read -ra urls <<< "$endpoints"
-    for u in "${urls[@]}"; do echo "  - $u"; done
+    if [ -n "$join" ]; then echo "join: $join"; fi
+    if [ -n "$endpoints" ]; then
+      echo "endpoints:"
+      IFS=, read -ra urls <<< "$endpoints"
+      for u in "${urls[@]}"; do echo "  - $u"; done
+    fi
     echo "stateDir: /var/lib/rift"
     echo "controllers: $controllers"
   } > "$generated"
   install_file "$generated" "$conf_dst" 0644 || true
+fi
+
+if [ -n "$token" ]; then
+  token_file=$(mktemp)
+  printf 'RIFT_JOIN_TOKEN=%s\n' "$token" > "$token_file"
+  install_file "$token_file" "$token_dst" 0600 || true
+  rm -f "$token_file"
 fi
 
 unit_changed=false

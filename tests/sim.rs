@@ -50,7 +50,7 @@ async fn job_status(store: &Store, name: &str) -> Option<rift::api::job::JobStat
 #[tokio::test]
 async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
     let etcd = EtcdCluster::single();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &etcd.endpoints_csv(), &["--controllers"]);
     let state = tempfile::tempdir().unwrap();
     let _sim = Sim(Command::new(rift_bin())
@@ -139,14 +139,14 @@ async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
 #[tokio::test]
 async fn a_crashed_hollow_node_goes_not_ready_and_a_stopped_one_at_once() {
     let etcd = EtcdCluster::single();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let state = tempfile::tempdir().unwrap();
     let settings = HollowSettings {
         node_lease_ttl: Duration::from_secs(2),
         ..HollowSettings::default()
     };
     let cluster = Cluster::start(
-        &etcd.endpoints(),
+        &etcd.access(),
         "c",
         6,
         settings,

@@ -173,7 +173,7 @@ async fn one_ssh(agent: &TestAgent) -> i32 {
 async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans_up() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
@@ -288,7 +288,7 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
 async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     let mut relay = Sshd::start("127.0.0.2", ssh_port, &key);
@@ -336,7 +336,7 @@ async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
 async fn a_wrong_host_key_pin_is_refused_as_a_mismatch_without_a_retry_storm() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     let relay = Sshd::start("127.0.0.2", ssh_port, &key);
@@ -392,7 +392,7 @@ async fn a_wrong_host_key_pin_is_refused_as_a_mismatch_without_a_retry_storm() {
 async fn auto_relay_moves_to_another_relay_when_the_first_ones_sshd_stays_down() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     // relay-a's sshd runs only long enough to read its host key: it stays down.
@@ -438,7 +438,7 @@ async fn auto_relay_moves_to_another_relay_when_the_first_ones_sshd_stays_down()
 async fn addresses_fall_back_in_order_for_rift_logs_peers_and_etcd_endpoints() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let hole = blackhole();
     // etcd endpoints: a hanging and a refusing one before the real one.

@@ -48,6 +48,8 @@ pub struct ConfigFile {
     pub etcd: EtcdFileConfig,
     /// A plaintext cluster (no TLS, no identities): only for clusters not yet moved to TLS.
     pub insecure: Option<bool>,
+    /// A controller's agent to join through (with the token in `RIFT_JOIN_TOKEN`).
+    pub join: Option<String>,
     /// A file holding a token Prometheus may present (`Authorization: Bearer ...`) for
     /// `/metrics` instead of a client certificate.
     pub scrape_token_file: Option<PathBuf>,

@@ -100,7 +100,7 @@ impl LocalEtcd {
                 .member("bench", &["127.0.0.1".to_string()])
                 .map_err(setup)?;
             let access = Access::tls(&[endpoint.as_str()], trust.admin().map_err(setup)?);
-            (Some(trust), access, member_tls_args(&member))
+            (Some(trust), access, member.args())
         } else {
             (None, Access::insecure(&[endpoint.as_str()]), Vec::new())
         };
@@ -149,36 +149,6 @@ impl LocalEtcd {
     pub async fn store(&self) -> Result<Store, BenchError> {
         Ok(Store::connect(&self.access).await?)
     }
-}
-
-/// etcd's flags for `tls` (the same the agent gives its member).
-fn member_tls_args(tls: &crate::agent::etcd_member::process::MemberTls) -> Vec<String> {
-    let spec = crate::agent::etcd_member::process::MemberSpec {
-        name: String::new(),
-        binary: PathBuf::new(),
-        dir: crate::agent::etcd_member::process::MemberDir::new(Path::new("/")),
-        peer_url: String::new(),
-        client_urls: Vec::new(),
-        listen_peer_urls: Vec::new(),
-        listen_client_urls: Vec::new(),
-        tls: Some(tls.clone()),
-        metrics_url: None,
-        extra_args: Vec::new(),
-    };
-    let all = crate::agent::etcd_member::process::args(
-        &spec,
-        &crate::agent::etcd_member::decide::StartMode::FromData,
-    );
-    let first = all
-        .iter()
-        .position(|a| a == "--cert-file")
-        .unwrap_or(all.len());
-    let end = all
-        .iter()
-        .position(|a| a == "--peer-cert-allowed-cn")
-        .map(|i| i + 2)
-        .unwrap_or(all.len());
-    all[first..end].to_vec()
 }
 
 /// Starts a real `rift agent` (this executable) named `name` with its state under `dir`.

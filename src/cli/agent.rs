@@ -99,7 +99,12 @@ pub async fn run(
         None => ConfigFile::default(),
     };
     let insecure = insecure || file.insecure.unwrap_or(false);
-    let (endpoints, join) = match (args.join.as_slice(), &args.token) {
+    let join_urls = if args.join.is_empty() {
+        file.join.iter().cloned().collect()
+    } else {
+        args.join.clone()
+    };
+    let (endpoints, join) = match (join_urls.as_slice(), &args.token) {
         ([], None) => (endpoints, None),
         ([], Some(_)) => {
             return Err(CliError::Usage(

@@ -39,7 +39,7 @@ pub struct Cli {
 
     /// Talk plain http:// to a plaintext cluster, without credentials (clusters not yet moved
     /// to TLS; never the default).
-    #[arg(long, global = true, env = "RIFT_INSECURE")]
+    #[arg(long, global = true, env = "RIFT_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
 
     #[command(subcommand)]

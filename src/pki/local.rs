@@ -31,6 +31,22 @@ impl LocalTrust {
         })
     }
 
+    /// The CA already in `dir` (`ca.crt`, `ca.key`: a `LocalTrust` directory, or a node's
+    /// `pki/` that holds the CA's key).
+    pub fn open(dir: &Path) -> Result<LocalTrust, PkiError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ok(LocalTrust {
+            ca: Ca::from_pem(&read("ca.crt")?, &read("ca.key")?)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
     pub fn ca(&self) -> &Ca {
         &self.ca
     }

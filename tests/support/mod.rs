@@ -7,4 +7,5 @@ pub mod etcd;
 pub mod http;
 pub mod proc;
 pub mod sshd;
+pub mod trust;
 pub mod voters;

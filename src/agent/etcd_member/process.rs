@@ -107,7 +107,8 @@ impl MemberTls {
         }
     }
 
-    fn args(&self) -> Vec<String> {
+    /// etcd's TLS flags for these files.
+    pub fn args(&self) -> Vec<String> {
         let p = |path: &PathBuf| path.display().to_string();
         vec![
             "--cert-file".into(),
