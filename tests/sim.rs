@@ -72,6 +72,7 @@ async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
         ])
         .arg(state.path())
         .env("RIFT_ENDPOINTS", etcd.endpoints_csv())
+        .env("RIFT_CONFIG", etcd.admin_conf())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -205,7 +206,8 @@ fn bench(args: &[&str]) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "rift bench {args:?} failed:\n{stdout}\n{}",
+        "rift bench {args:?} failed ({:?}):\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     let line = stdout.lines().last().expect("output");

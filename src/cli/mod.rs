@@ -113,7 +113,13 @@ pub fn run() -> ExitCode {
             }
         };
     }
-    if !matches!(cli.command, Command::Agent(_) | Command::Up(_)) {
+    // Not for long-running processes that hold connections to etcd members they may see die
+    // (a benchmark kills the etcd it started): writing to such a socket must be an error, not
+    // a silent death by SIGPIPE.
+    if !matches!(
+        cli.command,
+        Command::Agent(_) | Command::Up(_) | Command::Bench(_) | Command::Sim(_)
+    ) {
         restore_default_sigpipe();
     }
     match &cli.command {
