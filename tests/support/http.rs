@@ -13,6 +13,14 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
     get_as(addr, path, timeout, true)
 }
 
+/// As [`get`], sent to `addr` for the agent listening at `agent` (e.g. through a relay's
+/// forwarded port): the TLS connection checks that agent's name.
+pub fn get_through(addr: &str, agent: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = exchange_with(addr, super::trust::lookup_agent(agent), &request, timeout, true)?;
+    parse(&raw)
+}
+
 /// As [`get`], presenting no client certificate to a TLS agent.
 pub fn get_anonymous(addr: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
     get_as(addr, path, timeout, false)
@@ -21,6 +29,10 @@ pub fn get_anonymous(addr: &str, path: &str, timeout: Duration) -> Option<(u16, 
 fn get_as(addr: &str, path: &str, timeout: Duration, with_cert: bool) -> Option<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let raw = exchange_as(addr, &request, timeout, with_cert)?;
+    parse(&raw)
+}
+
+fn parse(raw: &str) -> Option<(u16, String)> {
     let code = raw.split_whitespace().nth(1)?.parse().ok()?;
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((code, body))
@@ -33,11 +45,21 @@ pub fn exchange(addr: &str, request: &str, timeout: Duration) -> Option<String> 
 }
 
 fn exchange_as(addr: &str, request: &str, timeout: Duration, with_cert: bool) -> Option<String> {
+    exchange_with(addr, super::trust::lookup_agent(addr), request, timeout, with_cert)
+}
+
+fn exchange_with(
+    addr: &str,
+    agent: Option<(String, Arc<super::trust::Trust>)>,
+    request: &str,
+    timeout: Duration,
+    with_cert: bool,
+) -> Option<String> {
     let s = TcpStream::connect_timeout(&addr.parse().ok()?, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
     let mut raw = Vec::new();
-    match super::trust::lookup_agent(addr) {
+    match agent {
         Some((node, trust)) => {
             let admin = trust.admin()?;
             let config = if with_cert {
