@@ -60,7 +60,12 @@ impl StoreError {
                     StoreError::Credentials(certificate_message(endpoints, msg))
                 } else if msg.contains("request is too large") {
                     StoreError::TooLarge
-                } else if is_connectivity_code(status.code() as i32, msg) {
+                } else if is_connectivity_code(status.code() as i32, msg)
+                    || msg.contains("raft: stopped")
+                    || msg.contains("server stopped")
+                {
+                    // The member answering is stopping (e.g. it was just removed from the
+                    // cluster): another endpoint serves the retry.
                     StoreError::Unreachable {
                         endpoints: endpoints.to_string(),
                         reason: first_line(msg),
