@@ -49,10 +49,11 @@ impl Up {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-        Up {
-            child,
-            endpoint: format!("http://127.0.0.1:{client}"),
-        }
+        let endpoint = format!("https://127.0.0.1:{client}");
+        // The credentials `rift up` writes, for `rift(&endpoint, ..)`.
+        let trust = support::trust::Trust::new(&state.join("admin.conf"), &state.join("pki"));
+        support::trust::register(&[endpoint.clone()], &trust);
+        Up { child, endpoint }
     }
 
     /// Ctrl-C, and wait (at most a minute) for it to exit.
@@ -119,6 +120,10 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
     let member_id = s["voters"]["members"][0]["id"].clone();
+    eventually(Duration::from_secs(30), "job hello Succeeded", || async {
+        (job_phase(&ep, "hello")? == "Succeeded").then_some(())
+    })
+    .await;
 
     let exit = up.stop();
     assert!(exit.success(), "Ctrl-C stops cleanly: {exit:?}");

@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
     if port_taken && !running_here {
         return Err(CliError::Usage(format!(
-            "something already listens at {address} and it is not this state directory's etcd \
+            "something already answers at {address} and it is not this state directory's etcd \
              ({}): stop it, or pick other ports with --port and --peer-port",
             config.state_dir.display()
         )));
