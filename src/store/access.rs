@@ -103,6 +103,35 @@ impl Access {
         }
     }
 
+    /// What is wrong with this identity on its own, if anything (an expired certificate, or
+    /// one not valid yet): etcd refuses such a certificate in the handshake, and the client
+    /// only sees the connection fail, so this says why.
+    pub fn identity_problem(&self) -> Option<String> {
+        let id = self.identity.as_deref()?;
+        let info = match crate::pki::inspect::inspect(&id.cert_pem) {
+            Ok(i) => i,
+            Err(e) => return Some(e.to_string()),
+        };
+        let now = chrono::Utc::now();
+        if info.not_after <= now {
+            Some(format!(
+                "the client certificate `{}` expired at {}: `rift certs check` shows it; a node \
+                 renews its own before that while it runs, an expired one joins again; `rift up` \
+                 makes a new admin.conf",
+                info.common_name,
+                info.not_after.to_rfc3339()
+            ))
+        } else if info.not_before > now {
+            Some(format!(
+                "the client certificate `{}` is not valid before {}: check this machine's clock",
+                info.common_name,
+                info.not_before.to_rfc3339()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Client options: `base` plus TLS when the cluster uses it.
     pub(crate) fn options(&self, base: etcd_client::ConnectOptions) -> etcd_client::ConnectOptions {
         match &self.identity {

@@ -92,6 +92,15 @@ impl Store {
     /// timeout.
     pub async fn connect(access: &Access) -> Result<Store> {
         access.check()?;
+        match Self::connect_checked(access).await {
+            Err(StoreError::Unreachable { .. }) if access.identity_problem().is_some() => Err(
+                StoreError::Credentials(access.identity_problem().unwrap_or_default()),
+            ),
+            other => other,
+        }
+    }
+
+    async fn connect_checked(access: &Access) -> Result<Store> {
         let store = if access.endpoints().len() > 1 {
             let (probes, answered) = super::endpoints::probe_all(access).await;
             Self::connect_balanced(access, answered, probes, true).await?
@@ -106,6 +115,9 @@ impl Store {
                 StoreError::Etcd(reason) => StoreError::Unreachable {
                     endpoints: store.endpoints.to_string(),
                     reason,
+                },
+                StoreError::PermissionDenied { .. } => StoreError::PermissionDenied {
+                    user: store.user(),
                 },
                 other => other,
             }),
@@ -185,6 +197,14 @@ impl Store {
         })
     }
 
+    /// The etcd user this store acts as (its certificate's common name), for messages.
+    pub fn user(&self) -> String {
+        match self.access.identity() {
+            Some(id) => id.common_name().unwrap_or_else(|_| "?".into()),
+            None => "none: a plaintext cluster".into(),
+        }
+    }
+
     /// How this store reaches etcd (its configured endpoints and identity).
     pub fn access(&self) -> &Access {
         &self.access
@@ -232,7 +252,12 @@ impl Store {
         fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.op_timeout, fut).await {
-            Ok(r) => r.map_err(|e| StoreError::from_etcd(e, &self.endpoints)),
+            Ok(r) => r.map_err(|e| match StoreError::from_etcd(e, &self.endpoints) {
+                StoreError::PermissionDenied { .. } => StoreError::PermissionDenied {
+                    user: self.user(),
+                },
+                other => other,
+            }),
             Err(_) => Err(StoreError::Timeout {
                 endpoints: self.endpoints.to_string(),
                 seconds: self.op_timeout.as_secs(),

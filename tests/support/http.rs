@@ -44,6 +44,11 @@ pub fn exchange(addr: &str, request: &str, timeout: Duration) -> Option<String> 
     exchange_as(addr, request, timeout, true)
 }
 
+/// As [`exchange`], presenting no client certificate.
+pub fn exchange_anonymous(addr: &str, request: &str, timeout: Duration) -> Option<String> {
+    exchange_as(addr, request, timeout, false)
+}
+
 fn exchange_as(addr: &str, request: &str, timeout: Duration, with_cert: bool) -> Option<String> {
     exchange_with(addr, super::trust::lookup_agent(addr), request, timeout, with_cert)
 }
