@@ -400,17 +400,20 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
     .await;
     assert_eq!(pid_after, pid, "the job kept its process");
     assert!(process_alive(pid as u32));
-    let status = rift(&tls, &["status", "-o", "json"]);
-    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    let member = &s["voters"]["members"][0];
-    eventually(Duration::from_secs(30), "the member's peer URL moved to https", || async {
-        let out = rift(&tls, &["status", "-o", "json"]);
-        let s: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
-        let url = s["voters"]["members"][0]["peerUrls"][0].as_str()?.to_string();
-        url.starts_with("https://").then_some(())
-    })
+    let member = eventually(
+        Duration::from_secs(30),
+        "the member's peer URL moved to https",
+        || async {
+            let out = rift(&tls, &["get", "voterset", "default", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            let m = v["status"]["members"][0].clone();
+            let url = m["peerUrls"][0].as_str()?.to_string();
+            url.starts_with("https://").then_some(m)
+        },
+    )
     .await;
-    assert_eq!(member["name"], "local", "{s}");
+    assert_eq!(member["name"], "local", "{member}");
+    assert_eq!(member["healthy"], true, "{member}");
     // Plaintext is refused now, and authentication is on: a certificate of this CA that names
     // no user opens nothing.
     assert!(!rift(&plain, &["get", "jobs"]).ok);
