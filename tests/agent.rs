@@ -463,13 +463,10 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
         .unwrap()
         .port();
     let ep = cluster.endpoints_csv();
-    cluster.trust().unwrap().admit(
-        &ep,
-        &state,
-        "n1",
-        rift::pki::NodeRole::Worker,
-        "127.0.0.1",
-    );
+    cluster
+        .trust()
+        .unwrap()
+        .admit(&ep, &state, "n1", rift::pki::NodeRole::Worker, "127.0.0.1");
     let mut agent = support::cli::KillOnDrop(
         std::process::Command::new(&exe)
             .args([

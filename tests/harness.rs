@@ -235,9 +235,8 @@ async fn a_plaintext_cluster_is_there_for_tests_of_the_old_path() {
 async fn a_tls_cluster_refuses_clients_without_its_certificates() {
     let cluster = EtcdCluster::single();
     // Plain HTTP to the client port: no answer.
-    let plain = rift::store::Access::insecure(&[cluster
-        .client_url(0)
-        .replacen("https://", "http://", 1)]);
+    let plain =
+        rift::store::Access::insecure(&[cluster.client_url(0).replacen("https://", "http://", 1)]);
     assert!(rift::store::Store::connect(&plain).await.is_err());
     // TLS without a client certificate: refused in the handshake.
     let anonymous = etcd_client::ConnectOptions::new()

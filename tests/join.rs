@@ -30,9 +30,11 @@ impl Joinable {
             &["--controllers", "--lease-ttl", "2"],
         );
         let addr = ctl.addr();
-        eventually(Duration::from_secs(20), "the controller's HTTPS", || async {
-            http::get(&addr, "/healthz", Duration::from_secs(2))
-        })
+        eventually(
+            Duration::from_secs(20),
+            "the controller's HTTPS",
+            || async { http::get(&addr, "/healthz", Duration::from_secs(2)) },
+        )
         .await;
         Joinable { cluster, ctl }
     }
@@ -46,7 +48,10 @@ impl Joinable {
     }
 
     fn token(&self, role: &str, ttl: &str) -> String {
-        let out = rift(&self.eps(), &["token", "create", "--role", role, "--ttl", ttl]);
+        let out = rift(
+            &self.eps(),
+            &["token", "create", "--role", role, "--ttl", ttl],
+        );
         assert!(out.ok, "{}", out.stderr);
         out.stdout.trim().to_string()
     }
@@ -121,18 +126,26 @@ async fn a_node_joins_with_a_token_and_gets_a_workers_identity_and_its_node() {
     .await;
     assert_eq!(node.spec.agent_port, w.port, "the join created its Node");
     let pki = PkiDir::new(&w.state);
-    let info = inspect::inspect(&std::fs::read_to_string(pki.cert(LeafFile::Node)).unwrap()).unwrap();
+    let info =
+        inspect::inspect(&std::fs::read_to_string(pki.cert(LeafFile::Node)).unwrap()).unwrap();
     assert_eq!(info.common_name, "node-w1");
     assert_eq!(info.dns_names, ["w1.node.rift"]);
     assert_eq!(mode(&pki.key(LeafFile::Node)), 0o600);
     assert_eq!(mode(pki.root()), 0o700);
-    assert!(!pki.ca_key().exists(), "the CA's key stays with the controllers");
+    assert!(
+        !pki.ca_key().exists(),
+        "the CA's key stays with the controllers"
+    );
     assert!(!pki.has_etcd_certs(), "a worker hosts no etcd member");
     assert_eq!(j.admitted("w1").await, Some(NodeRole::Worker));
     // The token is listed (never its secret) and still usable until it expires.
     let list = rift(&j.eps(), &["token", "list"]);
     let id = token.split("::").nth(1).unwrap().split('.').next().unwrap();
-    assert!(list.stdout.contains(id) && list.stdout.contains("worker"), "{}", list.stdout);
+    assert!(
+        list.stdout.contains(id) && list.stdout.contains("worker"),
+        "{}",
+        list.stdout
+    );
     assert!(!list.stdout.contains(token.split('.').next_back().unwrap()));
     // A second node cannot take an admitted node's name.
     let state = tempfile::tempdir().unwrap();
@@ -180,7 +193,11 @@ async fn expired_revoked_reused_and_truncated_tokens_are_refused_and_change_noth
     let err = j.failing_join("second", &j.url(), &token, &state.path().join("b"));
     assert!(err.contains("unknown, revoked"), "{err}");
     let again = rift(&j.eps(), &["token", "revoke", id]);
-    assert!(!again.ok && again.stderr.contains("not found"), "{}", again.stderr);
+    assert!(
+        !again.ok && again.stderr.contains("not found"),
+        "{}",
+        again.stderr
+    );
 
     let cut = &token[..token.len() - 5];
     let err = j.failing_join("third", &j.url(), cut, &state.path().join("c"));
@@ -191,7 +208,11 @@ async fn expired_revoked_reused_and_truncated_tokens_are_refused_and_change_noth
     }
     let store = j.cluster.store().await;
     for node in ["late", "second", "third"] {
-        assert!(store.get::<rift::api::NodeSpec>(node).await.unwrap().is_none());
+        assert!(store
+            .get::<rift::api::NodeSpec>(node)
+            .await
+            .unwrap()
+            .is_none());
     }
     // The old form without a token, on a TLS cluster: a clear refusal.
     let out = rift_command(&j.eps(), &["agent", "--name", "x", "--join", &j.eps()])
@@ -243,7 +264,11 @@ async fn logs_status_and_metrics_need_a_client_certificate_and_health_does_not()
             t,
         )
         .unwrap();
-        raw.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+        raw.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
     };
     assert_eq!(bearer("s3cret-scrape"), 200);
     assert_eq!(bearer("guess"), 401);
@@ -289,7 +314,12 @@ async fn a_certificate_near_its_expiry_is_renewed_through_the_leader() {
     assert_eq!(info.common_name, "node-w", "the same identity");
     let check = rift(
         "",
-        &["certs", "check", "--state-dir", &state.path().display().to_string()],
+        &[
+            "certs",
+            "check",
+            "--state-dir",
+            &state.path().display().to_string(),
+        ],
     );
     assert!(check.ok, "{}", check.stderr);
     assert!(check.stdout.contains("node-w"), "{}", check.stdout);
@@ -326,7 +356,10 @@ async fn an_agent_with_another_nodes_certificate_stops_with_a_clear_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--join https://CONTROLLER:8770 --token"), "{stderr}");
+    assert!(
+        stderr.contains("--join https://CONTROLLER:8770 --token"),
+        "{stderr}"
+    );
 }
 
 /// Playbook "Move a plaintext cluster to TLS" on one machine: a cluster made before TLS (an
@@ -341,11 +374,25 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
     let old = KillOnDrop(
         Command::new(rift_bin())
             .args(["agent", "--insecure", "--bootstrap", "--controllers"])
-            .args(["--name", "local", "--listen", "127.0.0.1", "--address", "127.0.0.1"])
+            .args([
+                "--name",
+                "local",
+                "--listen",
+                "127.0.0.1",
+                "--address",
+                "127.0.0.1",
+            ])
             .args(["--port", &free_port().to_string()])
             .args(["--etcd-client-port", &client.to_string()])
             .args(["--etcd-peer-port", &peer.to_string()])
-            .args(["--lease-ttl", "2", "--node-lease-ttl", "2", "--gpus", "H100x1"])
+            .args([
+                "--lease-ttl",
+                "2",
+                "--node-lease-ttl",
+                "2",
+                "--gpus",
+                "H100x1",
+            ])
             .arg("--state-dir")
             .arg(&state)
             .env("RIFT_ENDPOINTS", &plain)
@@ -356,9 +403,15 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
             .unwrap(),
     );
     let job = "apiVersion: rift/v1\nkind: Job\nmetadata: {name: long}\nspec:\n  command: [sleep, \"300\"]\n";
-    eventually(Duration::from_secs(30), "the plaintext cluster answers", || async {
-        rift_stdin(&plain, &["apply", "-f", "-"], job).ok.then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the plaintext cluster answers",
+        || async {
+            rift_stdin(&plain, &["apply", "-f", "-"], job)
+                .ok
+                .then_some(())
+        },
+    )
     .await;
     let running = |ep: &str| {
         let out = rift(ep, &["get", "job", "long", "-o", "json"]);
@@ -380,7 +433,7 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
 
     let tls = format!("https://127.0.0.1:{client}");
     let trust = support::trust::Trust::new(&state.join("admin.conf"), &state.join("pki"));
-    support::trust::register(&[tls.clone()], &trust);
+    support::trust::register(std::slice::from_ref(&tls), &trust);
     let up = KillOnDrop(
         Command::new(rift_bin())
             .args(["up", "--port", &client.to_string()])
@@ -394,9 +447,11 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
             .spawn()
             .unwrap(),
     );
-    let pid_after = eventually(Duration::from_secs(60), "the job Running over TLS", || async {
-        running(&tls)
-    })
+    let pid_after = eventually(
+        Duration::from_secs(60),
+        "the job Running over TLS",
+        || async { running(&tls) },
+    )
     .await;
     assert_eq!(pid_after, pid, "the job kept its process");
     assert!(process_alive(pid as u32));

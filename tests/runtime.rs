@@ -11,8 +11,8 @@ use std::time::Duration;
 use rift::api::{JobSpec, Object};
 use rift::runtime::controller::{Action, Controller, ControllerConfig};
 use rift::runtime::reflector::Reflector;
-use rift::store::watcher::WatchConfig;
 use rift::store::keys;
+use rift::store::watcher::WatchConfig;
 use support::etcd::EtcdCluster;
 use tokio::sync::oneshot;
 

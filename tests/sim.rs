@@ -146,15 +146,9 @@ async fn a_crashed_hollow_node_goes_not_ready_and_a_stopped_one_at_once() {
         node_lease_ttl: Duration::from_secs(2),
         ..HollowSettings::default()
     };
-    let cluster = Cluster::start(
-        &etcd.access(),
-        "c",
-        6,
-        settings,
-        state.path().to_path_buf(),
-    )
-    .await
-    .unwrap();
+    let cluster = Cluster::start(&etcd.access(), "c", 6, settings, state.path().to_path_buf())
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "6 nodes ready", || async {
         (ready_nodes(&store, "c-").await == 6).then_some(())
     })

@@ -81,13 +81,16 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
         .watch(keys::ROOT, Some(WatchOptions::new().with_prefix()))
         .await
         .unwrap();
-    put(&root, &keys::object("jobs", "seen"), "{}").await.unwrap();
+    put(&root, &keys::object("jobs", "seen"), "{}")
+        .await
+        .unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let resp = events.message().await.unwrap().unwrap();
             if resp.events().iter().any(|e| {
                 e.event_type() == EventType::Put
-                    && e.kv().is_some_and(|kv| kv.key() == keys::object("jobs", "seen").as_bytes())
+                    && e.kv()
+                        .is_some_and(|kv| kv.key() == keys::object("jobs", "seen").as_bytes())
             }) {
                 return;
             }
@@ -107,10 +110,16 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
 
     // n1 may not: another node's keys, jobs, bindings (its own included: the scheduler
     // writes them), the leader key, the trust record and tokens, membership, other leases.
-    denied("agents/n2", put(&n1, &keys::agent_alive("n2"), "forged").await);
+    denied(
+        "agents/n2",
+        put(&n1, &keys::agent_alive("n2"), "forged").await,
+    );
     denied("jobs", put(&n1, &keys::object("jobs", "evil"), "{}").await);
     denied("nodes", put(&n1, &keys::object("nodes", "n1"), "{}").await);
-    denied("bindings", put(&n1, &keys::binding("n1", "evil"), "{}").await);
+    denied(
+        "bindings",
+        put(&n1, &keys::binding("n1", "evil"), "{}").await,
+    );
     denied("placements", put(&n1, &keys::placement("evil"), "{}").await);
     denied("leader", put(&n1, keys::LEADER, "{}").await);
     denied(
@@ -126,7 +135,10 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
         .await,
     );
     denied("reading the trust record", n1.get_raw(keys::TRUST).await);
-    denied("reading tokens", n1.list_raw(keys::TOKENS_PREFIX, None).await);
+    denied(
+        "reading tokens",
+        n1.list_raw(keys::TOKENS_PREFIX, None).await,
+    );
     let mut c = n1.client();
     denied(
         "deleting n2's alive key",
@@ -141,10 +153,25 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
     denied("revoking n2's lease", etcd(c.lease_revoke(lease2).await));
 
     // Nothing n1 tried landed; n2 is still alive.
-    assert!(root.get_raw(&keys::agent_alive("n2")).await.unwrap().is_some());
-    assert!(root.list_raw(&keys::objects_prefix("jobs"), None).await.unwrap().0.len() == 1);
+    assert!(root
+        .get_raw(&keys::agent_alive("n2"))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(
+        root.list_raw(&keys::objects_prefix("jobs"), None)
+            .await
+            .unwrap()
+            .0
+            .len()
+            == 1
+    );
     assert!(root.get_raw(keys::LEADER).await.unwrap().is_none());
-    assert!(root.get_raw(&keys::binding("n1", "evil")).await.unwrap().is_none());
+    assert!(root
+        .get_raw(&keys::binding("n1", "evil"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -154,10 +181,7 @@ async fn a_node_identity_cannot_forge_or_remove_the_leader_key() {
     let _leader = TestAgent::start("ctl", &eps, &["--controllers", "--lease-ttl", "2"]);
     let root = cluster.store().await;
     let heartbeat = || async {
-        let kv = root
-            .get_raw(HEARTBEAT)
-            .await
-            .ok()??;
+        let kv = root.get_raw(HEARTBEAT).await.ok()??;
         let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
         v["seq"].as_u64()
     };
@@ -179,12 +203,12 @@ async fn a_node_identity_cannot_forge_or_remove_the_leader_key() {
         "revoke the leader's lease",
         etcd(c.lease_revoke(leader.lease).await),
     );
-    denied(
-        "write the heartbeat",
-        put(&n1, HEARTBEAT, "{}").await,
-    );
+    denied("write the heartbeat", put(&n1, HEARTBEAT, "{}").await);
     let after = root.get_raw(keys::LEADER).await.unwrap().unwrap();
-    assert_eq!(after.create_revision, leader.create_revision, "the same leader");
+    assert_eq!(
+        after.create_revision, leader.create_revision,
+        "the same leader"
+    );
     eventually(
         Duration::from_secs(10),
         "the leader's heartbeat goes on",
@@ -197,7 +221,8 @@ async fn a_node_identity_cannot_forge_or_remove_the_leader_key() {
 async fn an_outsider_cannot_create_a_job_by_any_path() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let job = "apiVersion: rift/v1\nkind: Job\nmetadata: {name: evil}\nspec: {command: [sh, -c, id]}\n";
+    let job =
+        "apiVersion: rift/v1\nkind: Job\nmetadata: {name: evil}\nspec: {command: [sh, -c, id]}\n";
     let dir = tempfile::tempdir().unwrap();
 
     // Plain HTTP to the client port.
@@ -461,5 +486,8 @@ async fn a_node_announces_its_node_and_the_leader_creates_it() {
     })
     .await;
     assert_eq!(node.spec.agent_port, 9999);
-    assert_eq!(node.metadata.labels.get("gpu").map(String::as_str), Some("h100"));
+    assert_eq!(
+        node.metadata.labels.get("gpu").map(String::as_str),
+        Some("h100")
+    );
 }

@@ -52,7 +52,7 @@ impl Up {
         let endpoint = format!("https://127.0.0.1:{client}");
         // The credentials `rift up` writes, for `rift(&endpoint, ..)`.
         let trust = support::trust::Trust::new(&state.join("admin.conf"), &state.join("pki"));
-        support::trust::register(&[endpoint.clone()], &trust);
+        support::trust::register(std::slice::from_ref(&endpoint), &trust);
         Up { child, endpoint }
     }
 

@@ -240,7 +240,10 @@ impl AgentConfig {
         let (endpoints, endpoints_given) = match o.endpoints {
             Some(e) if !e.is_empty() => (e, true),
             _ if !file.endpoints.is_empty() => (file.endpoints, true),
-            _ => (vec![crate::store::client::DEFAULT_ENDPOINT.to_string()], false),
+            _ => (
+                vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+                false,
+            ),
         };
         Ok(AgentConfig {
             state_dir: o

@@ -37,7 +37,12 @@ pub fn due(pki: &PkiDir) -> bool {
 }
 
 /// Makes every certificate this node has again, signed by `ca`.
-fn renew_locally(ca: &Ca, config: &AgentConfig, role: NodeRole, pki: &PkiDir) -> Result<(), String> {
+fn renew_locally(
+    ca: &Ca,
+    config: &AgentConfig,
+    role: NodeRole,
+    pki: &PkiDir,
+) -> Result<(), String> {
     let hosts = super::etcd_member::hosts(config);
     for file in LeafFile::ALL {
         if !pki.cert(file).exists() {
@@ -56,7 +61,8 @@ fn renew_locally(ca: &Ca, config: &AgentConfig, role: NodeRole, pki: &PkiDir) ->
             },
         };
         let (cert, key) = ca.issue(&leaf, LEAF_VALIDITY).map_err(|e| e.to_string())?;
-        pki.write_leaf(file, &cert, &key).map_err(|e| e.to_string())?;
+        pki.write_leaf(file, &cert, &key)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

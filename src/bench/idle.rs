@@ -14,8 +14,15 @@ pub async fn run(seconds: u64, common: &Common) -> Result<Report, BenchError> {
     let store = etcd.store().await?;
     let dir = TempDir::new("idle")?;
     let leader = super::schedule::start_leader(&etcd, &store, &dir, common).await?;
-    let agent =
-        env::spawn_agent(&etcd, &store, "idle-agent", dir.path(), false, common.lease_ttl).await?;
+    let agent = env::spawn_agent(
+        &etcd,
+        &store,
+        "idle-agent",
+        dir.path(),
+        false,
+        common.lease_ttl,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = [leader.pid(), agent.pid()].map(|p| env::cpu_seconds(p).unwrap_or(0.0));
     tokio::time::sleep(Duration::from_secs(seconds)).await;

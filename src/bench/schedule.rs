@@ -133,8 +133,7 @@ pub async fn hollow_bed(
     let store = etcd.store().await?;
     let dir = TempDir::new(name)?;
     let settings = quiet_settings(8, common.lease_ttl);
-    let (cluster, register_s) =
-        hollow(&etcd.access, nodes, settings, &dir, common.timeout).await?;
+    let (cluster, register_s) = hollow(&etcd.access, nodes, settings, &dir, common.timeout).await?;
     let observed = observe::start(&store).await?;
     Ok(HollowBed {
         etcd,

@@ -152,7 +152,7 @@ async fn scenario(
                     .await
                     .map_err(fail)?
                     .tagged(common.tls)
-                        .print();
+                    .print();
             }
         }
         Scenario::Detect => {
@@ -161,7 +161,7 @@ async fn scenario(
                     .await
                     .map_err(fail)?
                     .tagged(common.tls)
-                        .print();
+                    .print();
             }
         }
         Scenario::Idle => bench::idle::run(args.seconds, &common)
@@ -169,11 +169,13 @@ async fn scenario(
             .map_err(fail)?
             .tagged(common.tls)
             .print(),
-        Scenario::EtcdLimit => bench::etcd_limit::run(common.concurrency, common.limit_for, common.tls)
-            .await
-            .map_err(fail)?
-            .tagged(common.tls)
-            .print(),
+        Scenario::EtcdLimit => {
+            bench::etcd_limit::run(common.concurrency, common.limit_for, common.tls)
+                .await
+                .map_err(fail)?
+                .tagged(common.tls)
+                .print()
+        }
     }
     Ok(())
 }

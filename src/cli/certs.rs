@@ -59,9 +59,10 @@ pub async fn run(
 
 fn check(state_dir: Option<PathBuf>) -> Result<(), CliError> {
     let mut rows: Vec<(String, String)> = Vec::new();
-    if let Some(path) = std::env::var_os("RIFT_CONFIG").map(PathBuf::from).or_else(|| {
-        super::config::default_path().filter(|p| p.exists())
-    }) {
+    if let Some(path) = std::env::var_os("RIFT_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| super::config::default_path().filter(|p| p.exists()))
+    {
         match Credentials::load(&path) {
             Ok(c) => rows.push((format!("{} (cert)", path.display()), c.cert)),
             Err(e) => eprintln!("warning: {e}"),
@@ -73,7 +74,8 @@ fn check(state_dir: Option<PathBuf>) -> Result<(), CliError> {
     });
     if let Some(dir) = &state_dir {
         let pki = PkiDir::new(dir);
-        let files = std::iter::once(pki.ca_cert()).chain(LeafFile::ALL.iter().map(|l| pki.cert(*l)));
+        let files =
+            std::iter::once(pki.ca_cert()).chain(LeafFile::ALL.iter().map(|l| pki.cert(*l)));
         for path in files {
             match std::fs::read_to_string(&path) {
                 Ok(pem) => rows.push((path.display().to_string(), pem)),
@@ -125,7 +127,11 @@ fn check(state_dir: Option<PathBuf>) -> Result<(), CliError> {
             out,
             "{file}\t{}\t{}\t{}\t{left}\t{state}",
             info.common_name,
-            if names.is_empty() { "-".into() } else { names.join(",") },
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(",")
+            },
             info.not_after.format("%Y-%m-%d"),
         );
     }

@@ -26,20 +26,19 @@ pub fn access(endpoints: &[String], insecure: bool) -> Result<Access, CliError> 
         };
         return Ok(Access::insecure(&endpoints));
     }
-    let path = match std::env::var_os("RIFT_CONFIG").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => match default_path().filter(|p| p.exists()) {
-            Some(p) => p,
-            None => {
-                return Err(CliError::Usage(
+    let path =
+        match std::env::var_os("RIFT_CONFIG").filter(|p| !p.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => match default_path().filter(|p| p.exists()) {
+                Some(p) => p,
+                None => return Err(CliError::Usage(
                     "no credentials: set RIFT_CONFIG to the file `rift up` wrote (e.g. `export \
                      RIFT_CONFIG=$PWD/.rift/admin.conf`) or copy it to ~/.config/rift/config; \
                      for a plaintext cluster pass --insecure"
                         .into(),
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     let creds = Credentials::load(&path).map_err(|e| {
         CliError::Usage(format!(
             "{e}{}",

@@ -63,8 +63,7 @@ pub async fn run(args: SimArgs, access: &crate::store::Access) -> Result<(), Cli
         })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
     let mut shutdown = crate::agent::shutdown_on_signals();
-    let cluster =
-        Cluster::start(access, &args.prefix, args.nodes, args.settings(), root).await?;
+    let cluster = Cluster::start(access, &args.prefix, args.nodes, args.settings(), root).await?;
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {

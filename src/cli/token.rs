@@ -86,7 +86,7 @@ pub async fn run(args: TokenArgs, store: &Store) -> Result<(), CliError> {
         }
         TokenCommand::List => {
             let mut tokens = records::list(store).await.map_err(join_error)?;
-            tokens.sort_by(|a, b| a.created.cmp(&b.created));
+            tokens.sort_by_key(|t| t.created);
             let now = Utc::now();
             let mut out = tabwriter::TabWriter::new(std::io::stdout());
             use std::io::Write;

@@ -82,8 +82,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     )
     .await
     .is_ok_and(|c| c.is_ok());
-    let running_here =
-        agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
+    let running_here = agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
     if port_taken && !running_here {
         return Err(CliError::Usage(format!(
             "something already answers at {address} and it is not this state directory's etcd \
@@ -192,8 +191,7 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     };
     let path = identity::admin_conf(&config.state_dir);
     let fresh = Credentials::load(&path).ok().filter(|c| {
-        inspect::inspect(&c.cert)
-            .is_ok_and(|i| !i.renewal_due(chrono::Utc::now(), RENEW_BEFORE))
+        inspect::inspect(&c.cert).is_ok_and(|i| !i.renewal_due(chrono::Utc::now(), RENEW_BEFORE))
             && c.ca.trim() == ca.cert_pem().trim()
     });
     match fresh {

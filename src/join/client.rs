@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::token::Token;
-use super::{Certificates, CertificateRequests, JoinError, JoinRequest, JoinResponse, MAX_BODY_BYTES};
+use super::{
+    CertificateRequests, Certificates, JoinError, JoinRequest, JoinResponse, MAX_BODY_BYTES,
+};
 use crate::pki::dir::LeafFile;
 use crate::pki::names::CONTROLLER_NAME;
 use crate::pki::{ca, tls, Identity, PkiDir};
@@ -65,7 +67,10 @@ impl ControllerUrl {
     }
 
     /// A client that reaches this controller and verifies it as `controller.rift` by `tls`.
-    async fn client(&self, tls: rustls::ClientConfig) -> Result<(reqwest::Client, String), JoinError> {
+    async fn client(
+        &self,
+        tls: rustls::ClientConfig,
+    ) -> Result<(reqwest::Client, String), JoinError> {
         let addr = self.address().await?;
         let port = addr.port();
         let client = reqwest::Client::builder()
@@ -294,7 +299,9 @@ mod tests {
             "https://10.0.0.1:8770"
         );
         assert_eq!(
-            ControllerUrl::parse("https://ctl.example:9000/").unwrap().url,
+            ControllerUrl::parse("https://ctl.example:9000/")
+                .unwrap()
+                .url,
             "https://ctl.example:9000"
         );
         assert_eq!(

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::records::{self, TokenRecord};
 use super::token::split_credential;
-use super::{sign, Certificates, CertificateRequests, JoinError, JoinRequest, JoinResponse};
+use super::{sign, CertificateRequests, Certificates, JoinError, JoinRequest, JoinResponse};
 use crate::api::validation::dns1123_problem;
 use crate::pki::NodeRole;
 use crate::store::auth::{self, TrustRecord};
@@ -61,13 +61,19 @@ impl JoinService {
                 503,
                 "this cluster's CA is not in etcd yet; try again in a moment",
             )),
-            Err(e) => Err(Refusal::new(503, format!("cannot read the cluster CA: {e}"))),
+            Err(e) => Err(Refusal::new(
+                503,
+                format!("cannot read the cluster CA: {e}"),
+            )),
         }
     }
 
     fn check_requests(requests: &CertificateRequests) -> Result<(), Refusal> {
         if requests.etcd_hosts.len() > MAX_HOSTS
-            || requests.etcd_hosts.iter().any(|h| h.is_empty() || h.len() > 253)
+            || requests
+                .etcd_hosts
+                .iter()
+                .any(|h| h.is_empty() || h.len() > 253)
         {
             return Err(Refusal::new(
                 400,

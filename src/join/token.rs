@@ -29,7 +29,9 @@ pub struct Token {
 impl std::fmt::Debug for Token {
     /// Never prints the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,7 +44,9 @@ impl std::fmt::Display for Token {
 /// Why a token does not parse.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("the token does not start with {PREFIX}: copy the whole line `rift token create` printed")]
+    #[error(
+        "the token does not start with {PREFIX}: copy the whole line `rift token create` printed"
+    )]
     Prefix,
     #[error("the token is cut short ({0}): copy the whole line `rift token create` printed, RIFT1<64 hex digits>::<6 characters>.<32 hex digits>")]
     Truncated(&'static str),
@@ -62,7 +66,8 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn is_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Token {
@@ -83,11 +88,13 @@ impl Token {
     /// Parses `RIFT1<hash>::<id>.<secret>` (surrounding whitespace ignored).
     pub fn parse(text: &str) -> Result<Token, TokenError> {
         let text = text.trim();
-        let rest = text.strip_prefix(PREFIX).ok_or(if PREFIX.starts_with(text) {
-            TokenError::Truncated("nothing after RIFT1")
-        } else {
-            TokenError::Prefix
-        })?;
+        let rest = text
+            .strip_prefix(PREFIX)
+            .ok_or(if PREFIX.starts_with(text) {
+                TokenError::Truncated("nothing after RIFT1")
+            } else {
+                TokenError::Prefix
+            })?;
         let (hash, credential) = rest
             .split_once("::")
             .ok_or(TokenError::Truncated("no `::` after the CA hash"))?;
@@ -165,7 +172,10 @@ mod tests {
         assert!(text.starts_with("RIFT1abab"));
         assert_eq!(Token::parse(&format!("  {text}\n")).unwrap(), t);
         assert!(!format!("{t:?}").contains(&t.secret));
-        assert_eq!(split_credential(&t.credential()), Some((&*t.id, &*t.secret)));
+        assert_eq!(
+            split_credential(&t.credential()),
+            Some((&*t.id, &*t.secret))
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl AgentTls {
     /// TLS with `identity` (its CA verifies agents; its certificate is presented).
     pub fn new(identity: &Identity) -> Result<AgentTls, PkiError> {
         Ok(AgentTls {
-            connector: Some(TlsConnector::from(crate::pki::tls::client_config(identity)?)),
+            connector: Some(TlsConnector::from(crate::pki::tls::client_config(
+                identity,
+            )?)),
         })
     }
 

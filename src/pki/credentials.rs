@@ -75,7 +75,12 @@ impl Credentials {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(CredentialsError::Missing { path: shown })
             }
-            Err(source) => return Err(CredentialsError::Unreadable { path: shown, source }),
+            Err(source) => {
+                return Err(CredentialsError::Unreadable {
+                    path: shown,
+                    source,
+                })
+            }
         };
         if text.len() > 1 << 20 {
             return Err(CredentialsError::Invalid {
@@ -110,10 +115,7 @@ impl Credentials {
 
     /// Writes the file (0600, atomically).
     pub fn save(&self, path: &Path) -> Result<(), PkiError> {
-        let cn = self
-            .identity()
-            .common_name()
-            .unwrap_or_else(|_| "?".into());
+        let cn = self.identity().common_name().unwrap_or_else(|_| "?".into());
         let body = serde_norway::to_string(self).expect("credentials serialize");
         let text = format!("# rift credentials for `{cn}` (keep this file private)\n{body}");
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -136,7 +138,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.conf");
         let err = Credentials::load(&path).unwrap_err().to_string();
-        assert!(err.contains("does not exist") && err.contains("RIFT_CONFIG"), "{err}");
+        assert!(
+            err.contains("does not exist") && err.contains("RIFT_CONFIG"),
+            "{err}"
+        );
 
         let ca = Ca::create().unwrap();
         let (cert, key) = ca.issue(&Leaf::Admin, LEAF_VALIDITY).unwrap();
@@ -153,6 +158,9 @@ mod tests {
 
         std::fs::write(&path, "endpoints: [x]\nca: nope\n").unwrap();
         let err = Credentials::load(&path).unwrap_err().to_string();
-        assert!(err.contains("admin.conf") && err.contains("`cert`"), "{err}");
+        assert!(
+            err.contains("admin.conf") && err.contains("`cert`"),
+            "{err}"
+        );
     }
 }

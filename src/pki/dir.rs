@@ -138,7 +138,12 @@ impl PkiDir {
 
     /// Writes one leaf's certificate and key (the key first: a certificate is never there
     /// without its key).
-    pub fn write_leaf(&self, leaf: LeafFile, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+    pub fn write_leaf(
+        &self,
+        leaf: LeafFile,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), PkiError> {
         self.ensure()?;
         write_atomic(&self.key(leaf), key_pem, true)?;
         write_atomic(&self.cert(leaf), cert_pem, false)
@@ -238,7 +243,10 @@ mod tests {
         let (_, other_key) = ca.issue(&leaf, crate::pki::LEAF_VALIDITY).unwrap();
         write_atomic(&dir.key(LeafFile::Node), &other_key, true).unwrap();
         let err = dir.identity(LeafFile::Node).unwrap_err().to_string();
-        assert!(err.contains("node.crt") && err.contains("node.key"), "{err}");
+        assert!(
+            err.contains("node.crt") && err.contains("node.key"),
+            "{err}"
+        );
         std::fs::remove_file(dir.key(LeafFile::Node)).unwrap();
         let err = dir.identity(LeafFile::Node).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");

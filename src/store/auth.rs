@@ -193,9 +193,11 @@ pub async fn publish_trust(store: &Store, ca: &Ca) -> Result<TrustRecord> {
     if outcome.succeeded {
         return Ok(record);
     }
-    let existing = read_trust(store).await?.ok_or_else(|| StoreError::Conflict {
-        key: keys::TRUST.into(),
-    })?;
+    let existing = read_trust(store)
+        .await?
+        .ok_or_else(|| StoreError::Conflict {
+            key: keys::TRUST.into(),
+        })?;
     if existing.ca_cert.trim() != ca.cert_pem().trim() {
         return Err(StoreError::Credentials(format!(
             "etcd already holds another cluster CA at {}: this machine's pki/ca.crt belongs to \

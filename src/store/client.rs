@@ -116,9 +116,9 @@ impl Store {
                     endpoints: store.endpoints.to_string(),
                     reason,
                 },
-                StoreError::PermissionDenied { .. } => StoreError::PermissionDenied {
-                    user: store.user(),
-                },
+                StoreError::PermissionDenied { .. } => {
+                    StoreError::PermissionDenied { user: store.user() }
+                }
                 other => other,
             }),
             Err(_) => Err(StoreError::Unreachable {
@@ -253,9 +253,9 @@ impl Store {
     ) -> Result<T> {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(r) => r.map_err(|e| match StoreError::from_etcd(e, &self.endpoints) {
-                StoreError::PermissionDenied { .. } => StoreError::PermissionDenied {
-                    user: self.user(),
-                },
+                StoreError::PermissionDenied { .. } => {
+                    StoreError::PermissionDenied { user: self.user() }
+                }
                 other => other,
             }),
             Err(_) => Err(StoreError::Timeout {

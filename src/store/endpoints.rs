@@ -59,7 +59,9 @@ fn probe_options(access: &Access) -> ConnectOptions {
 
 /// A one-endpoint client for probing `url` (connected lazily; `None` if the URL is unusable).
 async fn probe_client(access: &Access, url: &str) -> Option<Client> {
-    Client::connect([url], Some(probe_options(access))).await.ok()
+    Client::connect([url], Some(probe_options(access)))
+        .await
+        .ok()
 }
 
 /// True when `client` answers a count-only read within [`PROBE_TIMEOUT`].

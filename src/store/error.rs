@@ -104,9 +104,14 @@ fn is_connectivity_code(code: i32, message: &str) -> bool {
 /// TLS failures (rustls' messages) that no retry fixes: a certificate the other side does not
 /// accept, or one this side does not.
 fn is_certificate_problem(message: &str) -> bool {
-    ["certificate", "Certificate", "UnknownIssuer", "tls handshake"]
-        .iter()
-        .any(|m| message.contains(m))
+    [
+        "certificate",
+        "Certificate",
+        "UnknownIssuer",
+        "tls handshake",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 fn certificate_message(endpoints: &str, message: &str) -> String {

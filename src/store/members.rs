@@ -64,7 +64,11 @@ pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
 /// `id` (not some other member or cluster now at that URL) and knows a raft leader. Asked with
 /// `access`'s identity (URLs of the other scheme are skipped).
 pub async fn healthy(access: &Access, client_urls: &[String], id: u64) -> bool {
-    let scheme = if access.is_tls() { "https://" } else { "http://" };
+    let scheme = if access.is_tls() {
+        "https://"
+    } else {
+        "http://"
+    };
     for url in client_urls.iter().filter(|u| u.starts_with(scheme)) {
         let check = async {
             let options = access

@@ -93,7 +93,7 @@ impl TestAgent {
             // It makes its own CA and credentials: register where they will be.
             let t = trust::Trust::new(&self.state.join("admin.conf"), &self.state.join("pki"));
             *t.join_url.lock().unwrap() = Some(format!("https://{}", self.addr()));
-            trust::register(&[self.endpoints.clone()], &t);
+            trust::register(std::slice::from_ref(&self.endpoints), &t);
             trust::register_agent(&self.addr(), &self.name, &t);
             return;
         }

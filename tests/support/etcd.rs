@@ -264,9 +264,8 @@ impl EtcdCluster {
             .prefix("rift-etcd-")
             .tempdir()
             .expect("create temp dir for etcd cluster");
-        let ca = tls.then(|| {
-            LocalTrust::create(&dir.path().join("pki")).expect("create the cluster's CA")
-        });
+        let ca = tls
+            .then(|| LocalTrust::create(&dir.path().join("pki")).expect("create the cluster's CA"));
         let mut cluster = EtcdCluster {
             members: Vec::new(),
             trust: None,

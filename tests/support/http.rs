@@ -15,9 +15,20 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
 
 /// As [`get`], sent to `addr` for the agent listening at `agent` (e.g. through a relay's
 /// forwarded port): the TLS connection checks that agent's name.
-pub fn get_through(addr: &str, agent: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
+pub fn get_through(
+    addr: &str,
+    agent: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let raw = exchange_with(addr, super::trust::lookup_agent(agent), &request, timeout, true)?;
+    let raw = exchange_with(
+        addr,
+        super::trust::lookup_agent(agent),
+        &request,
+        timeout,
+        true,
+    )?;
     parse(&raw)
 }
 
@@ -50,7 +61,13 @@ pub fn exchange_anonymous(addr: &str, request: &str, timeout: Duration) -> Optio
 }
 
 fn exchange_as(addr: &str, request: &str, timeout: Duration, with_cert: bool) -> Option<String> {
-    exchange_with(addr, super::trust::lookup_agent(addr), request, timeout, with_cert)
+    exchange_with(
+        addr,
+        super::trust::lookup_agent(addr),
+        request,
+        timeout,
+        with_cert,
+    )
 }
 
 fn exchange_with(

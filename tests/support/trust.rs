@@ -40,7 +40,9 @@ impl Trust {
 
     /// The operator's identity, once its file exists.
     pub fn admin(&self) -> Option<Identity> {
-        Credentials::load(&self.admin_conf).ok().map(|c| c.identity())
+        Credentials::load(&self.admin_conf)
+            .ok()
+            .map(|c| c.identity())
     }
 
     /// Root's access to `endpoints` (panics if the credentials are not written yet).
@@ -156,7 +158,9 @@ pub fn lookup(endpoints: &str) -> Option<Arc<Trust>> {
     let r = REGISTRY.lock().unwrap();
     split(endpoints).iter().find_map(|u| {
         let k = key(u);
-        r.iter().find(|(e, _)| *e == k).map(|(_, e)| e.trust.clone())
+        r.iter()
+            .find(|(e, _)| *e == k)
+            .map(|(_, e)| e.trust.clone())
     })
 }
 

@@ -51,7 +51,7 @@ impl VoterNode {
         let agent = TestAgent::start_on(ip, name, &endpoints, &args);
         // Its member belongs to the same cluster: the same credentials reach it.
         if let Some(t) = super::trust::lookup(&endpoints) {
-            super::trust::register(&[client_url.clone()], &t);
+            super::trust::register(std::slice::from_ref(&client_url), &t);
         }
         VoterNode {
             agent,
@@ -74,7 +74,7 @@ impl VoterNode {
 
 impl Drop for VoterNode {
     fn drop(&mut self) {
-        super::trust::unregister(&[self.client_url.clone()]);
+        super::trust::unregister(std::slice::from_ref(&self.client_url));
     }
 }
 
@@ -236,7 +236,9 @@ impl QuorumObserver {
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn member_client_any(endpoints: &[String]) -> Option<Client> {
-    Client::connect(endpoints, Some(options(endpoints)?)).await.ok()
+    Client::connect(endpoints, Some(options(endpoints)?))
+        .await
+        .ok()
 }
 
 /// Joins b (127.0.0.2) and c (127.0.0.3) through `a` and grows the VoterSet to `[a, b, c]`,

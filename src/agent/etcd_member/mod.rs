@@ -344,7 +344,10 @@ impl Supervisor {
         // A member adopted from before this node moved to TLS: restart it with TLS (from its
         // data; the cluster keeps quorum as long as one voter restarts at a time).
         if spec.tls.is_some() {
-            let stale = self.process.as_mut().is_some_and(|p| p.is_running() && !p.runs_tls());
+            let stale = self
+                .process
+                .as_mut()
+                .is_some_and(|p| p.is_running() && !p.runs_tls());
             if let Some(p) = self.process.as_mut().filter(|_| stale) {
                 tracing::info!(pid = p.record.pid, "restarting the etcd member with TLS");
                 p.stop(Duration::from_secs(10)).await;

@@ -246,10 +246,7 @@ impl MemberProcess {
     /// line): a member adopted from before the cluster moved to TLS was not.
     pub fn runs_tls(&self) -> bool {
         std::fs::read(format!("/proc/{}/cmdline", self.record.pid))
-            .map(|c| {
-                c.split(|b| *b == 0)
-                    .any(|arg| arg == b"--client-cert-auth")
-            })
+            .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"--client-cert-auth"))
             .unwrap_or(false)
     }
 
