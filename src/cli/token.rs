@@ -64,6 +64,8 @@ pub async fn run(args: TokenArgs, store: &Store) -> Result<(), CliError> {
             description,
         } => {
             let trust = trust(store).await?;
+            // Records of tokens expired over a day ago are dropped on the way.
+            let _ = records::prune(store, Utc::now()).await;
             let token = records::create(store, &trust, role, ttl, &description)
                 .await
                 .map_err(join_error)?;
