@@ -204,6 +204,11 @@ async fn rolling_upgrade_keeps_running_jobs() {
     let ep = cluster.endpoints_csv();
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
+    // Jobs run as this test's own user: an install under --root creates no rift-job user.
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .unwrap()
+        .unwrap()
+        .name;
     install_node(
         r,
         &[
@@ -214,6 +219,8 @@ async fn rolling_upgrade_keeps_running_jobs() {
             "--endpoints",
             &ep,
             "--controllers",
+            "--run-as",
+            &me,
         ],
     );
     let bin: PathBuf = r.join("usr/local/bin/rift");

@@ -205,6 +205,13 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
     assert_eq!(st.endpoint.as_deref(), Some(endpoint.as_str()));
     assert!(st.since.is_some());
     wait_agent_through(&endpoint, &agent, 10).await;
+    // The tunnel key is used where it is: no copy of it in the agent's state.
+    let private = std::fs::read_to_string(&key.path).unwrap();
+    let body = private.lines().nth(1).unwrap();
+    assert_eq!(
+        support::fs::files_containing(&agent.state, body),
+        Vec::<std::path::PathBuf>::new()
+    );
 
     // The Node advertises the relay endpoint, and `rift logs` reaches the agent through it.
     eventually(

@@ -119,6 +119,13 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
+    // etcd listens on the node's address, not on every interface.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),
+        "etcd answers on an address the node does not have"
+    );
+    // Everything in the state directory is private: etcd's data, job records, logs, results.
+    assert_eq!(support::fs::not_private(&state), Vec::<String>::new());
     let member_id = s["voters"]["members"][0]["id"].clone();
     eventually(Duration::from_secs(30), "job hello Succeeded", || async {
         (job_phase(&ep, "hello")? == "Succeeded").then_some(())

@@ -23,6 +23,10 @@
 //!   new epoch and starts over);
 //! - when the client goes away (the body is dropped), or the agent gets SIGTERM/SIGINT (a
 //!   follower must not hold up the agent's graceful shutdown).
+//!
+//! At most [`AgentState::max_follow_streams`] logs are followed at once; one more is answered
+//! `503 Service Unavailable` with a message saying so (a finished or dropped follower frees its
+//! place at once).
 
 use std::fs::File;
 use std::io;
@@ -80,6 +84,30 @@ pub async fn job_logs(
         )
             .into_response();
     }
+    // Taken before any file is opened: an endless stream holds its place until it ends.
+    let follow_permit = if query.follow {
+        match state.follow_streams.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                state
+                    .metrics
+                    .follows_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "5")],
+                    format!(
+                        "node {:?} is already streaming {} followed logs, its limit; stop one \
+                         (e.g. another `rift logs -f`) or read without following\n",
+                        state.node, state.max_follow_streams
+                    ),
+                )
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
     let dir = state.state_dir.job(&name);
     let q = query.clone();
     let opened =
@@ -133,19 +161,22 @@ pub async fn job_logs(
                 attempt.to_string(),
             ),
         ],
-        Body::from_stream(stream(reader, name)),
+        Body::from_stream(stream(reader, name, follow_permit)),
     )
         .into_response()
 }
 
-/// The reader as a stream of chunks; file I/O runs on the blocking pool.
+/// The reader as a stream of chunks; file I/O runs on the blocking pool. `permit` (a follower's
+/// place) is held until the stream ends or is dropped.
 fn stream(
     reader: LogReader,
     job: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, io::Error>> + Send + 'static {
     let stop = shutting_down();
     futures::stream::unfold(Some((reader, stop)), move |state| {
         let job = job.clone();
+        let _held = &permit;
         async move {
             let (mut reader, mut stop) = state?;
             loop {

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub lease_renewals: AtomicU64,
     /// Sum of lease renewal round trips, in microseconds.
     pub lease_renew_micros: AtomicU64,
+    /// HTTP connections refused for being over a connection limit.
+    pub http_refused: AtomicU64,
+    /// Followed-log requests refused for being over the follow-stream limit.
+    pub follows_refused: AtomicU64,
     jobs_by_phase: Mutex<[u64; 5]>,
 }
 
@@ -76,6 +80,18 @@ impl Metrics {
             "rift_agent_lease_renewals_total",
             "Successful lease renewals.",
             load(&self.lease_renewals),
+        );
+        counter(
+            &mut out,
+            "rift_agent_http_connections_refused_total",
+            "HTTP connections refused for being over a connection limit.",
+            load(&self.http_refused),
+        );
+        counter(
+            &mut out,
+            "rift_agent_log_follows_refused_total",
+            "Followed-log requests refused for being over the follow-stream limit.",
+            load(&self.follows_refused),
         );
         let _ = writeln!(
             out,

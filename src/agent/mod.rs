@@ -9,6 +9,7 @@
 pub mod config;
 pub mod etcd_member;
 mod http;
+pub mod http_server;
 pub mod https;
 pub mod identity;
 pub mod jobs;
@@ -54,6 +55,9 @@ pub struct AgentState {
     pub join: Option<crate::join::server::JoinService>,
     /// A bearer token Prometheus may present for `/metrics`.
     pub scrape_token: Option<String>,
+    /// One permit per followed log being streamed ([`http_server::HttpLimits::max_follow_streams`]).
+    pub follow_streams: Arc<tokio::sync::Semaphore>,
+    pub max_follow_streams: usize,
 }
 
 /// Errors that stop the agent.
@@ -75,11 +79,28 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Identity(String),
+    #[error(transparent)]
+    RunAs(#[from] jobs::run_as::RunAsError),
 }
 
 /// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
 /// leadership (so a standby takes over at once) and returns.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    // Refuse at once a runAs no job could start with, rather than failing every job later.
+    let run_as = config
+        .run_as
+        .as_deref()
+        .map(jobs::run_as::RunAs::resolve_usable)
+        .transpose()?;
+    match &run_as {
+        Some(user) => tracing::info!(user = %user.name, uid = user.uid.as_raw(), "jobs run as"),
+        None if nix::unistd::Uid::effective().is_root() => tracing::warn!(
+            "jobs run as root and can read this node's state: set runAs in the node config \
+             (config/install-node.sh creates the user rift-job and sets it)"
+        ),
+        None => {}
+    }
+    private_state_dir(&config.state_dir)?;
     let me = identity::establish(&config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
@@ -126,6 +147,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         ca_pem: me.identity().map(|i| i.ca_pem.clone()),
         join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
         scrape_token,
+        follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
+        max_follow_streams: config.http.max_follow_streams,
     });
     let addr = format!("{}:{}", config.listen, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -136,12 +159,25 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         })?;
     tracing::info!(node = %config.name, %addr, "agent listening");
 
-    let server = tokio::spawn(https::serve(
-        listener,
-        http::router(state.clone()),
-        tls,
-        shutdown.clone(),
-    ));
+    let router = http::router(state.clone());
+    let server = match tls {
+        Some(tls) => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            https::Tls::new(tls),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            http_server::Plain,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+    };
     if let (Some(ca), Some(role)) = (me.local_ca.clone(), me.role) {
         tokio::spawn(keep_trust(
             store.clone(),
@@ -158,10 +194,6 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
     let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
-        path: config.state_dir.display().to_string(),
-        source,
-    })?;
     // The member stops (if it stops with the agent) only after everything else is done: the
     // leader's resignation and the node's lease revocation may need it.
     let (member_stop, member_stopped) = watch::channel(false);
@@ -242,12 +274,19 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
             }
         });
     }
-    let runner = jobs::runner::Runner::new(
+    let shims = jobs::process::ShimProcesses::new(state_dir.heartbeat()).with_options(
+        jobs::shim::ShimOptions {
+            run_as: config.run_as.clone(),
+            secrets_dir: config.secrets_dir.clone(),
+        },
+    );
+    let runner = jobs::runner::Runner::with_processes(
         config.name.clone(),
         store.clone(),
         state_dir,
         gpu_count,
         metrics,
+        shims,
     );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
 
@@ -302,6 +341,36 @@ async fn keep_trust(
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Creates the state directory, or makes an existing one private (0700): jobs, logs, etcd's
+/// data and keys live there, and jobs run as another user must not read them. (Files inside
+/// are created 0600 under the agent's umask 077; older ones are unreachable through the
+/// directory.) A shared directory — `/`, one with the sticky bit like `/tmp`, or one owned by
+/// someone else — is refused rather than changed.
+fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let err = |source| AgentError::StateDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let meta = std::fs::metadata(path).map_err(err)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let shared = path.canonicalize().is_ok_and(|p| p.parent().is_none())
+        || mode & 0o1000 != 0
+        || meta.uid() != nix::unistd::Uid::effective().as_raw();
+    if shared {
+        return Err(err(std::io::Error::other(
+            "it is shared (the root, a sticky directory such as /tmp, or owned by another \
+             user); give the agent a directory of its own, e.g. /var/lib/rift",
+        )));
+    }
+    if mode != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        tracing::info!(path = %path.display(), from = format!("{mode:o}"), "state directory made private (0700)");
+    }
+    Ok(())
 }
 
 /// Keeps readiness, the known leader, and the peers and voters alive current.
@@ -389,4 +458,34 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_made_private_and_a_shared_one_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_state_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o700);
+        private_state_dir(&dir.path().join("new/state")).unwrap();
+        assert_eq!(mode(&dir.path().join("new/state")), 0o700);
+
+        let sticky = dir.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = private_state_dir(&sticky).unwrap_err().to_string();
+        assert!(err.contains("shared"), "{err}");
+        assert_eq!(mode(&sticky), 0o1777, "left as it was");
+        assert!(private_state_dir(std::path::Path::new("/")).is_err());
+    }
 }

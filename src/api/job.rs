@@ -20,8 +20,15 @@ pub struct JobSpec {
     pub job_type: JobType,
     /// argv; no shell unless it says `sh -c`.
     pub command: Vec<String>,
+    /// Plain environment variables. Every node can read Job specs in etcd: put tokens and
+    /// passwords in files on the nodes and name them in `envFrom` instead.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Files of `KEY=VALUE` lines on the node, read when each attempt starts; their values go
+    /// into the job's environment and nowhere else (never into etcd, logs or reports). `env`
+    /// wins over them for a name set in both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     #[serde(default)]
@@ -74,6 +81,7 @@ impl JobSpec {
             job_type: JobType::default(),
             command: command.into_iter().map(Into::into).collect(),
             env: BTreeMap::new(),
+            env_from: Vec::new(),
             workdir: None,
             resources: Resources::default(),
             node_selector: BTreeMap::new(),
@@ -109,6 +117,11 @@ impl JobSpec {
                 );
             }
         }
+        for (i, source) in self.env_from.iter().enumerate() {
+            if let Some(why) = source.problem() {
+                errors.push(format!("{prefix}.envFrom[{i}].file"), why);
+            }
+        }
         validate_labels(
             &format!("{prefix}.nodeSelector"),
             &self.node_selector,
@@ -124,6 +137,36 @@ impl JobSpec {
         }
         if self.lost_after.0.is_zero() {
             errors.push(format!("{prefix}.lostAfter"), "must be longer than 0s");
+        }
+    }
+}
+
+/// One `envFrom` entry: a file of secret environment variables on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFromSource {
+    /// A file in the node's secrets directory (`secretsDir` in the node config, by default
+    /// `/etc/rift/secrets`): a name relative to it (`wandb.env`) or an absolute path inside it.
+    /// Lines are `KEY=VALUE` (optionally `export KEY=VALUE`, the value optionally in quotes);
+    /// blank lines and lines starting with `#` are skipped.
+    pub file: String,
+}
+
+impl EnvFromSource {
+    /// Why `file` can never name a file in a secrets directory, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        let f = &self.file;
+        if f.trim().is_empty() {
+            Some("must name a file, e.g. wandb.env (in the node's secrets directory)")
+        } else if f.contains('\0') {
+            Some("must not contain a NUL byte")
+        } else if std::path::Path::new(f)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            Some("must not contain `..`: name a file in the node's secrets directory")
+        } else {
+            None
         }
     }
 }

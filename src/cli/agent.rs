@@ -76,6 +76,12 @@ pub struct AgentArgs {
     /// A loopback-only port for the local member's /metrics and /health (default: none).
     #[arg(long)]
     pub etcd_metrics_port: Option<u16>,
+    /// Run jobs as this user (a name or uid) instead of the agent's own; `runAs` in the config.
+    #[arg(long, env = "RIFT_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Where Jobs' `envFrom` files are (default /etc/rift/secrets); `secretsDir` in the config.
+    #[arg(long, env = "RIFT_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` for `--label`.
@@ -160,6 +166,8 @@ pub async fn run(
             bootstrap: args.bootstrap,
             insecure,
             join,
+            run_as: args.run_as,
+            secrets_dir: args.secrets_dir,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

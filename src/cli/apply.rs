@@ -27,6 +27,14 @@ pub async fn apply_docs(
     docs: Vec<manifest::Document>,
     dry_run: bool,
 ) -> Result<(), CliError> {
+    for d in &docs {
+        for entry in crate::api::secret_env::find(&d.object) {
+            eprintln!(
+                "warning: {}",
+                crate::api::secret_env::warning(&d.origin.to_string(), &entry)
+            );
+        }
+    }
     let items: Vec<ApplyItem> = docs
         .into_iter()
         .map(|d| ApplyItem {

@@ -14,6 +14,8 @@ pub enum CliError {
     Import(#[from] crate::import::ImportError),
     #[error(transparent)]
     Selector(#[from] SelectorError),
+    #[error(transparent)]
+    Input(#[from] crate::api::input::InputError),
     #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev)")]
     UnknownKind(String),
     #[error("{kind}/{name} not found")]

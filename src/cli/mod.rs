@@ -65,7 +65,7 @@ pub enum Command {
     /// Start a one-machine cluster in the foreground: etcd, an agent that leads, manifests.
     Up(up::UpArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Mark a node unschedulable: no new jobs are placed there.
     Cordon(cordon::NodeArgs),
     /// Make a cordoned node schedulable again.
@@ -98,6 +98,12 @@ pub struct ShimArgs {
     pub attempt: u32,
     #[arg(long)]
     pub heartbeat: PathBuf,
+    /// Start the job as this user (the node's `runAs`).
+    #[arg(long)]
+    pub run_as: Option<String>,
+    /// Where the job's `envFrom` files live (the node's `secretsDir`).
+    #[arg(long, default_value = crate::agent::jobs::env_files::DEFAULT_SECRETS_DIR)]
+    pub secrets_dir: PathBuf,
 }
 
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
@@ -105,7 +111,16 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Shim(args) = &cli.command {
         // No async runtime and no tracing subscriber: the shim stays small.
-        return match crate::agent::jobs::shim::run(&args.dir, args.attempt, &args.heartbeat) {
+        let options = crate::agent::jobs::shim::ShimOptions {
+            run_as: args.run_as.clone(),
+            secrets_dir: args.secrets_dir.clone(),
+        };
+        return match crate::agent::jobs::shim::run(
+            &args.dir,
+            args.attempt,
+            &args.heartbeat,
+            &options,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rift shim: {e}");
@@ -113,13 +128,14 @@ pub fn run() -> ExitCode {
             }
         };
     }
-    // Not for long-running processes that hold connections to etcd members they may see die
-    // (a benchmark kills the etcd it started): writing to such a socket must be an error, not
-    // a silent death by SIGPIPE.
-    if !matches!(
-        cli.command,
-        Command::Agent(_) | Command::Up(_) | Command::Bench(_) | Command::Sim(_)
-    ) {
+    if matches!(cli.command, Command::Agent(_) | Command::Up(_)) {
+        // The state directory holds job env, logs, etcd's data and keys: everything the agent
+        // (and the etcd member it starts) creates is private to its user.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    } else if !matches!(cli.command, Command::Bench(_) | Command::Sim(_)) {
+        // Not for long-running processes that hold connections to etcd members they may see
+        // die (a benchmark kills the etcd it started): writing to such a socket must be an
+        // error, not a silent death by SIGPIPE.
         restore_default_sigpipe();
     }
     match &cli.command {
@@ -203,7 +219,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &connect(&access()?).await?).await,
         Command::Logs(args) => logs::run(args, &connect(&access()?).await?).await,
-        Command::Agent(args) => agent::run(args, given, cli.insecure).await,
+        Command::Agent(args) => agent::run(*args, given, cli.insecure).await,
         Command::Up(args) => up::run(args).await,
         Command::Cordon(args) => cordon::cordon(args, &connect(&access()?).await?).await,
         Command::Uncordon(args) => cordon::uncordon(args, &connect(&access()?).await?).await,

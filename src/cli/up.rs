@@ -155,6 +155,12 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
+        // `sudo rift up`: jobs run as the person who invoked it, not as root.
+        config.run_as = std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u != "root");
+    }
     if !own_thresholds {
         // One machine that is also someone's workstation: a busy CPU (a build) must not stop
         // the demo from scheduling. Memory, GPU memory and disk thresholds still apply.

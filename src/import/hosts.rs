@@ -149,6 +149,7 @@ pub fn node_name(key: &str) -> String {
 
 /// Parses the text of a `distributed_hosts.yaml`; `source` names it in messages.
 pub fn parse(source: &str, text: &str) -> Result<HostsFile, ImportError> {
+    crate::api::input::check_flow_depth(source, text)?;
     let root: Value = serde_norway::from_str(text).map_err(|e| ImportError::Syntax {
         source_name: source.to_string(),
         line: e.location().map(|l| l.line()),

@@ -56,6 +56,9 @@ pub enum ImportError {
         line: usize,
         message: String,
     },
+    /// Nested too deep to parse (see [`crate::api::input`]).
+    #[error(transparent)]
+    Input(#[from] crate::api::input::InputError),
 }
 
 fn at(line: &Option<usize>) -> String {

@@ -124,7 +124,7 @@ impl Credentials {
                 source,
             })?;
         }
-        super::dir::write_atomic(path, &text, true)
+        super::dir::write_atomic(path, &text)
     }
 }
 

@@ -8,7 +8,7 @@
 //! | `etcd-server.crt`, `etcd-server.key` | the local etcd member's client-facing certificate |
 //! | `etcd-peer.crt`, `etcd-peer.key` | the local etcd member's peer certificate |
 //!
-//! The directory is 0700 and keys are 0600; every file is written to a temporary name and
+//! The directory is 0700 and every file in it 0600; every file is written to a temporary name and
 //! renamed, so a reader never sees half a file and a crash never leaves one.
 
 use std::io::Write;
@@ -59,10 +59,11 @@ fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename; `secret` files are 0600.
-pub fn write_atomic(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+/// Writes `contents` to `path` through a temporary file and a rename, 0600 (certificates are
+/// no secret, but a node's state directory holds only private files).
+pub fn write_atomic(path: &Path, contents: &str) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
-    let mode = if secret { 0o600 } else { 0o644 };
+    let mode = 0o600;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -131,9 +132,9 @@ impl PkiDir {
     pub fn write_ca(&self, ca_pem: &str, key_pem: Option<&str>) -> Result<(), PkiError> {
         self.ensure()?;
         if let Some(key) = key_pem {
-            write_atomic(&self.ca_key(), key, true)?;
+            write_atomic(&self.ca_key(), key)?;
         }
-        write_atomic(&self.ca_cert(), ca_pem, false)
+        write_atomic(&self.ca_cert(), ca_pem)
     }
 
     /// Writes one leaf's certificate and key (the key first: a certificate is never there
@@ -145,8 +146,8 @@ impl PkiDir {
         key_pem: &str,
     ) -> Result<(), PkiError> {
         self.ensure()?;
-        write_atomic(&self.key(leaf), key_pem, true)?;
-        write_atomic(&self.cert(leaf), cert_pem, false)
+        write_atomic(&self.key(leaf), key_pem)?;
+        write_atomic(&self.cert(leaf), cert_pem)
     }
 
     /// The CA, when this machine holds its key.
@@ -241,7 +242,7 @@ mod tests {
 
         // Another key under the certificate: refused, naming both files.
         let (_, other_key) = ca.issue(&leaf, crate::pki::LEAF_VALIDITY).unwrap();
-        write_atomic(&dir.key(LeafFile::Node), &other_key, true).unwrap();
+        write_atomic(&dir.key(LeafFile::Node), &other_key).unwrap();
         let err = dir.identity(LeafFile::Node).unwrap_err().to_string();
         assert!(
             err.contains("node.crt") && err.contains("node.key"),

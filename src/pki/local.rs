@@ -23,8 +23,8 @@ impl LocalTrust {
             path: dir.display().to_string(),
             source,
         })?;
-        write_atomic(&dir.join("ca.crt"), ca.cert_pem(), false)?;
-        write_atomic(&dir.join("ca.key"), ca.key_pem(), true)?;
+        write_atomic(&dir.join("ca.crt"), ca.cert_pem())?;
+        write_atomic(&dir.join("ca.key"), ca.key_pem())?;
         Ok(LocalTrust {
             ca,
             dir: dir.to_path_buf(),

@@ -87,7 +87,8 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, PkiError> {
             private_key(&id.key_pem, "the node key")?,
         )
         .map_err(tls_err)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The agent's server speaks HTTP/1.1 only (see `agent::http_server`).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

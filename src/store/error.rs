@@ -15,8 +15,9 @@ pub enum StoreError {
     Decode { key: String, reason: String },
     #[error("{count} writes in one transaction is more than etcd allows (--max-txn-ops, 128 by default); split the input or raise the limit on every etcd member")]
     TooManyOps { count: usize },
-    #[error("the request is larger than etcd accepts (--max-request-bytes, 1.5 MiB by default)")]
-    TooLarge,
+    /// `bytes` is the request's size when known (0 when not).
+    #[error("{} is more than etcd accepts in one request (--max-request-bytes, 1.5 MiB by default); nothing was written. Apply the input in smaller groups (each group is all or nothing), or raise --max-request-bytes on every etcd member", describe_size(*bytes))]
+    TooLarge { bytes: usize },
     #[error("this process is no longer the leader; the write was refused by the leader fence")]
     Fenced,
     #[error("etcd did not answer within {seconds} s (tried {endpoints})")]
@@ -58,8 +59,11 @@ impl StoreError {
                     ))
                 } else if is_certificate_problem(msg) {
                     StoreError::Credentials(certificate_message(endpoints, msg))
-                } else if msg.contains("request is too large") {
-                    StoreError::TooLarge
+                } else if msg.contains("request is too large")
+                    || msg.contains("received message larger than max")
+                {
+                    // The second is gRPC's own limit (etcd's plus 512 KiB).
+                    StoreError::TooLarge { bytes: 0 }
                 } else if is_connectivity_code(status.code() as i32, msg)
                     || msg.contains("raft: stopped")
                     || msg.contains("server stopped")
@@ -129,6 +133,17 @@ fn certificate_message(endpoints: &str, message: &str) -> String {
         "TLS with etcd at {endpoints} failed: {}; {hint}",
         first_line(message)
     )
+}
+
+fn describe_size(bytes: usize) -> String {
+    if bytes == 0 {
+        "the request".into()
+    } else {
+        format!(
+            "{:.1} MiB in one transaction",
+            bytes as f64 / (1 << 20) as f64
+        )
+    }
 }
 
 fn first_line(s: &str) -> String {

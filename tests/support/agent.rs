@@ -156,6 +156,11 @@ impl TestAgent {
         self.spawn();
     }
 
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn addr(&self) -> String {
         format!("{}:{}", self.listen, self.port)
     }

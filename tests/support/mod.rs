@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod cli;
 pub mod etcd;
+pub mod fs;
 pub mod http;
+pub mod jobs;
 pub mod proc;
 pub mod sshd;
 pub mod trust;

@@ -11,6 +11,7 @@
 //! cluster that answers no longer lists the node. An agent restart adopts the running member
 //! instead of restarting it (unless `etcd.stopWithAgent`).
 
+pub mod bind;
 pub mod decide;
 pub mod process;
 
@@ -133,18 +134,21 @@ pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
         }
     };
     let client_urls: Vec<String> = hosts.iter().map(|h| url(h, etcd.client_port)).collect();
-    let specific = config.listen != "0.0.0.0" && config.listen != "::";
-    let (listen_client_urls, listen_peer_urls) = if specific {
-        (
-            client_urls.clone(),
-            hosts.iter().map(|h| url(h, etcd.peer_port)).collect(),
-        )
-    } else {
-        (
-            vec![url("0.0.0.0", etcd.client_port)],
-            vec![url("0.0.0.0", etcd.peer_port)],
-        )
-    };
+    let listen = bind::decide(&hosts, &etcd.bind_addresses, bind::is_local)?;
+    if !listen.not_local.is_empty() {
+        tracing::warn!(
+            addresses = %listen.not_local.join(", "),
+            "etcd does not listen on these node addresses: they are not on this machine \
+             (a cloud's NAT?); if peers reach this node there, add the private address they \
+             forward to in etcd.bindAddresses"
+        );
+    }
+    let listen_client_urls = listen
+        .client
+        .iter()
+        .map(|h| url(h, etcd.client_port))
+        .collect();
+    let listen_peer_urls = listen.peer.iter().map(|h| url(h, etcd.peer_port)).collect();
     Ok(MemberSpec {
         name: config.name.clone(),
         binary,
@@ -550,5 +554,36 @@ impl Supervisor {
         }
         tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");
         self.learned = urls;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::{ConfigFile, Overrides};
+
+    #[test]
+    fn an_agent_listening_everywhere_still_binds_etcd_only_to_its_own_addresses() {
+        let config = AgentConfig::resolve(
+            ConfigFile::default(),
+            Overrides {
+                name: Some("n1".into()),
+                addresses: vec!["127.0.0.2".into(), "192.0.2.7".into()],
+                etcd_binary: Some("sh".into()),
+                // Plaintext: this is about addresses (a TLS member also needs its certificates).
+                insecure: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0", "the agent's own default");
+        let spec = member_spec(&config).unwrap();
+        assert_eq!(spec.listen_client_urls, ["http://127.0.0.2:2379"]);
+        assert_eq!(spec.listen_peer_urls, ["http://127.0.0.2:2380"]);
+        // Advertised as before: every address, in order.
+        assert_eq!(
+            spec.client_urls,
+            ["http://127.0.0.2:2379", "http://192.0.2.7:2379"]
+        );
     }
 }

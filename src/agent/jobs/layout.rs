@@ -18,6 +18,11 @@
 //! make the training ledger count those games twice).
 //!
 //! Files are written to a temporary name and renamed, so a reader never sees half a record.
+//!
+//! The directory is private to the agent's user (0700, files 0600). A job that runs as another
+//! user (`runAs`) cannot reach it: its `RIFT_PROGRESS_FILE` and `RIFT_RESULT_FILE` are in a
+//! private directory of its own, and `progress.jsonl` and `result.json` here are the shim's
+//! copies of them ([`super::exchange`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -40,6 +45,10 @@ pub struct RunSpec {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The Job's `envFrom` files, as written (the shim reads them; their values are never
+    /// stored here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<String>,
     #[serde(default)]
     pub workdir: Option<String>,
     #[serde(default)]
@@ -211,9 +220,10 @@ impl JobDir {
             .unwrap_or(0)
     }
 
-    /// The counters of the last complete line of attempt `n`'s progress file.
+    /// The counters of the last complete line of attempt `n`'s progress file. Only its last
+    /// [`MAX_PROGRESS_TAIL`] bytes are read: the job writes this file, and may write a lot.
     pub fn read_progress(&self, n: u32) -> BTreeMap<String, f64> {
-        let Ok(text) = std::fs::read_to_string(self.progress(n)) else {
+        let Ok(text) = read_tail(&self.progress(n), MAX_PROGRESS_TAIL) else {
             return BTreeMap::new();
         };
         text.lines()
@@ -232,15 +242,40 @@ impl JobDir {
     }
 }
 
+/// How much of the end of a progress file is read for its last line.
+pub const MAX_PROGRESS_TAIL: u64 = 64 << 10;
+
+/// The last `max` bytes of `path` (from a line start when cut), as text.
+fn read_tail(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    f.take(max).read_to_end(&mut bytes)?;
+    if len > max {
+        // The first line was cut: drop it.
+        let start = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..start);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The largest result file published (it travels in the job's status in etcd).
 pub const MAX_RESULT_BYTES: u64 = 64 << 10;
 
 impl JobDir {
-    /// The JSON the job wrote to `RIFT_RESULT_FILE`; a missing, oversized or non-JSON file
-    /// gives `None` (with a warning for the latter two).
+    /// The JSON the job wrote to `RIFT_RESULT_FILE`; a missing, empty (the shim creates it
+    /// empty), oversized or non-JSON file gives `None` (with a warning for the latter two).
     pub fn read_result(&self) -> Option<serde_json::Value> {
         let path = self.result();
         let size = std::fs::metadata(&path).ok()?.len();
+        if size == 0 {
+            return None;
+        }
         if size > MAX_RESULT_BYTES {
             tracing::warn!(path = %path.display(), size, "result file too large; not published");
             return None;
@@ -322,5 +357,21 @@ mod tests {
         );
         assert_eq!(p["games"], 20.0);
         assert_eq!(p["x"], 1.0);
+    }
+
+    #[test]
+    fn a_huge_progress_file_is_read_from_its_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = StateDir::new(dir.path()).job("sp");
+        std::fs::create_dir_all(job.attempt(1)).unwrap();
+        let f = std::fs::File::create(job.progress(1)).unwrap();
+        f.set_len(8 << 30).unwrap(); // 8 GiB of nothing (sparse), then a line
+        drop(f);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(job.progress(1))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"\n{\"games\": 5}\n").unwrap();
+        assert_eq!(job.read_progress(1)["games"], 5.0);
     }
 }

@@ -178,6 +178,7 @@ mod tests {
             epoch: 1,
             command: vec!["true".into()],
             env: Default::default(),
+            env_from: Vec::new(),
             workdir: None,
             gpus: vec![],
             restart_policy: policy,

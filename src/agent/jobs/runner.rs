@@ -59,20 +59,6 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     tick: Duration,
 }
 
-impl Runner<ShimProcesses> {
-    /// The real runner: every attempt runs under a `rift shim` process.
-    pub fn new(
-        node: String,
-        store: Store,
-        state: StateDir,
-        gpu_count: Option<usize>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let procs = ShimProcesses::new(state.heartbeat());
-        Runner::with_processes(node, store, state, gpu_count, metrics, procs)
-    }
-}
-
 impl<P: JobProcesses> Runner<P> {
     /// A runner over the process layer `procs`.
     pub fn with_processes(
@@ -229,6 +215,7 @@ impl<P: JobProcesses> Runner<P> {
             epoch: binding.epoch,
             command: spec.spec.command.clone(),
             env: spec.spec.env.clone(),
+            env_from: spec.spec.env_from.iter().map(|e| e.file.clone()).collect(),
             workdir: spec.spec.workdir.clone(),
             gpus: binding.gpus.clone(),
             restart_policy: spec.spec.restart_policy,

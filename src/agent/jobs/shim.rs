@@ -11,6 +11,10 @@
 //! monotonic clock, the job is stopped — whether the agent is dead or merely cut off from etcd —
 //! so the leader can later run it elsewhere without two copies ever running.
 //!
+//! Privileges: the shim runs as the agent's user (root on a node) with umask 077, so every
+//! file it writes is private; what it prepares for the job — its user, its `envFrom`
+//! secrets, where it writes progress and result — is [`super::launch`].
+//!
 //! The shim uses no async runtime: it stays a few MiB.
 
 use std::io::{Read, Write};
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::{signal as set_handler, SigHandler, Signal};
 
+use super::launch::Launch;
 use super::layout::{read_json, write_json, EndReason, ExitRecord, JobDir, RunSpec};
 use super::procs;
 use crate::api::job::OnNodeLost;
@@ -34,6 +39,24 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: i32) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// How the node starts jobs (from the agent's config, passed on the shim's command line).
+#[derive(Clone, Debug)]
+pub struct ShimOptions {
+    /// The user jobs run as (`runAs`); `None`: the shim's own user.
+    pub run_as: Option<String>,
+    /// Where `envFrom` files live (`secretsDir`).
+    pub secrets_dir: PathBuf,
+}
+
+impl Default for ShimOptions {
+    fn default() -> Self {
+        ShimOptions {
+            run_as: None,
+            secrets_dir: PathBuf::from(super::env_files::DEFAULT_SECRETS_DIR),
+        }
+    }
 }
 
 /// Errors that keep the shim from doing its job at all (recorded in its own log).
@@ -116,7 +139,14 @@ fn drain_output(pipe: &mut std::fs::File, log: &mut CappedLog, wait: Duration) -
 
 /// Runs attempt `attempt` of the job in `dir` to its end. `heartbeat` is the agent's heartbeat
 /// file.
-pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> {
+pub fn run(
+    dir: &Path,
+    attempt: u32,
+    heartbeat: &Path,
+    options: &ShimOptions,
+) -> Result<(), ShimError> {
+    // Everything the shim writes is private to its user (the job gets 022 back).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Our own session: not killed with the agent, not by a terminal hang-up.
     let _ = nix::unistd::setsid();
     // SAFETY: the handler only stores to an atomic; installed before any thread starts.
@@ -155,6 +185,10 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             );
         }
     }
+    let mut launch = match Launch::prepare(&job, attempt, &spec, options) {
+        Ok(l) => l,
+        Err(message) => return end(None, None, EndReason::StartError, message),
+    };
     let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
     // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| ShimError::Io {
@@ -181,18 +215,12 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Some(w) = &spec.workdir {
-        cmd.current_dir(w);
-    }
+    launch.configure(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return end(
-                None,
-                None,
-                EndReason::StartError,
-                format!("cannot start `{}`: {e}", spec.command[0]),
-            )
+            let message = launch.start_error(&spec.command[0], &e);
+            return end(None, None, EndReason::StartError, message);
         }
     };
     // Our copies of the write end went into the child; drop them so EOF arrives when the job
@@ -241,6 +269,7 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
                 procs::signal_group(pid, Signal::SIGKILL);
             }
         }
+        launch.sync_due();
         if pipe_open {
             pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
         } else {
@@ -255,6 +284,8 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
     while pipe_open && Instant::now() < deadline {
         pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
     }
+    // The job's last progress and result are in place before the runner learns of its end.
+    launch.finish();
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {
         Some((_, reason, message)) => (reason, message),

@@ -229,6 +229,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            env_from: Vec::new(),
             workdir: None,
             gpus: vec![],
             restart_policy: RestartPolicy::Never,
