@@ -38,7 +38,7 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let etcd = EtcdCluster::single();
-        let store = Store::connect(&etcd.endpoints()).await.unwrap();
+        let store = etcd.store().await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), "ctl", "{role: ctl}");
         let ctl = TestAgent::start(
