@@ -70,7 +70,7 @@ async fn wait_phase(
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
 }
@@ -465,6 +465,11 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
         .local_addr()
         .unwrap()
         .port();
+    let ep = cluster.endpoints_csv();
+    cluster
+        .trust()
+        .unwrap()
+        .admit(&ep, &state, "n1", rift::pki::NodeRole::Worker, "127.0.0.1");
     let mut agent = support::cli::KillOnDrop(
         std::process::Command::new(&exe)
             .args([

@@ -104,15 +104,12 @@ impl View {
 async fn after_an_etcd_restart_or_a_compacted_gap_the_watch_equals_a_fresh_get() {
     let mut cluster = EtcdCluster::single();
     let direct = cluster.endpoints_csv();
-    let upstream = cluster
-        .client_url(0)
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
+    let url = cluster.client_url(0);
+    let (_, addr) = url.split_once("://").unwrap();
+    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), addr.parse().unwrap())
         .await
         .unwrap();
-    let via_proxy = proxy.url();
+    let via_proxy = cluster.url_via(proxy.listen_addr());
     for name in ["job-a", "job-b"] {
         assert!(rift_stdin(&direct, &["apply", "-f", "-"], &job(name, "x")).ok);
     }

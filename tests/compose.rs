@@ -21,7 +21,7 @@ use support::etcd::EtcdCluster;
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
 }

@@ -13,7 +13,7 @@ use support::cli::rift;
 use support::etcd::EtcdCluster;
 
 async fn store(cluster: &EtcdCluster) -> Store {
-    Store::connect(&cluster.endpoints()).await.unwrap()
+    cluster.store().await
 }
 
 async fn stored(store: &Store, key: &str) -> (Event, i64) {

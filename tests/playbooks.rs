@@ -226,6 +226,14 @@ async fn rolling_upgrade_keeps_running_jobs() {
     );
     let bin: PathBuf = r.join("usr/local/bin/rift");
     let port = free_port();
+    // Its identity, as its join would have given it.
+    cluster.trust().unwrap().admit(
+        &ep,
+        &r.join("var/lib/rift"),
+        "n1",
+        rift::pki::NodeRole::Controller,
+        "127.0.0.1",
+    );
     let mut agent = start_installed_agent(&bin, r, &ep, port);
     let job = "apiVersion: rift/v1\nkind: Job\nmetadata: {name: long-training}\nspec:\n  type: training\n  command: [sleep, \"300\"]\n";
     assert!(rift_stdin(&ep, &["apply", "-f", "-"], job).ok);

@@ -31,9 +31,11 @@ async fn proxy_to(etcd: &EtcdCluster) -> FaultProxy {
 #[tokio::test]
 async fn a_campaign_whose_winning_reply_was_lost_leads_once_the_link_heals() {
     let etcd = EtcdCluster::single();
-    let direct = Store::connect(&etcd.endpoints()).await.unwrap();
+    let direct = etcd.store().await;
     let proxy = proxy_to(&etcd).await;
-    let lossy = Store::connect_lazy(&[proxy.url()]).await.unwrap();
+    let lossy = Store::connect_lazy(&etcd.access_to(&[etcd.url_via(proxy.listen_addr())]))
+        .await
+        .unwrap();
     // The lease is kept over a healthy link; only the campaign's replies are lost.
     let keeper = LeaseKeeper::grant(&direct, Duration::from_secs(5))
         .await
@@ -82,7 +84,9 @@ async fn a_lease_keeper_outlives_replies_lost_for_less_than_its_ttl_and_never_ou
     let etcd = EtcdCluster::single();
     let mut direct = etcd.client().await;
     let proxy = proxy_to(&etcd).await;
-    let lossy = Store::connect_lazy(&[proxy.url()]).await.unwrap();
+    let lossy = Store::connect_lazy(&etcd.access_to(&[etcd.url_via(proxy.listen_addr())]))
+        .await
+        .unwrap();
     let keeper = LeaseKeeper::grant(&lossy, Duration::from_secs(5))
         .await
         .unwrap();

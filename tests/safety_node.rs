@@ -35,7 +35,7 @@ async fn proxy_to(c: &Cluster) -> FaultProxy {
 async fn a_cut_off_node_starts_nothing_once_its_lease_went_unrenewed_for_lost_after() {
     let c = Cluster::start_unadvertised().await;
     let proxy = proxy_to(&c).await;
-    let mut w1 = c.worker_at("w1", &proxy.url(), &[]);
+    let mut w1 = c.worker_at("w1", &c.etcd.url_via(proxy.listen_addr()), &[]);
     let log = InstanceLog::new(c.dir.path().join("instances")).unwrap();
     let lost_after = Duration::from_secs(3);
     // Each instance runs 1 s and exits 0; `Always` starts the next: a node that keeps going
@@ -84,7 +84,7 @@ async fn a_cut_off_node_starts_nothing_once_its_lease_went_unrenewed_for_lost_af
 async fn a_node_lost_stop_runs_again_when_the_node_returns_before_the_hand_over() {
     let c = Cluster::start_unadvertised().await;
     let proxy = proxy_to(&c).await;
-    let w1 = c.worker_at("w1", &proxy.url(), &[]);
+    let w1 = c.worker_at("w1", &c.etcd.url_via(proxy.listen_addr()), &[]);
     let log = InstanceLog::new(c.dir.path().join("instances")).unwrap();
     create_job(&c.store, "selfplay", log.command("selfplay", None), |s| {
         s.restart_policy = RestartPolicy::Never;
@@ -192,9 +192,7 @@ async fn a_shim_started_after_the_lease_lapsed_stops_its_job_at_once() {
 #[tokio::test]
 async fn a_binding_key_that_is_no_job_name_is_only_logged() {
     let etcd = support::etcd::EtcdCluster::single();
-    let store = rift::store::Store::connect(&etcd.endpoints())
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let mut client = etcd.client().await;
     let agent = TestAgent::start("n1", &etcd.endpoints_csv(), &[]);
     let dir = tempfile::tempdir().unwrap();
@@ -287,9 +285,7 @@ async fn numbers_beyond_any_clock_are_refused_at_apply_or_answered_never_a_panic
 
     // The log handler takes any tail.
     let mut client = etcd.client().await;
-    let store = rift::store::Store::connect(&etcd.endpoints())
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     store
         .create(&rift::api::Object::new(
             "talker",
@@ -323,9 +319,7 @@ async fn numbers_beyond_any_clock_are_refused_at_apply_or_answered_never_a_panic
 async fn a_job_that_keeps_restarting_keeps_only_its_last_attempt_folders() {
     let etcd = support::etcd::EtcdCluster::single();
     let agent = TestAgent::start("n1", &etcd.endpoints_csv(), &[]);
-    let store = rift::store::Store::connect(&etcd.endpoints())
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let mut spec = rift::api::JobSpec::with_command(["true"]);
     spec.restart_policy = RestartPolicy::Always;
     store

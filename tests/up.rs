@@ -69,9 +69,13 @@ impl Up {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+        let endpoint = format!("https://127.0.0.1:{client}");
+        // The credentials `rift up` writes, for `rift(&endpoint, ..)`.
+        let trust = support::trust::Trust::new(&state.join("admin.conf"), &state.join("pki"));
+        support::trust::register(std::slice::from_ref(&endpoint), &trust);
         Up {
             child,
-            endpoint: format!("http://127.0.0.1:{client}"),
+            endpoint,
             state: state.to_path_buf(),
         }
     }
@@ -182,6 +186,10 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     // Everything in the state directory is private: etcd's data, job records, logs, results.
     assert_eq!(support::fs::not_private(&state), Vec::<String>::new());
     let member_id = s["voters"]["members"][0]["id"].clone();
+    eventually(Duration::from_secs(30), "job hello Succeeded", || async {
+        (job_phase(&ep, "hello")? == "Succeeded").then_some(())
+    })
+    .await;
 
     // The demo Notifier posts to the receiver rift up runs (training starts once selfplay has
     // made 200 games); nothing fails.

@@ -183,6 +183,20 @@ async fn lead_with_heartbeat(
             }
             _ = tick.tick() => {
                 seq += 1;
+                // Every 2 s: Nodes for agents that announced one and have none (workers
+                // admitted without a join may not create their own).
+                if seq % 4 == 1 {
+                    match crate::agent::registration::adopt_announced(store).await {
+                        Ok(created) if !created.is_empty() => {
+                            tracing::info!(nodes = %created.join(","), "created announced Nodes");
+                        }
+                        Err(StoreError::Fenced) => {
+                            leadership.step_down();
+                            return false;
+                        }
+                        _ => {}
+                    }
+                }
                 if let Err(e) = heartbeat(store, node, seq).await {
                     if matches!(e, StoreError::Fenced) {
                         tracing::warn!("a leader write was refused by the fence: stepping down");

@@ -10,6 +10,8 @@ pub mod config;
 pub mod etcd_member;
 mod http;
 pub mod http_server;
+pub mod https;
+pub mod identity;
 pub mod jobs;
 mod leader_loop;
 mod logs;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod node_status;
 mod peers;
 pub mod registration;
+mod renewal;
 pub mod resources;
 pub mod tunnels;
 
@@ -47,6 +50,12 @@ pub struct AgentState {
     pub voters_alive: RwLock<Vec<String>>,
     /// Peers whose agent answered, and the address it answered at.
     pub reachable_peers: RwLock<std::collections::BTreeMap<String, String>>,
+    /// The cluster CA (served to joining nodes by controllers).
+    pub ca_pem: Option<String>,
+    /// Joins and renewals: on controllers of a TLS cluster.
+    pub join: Option<crate::join::server::JoinService>,
+    /// A bearer token Prometheus may present for `/metrics`.
+    pub scrape_token: Option<String>,
     /// One permit per followed log being streamed ([`http_server::HttpLimits::max_follow_streams`]).
     pub follow_streams: Arc<tokio::sync::Semaphore>,
     pub max_follow_streams: usize,
@@ -69,6 +78,8 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Identity(String),
     #[error(transparent)]
     RunAs(#[from] jobs::run_as::RunAsError),
 }
@@ -91,17 +102,38 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         None => {}
     }
     private_state_dir(&config.state_dir)?;
+    let me = identity::establish(&config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
-    let mut endpoints = config.endpoints.clone();
-    for e in etcd_member::saved_endpoints(&config.state_dir, &config.endpoints) {
+    let configured = me.access.endpoints().to_vec();
+    let mut endpoints = configured.clone();
+    for e in etcd_member::saved_endpoints(&config.state_dir, &configured) {
         if !endpoints.contains(&e) {
             endpoints.push(e);
         }
     }
-    let store = Store::connect_lazy(&endpoints).await?;
+    let store = Store::connect_lazy(&me.access.with_endpoints(&endpoints)).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
     let metrics = Arc::new(metrics::Metrics::default());
+    let tls = match me.identity() {
+        Some(id) => Some(
+            crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scrape_token = match &config.scrape_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::StateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let serves_joins = me.role == Some(crate::pki::NodeRole::Controller);
     let state = Arc::new(AgentState {
         node: config.name.clone(),
         state_dir: state_dir.clone(),
@@ -113,6 +145,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         alive_peers: RwLock::new(Vec::new()),
         voters_alive: RwLock::new(Vec::new()),
         reachable_peers: RwLock::default(),
+        ca_pem: me.identity().map(|i| i.ca_pem.clone()),
+        join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
+        scrape_token,
         follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
         max_follow_streams: config.http.max_follow_streams,
     });
@@ -125,19 +160,45 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         })?;
     tracing::info!(node = %config.name, %addr, "agent listening");
 
-    let server = tokio::spawn(http_server::serve(
-        listener,
-        http::router(state.clone()),
-        config.http,
-        http_server::Plain,
-        metrics.clone(),
+    let router = http::router(state.clone());
+    let server = match tls {
+        Some(tls) => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            https::Tls::new(tls),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            http_server::Plain,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+    };
+    if let (Some(ca), Some(role)) = (me.local_ca.clone(), me.role) {
+        tokio::spawn(keep_trust(
+            store.clone(),
+            config.name.clone(),
+            role,
+            ca,
+            shutdown.clone(),
+        ));
+    }
+    let renewal = tokio::spawn(renewal::run(
+        config.clone(),
+        me.clone(),
+        store.clone(),
         shutdown.clone(),
     ));
     let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
     // The member stops (if it stops with the agent) only after everything else is done: the
     // leader's resignation and the node's lease revocation may need it.
     let (member_stop, member_stopped) = watch::channel(false);
-    let member = etcd_member::Supervisor::new(&config, store.clone());
+    let member = etcd_member::Supervisor::new(&config, store.clone(), configured);
     let member = tokio::spawn(member.run(member_stopped));
     let (renewals, last_renewal) = store::lease::LastRenewal::channel();
     let heartbeats = tokio::spawn(registration::write_heartbeats(
@@ -150,6 +211,10 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         config.name.clone(),
         config.node_lease_ttl,
         renewals,
+        registration::NodeAnnouncement {
+            spec: config.node_spec(),
+            labels: config.labels.clone(),
+        },
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -211,8 +276,17 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         }
     };
     let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
-    let peers = tokio::spawn(peers::run(store.clone(), state.clone(), shutdown.clone()));
-    {
+    let agent_tls = crate::net::AgentTls::for_identity(me.identity())
+        .map_err(|e| AgentError::Identity(e.to_string()))?;
+    let peers = tokio::spawn(peers::run(
+        store.clone(),
+        state.clone(),
+        agent_tls,
+        shutdown.clone(),
+    ));
+    // A worker's Node is created when it joins (it may write only its own keys); a
+    // controller, or an agent of a plaintext cluster, creates its own.
+    if me.may_write_cluster_objects() {
         let store = store.clone();
         let name = config.name.clone();
         let labels = config.labels.clone();
@@ -256,6 +330,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     probe.abort();
     peers.abort();
+    renewal.abort();
     let _ = tunnels.await;
     let _ = runner.await;
     let _ = status_writer.await;
@@ -294,6 +369,40 @@ async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> Fir
         Ok(Ok(r)) => FirstProbe::Done(Box::new(r)),
         Ok(Err(e)) => FirstProbe::Done(Box::new(Err(format!("the resource probe panicked: {e}")))),
         Err(_) => FirstProbe::Late(task),
+    }
+}
+
+/// On the machine that created the cluster (it holds the CA's key): makes sure this node's
+/// etcd user exists, authentication is on and the trust record (the CA, for joins on any
+/// controller) is in etcd; retried until done. Before authentication is on, any client of the
+/// CA may do this; after, only a root identity, which this node's is.
+async fn keep_trust(
+    store: Store,
+    node: String,
+    role: crate::pki::NodeRole,
+    ca: crate::pki::Ca,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            crate::store::auth::ensure_admitted(&store, &node, role).await?;
+            crate::store::auth::enable(&store).await?;
+            crate::store::auth::publish_trust(&store, &ca).await?;
+            Ok::<(), StoreError>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!("etcd authentication is on; the cluster CA is published");
+                return;
+            }
+            Err(e) => tracing::debug!(%e, "cannot set up etcd authentication yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -1,7 +1,13 @@
-//! Registration and liveness: the agent creates its Node if no operator did, keeps
-//! `/rift/v1/agents/<node>/alive` attached to its own lease (one [`LeaseKeeper`]), publishes
-//! every confirmed renewal in memory ([`LastRenewal`], for the job runner) and in the heartbeat
-//! file (for the shims, on the machine-wide clock).
+//! Registration and liveness: the agent keeps `/rift/v1/agents/<node>/alive` attached to its
+//! own lease (one [`LeaseKeeper`]), publishes every confirmed renewal in memory ([`LastRenewal`],
+//! for the job runner) and in the heartbeat file (for the shims, on the machine-wide clock).
+//!
+//! The Node object: a worker may write only under its own `/rift/v1/agents/<node>/`, so it
+//! announces the Node it wants (`/rift/v1/agents/<node>/node`, on the same lease: it vanishes
+//! when the agent does) and the Node is created by whoever may: the controller that admitted it
+//! (the join), or the leader ([`adopt_announced`]) for a node admitted otherwise. A controller
+//! (or an agent of a plaintext cluster) creates its own ([`ensure_node`]). An operator's Node
+//! always wins: nothing here changes an existing one.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +40,84 @@ pub async fn ensure_node(
     }
 }
 
+/// What a node's agent says its Node should be, when none exists.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeAnnouncement {
+    pub spec: NodeSpec,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Puts this node's announcement on its lease.
+async fn announce(
+    store: &Store,
+    node: &str,
+    lease: i64,
+    what: &NodeAnnouncement,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(what).expect("an announcement serializes");
+    store
+        .txn(
+            vec![],
+            vec![TxnOp::put(
+                keys::agent_node(node),
+                body,
+                Some(PutOptions::new().with_lease(lease)),
+            )],
+            vec![],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Creates the Node of every node whose agent is alive and announced one, where none exists
+/// (the leader's pass; the store should carry the leader fence). Returns the names created.
+pub async fn adopt_announced(store: &Store) -> Result<Vec<String>, StoreError> {
+    let keys_only = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let mut kv = store.client().kv_client();
+    let announced: Vec<String> = store
+        .call(kv.get(keys::AGENTS_PREFIX, Some(keys_only.clone())))
+        .await?
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            let rest = key.strip_prefix(keys::AGENTS_PREFIX)?;
+            rest.strip_suffix("/node").map(str::to_string)
+        })
+        .collect();
+    if announced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes_prefix = keys::objects_prefix("nodes");
+    let existing: std::collections::HashSet<String> = store
+        .call(kv.get(nodes_prefix.as_str(), Some(keys_only)))
+        .await?
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some(keys::name_of(std::str::from_utf8(kv.key()).ok()?).to_string()))
+        .collect();
+    let mut created = Vec::new();
+    for name in announced.into_iter().filter(|n| !existing.contains(n)) {
+        let Some(raw) = store.get_raw(&keys::agent_node(&name)).await? else {
+            continue;
+        };
+        let Ok(a) = serde_json::from_slice::<NodeAnnouncement>(&raw.value) else {
+            tracing::warn!(node = %name, "cannot read the node's announcement; not creating it");
+            continue;
+        };
+        if crate::api::validation::dns1123_problem(&name).is_some() {
+            continue;
+        }
+        if ensure_node(store, &name, &a.spec, &a.labels).await? {
+            created.push(name);
+        }
+    }
+    Ok(created)
+}
+
 /// Keeps this node alive in etcd until `shutdown`: registers (a lease and the alive key under
 /// it), keeps the lease with a [`LeaseKeeper`], and registers again whenever it is lost. Every
 /// confirmed renewal goes to `renewals` (the job runner and the heartbeat file follow it). On
@@ -43,6 +127,7 @@ pub async fn keep_alive(
     node: String,
     ttl: Duration,
     renewals: RenewalSender,
+    announcement: NodeAnnouncement,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -65,6 +150,9 @@ pub async fn keep_alive(
                 }
             }
         };
+        if let Err(e) = announce(&store, &node, grant.id, &announcement).await {
+            tracing::debug!(%e, "cannot announce the Node yet");
+        }
         if std::mem::take(&mut was_down) {
             metrics.etcd_reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!("registered with etcd again");

@@ -5,19 +5,21 @@
 //! first (for a NAT-blocked node, its tunnel's relay endpoint), then at each of its addresses
 //! (with its `agentPort`) in order, each with a short connect timeout
 //! ([`crate::net::dial::agent_addresses`]). A CLI run is one process, so what worked is not
-//! remembered across runs; the endpoint the agent advertises comes first. The request is plain HTTP/1.0 over TCP, so the agent answers with an
-//! unchunked body that ends when it closes the connection.
+//! remembered across runs; the endpoint the agent advertises comes first. The request is
+//! HTTP/1.0 over TLS (the agent verified as `<node>.node.rift`, this side presenting the
+//! certificate of RIFT_CONFIG), so the agent answers with an unchunked body that ends when it
+//! closes the connection.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::CliError;
 use crate::api::placement::Placement;
 use crate::api::validation::dns1123_problem;
 use crate::api::{JobPhase, JobSpec, NodeSpec};
 use crate::net::dial::{agent_addresses, connect_one};
+use crate::net::{AgentStream, AgentTls};
 use crate::store::{keys, Store};
 
 /// How long one address may take to accept the connection.
@@ -92,8 +94,10 @@ pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
     }
     let path = request_path(&args);
     let wait_for_start = args.follow && phase == Some(JobPhase::Scheduled);
+    let tls = AgentTls::for_identity(store.access().identity())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     tokio::select! {
-        r = fetch(&node_name, &addresses, &path, args.follow, wait_for_start) => r,
+        r = fetch(&tls, &node_name, &addresses, &path, args.follow, wait_for_start) => r,
         // Ctrl-C ends a follow quietly.
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
@@ -155,6 +159,7 @@ fn request_path(args: &LogsArgs) -> String {
 
 /// Tries each address until one answers, then streams its body to stdout.
 async fn fetch(
+    tls: &AgentTls,
     node: &str,
     addresses: &[String],
     path: &str,
@@ -165,7 +170,7 @@ async fn fetch(
     for addr in addresses {
         let started = Instant::now();
         loop {
-            let mut resp = match request(addr, path).await {
+            let mut resp = match request(tls, node, addr, path).await {
                 Ok(r) => r,
                 Err(why) => {
                     tracing::debug!(%addr, %why, "agent address did not answer");
@@ -198,12 +203,14 @@ async fn fetch(
 struct Response {
     status: u16,
     body: Vec<u8>,
-    stream: TcpStream,
+    stream: AgentStream,
 }
 
-/// Connects to `addr` and sends `GET path` as HTTP/1.0; an error says why in a few words.
-async fn request(addr: &str, path: &str) -> Result<Response, String> {
-    let mut stream = connect_one(addr, CONNECT_TIMEOUT).await?;
+/// Connects to node `node`'s agent at `addr` (over TLS in a TLS cluster) and sends `GET path`
+/// as HTTP/1.0; an error says why in a few words.
+async fn request(tls: &AgentTls, node: &str, addr: &str, path: &str) -> Result<Response, String> {
+    let tcp = connect_one(addr, CONNECT_TIMEOUT).await?;
+    let mut stream = tls.open(node, tcp).await?;
     let head = async {
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rift/{}\r\nAccept: text/plain\r\n\r\n",

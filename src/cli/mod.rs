@@ -3,8 +3,10 @@
 mod agent;
 mod apply;
 mod bench;
+mod certs;
 mod columns;
 mod completion;
+pub mod config;
 mod cordon;
 mod crds;
 mod delete;
@@ -21,6 +23,7 @@ mod output;
 mod printer;
 mod sim;
 mod status;
+mod token;
 mod top;
 mod up;
 mod version;
@@ -32,16 +35,20 @@ use clap::{Parser, Subcommand};
 
 pub use error::CliError;
 
-use crate::store::client::DEFAULT_ENDPOINT;
 use crate::store::Store;
 
 /// rift: a declarative control plane for GPU training clusters, built on etcd.
 #[derive(Debug, Parser)]
 #[command(name = "rift", version, about, propagate_version = true)]
 pub struct Cli {
-    /// etcd client URLs, comma-separated [default: http://127.0.0.1:2379].
+    /// etcd client URLs, comma-separated [default: those in RIFT_CONFIG].
     #[arg(long, global = true, env = "RIFT_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+
+    /// Talk plain http:// to a plaintext cluster, without credentials (clusters not yet moved
+    /// to TLS; never the default).
+    #[arg(long, global = true, env = "RIFT_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -81,7 +88,7 @@ pub enum Command {
     /// Start a one-machine cluster in the foreground: etcd, an agent that leads, manifests.
     Up(up::UpArgs),
     /// Run the node agent (on every node; with --controllers it may lead).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Mark a node unschedulable: no new jobs are placed there.
     Cordon(cordon::NodeArgs),
     /// Make a cordoned node schedulable again.
@@ -92,6 +99,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Print a shell completion script: `rift completion bash|zsh|fish`.
     Completion(completion::CompletionArgs),
+    /// Join tokens for new nodes: `rift token create --role worker|controller`, list, revoke.
+    Token(token::TokenArgs),
+    /// This cluster's certificates: `rift certs check` shows expiry; `revoke NODE`.
+    Certs(certs::CertsArgs),
     /// Run a benchmark scenario (starts its own etcd, agents and hollow nodes).
     Bench(bench::BenchArgs),
     /// Run N hollow nodes (simulated agents) against etcd, for scale tests.
@@ -147,7 +158,10 @@ pub fn run() -> ExitCode {
         // The state directory holds job env, logs, etcd's data and keys: everything the agent
         // (and the etcd member it starts) creates is private to its user.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    } else {
+    } else if !matches!(cli.command, Command::Bench(_) | Command::Sim(_)) {
+        // Not for long-running processes that hold connections to etcd members they may see
+        // die (a benchmark kills the etcd it started): writing to such a socket must be an
+        // error, not a silent death by SIGPIPE.
         restore_default_sigpipe();
     }
     match &cli.command {
@@ -229,46 +243,48 @@ fn init_file_tracing(path: &std::path::Path) -> Result<(), String> {
 
 async fn execute(cli: Cli) -> Result<(), CliError> {
     let given = (!cli.endpoints.is_empty()).then(|| cli.endpoints.clone());
-    let endpoints = given
-        .clone()
-        .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]);
+    // Credentials are read only by commands that talk to etcd.
+    let access = || config::access(&cli.endpoints, cli.insecure);
+    let store = || connect(&cli.endpoints, cli.insecure);
     match cli.command {
-        Command::Apply(args) => apply::run(args, || connect(&endpoints)).await,
-        Command::Get(args) => get::run(args, &connect(&endpoints).await?).await,
-        Command::Describe(args) => describe::run(args, &connect(&endpoints).await?).await,
-        Command::Delete(args) => delete::run(args, || connect(&endpoints)).await,
-        Command::Edit(args) => edit::run(args, &connect(&endpoints).await?).await,
-        Command::Label(args) => {
-            modify::meta(args, modify::Map::Labels, &connect(&endpoints).await?).await
-        }
+        Command::Apply(args) => apply::run(args, store).await,
+        Command::Get(args) => get::run(args, &store().await?).await,
+        Command::Describe(args) => describe::run(args, &store().await?).await,
+        Command::Delete(args) => delete::run(args, store).await,
+        Command::Edit(args) => edit::run(args, &store().await?).await,
+        Command::Label(args) => modify::meta(args, modify::Map::Labels, &store().await?).await,
         Command::Annotate(args) => {
-            modify::meta(args, modify::Map::Annotations, &connect(&endpoints).await?).await
+            modify::meta(args, modify::Map::Annotations, &store().await?).await
         }
-        Command::Scale(args) => modify::scale(args, &connect(&endpoints).await?).await,
+        Command::Scale(args) => modify::scale(args, &store().await?).await,
         Command::Explain(args) => explain::run(args),
-        Command::Top(args) => top::run(args, &connect(&endpoints).await?).await,
-        Command::Version(args) => version::run(args, || connect(&endpoints)).await,
+        Command::Top(args) => top::run(args, &store().await?).await,
+        Command::Version(args) => version::run(args, store).await,
         Command::Crds(args) => crds::run(args),
-        Command::Status(args) => status::run(args, &connect(&endpoints).await?).await,
-        Command::Logs(args) => logs::run(args, &connect(&endpoints).await?).await,
-        Command::Agent(args) => agent::run(args, given).await,
+        Command::Status(args) => status::run(args, &store().await?).await,
+        Command::Logs(args) => logs::run(args, &store().await?).await,
+        Command::Agent(args) => agent::run(*args, given, cli.insecure).await,
         Command::Up(args) => up::run(args).await,
-        Command::Cordon(args) => cordon::cordon(args, &connect(&endpoints).await?).await,
-        Command::Uncordon(args) => cordon::uncordon(args, &connect(&endpoints).await?).await,
-        Command::Drain(args) => cordon::drain(args, &connect(&endpoints).await?).await,
+        Command::Cordon(args) => cordon::cordon(args, &store().await?).await,
+        Command::Uncordon(args) => cordon::uncordon(args, &store().await?).await,
+        Command::Drain(args) => cordon::drain(args, &store().await?).await,
         Command::Import(args) => import::run(args),
         Command::Completion(args) => completion::run(args),
+        Command::Token(args) => token::run(args, &store().await?).await,
+        Command::Certs(args) => certs::run(args, access).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Sim(args) => sim::run(args, &endpoints).await,
+        Command::Sim(args) => sim::run(args, &access()?).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }
 
-/// The one way an operator command obtains its store (`--endpoints` / `RIFT_ENDPOINTS`);
-/// commands that check their input first take it as a closure. (`rift up` talks to the etcd
-/// member it starts itself; agents, `sim` and `bench` have their own configuration.)
-async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
-    Ok(Store::connect(endpoints).await?)
+/// The one way an operator command obtains its store: the credentials of `RIFT_CONFIG`
+/// (`--endpoints` overrides its endpoints; `--insecure` for plaintext). Commands that check their
+/// input first take it as a closure. (`rift up` talks to the etcd member it starts itself;
+/// agents, `sim` and `bench` have their own configuration.)
+async fn connect(endpoints: &[String], insecure: bool) -> Result<Store, CliError> {
+    let access = config::access(endpoints, insecure)?;
+    Ok(Store::connect(&access).await?)
 }
 
 /// `-f` arguments: files, directories, or `-` for stdin.

@@ -7,6 +7,13 @@
 //! a real node's agent, whose jobs outlive it); running `rift up` again on the same state
 //! directory resumes the same cluster from its data. One `rift up` per state directory
 //! ([`lock`]): a second one says which process holds it.
+//!
+//! Trust: the first `rift up` creates the cluster CA and this node's certificates under
+//! `<state>/pki/`, and the operator's credentials `<state>/admin.conf` (it prints the
+//! `export RIFT_CONFIG=...` line); etcd runs with TLS on both ports, client certificates and
+//! authentication. On a state directory of a plaintext cluster (made before TLS) it does the
+//! same and restarts the member with TLS from its data: every object is kept, running jobs
+//! keep running.
 
 mod jobs;
 mod lock;
@@ -20,11 +27,13 @@ use tokio::sync::watch;
 
 use crate::agent::config::{ConfigFile, Overrides};
 use crate::agent::jobs::layout::StateDir;
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, identity, AgentConfig};
 use crate::api::manifest;
 use crate::api::voter_set::{VoterSet, VOTER_SET_NAME};
 use crate::api::VoterSetSpec;
-use crate::store::{Store, StoreError};
+use crate::pki::credentials::Credentials;
+use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
+use crate::store::{Access, Store, StoreError};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -80,15 +89,24 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let config = config(&args)?;
     // Held until this process ends; taken before anything else looks at the state directory.
     let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
-    if !member_dir.has_data() && Store::connect(&[endpoint.as_str()]).await.is_ok() {
+    let address = format!("{}:{}", host_for_url(&args.listen), args.port);
+    let port_taken = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(address.as_str()),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    let running_here = agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
+    if port_taken && !running_here {
         return Err(CliError::Usage(format!(
-            "something already answers at {endpoint} and {} holds no cluster of ours: stop \
-             it, or pick other ports with --port and --peer-port",
+            "something already answers at {address} and it is not this state directory's etcd \
+             ({}): stop it, or pick other ports with --port and --peer-port",
             config.state_dir.display()
         )));
     }
+    let admin = trust(&config)?;
     if let Err(why) = agent::etcd_member::member_spec(&config) {
         return Err(CliError::Usage(format!("cannot run etcd here: {why}")));
     }
@@ -122,11 +140,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             ),
         }
     }
+    let access = Access::tls(&[endpoint.as_str()], admin.identity());
     let result = serve(
         &args,
         docs,
         &config,
-        &endpoint,
+        (&endpoint, &access),
         &member_dir,
         agent_task,
         &stop,
@@ -149,14 +168,14 @@ async fn serve(
     args: &UpArgs,
     docs: Vec<manifest::Document>,
     config: &AgentConfig,
-    endpoint: &str,
+    (endpoint, access): (&str, &Access),
     member_dir: &agent::etcd_member::process::MemberDir,
     mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
     stop: &watch::Sender<bool>,
 ) -> Result<(), CliError> {
     let setup = async {
         let store = tokio::select! {
-            s = wait_for_etcd(endpoint) => s.map_err(|e| with_log_tail(e, member_dir))?,
+            s = wait_for_etcd(access) => s.map_err(|e| with_log_tail(e, member_dir))?,
             r = &mut agent_task => return Err(agent_ended(r, member_dir)),
         };
         ensure_voter_set(&store, &args.name).await?;
@@ -173,7 +192,7 @@ async fn serve(
         }
         return Err(e);
     }
-    print_how_to_reach(endpoint, args, config);
+    print_how_to_reach(endpoint, config);
     match agent_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
@@ -186,7 +205,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => ConfigFile::default(),
     };
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let own_thresholds = args.config.is_some();
     let mut config = AgentConfig::resolve(
         file,
@@ -232,10 +251,42 @@ fn host_for_url(host: &str) -> String {
     }
 }
 
-async fn wait_for_etcd(endpoint: &str) -> Result<Store, CliError> {
+/// This node's certificates and the operator's credentials: made on the first run (and on a
+/// state directory of a plaintext cluster); the credentials are made again when missing or
+/// within 90 days of expiry.
+fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
+    let pki = PkiDir::new(&config.state_dir);
+    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
+    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+        Some(ca) if pki.has_identity() => ca,
+        _ => {
+            if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
+                eprintln!(
+                    "moving this plaintext cluster to TLS: creating its CA and certificates in {}",
+                    pki.root().display()
+                );
+            }
+            identity::bootstrap(config, &pki).map_err(failed)?
+        }
+    };
+    let path = identity::admin_conf(&config.state_dir);
+    let fresh = Credentials::load(&path).ok().filter(|c| {
+        inspect::inspect(&c.cert).is_ok_and(|i| !i.renewal_due(chrono::Utc::now(), RENEW_BEFORE))
+            && c.ca.trim() == ca.cert_pem().trim()
+    });
+    match fresh {
+        Some(c) => Ok(c),
+        None => {
+            identity::write_admin_conf(config, &ca).map_err(failed)?;
+            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+        }
+    }
+}
+
+async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
     let started = Instant::now();
     loop {
-        match Store::connect(&[endpoint]).await {
+        match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
                 return Err(CliError::Usage(format!(
@@ -302,22 +353,21 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
-    let e = if args.port == 2379 && args.listen == "127.0.0.1" {
-        String::new()
-    } else {
-        format!(" --endpoints {endpoint}")
-    };
+fn print_how_to_reach(endpoint: &str, config: &AgentConfig) {
+    let conf = identity::admin_conf(&config.state_dir);
+    let conf = std::path::absolute(&conf).unwrap_or(conf);
     println!(
-        "\nrift is up: etcd at {endpoint}, node `{}` leads and runs jobs; state and logs in {}.\n\
-         In another terminal:\n\n  \
+        "\nrift is up: etcd at {endpoint} (TLS), node `{}` leads and runs jobs; state and logs \
+         in {}.\nIn another terminal:\n\n  \
+         export RIFT_CONFIG={}\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
-         rift{e} status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
-         rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
-         rift{e} get voterset -w            # etcd membership as it converges\n  \
-         rift{e} logs -f JOB                # a job's output\n\n\
+         rift status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
+         rift get jobs -w                # jobs as they are placed, run and finish\n  \
+         rift get voterset -w            # etcd membership as it converges\n  \
+         rift logs -f JOB                # a job's output\n\n\
          Ctrl-C stops it with its etcd and its jobs; `rift up` again resumes the same cluster.",
         config.name,
-        config.state_dir.display()
+        config.state_dir.display(),
+        conf.display()
     );
 }

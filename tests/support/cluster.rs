@@ -44,7 +44,7 @@ impl Cluster {
     }
 
     async fn on(etcd: EtcdCluster) -> Cluster {
-        let store = Store::connect(&etcd.endpoints()).await.unwrap();
+        let store = etcd.store().await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = agent_config(dir.path(), "ctl", "{role: ctl}");
         let ctl = TestAgent::start(

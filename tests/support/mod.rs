@@ -10,4 +10,5 @@ pub mod http;
 pub mod jobs;
 pub mod proc;
 pub mod sshd;
+pub mod trust;
 pub mod voters;

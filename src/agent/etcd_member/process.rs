@@ -106,6 +106,53 @@ impl MemberDir {
     }
 }
 
+/// The member's certificates (under `<state>/pki/`): client and peer TLS, both requiring a
+/// certificate of the cluster CA; peers must be `etcd-peer`.
+#[derive(Clone, Debug)]
+pub struct MemberTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+}
+
+impl MemberTls {
+    pub fn in_dir(pki: &crate::pki::PkiDir) -> MemberTls {
+        use crate::pki::dir::LeafFile;
+        MemberTls {
+            ca: pki.ca_cert(),
+            server_cert: pki.cert(LeafFile::EtcdServer),
+            server_key: pki.key(LeafFile::EtcdServer),
+            peer_cert: pki.cert(LeafFile::EtcdPeer),
+            peer_key: pki.key(LeafFile::EtcdPeer),
+        }
+    }
+
+    /// etcd's TLS flags for these files.
+    pub fn args(&self) -> Vec<String> {
+        let p = |path: &PathBuf| path.display().to_string();
+        vec![
+            "--cert-file".into(),
+            p(&self.server_cert),
+            "--key-file".into(),
+            p(&self.server_key),
+            "--trusted-ca-file".into(),
+            p(&self.ca),
+            "--client-cert-auth".into(),
+            "--peer-cert-file".into(),
+            p(&self.peer_cert),
+            "--peer-key-file".into(),
+            p(&self.peer_key),
+            "--peer-trusted-ca-file".into(),
+            p(&self.ca),
+            "--peer-client-cert-auth".into(),
+            "--peer-cert-allowed-cn".into(),
+            crate::pki::names::ETCD_PEER_CN.into(),
+        ]
+    }
+}
+
 /// Everything the command line needs.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
@@ -116,6 +163,10 @@ pub struct MemberSpec {
     pub client_urls: Vec<String>,
     pub listen_peer_urls: Vec<String>,
     pub listen_client_urls: Vec<String>,
+    /// TLS on both ports (`None`: a plaintext cluster).
+    pub tls: Option<MemberTls>,
+    /// `http://127.0.0.1:<port>` for `/metrics` and `/health`, when configured.
+    pub metrics_url: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -148,6 +199,12 @@ pub fn args(spec: &MemberSpec, mode: &StartMode) -> Vec<String> {
         "--log-outputs".into(),
         spec.dir.log().display().to_string(),
     ];
+    if let Some(tls) = &spec.tls {
+        a.extend(tls.args());
+    }
+    if let Some(url) = &spec.metrics_url {
+        a.extend(["--listen-metrics-urls".into(), url.clone()]);
+    }
     let cluster = match mode {
         StartMode::FromData => None,
         StartMode::New => Some((vec![(spec.name.clone(), spec.peer_url.clone())], "new")),
@@ -207,6 +264,14 @@ impl MemberProcess {
         })
     }
 
+    /// Whether the process was started with client-certificate TLS (read from its command
+    /// line): a member adopted from before the cluster moved to TLS was not.
+    pub fn runs_tls(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.record.pid))
+            .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"--client-cert-auth"))
+            .unwrap_or(false)
+    }
+
     /// True while the process runs (a child that exited is reaped here).
     pub fn is_running(&mut self) -> bool {
         if let Some(child) = &mut self.child {
@@ -261,6 +326,8 @@ mod tests {
             client_urls: vec!["http://10.0.0.1:2379".into(), "http://1.2.3.4:2379".into()],
             listen_peer_urls: vec!["http://0.0.0.0:2380".into()],
             listen_client_urls: vec!["http://0.0.0.0:2379".into()],
+            tls: None,
+            metrics_url: None,
             extra_args: vec!["--heartbeat-interval".into(), "200".into()],
         }
     }
@@ -338,6 +405,24 @@ mod tests {
             Some("b=http://10.0.0.2:2380,a=http://10.0.0.1:2380")
         );
         assert_eq!(value(&a, "--initial-cluster-state"), Some("existing"));
+    }
+
+    #[test]
+    fn a_tls_member_requires_client_certificates_on_both_ports() {
+        let mut s = spec();
+        s.tls = Some(MemberTls::in_dir(&crate::pki::PkiDir::new(Path::new("/s"))));
+        s.metrics_url = Some("http://127.0.0.1:2381".into());
+        let a = args(&s, &StartMode::FromData);
+        assert!(a.contains(&"--client-cert-auth".to_string()));
+        assert!(a.contains(&"--peer-client-cert-auth".to_string()));
+        assert_eq!(value(&a, "--cert-file"), Some("/s/pki/etcd-server.crt"));
+        assert_eq!(value(&a, "--peer-cert-allowed-cn"), Some("etcd-peer"));
+        assert_eq!(
+            value(&a, "--listen-metrics-urls"),
+            Some("http://127.0.0.1:2381")
+        );
+        // Extra arguments still come last, so they can override.
+        assert_eq!(a[a.len() - 2..], ["--heartbeat-interval", "200"]);
     }
 
     #[test]
