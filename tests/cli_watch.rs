@@ -104,9 +104,7 @@ impl View {
 async fn after_an_etcd_restart_or_a_compacted_gap_the_watch_equals_a_fresh_get() {
     let mut cluster = EtcdCluster::single();
     let direct = cluster.endpoints_csv();
-    let url = cluster.client_url(0);
-    let (_, addr) = url.split_once("://").unwrap();
-    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), addr.parse().unwrap())
+    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), cluster.client_addr(0))
         .await
         .unwrap();
     let via_proxy = cluster.url_via(proxy.listen_addr());

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::TxnOp;
@@ -18,11 +17,7 @@ use support::etcd::EtcdCluster;
 use tokio::time::Instant;
 
 async fn proxy_to(etcd: &EtcdCluster) -> FaultProxy {
-    let upstream: SocketAddr = etcd
-        .client_url(0)
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let upstream = etcd.client_addr(0);
     FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
         .await
         .unwrap()

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -20,12 +19,7 @@ use support::cluster::{attempt_starts, create_job, Cluster};
 
 /// A fault proxy in front of the cluster's etcd member.
 async fn proxy_to(c: &Cluster) -> FaultProxy {
-    let upstream: SocketAddr = c
-        .etcd
-        .client_url(0)
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let upstream = c.etcd.client_addr(0);
     FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
         .await
         .unwrap()

@@ -441,6 +441,12 @@ impl EtcdCluster {
         self.member(i).client_url()
     }
 
+    /// Client address of member `i` (for a relay in front of it).
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        let m = self.member(i);
+        SocketAddr::new(m.ip.into(), m.client_port)
+    }
+
     /// Path of member `i`'s log file (etcd's zap log plus its stdout/stderr).
     /// Valid until the cluster is dropped.
     pub fn log_path(&self, i: usize) -> PathBuf {
