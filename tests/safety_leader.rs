@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use etcd_client::TxnOp;
-use rift::faults::{FaultProxy, LinkFault};
+use rift::faults::LinkFault;
 use rift::store::leader::{campaign_with, current_leader, ElectionConfig};
 use rift::store::lease::LeaseKeeper;
 use rift::store::Store;
@@ -16,18 +16,11 @@ use support::agent::eventually;
 use support::etcd::EtcdCluster;
 use tokio::time::Instant;
 
-async fn proxy_to(etcd: &EtcdCluster) -> FaultProxy {
-    let upstream = etcd.client_addr(0);
-    FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_campaign_whose_winning_reply_was_lost_leads_once_the_link_heals() {
     let etcd = EtcdCluster::single();
     let direct = etcd.store().await;
-    let proxy = proxy_to(&etcd).await;
+    let proxy = support::relay::relay_to(etcd.client_addr(0)).await;
     let lossy = Store::connect_lazy(&etcd.access_to(&[etcd.url_via(proxy.listen_addr())]))
         .await
         .unwrap();
@@ -78,7 +71,7 @@ async fn a_campaign_whose_winning_reply_was_lost_leads_once_the_link_heals() {
 async fn a_lease_keeper_outlives_replies_lost_for_less_than_its_ttl_and_never_outlives_etcd() {
     let etcd = EtcdCluster::single();
     let mut direct = etcd.client().await;
-    let proxy = proxy_to(&etcd).await;
+    let proxy = support::relay::relay_to(etcd.client_addr(0)).await;
     let lossy = Store::connect_lazy(&etcd.access_to(&[etcd.url_via(proxy.listen_addr())]))
         .await
         .unwrap();

@@ -13,22 +13,14 @@ use chrono::Utc;
 use rift::api::duration::HumanDuration;
 use rift::api::job::{OnNodeLost, RestartPolicy};
 use rift::api::JobPhase;
-use rift::faults::{FaultProxy, InstanceLog, LinkFault};
+use rift::faults::{InstanceLog, LinkFault};
 use support::agent::{eventually, process_alive, TestAgent};
 use support::cluster::{attempt_starts, create_job, Cluster};
-
-/// A fault proxy in front of the cluster's etcd member.
-async fn proxy_to(c: &Cluster) -> FaultProxy {
-    let upstream = c.etcd.client_addr(0);
-    FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_cut_off_node_starts_nothing_once_its_lease_went_unrenewed_for_lost_after() {
     let c = Cluster::start_unadvertised().await;
-    let proxy = proxy_to(&c).await;
+    let proxy = support::relay::relay_to(c.etcd.client_addr(0)).await;
     let mut w1 = c.worker_at("w1", &c.etcd.url_via(proxy.listen_addr()), &[]);
     let log = InstanceLog::new(c.dir.path().join("instances")).unwrap();
     let lost_after = Duration::from_secs(3);
@@ -77,7 +69,7 @@ async fn a_cut_off_node_starts_nothing_once_its_lease_went_unrenewed_for_lost_af
 #[tokio::test]
 async fn a_node_lost_stop_runs_again_when_the_node_returns_before_the_hand_over() {
     let c = Cluster::start_unadvertised().await;
-    let proxy = proxy_to(&c).await;
+    let proxy = support::relay::relay_to(c.etcd.client_addr(0)).await;
     let w1 = c.worker_at("w1", &c.etcd.url_via(proxy.listen_addr()), &[]);
     let log = InstanceLog::new(c.dir.path().join("instances")).unwrap();
     create_job(&c.store, "selfplay", log.command("selfplay", None), |s| {

@@ -9,6 +9,7 @@ pub mod fs;
 pub mod http;
 pub mod jobs;
 pub mod proc;
+pub mod relay;
 pub mod sshd;
 pub mod trust;
 pub mod voters;
