@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use rift::faults::{FaultProxy, LinkFault};
+use rift::faults::LinkFault;
 use serde_json::Value;
 use support::cli::{rift, rift_command, rift_stdin, KillOnDrop};
 use support::etcd::EtcdCluster;
@@ -104,16 +104,8 @@ impl View {
 async fn after_an_etcd_restart_or_a_compacted_gap_the_watch_equals_a_fresh_get() {
     let mut cluster = EtcdCluster::single();
     let direct = cluster.endpoints_csv();
-    let url = cluster.client_url(0);
-    let (scheme, addr) = url.split_once("://").unwrap();
-    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), addr.parse().unwrap())
-        .await
-        .unwrap();
-    // The proxy passes TLS through untouched; clients verify etcd by name, not address.
-    let via_proxy = format!("{scheme}://{}", proxy.listen_addr());
-    if let Some(trust) = cluster.trust() {
-        support::trust::register(std::slice::from_ref(&via_proxy), trust);
-    }
+    let proxy = support::relay::relay_to(cluster.client_addr(0)).await;
+    let via_proxy = cluster.url_via(proxy.listen_addr());
     for name in ["job-a", "job-b"] {
         assert!(rift_stdin(&direct, &["apply", "-f", "-"], &job(name, "x")).ok);
     }

@@ -64,13 +64,15 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
     // n2 registers as its agent does: a lease, and its alive key on it.
     let lease2 = rift::agent::registration::register(&n2, "n2", Duration::from_secs(60), false)
         .await
-        .unwrap();
+        .unwrap()
+        .id;
 
     // n1 may: renew its own lease, write its own keys, watch everything, and run a
     // transaction that compares the leader key.
     let lease1 = rift::agent::registration::register(&n1, "n1", Duration::from_secs(60), false)
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let mut c1 = n1.client();
     let (mut keeper, mut stream) = c1.lease_keep_alive(lease1).await.unwrap();
     keeper.keep_alive().await.unwrap();
@@ -469,7 +471,8 @@ async fn a_node_announces_its_node_and_the_leader_creates_it() {
     // ...so it announces it on its lease; the leader creates it.
     let lease = rift::agent::registration::register(&n, "late", Duration::from_secs(60), false)
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let body = serde_json::json!({"spec": spec, "labels": labels}).to_string();
     let mut c = n.client();
     c.put(

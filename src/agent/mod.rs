@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 pub use config::AgentConfig;
 
+use crate::store;
 use crate::store::leader::current_leader;
 use crate::store::{Store, StoreError};
 
@@ -199,34 +200,29 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let (member_stop, member_stopped) = watch::channel(false);
     let member = etcd_member::Supervisor::new(&config, store.clone(), configured);
     let member = tokio::spawn(member.run(member_stopped));
+    let (renewals, last_renewal) = store::lease::LastRenewal::channel();
+    let heartbeats = tokio::spawn(registration::write_heartbeats(
+        state_dir.clone(),
+        renewals.subscribe(),
+        shutdown.clone(),
+    ));
     let registration = tokio::spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
         config.node_lease_ttl,
+        renewals,
         registration::NodeAnnouncement {
             spec: config.node_spec(),
             labels: config.labels.clone(),
         },
-        state_dir.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
     let node_spec = config.node_spec();
-    // One probe before anything runs: the runner must know which GPU indices exist.
-    let resource_probe =
-        resources::ResourceProbe::new().map_err(|e| AgentError::Resources(e.to_string()))?;
-    let (resource_probe, observed) = node_status::probe_once(
-        resource_probe,
-        config.gpus.clone(),
-        config.state_dir.clone(),
-    )
-    .await;
-    let gpu_count = Some(observed.capacity.gpus.len());
-    tracing::info!(
-        cpus = observed.capacity.cpus,
-        gpus = observed.capacity.gpus.len(),
-        "resources"
-    );
+    // The first resource probe (NVML may hang in a broken driver) is waited for only so long:
+    // the runner should know which GPU indices exist, but a Ready node must never run nothing
+    // because a probe does not return.
+    let first_probe = tokio::spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
     let tunnels = tunnels::Tunnels::new(
         config.name.clone(),
         config.port,
@@ -243,7 +239,42 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
-    let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
+    let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
+        FirstProbe::Done(done) => match *done {
+            Ok((probe, observed)) => {
+                tracing::info!(
+                    cpus = observed.capacity.cpus,
+                    gpus = observed.capacity.gpus.len(),
+                    "resources"
+                );
+                let gpus = Some(observed.capacity.gpus.len());
+                let writer = tokio::spawn(status_writer.run(probe, shutdown.clone()));
+                (gpus, writer)
+            }
+            Err(e) => return Err(AgentError::Resources(e)),
+        },
+        FirstProbe::Late(pending) => {
+            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
+            tracing::warn!(
+                waited = ?FIRST_PROBE_WAIT,
+                "the resource probe (NVML) has not answered: jobs run without it, the node \
+                 status waits for it"
+            );
+            let mut stop = shutdown.clone();
+            let writer = tokio::spawn(async move {
+                let probe = tokio::select! {
+                    r = pending => r,
+                    _ = stopped(&mut stop) => return,
+                };
+                match probe {
+                    Ok(Ok((probe, _))) => status_writer.run(probe, stop).await,
+                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
+                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
+                }
+            });
+            ((declared > 0).then_some(declared as usize), writer)
+        }
+    };
     let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
     let agent_tls = crate::net::AgentTls::for_identity(me.identity())
         .map_err(|e| AgentError::Identity(e.to_string()))?;
@@ -286,6 +317,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         state_dir,
         gpu_count,
         metrics,
+        last_renewal,
         shims,
     );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
@@ -303,10 +335,41 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let _ = runner.await;
     let _ = status_writer.await;
     let _ = registration.await;
+    let _ = heartbeats.await;
     let _ = server.await;
     let _ = member_stop.send(true);
     let _ = member.await;
     Ok(())
+}
+
+/// How long the agent waits for its first resource probe before it runs jobs without it.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
+
+type ProbeResult = Result<(resources::ResourceProbe, resources::Observed), String>;
+
+/// Opens the resource probe (NVML) and probes once, off the async workers.
+async fn first_probe(
+    declared: Vec<crate::api::node::GpuDeclaration>,
+    disk: std::path::PathBuf,
+) -> ProbeResult {
+    let probe = tokio::task::spawn_blocking(resources::ResourceProbe::new)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(node_status::probe_once(probe, declared, disk).await)
+}
+
+enum FirstProbe {
+    Done(Box<ProbeResult>),
+    Late(tokio::task::JoinHandle<ProbeResult>),
+}
+
+async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> FirstProbe {
+    match tokio::time::timeout(FIRST_PROBE_WAIT, &mut task).await {
+        Ok(Ok(r)) => FirstProbe::Done(Box::new(r)),
+        Ok(Err(e)) => FirstProbe::Done(Box::new(Err(format!("the resource probe panicked: {e}")))),
+        Err(_) => FirstProbe::Late(task),
+    }
 }
 
 /// On the machine that created the cluster (it holds the CA's key): makes sure this node's

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::api::kinds::{KindInfo, KINDS};
 use crate::api::selector::LabelSelector;
+use crate::store::objects::mark_if_undecodable;
 use crate::store::Store;
 
 use super::error::resolve_kind;
@@ -119,6 +120,9 @@ pub async fn run(args: GetArgs, store: &Store) -> Result<(), CliError> {
             }
             (found, rev)
         };
+        for (_, v) in items.iter_mut() {
+            mark_if_undecodable(kind, v);
+        }
         sort(kind, &mut items, args.sort_by.as_ref());
         revision = revision.max(rev);
         sections.push(Section { kind, items });

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::columns::Columns;
 use super::output::number_cell;
 use crate::api::kinds::KindInfo;
+use crate::store::objects::UNDECODABLE_ANNOTATION;
 
 /// When a row is rendered: ages relative to a time, or the raw timestamps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,8 +305,24 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
     h
 }
 
-/// One table row for `v`, matching [`headers`].
+/// One table row for `v`, matching [`headers`]. An object this build cannot decode (see
+/// [`UNDECODABLE_ANNOTATION`]) shows `Undecodable` as its Job phase or Node status.
 pub fn row(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<String> {
+    let mut r = row_of(kind, v, wide, at, ctx);
+    if v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(UNDECODABLE_ANNOTATION))
+        .is_some()
+    {
+        match kind.kind {
+            "Job" => r[2] = "Undecodable".into(),
+            "Node" => r[1] = "Undecodable".into(),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<String> {
     let name = text(v, "/metadata/name");
     let created = at.age(timestamp(v, "/metadata/creationTimestamp"));
     let (base, extra): (Vec<String>, Vec<String>) = match kind.kind {

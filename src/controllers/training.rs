@@ -106,7 +106,8 @@ pub fn decide(
         };
     }
     if let Some(t) = ended {
-        let cooling = (now - t).num_seconds() < spec.cooldown_seconds as i64;
+        let cooling = i64::try_from(spec.cooldown_seconds)
+            .map_or(true, |cooldown| (now - t).num_seconds() < cooldown);
         if cooling {
             return Decision::Wait {
                 reason: format!(

@@ -22,6 +22,8 @@ pub enum StoreError {
     Fenced,
     #[error("etcd did not answer within {seconds} s (tried {endpoints})")]
     Timeout { endpoints: String, seconds: u64 },
+    #[error("the etcd lease {lease:x} was lost (not renewed for a whole TTL, or expired); whatever it held is gone")]
+    LeaseLost { lease: i64 },
     #[error("etcd refused the request: permission denied: the identity in use ({user}) may not do this. Nodes write only under their own /rift/v1/agents/<node>/; operators use the root identity (RIFT_CONFIG, written by `rift up` as <state>/admin.conf)")]
     PermissionDenied { user: String },
     #[error("{0}")]
@@ -95,12 +97,15 @@ impl StoreError {
 }
 
 /// gRPC status codes that mean "could not talk to etcd" (numbers from the gRPC spec, so rift
-/// does not depend on tonic directly): DEADLINE_EXCEEDED (4), UNAVAILABLE (14), and UNKNOWN (2)
-/// when it wraps a transport failure.
+/// does not depend on tonic directly): DEADLINE_EXCEEDED (4), UNAVAILABLE (14), UNKNOWN (2)
+/// when it wraps a transport failure, and INTERNAL (13) when it is an HTTP/2 protocol error (a
+/// connection corrupted on the way, e.g. replies lost mid-frame): the next request on a fresh
+/// connection may well succeed.
 fn is_connectivity_code(code: i32, message: &str) -> bool {
     match code {
         4 | 14 => true,
         2 => message.contains("transport") || message.contains("connect"),
+        13 => message.contains("h2 protocol error") || message.contains("connection"),
         _ => false,
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod leader;
+pub mod lease;
 pub mod members;
 pub mod mirror;
 pub mod objects;

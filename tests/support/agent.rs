@@ -156,6 +156,25 @@ impl TestAgent {
         self.spawn();
     }
 
+    /// Stops the agent as systemd would (SIGTERM: it revokes its lease, so its node shows
+    /// NotReady at once) and waits for it to exit; its shims run on.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again (same flags, same state directory) after [`Self::terminate`]
+    /// or [`Self::kill`].
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "agent {} is still running", self.name);
+        self.spawn();
+    }
+
     /// The agent's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

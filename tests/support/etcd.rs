@@ -69,6 +69,9 @@ const START_ATTEMPTS: usize = 5;
 /// How many log lines a startup failure panic includes.
 const LOG_TAIL_LINES: usize = 30;
 
+/// A client URL no member listens on (port 1 refuses connections).
+const UNREACHABLE_CLIENT_URL: &str = "https://127.0.0.1:1";
+
 /// etcd's error text for compacting at or below the compacted revision.
 const ERR_COMPACTED: &str = "required revision has been compacted";
 
@@ -220,6 +223,10 @@ pub struct EtcdCluster {
     trust: Option<Arc<Trust>>,
     /// `--initial-cluster-token`, unique per cluster (and per start attempt).
     token: String,
+    /// The client URL members advertise instead of their own, if any.
+    advertise: Option<String>,
+    /// Relay URLs registered with this cluster's trust ([`EtcdCluster::url_via`]).
+    relays: std::sync::Mutex<Vec<String>>,
     /// Dropped after `Drop::drop` has killed the members.
     dir: TempDir,
 }
@@ -229,6 +236,13 @@ impl EtcdCluster {
     /// once it is healthy; panics (with its log tail) if it is not within 20 s.
     pub fn single() -> EtcdCluster {
         EtcdCluster::with_members(1)
+    }
+
+    /// One member, like [`single`](Self::single), that advertises a client URL nothing
+    /// listens on (`https://127.0.0.1:1`): agents learn no way to it besides the endpoints they
+    /// were given, so a test can put a fault proxy between one agent and etcd and cut it.
+    pub fn single_unadvertised() -> EtcdCluster {
+        EtcdCluster::build(1, true, Some(UNREACHABLE_CLIENT_URL.into()))
     }
 
     /// Three members on `127.0.0.1`, `127.0.0.2` and `127.0.0.3` forming a real
@@ -246,16 +260,16 @@ impl EtcdCluster {
     /// grabbed one of the ports chosen for it), all members are killed and the
     /// cluster is started again from scratch with new ports, up to 5 attempts.
     pub fn with_members(n: usize) -> EtcdCluster {
-        Self::build(n, true)
+        Self::build(n, true, None)
     }
 
     /// `n` members of the old kind: plain HTTP, no client certificates, no
     /// authentication (tests of `--insecure` and of moving to TLS).
     pub fn plaintext(n: usize) -> EtcdCluster {
-        Self::build(n, false)
+        Self::build(n, false, None)
     }
 
-    fn build(n: usize, tls: bool) -> EtcdCluster {
+    fn build(n: usize, tls: bool, advertise: Option<String>) -> EtcdCluster {
         assert!(
             (1..=254).contains(&n),
             "EtcdCluster::with_members: n must be in 1..=254, got {n}"
@@ -270,6 +284,8 @@ impl EtcdCluster {
             members: Vec::new(),
             trust: None,
             token: String::new(),
+            advertise,
+            relays: Default::default(),
             dir,
         };
         let mut failures = String::new();
@@ -403,9 +419,32 @@ impl EtcdCluster {
         self.endpoints().join(",")
     }
 
+    /// The URL of a relay (a fault proxy) at `listen` that forwards to this cluster's members,
+    /// with this cluster's scheme; its credentials are registered for it (TLS passes through a
+    /// relay untouched: clients verify etcd by name, not address) until the cluster is dropped.
+    pub fn url_via(&self, listen: SocketAddr) -> String {
+        let scheme = if self.trust.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{listen}");
+        if let Some(t) = &self.trust {
+            trust::register(std::slice::from_ref(&url), t);
+            self.relays.lock().unwrap().push(url.clone());
+        }
+        url
+    }
+
     /// Client URL of member `i`.
     pub fn client_url(&self, i: usize) -> String {
         self.member(i).client_url()
+    }
+
+    /// Client address of member `i` (for a relay in front of it).
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        let m = self.member(i);
+        SocketAddr::new(m.ip.into(), m.client_port)
     }
 
     /// Path of member `i`'s log file (etcd's zap log plus its stdout/stderr).
@@ -597,6 +636,7 @@ impl EtcdCluster {
     /// Spawn member `i`'s etcd process. Panics if it cannot be spawned at all.
     fn spawn(&mut self, i: usize, state: &str, initial_cluster: &str) {
         let token = self.token.clone();
+        let advertise = self.advertise.clone();
         let m = &mut self.members[i];
         let log_path = m.log_path();
         let mut log = open_log(&log_path);
@@ -610,6 +650,7 @@ impl EtcdCluster {
             .unwrap_or_else(|e| panic!("dup {}: {e}", log_path.display()));
         let bin = etcd_bin();
         let client_url = m.client_url();
+        let advertised = advertise.unwrap_or_else(|| client_url.clone());
         let peer_url = m.peer_url();
         let tls_args = m.tls.as_ref().map(MemberTls::args).unwrap_or_default();
         let metrics_url = format!("http://{}:{}", m.ip, m.metrics_port);
@@ -621,7 +662,7 @@ impl EtcdCluster {
             .arg("--listen-client-urls")
             .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(&client_url)
+            .arg(&advertised)
             .arg("--listen-peer-urls")
             .arg(&peer_url)
             .arg("--initial-advertise-peer-urls")
@@ -697,6 +738,7 @@ impl Drop for EtcdCluster {
     /// unwind), before the temporary directory is removed.
     fn drop(&mut self) {
         trust::unregister(&self.endpoints());
+        trust::unregister(&self.relays.lock().unwrap());
         for m in &mut self.members {
             if let Some(child) = m.child.as_mut() {
                 let _ = child.kill();

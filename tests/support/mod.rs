@@ -3,11 +3,13 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod etcd;
 pub mod fs;
 pub mod http;
 pub mod jobs;
 pub mod proc;
+pub mod relay;
 pub mod sshd;
 pub mod trust;
 pub mod voters;

@@ -412,8 +412,12 @@ impl Supervisor {
                 }
                 if mode != StartMode::FromData {
                     // What a failed earlier start left (no write-ahead log) is no member's
-                    // data: set it aside so etcd starts clean.
-                    if let Err(e) = spec.dir.set_aside_partial() {
+                    // data: remove it so etcd starts clean.
+                    let dir = spec.dir.clone();
+                    let cleared = tokio::task::spawn_blocking(move || dir.set_aside_partial())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Err(e) = cleared {
                         self.set(LocalMemberState::Failed, &format!("{e}"));
                         return;
                     }
@@ -437,7 +441,11 @@ impl Supervisor {
                     p.stop(Duration::from_secs(10)).await;
                 }
                 self.process = None;
-                match spec.dir.set_aside() {
+                let dir = spec.dir.clone();
+                let set_aside = tokio::task::spawn_blocking(move || dir.set_aside())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match set_aside {
                     Ok(kept) => {
                         self.events.normal(
                             "Node",

@@ -12,6 +12,9 @@ use super::decide::StartMode;
 use crate::agent::jobs::layout::{read_json, write_json, ProcRecord};
 use crate::agent::jobs::procs;
 
+/// How many set-aside data directories of removed members are kept.
+pub const KEEP_SET_ASIDE: usize = 3;
+
 /// Where the member keeps its files: `<state>/etcd/{data/, member.json, etcd.log}`.
 #[derive(Clone, Debug)]
 pub struct MemberDir {
@@ -41,30 +44,49 @@ impl MemberDir {
         })
     }
     /// Moves the data directory to `data.removed-<unix time>` (after the member was removed):
-    /// never deleted, in case the removal was a mistake. Earlier set-aside copies are deleted,
-    /// so at most one is kept. Returns where it went.
+    /// never deleted at once, in case the removal was a mistake. The newest
+    /// [`KEEP_SET_ASIDE`] copies are kept; older ones are deleted. Returns where it went.
     pub fn set_aside(&self) -> std::io::Result<PathBuf> {
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("data.removed-") {
-                    std::fs::remove_dir_all(e.path())?;
-                }
-            }
-        }
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let kept = self.root.join(format!("data.removed-{secs}"));
-        match std::fs::rename(self.data(), &kept) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(kept),
+        let mut kept = self.root.join(format!("data.removed-{secs}"));
+        let mut n = 1;
+        while kept.exists() {
+            kept = self.root.join(format!("data.removed-{secs}.{n}"));
+            n += 1;
         }
+        match std::fs::rename(self.data(), &kept) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut copies: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let stamp = name.strip_prefix("data.removed-")?;
+                        let (secs, n) = stamp.split_once('.').unwrap_or((stamp, "0"));
+                        Some((secs.parse().ok()?, n.parse().ok()?, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        copies.sort();
+        let excess = copies.len().saturating_sub(KEEP_SET_ASIDE);
+        for (_, _, old) in copies.into_iter().take(excess) {
+            std::fs::remove_dir_all(old)?;
+        }
+        Ok(kept)
     }
-    /// Sets aside a data directory that holds no member (what a failed start left).
+    /// Removes a data directory that holds no member (what a failed start or join left: no
+    /// write-ahead log), so etcd starts clean. Copies set aside earlier are never touched: a
+    /// failed rejoin must not cost the data of the member that was removed before it.
     pub fn set_aside_partial(&self) -> std::io::Result<()> {
         if self.data().exists() && !self.has_data() {
-            self.set_aside()?;
+            std::fs::remove_dir_all(self.data())?;
         }
         Ok(())
     }
@@ -313,6 +335,44 @@ mod tests {
     fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         let i = args.iter().position(|a| a == flag)?;
         args.get(i + 1).map(String::as_str)
+    }
+
+    /// A data directory holding a member (a write-ahead log segment), marked with `tag`.
+    fn member_data(dir: &MemberDir, tag: &str) {
+        std::fs::create_dir_all(dir.data().join("member/wal")).unwrap();
+        std::fs::write(dir.data().join("member/wal/0.wal"), tag).unwrap();
+    }
+
+    fn set_aside_tags(dir: &MemberDir) -> Vec<String> {
+        let mut tags: Vec<String> = std::fs::read_dir(&dir.root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("data.removed-"))
+            .map(|e| std::fs::read_to_string(e.path().join("member/wal/0.wal")).unwrap())
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    #[test]
+    fn a_failed_rejoin_never_costs_the_data_set_aside_before_it() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = MemberDir::new(state.path());
+        member_data(&dir, "first");
+        dir.set_aside().unwrap();
+        // A rejoin that failed before it wrote a log: its leftovers go, the copy stays.
+        std::fs::create_dir_all(dir.data().join("member/snap")).unwrap();
+        dir.set_aside_partial().unwrap();
+        assert!(!dir.data().exists());
+        assert_eq!(set_aside_tags(&dir), ["first"]);
+        // Removed again and again (within the same second, too): the newest copies stay.
+        for tag in ["second", "third", "fourth"] {
+            member_data(&dir, tag);
+            dir.set_aside().unwrap();
+        }
+        assert_eq!(set_aside_tags(&dir).len(), KEEP_SET_ASIDE);
+        assert!(!set_aside_tags(&dir).contains(&"first".to_string()));
+        assert!(set_aside_tags(&dir).contains(&"fourth".to_string()));
     }
 
     #[test]

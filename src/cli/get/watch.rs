@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::api::kinds::KindInfo;
 use crate::api::selector::LabelSelector;
 use crate::store::compose::{direct_child, parse_agent_key, placement_job, AgentKey};
-use crate::store::objects::object_from_kv;
+use crate::store::objects::{mark_if_undecodable, object_from_kv};
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store};
 
@@ -293,6 +293,10 @@ pub async fn run(
                     let items = items
                         .into_iter()
                         .filter(|(k, _)| wanted(keys::name_of(k)))
+                        .map(|(k, mut v)| {
+                            mark_if_undecodable(kind, &mut v);
+                            (k, v)
+                        })
                         .collect();
                     prints.extend(shown.replace(items));
                 }
@@ -304,7 +308,10 @@ pub async fn run(
         }
         for name in to_read {
             match store.get_object_keyed(kind, &name).await {
-                Ok((Some((key, v)), _)) => prints.extend(shown.update(&key, Some(v))),
+                Ok((Some((key, mut v)), _)) => {
+                    mark_if_undecodable(kind, &mut v);
+                    prints.extend(shown.update(&key, Some(v)))
+                }
                 Ok((None, _)) => {
                     prints.extend(shown.update(&keys::object(kind.plural, &name), None));
                 }

@@ -66,7 +66,7 @@ fn live_attempts(state: &StateDir) -> Vec<Live> {
     names
         .into_iter()
         .filter_map(|job| {
-            let dir: JobDir = state.job(&job);
+            let dir: JobDir = state.job(&job).ok()?;
             let n = dir.last_attempt();
             let spec: Option<RunSpec> = read_json(&dir.run_spec()).ok().flatten();
             let live = Live {
