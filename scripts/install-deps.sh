@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# Installs what building and testing rift needs on Debian/Ubuntu, only where missing:
-# protoc (etcd-client's build), etcd and etcdctl (the store; tests run real members),
-# sshd and ssh (tunnels), curl, the Rust components CI checks with, and for the tests of the
-# dashboard and metrics: Chromium (a real headless browser) and promtool (the Prometheus text
-# format's linter, taken out of Debian's prometheus package without installing the server).
+# Installs, on Debian/Ubuntu and only where missing, what rift needs:
+#
+#   scripts/install-deps.sh          building and running (`make up`): protoc (etcd-client's
+#                                    build), etcd and etcdctl (the store), the OpenSSH client
+#                                    (tunnels of NAT-blocked nodes)
+#   scripts/install-deps.sh --test   that, plus what the tests and CI need: sshd (tunnel and
+#                                    playbook tests run a real one on loopback), curl, Chromium
+#                                    (the dashboard's tests drive a real headless browser),
+#                                    promtool (the Prometheus text format's linter, taken out of
+#                                    Debian's prometheus package without installing the server)
+#                                    and the Rust components `make lint` uses (rustfmt, clippy)
 set -euo pipefail
+
+testing=false
+case "${1:-}" in
+  "") ;;
+  --test) testing=true ;;
+  *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
-# sshd and ssh: tunnel tests run a real sshd on loopback and the agent runs the OpenSSH client.
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-# Tests: the dashboard's browser tests drive Debian's Chromium (RIFT_TEST_CHROMIUM overrides).
-[ -x /usr/bin/chromium ] || [ -n "${RIFT_TEST_CHROMIUM:-}" ] || need+=(chromium)
 promtool_missing=false
-command -v promtool >/dev/null 2>&1 || promtool_missing=true
+if $testing; then
+  # Debian's sshd must be run by absolute path; ssh-keygen and ssh-keyscan come with the client.
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The dashboard's browser tests drive Debian's Chromium (RIFT_TEST_CHROMIUM overrides).
+  [ -x /usr/bin/chromium ] || [ -n "${RIFT_TEST_CHROMIUM:-}" ] || need+=(chromium)
+  command -v promtool >/dev/null 2>&1 || promtool_missing=true
+fi
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -37,7 +52,7 @@ if $promtool_missing; then
   rm -rf "$tmp"
 fi
 
-if command -v rustup >/dev/null 2>&1; then
+if $testing && command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi

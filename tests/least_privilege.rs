@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use rift::api::job::EnvFromSource;
 use rift::api::JobPhase;
-use rift::store::Store;
 use support::agent::TestAgent;
 use support::cli::{rift, rift_stdin};
 use support::etcd::EtcdCluster;
@@ -48,7 +47,7 @@ async fn jobs_run_as_the_configured_user_and_cannot_read_the_agents_state() {
         assert!(run.stderr.contains("cannot switch users"), "{}", run.stderr);
         return;
     }
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let agent = TestAgent::start("n1", &eps, &["--run-as", "nobody"]);
     let state = agent.state.display().to_string();
@@ -163,7 +162,7 @@ async fn jobs_run_as_the_configured_user_and_cannot_read_the_agents_state() {
 async fn env_from_values_reach_the_job_and_no_etcd_key_log_or_report() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let secrets = tempfile::tempdir().unwrap();
     let wandb = format!("wandb-{}", uuid::Uuid::new_v4());

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rift::api::JobPhase;
-use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::cli::rift;
 use support::etcd::EtcdCluster;
@@ -98,7 +97,10 @@ async fn wait_healthy(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_dropped_after_the_header_timeout_and_others_are_still_served() {
-    let cluster = EtcdCluster::single();
+    // Plain HTTP: these probes speak raw HTTP/1.1 from chosen source addresses. The limits
+    // are the transport's as much as TLS's (a handshake must finish within the same
+    // deadline), but this measures them without TLS.
+    let cluster = EtcdCluster::plaintext(1);
     let (agent, _dir) =
         agent_with_config(&cluster.endpoints_csv(), "http: {headerReadTimeout: 2s}\n");
     let addr: SocketAddr = agent.addr().parse().unwrap();
@@ -168,9 +170,12 @@ async fn half_sent_requests_are_dropped_after_the_header_timeout_and_others_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_followers_are_capped_with_a_clear_503_and_a_place_frees_when_one_leaves() {
-    let cluster = EtcdCluster::single();
+    // Plain HTTP: these probes speak raw HTTP/1.1 from chosen source addresses. The limits
+    // are the transport's as much as TLS's (a handshake must finish within the same
+    // deadline), but this measures them without TLS.
+    let cluster = EtcdCluster::plaintext(1);
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let (agent, _dir) = agent_with_config(&eps, "http: {maxFollowStreams: 16}\n");
     let addr: SocketAddr = agent.addr().parse().unwrap();

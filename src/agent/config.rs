@@ -48,6 +48,13 @@ pub struct ConfigFile {
     /// The local etcd member this node runs when the VoterSet makes it a voter.
     #[serde(default)]
     pub etcd: EtcdFileConfig,
+    /// A plaintext cluster (no TLS, no identities): only for clusters not yet moved to TLS.
+    pub insecure: Option<bool>,
+    /// A controller's agent to join through (with the token in `RIFT_JOIN_TOKEN`).
+    pub join: Option<String>,
+    /// A file holding a token Prometheus may present (`Authorization: Bearer ...`) for
+    /// `/metrics` instead of a client certificate.
+    pub scrape_token_file: Option<PathBuf>,
     /// Limits of the agent's HTTP server.
     #[serde(default)]
     pub http: HttpFileConfig,
@@ -110,6 +117,9 @@ pub struct EtcdFileConfig {
     /// Stop the member when the agent stops (default false: a restarted agent adopts it, so
     /// upgrading agents never bounces a voter).
     pub stop_with_agent: Option<bool>,
+    /// A loopback-only port for the member's `/metrics` and `/health` (plain HTTP on
+    /// 127.0.0.1; the client port is TLS with client certificates). None: no such listener.
+    pub metrics_port: Option<u16>,
     /// Extra etcd flags, e.g. `[--heartbeat-interval, "250", --election-timeout, "2500"]` for
     /// voters far apart.
     #[serde(default)]
@@ -127,6 +137,7 @@ pub struct EtcdMemberConfig {
     pub binary: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    pub metrics_port: Option<u16>,
     pub stop_with_agent: bool,
     pub extra_args: Vec<String>,
     /// Addresses to listen on, when given (else chosen from the node's addresses).
@@ -184,6 +195,15 @@ impl ConfigFile {
 pub struct AgentConfig {
     pub name: String,
     pub endpoints: Vec<String>,
+    /// Whether endpoints were given (flags, environment, config file); otherwise the ones a
+    /// join saved, else the local default.
+    pub endpoints_given: bool,
+    /// A plaintext cluster: no TLS, no identity (`--insecure`).
+    pub insecure: bool,
+    /// `--join URL --token T`: join through a controller's agent when this node has no
+    /// identity yet.
+    pub join: Option<JoinConfig>,
+    pub scrape_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub port: u16,
     pub listen: String,
@@ -223,6 +243,24 @@ impl AgentConfig {
     }
 }
 
+/// Where and with what to join.
+#[derive(Clone)]
+pub struct JoinConfig {
+    /// A controller's agent, `https://HOST:PORT`.
+    pub url: String,
+    /// `RIFT1...`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Values given on the command line or in the environment (they win over the file).
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -243,8 +281,11 @@ pub struct Overrides {
     pub etcd_binary: Option<PathBuf>,
     pub etcd_client_port: Option<u16>,
     pub etcd_peer_port: Option<u16>,
+    pub etcd_metrics_port: Option<u16>,
     pub etcd_stop_with_agent: bool,
     pub bootstrap: bool,
+    pub insecure: bool,
+    pub join: Option<JoinConfig>,
     pub run_as: Option<String>,
     pub secrets_dir: Option<PathBuf>,
 }
@@ -269,10 +310,13 @@ impl AgentConfig {
             let unspecified = listen == "0.0.0.0" || listen == "::";
             (!unspecified).then(|| format!("{listen}:{port}"))
         });
-        let endpoints = match o.endpoints {
-            Some(e) if !e.is_empty() => e,
-            _ if !file.endpoints.is_empty() => file.endpoints,
-            _ => vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+        let (endpoints, endpoints_given) = match o.endpoints {
+            Some(e) if !e.is_empty() => (e, true),
+            _ if !file.endpoints.is_empty() => (file.endpoints, true),
+            _ => (
+                vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+                false,
+            ),
         };
         let http = file.http.resolve()?;
         Ok(AgentConfig {
@@ -287,6 +331,10 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/rift")),
             name,
             endpoints,
+            endpoints_given,
+            insecure: o.insecure || file.insecure.unwrap_or(false),
+            join: o.join,
+            scrape_token_file: file.scrape_token_file,
             port,
             listen,
             advertise,
@@ -319,6 +367,7 @@ impl AgentConfig {
                     .unwrap_or_else(|| PathBuf::from("etcd")),
                 client_port: o.etcd_client_port.or(file.etcd.client_port).unwrap_or(2379),
                 peer_port: o.etcd_peer_port.or(file.etcd.peer_port).unwrap_or(2380),
+                metrics_port: o.etcd_metrics_port.or(file.etcd.metrics_port),
                 stop_with_agent: o.etcd_stop_with_agent
                     || file.etcd.stop_with_agent.unwrap_or(false),
                 extra_args: file.etcd.extra_args,

@@ -1,7 +1,7 @@
 //! Serving the agent's HTTP router with limits, whatever carries the bytes.
 //!
-//! Guarantees, for every connection however it is wrapped ([`Transport`]: plain TCP today, TLS
-//! when the agent serves it):
+//! Guarantees, for every connection however it is wrapped ([`Transport`]: plain TCP on a
+//! plaintext cluster, TLS ([`super::https::Tls`]) otherwise):
 //!
 //! - **A connection must send a complete request head within
 //!   [`HttpLimits::header_read_timeout`]** of being accepted, and again of its previous
@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::https::Caller;
 use super::metrics::Metrics;
 
 /// The largest request head (request line and headers) read from a client.
@@ -79,12 +80,15 @@ impl Default for HttpLimits {
 /// TLS session over it. `wrap` runs in the connection's own task, under the header deadline
 /// and holding the connection's slot, so a slow handshake can neither stall the accept loop
 /// nor escape the limits.
+/// `caller` says what the wrapped connection proved about its client; every request on it
+/// carries that as an extension (see [`super::http`]).
 pub trait Transport: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn wrap(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    fn caller(&self, io: &Self::Io) -> Caller;
 }
 
-/// Plain TCP.
+/// Plain TCP (a plaintext cluster, `--insecure`; TLS is [`super::https::Tls`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Plain;
 
@@ -92,6 +96,9 @@ impl Transport for Plain {
     type Io = TcpStream;
     async fn wrap(&self, tcp: TcpStream) -> std::io::Result<TcpStream> {
         Ok(tcp)
+    }
+    fn caller(&self, _: &TcpStream) -> Caller {
+        Caller::Insecure
     }
 }
 
@@ -273,6 +280,7 @@ async fn serve_connection<T: Transport>(
             return;
         }
     };
+    let router = router.layer(axum::Extension(transport.caller(&io)));
     let mut conn = pin!(http1_builder(limits.header_read_timeout)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(router)));
     tokio::select! {

@@ -10,6 +10,8 @@ pub mod config;
 pub mod etcd_member;
 mod http;
 pub mod http_server;
+pub mod https;
+pub mod identity;
 pub mod jobs;
 mod leader_loop;
 mod logs;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod node_status;
 mod peers;
 pub mod registration;
+mod renewal;
 pub mod resources;
 pub mod tunnels;
 
@@ -28,6 +31,7 @@ use tokio::sync::watch;
 
 pub use config::AgentConfig;
 
+use crate::store;
 use crate::store::leader::current_leader;
 use crate::store::{Store, StoreError};
 
@@ -46,6 +50,12 @@ pub struct AgentState {
     pub voters_alive: RwLock<Vec<String>>,
     /// Peers whose agent answered, and the address it answered at.
     pub reachable_peers: RwLock<std::collections::BTreeMap<String, String>>,
+    /// The cluster CA (served to joining nodes by controllers).
+    pub ca_pem: Option<String>,
+    /// Joins and renewals: on controllers of a TLS cluster.
+    pub join: Option<crate::join::server::JoinService>,
+    /// A bearer token Prometheus may present for `/metrics`.
+    pub scrape_token: Option<String>,
     /// One permit per followed log being streamed ([`http_server::HttpLimits::max_follow_streams`]).
     pub follow_streams: Arc<tokio::sync::Semaphore>,
     pub max_follow_streams: usize,
@@ -68,6 +78,8 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Identity(String),
     #[error(transparent)]
     RunAs(#[from] jobs::run_as::RunAsError),
 }
@@ -90,17 +102,38 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         None => {}
     }
     private_state_dir(&config.state_dir)?;
+    let me = identity::establish(&config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
-    let mut endpoints = config.endpoints.clone();
-    for e in etcd_member::saved_endpoints(&config.state_dir, &config.endpoints) {
+    let configured = me.access.endpoints().to_vec();
+    let mut endpoints = configured.clone();
+    for e in etcd_member::saved_endpoints(&config.state_dir, &configured) {
         if !endpoints.contains(&e) {
             endpoints.push(e);
         }
     }
-    let store = Store::connect_lazy(&endpoints).await?;
+    let store = Store::connect_lazy(&me.access.with_endpoints(&endpoints)).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
     let metrics = Arc::new(metrics::Metrics::new(&config.name));
+    let tls = match me.identity() {
+        Some(id) => Some(
+            crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scrape_token = match &config.scrape_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::StateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let serves_joins = me.role == Some(crate::pki::NodeRole::Controller);
     let state = Arc::new(AgentState {
         node: config.name.clone(),
         state_dir: state_dir.clone(),
@@ -112,6 +145,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         alive_peers: RwLock::new(Vec::new()),
         voters_alive: RwLock::new(Vec::new()),
         reachable_peers: RwLock::default(),
+        ca_pem: me.identity().map(|i| i.ca_pem.clone()),
+        join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
+        scrape_token,
         follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
         max_follow_streams: config.http.max_follow_streams,
     });
@@ -124,44 +160,69 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         })?;
     tracing::info!(node = %config.name, %addr, "agent listening");
 
-    let server = tokio::spawn(http_server::serve(
-        listener,
-        http::router(state.clone()),
-        config.http,
-        http_server::Plain,
-        metrics.clone(),
+    let router = http::router(state.clone());
+    let server = match tls {
+        Some(tls) => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            https::Tls::new(tls),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            http_server::Plain,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+    };
+    if let (Some(ca), Some(role)) = (me.local_ca.clone(), me.role) {
+        tokio::spawn(keep_trust(
+            store.clone(),
+            config.name.clone(),
+            role,
+            ca,
+            shutdown.clone(),
+        ));
+    }
+    let renewal = tokio::spawn(renewal::run(
+        config.clone(),
+        me.clone(),
+        store.clone(),
         shutdown.clone(),
     ));
     let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
     // The member stops (if it stops with the agent) only after everything else is done: the
     // leader's resignation and the node's lease revocation may need it.
     let (member_stop, member_stopped) = watch::channel(false);
-    let member = etcd_member::Supervisor::new(&config, store.clone());
+    let member = etcd_member::Supervisor::new(&config, store.clone(), configured);
     let member = tokio::spawn(member.run(member_stopped));
+    let (renewals, last_renewal) = store::lease::LastRenewal::channel();
+    let heartbeats = tokio::spawn(registration::write_heartbeats(
+        state_dir.clone(),
+        renewals.subscribe(),
+        shutdown.clone(),
+    ));
     let registration = tokio::spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
         config.node_lease_ttl,
-        state_dir.clone(),
+        renewals,
+        registration::NodeAnnouncement {
+            spec: config.node_spec(),
+            labels: config.labels.clone(),
+        },
         metrics.clone(),
         shutdown.clone(),
     ));
     let node_spec = config.node_spec();
-    // One probe before anything runs: the runner must know which GPU indices exist.
-    let resource_probe =
-        resources::ResourceProbe::new().map_err(|e| AgentError::Resources(e.to_string()))?;
-    let (resource_probe, observed) = node_status::probe_once(
-        resource_probe,
-        config.gpus.clone(),
-        config.state_dir.clone(),
-    )
-    .await;
-    let gpu_count = Some(observed.capacity.gpus.len());
-    tracing::info!(
-        cpus = observed.capacity.cpus,
-        gpus = observed.capacity.gpus.len(),
-        "resources"
-    );
+    // The first resource probe (NVML may hang in a broken driver) is waited for only so long:
+    // the runner should know which GPU indices exist, but a Ready node must never run nothing
+    // because a probe does not return.
+    let first_probe = tokio::spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
     let tunnels = tunnels::Tunnels::new(
         config.name.clone(),
         config.port,
@@ -178,10 +239,54 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
-    let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
+    let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
+        FirstProbe::Done(done) => match *done {
+            Ok((probe, observed)) => {
+                tracing::info!(
+                    cpus = observed.capacity.cpus,
+                    gpus = observed.capacity.gpus.len(),
+                    "resources"
+                );
+                let gpus = Some(observed.capacity.gpus.len());
+                let writer = tokio::spawn(status_writer.run(probe, shutdown.clone()));
+                (gpus, writer)
+            }
+            Err(e) => return Err(AgentError::Resources(e)),
+        },
+        FirstProbe::Late(pending) => {
+            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
+            tracing::warn!(
+                waited = ?FIRST_PROBE_WAIT,
+                "the resource probe (NVML) has not answered: jobs run without it, the node \
+                 status waits for it"
+            );
+            let mut stop = shutdown.clone();
+            let writer = tokio::spawn(async move {
+                let probe = tokio::select! {
+                    r = pending => r,
+                    _ = stopped(&mut stop) => return,
+                };
+                match probe {
+                    Ok(Ok((probe, _))) => status_writer.run(probe, stop).await,
+                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
+                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
+                }
+            });
+            ((declared > 0).then_some(declared as usize), writer)
+        }
+    };
     let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
-    let peers = tokio::spawn(peers::run(store.clone(), state.clone(), shutdown.clone()));
-    {
+    let agent_tls = crate::net::AgentTls::for_identity(me.identity())
+        .map_err(|e| AgentError::Identity(e.to_string()))?;
+    let peers = tokio::spawn(peers::run(
+        store.clone(),
+        state.clone(),
+        agent_tls,
+        shutdown.clone(),
+    ));
+    // A worker's Node is created when it joins (it may write only its own keys); a
+    // controller, or an agent of a plaintext cluster, creates its own.
+    if me.may_write_cluster_objects() {
         let store = store.clone();
         let name = config.name.clone();
         let labels = config.labels.clone();
@@ -212,6 +317,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         state_dir,
         gpu_count,
         metrics,
+        last_renewal,
         shims,
     );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
@@ -224,14 +330,80 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     probe.abort();
     peers.abort();
+    renewal.abort();
     let _ = tunnels.await;
     let _ = runner.await;
     let _ = status_writer.await;
     let _ = registration.await;
+    let _ = heartbeats.await;
     let _ = server.await;
     let _ = member_stop.send(true);
     let _ = member.await;
     Ok(())
+}
+
+/// How long the agent waits for its first resource probe before it runs jobs without it.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
+
+type ProbeResult = Result<(resources::ResourceProbe, resources::Observed), String>;
+
+/// Opens the resource probe (NVML) and probes once, off the async workers.
+async fn first_probe(
+    declared: Vec<crate::api::node::GpuDeclaration>,
+    disk: std::path::PathBuf,
+) -> ProbeResult {
+    let probe = tokio::task::spawn_blocking(resources::ResourceProbe::new)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(node_status::probe_once(probe, declared, disk).await)
+}
+
+enum FirstProbe {
+    Done(Box<ProbeResult>),
+    Late(tokio::task::JoinHandle<ProbeResult>),
+}
+
+async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> FirstProbe {
+    match tokio::time::timeout(FIRST_PROBE_WAIT, &mut task).await {
+        Ok(Ok(r)) => FirstProbe::Done(Box::new(r)),
+        Ok(Err(e)) => FirstProbe::Done(Box::new(Err(format!("the resource probe panicked: {e}")))),
+        Err(_) => FirstProbe::Late(task),
+    }
+}
+
+/// On the machine that created the cluster (it holds the CA's key): makes sure this node's
+/// etcd user exists, authentication is on and the trust record (the CA, for joins on any
+/// controller) is in etcd; retried until done. Before authentication is on, any client of the
+/// CA may do this; after, only a root identity, which this node's is.
+async fn keep_trust(
+    store: Store,
+    node: String,
+    role: crate::pki::NodeRole,
+    ca: crate::pki::Ca,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            crate::store::auth::ensure_admitted(&store, &node, role).await?;
+            crate::store::auth::enable(&store).await?;
+            crate::store::auth::publish_trust(&store, &ca).await?;
+            Ok::<(), StoreError>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!("etcd authentication is on; the cluster CA is published");
+                return;
+            }
+            Err(e) => tracing::debug!(%e, "cannot set up etcd authentication yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Creates the state directory, or makes an existing one private (0700): jobs, logs, etcd's

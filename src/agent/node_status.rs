@@ -53,7 +53,9 @@ pub fn running_jobs_where(state: &StateDir, alive: impl Fn(&JobDir, u32) -> bool
         .unwrap_or_default()
         .into_iter()
         .filter(|j| {
-            let dir = state.job(j);
+            let Ok(dir) = state.job(j) else {
+                return false;
+            };
             let n = dir.last_attempt();
             n > 0
                 && read_json::<ExitRecord>(&dir.exit_record(n))
@@ -92,8 +94,12 @@ impl StatusWriter {
             )
             .await;
             probe = p;
+            let state = self.state.clone();
+            let running = tokio::task::spawn_blocking(move || running_jobs(&state))
+                .await
+                .unwrap_or_default();
             let mut status = NodeStatus {
-                running_jobs: running_jobs(&self.state),
+                running_jobs: running,
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 endpoint: self.endpoint.current(),
                 last_heartbeat: Some(Utc::now()),

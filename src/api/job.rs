@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::duration::HumanDuration;
 use super::meta::{ObjectMeta, TemplateMeta};
 use super::object::{Object, Spec};
-use super::validation::{validate_labels, FieldErrors};
+use super::validation::{validate_duration, validate_labels, validate_seconds, FieldErrors};
 
 pub type Job = Object<JobSpec>;
 
@@ -61,6 +61,8 @@ pub struct JobSpec {
 }
 
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 3;
+/// The most GPUs one job may ask for (more than any machine has).
+pub const MAX_GPUS: u32 = 1024;
 pub const DEFAULT_LOST_AFTER_SECS: u64 = 60;
 pub const DEFAULT_GRACE_SECS: u64 = 30;
 
@@ -135,8 +137,20 @@ impl JobSpec {
                 "must be at least 1",
             );
         }
+        if let Some(s) = self.active_deadline_seconds {
+            validate_seconds(&format!("{prefix}.activeDeadlineSeconds"), s, errors);
+        }
         if self.lost_after.0.is_zero() {
             errors.push(format!("{prefix}.lostAfter"), "must be longer than 0s");
+        }
+        validate_duration(&format!("{prefix}.lostAfter"), self.lost_after.0, errors);
+        validate_duration(
+            &format!("{prefix}.terminationGracePeriod"),
+            self.termination_grace_period.0,
+            errors,
+        );
+        if let Some(ttl) = self.ttl_after_finished {
+            validate_duration(&format!("{prefix}.ttlAfterFinished"), ttl.0, errors);
         }
     }
 }
@@ -228,6 +242,12 @@ impl Resources {
         }
         if !positive(self.memory_gb) {
             errors.push(format!("{prefix}.memoryGb"), "must be greater than 0");
+        }
+        if self.gpus > MAX_GPUS {
+            errors.push(
+                format!("{prefix}.gpus"),
+                format!("must be at most {MAX_GPUS}, got {}", self.gpus),
+            );
         }
         if self.gpus == 0 && (!self.gpu_models.is_empty() || self.min_gpu_power.is_some()) {
             errors.push(

@@ -1,10 +1,10 @@
 //! `rift dashboard [--listen ADDR] [--open]`: the live web view of the cluster, read-only,
-//! reading etcd with this operator's endpoints (see [`crate::dashboard`]).
+//! reading etcd with this operator's credentials (see [`crate::dashboard`]).
 
 use std::net::SocketAddr;
 
 use crate::dashboard::{self, Limits};
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 use super::CliError;
 
@@ -22,9 +22,9 @@ pub struct DashboardArgs {
     pub open: bool,
 }
 
-pub async fn run(args: DashboardArgs, endpoints: &[String]) -> Result<(), CliError> {
+pub async fn run(args: DashboardArgs, access: &Access) -> Result<(), CliError> {
     // A lazy connection: the dashboard starts (and says so on the page) while etcd is away.
-    let store = Store::connect_lazy(endpoints).await?;
+    let store = Store::connect_lazy(access).await?;
     let listener = dashboard::bind(args.listen)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -38,7 +38,7 @@ pub async fn run(args: DashboardArgs, endpoints: &[String]) -> Result<(), CliErr
     }
     println!(
         "rift dashboard: {url} (etcd at {}; Ctrl-C stops it)",
-        endpoints.join(",")
+        access.endpoints().join(",")
     );
     if args.open {
         open_browser(&url);

@@ -20,6 +20,9 @@ pub enum CliError {
     UnknownKind(String),
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
+    /// Several names, each `kind/name`.
+    #[error("{} not found", .0.join(", "))]
+    NotFoundNames(Vec<String>),
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
@@ -27,8 +30,11 @@ pub enum CliError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0} object(s) not found; the others were deleted")]
-    SomeNotFound(usize),
+    #[error("{} not found ({deleted} other object(s) deleted)", .missing.join(", "))]
+    SomeNotFound {
+        missing: Vec<String>,
+        deleted: usize,
+    },
 }
 
 fn manifest_message(errors: &ManifestErrors) -> String {

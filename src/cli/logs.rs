@@ -6,7 +6,8 @@
 //! (with its `agentPort`) in order, each with a short connect timeout
 //! ([`crate::net::dial::agent_addresses`]). A CLI run is one process, so what worked is not
 //! remembered across runs; the endpoint the agent advertises comes first. The request is
-//! [`crate::net::agent_http`]'s plain HTTP/1.0 GET, whose body ends when the agent closes it.
+//! [`crate::net::agent_http`]'s HTTP/1.0 GET over TLS (the agent verified as `<node>.node.rift`,
+//! this side presenting the certificate of RIFT_CONFIG), whose body ends when the agent closes it.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::api::validation::dns1123_problem;
 use crate::api::{JobPhase, JobSpec, NodeSpec};
 use crate::net::agent_http::{self, Response};
 use crate::net::dial::agent_addresses;
+use crate::net::AgentTls;
 use crate::store::{keys, Store};
 
 /// How long one address may take to accept the connection.
@@ -50,7 +52,29 @@ pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
             args.job
         )));
     }
-    let (node_name, phase) = job_node(store, &args.job).await?;
+    // With -f, a job that is not placed yet (Pending, e.g. preempted) is waited for.
+    let mut said = String::new();
+    let (node_name, phase) = loop {
+        match job_node(store, &args.job).await? {
+            Located::Placed(node, phase) => break (node, phase),
+            Located::Unplaced(why) if args.follow => {
+                if why != said {
+                    eprintln!("waiting for job {} to be placed: {why}", args.job);
+                    said = why;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+            Located::Unplaced(why) => {
+                return Err(CliError::Usage(format!(
+                    "job {} is {why} (rift logs -f waits for it)",
+                    args.job
+                )))
+            }
+        }
+    };
     let node = store.get::<NodeSpec>(&node_name).await?.ok_or_else(|| {
         CliError::Usage(format!(
             "job {} is placed on node {node_name}, but there is no Node {node_name} to find its agent by",
@@ -66,38 +90,44 @@ pub async fn run(args: LogsArgs, store: &Store) -> Result<(), CliError> {
     }
     let path = request_path(&args);
     let wait_for_start = args.follow && phase == Some(JobPhase::Scheduled);
+    let tls = AgentTls::for_identity(store.access().identity())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     tokio::select! {
-        r = fetch(&node_name, &addresses, &path, args.follow, wait_for_start) => r,
+        r = fetch(&tls, &node_name, &addresses, &path, args.follow, wait_for_start) => r,
         // Ctrl-C ends a follow quietly.
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-/// The node `job` is placed on, and the job's phase (`None` when the Job object is gone but its
-/// placement is not: its output still lies on that node).
-async fn job_node(store: &Store, job: &str) -> Result<(String, Option<JobPhase>), CliError> {
+/// Where a job's output is.
+enum Located {
+    /// On this node; the job's phase (`None` when the Job object is gone but its placement is
+    /// not: its output still lies on that node).
+    Placed(String, Option<JobPhase>),
+    /// Not placed anywhere: its phase and why, e.g. `Pending: 0/1 nodes: ...`.
+    Unplaced(String),
+}
+
+async fn job_node(store: &Store, job: &str) -> Result<Located, CliError> {
     if let Some(obj) = store.get::<JobSpec>(job).await? {
         let status = obj.status.unwrap_or_default();
-        return match status.node {
-            Some(node) => Ok((node, Some(status.phase))),
+        return Ok(match status.node {
+            Some(node) => Located::Placed(node, Some(status.phase)),
             None => {
                 let why = [status.message, status.reason]
                     .into_iter()
                     .find(|s| !s.is_empty())
                     .unwrap_or_else(|| "the scheduler has not placed it yet".into());
-                Err(CliError::Usage(format!(
-                    "job {job} is {:?}: {why}",
-                    status.phase
-                )))
+                Located::Unplaced(format!("{:?}: {why}", status.phase))
             }
-        };
+        });
     }
     store
         .get_raw(&keys::placement(job))
         .await?
         .and_then(|kv| serde_json::from_slice::<Placement>(&kv.value).ok())
         .and_then(|p| p.node)
-        .map(|node| (node, None))
+        .map(|node| Located::Placed(node, None))
         .ok_or_else(|| CliError::NotFound {
             kind: "job".into(),
             name: job.into(),
@@ -125,6 +155,7 @@ fn request_path(args: &LogsArgs) -> String {
 
 /// Tries each address until one answers, then streams its body to stdout.
 async fn fetch(
+    tls: &AgentTls,
     node: &str,
     addresses: &[String],
     path: &str,
@@ -135,7 +166,7 @@ async fn fetch(
     for addr in addresses {
         let started = Instant::now();
         loop {
-            let mut resp = match agent_http::get(addr, path, CONNECT_TIMEOUT).await {
+            let mut resp = match agent_http::get(tls, node, addr, path, CONNECT_TIMEOUT).await {
                 Ok(r) => r,
                 Err(why) => {
                     tracing::debug!(%addr, %why, "agent address did not answer");

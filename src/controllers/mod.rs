@@ -1,5 +1,5 @@
 //! Leader-run controllers, one file each, with their decisions as pure functions beside them
-//! (DESIGN.md, "Control flow": decide in pure functions, act through the store).
+//! (docs/architecture.md, "Control flow": decide in pure functions, act through the store).
 //!
 //! * [`scheduler`]: the leader's passes: pools, housekeeping, placement, written in batches.
 //! * [`placement`]: which node and GPUs each pending Job gets, why-not summaries, preemption.

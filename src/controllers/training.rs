@@ -76,7 +76,7 @@ pub enum Decision {
 }
 
 /// When the last run ended, successfully or not.
-fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
+pub fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
     status.history.iter().filter_map(|r| r.finished_at).max()
 }
 
@@ -112,7 +112,8 @@ pub fn decide(
         };
     }
     if let Some(t) = ended {
-        let cooling = (now - t).num_seconds() < spec.cooldown_seconds as i64;
+        let cooling = i64::try_from(spec.cooldown_seconds)
+            .map_or(true, |cooldown| (now - t).num_seconds() < cooldown);
         if cooling {
             return Decision::Wait {
                 reason: format!(

@@ -24,14 +24,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The shell script every logged job runs; `$1` log, `$2` lock, `$3` job, `$4` seconds
-/// (0: until stopped).
-const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"
+/// (0: until stopped), `$5` seconds it lingers after SIGTERM/SIGINT before it exits (default 0).
+const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"; linger="${5:-0}"
 now() { date +%s%N; }
 exec 9>>"$lock"
 if ! flock -n 9; then echo "overlap $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"; fi
 echo "start $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"
-trap 'kill $child 2>/dev/null; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
-trap 'kill $child 2>/dev/null; echo "stop $job $$ $(now) int" >>"$log"; exit 130' INT
+trap 'kill $child 2>/dev/null; [ "$linger" = 0 ] || sleep "$linger" 9>&-; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
+trap 'kill $child 2>/dev/null; [ "$linger" = 0 ] || sleep "$linger" 9>&-; echo "stop $job $$ $(now) int" >>"$log"; exit 130' INT
 if [ "$secs" = 0 ]; then sleep infinity 9>&- & else sleep "$secs" 9>&- & fi
 child=$!
 wait $child
@@ -111,6 +111,21 @@ impl InstanceLog {
             job.into(),
             format!("{secs}"),
         ]
+    }
+
+    /// Like [`command`](Self::command), but SIGTERM or SIGINT ends the instance only `linger`
+    /// later (a job saving a checkpoint on its way out); it holds its lock until then, and a
+    /// SIGKILL meanwhile ends it without a stop line. For checking that nothing takes a job's
+    /// place (its name, its GPU) before its old instance is really gone.
+    pub fn lingering_command(
+        &self,
+        job: &str,
+        run_for: Option<Duration>,
+        linger: Duration,
+    ) -> Vec<String> {
+        let mut argv = self.command(job, run_for);
+        argv.push(format!("{}", linger.as_secs_f64().max(0.001)));
+        argv
     }
 
     /// Every record so far, in log order; a line cut short by a crash mid-write is skipped.
@@ -233,9 +248,28 @@ mod tests {
     use super::*;
     use std::process::{Child, Command};
 
+    /// An instance in a process group of its own, so [`kill_group`] leaves nothing behind
+    /// (its `sleep` child would otherwise outlive a killed shell and hold the test's stdout).
+    fn spawn_argv(argv: &[String]) -> Child {
+        use std::os::unix::process::CommandExt;
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
     fn spawn(log: &InstanceLog, job: &str, run_for: Option<Duration>) -> Child {
-        let argv = log.command(job, run_for);
-        Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap()
+        spawn_argv(&log.command(job, run_for))
+    }
+
+    /// SIGKILLs the instance's whole group and reaps the shell.
+    fn kill_group(c: &mut Child) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        c.wait().unwrap();
     }
 
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -278,9 +312,35 @@ mod tests {
         assert_eq!(r.overlaps[0].job, "a");
         assert_eq!(r.alive("a").len(), 2);
         for c in [&mut first, &mut second, &mut other] {
-            c.kill().unwrap();
-            c.wait().unwrap();
+            kill_group(c);
         }
+    }
+
+    #[test]
+    fn a_lingering_instance_holds_its_lock_until_it_really_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = InstanceLog::new(dir.path()).unwrap();
+        let argv = log.lingering_command("a", None, Duration::from_millis(700));
+        let mut first = spawn_argv(&argv);
+        wait_for("start", || log.report().unwrap().starts("a") == 1);
+        let asked = std::time::Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut second = spawn(&log, "a", None);
+        wait_for("second start", || log.report().unwrap().starts("a") == 2);
+        first.wait().unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(600));
+        let r = log.report().unwrap();
+        assert_eq!(
+            r.overlaps.len(),
+            1,
+            "the lingering instance still held the job"
+        );
+        assert_eq!(r.of("a")[0].stop.as_deref(), Some("term"));
+        kill_group(&mut second);
     }
 
     #[test]
@@ -290,8 +350,7 @@ mod tests {
         let mut first = spawn(&log, "a", None);
         wait_for("start", || log.report().unwrap().starts("a") == 1);
         assert_eq!(log.report().unwrap().alive("a").len(), 1);
-        first.kill().unwrap();
-        first.wait().unwrap();
+        kill_group(&mut first);
         let r = log.report().unwrap();
         assert!(r.alive("a").is_empty());
         assert_eq!(r.of("a")[0].stop, None);

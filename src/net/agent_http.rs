@@ -1,5 +1,6 @@
-//! One GET to a node's agent over plain HTTP/1.0, read as a stream: what `rift logs` and the
-//! dashboard's live log tail use to fetch a job's output from the agent of its node.
+//! One GET to a node's agent, HTTP/1.0 over TLS (the agent verified as `<node>.node.rift`, this
+//! side presenting its own certificate; plain TCP in an insecure cluster), read as a stream: what
+//! `rift logs` and the dashboard's live log tail use to fetch a job's output from its node.
 //!
 //! HTTP/1.0 makes the agent answer with an unchunked body that ends when it closes the
 //! connection, so a followed log is simply read until EOF. Bounded: headers over 64 KiB are
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::dial::connect_one;
+use super::{AgentStream, AgentTls};
 
 /// How long a connected agent may take to answer with its status line and headers.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,18 +27,32 @@ pub struct Response {
     pub status: u16,
     /// Body bytes that came in with the headers, handed out first by [`Response::read`].
     pending: Vec<u8>,
-    stream: TcpStream,
+    stream: AgentStream,
 }
 
-/// Connects to `addr` within `connect_timeout` and sends `GET path`; an error says why in a few
-/// words (for a list of addresses tried).
-pub async fn get(addr: &str, path: &str, connect_timeout: Duration) -> Result<Response, String> {
-    let stream = connect_one(addr, connect_timeout).await?;
-    get_on(stream, addr, path).await
+/// Connects to node `node`'s agent at `addr` within `connect_timeout` and sends `GET path`; an
+/// error says why in a few words (for a list of addresses tried).
+pub async fn get(
+    tls: &AgentTls,
+    node: &str,
+    addr: &str,
+    path: &str,
+    connect_timeout: Duration,
+) -> Result<Response, String> {
+    let tcp = connect_one(addr, connect_timeout).await?;
+    get_on(tls, node, tcp, addr, path).await
 }
 
-/// Sends `GET path` on a connection already open to `addr` and reads the status and headers.
-pub async fn get_on(mut stream: TcpStream, addr: &str, path: &str) -> Result<Response, String> {
+/// Sends `GET path` to node `node`'s agent on a connection already open to `addr` (TLS is
+/// opened on it first) and reads the status and headers.
+pub async fn get_on(
+    tls: &AgentTls,
+    node: &str,
+    tcp: TcpStream,
+    addr: &str,
+    path: &str,
+) -> Result<Response, String> {
+    let mut stream = tls.open(node, tcp).await?;
     let head = async {
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rift/{}\r\nAccept: text/plain\r\n\r\n",

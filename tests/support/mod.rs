@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod browser;
 pub mod cli;
+pub mod cluster;
 pub mod dashboard;
 pub mod etcd;
 pub mod fs;
@@ -11,5 +12,7 @@ pub mod http;
 pub mod jobs;
 pub mod proc;
 pub mod promtool;
+pub mod relay;
 pub mod sshd;
+pub mod trust;
 pub mod voters;

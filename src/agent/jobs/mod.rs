@@ -5,6 +5,7 @@ pub mod env_files;
 pub mod exchange;
 pub mod launch;
 pub mod layout;
+pub mod local;
 pub mod policy;
 pub mod process;
 pub mod procs;

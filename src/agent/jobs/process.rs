@@ -25,6 +25,10 @@ use super::shim::ShimOptions;
 /// the attempt is gone without one), and `dir.job_record(attempt)` names the job process once
 /// it runs.
 pub trait JobProcesses: Send + 'static {
+    /// Whether the records of this layer's attempts must survive a crash of the host (written
+    /// with fsync). Simulated attempts live in memory: thousands of hollow nodes must not
+    /// flush the disk etcd needs.
+    const DURABLE: bool = true;
     /// Starts attempt `attempt` of `spec` in `dir` (its attempt directory exists).
     fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) -> io::Result<()>;
     /// Called at the start of every runner pass: reap ended children, advance simulations.

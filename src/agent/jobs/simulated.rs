@@ -18,7 +18,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::layout::{write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec};
+use super::layout::{
+    write_json_volatile as write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec,
+};
 use super::process::JobProcesses;
 
 /// Job environment variable overriding [`SimBehaviour::duration`].
@@ -169,6 +171,8 @@ impl SimProcesses {
 }
 
 impl JobProcesses for SimProcesses {
+    const DURABLE: bool = false;
+
     fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) -> io::Result<()> {
         let rec = ProcRecord {
             pid: 0,
@@ -251,7 +255,7 @@ mod tests {
     }
 
     fn started(procs: &mut SimProcesses, state: &StateDir, s: &RunSpec) -> JobDir {
-        let dir = state.job(&s.job);
+        let dir = state.job(&s.job).unwrap();
         std::fs::create_dir_all(dir.attempt(1)).unwrap();
         procs.start(&dir, s, 1).unwrap();
         dir
