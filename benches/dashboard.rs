@@ -79,11 +79,11 @@ async fn main() {
 
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let dir = TempDir::new("dashboard").unwrap();
     let setup = Instant::now();
     let (cluster, register_s) = hollow(
-        &etcd.endpoints()[0],
+        &etcd.access(),
         nodes,
         quiet_settings(8, 5),
         &dir,

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rift::api::{JobSpec, Object};
-use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::browser::Browser;
 use support::cli::rift_stdin;
@@ -325,7 +324,7 @@ fn sockets(pid: u32) -> usize {
 async fn ten_thousand_jobs_stay_paginated_and_a_vanished_browser_leaves_the_server_as_it_was() {
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let names: Vec<String> = (0..10_000).map(|i| format!("job-{i:05}")).collect();
     futures::stream::iter(names.iter())
         .map(|n| {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use super::source::Source;
 use crate::api::JobPhase;
 use crate::net::agent_http::{self, Response};
-use crate::net::{agent_addresses, Dialer};
+use crate::net::{agent_addresses, AgentTls, Dialer};
 
 /// Lines of output already written that a new viewer sees.
 pub const TAIL_LINES: usize = 200;
@@ -39,6 +39,7 @@ const START_WAIT: Duration = Duration::from_secs(15);
 pub fn stream(
     source: Source,
     dialer: Arc<Dialer>,
+    tls: Arc<AgentTls>,
     name: String,
     permit: OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
@@ -47,7 +48,7 @@ pub fn stream(
     tokio::spawn(async move {
         let out = Out { tx };
         tokio::select! {
-            _ = follow(&source, &dialer, &name, &out) => {}
+            _ = follow(&source, &dialer, &tls, &name, &out) => {}
             _ = out.tx.closed() => {}
             _ = stopped(shutdown) => {}
         }
@@ -91,7 +92,7 @@ impl Out {
 }
 
 /// Waits until job `name` is placed, then streams its output until it ends.
-async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
+async fn follow(source: &Source, dialer: &Dialer, tls: &AgentTls, name: &str, out: &Out) {
     let mut views = source.subscribe();
     let mut said_waiting = false;
     let (node, phase) = loop {
@@ -138,7 +139,7 @@ async fn follow(source: &Source, dialer: &Dialer, name: &str, out: &Out) {
     let mut resp = loop {
         let answer = dialer
             .reach(&node, &addresses, |tcp| {
-                agent_http::get_on(tcp, &node, &path)
+                agent_http::get_on(tls, &node, tcp, &node, &path)
             })
             .await;
         let mut resp = match answer {

@@ -65,8 +65,16 @@ pub async fn serve(
     let listen = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Job logs come from the agents, over TLS with this operator's certificate.
+    let agent_tls = match crate::net::AgentTls::for_identity(store.access().identity()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(%e, "cannot use these credentials with agents; job logs will not load");
+            crate::net::AgentTls::insecure()
+        }
+    };
     let source = Source::start(store, shutdown.clone());
-    let router = server::router(source, listen, limits, shutdown.clone());
+    let router = server::router(source, agent_tls, listen, limits, shutdown.clone());
     http_server::serve(
         listener,
         router,

@@ -26,7 +26,7 @@ use super::pages::{self, Page, Query};
 use super::source::Source;
 use super::{assets, live, logs};
 use crate::api::validation::dns1123_problem;
-use crate::net::Dialer;
+use crate::net::{AgentTls, Dialer};
 
 /// The policy every answer carries.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -54,6 +54,7 @@ impl Default for Limits {
 struct App {
     source: Source,
     dialer: Arc<Dialer>,
+    agent_tls: Arc<AgentTls>,
     live: Arc<Semaphore>,
     logs: Arc<Semaphore>,
     limits: Limits,
@@ -65,6 +66,7 @@ struct App {
 /// The router for a dashboard listening on `listen`.
 pub fn router(
     source: Source,
+    agent_tls: AgentTls,
     listen: SocketAddr,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
@@ -72,6 +74,7 @@ pub fn router(
     let app = Arc::new(App {
         source,
         dialer: Arc::new(Dialer::default()),
+        agent_tls: Arc::new(agent_tls),
         live: Arc::new(Semaphore::new(limits.live_streams)),
         logs: Arc::new(Semaphore::new(limits.log_streams)),
         limits,
@@ -256,6 +259,7 @@ async fn job_log(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respo
     logs::stream(
         app.source.clone(),
         app.dialer.clone(),
+        app.agent_tls.clone(),
         name,
         permit,
         app.shutdown.clone(),

@@ -221,7 +221,7 @@ impl<P: JobProcesses> Runner<P> {
         let (local, out) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
         if out.restarts > 0 {
-            self.metrics.restarts.inc_by(out.restarts as u64);
+            self.metrics.restarts.inc_by(out.restarts);
         }
         let reported: std::collections::HashSet<String> =
             out.reports.iter().map(|(j, _, _)| j.clone()).collect();
