@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod controllers;
+pub mod dashboard;
 pub mod faults;
 pub mod import;
 pub mod join;

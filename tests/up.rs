@@ -32,8 +32,8 @@ fn demo_manifests(dir: &std::path::Path, webhook_port: u16) -> std::path::PathBu
 }
 
 impl Up {
-    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook.
-    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16)) -> Up {
+    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook, dashboard.
+    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16, u16)) -> Up {
         let manifests = demo_manifests(state.parent().unwrap(), ports.3);
         let manifests = manifests.to_str().unwrap();
         let (client, peer, agent, webhook) = (
@@ -42,6 +42,7 @@ impl Up {
             ports.2.to_string(),
             ports.3.to_string(),
         );
+        let dashboard = format!("127.0.0.1:{}", ports.4);
         let state_arg = state.display().to_string();
         let child = rift_command(
             "",
@@ -63,6 +64,8 @@ impl Up {
                 "H100x2",
                 "--label",
                 "demo=true",
+                "--dashboard",
+                &dashboard,
             ],
         )
         .stdout(Stdio::null())
@@ -156,7 +159,13 @@ fn job_processes(state: &std::path::Path) -> Vec<(u32, bool)> {
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port(), free_port());
+    let ports = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
@@ -178,6 +187,12 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
+    // It serves the dashboard too, reading the same cluster.
+    let dashboard = format!("127.0.0.1:{}", ports.4);
+    let (code, page) = support::http::get(&dashboard, "/nodes", Duration::from_secs(5))
+        .expect("rift up serves the dashboard");
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"node-local\""), "{page}");
     // etcd listens on the node's address, not on every interface.
     assert!(
         std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),

@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,7 +231,7 @@ pub async fn serve<T: Transport>(
                 });
             }
             Err(refusal) => {
-                metrics.http_refused.fetch_add(1, Ordering::Relaxed);
+                metrics.http_refused.inc();
                 if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     last_warned = Some(tokio::time::Instant::now());
                     tracing::warn!(

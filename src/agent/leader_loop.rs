@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
 use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
@@ -57,7 +58,17 @@ pub async fn run(
         let housekeeping = Housekeeping {
             margin: config.reschedule_margin,
         };
-        let resign = lead(&leadership, &config.name, housekeeping, shutdown.clone()).await;
+        let metrics = state.metrics.leader.clone();
+        metrics.leading(true);
+        let resign = lead(
+            &leadership,
+            &config.name,
+            housekeeping,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        metrics.leading(false);
         state.is_leader.store(false, Ordering::Relaxed);
         if resign {
             leadership.resign().await;
@@ -75,6 +86,7 @@ async fn lead(
     leadership: &Leadership,
     node: &str,
     housekeeping: Housekeeping,
+    metrics: LeaderMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let store = leadership.store();
@@ -89,7 +101,8 @@ async fn lead(
         let _ = rx.wait_for(|s| *s).await;
     };
     let voters = VotersController::new(store.clone()).with_lease(leadership.lease_watch());
-    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
+    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
+        .with_metrics(metrics);
     let mut controllers = Controllers {
         tasks: vec![
             (

@@ -88,10 +88,7 @@ pub async fn job_logs(
         match state.follow_streams.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                state
-                    .metrics
-                    .follows_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.metrics.follows_refused.inc();
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(header::RETRY_AFTER, "5")],

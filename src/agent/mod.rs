@@ -114,7 +114,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     let store = Store::connect_lazy(&me.access.with_endpoints(&endpoints)).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(&config.name));
     let tls = match me.identity() {
         Some(id) => Some(
             crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,

@@ -106,6 +106,7 @@ impl StatusWriter {
                 ..NodeStatus::default()
             };
             observed.apply(&mut status, &self.thresholds);
+            self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
                 let key = keys::agent_status(&self.node);
@@ -117,9 +118,7 @@ impl StatusWriter {
                     Ok(_) => {
                         last = Some(status);
                         last_write = Instant::now();
-                        self.metrics
-                            .status_writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.status_writes.inc();
                     }
                     Err(e) => tracing::debug!(%e, "node status not written yet"),
                 }

@@ -9,7 +9,6 @@
 //! (or an agent of a plaintext cluster) creates its own ([`ensure_node`]). An operator's Node
 //! always wins: nothing here changes an existing one.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,15 +153,12 @@ pub async fn keep_alive(
             tracing::debug!(%e, "cannot announce the Node yet");
         }
         if std::mem::take(&mut was_down) {
-            metrics.etcd_reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics.etcd_reconnects.inc();
             tracing::info!("registered with etcd again");
         }
         let keeper = LeaseKeeper::keep(store.clone(), grant);
         let follow = follow_lease(keeper.watch(), &renewals, |s| {
-            metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .lease_renew_micros
-                .fetch_add(s.round_trip.as_micros() as u64, Ordering::Relaxed);
+            metrics.lease_renewed(s.round_trip);
         });
         tokio::select! {
             _ = follow => {

@@ -68,6 +68,12 @@ pub struct UpArgs {
     /// Declare GPUs (as `rift agent --gpus`), e.g. `H100x2` so a laptop runs the GPU demo.
     #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// Where to serve the dashboard (`rift dashboard` in the same process).
+    #[arg(long, value_name = "ADDR", default_value = super::dashboard::DEFAULT_LISTEN)]
+    pub dashboard: std::net::SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
     /// A label for this node, KEY=VALUE. Repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::agent::parse_label)]
     pub labels: Vec<(String, String)>,
@@ -129,7 +135,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
     if args.webhook_port != 0 {
         let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
-        match webhook::serve(&addr, &config.state_dir, shutdown).await {
+        match webhook::serve(&addr, &config.state_dir, shutdown.clone()).await {
             Ok(_) => eprintln!(
                 "webhooks posted to http://{addr}/ are appended to {}",
                 webhook::log_path(&config.state_dir).display()
@@ -148,7 +154,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         (&endpoint, &access),
         &member_dir,
         agent_task,
-        &stop,
+        (&stop, shutdown.clone()),
     )
     .await;
     let state = StateDir::new(&config.state_dir);
@@ -171,7 +177,7 @@ async fn serve(
     (endpoint, access): (&str, &Access),
     member_dir: &agent::etcd_member::process::MemberDir,
     mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
-    stop: &watch::Sender<bool>,
+    (stop, shutdown): (&watch::Sender<bool>, watch::Receiver<bool>),
 ) -> Result<(), CliError> {
     let setup = async {
         let store = tokio::select! {
@@ -183,16 +189,24 @@ async fn serve(
             eprintln!("applying {}", join_paths(&args.manifests));
             apply_docs(&store, docs, false).await?;
         }
-        Ok(())
+        Ok(store)
     };
-    if let Err(e) = setup.await {
-        let _ = stop.send(true);
-        if !agent_task.is_finished() {
-            let _ = agent_task.await;
+    let store = match setup.await {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = stop.send(true);
+            if !agent_task.is_finished() {
+                let _ = agent_task.await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    print_how_to_reach(endpoint, config);
+    };
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        serve_dashboard(args.dashboard, &store, shutdown).await
+    };
+    print_how_to_reach(endpoint, config, dashboard.as_deref());
     match agent_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
@@ -353,12 +367,40 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, config: &AgentConfig) {
+/// Serves the dashboard beside the cluster; a taken address is a warning, not a failure (the
+/// cluster is what `rift up` is for). Returns its URL.
+async fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    store: &Store,
+    shutdown: watch::Receiver<bool>,
+) -> Option<String> {
+    match crate::dashboard::bind(addr).await {
+        Ok(listener) => {
+            let url = super::dashboard::url_of(listener.local_addr().unwrap_or(addr));
+            tokio::spawn(crate::dashboard::serve(
+                listener,
+                store.clone(),
+                crate::dashboard::Limits::default(),
+                shutdown,
+            ));
+            Some(url)
+        }
+        Err(e) => {
+            eprintln!("warning: no dashboard: {e} (or --no-dashboard)");
+            None
+        }
+    }
+}
+
+fn print_how_to_reach(endpoint: &str, config: &AgentConfig, dashboard: Option<&str>) {
     let conf = identity::admin_conf(&config.state_dir);
     let conf = std::path::absolute(&conf).unwrap_or(conf);
+    let dashboard = dashboard
+        .map(|url| format!("Dashboard: {url} (live, read-only)\n"))
+        .unwrap_or_default();
     println!(
         "\nrift is up: etcd at {endpoint} (TLS), node `{}` leads and runs jobs; state and logs \
-         in {}.\nIn another terminal:\n\n  \
+         in {}.\n{dashboard}In another terminal:\n\n  \
          export RIFT_CONFIG={}\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
          rift status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \

@@ -221,9 +221,7 @@ impl<P: JobProcesses> Runner<P> {
         let (local, out) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
         if out.restarts > 0 {
-            self.metrics
-                .restarts
-                .fetch_add(out.restarts, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.restarts.inc_by(out.restarts);
         }
         let reported: std::collections::HashSet<String> =
             out.reports.iter().map(|(j, _, _)| j.clone()).collect();
@@ -345,9 +343,7 @@ impl<P: JobProcesses> Runner<P> {
         {
             Ok(_) => {
                 self.announce(job, uid, before, &report);
-                self.metrics
-                    .status_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.status_writes.inc();
                 self.published.insert(job.to_string(), report);
                 true
             }
