@@ -18,3 +18,4 @@ pub mod pki;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+pub mod tasks;

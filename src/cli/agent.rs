@@ -173,7 +173,7 @@ pub async fn run(
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    let shutdown = agent::shutdown_on_signals();
+    let shutdown = crate::tasks::shutdown_on_signals();
     agent::run(config, shutdown)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))

@@ -20,10 +20,7 @@ mod lock;
 mod webhook;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use crate::agent::config::{ConfigFile, Overrides};
 use crate::agent::jobs::layout::StateDir;
@@ -34,6 +31,7 @@ use crate::api::VoterSetSpec;
 use crate::pki::credentials::Credentials;
 use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
 use crate::store::{Access, Store, StoreError};
+use crate::tasks::{CancellationToken, Tasks};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -116,20 +114,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if resuming { "resuming" } else { "starting" },
         member_dir.data().display()
     );
-    let (stop, shutdown) = watch::channel(false);
-    let stop = Arc::new(stop);
-    {
-        let stop = stop.clone();
-        let mut signals = agent::shutdown_on_signals();
-        tokio::spawn(async move {
-            agent::stopped(&mut signals).await;
-            let _ = stop.send(true);
-        });
-    }
-    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    // The agent and the webhook receiver stop on the first signal, or when setting up fails.
+    let tasks = Tasks::new(crate::tasks::shutdown_on_signals());
+    let agent_task = tasks.spawn(agent::run(config.clone(), tasks.token().clone()));
     if args.webhook_port != 0 {
         let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
-        match webhook::serve(&addr, &config.state_dir, shutdown).await {
+        match webhook::serve(&addr, &config.state_dir, &tasks).await {
             Ok(_) => eprintln!(
                 "webhooks posted to http://{addr}/ are appended to {}",
                 webhook::log_path(&config.state_dir).display()
@@ -148,9 +138,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         (&endpoint, &access),
         &member_dir,
         agent_task,
-        &stop,
+        tasks.token(),
     )
     .await;
+    tasks.stop().await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
     use std::io::Write;
@@ -171,7 +162,7 @@ async fn serve(
     (endpoint, access): (&str, &Access),
     member_dir: &agent::etcd_member::process::MemberDir,
     mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
-    stop: &watch::Sender<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), CliError> {
     let setup = async {
         let store = tokio::select! {
@@ -186,7 +177,7 @@ async fn serve(
         Ok(())
     };
     if let Err(e) = setup.await {
-        let _ = stop.send(true);
+        stop.cancel();
         if !agent_task.is_finished() {
             let _ = agent_task.await;
         }

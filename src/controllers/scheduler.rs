@@ -30,6 +30,7 @@ use crate::store::events::EventRecorder;
 use crate::store::mirror::Mirror;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, KeyValue, Store, StoreError};
+use crate::tasks::CancellationToken;
 use futures::FutureExt;
 
 /// The longest time between passes when nothing changes.
@@ -520,11 +521,7 @@ impl Scheduler {
 
     /// Runs passes until `stop` resolves or a write is refused by the leader fence (then
     /// returns [`StoreError::Fenced`]: the caller must step down).
-    pub async fn run(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), StoreError> {
-        tokio::pin!(stop);
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
         let mut mirror = Mirror::new();
         loop {
@@ -544,7 +541,7 @@ impl Scheduler {
             };
             let result = tokio::select! {
                 r = pass => r,
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             };
             match result {
                 Ok(stats) if stats != PassStats::default() => {
@@ -569,7 +566,7 @@ impl Scheduler {
                         }
                     }
                     _ = &mut tick => break,
-                    _ = &mut stop => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                 }
             }
             tokio::time::sleep(COALESCE).await;
