@@ -16,7 +16,7 @@
 //! keep running.
 
 mod jobs;
-mod lock;
+pub(crate) mod lock;
 mod webhook;
 
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     };
     let config = config(&args)?;
     // Held until this process ends; taken before anything else looks at the state directory.
-    let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let _lock = lock::take(&config.state_dir)?;
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
     let address = format!("{}:{}", host_for_url(&args.listen), args.port);
@@ -186,14 +186,17 @@ async fn serve(
     print_how_to_reach(endpoint, config);
     match agent_task.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
-        Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(source) => Err(CliError::Crashed {
+            what: "the agent",
+            source,
+        }),
     }
 }
 
 fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
@@ -218,8 +221,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
             bootstrap: true,
             ..Overrides::default()
         },
-    )
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    )?;
     if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
         // `sudo rift up`: jobs run as the person who invoked it, not as root.
         config.run_as = std::env::var("SUDO_USER")
@@ -247,8 +249,7 @@ fn host_for_url(host: &str) -> String {
 /// within 90 days of expiry.
 fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     let pki = PkiDir::new(&config.state_dir);
-    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
-    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+    let ca = match pki.ca()? {
         Some(ca) if pki.has_identity() => ca,
         _ => {
             if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
@@ -257,7 +258,7 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
                     pki.root().display()
                 );
             }
-            identity::bootstrap(config, &pki).map_err(failed)?
+            identity::bootstrap(config, &pki)?
         }
     };
     let path = identity::admin_conf(&config.state_dir);
@@ -268,8 +269,8 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     match fresh {
         Some(c) => Ok(c),
         None => {
-            identity::write_admin_conf(config, &ca).map_err(failed)?;
-            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+            identity::write_admin_conf(config, &ca)?;
+            Ok(Credentials::load(&path)?)
         }
     }
 }
@@ -280,7 +281,7 @@ async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
         match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::NotStarted(format!(
                     "etcd did not come up within {} s: {e}",
                     START_TIMEOUT.as_secs()
                 )))
@@ -298,7 +299,7 @@ fn with_log_tail(e: CliError, dir: &agent::etcd_member::process::MemberDir) -> C
         return e;
     }
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "{e}\nlast lines of {}:\n{}",
         dir.log().display(),
         tail.join("\n")
@@ -314,7 +315,7 @@ fn agent_ended(
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "the agent ended before etcd was up: {why} (etcd's log: {})",
         dir.log().display()
     ))

@@ -295,7 +295,9 @@ async fn wait_for_vacancy(
         tokio::select! {
             msg = stream.message() => {
                 let resp = msg.map_err(|e| StoreError::from_etcd(e, store.endpoints()))?
-                    .ok_or_else(|| StoreError::Etcd("leader watch closed".into()))?;
+                    .ok_or(StoreError::StreamEnded {
+                        what: "leader",
+                    })?;
                 if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
                     return Ok(());
                 }
