@@ -177,11 +177,13 @@ async fn serve(
         Ok(())
     };
     if let Err(e) = setup.await {
+        // Interrupted (Ctrl-C) while starting: a clean stop, not a failure to start.
+        let interrupted = stop.is_cancelled();
         stop.cancel();
         if !agent_task.is_finished() {
             let _ = agent_task.await;
         }
-        return Err(e);
+        return if interrupted { Ok(()) } else { Err(e) };
     }
     print_how_to_reach(endpoint, config);
     match agent_task.await {

@@ -32,7 +32,7 @@ use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
 /// The label every hollow Node carries (`hollow: "true"`).
-pub const HOLLOW_LABEL: &str = "hollow";
+pub const HOLLOW_LABEL: &str = crate::api::labels::HOLLOW;
 
 /// How a hollow node's life ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
