@@ -19,3 +19,4 @@ pub mod pki;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+pub mod tasks;

@@ -43,7 +43,7 @@ pub async fn run(args: DashboardArgs, access: &Access) -> Result<(), CliError> {
     if args.open {
         open_browser(&url);
     }
-    let shutdown = crate::agent::shutdown_on_signals();
+    let shutdown = crate::tasks::shutdown_on_signals();
     dashboard::serve(listener, store, Limits::default(), shutdown).await;
     Ok(())
 }

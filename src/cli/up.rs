@@ -16,14 +16,11 @@
 //! keep running.
 
 mod jobs;
-mod lock;
+pub(crate) mod lock;
 mod webhook;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use crate::agent::config::{ConfigFile, Overrides};
 use crate::agent::jobs::layout::StateDir;
@@ -34,6 +31,7 @@ use crate::api::VoterSetSpec;
 use crate::pki::credentials::Credentials;
 use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
 use crate::store::{Access, Store, StoreError};
+use crate::tasks::{CancellationToken, Tasks};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -94,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     };
     let config = config(&args)?;
     // Held until this process ends; taken before anything else looks at the state directory.
-    let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let _lock = lock::take(&config.state_dir)?;
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
     let address = format!("{}:{}", host_for_url(&args.listen), args.port);
@@ -122,20 +120,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if resuming { "resuming" } else { "starting" },
         member_dir.data().display()
     );
-    let (stop, shutdown) = watch::channel(false);
-    let stop = Arc::new(stop);
-    {
-        let stop = stop.clone();
-        let mut signals = agent::shutdown_on_signals();
-        tokio::spawn(async move {
-            agent::stopped(&mut signals).await;
-            let _ = stop.send(true);
-        });
-    }
-    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    // The agent and the webhook receiver stop on the first signal, or when setting up fails.
+    let tasks = Tasks::new(crate::tasks::shutdown_on_signals());
+    let agent_task = tasks.spawn(agent::run(config.clone(), tasks.token().clone()));
     if args.webhook_port != 0 {
         let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
-        match webhook::serve(&addr, &config.state_dir, shutdown.clone()).await {
+        match webhook::serve(&addr, &config.state_dir, &tasks).await {
             Ok(_) => eprintln!(
                 "webhooks posted to http://{addr}/ are appended to {}",
                 webhook::log_path(&config.state_dir).display()
@@ -154,9 +144,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         (&endpoint, &access),
         &member_dir,
         agent_task,
-        (&stop, shutdown.clone()),
+        tasks.token(),
     )
     .await;
+    tasks.stop().await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
     use std::io::Write;
@@ -177,7 +168,7 @@ async fn serve(
     (endpoint, access): (&str, &Access),
     member_dir: &agent::etcd_member::process::MemberDir,
     mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
-    (stop, shutdown): (&watch::Sender<bool>, watch::Receiver<bool>),
+    stop: &CancellationToken,
 ) -> Result<(), CliError> {
     let setup = async {
         let store = tokio::select! {
@@ -194,29 +185,34 @@ async fn serve(
     let store = match setup.await {
         Ok(store) => store,
         Err(e) => {
-            let _ = stop.send(true);
+            // Interrupted (Ctrl-C) while starting: a clean stop, not a failure to start.
+            let interrupted = stop.is_cancelled();
+            stop.cancel();
             if !agent_task.is_finished() {
                 let _ = agent_task.await;
             }
-            return Err(e);
+            return if interrupted { Ok(()) } else { Err(e) };
         }
     };
     let dashboard = if args.no_dashboard {
         None
     } else {
-        serve_dashboard(args.dashboard, &store, shutdown).await
+        serve_dashboard(args.dashboard, &store, stop.clone()).await
     };
     print_how_to_reach(endpoint, config, dashboard.as_deref());
     match agent_task.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
-        Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(source) => Err(CliError::Crashed {
+            what: "the agent",
+            source,
+        }),
     }
 }
 
 fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
@@ -241,8 +237,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
             bootstrap: true,
             ..Overrides::default()
         },
-    )
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    )?;
     if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
         // `sudo rift up`: jobs run as the person who invoked it, not as root.
         config.run_as = std::env::var("SUDO_USER")
@@ -270,8 +265,7 @@ fn host_for_url(host: &str) -> String {
 /// within 90 days of expiry.
 fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     let pki = PkiDir::new(&config.state_dir);
-    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
-    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+    let ca = match pki.ca()? {
         Some(ca) if pki.has_identity() => ca,
         _ => {
             if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
@@ -280,7 +274,7 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
                     pki.root().display()
                 );
             }
-            identity::bootstrap(config, &pki).map_err(failed)?
+            identity::bootstrap(config, &pki)?
         }
     };
     let path = identity::admin_conf(&config.state_dir);
@@ -291,8 +285,8 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     match fresh {
         Some(c) => Ok(c),
         None => {
-            identity::write_admin_conf(config, &ca).map_err(failed)?;
-            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+            identity::write_admin_conf(config, &ca)?;
+            Ok(Credentials::load(&path)?)
         }
     }
 }
@@ -303,7 +297,7 @@ async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
         match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::NotStarted(format!(
                     "etcd did not come up within {} s: {e}",
                     START_TIMEOUT.as_secs()
                 )))
@@ -321,7 +315,7 @@ fn with_log_tail(e: CliError, dir: &agent::etcd_member::process::MemberDir) -> C
         return e;
     }
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "{e}\nlast lines of {}:\n{}",
         dir.log().display(),
         tail.join("\n")
@@ -337,7 +331,7 @@ fn agent_ended(
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "the agent ended before etcd was up: {why} (etcd's log: {})",
         dir.log().display()
     ))
@@ -372,7 +366,7 @@ fn join_paths(paths: &[PathBuf]) -> String {
 async fn serve_dashboard(
     addr: std::net::SocketAddr,
     store: &Store,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Option<String> {
     match crate::dashboard::bind(addr).await {
         Ok(listener) => {

@@ -31,6 +31,7 @@ use crate::store::events::EventRecorder;
 use crate::store::mirror::Mirror;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, KeyValue, Store, StoreError};
+use crate::tasks::CancellationToken;
 use futures::FutureExt;
 
 /// The longest time between passes when nothing changes.
@@ -529,11 +530,7 @@ impl Scheduler {
 
     /// Runs passes until `stop` resolves or a write is refused by the leader fence (then
     /// returns [`StoreError::Fenced`]: the caller must step down).
-    pub async fn run(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), StoreError> {
-        tokio::pin!(stop);
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
         let mut mirror = Mirror::new();
         let mut observed_at: Option<Instant> = None;
@@ -555,7 +552,7 @@ impl Scheduler {
             };
             let result = tokio::select! {
                 r = pass => r,
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             };
             if let (Some(m), Ok(stats)) = (&self.metrics, &result) {
                 m.pass(started.elapsed(), stats.placed, stats.evicted);
@@ -587,7 +584,7 @@ impl Scheduler {
                         }
                     }
                     _ = &mut tick => break,
-                    _ = &mut stop => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                 }
             }
             tokio::time::sleep(COALESCE).await;

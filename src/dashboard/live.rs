@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::pages::{self, Page, Query};
@@ -46,7 +47,7 @@ pub fn stream(
     query: Query,
     seen: Option<String>,
     permit: OwnedSemaphorePermit,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let state = State {
         views: source.subscribe(),
@@ -75,9 +76,5 @@ pub fn stream(
             return Some((Ok(Event::default().event(EVENT).data(html)), s));
         }
     });
-    Sse::new(events.take_until(stopped(shutdown))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-}
-
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
-    crate::agent::stopped(&mut shutdown).await
+    Sse::new(events.take_until(shutdown.cancelled_owned())).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

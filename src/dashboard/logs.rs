@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use maud::html;
+use tokio_util::sync::CancellationToken;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::source::Source;
@@ -42,7 +43,7 @@ pub fn stream(
     tls: Arc<AgentTls>,
     name: String,
     permit: OwnedSemaphorePermit,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
@@ -50,7 +51,7 @@ pub fn stream(
         tokio::select! {
             _ = follow(&source, &dialer, &tls, &name, &out) => {}
             _ = out.tx.closed() => {}
-            _ = stopped(shutdown) => {}
+            _ = shutdown.cancelled() => {}
         }
         drop(permit);
     });
@@ -58,10 +59,6 @@ pub fn stream(
         rx.recv().await.map(|ev| (Ok(ev), rx))
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(super::live::KEEP_ALIVE))
-}
-
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
-    crate::agent::stopped(&mut shutdown).await
 }
 
 struct Out {

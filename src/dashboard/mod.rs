@@ -29,6 +29,7 @@ mod fixtures;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -60,7 +61,7 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let listen = listener
         .local_addr()

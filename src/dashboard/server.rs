@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tokio::sync::{watch, Semaphore};
 
 use super::pages::{self, Page, Query};
@@ -60,7 +61,7 @@ struct App {
     limits: Limits,
     /// Set when listening on loopback: only loopback names may be asked for.
     loopback_only: bool,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 /// The router for a dashboard listening on `listen`.
@@ -69,7 +70,7 @@ pub fn router(
     agent_tls: AgentTls,
     listen: SocketAddr,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Router {
     let app = Arc::new(App {
         source,

@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -76,8 +77,8 @@ pub struct Source {
 }
 
 impl Source {
-    /// Starts watching; the task ends when `shutdown` turns true or every handle is dropped.
-    pub fn start(store: Store, shutdown: watch::Receiver<bool>) -> Source {
+    /// Starts watching; the task ends when `shutdown` is cancelled or every handle is dropped.
+    pub fn start(store: Store, shutdown: CancellationToken) -> Source {
         let endpoints = store.current_endpoints().join(",");
         let first = Arc::new(View {
             cluster: Arc::new(Cluster::default()),
@@ -163,7 +164,7 @@ async fn run(
     store: Store,
     tx: watch::Sender<Arc<View>>,
     history: Arc<RwLock<History>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut watcher = Watcher::new(store.clone(), keys::ROOT, WatchConfig::default());
     let mut mirror = Mirror::new();
@@ -228,7 +229,7 @@ async fn run(
                     }
                 }
             }
-            _ = crate::agent::stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
             _ = out.tx.closed() => return,
         }
         if dirty && publish_at.is_none() {

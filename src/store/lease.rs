@@ -65,7 +65,8 @@ pub struct LeaseStatus {
 }
 
 impl LeaseStatus {
-    fn fresh(grant: Grant) -> Self {
+    /// A just-granted lease's status: renewed at the grant, nothing lost.
+    pub(crate) fn fresh(grant: Grant) -> Self {
         Self {
             id: grant.id,
             ttl: grant.ttl,

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use etcd_client::TxnOp;
 use futures::FutureExt;
-use tokio::sync::watch;
 
 use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
@@ -36,6 +35,7 @@ use crate::api::JobSpec;
 use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store, StoreError};
+use crate::tasks::CancellationToken;
 
 /// How often the runner looks at its jobs when nothing changes.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -96,7 +96,7 @@ impl<P: JobProcesses> Runner<P> {
     }
 
     /// Runs until `shutdown`; running jobs are left to their shims.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut local = self
             .local
             .take()
@@ -132,7 +132,7 @@ impl<P: JobProcesses> Runner<P> {
                     Err(e) => tracing::debug!(%e, "bindings watch: retrying"),
                 },
                 _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.cancelled() => return,
             }
             self.converge().await;
         }
