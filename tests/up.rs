@@ -390,7 +390,13 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 async fn a_rift_up_stopped_right_after_start_leaves_no_process_and_no_listener_behind() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port(), free_port());
+    let ports = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Up::start(&state, ports);
     // Right after start: the agent listens and its etcd member has been started; the
     // cluster, the manifests and the jobs are still on their way.
@@ -415,7 +421,7 @@ async fn a_rift_up_stopped_right_after_start_leaves_no_process_and_no_listener_b
         "etcd, shims and jobs stop with it"
     );
     assert_eq!(
-        listening(&[ports.0, ports.1, ports.2, ports.3]),
+        listening(&[ports.0, ports.1, ports.2, ports.3, ports.4]),
         Vec::<u16>::new(),
         "no port it opened is left open"
     );
@@ -448,6 +454,7 @@ fn a_rift_up_that_fails_at_start_stops_what_it_started() {
             &ports[2],
             "--webhook-port",
             &ports[3],
+            "--no-dashboard",
         ],
     )
     .stdout(Stdio::null())

@@ -211,7 +211,7 @@ pub async fn follow_lease(
     loop {
         let s = *status.borrow_and_update();
         if seen != Some(s.renewals) {
-            renewals.renewed(s.renewed);
+            renewals.renewed(s.renewed, s.id);
             if s.renewals > seen.unwrap_or(0) {
                 on_renewal(&s);
             }

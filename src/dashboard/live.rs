@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
 
 use super::pages::{self, Page, Query};
 use super::source::{Source, View};
@@ -76,5 +76,6 @@ pub fn stream(
             return Some((Ok(Event::default().event(EVENT).data(html)), s));
         }
     });
-    Sse::new(events.take_until(shutdown.cancelled_owned())).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Sse::new(events.take_until(shutdown.cancelled_owned()))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use maud::html;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::source::Source;
 use crate::api::JobPhase;

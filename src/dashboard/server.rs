@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio::sync::{watch, Semaphore};
 
 use super::pages::{self, Page, Query};
 use super::source::Source;
