@@ -25,7 +25,9 @@ use std::time::Duration;
 
 /// The shell script every logged job runs; `$1` log, `$2` lock, `$3` job, `$4` seconds
 /// (0: until stopped).
+/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory.
 const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"
+if [ "$job" = - ]; then job="$RIFT_JOB_NAME"; lock="$lock/$job.lock"; fi
 now() { date +%s%N; }
 exec 9>>"$lock"
 if ! flock -n 9; then echo "overlap $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"; fi
@@ -111,6 +113,15 @@ impl InstanceLog {
             job.into(),
             format!("{secs}"),
         ]
+    }
+
+    /// Like [`InstanceLog::command`], for jobs whose name is not known when the command is
+    /// written (a Pool's template): the instance takes its job's name from `RIFT_JOB_NAME`,
+    /// which the agent sets for every job.
+    pub fn command_named_by_env(&self, run_for: Option<Duration>) -> Vec<String> {
+        let mut argv = self.command("-", run_for);
+        argv[5] = self.dir.join("locks").display().to_string();
+        argv
     }
 
     /// Every record so far, in log order; a line cut short by a crash mid-write is skipped.
@@ -225,17 +236,43 @@ fn is_instance_process(pid: u32, job: &str) -> bool {
         })
         .unwrap_or(true);
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    !zombie && args.contains(&&b"rift-instance"[..]) && args.contains(&job.as_bytes())
+    let named =
+        args.contains(&job.as_bytes()) || (args.contains(&&b"-"[..]) && env_names_job(&proc, job));
+    !zombie && args.contains(&&b"rift-instance"[..]) && named
+}
+
+/// Whether the process's environment says `RIFT_JOB_NAME=<job>`.
+fn env_names_job(proc: &Path, job: &str) -> bool {
+    let wanted = format!("RIFT_JOB_NAME={job}");
+    std::fs::read(proc.join("environ"))
+        .map(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
 
+    /// Each instance in a process group of its own (as the shim starts jobs), so that
+    /// [`end_group`] ends its `sleep` too: a killed shell alone leaves it running, holding
+    /// the test's stdout open.
     fn spawn(log: &InstanceLog, job: &str, run_for: Option<Duration>) -> Child {
         let argv = log.command(job, run_for);
-        Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap()
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn end_group(c: &mut Child) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = c.wait();
     }
 
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -278,8 +315,31 @@ mod tests {
         assert_eq!(r.overlaps[0].job, "a");
         assert_eq!(r.alive("a").len(), 2);
         for c in [&mut first, &mut second, &mut other] {
-            c.kill().unwrap();
-            c.wait().unwrap();
+            end_group(c);
+        }
+    }
+
+    #[test]
+    fn an_instance_named_by_its_environment_is_logged_locked_and_found_alive_under_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = InstanceLog::new(dir.path()).unwrap();
+        let argv = log.command_named_by_env(None);
+        let spawn = || {
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("RIFT_JOB_NAME", "pool-n-0")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut first = spawn();
+        wait_for("start", || log.report().unwrap().starts("pool-n-0") == 1);
+        assert_eq!(log.report().unwrap().alive("pool-n-0").len(), 1);
+        let mut second = spawn();
+        wait_for("second", || log.report().unwrap().starts("pool-n-0") == 2);
+        assert_eq!(log.report().unwrap().overlaps.len(), 1);
+        for c in [&mut first, &mut second] {
+            end_group(c);
         }
     }
 
@@ -309,5 +369,7 @@ mod tests {
             log.report().unwrap().of("a")[1].stop.as_deref(),
             Some("term")
         );
+        // The first instance's `sleep` outlived its SIGKILLed shell.
+        end_group(&mut first);
     }
 }
