@@ -25,14 +25,15 @@ use std::time::Duration;
 
 /// The shell script every logged job runs; `$1` log, `$2` lock, `$3` job, `$4` seconds
 /// (0: until stopped).
-/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory.
-const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"
+/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory; `$5`
+/// (optional) is how many seconds SIGTERM takes to end it (a job saving a checkpoint).
+const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"; stop_after="${5:-0}"
 if [ "$job" = - ]; then job="$RIFT_JOB_NAME"; lock="$lock/$job.lock"; fi
 now() { date +%s%N; }
 exec 9>>"$lock"
 if ! flock -n 9; then echo "overlap $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"; fi
 echo "start $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"
-trap 'kill $child 2>/dev/null; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
+trap 'kill $child 2>/dev/null; sleep "$stop_after" 9>&-; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
 trap 'kill $child 2>/dev/null; echo "stop $job $$ $(now) int" >>"$log"; exit 130' INT
 if [ "$secs" = 0 ]; then sleep infinity 9>&- & else sleep "$secs" 9>&- & fi
 child=$!
@@ -113,6 +114,19 @@ impl InstanceLog {
             job.into(),
             format!("{secs}"),
         ]
+    }
+
+    /// Like [`InstanceLog::command`], for a job that takes `stop_after` to end once sent
+    /// SIGTERM (it still holds its lock meanwhile: it is alive).
+    pub fn command_slow_to_stop(
+        &self,
+        job: &str,
+        run_for: Option<Duration>,
+        stop_after: Duration,
+    ) -> Vec<String> {
+        let mut argv = self.command(job, run_for);
+        argv.push(format!("{}", stop_after.as_secs_f64()));
+        argv
     }
 
     /// Like [`InstanceLog::command`], for jobs whose name is not known when the command is
@@ -341,6 +355,34 @@ mod tests {
         for c in [&mut first, &mut second] {
             end_group(c);
         }
+    }
+
+    #[test]
+    fn a_slow_to_stop_instance_lives_on_after_sigterm_for_its_stop_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = InstanceLog::new(dir.path()).unwrap();
+        let argv = log.command_slow_to_stop("a", None, Duration::from_millis(700));
+        let mut c = Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        wait_for("start", || log.report().unwrap().starts("a") == 1);
+        let t = std::time::Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(log.report().unwrap().alive("a").len(), 1, "still stopping");
+        c.wait().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(700));
+        assert_eq!(
+            log.report().unwrap().of("a")[0].stop.as_deref(),
+            Some("term")
+        );
+        end_group(&mut c);
     }
 
     #[test]

@@ -163,6 +163,30 @@ impl Violation {
         }
     }
 
+    /// The same violation, its detail ending with `, after <what>` (what had just happened).
+    pub fn after(self, what: &str) -> Violation {
+        let add = |detail: String| format!("{detail}, after {what}");
+        match self {
+            Violation::Overlap { job, detail } => Violation::Overlap {
+                job,
+                detail: add(detail),
+            },
+            Violation::Lost { job, detail } => Violation::Lost {
+                job,
+                detail: add(detail),
+            },
+            Violation::Stuck { job, detail } => Violation::Stuck {
+                job,
+                detail: add(detail),
+            },
+            Violation::Killed { job, detail } => Violation::Killed {
+                job,
+                detail: add(detail),
+            },
+            restarted @ Violation::Restarted { .. } => restarted,
+        }
+    }
+
     /// Whether it describes the cluster's present state (it may still converge), rather than
     /// something that already happened and cannot be undone.
     pub fn is_state(&self) -> bool {
@@ -421,39 +445,60 @@ fn now_ns() -> u128 {
 #[derive(Clone, Debug)]
 pub struct Verdict {
     pub violations: Vec<Violation>,
-    /// How long until every tracked job had converged; `None` when some never did within the
-    /// bound (those are the state violations in `violations`).
+    /// How long until every tracked job had converged for good (the start of the stable
+    /// stretch); `None` when some never did within the bound (those are the state violations
+    /// in `violations`).
     pub converged_after: Option<Duration>,
 }
 
-/// Reads snapshots (every 250 ms) until no tracked job has a state violation, or until
-/// `bound` has passed; then judges the last one. Etcd errors while reading count as "not yet"
-/// (the cluster may be recovering); a run whose every read failed reports the last error as
-/// every job stuck.
+/// When convergence is judged.
+#[derive(Clone, Copy, Debug)]
+pub struct Convergence {
+    /// Longest wait for every tracked job to converge: past it, a job is stuck or lost.
+    pub bound: Duration,
+    /// How long the converged state must hold before it counts: a cluster passing through a
+    /// clean moment on its way to doing harm (a node about to be declared lost) has not
+    /// converged.
+    pub stable: Duration,
+}
+
+/// Reads snapshots (every 250 ms) until no tracked job has had a state violation for
+/// `stable`, or until `bound` has passed; then judges the last one. Etcd errors while reading
+/// count as "not yet" (the cluster may be recovering); a run whose every read failed reports
+/// the last error as every job stuck.
 pub async fn converge(
     store: &Store,
     log: Option<&InstanceLog>,
     tracked: &BTreeMap<String, Tracked>,
-    bound: Duration,
+    when: Convergence,
 ) -> Verdict {
     let start = Instant::now();
     let mut last: Option<Snapshot> = None;
     let mut last_error = String::new();
+    let mut clean_since: Option<Duration> = None;
     loop {
         match snapshot(store, log).await {
             Ok(snap) => {
                 let found = judge(tracked, &snap);
-                if !found.iter().any(Violation::is_state) {
-                    return Verdict {
-                        violations: found,
-                        converged_after: Some(start.elapsed()),
-                    };
+                if found.iter().any(Violation::is_state) {
+                    clean_since = None;
+                } else {
+                    let since = *clean_since.get_or_insert(start.elapsed());
+                    if start.elapsed() - since >= when.stable {
+                        return Verdict {
+                            violations: found,
+                            converged_after: Some(since),
+                        };
+                    }
                 }
                 last = Some(snap);
             }
-            Err(e) => last_error = e.to_string(),
+            Err(e) => {
+                clean_since = None;
+                last_error = e.to_string();
+            }
         }
-        if start.elapsed() >= bound {
+        if start.elapsed() >= when.bound + when.stable {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -468,9 +513,11 @@ pub async fn converge(
             })
             .collect(),
     };
+    // Clean at the very end but not yet for `stable`: it converged at the last moment.
+    let converged_after = clean_since.filter(|_| !violations.iter().any(Violation::is_state));
     Verdict {
         violations,
-        converged_after: None,
+        converged_after,
     }
 }
 

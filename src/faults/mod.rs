@@ -20,7 +20,7 @@ pub mod proxy;
 pub mod reports;
 
 pub use instances::{InstanceLog, InstanceReport};
-pub use invariants::{converge, judge, Expect, Snapshot, Tracked, Verdict, Violation};
+pub use invariants::{converge, judge, Convergence, Expect, Snapshot, Tracked, Verdict, Violation};
 pub use procs::Paused;
 pub use proxy::{FaultProxy, LinkFault, ProxyStats};
 pub use reports::ReportWatch;

@@ -137,6 +137,22 @@ pub fn etcd_member(data_dir: &Path) -> Option<u32> {
         .map(|p| p.pid)
 }
 
+/// Every process whose command line or environment mentions `path`: what an agent with that
+/// state directory started (its shims name it, their jobs inherit `RIFT_*` paths below it),
+/// for cleaning up after a run.
+pub fn mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let hit = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(needle.as_str());
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.argv.iter().any(|a| a.contains(needle.as_str()))
+                || std::fs::read(format!("/proc/{}/environ", p.pid)).is_ok_and(|e| hit(&e))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: Signal) -> Result<(), ProcessError> {
     match kill(Pid::from_raw(pid as i32), signal) {
