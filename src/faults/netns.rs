@@ -29,7 +29,7 @@ pub enum NetNsError {
     Command { command: String, stderr: String },
 }
 
-/// Namespaces made by this process so far (names and subnets stay distinct within a run).
+/// Namespaces tried by this process so far (names stay distinct within a run).
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn run(args: &[&str]) -> Result<Output, NetNsError> {
@@ -68,24 +68,44 @@ pub struct NetNs {
     host_if: String,
     host_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
+    /// The veth pair is ours (another process may hold an interface of the name we tried).
+    linked: bool,
 }
 
 impl NetNs {
     /// Makes a namespace with its loopback up and a veth link to the host, both ends up.
+    ///
+    /// Interface names and subnets are picked from a hash of this process's id and a counter;
+    /// when another process holds the pick (`File exists`), the next one is tried.
     pub fn create() -> Result<NetNs, NetNsError> {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        // Distinct across processes (pid) and within one (seq); interface names are ≤ 15 bytes.
-        let tag = (std::process::id().wrapping_mul(64) + seq) % 16384;
+        let mut last = None;
+        for _ in 0..16 {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let tag = (std::process::id().wrapping_mul(7919) ^ seq.wrapping_mul(104_729)) % 16384;
+            match NetNs::create_as(seq, tag) {
+                Ok(ns) => return Ok(ns),
+                Err(NetNsError::Command { command, stderr }) if stderr.contains("File exists") => {
+                    last = Some(NetNsError::Command { command, stderr });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("16 attempts were made"))
+    }
+
+    fn create_as(seq: u32, tag: u32) -> Result<NetNs, NetNsError> {
+        // Interface names are at most 15 bytes: `rifth` + 5 digits.
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + tag * 4;
-        let ns = NetNs {
+        let mut ns = NetNs {
             name: format!("rift-{}-{seq}", std::process::id()),
             host_if: format!("rifth{tag}"),
             host_ip: Ipv4Addr::from(base + 1),
             ns_ip: Ipv4Addr::from(base + 2),
+            linked: false,
         };
         let peer = format!("riftn{tag}");
         run(&["netns", "add", &ns.name])?;
-        // From here on, drop undoes what was made.
+        // From here on, dropping `ns` undoes what was made.
         run(&[
             "link",
             "add",
@@ -96,6 +116,7 @@ impl NetNs {
             "name",
             &peer,
         ])?;
+        ns.linked = true;
         run(&["link", "set", &peer, "netns", &ns.name])?;
         run(&[
             "addr",
@@ -151,7 +172,9 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Deleting the host end deletes the pair.
-        let _ = run(&["link", "del", &self.host_if]);
+        if self.linked {
+            let _ = run(&["link", "del", &self.host_if]);
+        }
         let _ = run(&["netns", "del", &self.name]);
     }
 }

@@ -171,7 +171,7 @@ impl Outcome {
         r.add(
             "violations",
             format!(
-                "{} found: {} (stuck = not converged within {} s)",
+                "{} found: {} (stuck: not converged, and stable for two lease TTLs, within {} s of a fault's end)",
                 self.violations.len(),
                 shown.join(", "),
                 self.bound.as_secs()
@@ -228,4 +228,34 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
 /// Milliseconds of a duration, for recovery times.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_line_names_faults_operations_violations_and_recovery() {
+        let mut o = Outcome::new(ChaosScenario::NodeCut, Duration::from_secs(30));
+        o.fault("cut");
+        o.fault("cut");
+        o.fault("partition");
+        o.operations = 7;
+        o.recovery_ms = vec![100.0, 300.0, 200.0];
+        o.violations.push(Violation::Lost {
+            job: "move-0".into(),
+            detail: "Failed (NodeLost)".into(),
+        });
+        let j = o.report().json();
+        assert_eq!(j["scenario"], "chaos node-cut");
+        assert_eq!(j["faults"], 3);
+        assert_eq!(j["fault_kinds"]["cut"], 2);
+        assert_eq!(j["operations"], 7);
+        assert_eq!(j["violations"], 1);
+        assert_eq!(j["violations_by_class"]["lost"], 1);
+        assert_eq!(j["violations_by_class"]["overlap"], 0);
+        assert_eq!(j["violation_1"], "lost: move-0: Failed (NodeLost)");
+        assert_eq!(j["recovery"]["p50_ms"], 200.0);
+        assert_eq!(j["recovery"]["max_ms"], 300.0);
+    }
 }

@@ -8,8 +8,8 @@
 //! running until stopped, started on `w1` before `w2` exists:
 //! - `wait-N`: `onNodeLost: wait`: never moved, never stopped, never restarted;
 //! - `move-N`: `reschedule`, `lostAfter: 3s`, stopping at once on SIGTERM;
-//! - `slow-N`: `reschedule`, `lostAfter: 3s`, taking 4 s to stop after SIGTERM
-//!   (`terminationGracePeriod: 10s`).
+//! - `slow-N`: `reschedule`, `lostAfter: 3s`, taking 8 s to stop after SIGTERM (a job saving
+//!   a checkpoint; `terminationGracePeriod: 15s`).
 //!
 //! Each of `--faults` cycles (20 by default) cuts the worker running the most jobs — a cut
 //! (connections reset), a partition (nothing passes, nothing is refused) or blackholed
@@ -37,7 +37,7 @@ use crate::faults::LinkFault;
 
 const LOST_AFTER: Duration = Duration::from_secs(3);
 const MARGIN: u64 = 2;
-const SLOW_STOP: Duration = Duration::from_secs(4);
+const SLOW_STOP: Duration = Duration::from_secs(8);
 
 pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchError> {
     let cycles = args.faults.unwrap_or(20);
@@ -88,7 +88,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
             ..bed.real_job(&name, None)
         };
         Bed::reschedule(&mut slow, LOST_AFTER);
-        slow.termination_grace_period = HumanDuration::from_secs(10);
+        slow.termination_grace_period = HumanDuration::from_secs(15);
         bed.create(&name, slow, &[], Tracked::movable()).await?;
     }
     let bound = Duration::from_secs(30 + LOST_AFTER.as_secs() + MARGIN + 2 * ttl);
@@ -98,7 +98,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
 
     let mut out = Outcome::new(ChaosScenario::NodeCut, bound);
     out.setup = format!(
-        "etcd x1; ctl (controllers) + workers w1, w2 each behind its own {link:?} link; {per_kind} wait + {per_kind} reschedule + {per_kind} slow-to-stop (4 s) reschedule jobs, lostAfter {} s, reschedule margin {MARGIN} s, lease TTL {ttl} s; {cycles} cut/restore cycles, seed {}",
+        "etcd x1; ctl (controllers) + workers w1, w2 each behind its own {link:?} link; {per_kind} wait + {per_kind} reschedule + {per_kind} slow-to-stop (8 s) reschedule jobs, lostAfter {} s, reschedule margin {MARGIN} s, lease TTL {ttl} s; {cycles} cut/restore cycles, seed {}",
         LOST_AFTER.as_secs(),
         args.seed
     );
