@@ -97,6 +97,11 @@ fn killing_an_agent_every_second_restarts_no_job() {
 }
 
 #[test]
+fn killing_shims_never_leaves_a_job_running_twice_or_not_at_all() {
+    chaos("shim-kills", &["--faults", "3", "--jobs", "2"]);
+}
+
+#[test]
 fn restarting_every_agent_in_turn_restarts_no_job() {
     chaos("rolling-upgrade", &["--jobs", "1"]);
 }

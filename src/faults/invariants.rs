@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`Violation::Overlap`] | two instances of one job alive at the same instant | an instance found the job's kernel lock held; or two logged lifetimes intersect |
 //! | [`Violation::Lost`] | the job's work neither finished nor still runs | the Job is gone or Failed; or it says Running and no instance of it is alive |
-//! | [`Violation::Stuck`] | the job did not converge within the bound | still Pending or Scheduled, still running when it should have finished, or its status names another process than the one alive |
+//! | [`Violation::Stuck`] | the job did not converge within the bound | still Pending or Scheduled, still running when it should have finished or after it was deleted, or its status names another process than the one alive |
 //! | [`Violation::Restarted`] | more starts than the scenario allows | `start` lines in the log |
 //! | [`Violation::Killed`] | an instance that should have run on was stopped | a `term`/`int` stop line, or a dead instance with no stop line |
 //!
@@ -50,6 +50,8 @@ pub enum Expect {
     Finish,
     /// It runs until stopped: Running, with one live instance.
     KeepRunning,
+    /// It was deleted: no instance of it may live on.
+    Deleted,
 }
 
 /// What a scenario promises about one of its jobs.
@@ -304,10 +306,23 @@ fn state(
             detail,
         })
     };
+    let alive: Vec<&&InstanceView> = instances.iter().filter(|i| i.alive).collect();
+    if t.expect == Expect::Deleted {
+        return (!alive.is_empty()).then(|| Violation::Stuck {
+            job: job.into(),
+            detail: format!(
+                "deleted, but instance {} still runs",
+                alive
+                    .iter()
+                    .map(|i| i.pid.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     let Some(v) = view else {
         return lost("the Job object is gone, and nobody deleted it".into());
     };
-    let alive: Vec<&&InstanceView> = instances.iter().filter(|i| i.alive).collect();
     let why = || {
         [v.reason.as_str(), v.message.as_str()]
             .iter()
@@ -318,7 +333,7 @@ fn state(
     };
     match (v.phase, t.expect) {
         (JobPhase::Succeeded, Expect::Finish) => None,
-        (JobPhase::Succeeded, Expect::KeepRunning) => {
+        (JobPhase::Succeeded, _) => {
             lost(format!("Succeeded, but it runs until stopped ({})", why()))
         }
         (JobPhase::Failed, _) => lost(format!("Failed ({})", why())),

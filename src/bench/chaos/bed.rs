@@ -300,6 +300,14 @@ impl Bed {
                 ))
             }
         };
+        // Never "overloaded": on a machine shared with other work, host load would make the
+        // scheduler refuse the workers, which is not the fault under test.
+        let config = state.join("chaos-agent.yaml");
+        std::fs::write(
+            &config,
+            "thresholds: {cpu: 101, memory: 101, gpuMemory: 101, disk: 101}\n",
+        )
+        .map_err(|e| BenchError::io(&config, e))?;
         let port = free_port().map_err(|e| BenchError::io(&state, e))?;
         let mut args: Vec<String> = ["agent", "--name", &plan.name, "--listen", "127.0.0.1"]
             .map(String::from)
@@ -308,6 +316,7 @@ impl Bed {
         args.extend(["--lease-ttl".into(), self.ttl.to_string()]);
         args.extend(["--node-lease-ttl".into(), self.ttl.to_string()]);
         args.extend(["--state-dir".into(), state.display().to_string()]);
+        args.extend(["--config".into(), config.display().to_string()]);
         if plan.controllers {
             args.push("--controllers".into());
             args.extend(["--reschedule-margin".into(), reschedule_margin.to_string()]);

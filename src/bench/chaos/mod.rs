@@ -11,6 +11,7 @@
 //! | [`node_cut`] | a worker's link to etcd cut, partitioned or its replies blackholed, then restored | at most one instance at every instant; `wait` jobs never stopped |
 //! | [`quorum_loss`] | two of three etcd members down (one SIGKILLed, one SIGSTOPped) | 0 jobs killed; scheduling resumes within 5 s of quorum |
 //! | [`agent_kills`] | a worker's agent SIGKILLed every second (and restarted) | 0 jobs restarted |
+//! | [`shim_kills`] | a job's shim SIGKILLed (the job process lives on), one after another | at most one instance; every job running again |
 //! | [`rolling_upgrade`] | every agent stopped (SIGTERM) and started again, one at a time | 0 jobs restarted |
 //! | [`unknown_field`] | running Jobs rewritten with a field this version does not know | 0 jobs killed |
 //!
@@ -28,6 +29,7 @@ pub mod leader_kills;
 pub mod node_cut;
 pub mod quorum_loss;
 pub mod rolling_upgrade;
+pub mod shim_kills;
 pub mod unknown_field;
 
 use std::collections::BTreeMap;
@@ -54,6 +56,8 @@ pub enum ChaosScenario {
     QuorumLoss,
     /// A worker's agent SIGKILLed every second with running jobs: 0 restarted.
     AgentKills,
+    /// Jobs' shims SIGKILLed while their jobs run on: at most one instance, all running.
+    ShimKills,
     /// Every agent stopped and started again in turn: 0 restarted.
     RollingUpgrade,
     /// Running Jobs rewritten with an unknown field: 0 killed.
@@ -67,6 +71,7 @@ impl ChaosScenario {
             ChaosScenario::NodeCut => "node-cut",
             ChaosScenario::QuorumLoss => "quorum-loss",
             ChaosScenario::AgentKills => "agent-kills",
+            ChaosScenario::ShimKills => "shim-kills",
             ChaosScenario::RollingUpgrade => "rolling-upgrade",
             ChaosScenario::UnknownField => "unknown-field",
         }
@@ -220,6 +225,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
         ChaosScenario::NodeCut => node_cut::run(args, common).await,
         ChaosScenario::QuorumLoss => quorum_loss::run(args, common).await,
         ChaosScenario::AgentKills => agent_kills::run(args, common).await,
+        ChaosScenario::ShimKills => shim_kills::run(args, common).await,
         ChaosScenario::RollingUpgrade => rolling_upgrade::run(args, common).await,
         ChaosScenario::UnknownField => unknown_field::run(args, common).await,
     }

@@ -197,3 +197,18 @@ fn counts_name_every_class() {
     assert_eq!(c["restarted"], 1);
     assert_eq!(c["overlap"], 0);
 }
+
+#[test]
+fn a_deleted_job_with_a_live_instance_is_stuck_and_without_one_is_fine() {
+    let deleted = Tracked {
+        expect: Expect::Deleted,
+        real: true,
+        max_starts: None,
+        may_be_stopped: true,
+    };
+    let t = track(&[("d", deleted)]);
+    let lives = snap(&[], vec![instance("d", 60, 1, None, true)]);
+    assert_eq!(classes(&judge(&t, &lives)), ["stuck"]);
+    let ended = snap(&[], vec![instance("d", 60, 1, Some((5, "term")), false)]);
+    assert_eq!(judge(&t, &ended), vec![]);
+}
