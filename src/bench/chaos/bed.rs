@@ -78,7 +78,6 @@ impl AgentPlan {
 pub struct ChaosAgent {
     pub plan: AgentPlan,
     pub state: PathBuf,
-    port: u16,
     endpoints: String,
     args: Vec<String>,
     proc: Option<Proc>,
@@ -118,11 +117,6 @@ impl ChaosAgent {
     /// The agent's pid, while this run's process is alive.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Proc::pid)
-    }
-
-    /// `127.0.0.1:<port>` of its HTTP server (for `/readyz`); in a namespace, unreachable.
-    pub fn http_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// SIGKILL (a crash; its shims live on) and reap.
@@ -177,13 +171,6 @@ impl ChaosAgent {
                 self.name()
             ))),
         }
-    }
-
-    /// The last `lines` lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 
@@ -333,7 +320,6 @@ impl Bed {
         let mut agent = ChaosAgent {
             plan,
             state,
-            port,
             endpoints,
             args,
             proc: None,
@@ -505,26 +491,4 @@ impl Bed {
         found.extend(self.given_up.values().cloned());
         found
     }
-}
-
-/// Polls `/readyz` of an agent until it answers 200 (the agent is up and reaches etcd).
-pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Option<Duration> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let start = Instant::now();
-    while start.elapsed() < within {
-        let probe = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await
-                .ok()?;
-            let mut buf = [0u8; 16];
-            let n = s.read(&mut buf).await.ok()?;
-            Some(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
-        };
-        if let Ok(Some(true)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }

@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 
 use super::super::env::{free_port, Proc};
 use super::super::BenchError;
-use crate::faults::procs::{self, Paused};
+use crate::faults::procs::Paused;
 use crate::store::Store;
 
 /// What the members advertise as their client URLs.
@@ -170,14 +170,6 @@ impl ChaosEtcd {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// Every member's client URL on 127.0.0.1.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
@@ -217,10 +209,5 @@ impl ChaosEtcd {
     pub fn restart(&mut self, i: usize) -> Result<(), BenchError> {
         self.kill(i);
         self.spawn(i, "existing")
-    }
-
-    /// Whether member `i`'s process is alive.
-    pub fn is_running(&self, i: usize) -> bool {
-        self.pid(i).is_some_and(procs::is_alive)
     }
 }
