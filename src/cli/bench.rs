@@ -118,6 +118,13 @@ async fn scenario(
 ) -> Result<(), CliError> {
     let common = common.clone();
     let fail = |e: bench::BenchError| CliError::Usage(format!("rift bench: {e}"));
+    if let (Some(c), false) = (args.chaos, args.scenario == Scenario::Chaos) {
+        return Err(CliError::Usage(format!(
+            "rift bench: `{}` is a chaos scenario; run `rift bench chaos {}`",
+            c.label(),
+            c.label()
+        )));
+    }
     match args.scenario {
         Scenario::Schedule => {
             let jobs = if args.jobs.is_empty() {
@@ -190,6 +197,9 @@ async fn scenario(
                 seed: args.seed,
                 keep: args.keep,
             };
+            chaos
+                .validate()
+                .map_err(|e| CliError::Usage(format!("rift bench chaos: {e}")))?;
             let outcome = bench::chaos::run(&chaos, &common).await.map_err(fail)?;
             outcome.report().print();
             if !outcome.violations.is_empty() {

@@ -99,6 +99,27 @@ pub struct ChaosArgs {
     pub keep: bool,
 }
 
+impl ChaosArgs {
+    /// Refuses sizes no run on one machine could reach (and that arithmetic on them could
+    /// overflow), saying which flag and what to use.
+    pub fn validate(&self) -> Result<(), String> {
+        let limits: [(&str, Option<u64>, u64); 4] = [
+            ("--faults", self.faults.map(|v| v as u64), 100_000),
+            ("--jobs", self.jobs.map(|v| v as u64), 100_000),
+            ("--nodes", self.nodes.map(|v| v as u64), 20_000),
+            ("--seconds", self.seconds, 86_400),
+        ];
+        for (flag, value, most) in limits {
+            if let Some(v) = value.filter(|v| *v > most) {
+                return Err(format!(
+                    "{flag} {v} is more than one machine can run; use at most {most}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a scenario found.
 pub struct Outcome {
     pub scenario: ChaosScenario,
@@ -239,6 +260,28 @@ pub fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_past_one_machine_are_refused_with_the_flag_named() {
+        let args = ChaosArgs {
+            scenario: ChaosScenario::LeaderKills,
+            faults: Some(usize::MAX),
+            jobs: None,
+            nodes: None,
+            seconds: None,
+            link: Link::Proxy,
+            seed: 1,
+            keep: false,
+        };
+        let e = args.validate().unwrap_err();
+        assert!(e.starts_with("--faults 18446744073709551615"), "{e}");
+        let fine = ChaosArgs {
+            faults: Some(100),
+            seconds: Some(60),
+            ..args
+        };
+        assert_eq!(fine.validate(), Ok(()));
+    }
 
     #[test]
     fn the_json_line_names_faults_operations_violations_and_recovery() {
