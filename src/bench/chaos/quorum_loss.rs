@@ -106,8 +106,9 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     out.row(
         "scheduling_resumed",
         format!(
-            "quorum back -> probe Job bound: {} (target <= 5000 ms)",
-            b.show()
+            "quorum back -> probe Job bound: {} (target <= 5000 ms{})",
+            b.show(),
+            if b.max > 5000.0 { ": MISSED" } else { "" }
         ),
         b.json(),
     );
