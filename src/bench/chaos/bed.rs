@@ -468,6 +468,11 @@ impl Bed {
         v.converged_after
     }
 
+    /// Whether `job` was given up at a checkpoint (found lost or stuck).
+    pub fn is_given_up(&self, job: &str) -> bool {
+        self.given_up.contains_key(job)
+    }
+
     /// Every violation of the run: the final verdict (after waiting up to `bound`) with the
     /// state violations found at checkpoints in place of the final state of those jobs.
     pub async fn violations(&self, bound: Duration) -> Vec<Violation> {

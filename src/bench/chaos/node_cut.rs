@@ -15,7 +15,9 @@
 //! (connections reset), a partition (nothing passes, nothing is refused) or blackholed
 //! replies (requests reach etcd, answers never come back; the netns link only cuts) — for a
 //! random 1 s to `lostAfter + margin + 2 × TTL + 6 s`, restores it, and waits for every job to
-//! converge again (Running, one live instance). Recovery: restore → converged.
+//! converge again (Running, one live instance). Recovery: restore → converged. A `reschedule`
+//! job found lost after a cut is reported and replaced by a fresh one (`move-0-c3`), so that
+//! every cut has moves to get wrong.
 //!
 //! Promise: at most one instance of every job at every instant (the instance log's lock and
 //! lifetimes), `wait` jobs never stopped or restarted, nothing lost, nothing stuck.
@@ -29,7 +31,7 @@ use super::bed::{AgentPlan, Bed, Link};
 use super::etcd::Advertise;
 use super::{ms, ChaosArgs, ChaosScenario, Outcome};
 use crate::api::duration::HumanDuration;
-use crate::api::JobSpec;
+use crate::api::JobPhase;
 use crate::bench::{BenchError, Common};
 use crate::faults::invariants::{self, Tracked};
 use crate::faults::netns::{self, NetNs};
@@ -78,18 +80,8 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
         let wait = bed.real_job(&format!("wait-{i}"), None);
         bed.create(&format!("wait-{i}"), wait, &[], Tracked::steady())
             .await?;
-        let mut mover = bed.real_job(&format!("move-{i}"), None);
-        Bed::reschedule(&mut mover, LOST_AFTER);
-        bed.create(&format!("move-{i}"), mover, &[], Tracked::movable())
-            .await?;
-        let name = format!("slow-{i}");
-        let mut slow = JobSpec {
-            command: bed.log.command_slow_to_stop(&name, None, SLOW_STOP),
-            ..bed.real_job(&name, None)
-        };
-        Bed::reschedule(&mut slow, LOST_AFTER);
-        slow.termination_grace_period = HumanDuration::from_secs(15);
-        bed.create(&name, slow, &[], Tracked::movable()).await?;
+        create_movable(&mut bed, &format!("move-{i}")).await?;
+        create_movable(&mut bed, &format!("slow-{i}")).await?;
     }
     let bound = Duration::from_secs(30 + LOST_AFTER.as_secs() + MARGIN + 2 * ttl);
     bed.settle(bound).await?;
@@ -108,6 +100,10 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let longest = LOST_AFTER.as_secs_f64() + MARGIN as f64 + 2.0 * ttl as f64 + 6.0;
     let mut cut_s = Vec::new();
+    let mut live: Vec<String> = (0..per_kind)
+        .flat_map(|i| [format!("move-{i}"), format!("slow-{i}")])
+        .collect();
+    let mut replaced = 0;
     for cycle in 0..cycles {
         let target = busiest_worker(&bed).await;
         let fault = match (link, rng.u8(0..3)) {
@@ -129,7 +125,23 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
         if let Some(d) = bed.checkpoint(&what, bound).await {
             out.recovery_ms.push(ms(d));
         }
+        // A reschedule job lost to this cut is reported; a fresh one takes its place, so that
+        // later cuts still have moves to get wrong.
+        for job in live.clone() {
+            if bed.is_given_up(&job) {
+                let fresh = format!("{}-c{}", base(&job), cycle + 1);
+                create_movable(&mut bed, &fresh).await?;
+                live.retain(|j| *j != job);
+                live.push(fresh);
+                replaced += 1;
+            }
+        }
     }
+    out.row(
+        "replaced",
+        format!("{replaced} reschedule jobs lost to a cut were replaced by fresh ones"),
+        json!(replaced),
+    );
     out.violations = bed.violations(bound).await;
     out.operations = bed.operations;
     let (lo, hi) = cut_s
@@ -148,11 +160,12 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     Ok(out)
 }
 
-/// The worker that runs the most tracked jobs now (`w1` on a tie).
+/// The worker with the most jobs Running now (`w1` on a tie).
 async fn busiest_worker(bed: &Bed) -> String {
     let mut on: BTreeMap<String, usize> = [("w1".to_string(), 0), ("w2".to_string(), 0)].into();
     if let Ok(snap) = invariants::snapshot(&bed.store, None).await {
-        for view in snap.jobs.values() {
+        let running = snap.jobs.values().filter(|v| v.phase == JobPhase::Running);
+        for view in running {
             if let Some(n) = view.node.as_ref().and_then(|n| on.get_mut(n)) {
                 *n += 1;
             }
@@ -160,4 +173,23 @@ async fn busiest_worker(bed: &Bed) -> String {
     }
     let w2_more = on["w2"] > on["w1"];
     if w2_more { "w2" } else { "w1" }.to_string()
+}
+
+/// Creates a `reschedule` job: `slow-*` ones take [`SLOW_STOP`] to stop (grace 15 s).
+async fn create_movable(bed: &mut Bed, name: &str) -> Result<(), BenchError> {
+    let mut spec = bed.real_job(name, None);
+    if name.starts_with("slow-") {
+        spec.command = bed.log.command_slow_to_stop(name, None, SLOW_STOP);
+        spec.termination_grace_period = HumanDuration::from_secs(15);
+    }
+    Bed::reschedule(&mut spec, LOST_AFTER);
+    bed.create(name, spec, &[], Tracked::movable()).await
+}
+
+/// `move-0` of `move-0-c3`.
+fn base(job: &str) -> &str {
+    match job.rsplit_once("-c") {
+        Some((b, n)) if n.chars().all(|c| c.is_ascii_digit()) => b,
+        _ => job,
+    }
 }
