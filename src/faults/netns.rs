@@ -163,9 +163,19 @@ impl NetNs {
         run(&["link", "set", &self.host_if, "down"]).map(drop)
     }
 
-    /// Brings the link back.
+    /// Brings the link back; returns once the host end reports its carrier (both ends up), or
+    /// after 5 s.
     pub fn restore(&self) -> Result<(), NetNsError> {
-        run(&["link", "set", &self.host_if, "up"]).map(drop)
+        run(&["link", "set", &self.host_if, "up"])?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            let out = run(&["-o", "link", "show", "dev", &self.host_if])?;
+            if String::from_utf8_lossy(&out.stdout).contains("LOWER_UP") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 
@@ -201,11 +211,27 @@ mod tests {
                 .unwrap()
                 .success()
         };
-        assert!(connect("5"), "the namespace reaches the host over its link");
+        // Reachable again within 20 s (tries of 5 s: a loaded machine starts bash slowly).
+        let eventually_connects = || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < until {
+                if connect("5") {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(
+            eventually_connects(),
+            "the namespace reaches the host over its link"
+        );
         ns.cut().unwrap();
         assert!(!connect("2"), "a cut link carries nothing");
         ns.restore().unwrap();
-        assert!(connect("5"), "a restored link carries traffic again");
+        assert!(
+            eventually_connects(),
+            "a restored link carries traffic again"
+        );
         // The host's loopback is not reachable from inside: there is no way around the link.
         let lo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let lo_port = lo.local_addr().unwrap().port();
