@@ -1,8 +1,12 @@
 # The two quick-start commands: `make up` (a local cluster with the demo) and `make test`.
-.PHONY: up test deps build lint
+.PHONY: up test deps test-deps build lint
 
+# What building and running needs (etcd, protoc, ssh); test-deps adds what only tests need.
 deps:
 	@bash scripts/install-deps.sh
+
+test-deps:
+	@bash scripts/install-deps.sh --test
 
 build: deps
 	cargo build
@@ -12,9 +16,9 @@ build: deps
 up: build
 	./target/debug/rift up --state-dir .rift -f manifests/demo --gpus H100x2 --label demo=true
 
-test: deps
+test: test-deps
 	cargo test
 
-lint: deps
+lint: test-deps
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings

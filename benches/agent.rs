@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rift::api::{JobSpec, Object};
-use rift::store::Store;
 use support::agent::TestAgent;
 use support::etcd::EtcdCluster;
 use support::proc::{env_or, measure_idle, percentile, rss_kib};
@@ -68,7 +67,7 @@ async fn main() {
     let idle_secs = env_or("RIFT_BENCH_IDLE_SECS", 60);
     let cluster = EtcdCluster::single();
     let ep = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let agent = TestAgent::start("bench-node", &ep, &[]);
     // Look the pid up once the child has exec'd (before that /proc shows the parent's command).

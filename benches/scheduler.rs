@@ -17,7 +17,7 @@ use rift::api::{JobSpec, NodeSpec, Object};
 use rift::controllers::housekeeping::Housekeeping;
 use rift::controllers::placement::PlacementConfig;
 use rift::controllers::scheduler::Scheduler;
-use rift::store::{keys, Store};
+use rift::store::keys;
 use support::etcd::EtcdCluster;
 use support::proc::env_or;
 
@@ -33,7 +33,7 @@ async fn main() {
         nodes
     };
     let etcd = EtcdCluster::single();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let mut client = etcd.client().await;
     let lease = client.lease_grant(3600, None).await.unwrap().id();
 

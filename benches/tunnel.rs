@@ -71,7 +71,7 @@ async fn main() {
     let outage = Duration::from_secs(env_or("RIFT_BENCH_OUTAGE_SECS", 5));
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     let relay = Sshd::start("127.0.0.2", ssh_port, &key);

@@ -70,7 +70,7 @@ async fn wait_phase(
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
 }
@@ -354,7 +354,7 @@ async fn node_shows_not_ready_within_the_lease_ttl_after_the_agent_is_killed() {
 }
 
 #[tokio::test]
-async fn etcd_outage_keeps_jobs_running_and_status_catches_up() {
+async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it() {
     let (mut cluster, store, mut client) = setup().await;
     let agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "steady", "sleep 60", |_| {}).await;
@@ -406,8 +406,11 @@ async fn etcd_outage_keeps_jobs_running_and_status_catches_up() {
         Some(0),
         "the exit during the outage is published after it"
     );
-    let r = wait_phase(&mut client, "n1", "mover", JobPhase::Failed, 30).await;
-    assert_eq!(r.reason, "NodeLost");
+    // A NodeLost stop is no failure: with the lease current again and the job still bound
+    // here, it runs again (issue 14, item 6).
+    let r = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 30).await;
+    assert_eq!(r.attempts, 2, "{r:?}");
+    assert_ne!(r.pid, mover.pid);
     let r = report(&mut client, "n1", "steady").await.unwrap();
     assert_eq!(
         (r.phase, r.pid, r.attempts),
@@ -462,6 +465,11 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
         .local_addr()
         .unwrap()
         .port();
+    let ep = cluster.endpoints_csv();
+    cluster
+        .trust()
+        .unwrap()
+        .admit(&ep, &state, "n1", rift::pki::NodeRole::Worker, "127.0.0.1");
     let mut agent = support::cli::KillOnDrop(
         std::process::Command::new(&exe)
             .args([

@@ -195,7 +195,7 @@ fn bad_input_is_reported_precisely_and_changes_nothing() {
 #[test]
 fn unreachable_etcd_is_one_line_naming_the_endpoints() {
     let start = Instant::now();
-    let out = rift("127.0.0.1:1,127.0.0.1:9", &["get", "jobs"]);
+    let out = rift("http://127.0.0.1:1,http://127.0.0.1:9", &["get", "jobs"]);
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(!out.ok);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
@@ -214,7 +214,10 @@ fn endpoints_flag_works_before_and_after_the_subcommand() {
         vec!["--endpoints", &ep, "get", "jobs"],
         vec!["get", "jobs", "--endpoints", &ep],
     ] {
-        let out = rift_command("127.0.0.1:1", &args).output().unwrap();
+        let out = rift_command("127.0.0.1:1", &args)
+            .env("RIFT_CONFIG", cluster.admin_conf())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -266,7 +269,8 @@ fn describe_and_delete_by_name_and_by_file() {
     assert!(rift(&ep, &["apply", "-f", EVERY_KIND]).ok);
     let d = rift(&ep, &["describe", "pool", "selfplay"]);
     assert!(
-        d.ok && d.stdout.contains("Name:         selfplay") && d.stdout.contains("replicas: 4"),
+        d.ok && d.stdout.contains("Name:         selfplay")
+            && d.stdout.contains("Size:         4 replicas"),
         "{}",
         d.stdout
     );

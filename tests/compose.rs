@@ -21,7 +21,7 @@ use support::etcd::EtcdCluster;
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
 }
@@ -167,12 +167,12 @@ async fn job_status_is_composed_from_placement_and_the_report_of_its_epoch() {
     let describe = rift(&ep, &["describe", "job", "train"]);
     assert!(describe.ok, "{}", describe.stderr);
     assert!(
-        describe.stdout.contains("phase: Failed"),
+        describe.stdout.contains("Phase:        Failed"),
         "{}",
         describe.stdout
     );
     assert!(
-        describe.stdout.contains("exitCode: 3"),
+        describe.stdout.contains("Exit code:    3"),
         "{}",
         describe.stdout
     );
@@ -473,7 +473,10 @@ async fn get_watch_drops_an_object_that_stops_matching_the_selector() {
     changed.metadata.labels.insert("tier".into(), "y".into());
     let changed = store.update(&changed).await.unwrap();
     let line = expect_line(&rx, "for a", |l| l.starts_with("a "));
-    assert!(line.starts_with("a (no longer matches)"), "{line}");
+    assert!(
+        line.starts_with("a ") && line.ends_with("(no longer matches)"),
+        "{line}"
+    );
     // Further changes to it are not printed; a matching object still is.
     let mut again = changed.clone();
     again.spec.priority = 7;

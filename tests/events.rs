@@ -13,7 +13,7 @@ use support::cli::rift;
 use support::etcd::EtcdCluster;
 
 async fn store(cluster: &EtcdCluster) -> Store {
-    Store::connect(&cluster.endpoints()).await.unwrap()
+    cluster.store().await
 }
 
 async fn stored(store: &Store, key: &str) -> (Event, i64) {
@@ -259,6 +259,82 @@ async fn get_and_describe_show_controller_and_agent_events() {
     assert!(described.ok, "{}", described.stderr);
     assert!(
         described.stdout.contains("job_scheduled") && described.stdout.contains("job_failed"),
+        "{}",
+        described.stdout
+    );
+}
+
+/// A Job re-created under an old name starts its events afresh, and `describe` shows only the
+/// events of the Job that exists now.
+#[tokio::test]
+async fn a_recreated_jobs_events_are_its_own() {
+    use rift::api::event::ObjectRef;
+    let cluster = EtcdCluster::single();
+    let store = store(&cluster).await;
+    let endpoints = cluster.endpoints_csv();
+    let rec = EventRecorder::agent(store.clone(), "n1");
+    let about = |uid: &str| ObjectRef {
+        kind: "Job".into(),
+        name: "train-1".into(),
+        uid: uid.into(),
+    };
+    let first = store
+        .create(&Object::new("train-1", JobSpec::with_command(["true"])))
+        .await
+        .unwrap();
+    let old_uid = first.metadata.uid.clone().unwrap();
+    for _ in 0..2 {
+        rec.record_about(
+            &about(&old_uid),
+            "job_failed",
+            "exit code 1",
+            EventType::Warning,
+        );
+    }
+    rec.record(
+        "Job",
+        "train-1",
+        "job_scheduled",
+        "placed on n1",
+        EventType::Normal,
+    );
+    rec.flush().await;
+    assert!(rift(&endpoints, &["delete", "job", "train-1"]).ok);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = store
+        .create(&Object::new("train-1", JobSpec::with_command(["true"])))
+        .await
+        .unwrap();
+    let new_uid = second.metadata.uid.clone().unwrap();
+    assert_ne!(old_uid, new_uid);
+
+    let described = rift(&endpoints, &["describe", "job", "train-1"]);
+    assert!(described.ok, "{}", described.stderr);
+    assert!(
+        described.stdout.contains("Events:\n  <none>"),
+        "the earlier job's events are not this one's:\n{}",
+        described.stdout
+    );
+
+    rec.record_about(
+        &about(&new_uid),
+        "job_failed",
+        "exit code 2",
+        EventType::Warning,
+    );
+    rec.flush().await;
+    let key = rec.key_for("Job", "train-1", "job_failed");
+    let (ev, _) = stored(&store, &key).await;
+    assert_eq!(ev.spec.count, 1, "started over for the new uid");
+    assert_eq!(ev.spec.involved_object.uid, new_uid);
+    let described = rift(&endpoints, &["describe", "job", "train-1"]);
+    assert!(
+        described.stdout.contains("exit code 2"),
+        "{}",
+        described.stdout
+    );
+    assert!(
+        !described.stdout.contains("job_scheduled"),
         "{}",
         described.stdout
     );

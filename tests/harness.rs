@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, WatchOptions};
 use support::etcd::EtcdCluster;
 
-async fn connect(endpoint: &str) -> Client {
-    Client::connect([endpoint], None)
-        .await
-        .expect("connect to one member")
+async fn connect(cluster: &EtcdCluster, endpoint: &str) -> Client {
+    cluster.client_at(&[endpoint.to_string()]).await
 }
 
 async fn get_value(client: &mut Client, key: &str, options: Option<GetOptions>) -> Option<Vec<u8>> {
@@ -24,7 +22,7 @@ fn single_member_is_usable_from_a_plain_test() {
     assert_eq!(cluster.len(), 1);
     assert!(cluster.is_running(0));
     assert_eq!(cluster.endpoints(), vec![cluster.client_url(0)]);
-    assert!(cluster.client_url(0).starts_with("http://127.0.0.1:"));
+    assert!(cluster.client_url(0).starts_with("https://127.0.0.1:"));
     assert_eq!(cluster.endpoints_csv(), cluster.client_url(0));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -60,16 +58,16 @@ async fn three_members_replicate() {
     let eps = cluster.endpoints();
     for (i, ep) in eps.iter().enumerate() {
         assert!(
-            ep.starts_with(&format!("http://127.0.0.{}:", i + 1)),
+            ep.starts_with(&format!("https://127.0.0.{}:", i + 1)),
             "{ep}"
         );
     }
     assert_eq!(cluster.endpoints_csv(), eps.join(","));
 
-    let mut c0 = connect(&eps[0]).await;
+    let mut c0 = connect(&cluster, &eps[0]).await;
     c0.put("/rift/replicated", "yes", None).await.expect("put");
     // Default reads are linearizable, so member 2 must see the write.
-    let mut c2 = connect(&eps[2]).await;
+    let mut c2 = connect(&cluster, &eps[2]).await;
     assert_eq!(
         get_value(&mut c2, "/rift/replicated", None).await,
         Some(b"yes".to_vec())
@@ -98,7 +96,7 @@ async fn stop_keeps_quorum_and_start_catches_up() {
 
     // The restarted member serves the key written while it was down, even for
     // a serializable (local) read once it has caught up.
-    let mut c1 = connect(&cluster.client_url(1)).await;
+    let mut c1 = connect(&cluster, &cluster.client_url(1)).await;
     assert_eq!(
         get_value(&mut c1, "/rift/during-outage", None).await,
         Some(b"ok".to_vec())
@@ -214,10 +212,53 @@ fn drop_kills_members_even_on_panic() {
     let _ = std::fs::remove_file(&pids_file);
     // Every member's client port is closed again.
     for ep in eps.split(',') {
-        let addr = ep.trim_start_matches("http://");
+        let addr = ep.trim_start_matches("https://");
         assert!(
             std::net::TcpStream::connect(addr).is_err(),
             "{addr} still accepting connections after drop"
         );
     }
+}
+
+#[tokio::test]
+async fn a_plaintext_cluster_is_there_for_tests_of_the_old_path() {
+    let cluster = EtcdCluster::plaintext(1);
+    assert!(cluster.client_url(0).starts_with("http://127.0.0.1:"));
+    assert!(cluster.trust().is_none());
+    let mut c = cluster.client().await;
+    c.put("/rift/plain", "1", None).await.expect("put");
+    let store = cluster.store().await;
+    assert!(store.get_raw("/rift/plain").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_tls_cluster_refuses_clients_without_its_certificates() {
+    let cluster = EtcdCluster::single();
+    // Plain HTTP to the client port: no answer.
+    let plain =
+        rift::store::Access::insecure(&[cluster.client_url(0).replacen("https://", "http://", 1)]);
+    assert!(rift::store::Store::connect(&plain).await.is_err());
+    // TLS without a client certificate: refused in the handshake.
+    let anonymous = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    cluster.trust().unwrap().admin().unwrap().ca_pem,
+                ))
+                .domain_name("etcd.rift"),
+        );
+    let refused = async {
+        let mut c = Client::connect([cluster.client_url(0)], Some(anonymous)).await?;
+        c.get("/rift/v1/leader", None).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "a client without a certificate was served"
+    );
+    // The operator's certificate works.
+    let mut c = cluster.client().await;
+    c.put("/rift/v1/x", "1", None).await.expect("root writes");
 }

@@ -51,13 +51,17 @@ fn the_realistic_fleet_imports_passes_dry_run_and_applies() {
         out.stderr
     );
     assert_eq!(
-        count_lines(&out.stderr, "warning: 3 unknown field(s)"),
+        count_lines(&out.stderr, "warning: 3 unknown host field(s)"),
         1,
         "one warning"
     );
-    assert!(out.stderr.contains(
-        "hosts.vast-28810685.status_note, hosts.aws-cpu-1.owner, hosts.Mac_Mini_Office.tags"
-    ));
+    assert!(
+        out.stderr.contains(
+            "ignored: status_note (vast-28810685), owner (aws-cpu-1), tags (Mac_Mini_Office)"
+        ),
+        "{}",
+        out.stderr
+    );
     assert!(out
         .stderr
         .contains("ignored: sync_routing, auto_sync, elo_sync, board_configs"));
@@ -66,7 +70,7 @@ fn the_realistic_fleet_imports_passes_dry_run_and_applies() {
         "#   lambda-gh200-g: status: retired",
         "#   runpod-old: status: destroyed",
         "#   vast-28799999: p2p_enabled: false",
-        "#   aws-g5: status: destroyed",
+        "#   aws-g5: status: terminated",
     ] {
         assert!(nodes.contains(left_out), "`{left_out}` missing");
     }
@@ -205,16 +209,30 @@ fn a_banana_gpu_is_refused_with_file_line_and_field() {
 }
 
 #[test]
-fn stale_voters_are_refused_each_with_its_line() {
-    let e = refused("malformed/voter-not-a-host.yaml");
-    assert!(e.contains("has 3 problems"), "{e}");
-    assert!(e.contains("voter-not-a-host.yaml:4: p2p_voters[1]: `lambda-gh200-old` is left out (status: retired)"), "{e}");
+fn stale_voters_are_left_out_of_the_voter_set_each_with_a_warning_and_its_line() {
+    let out = import(&[&fixture("stale-voters.yaml")]);
+    assert!(out.ok, "{}", out.stderr);
+    for warning in [
+        "stale-voters.yaml:5: p2p_voters[1]: `lambda-gh200-old` left out of the VoterSet: it is left out (status: retired)",
+        "stale-voters.yaml:6: p2p_voters[2]: `hetzner-cpu9` left out of the VoterSet: it is not a host",
+        "stale-voters.yaml:7: p2p_voters[3]: `vast-1` left out of the VoterSet: it is NAT-blocked",
+    ] {
+        assert_eq!(count_lines(&out.stderr, warning), 1, "{warning}:\n{}", out.stderr);
+    }
     assert!(
-        e.contains("voter-not-a-host.yaml:5: p2p_voters[2]: `hetzner-cpu9` is not a host"),
-        "{e}"
+        out.stdout.contains(
+            "kind: VoterSet\nmetadata:\n  name: default\nspec:\n  voters:\n  - hetzner-cpu1\n"
+        ),
+        "{}",
+        out.stdout
     );
+}
+
+#[test]
+fn a_voter_list_with_no_voter_left_is_refused() {
+    let e = refused("malformed/no-voter-left.yaml");
     assert!(
-        e.contains("voter-not-a-host.yaml:6: p2p_voters[3]: `vast-1` is NAT-blocked"),
+        e.contains("no-voter-left.yaml:2: p2p_voters: no listed voter can be one"),
         "{e}"
     );
 }
@@ -223,6 +241,7 @@ fn stale_voters_are_refused_each_with_its_line() {
 fn every_wrongly_typed_field_is_listed_with_its_line() {
     let e = refused("malformed/wrong-types.yaml");
     assert!(e.contains("has 7 problems"), "{e}");
+    assert!(e.contains("hosts.box-a.status: must be text"), "{e}");
     for (line, path) in [
         (3, "hosts.box-a.ssh_port"),
         (4, "hosts.box-a.cpus"),
@@ -276,4 +295,114 @@ fn importing_again_into_the_same_directory_gives_the_same_files_and_drops_stale_
         .collect();
     files.sort();
     assert_eq!(files, ["extra.yaml", "nodes.yaml"]);
+}
+
+/// Every `(host, status)` of a hosts file, read independently of rift's importer.
+fn hosts_of(path: &str) -> Vec<(String, serde_json::Value)> {
+    let v: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["hosts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, h)| (k.clone(), h.clone()))
+        .collect()
+}
+
+/// Real versions of the old file, early (the template's shape) and late (40 hosts, ~50 fields,
+/// statuses as an open string, GPUs as people typed them, stale voters): each imports, passes
+/// `rift apply --dry-run`, applies, and every ready, p2p-enabled host is a schedulable Node;
+/// any other status not retirement-like is a cordoned Node that keeps the old status.
+#[test]
+fn every_version_of_the_old_file_imports_and_its_ready_hosts_become_schedulable_nodes() {
+    let cluster = EtcdCluster::single();
+    let ep = cluster.endpoints_csv();
+    let retired = ["retired", "terminated", "archived", "destroyed"];
+    for name in ["early-history.yaml", "late-history.yaml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("fleet");
+        let out = import(&[&fixture(name), "-o", out_dir.to_str().unwrap()]);
+        assert!(out.ok, "{name}: {}", out.stderr);
+        assert_eq!(
+            count_lines(
+                &out.stderr,
+                "imported cordoned because their status is not `ready`"
+            ),
+            1,
+            "{name}: one warning for every non-ready host:\n{}",
+            out.stderr
+        );
+        let dry = rift(
+            &ep,
+            &["apply", "--dry-run", "-f", out_dir.to_str().unwrap()],
+        );
+        assert!(dry.ok, "{name}: {}", dry.stderr);
+        let applied = rift(&ep, &["apply", "-f", out_dir.to_str().unwrap()]);
+        assert!(applied.ok, "{name}: {}", applied.stderr);
+
+        let listed = rift(&ep, &["get", "nodes", "-o", "json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+        let nodes: std::collections::HashMap<&str, &serde_json::Value> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["metadata"]["name"].as_str().unwrap(), n))
+            .collect();
+        for (host, h) in hosts_of(&fixture(name)) {
+            let status = h["status"].as_str().unwrap_or("ready");
+            let p2p = h["p2p_enabled"].as_bool().unwrap_or(true);
+            let node = nodes.get(host.as_str());
+            if !p2p || retired.contains(&status) {
+                assert!(
+                    out.stderr.contains(&format!("{host} (")),
+                    "{name}: {host} is listed as left out"
+                );
+                continue;
+            }
+            let node = node.unwrap_or_else(|| panic!("{name}: {host} ({status}) is a Node"));
+            let cordoned = node["spec"]["unschedulable"] == true;
+            assert_eq!(cordoned, status != "ready", "{name}: {host} ({status})");
+            if status != "ready" {
+                assert_eq!(
+                    node["metadata"]["annotations"]["rift.dev/imported-status"], status,
+                    "{name}: {host}"
+                );
+            }
+            let gpu = h["gpu"].as_str().unwrap_or("");
+            let no_gpu = ["", "none", "None", "cpu only"].contains(&gpu);
+            assert_eq!(
+                node["spec"]["gpus"].as_array().is_none_or(Vec::is_empty),
+                no_gpu,
+                "{name}: {host} gpu `{gpu}`"
+            );
+        }
+        // The next version replaces this one in the cluster (as an operator would).
+        let deleted = rift(&ep, &["delete", "-f", out_dir.to_str().unwrap()]);
+        assert!(deleted.ok, "{name}: {}", deleted.stderr);
+    }
+}
+
+/// The late file's voter list names a retired, an offline, a NAT-blocked machine and one that
+/// is not a host: each is left out with a warning; the rest are the VoterSet.
+#[test]
+fn a_late_file_with_stale_voters_keeps_the_voters_that_can_be() {
+    let out = import(&[&fixture("late-history.yaml")]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        count_lines(&out.stderr, "left out of the VoterSet"),
+        4,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("voters:\n  - nebius-backbone-1\n  - hetzner-cpu1\n  - hetzner-cpu2\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("a VoterSet of 3 voter(s)"),
+        "{}",
+        out.stderr
+    );
 }

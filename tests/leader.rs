@@ -189,9 +189,7 @@ async fn a_paused_leader_is_fenced_out_and_steps_down() {
 #[tokio::test]
 async fn leader_survives_an_etcd_member_restart_without_flapping() {
     let mut cluster = EtcdCluster::three();
-    let mut client = etcd_client::Client::connect([cluster.client_url(1)], None)
-        .await
-        .unwrap();
+    let mut client = cluster.client_at(&[cluster.client_url(1)]).await;
     let _agents = Agents::start(&cluster.endpoints_csv(), 3, 3);
     let (node, rev, _) =
         wait_for_leader_other_than(&mut client, None, Duration::from_secs(20)).await;
@@ -202,9 +200,7 @@ async fn leader_survives_an_etcd_member_restart_without_flapping() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut client = etcd_client::Client::connect([cluster.client_url(1)], None)
-        .await
-        .unwrap();
+    let mut client = cluster.client_at(&[cluster.client_url(1)]).await;
     assert_eq!(
         leader(&mut client).await,
         Some((node, rev)),

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use support::etcd::EtcdCluster;
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
 }
@@ -214,6 +214,25 @@ async fn unknown_pending_and_invalid_jobs_are_clear_errors() {
         r.stderr
     );
 
+    // With -f, a job that is not placed is waited for, saying why.
+    let mut follow = rift_command(&eps, &["logs", "-f", "big"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "-f waits for a Pending job"
+    );
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting for job big to be placed: Pending: 0/1 nodes: 1 insufficient GPUs"),
+        "{err}"
+    );
+
     let r = rift(&eps, &["logs", "../x"]);
     assert!(!r.ok);
     assert!(r.stderr.contains("invalid job name"), "{}", r.stderr);
@@ -297,11 +316,12 @@ async fn the_agent_refuses_names_that_could_leave_the_state_directory() {
     assert_eq!(body.trim_end().lines().count(), 1, "{body}");
     assert!(body.contains("nope"), "{body}");
     // HTTP/1.0: an unchunked body that ends when the agent closes the connection.
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /v1/jobs/x/logs?tail=1 HTTP/1.0\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    let raw = support::http::exchange(
+        &addr,
+        "GET /v1/jobs/x/logs?tail=1 HTTP/1.0\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
     assert!(raw.ends_with("\r\n\r\nsecret\n"), "{raw}");
 }

@@ -84,6 +84,7 @@ fn installing_twice_gives_the_same_tree_and_the_second_run_changes_nothing() {
             "etc/",
             "etc/rift/",
             "etc/rift/node.yaml",
+            "etc/rift/secrets/",
             "etc/systemd/",
             "etc/systemd/system/",
             "etc/systemd/system/rift-agent.service",
@@ -97,6 +98,14 @@ fn installing_twice_gives_the_same_tree_and_the_second_run_changes_nothing() {
         ]
     );
     assert_eq!(after_first["usr/local/bin/rift"].0, 0o755);
+    assert_eq!(
+        after_first["var/lib/rift/"].0, 0o700,
+        "the state is private"
+    );
+    assert_eq!(
+        after_first["etc/rift/secrets/"].0, 0o700,
+        "so are envFrom files"
+    );
     assert_eq!(
         after_first["usr/local/bin/rift"].1,
         std::fs::read(bin).unwrap()
@@ -186,6 +195,11 @@ fn the_config_written_from_a_name_loads_as_the_agent_reads_it() {
     let file = ConfigFile::load(&root.path().join("etc/rift/node.yaml")).unwrap();
     let c = AgentConfig::resolve(file, Overrides::default()).unwrap();
     assert_eq!(c.name, "gh200-b");
+    assert_eq!(
+        c.run_as.as_deref(),
+        Some("rift-job"),
+        "new installs run jobs as rift-job"
+    );
     assert_eq!(
         c.endpoints,
         ["http://100.64.0.10:2379", "http://100.64.0.11:2379"]
@@ -278,6 +292,8 @@ fn the_unit_runs_the_installed_agent_and_never_kills_jobs_on_restart() {
     for line in [
         "ExecStart=/usr/local/bin/rift agent --config /etc/rift/node.yaml",
         "KillMode=process",
+        "UMask=0077",
+        "StateDirectoryMode=0700",
         "Restart=always",
         "WantedBy=multi-user.target",
     ] {

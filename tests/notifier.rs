@@ -155,7 +155,7 @@ async fn status_until(
 #[tokio::test]
 async fn matching_events_are_delivered_signed_and_others_skipped() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let secret = "hunter2-not-in-etcd";
     std::env::set_var("RIFT_TEST_NOTIFIER_SECRET_A", secret);
     let (url, mut hits, _) = receiver(200).await;
@@ -226,7 +226,7 @@ async fn matching_events_are_delivered_signed_and_others_skipped() {
 #[tokio::test]
 async fn slack_and_discord_get_their_own_shapes() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (url, mut hits, _) = receiver(204).await;
     let slack = spec(&format!("{url}/slack"), &[], NotifierFormat::Slack);
     let discord = spec(&format!("{url}/discord"), &[], NotifierFormat::Discord);
@@ -263,7 +263,7 @@ async fn slack_and_discord_get_their_own_shapes() {
 #[tokio::test]
 async fn a_missing_secret_is_a_failure_that_says_why() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (url, mut hits, _) = receiver(200).await;
     let mut s = spec(&url, &[], NotifierFormat::Json);
     s.secret = Some(SecretRef {
@@ -291,7 +291,7 @@ async fn a_missing_secret_is_a_failure_that_says_why() {
 #[tokio::test]
 async fn a_hung_endpoint_is_retried_reported_and_delays_no_one() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (dead_url, connections) = hung().await;
     let (live_url, mut hits, _) = receiver(200).await;
     store
@@ -351,7 +351,7 @@ async fn a_hung_endpoint_is_retried_reported_and_delays_no_one() {
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_until_they_pass() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (url, mut hits, status) = receiver(503).await;
     // A refused port: nothing listens there.
     let refused = {
@@ -400,7 +400,7 @@ async fn server_errors_are_retried_with_backoff_until_they_pass() {
 #[tokio::test]
 async fn a_burst_of_identical_events_is_sent_once() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (url, mut hits, _) = receiver(200).await;
     store
         .create(&Object::new("ops", spec(&url, &[], NotifierFormat::Json)))
@@ -430,7 +430,7 @@ async fn a_burst_of_identical_events_is_sent_once() {
 #[tokio::test]
 async fn stored_events_are_not_sent_again_by_a_new_leader() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let (url, mut hits, _) = receiver(200).await;
     let mut s = spec(&url, &[], NotifierFormat::Json);
     s.throttle_seconds = 0;

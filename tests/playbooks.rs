@@ -15,6 +15,7 @@ use support::agent::{eventually, kill_processes_mentioning, process_alive, TestA
 use support::cli::{rift, rift_command, rift_stdin, KillOnDrop};
 use support::etcd::EtcdCluster;
 use support::proc::free_port;
+use support::sshd::{ClientKey, Sshd};
 
 fn json(ep: &str, args: &[&str]) -> Option<Value> {
     let mut all = args.to_vec();
@@ -204,6 +205,11 @@ async fn rolling_upgrade_keeps_running_jobs() {
     let ep = cluster.endpoints_csv();
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
+    // Jobs run as this test's own user: an install under --root creates no rift-job user.
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .unwrap()
+        .unwrap()
+        .name;
     install_node(
         r,
         &[
@@ -214,10 +220,20 @@ async fn rolling_upgrade_keeps_running_jobs() {
             "--endpoints",
             &ep,
             "--controllers",
+            "--run-as",
+            &me,
         ],
     );
     let bin: PathBuf = r.join("usr/local/bin/rift");
     let port = free_port();
+    // Its identity, as its join would have given it.
+    cluster.trust().unwrap().admit(
+        &ep,
+        &r.join("var/lib/rift"),
+        "n1",
+        rift::pki::NodeRole::Controller,
+        "127.0.0.1",
+    );
     let mut agent = start_installed_agent(&bin, r, &ep, port);
     let job = "apiVersion: rift/v1\nkind: Job\nmetadata: {name: long-training}\nspec:\n  type: training\n  command: [sleep, \"300\"]\n";
     assert!(rift_stdin(&ep, &["apply", "-f", "-"], job).ok);
@@ -305,34 +321,12 @@ async fn move_from_the_old_orchestrator() {
     assert_eq!(un.stdout.trim(), "node/hetzner-cpu3 uncordoned");
 }
 
-/// A throwaway sshd on a free loopback port with a fresh ed25519 host key.
-fn start_sshd(dir: &Path) -> (KillOnDrop, u16) {
-    let key = dir.join("host_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let port = free_port();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f", "/dev/null", "-p", &port.to_string()])
-        .arg("-h")
-        .arg(&key)
-        .args(["-o", "ListenAddress=127.0.0.1", "-o", "PidFile=none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (KillOnDrop(child), port)
-}
-
 /// Playbook "Add a NAT-blocked node with a tunnel": the relay's host key from `ssh-keyscan`
 /// goes into the Tunnel and is accepted; without it the Tunnel is refused.
 #[test]
 fn add_a_nat_blocked_node_with_a_tunnel_pinned_by_ssh_keyscan() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_sshd, port) = start_sshd(dir.path());
+    let relay = Sshd::start("127.0.0.1", free_port(), &ClientKey::new());
+    let port = relay.port;
     let scanned = (0..50)
         .find_map(|_| {
             let out = Command::new("ssh-keyscan")
@@ -353,8 +347,10 @@ fn add_a_nat_blocked_node_with_a_tunnel_pinned_by_ssh_keyscan() {
     let line = scanned.lines().find(|l| !l.starts_with('#')).unwrap();
     let key: Vec<&str> = line.split_whitespace().skip(1).take(2).collect();
     let key = key.join(" ");
-    let on_disk = std::fs::read_to_string(dir.path().join("host_ed25519.pub")).unwrap();
-    assert!(on_disk.starts_with(&key), "keyscan saw the relay's own key");
+    assert!(
+        relay.host_key.starts_with(&key),
+        "keyscan saw the relay's own key"
+    );
 
     let cluster = EtcdCluster::single();
     let ep = cluster.endpoints_csv();

@@ -8,7 +8,7 @@
 //!   `terminationGracePeriod` + the margin (DESIGN.md, "Hand-over only after the old holder is
 //!   gone": the cut-off node's shim sends SIGTERM at `lostAfter` and SIGKILL a grace later).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use rift::api::duration::HumanDuration;
 use rift::api::job::OnNodeLost;
 use rift::api::node::NodeSpec;
-use rift::api::placement::Placement;
+use rift::api::placement::{Binding, Placement};
 use rift::api::{JobPhase, JobSpec, JobStatus, Object};
-use rift::controllers::housekeeping::{decide, Housekeeping};
+use rift::controllers::housekeeping::{decide, BoundRecord, Housekeeping, Undecodable, World};
 use rift::controllers::writes::Write;
 
 /// Seconds as a user may write them: small, around the defaults, and absurd.
@@ -103,11 +103,22 @@ fn run(c: &Case) -> Vec<Write> {
                 gpus: vec![],
                 epoch: 1,
                 pending: None,
+                uid: String::new(),
             },
             7,
         ),
     )]
     .into();
+    // Its binding on n1, without terms of its own: the Job's current ones count.
+    let bindings = [BoundRecord {
+        node: "n1".into(),
+        job: "j".into(),
+        binding: Binding {
+            epoch: 1,
+            ..Binding::default()
+        },
+        revision: 8,
+    }];
     let lost: HashMap<String, Duration> = c
         .lost_for
         .map(|s| ("n1".to_string(), Duration::from_secs(s)))
@@ -116,16 +127,17 @@ fn run(c: &Case) -> Vec<Write> {
     let config = Housekeeping {
         margin: Duration::from_secs(c.margin),
     };
-    decide(
-        &[Object::new("n1", NodeSpec::default())],
-        &[job],
-        &[],
-        &placements,
-        &lost,
-        &config,
-        now(),
-    )
-    .writes
+    let world = World {
+        nodes: &[Object::new("n1", NodeSpec::default())],
+        jobs: &[job],
+        undecodable: &Undecodable::default(),
+        pools: &[],
+        placements: &placements,
+        bindings: &bindings,
+        released: &HashSet::new(),
+        lost_for: &lost,
+    };
+    decide(&world, &config, now()).writes
 }
 
 proptest! {
@@ -147,7 +159,11 @@ proptest! {
         c in case(sane_seconds()),
     ) {
         let writes = run(&c);
-        let moved = writes.iter().any(|w| matches!(w, Write::Evict { .. }));
+        // Moving starts with releasing its binding on the lost node (or placing it elsewhere).
+        let moved = writes.iter().any(|w| {
+            matches!(w, Write::Release { node, .. } if node == "n1")
+                || matches!(w, Write::Place { .. })
+        });
         if moved {
             prop_assert!(c.reschedule, "a wait job was moved: {c:?}");
             let lost = Duration::from_secs(c.lost_for.unwrap_or(0));

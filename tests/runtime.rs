@@ -11,8 +11,8 @@ use std::time::Duration;
 use rift::api::{JobSpec, Object};
 use rift::runtime::controller::{Action, Controller, ControllerConfig};
 use rift::runtime::reflector::Reflector;
+use rift::store::keys;
 use rift::store::watcher::WatchConfig;
-use rift::store::{keys, Store};
 use support::etcd::EtcdCluster;
 use tokio::sync::oneshot;
 
@@ -51,7 +51,7 @@ fn stop_signal() -> (
 #[tokio::test]
 async fn a_reflector_cache_follows_the_store() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let a = store.create(&job("a", "true")).await.unwrap();
     let mut client = cluster.client().await;
     client
@@ -106,7 +106,7 @@ async fn a_reflector_cache_follows_the_store() {
 #[tokio::test]
 async fn a_controller_reconciles_what_changes_in_the_store() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     store.create(&job("first", "true")).await.unwrap();
 
     let reflector = Reflector::<JobSpec>::new(store.clone(), quick());

@@ -1,100 +1,16 @@
-//! The scheduler, pools, drain and lost nodes with real etcd and real agents: one agent runs
-//! the controllers (label `role: ctl`, no GPUs), the others are workers (`worker: "yes"`) with
-//! declared GPUs.
+//! The scheduler, pools, drain and lost nodes with real etcd and real agents
+//! ([`support::cluster`]): one agent runs the controllers (label `role: ctl`, no GPUs), the
+//! others are workers (`worker: "yes"`) with declared GPUs.
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rift::api::job::OnNodeLost;
-use rift::api::{JobPhase, JobSpec, Object};
-use rift::store::Store;
-use support::agent::{eventually, process_alive, TestAgent};
+use rift::api::{JobPhase, JobSpec};
+use support::agent::{eventually, process_alive};
 use support::cli::rift;
-use support::etcd::EtcdCluster;
-
-fn config(dir: &Path, name: &str, labels: &str) -> String {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, format!("labels: {labels}\n")).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-struct Cluster {
-    etcd: EtcdCluster,
-    store: Store,
-    dir: tempfile::TempDir,
-    _ctl: TestAgent,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let etcd = EtcdCluster::single();
-        let store = Store::connect(&etcd.endpoints()).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), "ctl", "{role: ctl}");
-        let ctl = TestAgent::start(
-            "ctl",
-            &etcd.endpoints_csv(),
-            &[
-                "--config",
-                &cfg,
-                "--controllers",
-                "--lease-ttl",
-                "2",
-                "--reschedule-margin",
-                "2",
-            ],
-        );
-        Cluster {
-            etcd,
-            store,
-            dir,
-            _ctl: ctl,
-        }
-    }
-
-    fn worker(&self, name: &str, gpus: &[&str]) -> TestAgent {
-        let cfg = config(self.dir.path(), name, "{worker: \"yes\"}");
-        let mut args = vec!["--config", cfg.as_str()];
-        for g in gpus {
-            args.extend(["--gpus", g]);
-        }
-        TestAgent::start(name, &self.etcd.endpoints_csv(), &args)
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = support::cli::rift_stdin(&self.etcd.endpoints_csv(), &["apply", "-f", "-"], yaml);
-        assert!(out.ok, "{}", out.stderr);
-    }
-
-    async fn job(&self, name: &str) -> Option<rift::api::Job> {
-        self.store.get::<JobSpec>(name).await.ok().flatten()
-    }
-
-    async fn wait_running(&self, name: &str, within: u64) -> rift::api::Job {
-        eventually(
-            Duration::from_secs(within),
-            &format!("{name} running"),
-            || async {
-                self.job(name).await.filter(|j| {
-                    j.status
-                        .as_ref()
-                        .is_some_and(|s| s.phase == JobPhase::Running)
-                })
-            },
-        )
-        .await
-    }
-}
-
-async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&mut JobSpec)) {
-    let mut spec = JobSpec::with_command(["sh", "-c", script]);
-    spec.node_selector.insert("worker".into(), "yes".into());
-    spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(2);
-    tune(&mut spec);
-    store.create(&Object::new(name, spec)).await.unwrap();
-}
+use support::cluster::{agent_pid, create_job, sh, Cluster};
 
 #[tokio::test]
 async fn a_per_gpu_pool_fills_every_gpu_and_only_those() {
@@ -159,7 +75,7 @@ async fn a_job_that_fits_nowhere_says_why() {
     let c = Cluster::start().await;
     let _w1 = c.worker("w1", &["H100x2"]);
     let _w2 = c.worker("w2", &[]);
-    create_job(&c.store, "huge", "true", |s| s.resources.gpus = 8).await;
+    create_job(&c.store, "huge", sh("true"), |s| s.resources.gpus = 8).await;
     // The why-not is rewritten as nodes register and report: wait for the one over all three.
     let job = eventually(
         Duration::from_secs(30),
@@ -199,6 +115,20 @@ async fn drain_moves_every_job_off_a_node() {
     );
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("node/w1 drained"), "{}", out.stdout);
+    // One progress line per job, counting down, each saying where it went.
+    let progress: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  job/"))
+        .collect();
+    assert_eq!(progress.len(), 3, "{}", out.stdout);
+    for (line, left) in progress.iter().zip(["(2 left)", "(1 left)", "(0 left)"]) {
+        assert!(line.ends_with(left), "{line}: {}", out.stdout);
+        assert!(
+            line.contains(" moved to w2 ") || line.contains(" evicted: Pending"),
+            "{line}"
+        );
+    }
     for i in 0..3 {
         let j = c.wait_running(&format!("cpu-{i}"), 30).await;
         assert_eq!(j.status.unwrap().node.as_deref(), Some("w2"));
@@ -210,12 +140,12 @@ async fn a_killed_nodes_reschedule_jobs_run_elsewhere_and_its_wait_jobs_stay() {
     let c = Cluster::start().await;
     let mut w1 = c.worker("w1", &[]);
     let lost_after = rift::api::duration::HumanDuration::from_secs(2);
-    create_job(&c.store, "mover", "sleep 120", |s| {
+    create_job(&c.store, "mover", sh("sleep 120"), |s| {
         s.on_node_lost = OnNodeLost::Reschedule;
         s.lost_after = lost_after;
     })
     .await;
-    create_job(&c.store, "stayer", "sleep 120", |s| {
+    create_job(&c.store, "stayer", sh("sleep 120"), |s| {
         s.lost_after = lost_after
     })
     .await;
@@ -255,7 +185,7 @@ async fn a_cut_off_node_never_runs_a_job_at_the_same_time_as_its_replacement() {
     let c = Cluster::start().await;
     let w1 = c.worker("w1", &[]);
     let log = c.dir.path().join("instances.log");
-    create_job(&c.store, "solo", RECORDING_JOB, |s| {
+    create_job(&c.store, "solo", sh(RECORDING_JOB), |s| {
         s.on_node_lost = OnNodeLost::Reschedule;
         s.lost_after = rift::api::duration::HumanDuration::from_secs(3);
         s.env.insert("LOG".into(), log.to_string_lossy().into());
@@ -265,7 +195,7 @@ async fn a_cut_off_node_never_runs_a_job_at_the_same_time_as_its_replacement() {
     assert_eq!(first.node.as_deref(), Some("w1"));
     let _w2 = c.worker("w2", &[]);
     // Cut w1's agent off: it stops renewing its lease; its shims keep running on their own.
-    let agent_pid = pid_of_agent(&w1);
+    let agent_pid = agent_pid(&w1);
     nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     eventually(Duration::from_secs(40), "solo running on w2", || async {
         c.job("solo").await.filter(|j| {
@@ -314,22 +244,4 @@ async fn a_cut_off_node_never_runs_a_job_at_the_same_time_as_its_replacement() {
         text.contains(&format!("stop {}", first.pid.unwrap())),
         "the old instance was stopped: {text}"
     );
-}
-
-fn pid_of_agent(agent: &TestAgent) -> nix::unistd::Pid {
-    let needle = format!("--name\0{}\0", agent.name);
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("agent")
-            && cmd.contains(&needle)
-            && cmd.contains(&agent.state.to_string_lossy().to_string())
-        {
-            return nix::unistd::Pid::from_raw(pid);
-        }
-    }
-    panic!("agent {} not found", agent.name);
 }

@@ -50,7 +50,7 @@ async fn job_status(store: &Store, name: &str) -> Option<rift::api::job::JobStat
 #[tokio::test]
 async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
     let etcd = EtcdCluster::single();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &etcd.endpoints_csv(), &["--controllers"]);
     let state = tempfile::tempdir().unwrap();
     let _sim = Sim(Command::new(rift_bin())
@@ -72,6 +72,7 @@ async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
         ])
         .arg(state.path())
         .env("RIFT_ENDPOINTS", etcd.endpoints_csv())
+        .env("RIFT_CONFIG", etcd.admin_conf())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -139,21 +140,15 @@ async fn hollow_nodes_run_jobs_with_progress_to_their_simulated_exit() {
 #[tokio::test]
 async fn a_crashed_hollow_node_goes_not_ready_and_a_stopped_one_at_once() {
     let etcd = EtcdCluster::single();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let state = tempfile::tempdir().unwrap();
     let settings = HollowSettings {
         node_lease_ttl: Duration::from_secs(2),
         ..HollowSettings::default()
     };
-    let cluster = Cluster::start(
-        &etcd.endpoints(),
-        "c",
-        6,
-        settings,
-        state.path().to_path_buf(),
-    )
-    .await
-    .unwrap();
+    let cluster = Cluster::start(&etcd.access(), "c", 6, settings, state.path().to_path_buf())
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "6 nodes ready", || async {
         (ready_nodes(&store, "c-").await == 6).then_some(())
     })
@@ -205,7 +200,8 @@ fn bench(args: &[&str]) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "rift bench {args:?} failed:\n{stdout}\n{}",
+        "rift bench {args:?} failed ({:?}):\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     let line = stdout.lines().last().expect("output");

@@ -13,7 +13,7 @@ fn job(name: &str, cmd: &str) -> Object<JobSpec> {
 }
 
 async fn store(cluster: &EtcdCluster) -> Store {
-    Store::connect(&cluster.endpoints()).await.unwrap()
+    cluster.store().await
 }
 
 #[tokio::test]
@@ -226,7 +226,8 @@ async fn fenced_store_refuses_writes_once_the_fence_key_is_gone() {
 #[tokio::test]
 async fn unreachable_etcd_is_one_clear_error_within_five_seconds() {
     let start = std::time::Instant::now();
-    let err = match Store::connect(&["127.0.0.1:1", "127.0.0.1:2"]).await {
+    let access = rift::store::Access::insecure(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let err = match Store::connect(&access).await {
         Ok(_) => panic!("connected to nothing"),
         Err(e) => e,
     };

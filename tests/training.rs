@@ -59,7 +59,7 @@ async fn status(store: &Store, name: &str) -> Option<TrainingTargetStatus> {
 async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
     let train = r#"sleep 1; echo "{\"model\": \"hex8-2p-gen$RIFT_GENERATION\", \"loss\": 0.4}" > "$RIFT_RESULT_FILE""#;
@@ -99,7 +99,7 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
 async fn a_failing_training_run_is_recorded_and_not_retried_before_its_cooldown() {
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
     let out = rift_stdin(
@@ -210,7 +210,7 @@ async fn a_promotion_reaches_a_signed_webhook() {
 async fn a_restarted_selfplay_job_counts_each_attempt_once() {
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
     // Each attempt reports 150 games, then fails: three attempts in all (backoffLimit 2).

@@ -52,10 +52,18 @@ fn blackhole() -> Blackhole {
 }
 
 async fn http(addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.to_string(), path.to_string());
-    tokio::task::spawn_blocking(move || support::http::get(&addr, &path, Duration::from_secs(2)))
-        .await
-        .unwrap()
+    http_through(addr, addr, path).await
+}
+
+/// `GET path` sent to `addr` (a relay's forwarded port), for the agent listening at `agent`
+/// (whose name and cluster credentials the TLS connection uses).
+async fn http_through(addr: &str, agent: &str, path: &str) -> Option<(u16, String)> {
+    let (addr, agent, path) = (addr.to_string(), agent.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        support::http::get_through(&addr, &agent, &path, Duration::from_secs(2))
+    })
+    .await
+    .unwrap()
 }
 
 async fn create_node(store: &Store, name: &str, addresses: &[&str], relay: bool, port: u16) {
@@ -121,12 +129,14 @@ async fn wait_connected(store: &Store, name: &str, relay: &str, within: u64) -> 
 }
 
 /// Waits until the agent named `node` answers `/status` at `addr` (through the relay).
-async fn wait_agent_through(addr: &str, node: &str, within: u64) {
+async fn wait_agent_through(addr: &str, agent: &TestAgent, within: u64) {
+    let node = &agent.name;
+    let agent = agent.addr();
     eventually(
         Duration::from_secs(within),
         &format!("agent {node} reachable at {addr}"),
-        || async move {
-            let (code, body) = http(addr, "/status").await?;
+        || async {
+            let (code, body) = http_through(addr, &agent, "/status").await?;
             (code == 200 && body.contains(&format!("\"node_id\":\"{node}\""))).then_some(())
         },
     )
@@ -173,7 +183,7 @@ async fn one_ssh(agent: &TestAgent) -> i32 {
 async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans_up() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
@@ -194,7 +204,14 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
     let st = wait_connected(&store, "vast-1", "relay-1", 30).await;
     assert_eq!(st.endpoint.as_deref(), Some(endpoint.as_str()));
     assert!(st.since.is_some());
-    wait_agent_through(&endpoint, "vast-1", 10).await;
+    wait_agent_through(&endpoint, &agent, 10).await;
+    // The tunnel key is used where it is: no copy of it in the agent's state.
+    let private = std::fs::read_to_string(&key.path).unwrap();
+    let body = private.lines().nth(1).unwrap();
+    assert_eq!(
+        support::fs::files_containing(&agent.state, body),
+        Vec::<std::path::PathBuf>::new()
+    );
 
     // The Node advertises the relay endpoint, and `rift logs` reaches the agent through it.
     eventually(
@@ -253,7 +270,7 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
     // Back with the agent; then deleting the Tunnel stops ssh and removes its status.
     agent.restart();
     wait_connected(&store, "vast-1", "relay-1", 30).await;
-    wait_agent_through(&endpoint, "vast-1", 10).await;
+    wait_agent_through(&endpoint, &agent, 10).await;
     let r = rift(&eps, &["delete", "tunnel", "vast-1"]);
     assert!(r.ok, "{}", r.stderr);
     eventually(
@@ -278,7 +295,9 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
     })
     .await;
     assert!(
-        http(&endpoint, "/healthz").await.is_none(),
+        http_through(&endpoint, &agent.addr(), "/healthz")
+            .await
+            .is_none(),
         "the forward is gone"
     );
     drop(relay);
@@ -288,7 +307,7 @@ async fn tunnel_comes_up_and_the_agent_is_reachable_through_the_relay_and_cleans
 async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     let mut relay = Sshd::start("127.0.0.2", ssh_port, &key);
@@ -300,7 +319,7 @@ async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
     store.create(&Object::new("t2", spec)).await.unwrap();
     let endpoint = format!("127.0.0.2:{remote}");
     wait_connected(&store, "t2", "relay-1", 30).await;
-    wait_agent_through(&endpoint, "vast-2", 10).await;
+    wait_agent_through(&endpoint, &agent, 10).await;
     // Stay up long enough to count as a healthy run.
     tokio::time::sleep(Duration::from_secs(11)).await;
 
@@ -312,7 +331,7 @@ async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_agent_through(&endpoint, "vast-2", 20).await;
+    wait_agent_through(&endpoint, &agent, 20).await;
     let st = wait_connected(&store, "t2", "relay-1", 5).await;
     assert!(st.restarts >= 1, "{st:?}");
     assert!(killed.elapsed() < Duration::from_secs(20));
@@ -329,14 +348,14 @@ async fn a_killed_ssh_comes_back_and_a_relay_down_for_10s_is_reconnected() {
     relay.start_again();
     // Worst case: an attempt just failed and the capped backoff (15 s) runs first.
     wait_connected(&store, "t2", "relay-1", 30).await;
-    wait_agent_through(&endpoint, "vast-2", 10).await;
+    wait_agent_through(&endpoint, &agent, 10).await;
 }
 
 #[tokio::test]
 async fn a_wrong_host_key_pin_is_refused_as_a_mismatch_without_a_retry_storm() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     let relay = Sshd::start("127.0.0.2", ssh_port, &key);
@@ -378,9 +397,11 @@ async fn a_wrong_host_key_pin_is_refused_as_a_mismatch_without_a_retry_storm() {
         st.restarts as usize + 1 >= attempts.saturating_sub(1),
         "{st:?} vs {attempts}"
     );
-    assert!(http(&format!("127.0.0.2:{remote}"), "/healthz")
-        .await
-        .is_none());
+    assert!(
+        http_through(&format!("127.0.0.2:{remote}"), &agent.addr(), "/healthz")
+            .await
+            .is_none()
+    );
     assert!(
         !relay.log().contains("Accepted publickey"),
         "ssh must stop before authenticating to an unpinned server:\n{}",
@@ -392,7 +413,7 @@ async fn a_wrong_host_key_pin_is_refused_as_a_mismatch_without_a_retry_storm() {
 async fn auto_relay_moves_to_another_relay_when_the_first_ones_sshd_stays_down() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let key = ClientKey::new();
     let ssh_port = free_port();
     // relay-a's sshd runs only long enough to read its host key: it stays down.
@@ -429,7 +450,7 @@ async fn auto_relay_moves_to_another_relay_when_the_first_ones_sshd_stays_down()
         st.endpoint.as_deref(),
         Some(&*format!("127.0.0.4:{remote}"))
     );
-    wait_agent_through(&format!("127.0.0.4:{remote}"), "vast-4", 10).await;
+    wait_agent_through(&format!("127.0.0.4:{remote}"), &agent, 10).await;
     let r = rift(&eps, &["describe", "tunnel", "t4"]);
     assert!(r.stdout.contains("RelaySwitched"), "{}", r.stdout);
 }
@@ -438,12 +459,12 @@ async fn auto_relay_moves_to_another_relay_when_the_first_ones_sshd_stays_down()
 async fn addresses_fall_back_in_order_for_rift_logs_peers_and_etcd_endpoints() {
     let cluster = EtcdCluster::single();
     let eps = cluster.endpoints_csv();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let hole = blackhole();
     // etcd endpoints: a hanging and a refusing one before the real one.
     let closed = free_port();
-    let bad_first = format!("http://{},http://127.0.0.1:{closed},{eps}", hole.addr);
+    let bad_first = format!("https://{},https://127.0.0.1:{closed},{eps}", hole.addr);
 
     // Node x: its endpoint and first address refuse, its second hangs, its third works.
     create_node(

@@ -14,16 +14,35 @@ use support::proc::free_port;
 struct Up {
     child: Child,
     endpoint: String,
+    state: std::path::PathBuf,
+}
+
+/// The demo manifests with their Notifier pointed at `webhook_port` (the README's runs use
+/// rift up's default port; tests never use a fixed one).
+fn demo_manifests(dir: &std::path::Path, webhook_port: u16) -> std::path::PathBuf {
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/demo");
+    let to = dir.join("demo");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let text = text.replace("127.0.0.1:8771", &format!("127.0.0.1:{webhook_port}"));
+        std::fs::write(to.join(entry.file_name()), text).unwrap();
+    }
+    to
 }
 
 impl Up {
-    fn start(state: &std::path::Path, ports: (u16, u16, u16)) -> Up {
-        let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo");
-        let (client, peer, agent) = (
+    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook, dashboard.
+    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16, u16)) -> Up {
+        let manifests = demo_manifests(state.parent().unwrap(), ports.3);
+        let manifests = manifests.to_str().unwrap();
+        let (client, peer, agent, webhook) = (
             ports.0.to_string(),
             ports.1.to_string(),
             ports.2.to_string(),
+            ports.3.to_string(),
         );
+        let dashboard = format!("127.0.0.1:{}", ports.4);
         let state_arg = state.display().to_string();
         let child = rift_command(
             "",
@@ -39,19 +58,28 @@ impl Up {
                 &peer,
                 "--agent-port",
                 &agent,
+                "--webhook-port",
+                &webhook,
                 "--gpus",
                 "H100x2",
                 "--label",
                 "demo=true",
+                "--dashboard",
+                &dashboard,
             ],
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+        let endpoint = format!("https://127.0.0.1:{client}");
+        // The credentials `rift up` writes, for `rift(&endpoint, ..)`.
+        let trust = support::trust::Trust::new(&state.join("admin.conf"), &state.join("pki"));
+        support::trust::register(std::slice::from_ref(&endpoint), &trust);
         Up {
             child,
-            endpoint: format!("http://127.0.0.1:{client}"),
+            endpoint,
+            state: state.to_path_buf(),
         }
     }
 
@@ -73,9 +101,12 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// Kills it and, since a killed `rift up` cannot stop them, its etcd member and jobs: a
+    /// failing test leaves nothing running.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        kill_processes_mentioning(&self.state);
     }
 }
 
@@ -92,11 +123,49 @@ fn job_phase(endpoint: &str, job: &str) -> Option<String> {
     v["status"]["phase"].as_str().map(str::to_string)
 }
 
+/// `(pid, start time)` of every job process `rift up` started under `state` (from the records
+/// its shims wrote), and whether each still runs.
+fn job_processes(state: &std::path::Path) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    let Ok(jobs) = std::fs::read_dir(state.join("jobs")) else {
+        return out;
+    };
+    for job in jobs.flatten() {
+        let Ok(attempts) = std::fs::read_dir(job.path().join("attempts")) else {
+            continue;
+        };
+        for attempt in attempts.flatten() {
+            let Ok(text) = std::fs::read_to_string(attempt.path().join("job.json")) else {
+                continue;
+            };
+            let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let pid = rec["pid"].as_u64().unwrap() as u32;
+            let ticks = rec["startTicks"].as_u64().unwrap();
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f[0] != "Z" && f.get(19)?.parse::<u64>().ok()? == ticks)
+                })
+                .unwrap_or(false);
+            out.push((pid, alive));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port());
+    let ports = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
@@ -118,13 +187,92 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
+    // It serves the dashboard too, reading the same cluster.
+    let dashboard = format!("127.0.0.1:{}", ports.4);
+    let (code, page) = support::http::get(&dashboard, "/nodes", Duration::from_secs(5))
+        .expect("rift up serves the dashboard");
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"node-local\""), "{page}");
+    // etcd listens on the node's address, not on every interface.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),
+        "etcd answers on an address the node does not have"
+    );
+    // Everything in the state directory is private: etcd's data, job records, logs, results.
+    assert_eq!(support::fs::not_private(&state), Vec::<String>::new());
     let member_id = s["voters"]["members"][0]["id"].clone();
+    eventually(Duration::from_secs(30), "job hello Succeeded", || async {
+        (job_phase(&ep, "hello")? == "Succeeded").then_some(())
+    })
+    .await;
 
+    // The demo Notifier posts to the receiver rift up runs (training starts once selfplay has
+    // made 200 games); nothing fails.
+    let log = state.join("notifications.log");
+    eventually(
+        Duration::from_secs(90),
+        "the demo's training_started notification in notifications.log",
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .any(|l| l.contains(" training_started "))
+                .then_some(())
+        },
+    )
+    .await;
+    let notifier = eventually(Duration::from_secs(30), "the Notifier's status", || async {
+        let run = rift(&ep, &["get", "notifier", "local-webhook", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (v["status"]["delivered"].as_u64()? >= 1).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        notifier["status"]["failures"].as_u64().unwrap_or(0),
+        0,
+        "{notifier}"
+    );
+
+    // A second `rift up` on the same state directory is refused, naming the first.
+    let second = rift(
+        "",
+        &[
+            "up",
+            "--state-dir",
+            &state.display().to_string(),
+            "--port",
+            "1",
+        ],
+    );
+    assert!(!second.ok);
+    assert!(
+        second.stderr.contains(&format!(
+            "rift up is already running on {} (pid {})",
+            state.display(),
+            up.child.id()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(status_json(&ep).is_some(), "the first one is untouched");
+
+    let running = job_processes(&state);
+    assert!(
+        running.iter().any(|(_, alive)| *alive),
+        "jobs run: {running:?}"
+    );
     let exit = up.stop();
     assert!(exit.success(), "Ctrl-C stops cleanly: {exit:?}");
     assert!(
         status_json(&ep).is_none(),
         "its etcd member stopped with it"
+    );
+    let left: Vec<u32> = job_processes(&state)
+        .into_iter()
+        .filter_map(|(pid, alive)| alive.then_some(pid))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a rift up cluster's jobs stop with it: {left:?} still run"
     );
 
     // Again, on the same state directory: the same cluster, objects intact.
@@ -142,8 +290,13 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     assert!(pool.ok, "{}", pool.stderr);
     let hello = job_phase(&up2.endpoint, "hello").unwrap();
     assert_eq!(hello, "Succeeded", "the finished job is remembered");
-    drop(up2);
-    kill_processes_mentioning(&state);
+    let ep2 = up2.endpoint.clone();
+    eventually(
+        Duration::from_secs(60),
+        "selfplay Running again after the resume",
+        || async { (job_phase(&ep2, "selfplay-hex8-local-0")? == "Running").then_some(()) },
+    )
+    .await;
 }
 
 #[test]

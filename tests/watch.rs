@@ -45,7 +45,7 @@ fn describe(e: &WatchEvent) -> String {
 #[tokio::test]
 async fn sees_create_update_delete_in_order() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     client
         .put(format!("{PREFIX}before"), "0", None)
@@ -78,10 +78,10 @@ async fn sees_create_update_delete_in_order() {
 /// A watcher past its initial list that talks only to member 0, and a client writing through
 /// member 1, so member 0 can be stopped while writes go on.
 async fn watcher_on_member_0(cluster: &EtcdCluster) -> (Watcher, etcd_client::Client) {
-    let store = Store::connect(&[cluster.client_url(0)]).await.unwrap();
-    let writer = etcd_client::Client::connect([cluster.client_url(1)], None)
+    let store = Store::connect(&cluster.access_to(&[cluster.client_url(0)]))
         .await
         .unwrap();
+    let writer = cluster.client_at(&[cluster.client_url(1)]).await;
     let mut w = Watcher::new(store, PREFIX, quick());
     assert!(matches!(
         next_event(&mut w).await,
@@ -152,7 +152,7 @@ async fn relists_when_the_revision_it_needs_was_compacted() {
 #[tokio::test]
 async fn idle_stream_is_kept_alive_by_progress_requests() {
     let cluster = EtcdCluster::single();
-    let store = Store::connect(&cluster.endpoints()).await.unwrap();
+    let store = cluster.store().await;
     let mut client = cluster.client().await;
     let config = WatchConfig {
         idle_timeout: Duration::from_millis(300),

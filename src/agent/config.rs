@@ -10,6 +10,8 @@ use crate::api::duration::HumanDuration;
 use crate::api::node::DEFAULT_AGENT_PORT;
 use crate::api::validation::dns1123_problem;
 
+use super::http_server::HttpLimits;
+
 /// The config file, every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -46,6 +48,60 @@ pub struct ConfigFile {
     /// The local etcd member this node runs when the VoterSet makes it a voter.
     #[serde(default)]
     pub etcd: EtcdFileConfig,
+    /// A plaintext cluster (no TLS, no identities): only for clusters not yet moved to TLS.
+    pub insecure: Option<bool>,
+    /// A controller's agent to join through (with the token in `RIFT_JOIN_TOKEN`).
+    pub join: Option<String>,
+    /// A file holding a token Prometheus may present (`Authorization: Bearer ...`) for
+    /// `/metrics` instead of a client certificate.
+    pub scrape_token_file: Option<PathBuf>,
+    /// Limits of the agent's HTTP server.
+    #[serde(default)]
+    pub http: HttpFileConfig,
+    /// The user jobs run as (a name or uid). Unset: the agent's own user.
+    pub run_as: Option<String>,
+    /// Where Jobs' `envFrom` files are (default `/etc/rift/secrets`).
+    pub secrets_dir: Option<PathBuf>,
+}
+
+/// `http:` in the config file: every field optional (defaults in [`HttpLimits::default`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpFileConfig {
+    pub header_read_timeout: Option<HumanDuration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
+    pub max_follow_streams: Option<usize>,
+}
+
+impl HttpFileConfig {
+    fn resolve(self) -> Result<HttpLimits, ConfigError> {
+        let d = HttpLimits::default();
+        let limits = HttpLimits {
+            header_read_timeout: self
+                .header_read_timeout
+                .map_or(d.header_read_timeout, HumanDuration::as_duration),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
+            max_follow_streams: self.max_follow_streams.unwrap_or(d.max_follow_streams),
+        };
+        let bad = |field: &str, why: &str| Err(ConfigError::Http(format!("http.{field}: {why}")));
+        if limits.header_read_timeout < Duration::from_millis(100) {
+            return bad("headerReadTimeout", "must be at least 100ms (default 10s)");
+        }
+        if limits.max_connections == 0 {
+            return bad("maxConnections", "must be at least 1 (default 512)");
+        }
+        if limits.max_connections_per_peer == 0 {
+            return bad("maxConnectionsPerPeer", "must be at least 1 (default 128)");
+        }
+        if limits.max_follow_streams == 0 {
+            return bad("maxFollowStreams", "must be at least 1 (default 64)");
+        }
+        Ok(limits)
+    }
 }
 
 /// `etcd:` in the config file.
@@ -61,10 +117,17 @@ pub struct EtcdFileConfig {
     /// Stop the member when the agent stops (default false: a restarted agent adopts it, so
     /// upgrading agents never bounces a voter).
     pub stop_with_agent: Option<bool>,
+    /// A loopback-only port for the member's `/metrics` and `/health` (plain HTTP on
+    /// 127.0.0.1; the client port is TLS with client certificates). None: no such listener.
+    pub metrics_port: Option<u16>,
     /// Extra etcd flags, e.g. `[--heartbeat-interval, "250", --election-timeout, "2500"]` for
     /// voters far apart.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Addresses etcd listens on. Default: those of the node's `addresses` that are on this
+    /// machine (and 127.0.0.1 for clients). `[0.0.0.0]` listens everywhere.
+    #[serde(default)]
+    pub bind_addresses: Vec<String>,
 }
 
 /// The local etcd member's settings, resolved.
@@ -74,8 +137,11 @@ pub struct EtcdMemberConfig {
     pub binary: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    pub metrics_port: Option<u16>,
     pub stop_with_agent: bool,
     pub extra_args: Vec<String>,
+    /// Addresses to listen on, when given (else chosen from the node's addresses).
+    pub bind_addresses: Vec<String>,
     /// Start a new one-member cluster when there is no data and no cluster answers.
     pub bootstrap: bool,
 }
@@ -98,14 +164,25 @@ pub enum ConfigError {
     BadName(String),
     #[error("lease TTL must be at least 1 second")]
     BadTtl,
+    #[error("{0}")]
+    Http(String),
 }
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use crate::api::input;
+        let limited = |e: input::InputError| ConfigError::Parse {
             path: path.display().to_string(),
-            source,
+            message: e.to_string(),
+        };
+        let text = input::read_file(path, input::MAX_INPUT_BYTES).map_err(|e| match e {
+            input::InputError::Read { error, .. } => ConfigError::Read {
+                path: path.display().to_string(),
+                source: error,
+            },
+            other => limited(other),
         })?;
+        input::check_flow_depth(&path.display().to_string(), &text).map_err(limited)?;
         serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -118,6 +195,15 @@ impl ConfigFile {
 pub struct AgentConfig {
     pub name: String,
     pub endpoints: Vec<String>,
+    /// Whether endpoints were given (flags, environment, config file); otherwise the ones a
+    /// join saved, else the local default.
+    pub endpoints_given: bool,
+    /// A plaintext cluster: no TLS, no identity (`--insecure`).
+    pub insecure: bool,
+    /// `--join URL --token T`: join through a controller's agent when this node has no
+    /// identity yet.
+    pub join: Option<JoinConfig>,
+    pub scrape_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub port: u16,
     pub listen: String,
@@ -135,6 +221,11 @@ pub struct AgentConfig {
     pub thresholds: super::resources::Thresholds,
     pub reschedule_margin: Duration,
     pub etcd: EtcdMemberConfig,
+    pub http: HttpLimits,
+    /// The user jobs run as; `None`: the agent's own user.
+    pub run_as: Option<String>,
+    /// Where Jobs' `envFrom` files are.
+    pub secrets_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -149,6 +240,24 @@ impl AgentConfig {
             gpus: self.gpus.clone(),
             agent_port: self.port,
         }
+    }
+}
+
+/// Where and with what to join.
+#[derive(Clone)]
+pub struct JoinConfig {
+    /// A controller's agent, `https://HOST:PORT`.
+    pub url: String,
+    /// `RIFT1...`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,8 +281,13 @@ pub struct Overrides {
     pub etcd_binary: Option<PathBuf>,
     pub etcd_client_port: Option<u16>,
     pub etcd_peer_port: Option<u16>,
+    pub etcd_metrics_port: Option<u16>,
     pub etcd_stop_with_agent: bool,
     pub bootstrap: bool,
+    pub insecure: bool,
+    pub join: Option<JoinConfig>,
+    pub run_as: Option<String>,
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -196,18 +310,31 @@ impl AgentConfig {
             let unspecified = listen == "0.0.0.0" || listen == "::";
             (!unspecified).then(|| format!("{listen}:{port}"))
         });
-        let endpoints = match o.endpoints {
-            Some(e) if !e.is_empty() => e,
-            _ if !file.endpoints.is_empty() => file.endpoints,
-            _ => vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+        let (endpoints, endpoints_given) = match o.endpoints {
+            Some(e) if !e.is_empty() => (e, true),
+            _ if !file.endpoints.is_empty() => (file.endpoints, true),
+            _ => (
+                vec![crate::store::client::DEFAULT_ENDPOINT.to_string()],
+                false,
+            ),
         };
+        let http = file.http.resolve()?;
         Ok(AgentConfig {
+            http,
+            run_as: o.run_as.or(file.run_as).filter(|u| !u.is_empty()),
+            secrets_dir: o.secrets_dir.or(file.secrets_dir).unwrap_or_else(|| {
+                PathBuf::from(crate::agent::jobs::env_files::DEFAULT_SECRETS_DIR)
+            }),
             state_dir: o
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/rift")),
             name,
             endpoints,
+            endpoints_given,
+            insecure: o.insecure || file.insecure.unwrap_or(false),
+            join: o.join,
+            scrape_token_file: file.scrape_token_file,
             port,
             listen,
             advertise,
@@ -240,9 +367,11 @@ impl AgentConfig {
                     .unwrap_or_else(|| PathBuf::from("etcd")),
                 client_port: o.etcd_client_port.or(file.etcd.client_port).unwrap_or(2379),
                 peer_port: o.etcd_peer_port.or(file.etcd.peer_port).unwrap_or(2380),
+                metrics_port: o.etcd_metrics_port.or(file.etcd.metrics_port),
                 stop_with_agent: o.etcd_stop_with_agent
                     || file.etcd.stop_with_agent.unwrap_or(false),
                 extra_args: file.etcd.extra_args,
+                bind_addresses: file.etcd.bind_addresses,
                 bootstrap: o.bootstrap,
             },
             gpus: if o.gpus.is_empty() { file.gpus } else { o.gpus },

@@ -1,16 +1,21 @@
 //! Campaign, lead while the lease holds, step down, campaign again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::TxnOp;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
 use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
@@ -53,7 +58,17 @@ pub async fn run(
         let housekeeping = Housekeeping {
             margin: config.reschedule_margin,
         };
-        let resign = lead(&leadership, &config.name, housekeeping, shutdown.clone()).await;
+        let metrics = state.metrics.leader.clone();
+        metrics.leading(true);
+        let resign = lead(
+            &leadership,
+            &config.name,
+            housekeeping,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        metrics.leading(false);
         state.is_leader.store(false, Ordering::Relaxed);
         if resign {
             leadership.resign().await;
@@ -65,10 +80,13 @@ pub async fn run(
 }
 
 /// Runs the controllers until leadership is lost (returns false) or shutdown (returns true).
+/// A controller that ends on its own (a refused fenced write, an error, a panic) ends leading:
+/// the leader steps down and campaigns again rather than lead without it.
 async fn lead(
     leadership: &Leadership,
     node: &str,
     housekeeping: Housekeeping,
+    metrics: LeaderMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let store = leadership.store();
@@ -78,29 +96,84 @@ async fn lead(
         "leader_changed",
         format!("{node} is now the leader"),
     );
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let mut notifier_stop = stop_tx.subscribe();
-    let notifier = tokio::spawn(NotifierController::new(store.clone()).run(async move {
-        let _ = notifier_stop.wait_for(|s| *s).await;
-    }));
-    let mut voters_stop = stop_tx.subscribe();
-    let voters = tokio::spawn(VotersController::new(store.clone()).run(async move {
-        let _ = voters_stop.wait_for(|s| *s).await;
-    }));
-    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
-    let mut scheduler = tokio::spawn(scheduler.run(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-    let resign = lead_with_heartbeat(leadership, node, &store, &mut shutdown, &mut scheduler).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let voters = VotersController::new(store.clone()).with_lease(leadership.lease_watch());
+    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
+        .with_metrics(metrics);
+    let mut controllers = Controllers {
+        tasks: vec![
+            (
+                "scheduler",
+                Some(tokio::spawn(scheduler.run(stop(stop_rx.clone())))),
+            ),
+            (
+                "notifier",
+                Some(tokio::spawn(
+                    NotifierController::new(store.clone()).run(stop(stop_rx.clone())),
+                )),
+            ),
+            ("voters", Some(tokio::spawn(voters.run(stop(stop_rx))))),
+        ],
+    };
+    let resign =
+        lead_with_heartbeat(leadership, node, &store, &mut shutdown, &mut controllers).await;
     let _ = stop_tx.send(true);
-    // The scheduler may already have ended (that is why leading stopped): a finished handle
-    // must not be awaited again.
-    if !scheduler.is_finished() {
-        let _ = scheduler.await;
-    }
-    let _ = notifier.await;
-    let _ = voters.await;
+    controllers.join().await;
     resign
+}
+
+/// One controller's task.
+type ControllerTask = JoinHandle<Result<(), StoreError>>;
+
+/// The leader's controller tasks, each `None` once it has ended and been looked at.
+struct Controllers {
+    tasks: Vec<(&'static str, Option<ControllerTask>)>,
+}
+
+impl Controllers {
+    /// Resolves when a controller ends while leading, with its name and how it ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a task's end is taken (and its slot cleared) only when it is returned.
+    async fn any_ended(&mut self) -> (&'static str, String) {
+        std::future::poll_fn(|cx| {
+            for (name, slot) in self.tasks.iter_mut() {
+                if let Some(handle) = slot {
+                    if let Poll::Ready(r) = Pin::new(handle).poll(cx) {
+                        *slot = None;
+                        return Poll::Ready((*name, describe(r)));
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits for every controller still running (they were told to stop) and logs how each
+    /// ended.
+    async fn join(self) {
+        for (name, slot) in self.tasks {
+            if let Some(handle) = slot {
+                let how = describe(handle.await);
+                if how != "stopped" {
+                    tracing::warn!(controller = name, how, "a controller ended badly");
+                }
+            }
+        }
+    }
+}
+
+fn describe(r: Result<Result<(), StoreError>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "stopped".into(),
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(e) if e.is_panic() => format!("panicked: {e}"),
+        Err(e) => format!("was cancelled: {e}"),
+    }
 }
 
 async fn lead_with_heartbeat(
@@ -108,7 +181,7 @@ async fn lead_with_heartbeat(
     node: &str,
     store: &Store,
     shutdown: &mut watch::Receiver<bool>,
-    scheduler: &mut tokio::task::JoinHandle<Result<(), StoreError>>,
+    controllers: &mut Controllers,
 ) -> bool {
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -116,13 +189,27 @@ async fn lead_with_heartbeat(
         tokio::select! {
             _ = leadership.lost() => return false,
             _ = super::stopped(shutdown) => return true,
-            r = &mut *scheduler => {
-                tracing::warn!(result = ?r.map(|r| r.err()), "the scheduler stopped: stepping down");
+            (name, how) = controllers.any_ended() => {
+                tracing::warn!(controller = name, how, "a controller ended: stepping down");
                 leadership.step_down();
                 return false;
             }
             _ = tick.tick() => {
                 seq += 1;
+                // Every 2 s: Nodes for agents that announced one and have none (workers
+                // admitted without a join may not create their own).
+                if seq % 4 == 1 {
+                    match crate::agent::registration::adopt_announced(store).await {
+                        Ok(created) if !created.is_empty() => {
+                            tracing::info!(nodes = %created.join(","), "created announced Nodes");
+                        }
+                        Err(StoreError::Fenced) => {
+                            leadership.step_down();
+                            return false;
+                        }
+                        _ => {}
+                    }
+                }
                 if let Err(e) = heartbeat(store, node, seq).await {
                     if matches!(e, StoreError::Fenced) {
                         tracing::warn!("a leader write was refused by the fence: stepping down");

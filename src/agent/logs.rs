@@ -23,6 +23,10 @@
 //!   new epoch and starts over);
 //! - when the client goes away (the body is dropped), or the agent gets SIGTERM/SIGINT (a
 //!   follower must not hold up the agent's graceful shutdown).
+//!
+//! At most [`AgentState::max_follow_streams`] logs are followed at once; one more is answered
+//! `503 Service Unavailable` with a message saying so (a finished or dropped follower frees its
+//! place at once).
 
 use std::fs::File;
 use std::io;
@@ -39,9 +43,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, RunSpec};
-use super::jobs::policy::{self, AttemptState, Next, Observed};
+use super::jobs::policy::{self, AttemptState, Book, Next, Observed};
 use super::AgentState;
-use crate::api::validation::dns1123_problem;
 
 /// How often a followed log is polled for new bytes, rotations and attempts.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -73,14 +76,34 @@ pub async fn job_logs(
     Path(name): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Response {
-    if let Some(problem) = dns1123_problem(&name) {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("invalid job name {name:?}: {problem}\n"),
-        )
-            .into_response();
-    }
-    let dir = state.state_dir.job(&name);
+    let dir = match state.state_dir.job(&name) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let body = format!("invalid job name {:?}: {}\n", e.name, e.problem);
+            return (StatusCode::BAD_REQUEST, body).into_response();
+        }
+    };
+    // Taken before any file is opened: an endless stream holds its place until it ends.
+    let follow_permit = if query.follow {
+        match state.follow_streams.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                state.metrics.follows_refused.inc();
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "5")],
+                    format!(
+                        "node {:?} is already streaming {} followed logs, its limit; stop one \
+                         (e.g. another `rift logs -f`) or read without following\n",
+                        state.node, state.max_follow_streams
+                    ),
+                )
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
     let q = query.clone();
     let opened =
         tokio::task::spawn_blocking(move || LogReader::open(dir, q.attempt, q.tail, q.follow))
@@ -133,19 +156,22 @@ pub async fn job_logs(
                 attempt.to_string(),
             ),
         ],
-        Body::from_stream(stream(reader, name)),
+        Body::from_stream(stream(reader, name, follow_permit)),
     )
         .into_response()
 }
 
-/// The reader as a stream of chunks; file I/O runs on the blocking pool.
+/// The reader as a stream of chunks; file I/O runs on the blocking pool. `permit` (a follower's
+/// place) is held until the stream ends or is dropped.
 fn stream(
     reader: LogReader,
     job: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, io::Error>> + Send + 'static {
     let stop = shutting_down();
     futures::stream::unfold(Some((reader, stop)), move |state| {
         let job = job.clone();
+        let _held = &permit;
         async move {
             let (mut reader, mut stop) = state?;
             loop {
@@ -505,24 +531,20 @@ impl LogReader {
 /// same records it decides on; `None` when the policy starts no further attempt.
 fn next_start(job: &JobDir, attempt: u32, exit: &ExitRecord) -> Option<chrono::DateTime<Utc>> {
     let spec: RunSpec = read_json(&job.run_spec()).ok().flatten()?;
-    let failures = (1..attempt)
-        .filter(|n| {
-            read_json::<ExitRecord>(&job.exit_record(*n))
-                .ok()
-                .flatten()
-                .is_some_and(|r| !r.succeeded())
-        })
-        .count() as u32
-        + u32::from(!exit.succeeded());
-    let first_started = read_json::<ProcRecord>(&job.job_record(1))
+    let started = read_json::<ProcRecord>(&job.job_record(attempt))
         .ok()
         .flatten()
         .and_then(|r| r.started_at);
+    let book = read_json::<Book>(&job.book())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .count(attempt, started, exit);
     let observed = Observed {
         attempt,
         state: AttemptState::Ended(exit.clone()),
-        failures,
-        first_started,
+        failures: book.failures,
+        first_started: book.first_started,
     };
     match policy::decide(&spec, &observed, Utc::now()) {
         Next::Start { not_before, .. } => Some(not_before),
@@ -556,7 +578,12 @@ fn tail_scan(segments: &[(&File, u64)], n: usize) -> io::Result<(usize, u64, u64
             file.read_exact_at(block, start)?;
             scanned += block.len() as u64;
             for i in (0..block.len()).rev() {
-                let needed = wanted.get_or_insert(if block[i] == b'\n' { n + 1 } else { n });
+                // A trailing newline ends the last line; any count (usize::MAX included) is fine.
+                let needed = wanted.get_or_insert(if block[i] == b'\n' {
+                    n.saturating_add(1)
+                } else {
+                    n
+                });
                 if block[i] == b'\n' {
                     *needed -= 1;
                     if *needed == 0 {
@@ -645,9 +672,20 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_of_any_size_is_the_whole_log_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let f = File::open(&path).unwrap();
+        for n in [usize::MAX, usize::MAX - 1] {
+            assert_eq!(tail_start(&[(&f, 4)], n).unwrap(), (0, 0));
+        }
+    }
+
+    #[test]
     fn tail_of_a_big_log_reads_only_its_end_and_spans_the_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         // 200k lines (~2.5 MB) rotated, then 3 lines live.
         append(&job.log(1).with_extension("log.1"), &numbered(1, 200_000));
         append(&job.log(1), &numbered(200_001, 200_003));
@@ -683,7 +721,7 @@ mod tests {
     fn latest_attempt_by_default_and_unknown_jobs_or_attempts_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
-        let job = state.job("j");
+        let job = state.job("j").unwrap();
         append(&job.log(1), "one\n");
         append(&job.log(2), "two\n");
         let mut r = LogReader::open(job.clone(), None, None, false).unwrap();
@@ -695,7 +733,7 @@ mod tests {
             Err(OpenError::NoAttempt { asked: 7, last: 2 })
         ));
         assert!(matches!(
-            LogReader::open(state.job("nope"), None, None, false),
+            LogReader::open(state.job("nope").unwrap(), None, None, false),
             Err(OpenError::NoJob)
         ));
     }
@@ -703,7 +741,7 @@ mod tests {
     #[test]
     fn follow_sees_appends_rotation_and_the_next_attempt_then_ends_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         std::fs::create_dir_all(job.path()).unwrap();
         let mut r = LogReader::open(job.clone(), None, None, true).unwrap();
         let mut out = String::new();
@@ -739,7 +777,7 @@ mod tests {
     #[test]
     fn follow_ends_when_the_job_directory_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let job = StateDir::new(dir.path()).job("j");
+        let job = StateDir::new(dir.path()).job("j").unwrap();
         append(&job.log(1), "x\n");
         let mut r = LogReader::open(job.clone(), None, Some(10), true).unwrap();
         let mut out = String::new();

@@ -9,6 +9,9 @@
 pub mod config;
 pub mod etcd_member;
 mod http;
+pub mod http_server;
+pub mod https;
+pub mod identity;
 pub mod jobs;
 mod leader_loop;
 mod logs;
@@ -16,6 +19,7 @@ pub mod metrics;
 pub mod node_status;
 mod peers;
 pub mod registration;
+mod renewal;
 pub mod resources;
 pub mod tunnels;
 
@@ -27,6 +31,7 @@ use tokio::sync::watch;
 
 pub use config::AgentConfig;
 
+use crate::store;
 use crate::store::leader::current_leader;
 use crate::store::{Store, StoreError};
 
@@ -45,6 +50,15 @@ pub struct AgentState {
     pub voters_alive: RwLock<Vec<String>>,
     /// Peers whose agent answered, and the address it answered at.
     pub reachable_peers: RwLock<std::collections::BTreeMap<String, String>>,
+    /// The cluster CA (served to joining nodes by controllers).
+    pub ca_pem: Option<String>,
+    /// Joins and renewals: on controllers of a TLS cluster.
+    pub join: Option<crate::join::server::JoinService>,
+    /// A bearer token Prometheus may present for `/metrics`.
+    pub scrape_token: Option<String>,
+    /// One permit per followed log being streamed ([`http_server::HttpLimits::max_follow_streams`]).
+    pub follow_streams: Arc<tokio::sync::Semaphore>,
+    pub max_follow_streams: usize,
 }
 
 /// Errors that stop the agent.
@@ -64,22 +78,62 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Identity(String),
+    #[error(transparent)]
+    RunAs(#[from] jobs::run_as::RunAsError),
 }
 
 /// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
 /// leadership (so a standby takes over at once) and returns.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    // Refuse at once a runAs no job could start with, rather than failing every job later.
+    let run_as = config
+        .run_as
+        .as_deref()
+        .map(jobs::run_as::RunAs::resolve_usable)
+        .transpose()?;
+    match &run_as {
+        Some(user) => tracing::info!(user = %user.name, uid = user.uid.as_raw(), "jobs run as"),
+        None if nix::unistd::Uid::effective().is_root() => tracing::warn!(
+            "jobs run as root and can read this node's state: set runAs in the node config \
+             (config/install-node.sh creates the user rift-job and sets it)"
+        ),
+        None => {}
+    }
+    private_state_dir(&config.state_dir)?;
+    let me = identity::establish(&config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
-    let mut endpoints = config.endpoints.clone();
-    for e in etcd_member::saved_endpoints(&config.state_dir, &config.endpoints) {
+    let configured = me.access.endpoints().to_vec();
+    let mut endpoints = configured.clone();
+    for e in etcd_member::saved_endpoints(&config.state_dir, &configured) {
         if !endpoints.contains(&e) {
             endpoints.push(e);
         }
     }
-    let store = Store::connect_lazy(&endpoints).await?;
+    let store = Store::connect_lazy(&me.access.with_endpoints(&endpoints)).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(&config.name));
+    let tls = match me.identity() {
+        Some(id) => Some(
+            crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scrape_token = match &config.scrape_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::StateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let serves_joins = me.role == Some(crate::pki::NodeRole::Controller);
     let state = Arc::new(AgentState {
         node: config.name.clone(),
         state_dir: state_dir.clone(),
@@ -91,6 +145,11 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         alive_peers: RwLock::new(Vec::new()),
         voters_alive: RwLock::new(Vec::new()),
         reachable_peers: RwLock::default(),
+        ca_pem: me.identity().map(|i| i.ca_pem.clone()),
+        join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
+        scrape_token,
+        follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
+        max_follow_streams: config.http.max_follow_streams,
     });
     let addr = format!("{}:{}", config.listen, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -101,46 +160,69 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         })?;
     tracing::info!(node = %config.name, %addr, "agent listening");
 
-    let mut http_shutdown = shutdown.clone();
-    let server =
-        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
-        });
-    let server = tokio::spawn(async move { server.await });
+    let router = http::router(state.clone());
+    let server = match tls {
+        Some(tls) => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            https::Tls::new(tls),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(http_server::serve(
+            listener,
+            router,
+            config.http,
+            http_server::Plain,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+    };
+    if let (Some(ca), Some(role)) = (me.local_ca.clone(), me.role) {
+        tokio::spawn(keep_trust(
+            store.clone(),
+            config.name.clone(),
+            role,
+            ca,
+            shutdown.clone(),
+        ));
+    }
+    let renewal = tokio::spawn(renewal::run(
+        config.clone(),
+        me.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
     let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
-        path: config.state_dir.display().to_string(),
-        source,
-    })?;
     // The member stops (if it stops with the agent) only after everything else is done: the
     // leader's resignation and the node's lease revocation may need it.
     let (member_stop, member_stopped) = watch::channel(false);
-    let member = etcd_member::Supervisor::new(&config, store.clone());
+    let member = etcd_member::Supervisor::new(&config, store.clone(), configured);
     let member = tokio::spawn(member.run(member_stopped));
+    let (renewals, last_renewal) = store::lease::LastRenewal::channel();
+    let heartbeats = tokio::spawn(registration::write_heartbeats(
+        state_dir.clone(),
+        renewals.subscribe(),
+        shutdown.clone(),
+    ));
     let registration = tokio::spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
         config.node_lease_ttl,
-        state_dir.clone(),
+        renewals,
+        registration::NodeAnnouncement {
+            spec: config.node_spec(),
+            labels: config.labels.clone(),
+        },
         metrics.clone(),
         shutdown.clone(),
     ));
     let node_spec = config.node_spec();
-    // One probe before anything runs: the runner must know which GPU indices exist.
-    let resource_probe =
-        resources::ResourceProbe::new().map_err(|e| AgentError::Resources(e.to_string()))?;
-    let (resource_probe, observed) = node_status::probe_once(
-        resource_probe,
-        config.gpus.clone(),
-        config.state_dir.clone(),
-    )
-    .await;
-    let gpu_count = Some(observed.capacity.gpus.len());
-    tracing::info!(
-        cpus = observed.capacity.cpus,
-        gpus = observed.capacity.gpus.len(),
-        "resources"
-    );
+    // The first resource probe (NVML may hang in a broken driver) is waited for only so long:
+    // the runner should know which GPU indices exist, but a Ready node must never run nothing
+    // because a probe does not return.
+    let first_probe = tokio::spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
     let tunnels = tunnels::Tunnels::new(
         config.name.clone(),
         config.port,
@@ -157,10 +239,54 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
-    let status_writer = tokio::spawn(status_writer.run(resource_probe, shutdown.clone()));
+    let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
+        FirstProbe::Done(done) => match *done {
+            Ok((probe, observed)) => {
+                tracing::info!(
+                    cpus = observed.capacity.cpus,
+                    gpus = observed.capacity.gpus.len(),
+                    "resources"
+                );
+                let gpus = Some(observed.capacity.gpus.len());
+                let writer = tokio::spawn(status_writer.run(probe, shutdown.clone()));
+                (gpus, writer)
+            }
+            Err(e) => return Err(AgentError::Resources(e)),
+        },
+        FirstProbe::Late(pending) => {
+            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
+            tracing::warn!(
+                waited = ?FIRST_PROBE_WAIT,
+                "the resource probe (NVML) has not answered: jobs run without it, the node \
+                 status waits for it"
+            );
+            let mut stop = shutdown.clone();
+            let writer = tokio::spawn(async move {
+                let probe = tokio::select! {
+                    r = pending => r,
+                    _ = stopped(&mut stop) => return,
+                };
+                match probe {
+                    Ok(Ok((probe, _))) => status_writer.run(probe, stop).await,
+                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
+                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
+                }
+            });
+            ((declared > 0).then_some(declared as usize), writer)
+        }
+    };
     let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
-    let peers = tokio::spawn(peers::run(store.clone(), state.clone(), shutdown.clone()));
-    {
+    let agent_tls = crate::net::AgentTls::for_identity(me.identity())
+        .map_err(|e| AgentError::Identity(e.to_string()))?;
+    let peers = tokio::spawn(peers::run(
+        store.clone(),
+        state.clone(),
+        agent_tls,
+        shutdown.clone(),
+    ));
+    // A worker's Node is created when it joins (it may write only its own keys); a
+    // controller, or an agent of a plaintext cluster, creates its own.
+    if me.may_write_cluster_objects() {
         let store = store.clone();
         let name = config.name.clone();
         let labels = config.labels.clone();
@@ -179,12 +305,20 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
             }
         });
     }
-    let runner = jobs::runner::Runner::new(
+    let shims = jobs::process::ShimProcesses::new(state_dir.heartbeat()).with_options(
+        jobs::shim::ShimOptions {
+            run_as: config.run_as.clone(),
+            secrets_dir: config.secrets_dir.clone(),
+        },
+    );
+    let runner = jobs::runner::Runner::with_processes(
         config.name.clone(),
         store.clone(),
         state_dir,
         gpu_count,
         metrics,
+        last_renewal,
+        shims,
     );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
 
@@ -196,17 +330,112 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     probe.abort();
     peers.abort();
+    renewal.abort();
     let _ = tunnels.await;
     let _ = runner.await;
     let _ = status_writer.await;
     let _ = registration.await;
+    let _ = heartbeats.await;
     let _ = server.await;
     let _ = member_stop.send(true);
     let _ = member.await;
     Ok(())
 }
 
-/// Keeps readiness and the known leader current, once a second.
+/// How long the agent waits for its first resource probe before it runs jobs without it.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
+
+type ProbeResult = Result<(resources::ResourceProbe, resources::Observed), String>;
+
+/// Opens the resource probe (NVML) and probes once, off the async workers.
+async fn first_probe(
+    declared: Vec<crate::api::node::GpuDeclaration>,
+    disk: std::path::PathBuf,
+) -> ProbeResult {
+    let probe = tokio::task::spawn_blocking(resources::ResourceProbe::new)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(node_status::probe_once(probe, declared, disk).await)
+}
+
+enum FirstProbe {
+    Done(Box<ProbeResult>),
+    Late(tokio::task::JoinHandle<ProbeResult>),
+}
+
+async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> FirstProbe {
+    match tokio::time::timeout(FIRST_PROBE_WAIT, &mut task).await {
+        Ok(Ok(r)) => FirstProbe::Done(Box::new(r)),
+        Ok(Err(e)) => FirstProbe::Done(Box::new(Err(format!("the resource probe panicked: {e}")))),
+        Err(_) => FirstProbe::Late(task),
+    }
+}
+
+/// On the machine that created the cluster (it holds the CA's key): makes sure this node's
+/// etcd user exists, authentication is on and the trust record (the CA, for joins on any
+/// controller) is in etcd; retried until done. Before authentication is on, any client of the
+/// CA may do this; after, only a root identity, which this node's is.
+async fn keep_trust(
+    store: Store,
+    node: String,
+    role: crate::pki::NodeRole,
+    ca: crate::pki::Ca,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            crate::store::auth::ensure_admitted(&store, &node, role).await?;
+            crate::store::auth::enable(&store).await?;
+            crate::store::auth::publish_trust(&store, &ca).await?;
+            Ok::<(), StoreError>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!("etcd authentication is on; the cluster CA is published");
+                return;
+            }
+            Err(e) => tracing::debug!(%e, "cannot set up etcd authentication yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Creates the state directory, or makes an existing one private (0700): jobs, logs, etcd's
+/// data and keys live there, and jobs run as another user must not read them. (Files inside
+/// are created 0600 under the agent's umask 077; older ones are unreachable through the
+/// directory.) A shared directory — `/`, one with the sticky bit like `/tmp`, or one owned by
+/// someone else — is refused rather than changed.
+fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let err = |source| AgentError::StateDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let meta = std::fs::metadata(path).map_err(err)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let shared = path.canonicalize().is_ok_and(|p| p.parent().is_none())
+        || mode & 0o1000 != 0
+        || meta.uid() != nix::unistd::Uid::effective().as_raw();
+    if shared {
+        return Err(err(std::io::Error::other(
+            "it is shared (the root, a sticky directory such as /tmp, or owned by another \
+             user); give the agent a directory of its own, e.g. /var/lib/rift",
+        )));
+    }
+    if mode != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        tracing::info!(path = %path.display(), from = format!("{mode:o}"), "state directory made private (0700)");
+    }
+    Ok(())
+}
+
 /// Keeps readiness, the known leader, and the peers and voters alive current.
 async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
     let mut tick: u64 = 0;
@@ -292,4 +521,34 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_made_private_and_a_shared_one_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_state_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o700);
+        private_state_dir(&dir.path().join("new/state")).unwrap();
+        assert_eq!(mode(&dir.path().join("new/state")), 0o700);
+
+        let sticky = dir.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = private_state_dir(&sticky).unwrap_err().to_string();
+        assert!(err.contains("shared"), "{err}");
+        assert_eq!(mode(&sticky), 0o1777, "left as it was");
+        assert!(private_state_dir(std::path::Path::new("/")).is_err());
+    }
 }

@@ -53,7 +53,9 @@ pub fn running_jobs_where(state: &StateDir, alive: impl Fn(&JobDir, u32) -> bool
         .unwrap_or_default()
         .into_iter()
         .filter(|j| {
-            let dir = state.job(j);
+            let Ok(dir) = state.job(j) else {
+                return false;
+            };
             let n = dir.last_attempt();
             n > 0
                 && read_json::<ExitRecord>(&dir.exit_record(n))
@@ -92,14 +94,19 @@ impl StatusWriter {
             )
             .await;
             probe = p;
+            let state = self.state.clone();
+            let running = tokio::task::spawn_blocking(move || running_jobs(&state))
+                .await
+                .unwrap_or_default();
             let mut status = NodeStatus {
-                running_jobs: running_jobs(&self.state),
+                running_jobs: running,
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 endpoint: self.endpoint.current(),
                 last_heartbeat: Some(Utc::now()),
                 ..NodeStatus::default()
             };
             observed.apply(&mut status, &self.thresholds);
+            self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
                 let key = keys::agent_status(&self.node);
@@ -111,9 +118,7 @@ impl StatusWriter {
                     Ok(_) => {
                         last = Some(status);
                         last_write = Instant::now();
-                        self.metrics
-                            .status_writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.status_writes.inc();
                     }
                     Err(e) => tracing::debug!(%e, "node status not written yet"),
                 }

@@ -1,7 +1,8 @@
 //! Which peers this agent can reach over HTTP, and at which address: every
 //! [`PROBE_INTERVAL`], each other Ready node's agent is probed (`GET /healthz`) at its
 //! addresses in order — the endpoint it advertises (through a relay for a NAT-blocked node),
-//! then `spec.addresses` with its agent port — each with a short connect timeout. The address
+//! then `spec.addresses` with its agent port — each with a short connect timeout, over TLS
+//! verified as `<node>.node.rift` (see [`crate::net::tls`]). The address
 //! that answered is remembered and tried first next time; when it fails, the others are tried
 //! again in order. The result is served in `/status` as `reachable_peers`.
 
@@ -10,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::AgentState;
 use crate::api::selector::LabelSelector;
 use crate::api::NodeSpec;
-use crate::net::{agent_addresses, Dialer};
+use crate::net::{agent_addresses, AgentStream, AgentTls, Dialer};
 use crate::store::Store;
 
 /// How often peers are probed.
@@ -25,7 +25,7 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends `GET /healthz` and succeeds on a 200 answer.
-async fn healthz(mut stream: TcpStream) -> Result<(), String> {
+async fn healthz(mut stream: AgentStream) -> Result<(), String> {
     let exchange = async {
         stream
             .write_all(b"GET /healthz HTTP/1.0\r\nHost: peer\r\n\r\n")
@@ -59,7 +59,12 @@ async fn healthz(mut stream: TcpStream) -> Result<(), String> {
 }
 
 /// Probes peers until `shutdown`.
-pub async fn run(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    store: Store,
+    state: Arc<AgentState>,
+    tls: AgentTls,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let dialer = Dialer::default();
     loop {
         if let Ok((nodes, _)) = store.list::<NodeSpec>(&LabelSelector::everything()).await {
@@ -70,9 +75,14 @@ pub async fn run(store: Store, state: Arc<AgentState>, mut shutdown: watch::Rece
                 .map(|n| {
                     let addrs = agent_addresses(n);
                     let dialer = &dialer;
+                    let tls = &tls;
                     async move {
                         let name = n.name().to_string();
-                        match dialer.reach(&name, &addrs, healthz).await {
+                        let check = |tcp| {
+                            let name = name.clone();
+                            async move { healthz(tls.open(&name, tcp).await?).await }
+                        };
+                        match dialer.reach(&name, &addrs, check).await {
                             Ok(((), addr)) => Some((name, addr)),
                             Err(e) => {
                                 tracing::debug!(peer = %name, %e, "peer unreachable");

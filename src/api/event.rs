@@ -36,6 +36,10 @@ fn one() -> u32 {
 pub struct ObjectRef {
     pub kind: String,
     pub name: String,
+    /// The object's uid, when the recorder knew it: tells an event about this object from one
+    /// about an earlier object of the same name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

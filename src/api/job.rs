@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::duration::HumanDuration;
 use super::meta::{ObjectMeta, TemplateMeta};
 use super::object::{Object, Spec};
-use super::validation::{validate_labels, FieldErrors};
+use super::validation::{validate_duration, validate_labels, validate_seconds, FieldErrors};
 
 pub type Job = Object<JobSpec>;
 
@@ -20,8 +20,15 @@ pub struct JobSpec {
     pub job_type: JobType,
     /// argv; no shell unless it says `sh -c`.
     pub command: Vec<String>,
+    /// Plain environment variables. Every node can read Job specs in etcd: put tokens and
+    /// passwords in files on the nodes and name them in `envFrom` instead.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Files of `KEY=VALUE` lines on the node, read when each attempt starts; their values go
+    /// into the job's environment and nowhere else (never into etcd, logs or reports). `env`
+    /// wins over them for a name set in both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     #[serde(default)]
@@ -54,6 +61,8 @@ pub struct JobSpec {
 }
 
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 3;
+/// The most GPUs one job may ask for (more than any machine has).
+pub const MAX_GPUS: u32 = 1024;
 pub const DEFAULT_LOST_AFTER_SECS: u64 = 60;
 pub const DEFAULT_GRACE_SECS: u64 = 30;
 
@@ -74,6 +83,7 @@ impl JobSpec {
             job_type: JobType::default(),
             command: command.into_iter().map(Into::into).collect(),
             env: BTreeMap::new(),
+            env_from: Vec::new(),
             workdir: None,
             resources: Resources::default(),
             node_selector: BTreeMap::new(),
@@ -109,6 +119,11 @@ impl JobSpec {
                 );
             }
         }
+        for (i, source) in self.env_from.iter().enumerate() {
+            if let Some(why) = source.problem() {
+                errors.push(format!("{prefix}.envFrom[{i}].file"), why);
+            }
+        }
         validate_labels(
             &format!("{prefix}.nodeSelector"),
             &self.node_selector,
@@ -122,8 +137,50 @@ impl JobSpec {
                 "must be at least 1",
             );
         }
+        if let Some(s) = self.active_deadline_seconds {
+            validate_seconds(&format!("{prefix}.activeDeadlineSeconds"), s, errors);
+        }
         if self.lost_after.0.is_zero() {
             errors.push(format!("{prefix}.lostAfter"), "must be longer than 0s");
+        }
+        validate_duration(&format!("{prefix}.lostAfter"), self.lost_after.0, errors);
+        validate_duration(
+            &format!("{prefix}.terminationGracePeriod"),
+            self.termination_grace_period.0,
+            errors,
+        );
+        if let Some(ttl) = self.ttl_after_finished {
+            validate_duration(&format!("{prefix}.ttlAfterFinished"), ttl.0, errors);
+        }
+    }
+}
+
+/// One `envFrom` entry: a file of secret environment variables on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFromSource {
+    /// A file in the node's secrets directory (`secretsDir` in the node config, by default
+    /// `/etc/rift/secrets`): a name relative to it (`wandb.env`) or an absolute path inside it.
+    /// Lines are `KEY=VALUE` (optionally `export KEY=VALUE`, the value optionally in quotes);
+    /// blank lines and lines starting with `#` are skipped.
+    pub file: String,
+}
+
+impl EnvFromSource {
+    /// Why `file` can never name a file in a secrets directory, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        let f = &self.file;
+        if f.trim().is_empty() {
+            Some("must name a file, e.g. wandb.env (in the node's secrets directory)")
+        } else if f.contains('\0') {
+            Some("must not contain a NUL byte")
+        } else if std::path::Path::new(f)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            Some("must not contain `..`: name a file in the node's secrets directory")
+        } else {
+            None
         }
     }
 }
@@ -185,6 +242,12 @@ impl Resources {
         }
         if !positive(self.memory_gb) {
             errors.push(format!("{prefix}.memoryGb"), "must be greater than 0");
+        }
+        if self.gpus > MAX_GPUS {
+            errors.push(
+                format!("{prefix}.gpus"),
+                format!("must be at most {MAX_GPUS}, got {}", self.gpus),
+            );
         }
         if self.gpus == 0 && (!self.gpu_models.is_empty() || self.min_gpu_power.is_some()) {
             errors.push(

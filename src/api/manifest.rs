@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::input::{self, InputError, MAX_INPUT_BYTES};
 use super::kinds::{self, KindInfo, ParseFailure};
 
 /// The largest document rift accepts: etcd stores each object as one value.
@@ -63,6 +63,9 @@ pub enum ManifestError {
         path: String,
         source: std::io::Error,
     },
+    /// Too large, or nested too deep, to parse (see [`input`]).
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("{path}: no .yaml, .yml or .json files in this directory")]
     NoFiles { path: String },
     #[error("{source_name}: the input is empty: no objects to work on")]
@@ -117,9 +120,16 @@ impl From<ManifestError> for ManifestErrors {
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestErrors> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
+    // What is left of the input budget, shared by every file.
+    let mut budget = MAX_INPUT_BYTES;
     for path in paths {
-        match read_sources(path) {
+        match read_sources(path, &mut budget) {
             Ok(mut s) => sources.append(&mut s),
+            Err(e @ ManifestError::Input(InputError::TooLarge { .. })) => {
+                // Nothing more can be read: the rest would only repeat this.
+                errors.push(e);
+                return Err(ManifestErrors(errors));
+            }
             Err(e) => errors.push(e),
         }
     }
@@ -164,29 +174,24 @@ fn check_duplicates(docs: &[Document], errors: &mut Vec<ManifestError>) {
     }
 }
 
-/// `(name, text)` of every manifest file under `path`.
-fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ManifestError> {
+/// `(name, text)` of every manifest file under `path`, taking their size from `budget`.
+fn read_sources(path: &Path, budget: &mut u64) -> Result<Vec<(String, String)>, ManifestError> {
     let display = path.display().to_string();
+    let take = |budget: &mut u64, text: String| {
+        *budget -= text.len() as u64;
+        text
+    };
     if display == STDIN {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| ManifestError::Read {
-                path: "<stdin>".into(),
-                source,
-            })?;
-        return Ok(vec![("<stdin>".into(), text)]);
+        let text = input::read_stdin(*budget)?;
+        return Ok(vec![("<stdin>".into(), take(budget, text))]);
     }
     let meta = std::fs::metadata(path).map_err(|source| ManifestError::Read {
         path: display.clone(),
         source,
     })?;
     if !meta.is_dir() {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        return Ok(vec![(display, text)]);
+        let text = input::read_file(path, *budget)?;
+        return Ok(vec![(display, take(budget, text))]);
     }
     let mut files = Vec::new();
     collect_manifest_files(path, &mut files).map_err(|source| ManifestError::Read {
@@ -197,15 +202,12 @@ fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ManifestError> {
         return Err(ManifestError::NoFiles { path: display });
     }
     files.sort();
-    files
-        .into_iter()
-        .map(|f| {
-            let name = f.display().to_string();
-            std::fs::read_to_string(&f)
-                .map(|t| (name.clone(), t))
-                .map_err(|source| ManifestError::Read { path: name, source })
-        })
-        .collect()
+    let mut sources = Vec::new();
+    for f in files {
+        let text = input::read_file(&f, *budget)?;
+        sources.push((f.display().to_string(), take(budget, text)));
+    }
+    Ok(sources)
 }
 
 fn collect_manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -231,6 +233,7 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Document>, ManifestErro
     if !errors.is_empty() {
         return Err(ManifestErrors(errors));
     }
+    input::check_flow_depth(source, text).map_err(ManifestError::from)?;
 
     // First pass: each document as an untyped value, to find its kind and name (and any
     // syntax error). Second pass, in lockstep: the typed decode, whose errors carry lines.
@@ -257,7 +260,7 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Document>, ManifestErro
                         location: e.location().map(|l| (l.line(), l.column())),
                         ..origin
                     },
-                    message: kinds::strip_location(&e.to_string()),
+                    message: explain_syntax(kinds::strip_location(&e.to_string())),
                 });
                 return Err(ManifestErrors(errors));
             }
@@ -367,6 +370,19 @@ fn envelope(value: &serde_norway::Value) -> Result<(&'static KindInfo, String), 
         .and_then(serde_norway::Value::as_str)
         .ok_or_else(|| "metadata.name: missing; every object needs a name".to_string())?;
     Ok((kind, name.to_string()))
+}
+
+/// The parser's message, with what its limits mean.
+fn explain_syntax(message: String) -> String {
+    match message.as_str() {
+        "recursion limit exceeded" => {
+            "the YAML nests more than 128 levels deep (recursion limit exceeded)".into()
+        }
+        "repetition limit exceeded" => {
+            "YAML aliases expand to too much (repetition limit exceeded)".into()
+        }
+        _ => message,
+    }
 }
 
 fn describe_value(value: &serde_norway::Value) -> &'static str {

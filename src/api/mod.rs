@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod event;
+pub mod input;
 pub mod job;
 pub mod kinds;
 pub mod manifest;
@@ -14,6 +15,7 @@ pub mod notifier;
 pub mod object;
 pub mod placement;
 pub mod pool;
+pub mod secret_env;
 pub mod selector;
 pub mod training_target;
 pub mod tunnel;

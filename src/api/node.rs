@@ -218,6 +218,21 @@ pub struct Usage {
     pub gpu_memory_percent: f64,
     #[serde(default)]
     pub gpu_util_percent: f64,
+    /// Each GPU the agent can measure (through NVML), by index; declared GPUs have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuUsage>,
+}
+
+/// One GPU's utilisation and memory in use, as the agent last measured them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GpuUsage {
+    pub index: u32,
+    /// Utilisation in percent; absent when the GPU does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub util_percent: Option<f64>,
+    #[serde(default)]
+    pub memory_percent: f64,
 }
 
 /// Labels selecting nodes or jobs: every pair must match.

@@ -89,6 +89,7 @@ impl Spec for NotifierSpec {
                 errors.push("spec.secret", "set exactly one of `env` or `file`");
             }
         }
+        super::validation::validate_seconds("spec.throttleSeconds", self.throttle_seconds, errors);
     }
 }
 

@@ -1,13 +1,14 @@
 //! The records that connect a Job to a node: the scheduler's placement and binding, and the
-//! node agent's runtime report (DESIGN.md, "Keys in etcd"). A Job's status as people see it is
-//! composed from them by [`compose_job_status`], never written by two hands.
+//! node agent's runtime report (docs/architecture.md, "Keys in etcd"). A Job's status as people
+//! see it is composed from them by [`compose_job_status`], never written by two hands.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::job::{JobPhase, JobStatus};
+use super::duration::HumanDuration;
+use super::job::{JobPhase, JobSpec, JobStatus, OnNodeLost};
 
 /// `/rift/v1/placements/<job>`: where the scheduler put a job, or why it could not.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -23,15 +24,67 @@ pub struct Placement {
     /// Why the job is not placed, e.g. `0/12 nodes: 7 insufficient GPUs, 5 not ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// The uid of the Job this placement is for (a Job deleted and created again under the same
+    /// name is another Job); empty in placements written before uids were recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 /// `/rift/v1/bindings/<node>/<job>`: what one node's agent must run.
+///
+/// A binding is the contract between the scheduler and one node: the agent runs the Job of
+/// `uid` at `epoch` on `gpus`, under `terms`. To take a job off a node the scheduler does not
+/// delete the binding; it sets [`Binding::stop`], and the binding keeps holding its GPUs until
+/// the agent reports the instance stopped (`released` in its runtime report) or the node has
+/// been lost long enough that its own rules stopped it (DESIGN.md, "Hand-over only after the
+/// old holder is gone"). Only then is the binding deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Binding {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<u32>,
     pub epoch: u64,
+    /// The uid of the Job bound; an agent never runs or adopts an instance of another uid.
+    /// Empty in bindings written before uids were recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The Job's node-loss terms as of binding, so that the agent and the scheduler count with
+    /// the same numbers even if the Job is edited later. `None` in older bindings (then the
+    /// Job's current spec is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<LossTerms>,
+    /// Set when the job must leave this node: stop it and report it released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopOrder>,
+}
+
+/// What a partition of a job's node does to it, copied into its binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LossTerms {
+    pub on_node_lost: OnNodeLost,
+    pub lost_after: HumanDuration,
+    pub termination_grace_period: HumanDuration,
+}
+
+impl LossTerms {
+    pub fn of(spec: &JobSpec) -> Self {
+        Self {
+            on_node_lost: spec.on_node_lost,
+            lost_after: spec.lost_after,
+            termination_grace_period: spec.termination_grace_period,
+        }
+    }
+}
+
+/// Why a job must leave a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopOrder {
+    pub reason: String,
+    /// The higher-priority job that waits for this one's GPUs, when it was preempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_job: Option<String>,
 }
 
 /// `/rift/v1/agents/<node>/jobs/<job>`: what the node's agent observes of a job it runs.
@@ -63,6 +116,10 @@ pub struct RuntimeReport {
     /// What a finished job wrote to `RIFT_RESULT_FILE` (JSON), e.g. `{"model": "...", "loss": 0.4}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// The binding of this epoch ordered a stop, and nothing of the job runs on this node any
+    /// more, nor will: the scheduler may hand its name and GPUs to a new holder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// A Job's status from its placement and the report of the node it is placed on:
@@ -119,6 +176,7 @@ mod tests {
             gpus: vec![0],
             epoch,
             pending: None,
+            uid: String::new(),
         }
     }
 

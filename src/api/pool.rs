@@ -27,6 +27,9 @@ pub struct PoolSpec {
     pub node_selector: BTreeMap<String, String>,
 }
 
+/// The most members one Pool may ask for.
+pub const MAX_REPLICAS: u32 = 100_000;
+
 impl Spec for PoolSpec {
     type Status = PoolStatus;
     const KIND: &'static str = "Pool";
@@ -45,6 +48,15 @@ impl Spec for PoolSpec {
                 "required unless `perGpu: true` (how many jobs should the pool keep?)",
             ),
             _ => {}
+        }
+        if self.replicas.is_some_and(|r| r > MAX_REPLICAS) {
+            errors.push(
+                "spec.replicas",
+                format!(
+                    "must be at most {MAX_REPLICAS}, got {}",
+                    self.replicas.unwrap_or_default()
+                ),
+            );
         }
         if self.per_gpu && self.template.spec.resources.gpus > 1 {
             errors.push(

@@ -101,8 +101,11 @@ impl Spec for TrainingTargetSpec {
         if let Some(h) = self.staleness_hours {
             if !(h.is_finite() && h > 0.0) {
                 errors.push("spec.stalenessHours", "must be greater than 0");
+            } else if h * 3600.0 > super::validation::MAX_DURATION.as_secs_f64() {
+                errors.push("spec.stalenessHours", "must be at most 10 years (87600)");
             }
         }
+        super::validation::validate_seconds("spec.cooldownSeconds", self.cooldown_seconds, errors);
         self.training.validate_at("spec.training", errors);
         if let Some(eval) = &self.evaluation {
             if !(0.0..=1.0).contains(&eval.promote_win_rate) {

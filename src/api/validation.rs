@@ -8,6 +8,29 @@ use super::meta::ObjectMeta;
 /// The longest name a DNS-1123 label allows.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// The longest duration any field accepts: 10 years. Every duration meets a clock somewhere;
+/// longer ones mean nothing but an overflow waiting to happen.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Checks a duration field against [`MAX_DURATION`].
+pub fn validate_duration(path: &str, d: std::time::Duration, errors: &mut FieldErrors) {
+    if d > MAX_DURATION {
+        errors.push(
+            path,
+            format!(
+                "must be at most 10 years ({}s), got {}s",
+                MAX_DURATION.as_secs(),
+                d.as_secs()
+            ),
+        );
+    }
+}
+
+/// Checks a number of seconds against [`MAX_DURATION`].
+pub fn validate_seconds(path: &str, secs: u64, errors: &mut FieldErrors) {
+    validate_duration(path, std::time::Duration::from_secs(secs), errors);
+}
+
 /// One problem with one field, e.g. `spec.replicas: must be at least 0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -180,6 +203,16 @@ mod tests {
         ] {
             assert!(dns1123_problem(bad).is_some(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn durations_are_bounded_at_ten_years() {
+        let mut errors = FieldErrors::default();
+        validate_duration("a", MAX_DURATION, &mut errors);
+        assert!(errors.is_empty());
+        validate_seconds("spec.activeDeadlineSeconds", u64::MAX, &mut errors);
+        assert_eq!(errors.0.len(), 1);
+        assert!(errors.to_string().contains("at most 10 years"), "{errors}");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use nix::unistd::Pid;
 
 use super::BenchError;
 use crate::api::{NodeSpec, Object};
-use crate::store::Store;
+use crate::pki::local::LocalTrust;
+use crate::pki::NodeRole;
+use crate::store::{Access, Store};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> std::io::Result<u16> {
@@ -74,21 +76,39 @@ impl Drop for Proc {
 
 /// A one-member etcd on free loopback ports with its data in a temporary directory
 /// (the binary from `RIFT_ETCD_BIN`, else `etcd` on `PATH`), default settings otherwise
-/// (2 GiB backend quota).
+/// (2 GiB backend quota). With `tls` (what a rift cluster runs): TLS on both ports, client
+/// certificates and authentication, with a CA made for it; else plaintext (the old way, as a
+/// baseline).
 pub struct LocalEtcd {
     pub endpoint: String,
+    /// How the bench reaches it: as `root` over TLS, or plaintext.
+    pub access: Access,
+    /// The CA agents get their identities from (TLS only).
+    pub trust: Option<LocalTrust>,
     pub proc: Proc,
     _dir: TempDir,
 }
 
 impl LocalEtcd {
-    pub async fn start() -> Result<LocalEtcd, BenchError> {
+    pub async fn start(tls: bool) -> Result<LocalEtcd, BenchError> {
         let dir = TempDir::new("etcd")?;
         let bin = std::env::var("RIFT_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let port = || free_port().map_err(|e| BenchError::Setup(format!("no free port: {e}")));
         let (client, peer) = (port()?, port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let scheme = if tls { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
+        let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+        let setup = |e: crate::pki::PkiError| BenchError::Setup(e.to_string());
+        let (trust, access, tls_args) = if tls {
+            let trust = LocalTrust::create(&dir.path().join("pki")).map_err(setup)?;
+            let member = trust
+                .member("bench", &["127.0.0.1".to_string()])
+                .map_err(setup)?;
+            let access = Access::tls(&[endpoint.as_str()], trust.admin().map_err(setup)?);
+            (Some(trust), access, member.args())
+        } else {
+            (None, Access::insecure(&[endpoint.as_str()]), Vec::new())
+        };
         let log = std::fs::File::create(dir.path().join("etcd.log"))
             .map_err(|e| BenchError::io(dir.path(), e))?;
         let child = Command::new(&bin)
@@ -99,6 +119,7 @@ impl LocalEtcd {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=bench={peer_url}"))
+            .args(tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -108,12 +129,18 @@ impl LocalEtcd {
             })?;
         let etcd = LocalEtcd {
             endpoint,
+            access,
+            trust,
             proc: Proc { child },
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if Store::connect(&[etcd.endpoint.as_str()]).await.is_ok() {
+            if let Ok(store) = Store::connect(&etcd.access).await {
+                if let Some(trust) = &etcd.trust {
+                    crate::store::auth::enable(&store).await?;
+                    crate::store::auth::publish_trust(&store, trust.ca()).await?;
+                }
                 return Ok(etcd);
             }
             if Instant::now() > deadline {
@@ -122,11 +149,18 @@ impl LocalEtcd {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// A store as `root` (or plaintext).
+    pub async fn store(&self) -> Result<Store, BenchError> {
+        Ok(Store::connect(&self.access).await?)
+    }
 }
 
 /// Starts a real `rift agent` (this executable) named `name` with its state under `dir`.
-/// A controller agent's Node is created unschedulable first, so no job runs on it.
+/// A controller agent's Node is created unschedulable first, so no job runs on it. On a TLS
+/// etcd the agent gets its identity (and etcd user) first, as a join would give it.
 pub async fn spawn_agent(
+    etcd: &LocalEtcd,
     store: &Store,
     name: &str,
     dir: &Path,
@@ -143,6 +177,23 @@ pub async fn spawn_agent(
             Err(e) => return Err(e.into()),
         }
     }
+    let role = if controllers {
+        NodeRole::Controller
+    } else {
+        NodeRole::Worker
+    };
+    if let Some(trust) = &etcd.trust {
+        trust
+            .provision_node(
+                &dir.join(name),
+                name,
+                role,
+                &["127.0.0.1".to_string()],
+                crate::pki::LEAF_VALIDITY,
+            )
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        crate::store::auth::ensure_admitted(store, name, role).await?;
+    }
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.args(["agent", "--name", name, "--listen", "127.0.0.1"])
@@ -156,11 +207,15 @@ pub async fn spawn_agent(
         .arg(dir.join(name))
         .env("RIFT_ENDPOINTS", store.endpoints())
         .env_remove("RIFT_LOG")
+        .env_remove("RIFT_NODE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if controllers {
         cmd.arg("--controllers");
+    }
+    if etcd.trust.is_none() {
+        cmd.arg("--insecure");
     }
     let child = cmd
         .spawn()

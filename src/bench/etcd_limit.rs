@@ -108,9 +108,9 @@ pub async fn measure(
 }
 
 /// The scenario on its own.
-pub async fn run(concurrency: usize, run_for: Duration) -> Result<Report, BenchError> {
-    let etcd = super::env::LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+pub async fn run(concurrency: usize, run_for: Duration, tls: bool) -> Result<Report, BenchError> {
+    let etcd = super::env::LocalEtcd::start(tls).await?;
+    let store = etcd.store().await?;
     let limit = measure(&store, concurrency, run_for).await?;
     let mut r = Report::new("etcd-limit");
     limit.add_to(&mut r);

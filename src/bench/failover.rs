@@ -19,7 +19,7 @@ use crate::api::{JobSpec, Object};
 pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report, BenchError> {
     // Bound in this order so they drop in reverse: observer and nodes first, etcd last.
     let HollowBed {
-        etcd: _etcd,
+        etcd,
         store,
         dir,
         cluster,
@@ -42,7 +42,8 @@ pub async fn run(nodes: usize, trials: usize, common: &Common) -> Result<Report,
                 next_id += 1;
                 agents.push((
                     name.clone(),
-                    env::spawn_agent(&store, &name, dir.path(), true, common.lease_ttl).await?,
+                    env::spawn_agent(&etcd, &store, &name, dir.path(), true, common.lease_ttl)
+                        .await?,
                 ));
             }
             // A leader of ours, settled (standbys watching it), and done with its first pass.

@@ -8,14 +8,21 @@ use serde_json::json;
 use super::env::{self, LocalEtcd, TempDir};
 use super::report::{round, Report};
 use super::{BenchError, Common};
-use crate::store::Store;
 
 pub async fn run(seconds: u64, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+    let etcd = LocalEtcd::start(common.tls).await?;
+    let store = etcd.store().await?;
     let dir = TempDir::new("idle")?;
-    let leader = super::schedule::start_leader(&store, &dir, common).await?;
-    let agent = env::spawn_agent(&store, "idle-agent", dir.path(), false, common.lease_ttl).await?;
+    let leader = super::schedule::start_leader(&etcd, &store, &dir, common).await?;
+    let agent = env::spawn_agent(
+        &etcd,
+        &store,
+        "idle-agent",
+        dir.path(),
+        false,
+        common.lease_ttl,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = [leader.pid(), agent.pid()].map(|p| env::cpu_seconds(p).unwrap_or(0.0));
     tokio::time::sleep(Duration::from_secs(seconds)).await;

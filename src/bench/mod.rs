@@ -56,4 +56,7 @@ pub struct Common {
     pub limit_for: Duration,
     /// The most any wait in a scenario may take.
     pub timeout: Duration,
+    /// etcd with TLS, client certificates and authentication, agents with identities (what a
+    /// rift cluster runs); false: the old plaintext setup, as a baseline.
+    pub tls: bool,
 }

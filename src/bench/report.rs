@@ -71,6 +71,14 @@ impl Report {
         self.json.insert(key.to_string(), value);
     }
 
+    /// Marks the report with the transport it ran over (`tls` or `plaintext`).
+    pub fn tagged(mut self, tls: bool) -> Report {
+        let t = if tls { "tls" } else { "plaintext" };
+        self.scenario = format!("{} ({t})", self.scenario);
+        self.json.insert("transport".into(), t.into());
+        self
+    }
+
     /// A JSON field only.
     pub fn field(&mut self, key: &str, value: Value) {
         self.json.insert(key.to_string(), value);

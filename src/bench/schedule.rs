@@ -82,16 +82,15 @@ const WAVE: usize = 500;
 /// Starts hollow nodes in waves of [`WAVE`] (thousands registering at once only queue behind
 /// each other) and waits until every one is alive.
 pub async fn hollow(
-    endpoint: &str,
+    access: &crate::store::Access,
     nodes: usize,
     settings: HollowSettings,
     state: &TempDir,
     limit: Duration,
 ) -> Result<(Cluster, f64), BenchError> {
     let started = Instant::now();
-    let endpoints = [endpoint.to_string()];
     let root = state.path().join("hollow");
-    let mut cluster = Cluster::start(&endpoints, "hollow", 0, settings.clone(), root).await?;
+    let mut cluster = Cluster::start(access, "hollow", 0, settings.clone(), root).await?;
     let mut alive = 0;
     while alive < nodes {
         let target = (cluster.len() + WAVE).min(nodes);
@@ -130,12 +129,11 @@ pub async fn hollow_bed(
     nodes: usize,
     common: &Common,
 ) -> Result<HollowBed, BenchError> {
-    let etcd = LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+    let etcd = LocalEtcd::start(common.tls).await?;
+    let store = etcd.store().await?;
     let dir = TempDir::new(name)?;
     let settings = quiet_settings(8, common.lease_ttl);
-    let (cluster, register_s) =
-        hollow(&etcd.endpoint, nodes, settings, &dir, common.timeout).await?;
+    let (cluster, register_s) = hollow(&etcd.access, nodes, settings, &dir, common.timeout).await?;
     let observed = observe::start(&store).await?;
     Ok(HollowBed {
         etcd,
@@ -160,12 +158,12 @@ pub fn quiet_settings(gpus: u32, ttl: u64) -> HollowSettings {
 }
 
 pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start().await?;
-    let store = Store::connect(&[etcd.endpoint.as_str()]).await?;
+    let etcd = LocalEtcd::start(common.tls).await?;
+    let store = etcd.store().await?;
     let limit = etcd_limit::measure(&store, common.concurrency, common.limit_for).await?;
     let dir = TempDir::new("schedule")?;
     let (cluster, register_s) = hollow(
-        &etcd.endpoint,
+        &etcd.access,
         args.nodes,
         quiet_settings(8, common.lease_ttl),
         &dir,
@@ -176,7 +174,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
 
     let mut leader = None;
     if !args.preload {
-        leader = Some(start_leader(&store, &dir, common).await?);
+        leader = Some(start_leader(&etcd, &store, &dir, common).await?);
     }
     let apply_start = Instant::now();
     let sent = apply_jobs(&store, args).await?;
@@ -184,7 +182,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     let t0 = match leader {
         Some(_) => apply_start,
         None => {
-            leader = Some(start_leader(&store, &dir, common).await?);
+            leader = Some(start_leader(&etcd, &store, &dir, common).await?);
             Instant::now()
         }
     };
@@ -316,11 +314,12 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
 
 /// Starts the leader agent and waits until it leads.
 pub async fn start_leader(
+    etcd: &LocalEtcd,
     store: &Store,
     dir: &TempDir,
     common: &Common,
 ) -> Result<env::Proc, BenchError> {
-    let p = env::spawn_agent(store, "leader-0", dir.path(), true, common.lease_ttl).await?;
+    let p = env::spawn_agent(etcd, store, "leader-0", dir.path(), true, common.lease_ttl).await?;
     env::wait_for_leader(store, None, Duration::from_secs(30))
         .await
         .ok_or_else(|| BenchError::Timeout("no leader within 30 s".into()))?;

@@ -12,9 +12,12 @@ pub struct AgentArgs {
     /// This node's name (DNS-1123).
     #[arg(long, env = "RIFT_NAME")]
     pub name: Option<String>,
-    /// YAML config file; flags and RIFT_* variables override it.
-    #[arg(long, env = "RIFT_CONFIG")]
+    /// YAML node config file; flags and RIFT_* variables override it. (RIFT_CONFIG is the
+    /// operator's credentials; the node config's variable is RIFT_NODE_CONFIG.)
+    #[arg(long, env = "RIFT_NODE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Where job state and logs, and the local etcd member's data, live (default
+    /// /var/lib/rift).
     #[arg(long, env = "RIFT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// HTTP port (default 8770).
@@ -51,10 +54,14 @@ pub struct AgentArgs {
     /// A label for the Node when the agent registers it, KEY=VALUE. Repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Join an existing cluster through these etcd endpoints (comma-separated), like
-    /// --endpoints. Making this node a voter is then an edit of the VoterSet.
-    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',')]
+    /// Join a cluster through a controller's agent, `https://HOST:8770`, with --token (once:
+    /// the node keeps its certificates in <state>/pki/). With --insecure and no token, the old
+    /// form: etcd endpoints of a plaintext cluster (comma-separated), like --endpoints.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// The join token `rift token create` printed (RIFT1...).
+    #[arg(long, env = "RIFT_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Start a new one-member etcd cluster on this machine when there is no member data and no
     /// cluster answers (what `rift up` does). Without it an agent never creates a cluster.
     #[arg(long)]
@@ -68,6 +75,15 @@ pub struct AgentArgs {
     /// Peer port of the local etcd member (default 2380).
     #[arg(long)]
     pub etcd_peer_port: Option<u16>,
+    /// A loopback-only port for the local member's /metrics and /health (default: none).
+    #[arg(long)]
+    pub etcd_metrics_port: Option<u16>,
+    /// Run jobs as this user (a name or uid) instead of the agent's own; `runAs` in the config.
+    #[arg(long, env = "RIFT_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Where Jobs' `envFrom` files are (default /etc/rift/secrets); `secretsDir` in the config.
+    #[arg(long, env = "RIFT_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` for `--label`.
@@ -81,17 +97,51 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), CliError> {
+pub async fn run(
+    args: AgentArgs,
+    endpoints: Option<Vec<String>>,
+    insecure: bool,
+) -> Result<(), CliError> {
     let file = match &args.config {
         Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => ConfigFile::default(),
     };
-    let endpoints = match (endpoints, args.join.is_empty()) {
-        (e, true) => e,
-        (None, false) => Some(args.join),
-        (Some(mut e), false) => {
-            e.extend(args.join);
-            Some(e)
+    let insecure = insecure || file.insecure.unwrap_or(false);
+    let join_urls = if args.join.is_empty() {
+        file.join.iter().cloned().collect()
+    } else {
+        args.join.clone()
+    };
+    let (endpoints, join) = match (join_urls.as_slice(), &args.token) {
+        ([], None) => (endpoints, None),
+        ([], Some(_)) => {
+            return Err(CliError::Usage(
+                "--token needs --join https://CONTROLLER:8770 (a controller's agent)".into(),
+            ))
+        }
+        ([url], Some(token)) => (
+            endpoints,
+            Some(crate::agent::config::JoinConfig {
+                url: url.clone(),
+                token: token.clone(),
+            }),
+        ),
+        (_, Some(_)) => {
+            return Err(CliError::Usage(
+                "--join takes one controller URL when joining with --token".into(),
+            ))
+        }
+        (urls, None) if insecure => {
+            let mut e = endpoints.unwrap_or_default();
+            e.extend(urls.iter().cloned());
+            (Some(e), None)
+        }
+        (_, None) => {
+            return Err(CliError::Usage(
+                "--join needs --token (from `rift token create` on the operator's machine); \
+                 joining a plaintext cluster through its etcd endpoints needs --insecure"
+                    .into(),
+            ))
         }
     };
     let config = AgentConfig::resolve(
@@ -113,8 +163,13 @@ pub async fn run(args: AgentArgs, endpoints: Option<Vec<String>>) -> Result<(), 
             etcd_binary: args.etcd_binary,
             etcd_client_port: args.etcd_client_port,
             etcd_peer_port: args.etcd_peer_port,
+            etcd_metrics_port: args.etcd_metrics_port,
             etcd_stop_with_agent: false,
             bootstrap: args.bootstrap,
+            insecure,
+            join,
+            run_as: args.run_as,
+            secrets_dir: args.secrets_dir,
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -14,10 +14,15 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 }
 
-pub async fn run(args: ApplyArgs, endpoints: &[String]) -> Result<(), CliError> {
-    // Validate everything before touching etcd: bad input changes nothing.
+/// Validates everything, then connects (through `connect`) and applies: bad input changes
+/// nothing and needs no cluster.
+pub async fn run<F, Fut>(args: ApplyArgs, connect: F) -> Result<(), CliError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Store, CliError>>,
+{
     let docs = manifest::load_paths(&args.files.files)?;
-    let store = Store::connect(endpoints).await?;
+    let store = connect().await?;
     apply_docs(&store, docs, args.dry_run).await
 }
 
@@ -27,6 +32,14 @@ pub async fn apply_docs(
     docs: Vec<manifest::Document>,
     dry_run: bool,
 ) -> Result<(), CliError> {
+    for d in &docs {
+        for entry in crate::api::secret_env::find(&d.object) {
+            eprintln!(
+                "warning: {}",
+                crate::api::secret_env::warning(&d.origin.to_string(), &entry)
+            );
+        }
+    }
     let items: Vec<ApplyItem> = docs
         .into_iter()
         .map(|d| ApplyItem {

@@ -26,6 +26,7 @@ pub enum Scenario {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// The scenario to run (figures in BENCHMARKS.md).
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// The chaos scenario (with `chaos`).
@@ -84,14 +85,24 @@ pub struct BenchArgs {
     /// The most any wait may take, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// etcd and agents with TLS, client certificates and authentication (what a rift cluster
+    /// runs), plaintext (the old setup), or both in one run (plaintext first, as the baseline).
+    #[arg(long, value_enum, default_value = "tls")]
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Tls,
+    Plaintext,
+    Both,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
-    let common = Common {
-        lease_ttl: args.lease_ttl.max(1),
-        concurrency: args.concurrency.max(1),
-        limit_for: Duration::from_secs(args.limit_seconds.max(1)),
-        timeout: Duration::from_secs(args.timeout.max(1)),
+    let transports: &[bool] = match args.transport {
+        Transport::Tls => &[true],
+        Transport::Plaintext => &[false],
+        Transport::Both => &[false, true],
     };
     let nodes = |default: usize| {
         if args.nodes.is_empty() {
@@ -103,18 +114,30 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     // On SIGINT / SIGTERM the scenario is dropped, so what it started (etcd, agents, hollow
     // nodes, temporary directories) is stopped and removed on the way out.
     let mut interrupted = crate::agent::shutdown_on_signals();
-    tokio::select! {
-        r = scenario(&args, &common, nodes) => r,
-        _ = crate::agent::stopped(&mut interrupted) => {
-            Err(CliError::Usage("rift bench: interrupted; what it started was stopped".into()))
+    for &tls in transports {
+        let common = Common {
+            lease_ttl: args.lease_ttl.max(1),
+            concurrency: args.concurrency.max(1),
+            limit_for: Duration::from_secs(args.limit_seconds.max(1)),
+            timeout: Duration::from_secs(args.timeout.max(1)),
+            tls,
+        };
+        tokio::select! {
+            r = scenario(&args, &common, &nodes) => r?,
+            _ = crate::agent::stopped(&mut interrupted) => {
+                return Err(CliError::Usage(
+                    "rift bench: interrupted; what it started was stopped".into(),
+                ))
+            }
         }
     }
+    Ok(())
 }
 
 async fn scenario(
     args: &BenchArgs,
     common: &Common,
-    nodes: impl Fn(usize) -> Vec<usize>,
+    nodes: &impl Fn(usize) -> Vec<usize>,
 ) -> Result<(), CliError> {
     let common = common.clone();
     let fail = |e: bench::BenchError| CliError::Usage(format!("rift bench: {e}"));
@@ -153,6 +176,7 @@ async fn scenario(
                     bench::schedule::run(&a, &common)
                         .await
                         .map_err(fail)?
+                        .tagged(common.tls)
                         .print();
                 }
             }
@@ -162,6 +186,7 @@ async fn scenario(
                 bench::failover::run(n, args.trials.max(1), &common)
                     .await
                     .map_err(fail)?
+                    .tagged(common.tls)
                     .print();
             }
         }
@@ -170,17 +195,22 @@ async fn scenario(
                 bench::detect::run(n, args.kill, &common)
                     .await
                     .map_err(fail)?
+                    .tagged(common.tls)
                     .print();
             }
         }
         Scenario::Idle => bench::idle::run(args.seconds.unwrap_or(60), &common)
             .await
             .map_err(fail)?
+            .tagged(common.tls)
             .print(),
-        Scenario::EtcdLimit => bench::etcd_limit::run(common.concurrency, common.limit_for)
-            .await
-            .map_err(fail)?
-            .print(),
+        Scenario::EtcdLimit => {
+            bench::etcd_limit::run(common.concurrency, common.limit_for, common.tls)
+                .await
+                .map_err(fail)?
+                .tagged(common.tls)
+                .print()
+        }
         Scenario::Chaos => {
             let scenario = args.chaos.ok_or_else(|| {
                 CliError::Usage(

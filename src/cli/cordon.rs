@@ -24,6 +24,7 @@ pub struct NodeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DrainArgs {
+    /// The node's name.
     pub node: String,
     /// Wait, showing progress, until no job is bound to the node.
     #[arg(long)]
@@ -120,6 +121,30 @@ pub async fn bound_jobs(store: &Store, node: &str) -> Result<Vec<String>, StoreE
         .collect())
 }
 
+/// What became of a job that left a draining node, as a drain's progress line says it:
+/// `deleted`, `moved to NODE`, `evicted: Pending (why-not)`, or its phase.
+async fn where_it_went(store: &Store, job: &str, drained: &str) -> String {
+    let found = match store.get::<crate::api::JobSpec>(job).await {
+        Ok(found) => found,
+        Err(e) => return format!("left the node (cannot read it now: {e})"),
+    };
+    let Some(obj) = found else {
+        return "deleted".to_string();
+    };
+    let status = obj.status.unwrap_or_default();
+    match status.node.as_deref() {
+        Some(node) if node != drained => format!("moved to {node} ({})", status.phase.as_str()),
+        _ if status.phase == crate::api::JobPhase::Pending => {
+            if status.message.is_empty() {
+                "evicted: Pending".to_string()
+            } else {
+                format!("evicted: Pending ({})", status.message)
+            }
+        }
+        _ => format!("evicted: {}", status.phase.as_str()),
+    }
+}
+
 pub async fn drain(args: DrainArgs, store: &Store) -> Result<(), CliError> {
     set_node(store, &args.node, true, true).await?;
     let jobs = bound_jobs(store, &args.node).await?;
@@ -153,8 +178,12 @@ pub async fn drain(args: DrainArgs, store: &Store) -> Result<(), CliError> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         let now = bound_jobs(store, &args.node).await?;
-        for gone in last.iter().filter(|j| !now.contains(j)) {
-            println!("  job/{gone} moved off ({} left)", now.len());
+        let gone: Vec<&String> = last.iter().filter(|j| !now.contains(j)).collect();
+        let mut left = now.len() + gone.len();
+        for job in gone {
+            left -= 1;
+            let what = where_it_went(store, job, &args.node).await;
+            println!("  job/{job} {what} ({left} left)");
         }
         last = now;
     }

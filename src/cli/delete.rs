@@ -11,9 +11,10 @@ use super::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// Kind, then one or more names (or use -f).
+    /// Kind of the objects to delete (nodes, jobs, pools, ...); or use -f.
     #[arg(required_unless_present = "files", conflicts_with = "files")]
     pub kind: Option<String>,
+    /// Names of the objects to delete.
     pub names: Vec<String>,
     /// Delete the objects a manifest file or directory defines.
     #[arg(short = 'f', long = "filename")]
@@ -23,7 +24,12 @@ pub struct DeleteArgs {
     pub ignore_not_found: bool,
 }
 
-pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError> {
+/// Reads the targets (and any manifests) first, then connects through `connect`.
+pub async fn run<F, Fut>(args: DeleteArgs, connect: F) -> Result<(), CliError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Store, CliError>>,
+{
     let targets: Vec<(&'static KindInfo, String)> = if args.files.is_empty() {
         let kind = resolve_kind(args.kind.as_deref().unwrap_or_default())?;
         if args.names.is_empty() {
@@ -39,24 +45,29 @@ pub async fn run(args: DeleteArgs, endpoints: &[String]) -> Result<(), CliError>
             .map(|d| (d.kind, d.name))
             .collect()
     };
-    let store = Store::connect(endpoints).await?;
-    let mut missing = 0;
+    let store = connect().await?;
+    let mut missing = Vec::new();
+    let mut deleted = 0;
     for (kind, name) in targets {
         match store.delete_object(kind, &name).await? {
-            DeleteOutcome::Deleted => println!("{}/{name} deleted", kind.singular),
-            DeleteOutcome::Terminating => println!(
-                "{}/{name} marked for deletion (finalizers still pending)",
-                kind.singular
-            ),
-            DeleteOutcome::NotFound if args.ignore_not_found => {}
-            DeleteOutcome::NotFound => {
-                eprintln!("{}/{name} not found", kind.singular);
-                missing += 1;
+            DeleteOutcome::Deleted => {
+                deleted += 1;
+                println!("{}/{name} deleted", kind.singular)
             }
+            DeleteOutcome::Terminating => {
+                deleted += 1;
+                println!(
+                    "{}/{name} marked for deletion (finalizers still pending)",
+                    kind.singular
+                )
+            }
+            DeleteOutcome::NotFound if args.ignore_not_found => {}
+            DeleteOutcome::NotFound => missing.push(format!("{}/{name}", kind.singular)),
         }
     }
-    if missing > 0 {
-        return Err(CliError::SomeNotFound(missing));
+    match (missing.is_empty(), deleted) {
+        (true, _) => Ok(()),
+        (false, 0) => Err(CliError::NotFoundNames(missing)),
+        (false, _) => Err(CliError::SomeNotFound { missing, deleted }),
     }
-    Ok(())
 }

@@ -14,10 +14,15 @@ pub enum CliError {
     Import(#[from] crate::import::ImportError),
     #[error(transparent)]
     Selector(#[from] SelectorError),
+    #[error(transparent)]
+    Input(#[from] crate::api::input::InputError),
     #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev)")]
     UnknownKind(String),
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
+    /// Several names, each `kind/name`.
+    #[error("{} not found", .0.join(", "))]
+    NotFoundNames(Vec<String>),
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
@@ -25,8 +30,11 @@ pub enum CliError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0} object(s) not found; the others were deleted")]
-    SomeNotFound(usize),
+    #[error("{} not found ({deleted} other object(s) deleted)", .missing.join(", "))]
+    SomeNotFound {
+        missing: Vec<String>,
+        deleted: usize,
+    },
 }
 
 fn manifest_message(errors: &ManifestErrors) -> String {

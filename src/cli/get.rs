@@ -1,71 +1,179 @@
-//! `rift get KIND [NAME] [-o wide|yaml|json] [-l selector] [-w]`.
+//! `rift get KIND[,KIND...]|all [NAME...] [-o FORMAT] [-l SELECTOR] [--sort-by PATH]
+//! [--show-labels] [-w]`, with kubectl's habits.
+//!
+//! Names given that do not exist are reported after what was found, and the command fails.
+//! A watch ([`watch`]) follows one kind.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod watch;
+
 use std::io::Write;
-use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::Value;
-use tokio::time::Instant;
 
-use crate::api::kinds::KindInfo;
+use crate::api::kinds::{KindInfo, KINDS};
 use crate::api::selector::LabelSelector;
-use crate::store::compose::{direct_child, parse_agent_key, placement_job, AgentKey};
-use crate::store::objects::object_from_kv;
-use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, Store};
+use crate::store::objects::mark_if_undecodable;
+use crate::store::Store;
 
 use super::error::resolve_kind;
-use super::printer::{self, Output};
+use super::jsonpath::Template;
+use super::output::{self, Output};
+use super::printer::{self, At, Context};
 use super::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// Kind: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun),
-    /// notifiers, events (ev).
-    pub kind: String,
-    /// One object's name; all objects of the kind when omitted.
-    pub name: Option<String>,
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    /// What to list: a kind (nodes/no, jobs, pools, trainingtargets/tt, voterset/vs,
+    /// tunnels/tun, notifiers, events/ev), several joined by commas (`jobs,nodes`), or `all`
+    /// (every kind but events).
+    #[arg(value_name = "KIND[,KIND...]")]
+    pub kinds: String,
+    /// Names of objects of that kind to show; every object of the kind when none is given.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Output format: table, wide (more columns), yaml, json, name (`kind/name`), or
+    /// jsonpath=TEMPLATE (kubectl's, e.g. `jsonpath={.items[*].metadata.name}`).
+    #[arg(short = 'o', long, default_value = "table", value_parser = Output::parse)]
     pub output: Output,
-    /// Only objects whose labels match, e.g. `gpu=h100,tier!=spot`.
-    #[arg(short = 'l', long)]
+    /// Only objects whose labels match, e.g. `gpu=h100,tier!=spot`, `gpu`, `!spot`.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
     pub selector: Option<String>,
-    /// After listing, keep printing objects as they change.
+    /// Sort by the value at this JSONPath, e.g. `.metadata.creationTimestamp` or
+    /// `{.status.phase}` (events are sorted by last seen by default).
+    #[arg(long, value_name = "JSONPATH", value_parser = Template::parse)]
+    pub sort_by: Option<Template>,
+    /// Add a LABELS column to tables.
+    #[arg(long)]
+    pub show_labels: bool,
+    /// After listing, keep the view current as objects change (one kind only). On a terminal
+    /// the table is redrawn in place; otherwise a changed object prints again.
     #[arg(short = 'w', long)]
     pub watch: bool,
 }
 
+/// Every kind `all` means: everything but events.
+fn all_kinds() -> Vec<&'static KindInfo> {
+    KINDS.iter().filter(|k| k.kind != "Event").collect()
+}
+
+/// The kinds named by `rift get`'s first argument.
+fn kinds_of(arg: &str) -> Result<Vec<&'static KindInfo>, CliError> {
+    let mut out: Vec<&'static KindInfo> = Vec::new();
+    for part in arg.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let found = if part.eq_ignore_ascii_case("all") {
+            all_kinds()
+        } else {
+            vec![resolve_kind(part)?]
+        };
+        for k in found {
+            if !out.iter().any(|o| o.kind == k.kind) {
+                out.push(k);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(CliError::UnknownKind(arg.to_string()));
+    }
+    Ok(out)
+}
+
+/// What one kind contributed.
+struct Section {
+    kind: &'static KindInfo,
+    items: Vec<(String, Value)>,
+}
+
 pub async fn run(args: GetArgs, store: &Store) -> Result<(), CliError> {
-    let kind = resolve_kind(&args.kind)?;
+    let kinds = kinds_of(&args.kinds)?;
     let selector: LabelSelector = match &args.selector {
         Some(s) => s.parse()?,
         None => LabelSelector::everything(),
     };
-    let (items, revision) = match &args.name {
-        Some(name) => {
-            let (found, revision) = store.get_object_keyed(kind, name).await?;
-            match found {
-                Some(obj) => (vec![obj], revision),
-                None if args.watch => (vec![], revision),
-                None => {
-                    return Err(CliError::NotFound {
-                        kind: kind.singular.into(),
-                        name: name.clone(),
-                    })
+    if kinds.len() > 1 && !args.names.is_empty() {
+        return Err(CliError::Usage(format!(
+            "names go with one kind, e.g. `rift get {} {}`",
+            kinds[0].singular,
+            args.names.join(" ")
+        )));
+    }
+    if kinds.len() > 1 && args.watch {
+        return Err(CliError::Usage(
+            "a watch follows one kind at a time, e.g. `rift get jobs -w`".into(),
+        ));
+    }
+    let mut sections = Vec::new();
+    let mut missing = Vec::new();
+    let mut revision = 0;
+    for kind in &kinds {
+        let (mut items, rev) = if args.names.is_empty() {
+            store.list_objects_keyed(kind, &selector).await?
+        } else {
+            let mut found = Vec::new();
+            let mut rev = 0;
+            for name in &args.names {
+                let (obj, r) = store.get_object_keyed(kind, name).await?;
+                rev = rev.max(r);
+                match obj {
+                    Some(o) => found.push(o),
+                    None => missing.push(format!("{}/{name}", kind.singular)),
                 }
             }
+            (found, rev)
+        };
+        for (_, v) in items.iter_mut() {
+            mark_if_undecodable(kind, v);
         }
-        None => store.list_objects_keyed(kind, &selector).await?,
-    };
-    let mut out = std::io::stdout().lock();
-    let values = items.iter().map(|(_, v)| v.clone()).collect();
-    print_initial(&mut out, kind, &args, values)?;
-    drop(out);
+        sort(kind, &mut items, args.sort_by.as_ref());
+        revision = revision.max(rev);
+        sections.push(Section { kind, items });
+    }
+    if args.watch && !missing.is_empty() && args.names.len() == missing.len() {
+        // Watching names that do not exist yet: they show up when created.
+        missing.clear();
+    }
+    let ctx = Context::read(kinds[0], store).await;
+    print_once(&args, &sections, &ctx, kinds.len() > 1)?;
+    if !missing.is_empty() {
+        return Err(CliError::NotFoundNames(missing));
+    }
     if args.watch {
-        watch(store, kind, &args, &selector, items, revision).await?;
+        let Section { kind, items } = sections.pop().expect("one kind");
+        watch::run(store, kind, &args, &selector, items, revision, ctx).await?;
     }
     Ok(())
+}
+
+/// Sorts by `--sort-by`, else events by when they were last seen (newest last), else by name.
+fn sort(kind: &KindInfo, items: &mut [(String, Value)], by: Option<&Template>) {
+    match by {
+        Some(t) => items.sort_by(|a, b| compare_values(t.first(&a.1), t.first(&b.1))),
+        None if kind.kind == "Event" => items.sort_by(|a, b| {
+            let seen = |v: &Value| {
+                v.pointer("/spec/lastSeen")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            seen(&a.1).cmp(&seen(&b.1))
+        }),
+        None => {}
+    }
+}
+
+/// Missing values first, then numbers by value, then text.
+fn compare_values(a: Option<Value>, b: Option<Value>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(a), Some(b)) => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            _ => {
+                let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                text(&a).cmp(&text(&b))
+            }
+        },
+    }
 }
 
 fn io_err(source: std::io::Error) -> CliError {
@@ -75,308 +183,127 @@ fn io_err(source: std::io::Error) -> CliError {
     }
 }
 
-fn print_initial(
-    out: &mut impl Write,
+/// The table header for `kind`, with LABELS when asked.
+pub(crate) fn table_headers(kind: &KindInfo, args: &GetArgs) -> Vec<&'static str> {
+    let mut h = printer::headers(kind, args.output == Output::Wide);
+    if args.show_labels {
+        h.push("LABELS");
+    }
+    h
+}
+
+/// One table row, as [`table_headers`] has it.
+pub(crate) fn table_row(
     kind: &KindInfo,
+    v: &Value,
     args: &GetArgs,
-    items: Vec<Value>,
-) -> Result<(), CliError> {
-    match args.output {
-        Output::Table | Output::Wide => {
-            let wide = args.output == Output::Wide;
-            if items.is_empty() && !args.watch {
-                eprintln!("No {} found.", kind.plural);
-                return Ok(());
-            }
-            let now = Utc::now();
-            let rows: Vec<_> = items
-                .iter()
-                .map(|v| printer::row(kind, v, wide, now))
-                .collect();
-            printer::write_table(out, Some(&printer::headers(kind, wide)), &rows).map_err(io_err)
-        }
-        Output::Json => {
-            let v = if args.name.is_some() && !args.watch {
-                items.into_iter().next().unwrap_or(Value::Null)
-            } else if args.watch {
-                for item in items {
-                    writeln!(out, "{}", serde_json::to_string(&item).expect("JSON"))
-                        .map_err(io_err)?;
-                }
-                return Ok(());
-            } else {
-                printer::list_object(items)
-            };
-            writeln!(out, "{}", printer::to_json(&v)).map_err(io_err)
-        }
-        Output::Yaml => {
-            if args.name.is_some() || args.watch {
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 || args.watch {
-                        writeln!(out, "---").map_err(io_err)?;
-                    }
-                    write!(out, "{}", printer::to_yaml(item)).map_err(io_err)?;
-                }
-                Ok(())
-            } else {
-                write!(out, "{}", printer::to_yaml(&printer::list_object(items))).map_err(io_err)
-            }
-        }
+    at: At,
+    ctx: &Context,
+) -> Vec<String> {
+    let mut r = printer::row(kind, v, args.output == Output::Wide, at, ctx);
+    if args.show_labels {
+        r.push(printer::labels_cell(v));
     }
+    r
 }
 
-/// What a changed key means to a watch of `kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Affects<'a> {
-    /// The object with this name, or a key its status is composed from: read it again.
-    Object(&'a str),
-    /// An event (controller's or agent's) stored at this very key, with this id: the key holds
-    /// the whole object.
-    Event(&'a str),
-}
-
-/// Which object of `kind` a changed key belongs to, if any: the object's own key, and the keys
-/// its status comes from (a Job's placement and runtime reports, a Node's agent `alive` and
-/// `status`, any other kind's status key); for Events, controller and agent events.
-fn affects<'a>(kind: &KindInfo, key: &'a str) -> Option<Affects<'a>> {
-    let own = direct_child(&keys::objects_prefix(kind.plural), key);
-    match kind.kind {
-        "Event" => own
-            .or(match parse_agent_key(key) {
-                Some(AgentKey::Event { id, .. }) => Some(id),
-                _ => None,
-            })
-            .map(Affects::Event),
-        "Job" => own
-            .or_else(|| placement_job(key))
-            .or(match parse_agent_key(key) {
-                Some(AgentKey::Job { job, .. }) => Some(job),
-                _ => None,
-            })
-            .map(Affects::Object),
-        "Node" => own
-            .or(match parse_agent_key(key) {
-                Some(AgentKey::Alive { node } | AgentKey::Status { node }) => Some(node),
-                _ => None,
-            })
-            .map(Affects::Object),
-        "Tunnel" => own
-            .or(match parse_agent_key(key) {
-                Some(AgentKey::Tunnel { tunnel, .. }) => Some(tunnel),
-                _ => None,
-            })
-            .map(Affects::Object),
-        _ => own
-            .or_else(|| direct_child(&keys::status_prefix(kind.plural), key))
-            .map(Affects::Object),
-    }
-}
-
-/// How a printed change is marked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mark {
-    Changed,
-    Deleted,
-    /// Its labels changed so that `-l` no longer selects it: printed once, then dropped.
-    NoLongerMatches,
-}
-
-/// What a watch has printed, by the key each object is stored at.
-struct Shown<'a> {
-    selector: &'a LabelSelector,
-    last: HashMap<String, Value>,
-}
-
-impl Shown<'_> {
-    /// What to print now that the object at `key` is `current` (`None`: gone): nothing when
-    /// it looks as last printed or was never shown and still is not selected.
-    fn update(&mut self, key: &str, current: Option<Value>) -> Option<(Value, Mark)> {
-        match current {
-            Some(v) if self.selector.matches(&labels_of(&v)) => {
-                if self.last.get(key) == Some(&v) {
-                    return None;
-                }
-                self.last.insert(key.to_string(), v.clone());
-                Some((v, Mark::Changed))
-            }
-            Some(v) => self.last.remove(key).map(|_| (v, Mark::NoLongerMatches)),
-            None => self.last.remove(key).map(|old| (old, Mark::Deleted)),
-        }
-    }
-
-    /// Everything to print after a fresh list (`current`, all labels) replaces what was known.
-    fn replace(&mut self, current: Vec<(String, Value)>) -> Vec<(Value, Mark)> {
-        let listed: HashSet<&str> = current.iter().map(|(k, _)| k.as_str()).collect();
-        let mut gone: Vec<String> = self
-            .last
-            .keys()
-            .filter(|k| !listed.contains(k.as_str()))
-            .cloned()
-            .collect();
-        gone.sort();
-        let mut out: Vec<(Value, Mark)> =
-            gone.iter().filter_map(|k| self.update(k, None)).collect();
-        for (k, v) in current {
-            out.extend(self.update(&k, Some(v)));
-        }
-        out
-    }
-}
-
-fn labels_of(obj: &Value) -> BTreeMap<String, String> {
-    obj["metadata"]["labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// How long a failed read waits before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Prints each object of `kind` again whenever it, or a key its status comes from, changes,
-/// until interrupted. A failed read is reported and retried; the watch goes on.
-async fn watch(
-    store: &Store,
-    kind: &KindInfo,
+fn print_once(
     args: &GetArgs,
-    selector: &LabelSelector,
-    initial: Vec<(String, Value)>,
-    revision: i64,
+    sections: &[Section],
+    ctx: &Context,
+    several_kinds: bool,
 ) -> Result<(), CliError> {
-    let mut shown = Shown {
-        selector,
-        last: initial.into_iter().collect(),
-    };
-    let wanted = |name: &str| args.name.as_deref().is_none_or(|n| n == name);
-    let mut watcher =
-        Watcher::from_revision(store.clone(), keys::ROOT, revision, WatchConfig::default());
-    // Reads that failed, to try again at `retry_at`.
-    let mut retry: BTreeSet<String> = BTreeSet::new();
-    let mut relist = false;
-    let mut retry_at: Option<Instant> = None;
-    loop {
-        let event = tokio::select! {
-            e = watcher.next() => Some(e),
-            _ = sleep_until(retry_at) => None,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let mut to_read: BTreeSet<String> = BTreeSet::new();
-        let mut prints: Vec<(Value, Mark)> = Vec::new();
-        match event {
-            None => {
-                retry_at = None;
-                to_read = std::mem::take(&mut retry);
-            }
-            Some(Ok(WatchEvent::Put(kv))) => match affects(kind, &kv.key) {
-                Some(Affects::Object(name)) if wanted(name) => {
-                    to_read.insert(name.to_string());
-                }
-                Some(Affects::Event(id)) if wanted(id) => match object_from_kv(&kv) {
-                    Ok(v) => prints.extend(shown.update(&kv.key, Some(v))),
-                    Err(e) => eprintln!("warning: {e}"),
-                },
-                _ => {}
-            },
-            Some(Ok(WatchEvent::Delete { key, .. })) => match affects(kind, &key) {
-                Some(Affects::Object(name)) if wanted(name) => {
-                    to_read.insert(name.to_string());
-                }
-                Some(Affects::Event(id)) if wanted(id) => {
-                    prints.extend(shown.update(&key, None));
-                }
-                _ => {}
-            },
-            Some(Ok(WatchEvent::Restarted { .. })) => relist = true,
-            Some(Err(e)) => {
-                eprintln!("warning: {e}; retrying");
-                continue;
-            }
-        }
-        if relist {
-            match store
-                .list_objects_keyed(kind, &LabelSelector::everything())
-                .await
-            {
-                Ok((items, _)) => {
-                    relist = false;
-                    let items = items
-                        .into_iter()
-                        .filter(|(k, _)| wanted(keys::name_of(k)))
-                        .collect();
-                    prints.extend(shown.replace(items));
-                }
-                Err(e) => {
-                    eprintln!("warning: cannot list {}: {e}; retrying", kind.plural);
-                    retry_at.get_or_insert_with(|| Instant::now() + RETRY_AFTER);
-                }
-            }
-        }
-        for name in to_read {
-            match store.get_object_keyed(kind, &name).await {
-                Ok((Some((key, v)), _)) => prints.extend(shown.update(&key, Some(v))),
-                Ok((None, _)) => {
-                    prints.extend(shown.update(&keys::object(kind.plural, &name), None));
-                }
-                Err(e) if e.is_transient() => {
-                    eprintln!(
-                        "warning: cannot read {}/{name}: {e}; retrying",
-                        kind.singular
-                    );
-                    retry.insert(name);
-                    retry_at.get_or_insert_with(|| Instant::now() + RETRY_AFTER);
-                }
-                // Not worth retrying (e.g. a value that does not decode): the next change to
-                // the object reads it again.
-                Err(e) => eprintln!("warning: cannot read {}/{name}: {e}", kind.singular),
-            }
-        }
-        for (obj, mark) in prints {
-            print_change(kind, args, &obj, mark)?;
-        }
-    }
-}
-
-fn print_change(kind: &KindInfo, args: &GetArgs, obj: &Value, mark: Mark) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    let note = match mark {
-        Mark::Changed => None,
-        Mark::Deleted => Some("deleted"),
-        Mark::NoLongerMatches => Some("no longer matches"),
+    let total: usize = sections.iter().map(|s| s.items.len()).sum();
+    let one_object = sections.len() == 1 && args.names.len() == 1 && !args.watch;
+    let values = || -> Vec<Value> {
+        sections
+            .iter()
+            .flat_map(|s| s.items.iter().map(|(_, v)| v.clone()))
+            .collect()
     };
-    match args.output {
+    let whole = || -> Value {
+        match values().into_iter().next() {
+            Some(v) if one_object => v,
+            _ => output::list_object(values()),
+        }
+    };
+    match &args.output {
         Output::Table | Output::Wide => {
-            let wide = args.output == Output::Wide;
-            let mut r = printer::row(kind, obj, wide, Utc::now());
-            if let Some(note) = note {
-                r[0] = format!("{} ({note})", r[0]);
+            if total == 0 && !args.watch {
+                if args.names.is_empty() {
+                    let what = match sections {
+                        [one] => one.kind.plural.to_string(),
+                        _ => "resources".to_string(),
+                    };
+                    eprintln!("No {what} found.");
+                }
+                return Ok(());
             }
-            printer::write_table(&mut out, None, &[r]).map_err(io_err)
+            let mut first = true;
+            for s in sections
+                .iter()
+                .filter(|s| !s.items.is_empty() || args.watch)
+            {
+                if !first {
+                    writeln!(out).map_err(io_err)?;
+                }
+                first = false;
+                let now = At::now();
+                let rows: Vec<Vec<String>> = s
+                    .items
+                    .iter()
+                    .map(|(_, v)| {
+                        let mut r = table_row(s.kind, v, args, now, ctx);
+                        if several_kinds {
+                            r[0] = format!("{}/{}", s.kind.singular, r[0]);
+                        }
+                        r
+                    })
+                    .collect();
+                let headers = table_headers(s.kind, args);
+                if args.watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    // The watch draws the table itself, in place.
+                    continue;
+                }
+                printer::write_table(&mut out, Some(&headers), &rows).map_err(io_err)?;
+            }
+            Ok(())
         }
-        Output::Json => {
-            let mut v = obj.clone();
-            if mark == Mark::Deleted {
-                v["metadata"]["deletionTimestamp"] = serde_json::json!(Utc::now());
+        Output::Json if args.watch => {
+            for v in values() {
+                writeln!(out, "{}", output::to_json_line(&v)).map_err(io_err)?;
             }
-            writeln!(out, "{}", serde_json::to_string(&v).expect("JSON")).map_err(io_err)
+            Ok(())
         }
-        Output::Yaml => {
-            writeln!(out, "---").map_err(io_err)?;
-            if let Some(note) = note {
-                writeln!(out, "# {note}").map_err(io_err)?;
+        Output::Yaml if args.watch => {
+            for v in values() {
+                write!(out, "---\n{}", output::to_yaml(&v)).map_err(io_err)?;
             }
-            write!(out, "{}", printer::to_yaml(obj)).map_err(io_err)?;
+            Ok(())
+        }
+        Output::Json => writeln!(out, "{}", output::to_json(&whole())).map_err(io_err),
+        Output::Yaml => write!(out, "{}", output::to_yaml(&whole())).map_err(io_err),
+        Output::Name => {
+            for s in sections {
+                for (_, v) in &s.items {
+                    writeln!(out, "{}", output::name_of(s.kind, v)).map_err(io_err)?;
+                }
+            }
+            Ok(())
+        }
+        Output::JsonPath(t) if args.watch => {
+            for v in values() {
+                write!(out, "{}", t.render(&v)).map_err(io_err)?;
+            }
             out.flush().map_err(io_err)
+        }
+        Output::JsonPath(t) => {
+            let mut text = t.render(&whole());
+            if !text.ends_with('\n') && !text.is_empty() {
+                text.push('\n');
+            }
+            write!(out, "{text}").map_err(io_err)
         }
     }
 }
@@ -384,108 +311,40 @@ fn print_change(kind: &KindInfo, args: &GetArgs, obj: &Value, mark: Mark) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::kinds::lookup;
     use serde_json::json;
 
     #[test]
-    fn keys_map_to_object_names_of_their_kind_only() {
-        let pools = lookup("pools").unwrap();
-        let o = |n| Some(Affects::Object(n));
-        assert_eq!(affects(pools, "/rift/v1/pools/p"), o("p"));
-        assert_eq!(affects(pools, "/rift/v1/status/pools/p"), o("p"));
-        assert_eq!(affects(pools, "/rift/v1/jobs/p"), None);
-        assert_eq!(affects(pools, "/rift/v1/pools/"), None);
-        assert_eq!(affects(pools, "/rift/v1/pools/p/x"), None);
+    fn kinds_are_read_as_a_list_or_all() {
+        let names =
+            |a: &str| -> Vec<&str> { kinds_of(a).unwrap().iter().map(|k| k.kind).collect() };
+        assert_eq!(names("jobs,nodes"), ["Job", "Node"]);
+        assert_eq!(names("jobs,job,no"), ["Job", "Node"], "duplicates once");
+        assert_eq!(names("all").len(), 7);
+        assert!(!names("all").contains(&"Event"));
+        assert!(matches!(kinds_of("jobs,pods"), Err(CliError::UnknownKind(k)) if k == "pods"));
     }
 
     #[test]
-    fn a_jobs_placement_and_reports_map_to_the_job() {
-        let jobs = lookup("jobs").unwrap();
-        let o = |n| Some(Affects::Object(n));
-        assert_eq!(affects(jobs, "/rift/v1/jobs/j"), o("j"));
-        assert_eq!(affects(jobs, "/rift/v1/placements/j"), o("j"));
-        assert_eq!(affects(jobs, "/rift/v1/agents/n1/jobs/j"), o("j"));
-        assert_eq!(affects(jobs, "/rift/v1/status/jobs/j"), None);
-        assert_eq!(affects(jobs, "/rift/v1/agents/n1/status"), None);
-        assert_eq!(affects(jobs, "/rift/v1/bindings/n1/j"), None);
-    }
-
-    #[test]
-    fn a_nodes_agent_keys_map_to_the_node() {
-        let nodes = lookup("nodes").unwrap();
-        let o = |n| Some(Affects::Object(n));
-        assert_eq!(affects(nodes, "/rift/v1/nodes/n1"), o("n1"));
-        assert_eq!(affects(nodes, "/rift/v1/agents/n1/alive"), o("n1"));
-        assert_eq!(affects(nodes, "/rift/v1/agents/n1/status"), o("n1"));
-        assert_eq!(affects(nodes, "/rift/v1/agents/n1/jobs/j"), None);
-        assert_eq!(affects(nodes, "/rift/v1/status/nodes/n1"), None);
-    }
-
-    #[test]
-    fn controller_and_agent_events_are_events() {
-        let events = lookup("ev").unwrap();
-        let e = |n| Some(Affects::Event(n));
-        assert_eq!(affects(events, "/rift/v1/events/e1"), e("e1"));
-        assert_eq!(affects(events, "/rift/v1/agents/n1/events/e2"), e("e2"));
-        assert_eq!(affects(events, "/rift/v1/agents/n1/alive"), None);
-    }
-
-    fn obj(name: &str, tier: &str, v: i64) -> Value {
-        json!({"metadata": {"name": name, "labels": {"tier": tier}}, "spec": {"v": v}})
-    }
-
-    #[test]
-    fn changes_print_once_and_objects_leaving_the_selector_are_dropped() {
-        let selector: LabelSelector = "tier=a".parse().unwrap();
-        let mut shown = Shown {
-            selector: &selector,
-            last: HashMap::new(),
-        };
-        let k = "/rift/v1/jobs/x";
-        assert_eq!(
-            shown.update(k, Some(obj("x", "a", 1))),
-            Some((obj("x", "a", 1), Mark::Changed))
-        );
-        assert_eq!(shown.update(k, Some(obj("x", "a", 1))), None, "unchanged");
-        assert_eq!(
-            shown.update(k, Some(obj("x", "b", 2))),
-            Some((obj("x", "b", 2), Mark::NoLongerMatches))
-        );
-        assert_eq!(shown.update(k, Some(obj("x", "b", 3))), None, "dropped");
-        assert_eq!(shown.update(k, None), None, "never shown since");
-        assert_eq!(
-            shown.update(k, Some(obj("x", "a", 4))),
-            Some((obj("x", "a", 4), Mark::Changed)),
-            "selected again"
-        );
-        assert_eq!(
-            shown.update(k, None),
-            Some((obj("x", "a", 4), Mark::Deleted))
-        );
-    }
-
-    #[test]
-    fn a_relist_reports_what_went_away_and_what_changed() {
-        let everything = LabelSelector::everything();
-        let mut shown = Shown {
-            selector: &everything,
-            last: [
-                ("/k/a".to_string(), obj("a", "a", 1)),
-                ("/k/b".to_string(), obj("b", "a", 1)),
-            ]
+    fn sorting_puts_missing_first_then_numbers_by_value() {
+        let jobs = crate::api::kinds::lookup("jobs").unwrap();
+        let mut items: Vec<(String, Value)> = [json!({"p": 10}), json!({}), json!({"p": 9})]
             .into_iter()
-            .collect(),
-        };
-        let out = shown.replace(vec![
-            ("/k/a".into(), obj("a", "a", 1)),
-            ("/k/c".into(), obj("c", "a", 1)),
-        ]);
-        assert_eq!(
-            out,
-            vec![
-                (obj("b", "a", 1), Mark::Deleted),
-                (obj("c", "a", 1), Mark::Changed)
-            ]
-        );
+            .map(|v| (String::new(), v))
+            .collect();
+        sort(jobs, &mut items, Some(&Template::parse(".p").unwrap()));
+        let order: Vec<Value> = items.into_iter().map(|(_, v)| v["p"].clone()).collect();
+        assert_eq!(order, [Value::Null, json!(9), json!(10)]);
+    }
+
+    #[test]
+    fn events_are_sorted_by_last_seen() {
+        let events = crate::api::kinds::lookup("events").unwrap();
+        let ev = |name: &str, t: &str| (name.to_string(), json!({"spec": {"lastSeen": t}}));
+        let mut items = vec![
+            ev("a", "2026-11-22T12:00:09Z"),
+            ev("b", "2026-11-22T12:00:01Z"),
+        ];
+        sort(events, &mut items, None);
+        assert_eq!(items[0].0, "b");
     }
 }

@@ -4,9 +4,10 @@
 //! Nothing is written when the input has any problem. With `-o`, each file is written to a
 //! temporary name and renamed into place, so a reader never sees half a file.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::api::input;
 use crate::import::convert::DEFAULT_IDENTITY_FILE;
 use crate::import::{self, render, ImportOptions, KnownHosts};
 
@@ -51,7 +52,8 @@ fn hosts(args: HostsArgs) -> Result<(), CliError> {
     let known_hosts = match &args.known_hosts {
         Some(path) => {
             let shown = path.display().to_string();
-            KnownHosts::parse(&shown, &read_file(path)?)?
+            let budget = input::MAX_INPUT_BYTES.saturating_sub(text.len() as u64);
+            KnownHosts::parse(&shown, &input::read_file(path, budget)?)?
         }
         None => KnownHosts::default(),
     };
@@ -100,25 +102,15 @@ fn summary(fleet: &import::Fleet, dir: Option<&Path>) -> String {
     s
 }
 
+/// The hosts file (or stdin), within [`input::MAX_INPUT_BYTES`].
 fn read_input(path: &Path) -> Result<(String, String), CliError> {
     if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| CliError::Io {
-                path: "<stdin>".into(),
-                source,
-            })?;
-        return Ok(("<stdin>".into(), text));
+        return Ok(("<stdin>".into(), input::read_stdin(input::MAX_INPUT_BYTES)?));
     }
-    Ok((path.display().to_string(), read_file(path)?))
-}
-
-fn read_file(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|source| CliError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok((
+        path.display().to_string(),
+        input::read_file(path, input::MAX_INPUT_BYTES)?,
+    ))
 }
 
 /// Writes each file via a temporary name and a rename; removes files of [`render::FILES`] left

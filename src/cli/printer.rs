@@ -1,21 +1,83 @@
 //! Tables for people (`rift get`), with columns chosen per kind like kubectl's printer
-//! columns, and YAML/JSON for programs.
+//! columns. Other formats are in [`super::output`].
+//!
+//! A row is computed [`At`] a time (ages relative to now) or [`At::Raw`] (timestamps as
+//! stored): a watch compares raw rows, so it prints only when a shown value changed, never
+//! because an age ticked.
 
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::columns::Columns;
+use super::output::number_cell;
 use crate::api::kinds::KindInfo;
-use crate::api::API_VERSION;
+use crate::store::objects::UNDECODABLE_ANNOTATION;
 
-/// `-o` formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Table,
-    Wide,
-    Yaml,
-    Json,
+/// When a row is rendered: ages relative to a time, or the raw timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Time(DateTime<Utc>),
+    Raw,
+}
+
+impl At {
+    pub fn now() -> At {
+        At::Time(Utc::now())
+    }
+
+    fn age(self, t: Option<DateTime<Utc>>) -> String {
+        match self {
+            At::Time(now) => age(t, now),
+            At::Raw => t.map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// What a row needs besides the object: who leads and who votes (a Node's ROLES).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    pub leader: Option<String>,
+    /// etcd voting members by name.
+    pub voters: Vec<String>,
+    /// etcd learners by name.
+    pub learners: Vec<String>,
+}
+
+impl Context {
+    /// Reads the leader record and the VoterSet's member list (for Nodes only; other kinds
+    /// need nothing).
+    pub async fn read(kind: &KindInfo, store: &crate::store::Store) -> Context {
+        if kind.kind != "Node" {
+            return Context::default();
+        }
+        let leader = crate::store::leader::current_leader(store)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.record.node);
+        let members = store
+            .get::<crate::api::VoterSetSpec>(crate::api::voter_set::VOTER_SET_NAME)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.status)
+            .map(|s| s.members)
+            .unwrap_or_default();
+        let names = |learner: bool| {
+            members
+                .iter()
+                .filter(|m| m.learner == learner && !m.name.is_empty())
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        Context {
+            leader,
+            voters: names(false),
+            learners: names(true),
+        }
+    }
 }
 
 fn text(v: &Value, pointer: &str) -> String {
@@ -89,6 +151,37 @@ fn node_state(v: &Value) -> String {
         s.push_str(",SchedulingDisabled");
     }
     s
+}
+
+/// `leader,voter,relay`: what the node is now (leader, etcd voter or learner), then the roles
+/// its spec allows that are not already said.
+fn roles(v: &Value, ctx: &Context) -> String {
+    let name = text(v, "/metadata/name");
+    let mut out: Vec<String> = Vec::new();
+    if ctx.leader.as_deref() == Some(name.as_str()) {
+        out.push("leader".into());
+    }
+    if ctx.voters.contains(&name) {
+        out.push("voter".into());
+    } else if ctx.learners.contains(&name) {
+        out.push("learner".into());
+    }
+    for r in list(v, "/spec/roles").split(',').filter(|r| !r.is_empty()) {
+        if !out.iter().any(|o| o == r) {
+            out.push(r.to_string());
+        }
+    }
+    or_dash(out.join(","))
+}
+
+/// Labels as `k=v,k2=v2` (`<none>` when there are none), for `--show-labels`.
+pub fn labels_cell(v: &Value) -> String {
+    let l = labels(v, "/metadata/labels");
+    if l.is_empty() {
+        "<none>".into()
+    } else {
+        l
+    }
 }
 
 fn gpu_summary(v: &Value) -> String {
@@ -167,7 +260,7 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
         ),
         "Job" => (
             &["NAME", "TYPE", "PHASE", "NODE", "GPUS", "ATTEMPTS", "AGE"],
-            &["PRIORITY", "PROGRESS", "MESSAGE"],
+            &["GPU-IDS", "PRIORITY", "PROGRESS", "MESSAGE"],
         ),
         "Pool" => (
             &["NAME", "DESIRED", "SCHEDULED", "RUNNING", "AGE"],
@@ -212,16 +305,32 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
     h
 }
 
-/// One table row for `v`, matching [`headers`].
-pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+/// One table row for `v`, matching [`headers`]. An object this build cannot decode (see
+/// [`UNDECODABLE_ANNOTATION`]) shows `Undecodable` as its Job phase or Node status.
+pub fn row(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<String> {
+    let mut r = row_of(kind, v, wide, at, ctx);
+    if v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(UNDECODABLE_ANNOTATION))
+        .is_some()
+    {
+        match kind.kind {
+            "Job" => r[2] = "Undecodable".into(),
+            "Node" => r[1] = "Undecodable".into(),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<String> {
     let name = text(v, "/metadata/name");
-    let created = age(timestamp(v, "/metadata/creationTimestamp"), now);
+    let created = at.age(timestamp(v, "/metadata/creationTimestamp"));
     let (base, extra): (Vec<String>, Vec<String>) = match kind.kind {
         "Node" => (
             vec![
                 name,
                 node_state(v),
-                or_dash(list(v, "/spec/roles")),
+                roles(v, ctx),
                 gpu_summary(v),
                 or_dash(text(v, "/spec/provider")),
                 created,
@@ -229,7 +338,11 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
             vec![
                 or_dash(list(v, "/spec/addresses")),
                 or_dash(text(v, "/status/endpoint")),
-                or_dash(text(v, "/status/loadScore")),
+                or_dash(
+                    v.pointer("/status/loadScore")
+                        .map(number_cell)
+                        .unwrap_or_default(),
+                ),
                 v.pointer("/status/runningJobs")
                     .and_then(Value::as_array)
                     .map_or(0, Vec::len)
@@ -246,12 +359,15 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
                     .unwrap_or("Pending")
                     .to_string(),
                 or_dash(text(v, "/status/node")),
-                or_dash(list(v, "/status/gpus")),
+                // How many GPUs it uses; which ones is GPU-IDS (`0` there is GPU 0).
+                v.pointer("/spec/resources/gpus")
+                    .map_or("0".into(), number_cell),
                 v.pointer("/status/attempts")
                     .map_or("0".into(), Value::to_string),
                 created,
             ],
             vec![
+                or_dash(list(v, "/status/gpus")),
                 text(v, "/spec/priority"),
                 or_dash(labels(v, "/status/progress")),
                 or_dash(text(v, "/status/message")),
@@ -276,8 +392,12 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
                 name,
                 text(v, "/spec/board"),
                 text(v, "/spec/players"),
-                or_dash(text(v, "/status/gamesSinceLastTraining")),
-                age(timestamp(v, "/status/lastTrainedAt"), now),
+                or_dash(
+                    v.pointer("/status/gamesSinceLastTraining")
+                        .map(number_cell)
+                        .unwrap_or_default(),
+                ),
+                at.age(timestamp(v, "/status/lastTrainedAt")),
                 or_dash(text(v, "/status/activeJob")),
                 created,
             ],
@@ -334,7 +454,7 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, now: DateTime<Utc>) -> Vec<St
         ),
         "Event" => (
             vec![
-                age(timestamp(v, "/spec/lastSeen"), now),
+                at.age(timestamp(v, "/spec/lastSeen")),
                 text(v, "/spec/type"),
                 text(v, "/spec/reason"),
                 format!(
@@ -362,33 +482,15 @@ pub fn write_table(
     headers: Option<&[&str]>,
     rows: &[Vec<String>],
 ) -> std::io::Result<()> {
-    let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(3);
+    let columns = Columns::fit(headers.unwrap_or_default(), rows);
     if let Some(h) = headers {
-        writeln!(tw, "{}", h.join("\t"))?;
+        let h: Vec<String> = h.iter().map(|s| s.to_string()).collect();
+        writeln!(out, "{}", columns.line(&h))?;
     }
     for r in rows {
-        let cells: Vec<String> = r.iter().map(|c| c.replace(['\t', '\n'], " ")).collect();
-        writeln!(tw, "{}", cells.join("\t"))?;
+        writeln!(out, "{}", columns.line(r))?;
     }
-    tw.flush()?;
-    out.write_all(
-        &tw.into_inner()
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-    )?;
     out.flush()
-}
-
-/// The `List` wrapper kubectl prints for several objects.
-pub fn list_object(items: Vec<Value>) -> Value {
-    serde_json::json!({ "apiVersion": API_VERSION, "kind": "List", "items": items })
-}
-
-pub fn to_yaml(v: &Value) -> String {
-    serde_norway::to_string(v).expect("JSON values serialize as YAML")
-}
-
-pub fn to_json(v: &Value) -> String {
-    serde_json::to_string_pretty(v).expect("JSON values serialize")
 }
 
 #[cfg(test)]
@@ -398,13 +500,12 @@ mod tests {
 
     #[test]
     fn every_kind_has_as_many_cells_as_headers() {
-        let now = Utc::now();
         let empty = serde_json::json!({"metadata": {"name": "x"}});
         for k in &crate::api::kinds::KINDS {
             for wide in [false, true] {
                 assert_eq!(
                     headers(k, wide).len(),
-                    row(k, &empty, wide, now).len(),
+                    row(k, &empty, wide, At::now(), &Context::default()).len(),
                     "{}",
                     k.kind
                 );
@@ -424,8 +525,61 @@ mod tests {
     #[test]
     fn job_without_status_is_pending() {
         let v = serde_json::json!({"metadata": {"name": "j"}, "spec": {"type": "selfplay"}});
-        let r = row(lookup("jobs").unwrap(), &v, false, Utc::now());
+        let r = row(
+            lookup("jobs").unwrap(),
+            &v,
+            false,
+            At::now(),
+            &Context::default(),
+        );
         assert_eq!(r[2], "Pending");
+    }
+
+    #[test]
+    fn a_jobs_gpus_column_counts_and_gpu_ids_name_them() {
+        let v = serde_json::json!({"metadata": {"name": "j"},
+            "spec": {"type": "selfplay", "resources": {"gpus": 1}},
+            "status": {"phase": "Running", "gpus": [0]}});
+        let jobs = lookup("jobs").unwrap();
+        let r = row(jobs, &v, true, At::now(), &Context::default());
+        let h = headers(jobs, true);
+        let col = |name: &str| r[h.iter().position(|x| *x == name).unwrap()].clone();
+        assert_eq!(col("GPUS"), "1", "GPU 0 is one GPU, not zero");
+        assert_eq!(col("GPU-IDS"), "0");
+    }
+
+    #[test]
+    fn roles_say_what_the_node_is_now() {
+        let nodes = lookup("nodes").unwrap();
+        let v = serde_json::json!({"metadata": {"name": "a"}, "spec": {"roles": ["voter", "relay"]},
+            "status": {"loadScore": 0.3793000000000001}});
+        let ctx = Context {
+            leader: Some("a".into()),
+            voters: vec!["a".into()],
+            learners: vec![],
+        };
+        let r = row(nodes, &v, true, At::now(), &ctx);
+        assert_eq!(r[2], "leader,voter,relay");
+        assert_eq!(r[8], "0.38", "LOAD without float noise");
+        let r = row(nodes, &v, false, At::now(), &Context::default());
+        assert_eq!(r[2], "voter,relay", "declared roles only");
+    }
+
+    #[test]
+    fn raw_rows_do_not_change_as_time_passes() {
+        let v = serde_json::json!({"metadata": {"name": "j", "creationTimestamp": "2026-11-22T12:00:00Z"}});
+        let jobs = lookup("jobs").unwrap();
+        let ctx = Context::default();
+        assert_eq!(
+            row(jobs, &v, false, At::Raw, &ctx),
+            row(jobs, &v, false, At::Raw, &ctx)
+        );
+        let t1 = At::Time("2026-11-22T12:00:05Z".parse().unwrap());
+        let t2 = At::Time("2026-11-22T12:00:06Z".parse().unwrap());
+        assert_ne!(
+            row(jobs, &v, false, t1, &ctx),
+            row(jobs, &v, false, t2, &ctx)
+        );
     }
 
     #[test]

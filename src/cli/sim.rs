@@ -53,7 +53,7 @@ impl SimArgs {
 }
 
 /// Runs the hollow nodes until SIGTERM or SIGINT, then stops them gracefully.
-pub async fn run(args: SimArgs, endpoints: &[String]) -> Result<(), CliError> {
+pub async fn run(args: SimArgs, access: &crate::store::Access) -> Result<(), CliError> {
     if args.nodes == 0 {
         return Err(CliError::Usage("--nodes must be at least 1".into()));
     }
@@ -63,8 +63,7 @@ pub async fn run(args: SimArgs, endpoints: &[String]) -> Result<(), CliError> {
         })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
     let mut shutdown = crate::agent::shutdown_on_signals();
-    let cluster =
-        Cluster::start(endpoints, &args.prefix, args.nodes, args.settings(), root).await?;
+    let cluster = Cluster::start(access, &args.prefix, args.nodes, args.settings(), root).await?;
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {

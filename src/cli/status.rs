@@ -1,4 +1,8 @@
-//! `rift status [-o json] [-w]`: leader, voters and quorum, nodes, jobs by phase.
+//! `rift status [-o json|yaml] [-w]`: leader, voters and quorum, nodes, jobs by phase.
+//!
+//! With `-w` the view is kept current: read again on every change in etcd and every 2 s (for
+//! member health), printed only when what it shows changed; on a terminal it is redrawn in
+//! place.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,20 +18,30 @@ use crate::store::members;
 use crate::store::watcher::{WatchConfig, Watcher};
 use crate::store::{keys, Store};
 
+use super::output;
 use super::printer::{self, age};
 use super::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// `table` (default) or `json`.
+    /// Output format: table (for people), json or yaml.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: printer::Output,
-    /// Keep the view current as the cluster changes.
+    pub output: StatusOutput,
+    /// Keep the view current as the cluster changes (redrawn in place on a terminal; printed
+    /// again only when something shown changed otherwise).
     #[arg(short = 'w', long)]
     pub watch: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// `rift status -o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusOutput {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
 pub struct Report {
     pub leader: Option<LeaderView>,
     pub voters: VotersView,
@@ -35,20 +49,20 @@ pub struct Report {
     pub jobs: BTreeMap<String, usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct LeaderView {
     pub node: String,
     pub since: chrono::DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct VotersView {
     pub desired: Vec<String>,
     pub members: Vec<MemberView>,
     pub quorum: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct MemberView {
     pub name: String,
     pub id: String,
@@ -56,7 +70,7 @@ pub struct MemberView {
     pub healthy: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodesView {
     pub total: usize,
@@ -184,40 +198,92 @@ pub fn render(r: &Report) -> String {
     out
 }
 
-fn print(report: &Report, output: printer::Output) {
+/// The report in the chosen format.
+fn text(report: &Report, output: StatusOutput) -> String {
+    let value = || serde_json::to_value(report).expect("reports serialize");
     match output {
-        printer::Output::Json => {
-            println!(
-                "{}",
-                serde_json::to_string(report).expect("reports serialize")
-            )
-        }
-        _ => print!("{}", render(report)),
+        StatusOutput::Json => format!("{}\n", output::to_json(&value())),
+        StatusOutput::Yaml => output::to_yaml(&value()),
+        StatusOutput::Table => render(report),
     }
 }
 
 pub async fn run(args: StatusArgs, store: &Store) -> Result<(), CliError> {
-    print(&collect(store).await?, args.output);
+    let mut report = collect(store).await?;
     if !args.watch {
+        print!("{}", text(&report, args.output));
         return Ok(());
     }
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown = String::new();
+    let mut first = true;
     let mut watcher = Watcher::new(store.clone(), keys::ROOT, WatchConfig::default());
-    let _ = watcher.next().await; // the initial list: already shown
+    let _ = watcher.next().await; // the initial list: already read
     loop {
-        // Redraw on any change, and at least every 2 s for member health.
+        let now = text(&report, args.output);
+        if terminal && now != shown {
+            // Home, the view (each line cleared to its end), then clear what is below.
+            let mut frame = String::from("\x1b[H");
+            for line in now.lines() {
+                frame += &format!("{line}\x1b[K\n");
+            }
+            frame += &format!(
+                "\x1b[K\nas of {} (Ctrl-C to stop)\x1b[K\n\x1b[J",
+                Utc::now().format("%H:%M:%S")
+            );
+            print!("{frame}");
+        } else if !terminal && changed(&shown, &now, args.output) {
+            if !first && args.output == StatusOutput::Table {
+                println!("---- {}", Utc::now().format("%H:%M:%S"));
+            }
+            print!("{now}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        shown = now;
+        first = false;
+        // Read again on any change, and at least every 2 s for member health.
         tokio::select! {
             _ = watcher.next() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         match collect(store).await {
-            Ok(r) => {
-                if args.output != printer::Output::Json {
-                    println!("---- {}", Utc::now().format("%H:%M:%S"));
-                }
-                print(&r, args.output);
-            }
+            Ok(r) => report = r,
             Err(e) => eprintln!("warning: {e}; retrying"),
         }
+    }
+}
+
+/// Whether a view differs from the one shown, leaving out what only time changes (the
+/// leader's age in the table).
+fn changed(shown: &str, now: &str, output: StatusOutput) -> bool {
+    let steady = |s: &str| -> String {
+        if output != StatusOutput::Table {
+            return s.to_string();
+        }
+        s.lines()
+            .map(|l| match l.strip_prefix("Leader:") {
+                Some(rest) => format!("Leader:{}", rest.rsplit_once(", ").map_or(rest, |(a, _)| a)),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    steady(shown) != steady(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_shown_change_counts_not_the_leaders_age() {
+        let a = "Leader:  n1 (since 2026-11-22 12:00:00 UTC, 5s)\nNodes:   1 total\n";
+        let b = "Leader:  n1 (since 2026-11-22 12:00:00 UTC, 7s)\nNodes:   1 total\n";
+        let c = "Leader:  n1 (since 2026-11-22 12:00:00 UTC, 7s)\nNodes:   2 total\n";
+        assert!(!changed(a, b, StatusOutput::Table));
+        assert!(changed(b, c, StatusOutput::Table));
+        assert!(changed("", a, StatusOutput::Table));
     }
 }

@@ -3,18 +3,37 @@
 //! It runs an agent with the controllers that bootstraps a one-member etcd cluster (the agent
 //! starts and supervises that member like any voter's), makes this node the VoterSet's only
 //! voter, applies the given manifests and prints how to reach the cluster. Ctrl-C stops the
-//! agent and its etcd member; running `rift up` again on the same state directory resumes the
-//! same cluster from its data. Jobs keep running under their shims while it is stopped.
+//! agent, its etcd member and the jobs it ran ([`jobs`]: this is a development cluster, unlike
+//! a real node's agent, whose jobs outlive it); running `rift up` again on the same state
+//! directory resumes the same cluster from its data. One `rift up` per state directory
+//! ([`lock`]): a second one says which process holds it.
+//!
+//! Trust: the first `rift up` creates the cluster CA and this node's certificates under
+//! `<state>/pki/`, and the operator's credentials `<state>/admin.conf` (it prints the
+//! `export RIFT_CONFIG=...` line); etcd runs with TLS on both ports, client certificates and
+//! authentication. On a state directory of a plaintext cluster (made before TLS) it does the
+//! same and restarts the member with TLS from its data: every object is kept, running jobs
+//! keep running.
+
+mod jobs;
+mod lock;
+mod webhook;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::agent::config::{ConfigFile, Overrides};
-use crate::agent::{self, AgentConfig};
+use crate::agent::jobs::layout::StateDir;
+use crate::agent::{self, identity, AgentConfig};
 use crate::api::manifest;
 use crate::api::voter_set::{VoterSet, VOTER_SET_NAME};
 use crate::api::VoterSetSpec;
-use crate::store::{Store, StoreError};
+use crate::pki::credentials::Credentials;
+use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
+use crate::store::{Access, Store, StoreError};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -39,12 +58,22 @@ pub struct UpArgs {
     /// etcd's peer port.
     #[arg(long, default_value_t = 2380, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
+    /// Where the demo Notifier posts: `rift up` appends what arrives to
+    /// `<state-dir>/notifications.log` (0: no receiver).
+    #[arg(long, default_value_t = 8771)]
+    pub webhook_port: u16,
     /// The agent's HTTP port.
     #[arg(long, default_value_t = crate::api::node::DEFAULT_AGENT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: u16,
     /// Declare GPUs (as `rift agent --gpus`), e.g. `H100x2` so a laptop runs the GPU demo.
     #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// Where to serve the dashboard (`rift dashboard` in the same process).
+    #[arg(long, value_name = "ADDR", default_value = super::dashboard::DEFAULT_LISTEN)]
+    pub dashboard: std::net::SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
     /// A label for this node, KEY=VALUE. Repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::agent::parse_label)]
     pub labels: Vec<(String, String)>,
@@ -64,15 +93,26 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         manifest::load_paths(&args.manifests)?
     };
     let config = config(&args)?;
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    // Held until this process ends; taken before anything else looks at the state directory.
+    let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
-    if !member_dir.has_data() && Store::connect(&[endpoint.as_str()]).await.is_ok() {
+    let address = format!("{}:{}", host_for_url(&args.listen), args.port);
+    let port_taken = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(address.as_str()),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    let running_here = agent::etcd_member::process::MemberProcess::adopt(&member_dir).is_some();
+    if port_taken && !running_here {
         return Err(CliError::Usage(format!(
-            "something already answers at {endpoint} and {} holds no cluster of ours: stop \
-             it, or pick other ports with --port and --peer-port",
+            "something already answers at {address} and it is not this state directory's etcd \
+             ({}): stop it, or pick other ports with --port and --peer-port",
             config.state_dir.display()
         )));
     }
+    let admin = trust(&config)?;
     if let Err(why) = agent::etcd_member::member_spec(&config) {
         return Err(CliError::Usage(format!("cannot run etcd here: {why}")));
     }
@@ -82,25 +122,92 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if resuming { "resuming" } else { "starting" },
         member_dir.data().display()
     );
-    let shutdown = agent::shutdown_on_signals();
-    let mut agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
-
-    let store = tokio::select! {
-        s = wait_for_etcd(&endpoint) => s.map_err(|e| with_log_tail(e, &member_dir))?,
-        r = &mut agent_task => return Err(agent_ended(r, &member_dir)),
-    };
-    ensure_voter_set(&store, &args.name).await?;
-    if !docs.is_empty() {
-        eprintln!("applying {}", join_paths(&args.manifests));
-        apply_docs(&store, docs, false).await?;
+    let (stop, shutdown) = watch::channel(false);
+    let stop = Arc::new(stop);
+    {
+        let stop = stop.clone();
+        let mut signals = agent::shutdown_on_signals();
+        tokio::spawn(async move {
+            agent::stopped(&mut signals).await;
+            let _ = stop.send(true);
+        });
     }
-    print_how_to_reach(&endpoint, &args, &config);
-    let result = agent_task.await;
-    eprintln!(
+    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    if args.webhook_port != 0 {
+        let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
+        match webhook::serve(&addr, &config.state_dir, shutdown.clone()).await {
+            Ok(_) => eprintln!(
+                "webhooks posted to http://{addr}/ are appended to {}",
+                webhook::log_path(&config.state_dir).display()
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot receive webhooks on {addr}: {e}; the demo Notifier's \
+                 deliveries will fail (pick another port with --webhook-port)"
+            ),
+        }
+    }
+    let access = Access::tls(&[endpoint.as_str()], admin.identity());
+    let result = serve(
+        &args,
+        docs,
+        &config,
+        (&endpoint, &access),
+        &member_dir,
+        agent_task,
+        (&stop, shutdown.clone()),
+    )
+    .await;
+    let state = StateDir::new(&config.state_dir);
+    let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "stopped; `rift up --state-dir {}` resumes this cluster",
         config.state_dir.display()
     );
-    match result {
+    result
+}
+
+/// Brings the cluster up, then waits for the agent to end (Ctrl-C). On an error the agent is
+/// told to stop and awaited, so the caller can stop the jobs after it.
+async fn serve(
+    args: &UpArgs,
+    docs: Vec<manifest::Document>,
+    config: &AgentConfig,
+    (endpoint, access): (&str, &Access),
+    member_dir: &agent::etcd_member::process::MemberDir,
+    mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
+    (stop, shutdown): (&watch::Sender<bool>, watch::Receiver<bool>),
+) -> Result<(), CliError> {
+    let setup = async {
+        let store = tokio::select! {
+            s = wait_for_etcd(access) => s.map_err(|e| with_log_tail(e, member_dir))?,
+            r = &mut agent_task => return Err(agent_ended(r, member_dir)),
+        };
+        ensure_voter_set(&store, &args.name).await?;
+        if !docs.is_empty() {
+            eprintln!("applying {}", join_paths(&args.manifests));
+            apply_docs(&store, docs, false).await?;
+        }
+        Ok(store)
+    };
+    let store = match setup.await {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = stop.send(true);
+            if !agent_task.is_finished() {
+                let _ = agent_task.await;
+            }
+            return Err(e);
+        }
+    };
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        serve_dashboard(args.dashboard, &store, shutdown).await
+    };
+    print_how_to_reach(endpoint, config, dashboard.as_deref());
+    match agent_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
         Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
@@ -112,7 +219,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => ConfigFile::default(),
     };
-    let endpoint = format!("http://{}:{}", host_for_url(&args.listen), args.port);
+    let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let own_thresholds = args.config.is_some();
     let mut config = AgentConfig::resolve(
         file,
@@ -136,6 +243,12 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
         },
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
+        // `sudo rift up`: jobs run as the person who invoked it, not as root.
+        config.run_as = std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u != "root");
+    }
     if !own_thresholds {
         // One machine that is also someone's workstation: a busy CPU (a build) must not stop
         // the demo from scheduling. Memory, GPU memory and disk thresholds still apply.
@@ -152,10 +265,42 @@ fn host_for_url(host: &str) -> String {
     }
 }
 
-async fn wait_for_etcd(endpoint: &str) -> Result<Store, CliError> {
+/// This node's certificates and the operator's credentials: made on the first run (and on a
+/// state directory of a plaintext cluster); the credentials are made again when missing or
+/// within 90 days of expiry.
+fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
+    let pki = PkiDir::new(&config.state_dir);
+    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
+    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+        Some(ca) if pki.has_identity() => ca,
+        _ => {
+            if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
+                eprintln!(
+                    "moving this plaintext cluster to TLS: creating its CA and certificates in {}",
+                    pki.root().display()
+                );
+            }
+            identity::bootstrap(config, &pki).map_err(failed)?
+        }
+    };
+    let path = identity::admin_conf(&config.state_dir);
+    let fresh = Credentials::load(&path).ok().filter(|c| {
+        inspect::inspect(&c.cert).is_ok_and(|i| !i.renewal_due(chrono::Utc::now(), RENEW_BEFORE))
+            && c.ca.trim() == ca.cert_pem().trim()
+    });
+    match fresh {
+        Some(c) => Ok(c),
+        None => {
+            identity::write_admin_conf(config, &ca).map_err(failed)?;
+            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+        }
+    }
+}
+
+async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
     let started = Instant::now();
     loop {
-        match Store::connect(&[endpoint]).await {
+        match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
                 return Err(CliError::Usage(format!(
@@ -222,22 +367,49 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, args: &UpArgs, config: &AgentConfig) {
-    let e = if args.port == 2379 && args.listen == "127.0.0.1" {
-        String::new()
-    } else {
-        format!(" --endpoints {endpoint}")
-    };
+/// Serves the dashboard beside the cluster; a taken address is a warning, not a failure (the
+/// cluster is what `rift up` is for). Returns its URL.
+async fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    store: &Store,
+    shutdown: watch::Receiver<bool>,
+) -> Option<String> {
+    match crate::dashboard::bind(addr).await {
+        Ok(listener) => {
+            let url = super::dashboard::url_of(listener.local_addr().unwrap_or(addr));
+            tokio::spawn(crate::dashboard::serve(
+                listener,
+                store.clone(),
+                crate::dashboard::Limits::default(),
+                shutdown,
+            ));
+            Some(url)
+        }
+        Err(e) => {
+            eprintln!("warning: no dashboard: {e} (or --no-dashboard)");
+            None
+        }
+    }
+}
+
+fn print_how_to_reach(endpoint: &str, config: &AgentConfig, dashboard: Option<&str>) {
+    let conf = identity::admin_conf(&config.state_dir);
+    let conf = std::path::absolute(&conf).unwrap_or(conf);
+    let dashboard = dashboard
+        .map(|url| format!("Dashboard: {url} (live, read-only)\n"))
+        .unwrap_or_default();
     println!(
-        "\nrift is up: etcd at {endpoint}, node `{}` leads and runs jobs; state and logs in {}.\n\
-         In another terminal:\n\n  \
+        "\nrift is up: etcd at {endpoint} (TLS), node `{}` leads and runs jobs; state and logs \
+         in {}.\n{dashboard}In another terminal:\n\n  \
+         export RIFT_CONFIG={}\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
-         rift{e} status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
-         rift{e} get jobs -w                # jobs as they are placed, run and finish\n  \
-         rift{e} get voterset -w            # etcd membership as it converges\n  \
-         rift{e} logs -f JOB                # a job's output\n\n\
-         Ctrl-C stops it; `rift up` again resumes the same cluster.",
+         rift status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \
+         rift get jobs -w                # jobs as they are placed, run and finish\n  \
+         rift get voterset -w            # etcd membership as it converges\n  \
+         rift logs -f JOB                # a job's output\n\n\
+         Ctrl-C stops it with its etcd and its jobs; `rift up` again resumes the same cluster.",
         config.name,
-        config.state_dir.display()
+        config.state_dir.display(),
+        conf.display()
     );
 }

@@ -1,13 +1,15 @@
 //! Leader-run controllers, one file each, with their decisions as pure functions beside them
-//! (DESIGN.md, "Control flow": decide in pure functions, act through the store).
+//! (docs/architecture.md, "Control flow": decide in pure functions, act through the store).
 //!
 //! * [`scheduler`]: the leader's passes: pools, housekeeping, placement, written in batches.
 //! * [`placement`]: which node and GPUs each pending Job gets, why-not summaries, preemption.
 //! * [`pools`]: the member Jobs each Pool should have.
 //! * [`housekeeping`]: drain, lost nodes, TTL after finishing, orphaned Pool members.
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
+//! * [`metrics`]: the cluster-wide figures the leader exports.
 
 pub mod housekeeping;
+pub mod metrics;
 pub mod notifier;
 pub mod placement;
 pub mod pools;

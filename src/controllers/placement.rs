@@ -441,6 +441,21 @@ impl BoundJob {
     }
 }
 
+impl BoundJob {
+    /// A binding whose Job is gone (or cannot be read): it holds its GPUs and nothing else.
+    pub fn from_binding(job: &str, gpus: Vec<u32>) -> Self {
+        Self {
+            job: job.to_string(),
+            gpus,
+            priority: i32::MAX,
+            job_type: JobType::default(),
+            cpus: 0.0,
+            memory_gb: 0.0,
+            pool: None,
+        }
+    }
+}
+
 impl PendingJob {
     /// A stored job waiting for a node; one without a creation time sorts as the oldest.
     pub fn from_job(job: &Job) -> Self {

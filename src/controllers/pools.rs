@@ -4,8 +4,11 @@
 //! Members are named deterministically, so a plan is idempotent and two passes never create
 //! the same member twice:
 //! - `replicas: N` → `<pool>-0` … `<pool>-(N-1)`;
-//! - `perGpu: true` → `<pool>-<node>-<gpu index>` for every GPU of every Ready, schedulable
-//!   node matching the selectors, pinned to its node with the [`NODE_NAME_LABEL`] selector.
+//! - `perGpu: true` → `<pool>-<node>-<gpu index>` for every GPU of every schedulable node
+//!   matching the selectors whose agent has reported (Ready, or NotReady because its lease
+//!   lapsed), pinned to its node with the [`NODE_NAME_LABEL`] selector. A node that goes
+//!   NotReady keeps its members — an agent restart or a blip must not kill them; they follow
+//!   `onNodeLost`/`lostAfter` like any job — and a node no agent ever reported for gets none.
 //!
 //! A member that finished (Succeeded or Failed) or whose spec no longer matches the template
 //! is deleted and, on a later pass, created anew.
@@ -17,6 +20,7 @@ use crate::api::meta::OwnerReference;
 use crate::api::node::{selector_matches, Node};
 use crate::api::pool::{Pool, PoolStatus};
 use crate::api::JobPhase;
+use crate::store::compose::{READY, REASON_LEASE_EXPIRED};
 
 pub use super::placement::{NODE_NAME_LABEL, POOL_LABEL};
 
@@ -57,6 +61,17 @@ fn gpu_indices(node: &Node) -> Vec<u32> {
     }
 }
 
+/// True for a node whose agent has reported: Ready, or NotReady because its lease lapsed (not
+/// because no agent ever registered).
+fn has_reported(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.is_ready()
+            || s.conditions
+                .iter()
+                .any(|c| c.type_ == READY && c.reason == REASON_LEASE_EXPIRED)
+    })
+}
+
 /// The members `pool` should have, given the cluster's Nodes.
 pub fn desired_members(pool: &Pool, nodes: &[Node]) -> Vec<Member> {
     let template = &pool.spec.template;
@@ -80,10 +95,11 @@ pub fn desired_members(pool: &Pool, nodes: &[Node]) -> Vec<Member> {
     }
     let mut members = Vec::new();
     for node in nodes {
-        let ready = node.status.as_ref().is_some_and(|s| s.is_ready());
         let mut node_labels = node.metadata.labels.clone();
         node_labels.insert(NODE_NAME_LABEL.into(), node.name().into());
-        if !ready || node.spec.unschedulable || !selector_matches(&base.node_selector, &node_labels)
+        if !has_reported(node)
+            || node.spec.unschedulable
+            || !selector_matches(&base.node_selector, &node_labels)
         {
             continue;
         }

@@ -16,14 +16,15 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::housekeeping::{self, Housekeeping};
+use super::housekeeping::{self, BoundRecord, Housekeeping, Undecodable, World};
+use super::metrics::{LeaderMetrics, CLUSTER_EVERY};
 use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, PlacementConfig};
 use super::pools;
 use super::training::TrainingController;
-use super::writes::{self, Write};
+use super::writes::{self, ToPending, Write};
 use crate::api::event::EventType;
 use crate::api::kinds;
-use crate::api::placement::{Binding, Placement};
+use crate::api::placement::{Binding, LossTerms, Placement, RuntimeReport};
 use crate::api::selector::LabelSelector;
 use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
 use crate::store::events::EventRecorder;
@@ -43,42 +44,110 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     pub pools: Vec<Pool>,
     pub targets: Vec<crate::api::TrainingTarget>,
+    /// Objects that exist but do not decode in this version: never acted on.
+    pub undecodable: Undecodable,
     /// Placement and its mod revision, by job.
     pub placements: HashMap<String, (Placement, i64)>,
-    /// `(node, job, binding)`.
-    pub bindings: Vec<(String, String, Binding)>,
+    pub bindings: Vec<BoundRecord>,
+    /// Nodes (named by a Node or a binding) whose alive key exists.
+    pub alive: HashSet<String>,
+    /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
+    pub released: HashSet<(String, String, u64)>,
+}
+
+/// The agent keys a snapshot needs beyond objects: which nodes are alive, and which stop
+/// orders were answered. `get` reads one key (from etcd or a mirror).
+async fn agent_facts<F, Fut>(
+    nodes: &[Node],
+    bindings: &[BoundRecord],
+    get: F,
+) -> Result<(HashSet<String>, HashSet<(String, String, u64)>), StoreError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<KeyValue>, StoreError>>,
+{
+    let mut alive = HashSet::new();
+    for n in nodes {
+        if n.status.as_ref().is_some_and(|s| s.is_ready()) {
+            alive.insert(n.name().to_string());
+        }
+    }
+    let listed: HashSet<&str> = nodes.iter().map(|n| n.name()).collect();
+    let mut released = HashSet::new();
+    for b in bindings {
+        if !listed.contains(b.node.as_str())
+            && !alive.contains(&b.node)
+            && get(keys::agent_alive(&b.node)).await?.is_some()
+        {
+            alive.insert(b.node.clone());
+        }
+        if b.binding.stop.is_some() {
+            let report = get(keys::agent_job(&b.node, &b.job)).await?;
+            let report: Option<RuntimeReport> =
+                report.and_then(|kv| serde_json::from_slice(&kv.value).ok());
+            if report.is_some_and(|r| r.released && r.epoch == b.binding.epoch) {
+                released.insert((b.node.clone(), b.job.clone(), b.binding.epoch));
+            }
+        }
+    }
+    Ok((alive, released))
 }
 
 /// Reads a snapshot. Each read is consistent; writes are guarded by compare-and-swap, so a
 /// change between reads costs at most a retried write on the next pass.
 pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
     let all = LabelSelector::everything();
-    let (nodes, _) = store.list::<NodeSpec>(&all).await?;
-    let (jobs, _) = store.list::<JobSpec>(&all).await?;
-    let (pools, _) = store.list::<PoolSpec>(&all).await?;
+    let mut undecodable = Undecodable::default();
+    let nodes = undecodable.take(store.list_checked::<NodeSpec>(&all).await?.0);
+    let jobs = undecodable.take(store.list_checked::<JobSpec>(&all).await?.0);
+    let pools = undecodable.take(store.list_checked::<PoolSpec>(&all).await?.0);
     let (targets, _) = store.list::<crate::api::TrainingTargetSpec>(&all).await?;
     let (placements, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
     let (bindings, _) = store.list_raw(&bindings_root(), Some(rev)).await?;
+    let bindings = decode_bindings(&bindings, &mut undecodable);
+    let (alive, released) = agent_facts(
+        &nodes,
+        &bindings,
+        |k| async move { store.get_raw(&k).await },
+    )
+    .await?;
     Ok(Snapshot {
         nodes,
         jobs,
         pools,
         targets,
+        undecodable,
         placements: decode_placements(&placements),
-        bindings: decode_bindings(&bindings),
+        bindings,
+        alive,
+        released,
     })
 }
 
 /// The same snapshot from a watch-fed [`Mirror`] (one revision for everything, no reads).
 pub fn load_mirror(mirror: &Mirror) -> Snapshot {
     let all = LabelSelector::everything();
+    let mut undecodable = Undecodable::default();
+    let nodes = undecodable.take(mirror.list_checked::<NodeSpec>(&all));
+    let jobs = undecodable.take(mirror.list_checked::<JobSpec>(&all));
+    let pools = undecodable.take(mirror.list_checked::<PoolSpec>(&all));
+    let bindings = decode_bindings(&mirror.prefix(&bindings_root()), &mut undecodable);
+    let facts = agent_facts(&nodes, &bindings, |k| {
+        std::future::ready(Ok(mirror.get(&k).cloned()))
+    })
+    .now_or_never()
+    .expect("mirror reads are ready at once")
+    .expect("mirror reads do not fail");
     Snapshot {
-        nodes: mirror.list::<NodeSpec>(&all),
-        jobs: mirror.list::<JobSpec>(&all),
-        pools: mirror.list::<PoolSpec>(&all),
+        nodes,
+        jobs,
+        pools,
         targets: mirror.list::<crate::api::TrainingTargetSpec>(&all),
+        undecodable,
         placements: decode_placements(&mirror.prefix(keys::PLACEMENTS_PREFIX)),
-        bindings: decode_bindings(&mirror.prefix(&bindings_root())),
+        bindings,
+        alive: facts.0,
+        released: facts.1,
     }
 }
 
@@ -96,13 +165,25 @@ fn decode_placements(kvs: &[KeyValue]) -> HashMap<String, (Placement, i64)> {
         .collect()
 }
 
-fn decode_bindings(kvs: &[KeyValue]) -> Vec<(String, String, Binding)> {
+fn decode_bindings(kvs: &[KeyValue], undecodable: &mut Undecodable) -> Vec<BoundRecord> {
     let prefix = bindings_root();
     kvs.iter()
         .filter_map(|kv| {
             let (node, job) = kv.key.strip_prefix(&prefix)?.split_once('/')?;
-            let b: Binding = serde_json::from_slice(&kv.value).ok()?;
-            Some((node.to_string(), job.to_string(), b))
+            let binding: Binding = match serde_json::from_slice(&kv.value) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, %e, "cannot decode a binding; leaving it untouched");
+                    undecodable.bound_jobs.insert(job.to_string());
+                    return None;
+                }
+            };
+            Some(BoundRecord {
+                node: node.to_string(),
+                job: job.to_string(),
+                binding,
+                revision: kv.mod_revision,
+            })
         })
         .collect()
 }
@@ -125,7 +206,10 @@ pub struct Scheduler {
     housekeeping: Housekeeping,
     /// When this leader first saw each node NotReady (its own monotonic clock).
     lost_since: HashMap<String, Instant>,
+    /// Undecodable objects already reported by this leader, by (kind, name).
+    reported_undecodable: HashSet<(String, String)>,
     events: EventRecorder,
+    metrics: Option<LeaderMetrics>,
 }
 
 impl Scheduler {
@@ -137,32 +221,79 @@ impl Scheduler {
             placement,
             housekeeping,
             lost_since: HashMap::new(),
+            reported_undecodable: HashSet::new(),
+            metrics: None,
         }
     }
 
-    fn track_lost_nodes(&mut self, nodes: &[Node]) -> HashMap<String, Duration> {
+    /// Records every pass, and the cluster as the mirror shows it, in `metrics`.
+    pub fn with_metrics(mut self, metrics: LeaderMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How long each node named by a Node or a binding has been without its alive key, as
+    /// this leader measured it on its own monotonic clock.
+    fn track_lost_nodes(&mut self, snap: &Snapshot) -> HashMap<String, Duration> {
         let now = Instant::now();
-        let present: HashSet<&str> = nodes.iter().map(|n| n.name()).collect();
-        self.lost_since.retain(|n, _| present.contains(n.as_str()));
-        for n in nodes {
-            if n.status.as_ref().is_some_and(|s| s.is_ready()) {
-                self.lost_since.remove(n.name());
+        let named: HashSet<&str> = snap
+            .nodes
+            .iter()
+            .map(|n| n.name())
+            .chain(snap.bindings.iter().map(|b| b.node.as_str()))
+            .collect();
+        self.lost_since.retain(|n, _| named.contains(n.as_str()));
+        for name in named {
+            if snap.alive.contains(name) {
+                self.lost_since.remove(name);
             } else if let std::collections::hash_map::Entry::Vacant(e) =
-                self.lost_since.entry(n.name().to_string())
+                self.lost_since.entry(name.to_string())
             {
                 e.insert(now);
-                self.events.warning(
-                    "Node",
-                    n.name(),
-                    "node_not_ready",
-                    "the node's agent lease expired (or it never registered)",
-                );
+                if snap.nodes.iter().any(|n| n.name() == name) {
+                    self.events.warning(
+                        "Node",
+                        name,
+                        "node_not_ready",
+                        "the node's agent lease expired (or it never registered)",
+                    );
+                }
             }
         }
         self.lost_since
             .iter()
             .map(|(n, t)| (n.clone(), now.duration_since(*t)))
             .collect()
+    }
+
+    /// Reports (once per object and leader) every stored object this build cannot decode: it
+    /// is left untouched, and people must hear why.
+    fn report_undecodable(&mut self, undecodable: &Undecodable) {
+        for (kind, name, why) in &undecodable.all {
+            if self
+                .reported_undecodable
+                .insert((kind.to_string(), name.clone()))
+            {
+                tracing::warn!(
+                    kind,
+                    name,
+                    why,
+                    "an object cannot be decoded; leaving it and what it placed untouched"
+                );
+                self.events.warning(
+                    kind,
+                    name,
+                    "object_undecodable",
+                    format!("rift {} cannot read this {kind} ({why}); it was probably written by a newer version. Nothing is done to it or its jobs until it can be read.", env!("CARGO_PKG_VERSION")),
+                );
+            }
+        }
+        let now: HashSet<(String, String)> = undecodable
+            .all
+            .iter()
+            .map(|(k, n, _)| (k.to_string(), n.clone()))
+            .collect();
+        self.reported_undecodable.retain(|k| now.contains(k));
     }
 
     /// One pass over a snapshot read from etcd: pools, housekeeping, placement.
@@ -174,6 +305,7 @@ impl Scheduler {
     /// One pass over `snap`: pools, housekeeping, placement.
     pub async fn pass_on(&mut self, snap: Snapshot) -> Result<PassStats, StoreError> {
         let mut stats = PassStats::default();
+        self.report_undecodable(&snap.undecodable);
         pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
         let happenings = TrainingController::new(self.store.clone())
             .pass(&snap.targets, &snap.jobs, Utc::now())
@@ -190,16 +322,18 @@ impl Scheduler {
         }
         stats.training_events += happenings.len();
 
-        let lost_for = self.track_lost_nodes(&snap.nodes);
-        let chores = housekeeping::decide(
-            &snap.nodes,
-            &snap.jobs,
-            &snap.pools,
-            &snap.placements,
-            &lost_for,
-            &self.housekeeping,
-            Utc::now(),
-        );
+        let lost_for = self.track_lost_nodes(&snap);
+        let world = World {
+            nodes: &snap.nodes,
+            jobs: &snap.jobs,
+            undecodable: &snap.undecodable,
+            pools: &snap.pools,
+            placements: &snap.placements,
+            bindings: &snap.bindings,
+            released: &snap.released,
+            lost_for: &lost_for,
+        };
+        let chores = housekeeping::decide(&world, &self.housekeeping, Utc::now());
         let job_kind = kinds::by_kind("Job").expect("Job is registered");
         for job in &chores.delete_jobs {
             self.store.delete_object(job_kind, job).await?;
@@ -210,7 +344,7 @@ impl Scheduler {
         stats.evicted += chores
             .writes
             .iter()
-            .filter(|w| matches!(w, Write::Evict { .. }))
+            .filter(|w| matches!(w, Write::Stop { .. }))
             .count();
 
         // Jobs touched by housekeeping wait for the next pass, which sees the result.
@@ -232,19 +366,28 @@ impl Scheduler {
     fn record_placement_events<'a>(&self, writes: impl Iterator<Item = &'a Write>) {
         for w in writes {
             match w {
-                Write::Pending { job, reason, .. } => {
+                Write::Pending { job, pending } => {
                     self.events
-                        .normal("Job", job, "job_unschedulable", reason.clone())
+                        .normal("Job", job, "job_unschedulable", pending.reason.clone())
                 }
-                Write::Evict { job, reason, .. } => {
-                    self.events
-                        .warning("Job", job, "job_evicted", reason.clone())
+                Write::Stop { job, binding, .. } => {
+                    let reason = binding
+                        .stop
+                        .as_ref()
+                        .map(|s| s.reason.clone())
+                        .unwrap_or_default();
+                    self.events.warning("Job", job, "job_evicted", reason)
                 }
-                Write::Place { .. } | Write::Forget { .. } => {}
+                Write::Place { .. } | Write::Release { .. } | Write::Forget { .. } => {}
             }
         }
     }
 
+    /// Placement of every pending job. A job's name is taken while any binding of it exists
+    /// (a new instance starts only once the old one is released), and every binding holds its
+    /// GPUs, cpus and memory until it is deleted — stop-ordered ones too, at a priority nothing
+    /// can preempt. A preemptor does not take its victims' GPUs in the same pass: they get stop
+    /// orders, and it waits (skipped while any of them stands) until they are released.
     fn placement_writes(
         &self,
         snap: &Snapshot,
@@ -253,18 +396,38 @@ impl Scheduler {
     ) -> Vec<Write> {
         let jobs: HashMap<&str, &Job> = snap.jobs.iter().map(|j| (j.name(), j)).collect();
         let mut bound: HashMap<&str, Vec<BoundJob>> = HashMap::new();
-        for (node, job, b) in &snap.bindings {
-            if let Some(j) = jobs.get(job.as_str()) {
-                // A finished job keeps its binding (its logs and report stay on the node) but
-                // holds no GPUs, cpus or memory.
-                let finished = j.status.as_ref().is_some_and(|s| s.phase.is_finished());
-                if !touched.contains(job.as_str()) && !finished {
-                    bound
-                        .entry(node.as_str())
-                        .or_default()
-                        .push(BoundJob::from_job(j, b.gpus.clone()));
+        let mut taken: HashSet<&str> = snap
+            .undecodable
+            .bound_jobs
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut waiting_preemptors: HashSet<&str> = HashSet::new();
+        let mut live: HashMap<&str, &BoundRecord> = HashMap::new();
+        for b in &snap.bindings {
+            taken.insert(b.job.as_str());
+            let job = jobs.get(b.job.as_str()).copied();
+            // A finished job keeps its binding (its logs and report stay on the node) but holds
+            // no GPUs, cpus or memory.
+            if job.is_some_and(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())) {
+                continue;
+            }
+            let mut held = match job {
+                Some(j) => BoundJob::from_job(j, b.binding.gpus.clone()),
+                None => BoundJob::from_binding(&b.job, b.binding.gpus.clone()),
+            };
+            match &b.binding.stop {
+                Some(stop) => {
+                    held.priority = i32::MAX; // leaving already: never a victim
+                    if let Some(p) = &stop.for_job {
+                        waiting_preemptors.insert(p.as_str());
+                    }
+                }
+                None => {
+                    live.insert(b.job.as_str(), b);
                 }
             }
+            bound.entry(b.node.as_str()).or_default().push(held);
         }
         let views: Vec<NodeView> = snap
             .nodes
@@ -274,7 +437,12 @@ impl Scheduler {
         let pending: Vec<PendingJob> = snap
             .jobs
             .iter()
-            .filter(|j| !touched.contains(j.name()) && j.metadata.deletion_timestamp.is_none())
+            .filter(|j| {
+                !touched.contains(j.name())
+                    && !taken.contains(j.name())
+                    && !waiting_preemptors.contains(j.name())
+                    && j.metadata.deletion_timestamp.is_none()
+            })
             .filter(|j| match snap.placements.get(j.name()) {
                 None => true,
                 Some((p, _)) => p.node.is_none(),
@@ -290,49 +458,68 @@ impl Scheduler {
             let prev = placed(decision.job());
             let epoch = prev.map_or(0, |(p, _)| p.epoch);
             let expect = prev.map(|(_, rev)| *rev);
-            // A new binding always gets the next epoch, guarded by the placement as read.
-            let place = |job, node, gpus| Write::Place {
+            let job = jobs[decision.job()];
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            let pending_write = |job: String, reason: String| Write::Pending {
                 job,
-                node,
-                gpus,
-                epoch: epoch + 1,
-                expect,
+                pending: ToPending {
+                    reason,
+                    epoch,
+                    uid: uid.clone(),
+                    expect,
+                },
+            };
+            let unchanged = |reason: &str| {
+                prev.is_some_and(|(p, _)| p.pending.as_deref() == Some(reason) && p.uid == uid)
             };
             match decision {
-                Decision::Place { job, node, gpus } => {
-                    stats.placed += 1;
-                    out.push(place(job, node, gpus));
-                }
-                Decision::Preempt {
-                    job,
+                Decision::Place {
+                    job: name,
                     node,
                     gpus,
-                    evict,
                 } => {
-                    for victim in evict {
-                        if let Some((p, rev)) = placed(&victim) {
+                    stats.placed += 1;
+                    // A new binding always gets the next epoch, guarded by the placement as read.
+                    out.push(Write::Place {
+                        job: name,
+                        node,
+                        gpus,
+                        epoch: epoch + 1,
+                        uid: uid.clone(),
+                        terms: LossTerms::of(&job.spec),
+                        expect,
+                    });
+                }
+                Decision::Preempt {
+                    job: name,
+                    node,
+                    evict,
+                    ..
+                } => {
+                    for victim in &evict {
+                        if let Some(b) = live.get(victim.as_str()) {
                             stats.evicted += 1;
-                            out.push(Write::Evict {
-                                reason: format!("preempted by higher-priority job {job}"),
-                                job: victim,
-                                node: node.clone(),
-                                epoch: p.epoch,
-                                expect: Some(*rev),
-                            });
+                            out.push(housekeeping::stop_order(
+                                b,
+                                placed(victim),
+                                format!("preempted by higher-priority job {name}"),
+                                Some(name.clone()),
+                            ));
                         }
                     }
-                    stats.placed += 1;
-                    out.push(place(job, node, gpus));
+                    let reason = format!(
+                        "waiting for {} preempted job(s) to stop on node {node}: {}",
+                        evict.len(),
+                        evict.join(", ")
+                    );
+                    if !unchanged(&reason) {
+                        out.push(pending_write(name, reason));
+                    }
                 }
-                Decision::Unschedulable { job, reason } => {
+                Decision::Unschedulable { job: name, reason } => {
                     stats.unschedulable += 1;
-                    if prev.and_then(|(p, _)| p.pending.as_ref()) != Some(&reason) {
-                        out.push(Write::Pending {
-                            job,
-                            reason,
-                            epoch,
-                            expect,
-                        });
+                    if !unchanged(&reason) {
+                        out.push(pending_write(name, reason));
                     }
                 }
             }
@@ -349,10 +536,12 @@ impl Scheduler {
         tokio::pin!(stop);
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
         let mut mirror = Mirror::new();
+        let mut observed_at: Option<Instant> = None;
         loop {
             // A stop ends the pass in flight: each write is its own compare-and-swap
             // transaction, so the next leader simply decides again from what landed. (Waiting
             // for the pass would delay a graceful handover by as long as the pass takes.)
+            let started = Instant::now();
             let pass = async {
                 let snap = match catch_up(&self.store, &mut watcher, &mut mirror).await {
                     Ok(true) => Ok(load_mirror(&mirror)),
@@ -368,6 +557,13 @@ impl Scheduler {
                 r = pass => r,
                 _ = &mut stop => return Ok(()),
             };
+            if let (Some(m), Ok(stats)) = (&self.metrics, &result) {
+                m.pass(started.elapsed(), stats.placed, stats.evicted);
+                if mirror.synced() && observed_at.is_none_or(|t| t.elapsed() >= CLUSTER_EVERY) {
+                    m.observe(&mirror);
+                    observed_at = Some(Instant::now());
+                }
+            }
             match result {
                 Ok(stats) if stats != PassStats::default() => {
                     tracing::info!(?stats, "scheduler pass")

@@ -76,8 +76,18 @@ pub enum Decision {
 }
 
 /// When the last run ended, successfully or not.
-fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
+pub fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
     status.history.iter().filter_map(|r| r.finished_at).max()
+}
+
+/// The new games that start the next run: `firstTrainingGames` before the first run,
+/// `retrainGames` after it.
+pub fn games_threshold(spec: &TrainingTargetSpec, status: &TrainingTargetStatus) -> u64 {
+    if status.training_generation == 0 {
+        spec.first_training_games
+    } else {
+        spec.retrain_games
+    }
 }
 
 /// Whether to start training now. Pure; see the module docs for the rules.
@@ -87,11 +97,7 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Decision {
     let new = status.games_since_last_training;
-    let threshold = if status.training_generation == 0 {
-        spec.first_training_games
-    } else {
-        spec.retrain_games
-    };
+    let threshold = games_threshold(spec, status);
     let ended = last_ended(status);
     let age_hours = ended.map(|t| (now - t).num_seconds() as f64 / 3600.0);
     let stale_term = match (spec.staleness_hours, age_hours) {
@@ -106,7 +112,8 @@ pub fn decide(
         };
     }
     if let Some(t) = ended {
-        let cooling = (now - t).num_seconds() < spec.cooldown_seconds as i64;
+        let cooling = i64::try_from(spec.cooldown_seconds)
+            .map_or(true, |cooldown| (now - t).num_seconds() < cooldown);
         if cooling {
             return Decision::Wait {
                 reason: format!(

@@ -3,19 +3,27 @@
 //! VoterSet's status.
 //!
 //! Caveat: membership changes are not key-value transactions, so the leader fence cannot guard
-//! them. The controller checks that it still leads right before each change, and each change is
-//! one step that the next pass re-derives from the real member list, so a stale leader can at
-//! worst repeat a step that was already safe.
+//! them. Right before each change the controller checks the fence (it leads now) and its leader
+//! lease's remaining validity on the local monotonic clock (no other leader can exist before that
+//! lease can expire): the change is sent only with at least [`min_budget`] of it left, and given
+//! up when the lease could lapse. What no client can rule out is the process pausing between
+//! that last check and the bytes leaving it; a step sent that late is still one safe step of an
+//! earlier plan — etcd's `--strict-reconfig-check` refuses one that would lose quorum — and the
+//! next pass re-derives the plan from the real member list.
 
 pub mod plan;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::api::selector::LabelSelector;
 use crate::api::voter_set::{Member, VoterSetStatus, VOTER_SET_NAME};
 use crate::api::{NodeSpec, VoterSetSpec};
+use crate::clock::BootTime;
 use crate::store::events::EventRecorder;
+use crate::store::lease::LeaseStatus;
 use crate::store::members::{self, MemberInfo, Promotion};
 use crate::store::{Store, StoreError};
 
@@ -28,6 +36,24 @@ pub struct VotersController {
     store: Store,
     events: EventRecorder,
     last_status: Option<VoterSetStatus>,
+    /// The leader lease, when known: steps are taken only while it is surely valid.
+    lease: Option<watch::Receiver<LeaseStatus>>,
+}
+
+/// The least validity left on the leader lease for a membership step to be sent: a quarter of
+/// its TTL.
+pub fn min_budget(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// How long a membership step may take given the leader lease `lease` at `now`: its remaining
+/// validity, or [`StoreError::LeaseLost`] when less than [`min_budget`] is left.
+pub fn step_budget(lease: &LeaseStatus, now: BootTime) -> Result<Duration, StoreError> {
+    let left = lease.valid_for(now);
+    if left < min_budget(lease.ttl) || left.is_zero() {
+        return Err(StoreError::LeaseLost { lease: lease.id });
+    }
+    Ok(left)
 }
 
 impl VotersController {
@@ -36,22 +62,33 @@ impl VotersController {
             events: EventRecorder::controller(store.clone(), "voters"),
             store,
             last_status: None,
+            lease: None,
         }
     }
 
-    /// Runs passes until `stop` resolves; a failing pass is logged and retried.
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+    /// Takes membership steps only while the leader lease `lease` is surely valid.
+    pub fn with_lease(mut self, lease: watch::Receiver<LeaseStatus>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Runs passes until `stop` resolves; a failing pass is logged and retried. A refused
+    /// fenced write ends it with [`StoreError::Fenced`]: the caller must step down.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
         tokio::pin!(stop);
         loop {
             if let Err(e) = self.pass().await {
                 if matches!(e, StoreError::Fenced) {
-                    return;
+                    return Err(e);
                 }
                 tracing::debug!(%e, "voters pass failed; retrying");
             }
             tokio::select! {
                 _ = tokio::time::sleep(PASS_INTERVAL) => {}
-                _ = &mut stop => return,
+                _ = &mut stop => return Ok(()),
             }
         }
     }
@@ -109,6 +146,19 @@ impl VotersController {
     /// Takes one step; `Some(message)` replaces the plan's message when the step is waiting.
     async fn take(&self, step: &Step) -> Result<Option<String>, StoreError> {
         self.store.check_fence().await?;
+        let budget = match &self.lease {
+            Some(lease) => step_budget(&lease.borrow(), BootTime::now())?,
+            None => crate::store::client::DEFAULT_OP_TIMEOUT,
+        };
+        tokio::time::timeout(budget, self.apply(step))
+            .await
+            .map_err(|_| StoreError::Timeout {
+                endpoints: self.store.endpoints().to_string(),
+                seconds: budget.as_secs(),
+            })?
+    }
+
+    async fn apply(&self, step: &Step) -> Result<Option<String>, StoreError> {
         match step {
             Step::AddLearner { node, peer_urls } => {
                 let id = members::add_learner(&self.store, peer_urls).await?;
@@ -180,5 +230,41 @@ fn status_of(
         quorum: !voters.is_empty() && healthy >= plan::quorum(voters.len()),
         phase: plan.phase,
         message,
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_step_needs_a_quarter_of_the_leader_lease_left() {
+        let renewed = BootTime::from_nanos(100_000_000_000);
+        let lease = LeaseStatus {
+            id: 1,
+            ttl: Duration::from_secs(4),
+            renewed,
+            round_trip: Duration::ZERO,
+            renewals: 1,
+            lost: None,
+        };
+        let at = |ms: u64| BootTime::from_nanos(renewed.as_nanos() + ms * 1_000_000);
+        assert_eq!(
+            step_budget(&lease, at(1_000)).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            step_budget(&lease, at(3_000)).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert!(
+            step_budget(&lease, at(3_001)).is_err(),
+            "less than a quarter left"
+        );
+        let lost = LeaseStatus {
+            lost: Some(crate::store::lease::LossReason::Unrenewed),
+            ..lease
+        };
+        assert!(step_budget(&lost, at(0)).is_err());
     }
 }

@@ -1,43 +1,59 @@
-//! The scheduler's writes: placements and bindings together, compare-and-swap on the
-//! placement, fenced by the leader's store, batched into few transactions.
+//! The scheduler's writes: placements and bindings together, compare-and-swap on what each
+//! write was decided from (the placement, the binding), fenced by the leader's store, batched
+//! into few transactions.
 
 use etcd_client::{Compare, CompareOp, TxnOp};
 
-use crate::api::placement::{Binding, Placement};
+use crate::api::placement::{Binding, LossTerms, Placement};
 use crate::store::{keys, Store, StoreError};
 
-/// One change to a job's placement (and the binding that goes with it).
+/// A placement going back to pending, guarded by the placement as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToPending {
+    pub reason: String,
+    pub epoch: u64,
+    pub uid: String,
+    pub expect: Option<i64>,
+}
+
+/// One change to a job's placement and bindings.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    /// Bind `job` to `node` at `epoch`.
+    /// Bind `job` (the Job of `uid`) to `node` at `epoch`: placement and binding together,
+    /// guarded by the placement as read and by the binding key being free (an old instance's
+    /// binding on that node must be gone first).
     Place {
         job: String,
         node: String,
         gpus: Vec<u32>,
         epoch: u64,
+        uid: String,
+        terms: LossTerms,
         expect: Option<i64>,
     },
     /// `job` cannot be placed: record why (it stays Pending).
-    Pending {
-        job: String,
-        reason: String,
-        epoch: u64,
-        expect: Option<i64>,
-    },
-    /// Take `job` off `node` (drain, preemption, lost node): back to Pending.
-    Evict {
+    Pending { job: String, pending: ToPending },
+    /// Order `job` off `node`: its binding (as read at `expect_binding`) is rewritten as
+    /// `binding`, which carries the stop order and keeps holding its GPUs; the placement goes
+    /// back to pending when it still names this binding.
+    Stop {
         job: String,
         node: String,
-        reason: String,
-        epoch: u64,
-        expect: Option<i64>,
+        binding: Binding,
+        expect_binding: i64,
+        placement: Option<ToPending>,
     },
-    /// `job` no longer exists: remove its placement and binding.
-    Forget {
+    /// The old instance on `node` is gone (its agent reported it released, or the node has
+    /// been lost past the hand-over time): delete its binding (as read at `expect_binding`);
+    /// the placement goes back to pending when it still names it.
+    Release {
         job: String,
-        node: Option<String>,
-        expect: i64,
+        node: String,
+        expect_binding: i64,
+        placement: Option<ToPending>,
     },
+    /// `job` no longer exists and nothing of it is bound anywhere: remove its placement.
+    Forget { job: String, expect: i64 },
 }
 
 impl Write {
@@ -46,32 +62,77 @@ impl Write {
         match self {
             Write::Place { job, .. }
             | Write::Pending { job, .. }
-            | Write::Evict { job, .. }
+            | Write::Stop { job, .. }
+            | Write::Release { job, .. }
             | Write::Forget { job, .. } => job,
         }
     }
 
-    fn guard(&self) -> Compare {
-        let key = keys::placement(self.job());
-        let expect = match self {
-            Write::Place { expect, .. }
-            | Write::Pending { expect, .. }
-            | Write::Evict { expect, .. } => *expect,
-            Write::Forget { expect, .. } => Some(*expect),
-        };
+    fn placement_guard(job: &str, expect: Option<i64>) -> Compare {
+        let key = keys::placement(job);
         match expect {
             Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
             None => Compare::version(key, CompareOp::Equal, 0),
         }
     }
 
+    fn guards(&self) -> Vec<Compare> {
+        let binding_at = |node: &str, job: &str, rev: i64| {
+            Compare::mod_revision(keys::binding(node, job), CompareOp::Equal, rev)
+        };
+        match self {
+            Write::Place {
+                job, node, expect, ..
+            } => vec![
+                Self::placement_guard(job, *expect),
+                Compare::version(keys::binding(node, job), CompareOp::Equal, 0),
+            ],
+            Write::Pending { job, pending } => vec![Self::placement_guard(job, pending.expect)],
+            Write::Stop {
+                job,
+                node,
+                expect_binding,
+                placement,
+                ..
+            }
+            | Write::Release {
+                job,
+                node,
+                expect_binding,
+                placement,
+            } => {
+                let mut g = vec![binding_at(node, job, *expect_binding)];
+                if let Some(p) = placement {
+                    g.push(Self::placement_guard(job, p.expect));
+                }
+                g
+            }
+            Write::Forget { job, expect } => vec![Self::placement_guard(job, Some(*expect))],
+        }
+    }
+
     fn ops(&self) -> Vec<TxnOp> {
+        let pending = |job: &str, p: &ToPending| {
+            TxnOp::put(
+                keys::placement(job),
+                json(&Placement {
+                    node: None,
+                    gpus: vec![],
+                    epoch: p.epoch,
+                    pending: Some(p.reason.clone()),
+                    uid: p.uid.clone(),
+                }),
+                None,
+            )
+        };
         match self {
             Write::Place {
                 job,
                 node,
                 gpus,
                 epoch,
+                uid,
+                terms,
                 ..
             } => vec![
                 TxnOp::put(
@@ -81,6 +142,7 @@ impl Write {
                         gpus: gpus.clone(),
                         epoch: *epoch,
                         pending: None,
+                        uid: uid.clone(),
                     }),
                     None,
                 ),
@@ -89,48 +151,36 @@ impl Write {
                     json(&Binding {
                         gpus: gpus.clone(),
                         epoch: *epoch,
+                        uid: uid.clone(),
+                        terms: Some(*terms),
+                        stop: None,
                     }),
                     None,
                 ),
             ],
-            Write::Pending {
-                job, reason, epoch, ..
-            } => vec![TxnOp::put(
-                keys::placement(job),
-                json(&Placement {
-                    node: None,
-                    gpus: vec![],
-                    epoch: *epoch,
-                    pending: Some(reason.clone()),
-                }),
-                None,
-            )],
-            Write::Evict {
+            Write::Pending { job, pending: p } => vec![pending(job, p)],
+            Write::Stop {
                 job,
                 node,
-                reason,
-                epoch,
+                binding,
+                placement,
                 ..
-            } => vec![
-                TxnOp::put(
-                    keys::placement(job),
-                    json(&Placement {
-                        node: None,
-                        gpus: vec![],
-                        epoch: *epoch,
-                        pending: Some(reason.clone()),
-                    }),
-                    None,
-                ),
-                TxnOp::delete(keys::binding(node, job), None),
-            ],
-            Write::Forget { job, node, .. } => {
-                let mut ops = vec![TxnOp::delete(keys::placement(job), None)];
-                if let Some(n) = node {
-                    ops.push(TxnOp::delete(keys::binding(n, job), None));
-                }
+            } => {
+                let mut ops = vec![TxnOp::put(keys::binding(node, job), json(binding), None)];
+                ops.extend(placement.iter().map(|p| pending(job, p)));
                 ops
             }
+            Write::Release {
+                job,
+                node,
+                placement,
+                ..
+            } => {
+                let mut ops = vec![TxnOp::delete(keys::binding(node, job), None)];
+                ops.extend(placement.iter().map(|p| pending(job, p)));
+                ops
+            }
+            Write::Forget { job, .. } => vec![TxnOp::delete(keys::placement(job), None)],
         }
     }
 }
@@ -139,8 +189,8 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("placement records serialize")
 }
 
-/// Writes per transaction: each takes one compare and at most two operations, well under
-/// etcd's default limit of 128 operations.
+/// Writes per transaction: each takes at most two compares and two operations, under etcd's
+/// default limit of 128 of each.
 pub const BATCH: usize = 50;
 
 /// What [`apply`] did.
@@ -156,14 +206,14 @@ pub struct Applied {
 pub async fn apply(store: &Store, writes: &[Write]) -> Result<Applied, StoreError> {
     let mut out = Applied::default();
     for batch in writes.chunks(BATCH) {
-        let compares = batch.iter().map(Write::guard).collect();
+        let compares = batch.iter().flat_map(Write::guards).collect();
         let ops = batch.iter().flat_map(Write::ops).collect();
         if store.txn(compares, ops, vec![]).await?.succeeded {
             out.written += batch.len();
             continue;
         }
         for w in batch {
-            if store.txn(vec![w.guard()], w.ops(), vec![]).await?.succeeded {
+            if store.txn(w.guards(), w.ops(), vec![]).await?.succeeded {
                 out.written += 1;
             } else {
                 out.conflicts += 1;

@@ -24,17 +24,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The shell script every logged job runs; `$1` log, `$2` lock, `$3` job, `$4` seconds
-/// (0: until stopped).
-/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory; `$5`
-/// (optional) is how many seconds SIGTERM takes to end it (a job saving a checkpoint).
-const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"; stop_after="${5:-0}"
+/// (0: until stopped), `$5` seconds it lingers after SIGTERM/SIGINT before it exits (default 0).
+/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory.
+const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"; linger="${5:-0}"
 if [ "$job" = - ]; then job="$RIFT_JOB_NAME"; lock="$lock/$job.lock"; fi
 now() { date +%s%N; }
 exec 9>>"$lock"
 if ! flock -n 9; then echo "overlap $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"; fi
 echo "start $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"
-trap 'kill $child 2>/dev/null; sleep "$stop_after" 9>&-; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
-trap 'kill $child 2>/dev/null; echo "stop $job $$ $(now) int" >>"$log"; exit 130' INT
+trap 'kill $child 2>/dev/null; [ "$linger" = 0 ] || sleep "$linger" 9>&-; echo "stop $job $$ $(now) term" >>"$log"; exit 143' TERM
+trap 'kill $child 2>/dev/null; [ "$linger" = 0 ] || sleep "$linger" 9>&-; echo "stop $job $$ $(now) int" >>"$log"; exit 130' INT
 if [ "$secs" = 0 ]; then sleep infinity 9>&- & else sleep "$secs" 9>&- & fi
 child=$!
 wait $child
@@ -116,20 +115,22 @@ impl InstanceLog {
         ]
     }
 
-    /// Like [`InstanceLog::command`], for a job that takes `stop_after` to end once sent
-    /// SIGTERM (it still holds its lock meanwhile: it is alive).
-    pub fn command_slow_to_stop(
+    /// Like [`command`](Self::command), but SIGTERM or SIGINT ends the instance only `linger`
+    /// later (a job saving a checkpoint on its way out); it holds its lock until then, and a
+    /// SIGKILL meanwhile ends it without a stop line. For checking that nothing takes a job's
+    /// place (its name, its GPU) before its old instance is really gone.
+    pub fn lingering_command(
         &self,
         job: &str,
         run_for: Option<Duration>,
-        stop_after: Duration,
+        linger: Duration,
     ) -> Vec<String> {
         let mut argv = self.command(job, run_for);
-        argv.push(format!("{}", stop_after.as_secs_f64()));
+        argv.push(format!("{}", linger.as_secs_f64().max(0.001)));
         argv
     }
 
-    /// Like [`InstanceLog::command`], for jobs whose name is not known when the command is
+    /// Like [`command`](Self::command), for jobs whose name is not known when the command is
     /// written (a Pool's template): the instance takes its job's name from `RIFT_JOB_NAME`,
     /// which the agent sets for every job.
     pub fn command_named_by_env(&self, run_for: Option<Duration>) -> Vec<String> {
@@ -266,14 +267,12 @@ fn env_names_job(proc: &Path, job: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
 
-    /// Each instance in a process group of its own (as the shim starts jobs), so that
-    /// [`end_group`] ends its `sleep` too: a killed shell alone leaves it running, holding
-    /// the test's stdout open.
-    fn spawn(log: &InstanceLog, job: &str, run_for: Option<Duration>) -> Child {
-        let argv = log.command(job, run_for);
+    /// An instance in a process group of its own, so [`kill_group`] leaves nothing behind
+    /// (its `sleep` child would otherwise outlive a killed shell and hold the test's stdout).
+    fn spawn_argv(argv: &[String]) -> Child {
+        use std::os::unix::process::CommandExt;
         Command::new(&argv[0])
             .args(&argv[1..])
             .process_group(0)
@@ -281,12 +280,17 @@ mod tests {
             .unwrap()
     }
 
-    fn end_group(c: &mut Child) {
+    fn spawn(log: &InstanceLog, job: &str, run_for: Option<Duration>) -> Child {
+        spawn_argv(&log.command(job, run_for))
+    }
+
+    /// SIGKILLs the instance's whole group and reaps the shell.
+    fn kill_group(c: &mut Child) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(c.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        let _ = c.wait();
+        c.wait().unwrap();
     }
 
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -329,7 +333,7 @@ mod tests {
         assert_eq!(r.overlaps[0].job, "a");
         assert_eq!(r.alive("a").len(), 2);
         for c in [&mut first, &mut second, &mut other] {
-            end_group(c);
+            kill_group(c);
         }
     }
 
@@ -339,6 +343,7 @@ mod tests {
         let log = InstanceLog::new(dir.path()).unwrap();
         let argv = log.command_named_by_env(None);
         let spawn = || {
+            use std::os::unix::process::CommandExt;
             Command::new(&argv[0])
                 .args(&argv[1..])
                 .env("RIFT_JOB_NAME", "pool-n-0")
@@ -353,36 +358,35 @@ mod tests {
         wait_for("second", || log.report().unwrap().starts("pool-n-0") == 2);
         assert_eq!(log.report().unwrap().overlaps.len(), 1);
         for c in [&mut first, &mut second] {
-            end_group(c);
+            kill_group(c);
         }
     }
 
     #[test]
-    fn a_slow_to_stop_instance_lives_on_after_sigterm_for_its_stop_time() {
+    fn a_lingering_instance_holds_its_lock_until_it_really_exits() {
         let dir = tempfile::tempdir().unwrap();
         let log = InstanceLog::new(dir.path()).unwrap();
-        let argv = log.command_slow_to_stop("a", None, Duration::from_millis(700));
-        let mut c = Command::new(&argv[0])
-            .args(&argv[1..])
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let argv = log.lingering_command("a", None, Duration::from_millis(700));
+        let mut first = spawn_argv(&argv);
         wait_for("start", || log.report().unwrap().starts("a") == 1);
-        let t = std::time::Instant::now();
+        let asked = std::time::Instant::now();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::unistd::Pid::from_raw(first.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(log.report().unwrap().alive("a").len(), 1, "still stopping");
-        c.wait().unwrap();
-        assert!(t.elapsed() >= Duration::from_millis(700));
+        let mut second = spawn(&log, "a", None);
+        wait_for("second start", || log.report().unwrap().starts("a") == 2);
+        first.wait().unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(600));
+        let r = log.report().unwrap();
         assert_eq!(
-            log.report().unwrap().of("a")[0].stop.as_deref(),
-            Some("term")
+            r.overlaps.len(),
+            1,
+            "the lingering instance still held the job"
         );
-        end_group(&mut c);
+        assert_eq!(r.of("a")[0].stop.as_deref(), Some("term"));
+        kill_group(&mut second);
     }
 
     #[test]
@@ -392,8 +396,7 @@ mod tests {
         let mut first = spawn(&log, "a", None);
         wait_for("start", || log.report().unwrap().starts("a") == 1);
         assert_eq!(log.report().unwrap().alive("a").len(), 1);
-        first.kill().unwrap();
-        first.wait().unwrap();
+        kill_group(&mut first);
         let r = log.report().unwrap();
         assert!(r.alive("a").is_empty());
         assert_eq!(r.of("a")[0].stop, None);
@@ -411,7 +414,5 @@ mod tests {
             log.report().unwrap().of("a")[1].stop.as_deref(),
             Some("term")
         );
-        // The first instance's `sleep` outlived its SIGKILLed shell.
-        end_group(&mut first);
     }
 }

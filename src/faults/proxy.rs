@@ -90,11 +90,6 @@ impl FaultProxy {
         self.listen
     }
 
-    /// `http://<listen addr>`, for etcd endpoints and agent URLs.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
     pub fn upstream(&self) -> SocketAddr {
         self.upstream
     }

@@ -3,8 +3,12 @@
 //!
 //! Decisions (documented in the README's import playbook):
 //!
-//! * Left out, with the reason: `status: retired|destroyed|terminated` and `p2p_enabled: false`.
-//!   `disabled`/`maintenance` hosts are imported cordoned (`unschedulable: true`).
+//! * `status` is an open string, as in the old orchestrator (which gives work only to `ready`
+//!   hosts). Left out, with the reason in a comment: retirement-like statuses (`retired`,
+//!   `destroyed`, `terminated`, `archived`, ...) and `p2p_enabled: false`. Any other status
+//!   that is not `ready` (`offline`, `setup`, `needs_tailscale_auth`, `disabled`, ...) is
+//!   imported cordoned (`unschedulable: true`), the old status kept in the annotation
+//!   [`IMPORTED_STATUS`], all such hosts named in one warning.
 //! * Roles: `voter` and `controller` for every host in `p2p_voters`; `relay` for hosts with
 //!   `relay_capable: true` or `relay_primary: true`, and for any host another names as its
 //!   `relay_primary`/`relay_secondary`.
@@ -21,7 +25,11 @@
 //!   pinned, and a warning names every relay concerned. Tunnels log in as `rift` (the Tunnel
 //!   default), never as the old file's ssh user: the key lives on a rented machine, so the
 //!   relay account should be one that may only forward ports.
-//! * A voter that is not a host, is left out, or is NAT-blocked is an error.
+//! * A voter that is not a host, is left out, is not `ready` or is NAT-blocked is left out of
+//!   the VoterSet with a warning; it is an error only when no voter remains.
+//! * A `relay_primary`/`relay_secondary` naming a host that cannot relay (not a host, left
+//!   out, NAT-blocked, itself) is ignored with a warning; the other named relay, or
+//!   `relay: auto`, is used.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +51,9 @@ pub const DEFAULT_IDENTITY_FILE: &str = "/etc/rift/tunnel_ed25519";
 
 /// Where each imported object came from: `distributed_hosts.yaml: hosts.vast-1`.
 pub const IMPORTED_FROM: &str = "rift.dev/imported-from";
+
+/// The old `status:` of a host imported cordoned because it was not `ready`.
+pub const IMPORTED_STATUS: &str = "rift.dev/imported-status";
 
 /// Relay ports for tunnels are chosen in `[BASE, BASE + SPAN)`.
 const REMOTE_PORT_BASE: u16 = 20000;
@@ -96,13 +107,12 @@ pub fn convert(source: &str, text: &str, opts: &ImportOptions) -> Result<Fleet, 
         problems: Vec::new(),
         fleet: Fleet::default(),
         placeholder_relays: BTreeSet::new(),
+        named_relays: BTreeMap::new(),
     };
     if !file.unknown_fields.is_empty() {
-        c.fleet.warnings.push(format!(
-            "{} unknown field(s) ignored: {}",
-            file.unknown_fields.len(),
-            file.unknown_fields.join(", ")
-        ));
+        c.fleet
+            .warnings
+            .push(unknown_fields_warning(&file.unknown_fields));
     }
     if !file.ignored_sections.is_empty() {
         c.fleet.notes.push(format!(
@@ -137,9 +147,12 @@ pub fn convert(source: &str, text: &str, opts: &ImportOptions) -> Result<Fleet, 
             tunnel_notes,
         });
     }
-    if file.voters.is_some() && !voters.is_empty() {
+    if let Some(w) = not_ready_warning(&kept) {
+        c.fleet.warnings.push(w);
+    }
+    if !voters.is_empty() {
         c.fleet.voter_set = Some(Object::new(VOTER_SET_NAME, VoterSetSpec { voters }));
-    } else if file.voters.is_none() {
+    } else if file.voters.as_ref().is_none_or(Vec::is_empty) {
         c.fleet.notes.push(
             "no p2p_voters section: no VoterSet written (write one naming 1, 3 or 5 stable nodes)"
                 .into(),
@@ -179,12 +192,61 @@ pub fn convert(source: &str, text: &str, opts: &ImportOptions) -> Result<Fleet, 
 }
 
 fn left_out_reason(h: &Host) -> Option<String> {
-    match h.status {
-        HostStatus::Retired => Some("status: retired".into()),
-        HostStatus::Destroyed => Some("status: destroyed".into()),
+    match &h.status {
+        HostStatus::Retired(status) => Some(format!("status: {status}")),
         _ if h.p2p_enabled == Some(false) => Some("p2p_enabled: false".into()),
         _ => None,
     }
+}
+
+/// One warning for every host field this importer does not know, grouped by field:
+/// `status_note (vast-1), gpu_type (32 hosts)`.
+fn unknown_fields_warning(unknown: &[(String, String)]) -> String {
+    let mut by_field: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (host, field) in unknown {
+        match by_field.iter_mut().find(|(f, _)| f == field) {
+            Some((_, hosts)) => hosts.push(host),
+            None => by_field.push((field, vec![host])),
+        }
+    }
+    let listed: Vec<String> = by_field
+        .iter()
+        .map(|(field, hosts)| match hosts.len() {
+            1..=3 => format!("{field} ({})", hosts.join(", ")),
+            n => format!("{field} ({n} hosts)"),
+        })
+        .collect();
+    format!(
+        "{} unknown host field(s) ignored: {}",
+        by_field.len(),
+        listed.join(", ")
+    )
+}
+
+/// One warning naming every host imported cordoned because its status is not `ready`.
+fn not_ready_warning(kept: &[&Host]) -> Option<String> {
+    let mut by_status: Vec<(&str, Vec<&str>)> = Vec::new();
+    for h in kept {
+        if let HostStatus::NotReady(status) = &h.status {
+            match by_status.iter_mut().find(|(s, _)| s == status) {
+                Some((_, hosts)) => hosts.push(&h.name),
+                None => by_status.push((status, vec![&h.name])),
+            }
+        }
+    }
+    if by_status.is_empty() {
+        return None;
+    }
+    let n: usize = by_status.iter().map(|(_, h)| h.len()).sum();
+    let listed: Vec<String> = by_status
+        .iter()
+        .map(|(status, hosts)| format!("{status}: {}", hosts.join(", ")))
+        .collect();
+    Some(format!(
+        "{n} host(s) imported cordoned because their status is not `ready` (the old status is \
+         kept in the annotation {IMPORTED_STATUS}; `rift uncordon NODE` once one is ready): {}",
+        listed.join("; ")
+    ))
 }
 
 struct Converter<'a> {
@@ -195,6 +257,8 @@ struct Converter<'a> {
     problems: Vec<Problem>,
     fleet: Fleet,
     placeholder_relays: BTreeSet<String>,
+    /// NAT-blocked host name → the relays its file names that can relay (primary first).
+    named_relays: BTreeMap<String, Vec<String>>,
 }
 
 impl Converter<'_> {
@@ -206,7 +270,16 @@ impl Converter<'_> {
         });
     }
 
-    /// Relay node names, after checking every `relay_primary`/`relay_secondary` reference.
+    /// A warning located at `path` (and its line when known).
+    fn warn(&mut self, line: Option<usize>, path: &str, message: String) {
+        let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+        self.fleet
+            .warnings
+            .push(format!("{}{at}: {path}: {message}", self.source));
+    }
+
+    /// Relay node names. Every `relay_primary`/`relay_secondary` reference is checked; one that
+    /// cannot relay is ignored with a warning, the others are kept in `named_relays`.
     fn relays(&mut self, kept: &[&Host]) -> BTreeSet<String> {
         let mut relays: BTreeSet<String> = kept
             .iter()
@@ -224,33 +297,35 @@ impl Converter<'_> {
                 let path = format!("hosts.{}.{field}", h.key);
                 let line = key_line(self.text, &["hosts", &h.key, field]);
                 if !h.nat_blocked {
-                    self.fleet.warnings.push(format!(
-                        "{path}: `{relay}` ignored: only NAT-blocked hosts use a relay"
-                    ));
+                    self.warn(
+                        line,
+                        &path,
+                        format!("`{relay}` ignored: only NAT-blocked hosts use a relay"),
+                    );
                     continue;
                 }
-                match self.all.get(relay) {
+                let why_not = match self.all.get(relay) {
+                    None => Some("it is not a host in this file".to_string()),
+                    Some(r) if left_out_reason(r).is_some() => Some(format!(
+                        "it is left out ({})",
+                        left_out_reason(r).unwrap_or_default()
+                    )),
+                    Some(r) if r.nat_blocked => Some("it is NAT-blocked itself".to_string()),
+                    Some(r) if r.name == h.name => Some("a host cannot relay for itself".into()),
+                    Some(_) => None,
+                };
+                match why_not {
+                    Some(why) => self.warn(
+                        line,
+                        &path,
+                        format!("relay `{relay}` ignored: {why}; the tunnel uses another relay"),
+                    ),
                     None => {
-                        self.problem(line, path, format!("`{relay}` is not a host in this file"))
-                    }
-                    Some(r) if left_out_reason(r).is_some() => self.problem(
-                        line,
-                        path,
-                        format!(
-                            "relay `{relay}` is left out ({}); choose a relay that is in service",
-                            left_out_reason(r).unwrap_or_default()
-                        ),
-                    ),
-                    Some(r) if r.nat_blocked => self.problem(
-                        line,
-                        path,
-                        format!("relay `{relay}` is NAT-blocked itself; a relay must be reachable"),
-                    ),
-                    Some(r) if r.name == h.name => {
-                        self.problem(line, path, "a host cannot relay for itself".into())
-                    }
-                    Some(_) => {
                         relays.insert(relay.to_string());
+                        let named = self.named_relays.entry(h.name.clone()).or_default();
+                        if !named.iter().any(|r| r == relay) {
+                            named.push(relay.to_string());
+                        }
                     }
                 }
             }
@@ -258,41 +333,52 @@ impl Converter<'_> {
         relays
     }
 
-    /// The voters' node names, after checking each one.
+    /// The voters' node names. A listed voter that cannot be one (not a host, left out, not
+    /// `ready`, NAT-blocked, listed twice) is left out with a warning; an error only when the
+    /// list names voters and none remains.
     fn voters(&mut self, listed: &[String], kept: &[&Host]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (i, v) in listed.iter().enumerate() {
             let name = hosts::node_name(v);
             let line = item_line(self.text, &["p2p_voters"], v);
             let path = format!("p2p_voters[{i}]");
-            match self.all.get(&name) {
-                None => self.problem(
-                    line,
-                    path,
-                    format!("`{v}` is not a host in this file; add it under `hosts:` or remove it from p2p_voters"),
-                ),
-                Some(h) if !kept.iter().any(|k| k.name == name) => self.problem(
-                    line,
-                    path,
-                    format!(
-                        "`{v}` is left out ({}) but still listed as a voter; remove it from p2p_voters",
-                        left_out_reason(h).unwrap_or_default()
-                    ),
-                ),
-                Some(h) if h.nat_blocked => self.problem(
-                    line,
-                    path,
-                    format!("`{v}` is NAT-blocked (nat_blocked: true): peers cannot reach its etcd, so it cannot be a voter"),
-                ),
-                Some(_) if out.contains(&name) => {
-                    self.problem(line, path, format!("`{v}` is listed twice"))
+            let why_not = match self.all.get(&name) {
+                None => Some("it is not a host in this file".to_string()),
+                Some(h) if !kept.iter().any(|k| k.name == name) => Some(format!(
+                    "it is left out ({})",
+                    left_out_reason(h).unwrap_or_default()
+                )),
+                Some(h) if h.nat_blocked => {
+                    Some("it is NAT-blocked: peers cannot reach its etcd".to_string())
                 }
-                Some(_) => out.push(name),
+                Some(Host {
+                    status: HostStatus::NotReady(status),
+                    ..
+                }) => Some(format!("its status is `{status}`, not ready")),
+                Some(_) if out.contains(&name) => Some("it is listed twice".to_string()),
+                Some(_) => None,
+            };
+            match why_not {
+                Some(why) => self.warn(
+                    line,
+                    &path,
+                    format!("`{v}` left out of the VoterSet: {why}"),
+                ),
+                None => out.push(name),
             }
+        }
+        if out.is_empty() && !listed.is_empty() {
+            self.problem(
+                key_line(self.text, &["p2p_voters"]),
+                "p2p_voters".into(),
+                "no listed voter can be one (see the warnings); name at least one ready host \
+                 that is not NAT-blocked"
+                    .into(),
+            );
         }
         if out.len() % 2 == 0 && !out.is_empty() {
             self.fleet.warnings.push(format!(
-                "p2p_voters names {} voters: an even count tolerates no more failures than one fewer; use 3 or 5",
+                "the VoterSet has {} voters: an even count tolerates no more failures than one fewer; use 3 or 5",
                 out.len()
             ));
         }
@@ -322,7 +408,7 @@ impl Converter<'_> {
                 provider: provider.clone(),
                 roles,
                 nat_blocked: h.nat_blocked,
-                unschedulable: matches!(h.status, HostStatus::Disabled | HostStatus::Maintenance),
+                unschedulable: matches!(h.status, HostStatus::NotReady(_)),
                 gpus: h.gpu.iter().cloned().collect(),
                 agent_port: DEFAULT_AGENT_PORT,
             },
@@ -370,11 +456,8 @@ impl Converter<'_> {
         for (field, id) in &h.provider_ids {
             notes.insert(format!("rift.dev/{}", field.replace('_', "-")), id.clone());
         }
-        if matches!(h.status, HostStatus::Disabled | HostStatus::Maintenance) {
-            notes.insert(
-                "rift.dev/cordoned-by-import".into(),
-                format!("status: {:?}", h.status).to_lowercase(),
-            );
+        if let HostStatus::NotReady(status) = &h.status {
+            notes.insert(IMPORTED_STATUS.into(), status.clone());
         }
         node
     }
@@ -385,12 +468,9 @@ impl Converter<'_> {
         relays: &BTreeSet<String>,
         ports: &mut BTreeSet<u16>,
     ) -> (Option<Tunnel>, Vec<String>) {
-        let (relay, candidates): (String, Vec<String>) = match named_relay(h) {
-            Some(p) => {
-                let mut c = vec![p.to_string()];
-                c.extend(h.relay_secondary.iter().filter(|s| *s != p).cloned());
-                (p.to_string(), c)
-            }
+        let named = self.named_relays.get(&h.name).cloned().unwrap_or_default();
+        let (relay, candidates): (String, Vec<String>) = match named.first() {
+            Some(first) => (first.clone(), named.clone()),
             None => (
                 AUTO_RELAY.to_string(),
                 relays.iter().filter(|r| **r != h.name).cloned().collect(),

@@ -17,20 +17,30 @@ const FAMILY_WORDS: &[&str] = &[
     "gb200",
 ];
 
-/// Parses a `gpu:` value. `Ok(None)` means the host has no GPU (`""`, `none`, `cpu`, ...).
+/// Spellings of "no GPU" (compared lowercase, with `-`/`_` as spaces, parentheses removed).
+const NO_GPU: &[&str] = &[
+    "", "none", "no", "no gpu", "nogpu", "cpu", "cpu only", "cpuonly", "n/a", "na", "-", "false",
+    "null", "0",
+];
+
+/// Parses a `gpu:` value. `Ok(None)` means the host has no GPU (`""`, `None`, `cpu only`, ...).
 pub fn parse_gpu(text: &str) -> Result<Option<GpuDeclaration>, String> {
     let trimmed = text.trim();
-    if matches!(
-        trimmed.to_ascii_lowercase().as_str(),
-        "" | "none" | "no" | "cpu" | "cpu-only" | "n/a" | "-" | "false"
-    ) {
+    let (rest, groups) = strip_parentheses(trimmed);
+    let spoken: String = rest
+        .trim()
+        .to_ascii_lowercase()
+        .replace(['-', '_'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if NO_GPU.contains(&spoken.as_str()) {
         return Ok(None);
     }
-    let (rest, groups) = strip_parentheses(trimmed);
     let mut memory_gb = None;
     let mut apple = false;
     for g in &groups {
-        if let Some(gb) = size_gb(g) {
+        if let Some(gb) = size_in(g) {
             memory_gb = Some(gb);
         } else if g.eq_ignore_ascii_case("mps") {
             apple = true;
@@ -51,10 +61,10 @@ pub fn parse_gpu(text: &str) -> Result<Option<GpuDeclaration>, String> {
             "`{text}`: the GPU count must be 1 to {MAX_GPUS_PER_HOST}"
         ));
     }
-    let words = words(model);
     if memory_gb.is_none() {
-        memory_gb = words.iter().find_map(|w| size_gb(w));
+        memory_gb = size_in(model);
     }
+    let words = words(model);
     if !apple && !words.iter().any(|w| is_family_word(w)) {
         return Err(format!(
             "`{text}` is not a GPU model rift knows; write e.g. \"8x RTX 4090\", \"H100 PCIe\", \
@@ -151,11 +161,27 @@ fn parse_count(digits: &str) -> Result<u32, String> {
         .map_err(|_| format!("`{digits}` is not a GPU count"))
 }
 
-/// `24GB`, `24 GB`, `80gb` → the number.
-fn size_gb(word: &str) -> Option<f64> {
-    let w = word.trim().to_ascii_lowercase();
-    let n = w.strip_suffix("gb")?.trim();
-    n.parse::<f64>().ok().filter(|gb| *gb > 0.0)
+/// The first size in `text`: `24GB`, `96 GB`, `80gb HBM3`, `24GB each` → the number.
+fn size_in(text: &str) -> Option<f64> {
+    let lower = text.to_ascii_lowercase();
+    let tokens: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '/' | '-' | '_'))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let number = |t: &str| {
+        t.parse::<f64>()
+            .ok()
+            .filter(|gb| *gb > 0.0 && gb.is_finite())
+    };
+    tokens
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| match t.strip_suffix("gb") {
+            Some(n) if !n.is_empty() => number(n),
+            Some(_) => None,
+            None if tokens.get(i + 1) == Some(&"gb") => number(t),
+            None => None,
+        })
 }
 
 /// The lowercase alphanumeric words of a name.
@@ -229,9 +255,59 @@ mod tests {
         );
     }
 
+    /// The spellings found in real versions of the old hosts file.
+    #[test]
+    fn every_spelling_in_real_hosts_files_is_read() {
+        for (text, model, count, memory) in [
+            ("GH200 (96 GB)", "GH200", 1, Some(96.0)),
+            ("H100 SXM5 (80 GB)", "H100 SXM5", 1, Some(80.0)),
+            ("A100 SXM 80GB", "A100 SXM 80GB", 1, Some(80.0)),
+            ("H100 PCIe", "H100 PCIe", 1, None),
+            ("8x H100 80GB HBM3", "H100 80GB HBM3", 8, Some(80.0)),
+            ("A100-SXM4-80GB", "A100-SXM4-80GB", 1, Some(80.0)),
+            ("NVIDIA GH200 480GB", "NVIDIA GH200 480GB", 1, Some(480.0)),
+            ("RTX 4090 (24 GB)", "RTX 4090", 1, Some(24.0)),
+            ("8x RTX 4090 (24GB each)", "RTX 4090", 8, Some(24.0)),
+            ("2x RTX 5090 (32GB)", "RTX 5090", 2, Some(32.0)),
+            ("RTX A6000", "RTX A6000", 1, None),
+            ("RTX 6000 Ada", "RTX 6000 Ada", 1, None),
+            ("L40S", "L40S", 1, None),
+            ("4x A40", "A40", 4, None),
+            ("A10", "A10", 1, None),
+            ("Tesla T4", "Tesla T4", 1, None),
+            ("V100 (16 GB)", "V100", 1, Some(16.0)),
+            ("RTX 3060 Ti", "RTX 3060 Ti", 1, None),
+            ("GTX 1080 Ti", "GTX 1080 Ti", 1, None),
+            ("MI300X", "MI300X", 1, None),
+            ("H200", "H200", 1, None),
+            ("B200 x8", "B200", 8, None),
+            ("Apple M2 Ultra (MPS)", "Apple M2 Ultra", 1, None),
+            ("M1 Pro (MPS)", "M1 Pro", 1, None),
+        ] {
+            let g = gpu(text);
+            assert_eq!(
+                (g.model.as_str(), g.count, g.memory_gb),
+                (model, count, memory),
+                "{text}"
+            );
+        }
+    }
+
     #[test]
     fn no_gpu_spellings_mean_none() {
-        for text in ["", "none", "None", " cpu ", "n/a"] {
+        for text in [
+            "",
+            "none",
+            "None",
+            " cpu ",
+            "n/a",
+            "CPU only",
+            "cpu-only",
+            "No GPU",
+            "null",
+            "0",
+            "None (CPU)",
+        ] {
             assert_eq!(parse_gpu(text), Ok(None), "{text}");
         }
     }

@@ -57,30 +57,48 @@ const KNOWN_FIELDS: &[&str] = &[
     "provider",
 ];
 
-/// The old `status:` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The old `status:`, an open string: the old orchestrator gives work only to `ready` hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostStatus {
+    /// `ready` (or no status at all): imported as a schedulable Node.
     Ready,
-    /// Temporarily out of service: imported cordoned (`unschedulable: true`).
-    Disabled,
-    /// Same as `Disabled`.
-    Maintenance,
-    /// Gone for good: left out.
-    Retired,
-    /// Gone for good: left out.
-    Destroyed,
+    /// Any status that is neither ready nor retirement-like (`offline`, `setup`,
+    /// `needs_tailscale_auth`, `disabled`, ...), as written: imported cordoned, the status kept
+    /// as an annotation.
+    NotReady(String),
+    /// A retirement-like status (`retired`, `terminated`, `archived`, ...), as written: the
+    /// machine is gone for good; left out.
+    Retired(String),
 }
 
+/// Statuses that mean the machine is gone for good.
+pub const RETIRED_STATUSES: &[&str] = &[
+    "retired",
+    "destroyed",
+    "terminated",
+    "archived",
+    "decommissioned",
+    "deleted",
+    "removed",
+];
+
 impl HostStatus {
-    const NAMES: &'static [(&'static str, HostStatus)] = &[
-        ("ready", HostStatus::Ready),
-        ("active", HostStatus::Ready),
-        ("disabled", HostStatus::Disabled),
-        ("maintenance", HostStatus::Maintenance),
-        ("retired", HostStatus::Retired),
-        ("destroyed", HostStatus::Destroyed),
-        ("terminated", HostStatus::Destroyed),
-    ];
+    /// Reads a status as written (any text; case and `-`/`_`/space differences ignored).
+    pub fn parse(text: &str) -> HostStatus {
+        let t = text.trim();
+        let norm: String = t
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if matches!(c, '-' | ' ') { '_' } else { c })
+            .collect();
+        if norm.is_empty() || norm == "ready" {
+            HostStatus::Ready
+        } else if RETIRED_STATUSES.contains(&norm.as_str()) {
+            HostStatus::Retired(t.to_string())
+        } else {
+            HostStatus::NotReady(t.to_string())
+        }
+    }
 }
 
 /// `relay_primary:` is either a flag on a relay (`true`) or, on a NAT-blocked host, the name of
@@ -134,8 +152,8 @@ pub struct HostsFile {
     pub voters: Option<Vec<String>>,
     /// Top-level sections other than `hosts` and `p2p_voters`.
     pub ignored_sections: Vec<String>,
-    /// `hosts.<host>.<field>` for every field this importer does not know.
-    pub unknown_fields: Vec<String>,
+    /// `(host as written, field)` for every field this importer does not know, in file order.
+    pub unknown_fields: Vec<(String, String)>,
 }
 
 /// The rift node name for a host key: lowercase, `_`, `.` and spaces as `-`.
@@ -149,6 +167,7 @@ pub fn node_name(key: &str) -> String {
 
 /// Parses the text of a `distributed_hosts.yaml`; `source` names it in messages.
 pub fn parse(source: &str, text: &str) -> Result<HostsFile, ImportError> {
+    crate::api::input::check_flow_depth(source, text)?;
     let root: Value = serde_norway::from_str(text).map_err(|e| ImportError::Syntax {
         source_name: source.to_string(),
         line: e.location().map(|l| l.line()),
@@ -269,7 +288,7 @@ impl Reader<'_> {
         Some(names)
     }
 
-    fn host(&mut self, key: &str, v: &Value, unknown: &mut Vec<String>) -> Option<Host> {
+    fn host(&mut self, key: &str, v: &Value, unknown: &mut Vec<(String, String)>) -> Option<Host> {
         let name = node_name(key);
         let at = ["hosts", key];
         let before = self.problems.len();
@@ -348,30 +367,23 @@ impl Reader<'_> {
                         }
                     })
                 }
-                "tailscale_ip" => h.tailscale_ip = self.word(&f, fv),
+                // `none`, `pending`, `-`: no tailscale address yet.
+                "tailscale_ip" => h.tailscale_ip = self.word(&f, fv).filter(|ip| !is_no_value(ip)),
                 "cpus" => h.cpus = self.uint(&f, fv),
-                "memory_gb" => h.memory_gb = self.positive(&f, fv),
-                "gpu_vram_gb" => vram = self.positive(&f, fv),
+                // 0 is how real files say "not known" (memory) and "no GPU" (vram).
+                "memory_gb" => h.memory_gb = self.size_gb(&f, fv),
+                "gpu_vram_gb" => vram = self.size_gb(&f, fv),
                 "gpu" => match scalar_text(fv).map(|t| parse_gpu(&t)) {
                     Some(Ok(g)) => h.gpu = g,
                     Some(Err(e)) => self.field_problem(&f, &e),
                     None => self.field_problem(&f, "must be text such as \"8x RTX 4090\""),
                 },
-                "role" => h.role = self.word(&f, fv),
+                "role" => h.role = self.text(&f, fv),
                 "provider" => h.provider = self.word(&f, fv).map(|p| p.to_lowercase()),
-                "status" => {
-                    if let Some(s) = self.word(&f, fv) {
-                        match HostStatus::NAMES.iter().find(|(n, _)| s.eq_ignore_ascii_case(n)) {
-                            Some((_, st)) => h.status = *st,
-                            None => self.field_problem(
-                                &f,
-                                &format!(
-                                    "unknown status `{s}`; known: ready, disabled, maintenance, retired, destroyed"
-                                ),
-                            ),
-                        }
-                    }
-                }
+                "status" => match scalar_text(fv) {
+                    Some(t) => h.status = HostStatus::parse(&t),
+                    None => self.field_problem(&f, "must be text such as `ready` or `offline`"),
+                },
                 "p2p_enabled" => h.p2p_enabled = self.flag(&f, fv),
                 "selfplay_enabled" => h.selfplay_enabled = self.flag(&f, fv),
                 "training_enabled" => h.training_enabled = self.flag(&f, fv),
@@ -399,7 +411,7 @@ impl Reader<'_> {
                 other if DROPPED_FIELDS.contains(&other) => {}
                 other => {
                     debug_assert!(!KNOWN_FIELDS.contains(&other));
-                    unknown.push(format!("hosts.{key}.{other}"));
+                    unknown.push((key.to_string(), other.to_string()));
                 }
             }
         }
@@ -439,7 +451,19 @@ impl Reader<'_> {
         n
     }
 
-    fn positive(&mut self, f: &Field, v: &Value) -> Option<f64> {
+    /// Any non-empty scalar text (`None` when empty).
+    fn text(&mut self, f: &Field, v: &Value) -> Option<String> {
+        match scalar_text(v) {
+            Some(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+            None => {
+                self.field_problem(f, "must be text");
+                None
+            }
+        }
+    }
+
+    /// Gigabytes (`24`, `24.5`, `"24 GB"`); 0 means not known (`None`).
+    fn size_gb(&mut self, f: &Field, v: &Value) -> Option<f64> {
         let n = match v {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => s
@@ -451,9 +475,10 @@ impl Reader<'_> {
             _ => None,
         };
         match n {
+            Some(0.0) => None,
             Some(n) if n.is_finite() && n > 0.0 => Some(n),
             _ => {
-                self.field_problem(f, "must be a number greater than 0 (gigabytes)");
+                self.field_problem(f, "must be a number of gigabytes (0 when not known)");
                 None
             }
         }
@@ -489,6 +514,14 @@ fn is_provider_id(field: &str) -> bool {
         || ["_instance_id", "_pod_id", "_server_id"]
             .iter()
             .any(|s| field.ends_with(s))
+}
+
+/// Text that real files write for "no value": `none`, `n/a`, `pending`, `-`, ...
+fn is_no_value(text: &str) -> bool {
+    matches!(
+        text.trim().to_ascii_lowercase().as_str(),
+        "none" | "null" | "n/a" | "na" | "-" | "pending" | "unknown" | "tbd"
+    )
 }
 
 /// A scalar as text (`12345` → `"12345"`); `None` for mappings, lists and null.

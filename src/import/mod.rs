@@ -5,12 +5,14 @@
 //!
 //! Guarantees:
 //!
-//! * **All or nothing.** Any problem (bad YAML, a wrongly typed field, `gpu: "banana"`, a voter
-//!   that is not a host or is NAT-blocked or retired) fails the whole conversion with every
-//!   problem listed, each with the source file, the line when it can be found, and the field
-//!   path. Nothing is produced.
-//! * **Never fatal for what it does not know.** Unknown host fields are listed in one warning;
-//!   unknown top-level sections (`sync_routing`, `auto_sync`, `elo_sync`, ...) in one note.
+//! * **All or nothing.** Any problem (bad YAML, a wrongly typed field, `gpu: "banana"`, a
+//!   voter list of which no voter can be one) fails the whole conversion with every problem
+//!   listed, each with the source file, the line when it can be found, and the field path.
+//!   Nothing is produced.
+//! * **Never fatal for what it does not know, or for what the old system tolerated.** Unknown
+//!   host fields are listed in one warning; unknown top-level sections (`sync_routing`,
+//!   `auto_sync`, `elo_sync`, ...) in one note; any `status` is read (see [`convert`]); a
+//!   stale voter or relay reference is left out with a warning.
 //! * **The output validates.** Every object produced passes rift's own validation (checked
 //!   here before returning), so `rift apply --dry-run -f` accepts it.
 
@@ -56,6 +58,9 @@ pub enum ImportError {
         line: usize,
         message: String,
     },
+    /// Nested too deep to parse (see [`crate::api::input`]).
+    #[error(transparent)]
+    Input(#[from] crate::api::input::InputError),
 }
 
 fn at(line: &Option<usize>) -> String {

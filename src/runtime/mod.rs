@@ -1,5 +1,5 @@
 //! The controller runtime: reflector caches, a deduplicating work queue with per-key backoff,
-//! and the reconcile loop (DESIGN.md, "Control flow"), in the manner of kube-runtime.
+//! and the reconcile loop (docs/architecture.md, "Control flow"), in the manner of kube-runtime.
 //!
 //! * [`reflector`]: a read-only cache of one kind, fed by a
 //!   [`Watcher`](crate::store::watcher::Watcher), swapped in whole after each (re)list.

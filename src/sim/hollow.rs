@@ -27,6 +27,7 @@ use crate::agent::registration::{self, ensure_node};
 use crate::agent::resources::should_write;
 use crate::api::node::{Capacity, Gpu, NodeStatus};
 use crate::api::NodeSpec;
+use crate::store::lease::{LastRenewal, RenewalSender};
 use crate::store::{keys, Store};
 
 /// The label every hollow Node carries (`hollow: "true"`).
@@ -80,12 +81,14 @@ impl HollowNode {
     pub async fn run(self, life: watch::Receiver<Life>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
+        let (renewals, last_renewal) = LastRenewal::channel();
         let runner = Runner::with_processes(
             self.name.clone(),
             self.store.clone(),
             self.state.clone(),
             Some(self.settings.gpus as usize),
             metrics,
+            last_renewal,
             SimProcesses::new(self.settings.behaviour.clone()),
         )
         .with_tick(self.settings.tick);
@@ -114,7 +117,7 @@ impl HollowNode {
         };
         if registered {
             // Returns once `life` changes, having revoked or abandoned the lease.
-            self.keep_alive(life.clone()).await;
+            self.keep_alive(&renewals, life.clone()).await;
         }
         let ending = *life.borrow();
         let _ = stop_tx.send(true);
@@ -125,11 +128,11 @@ impl HollowNode {
 
     /// Registers (lease + alive key) and keeps the lease, registering again when it is lost,
     /// until `life` changes; then revokes (Stop) or abandons (Crash) the lease.
-    async fn keep_alive(&self, mut life: watch::Receiver<Life>) {
+    async fn keep_alive(&self, renewals: &RenewalSender, mut life: watch::Receiver<Life>) {
         let ttl = self.settings.node_lease_ttl;
         loop {
-            let lease = match registration::register(&self.store, &self.name, ttl, true).await {
-                Ok(l) => l,
+            let grant = match registration::register(&self.store, &self.name, ttl, true).await {
+                Ok(g) => g,
                 Err(e) => {
                     tracing::debug!(node = %self.name, %e, "cannot register yet");
                     tokio::select! {
@@ -138,9 +141,10 @@ impl HollowNode {
                     }
                 }
             };
-            let lost = self.leases.keep(lease, ttl);
+            let lease = grant.id;
+            let status = self.leases.keep(grant);
             tokio::select! {
-                _ = lost => {
+                _ = registration::follow_lease(status, renewals, |_| {}) => {
                     tracing::info!(node = %self.name, "lost the node lease; registering again");
                 }
                 ended = async { life.wait_for(|l| *l != Life::Running).await.map(|l| *l == Life::Stop).unwrap_or(true) } => {

@@ -4,9 +4,10 @@
 //! thousand hollow nodes doing the same would open five thousand streams on one connection
 //! (each a server-side goroutine pair and a client-side channel and task). etcd's stream takes
 //! requests for any lease, so [`SharedLeases`] sends every hollow node's renewals over one
-//! stream, each lease renewed every TTL/3 as the real agent does, and tells a node when its
-//! lease is lost (etcd answered TTL 0, or no renewal succeeded for a whole TTL) so it can
-//! register again.
+//! stream, each lease renewed every TTL/3 as the real agent does, and publishes each lease's
+//! [`LeaseStatus`] as a [`LeaseKeeper`](crate::store::lease::LeaseKeeper) does: every confirmed
+//! renewal, and the loss (etcd answered TTL 0, or [`lost_at`], the one loss rule) so the node
+//! can register again.
 //!
 //! The stream is opened with an anchor lease of its own (etcd's client API opens a keep-alive
 //! stream for a lease that exists); when the stream fails it is opened again on the next tick.
@@ -15,9 +16,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
 
+use crate::clock::BootTime;
+use crate::store::lease::{lost_at, Grant, LeaseStatus, LossReason};
 use crate::store::Store;
 
 /// How often due renewals are sent.
@@ -27,9 +29,8 @@ const ANCHOR_TTL: Duration = Duration::from_secs(30);
 
 enum Cmd {
     Keep {
-        id: i64,
-        ttl: Duration,
-        lost: oneshot::Sender<()>,
+        grant: Grant,
+        status: watch::Sender<LeaseStatus>,
     },
     Forget {
         id: i64,
@@ -51,10 +52,17 @@ impl SharedLeases {
         Self { tx }
     }
 
-    /// Keeps lease `id` (granted with `ttl`) alive; the receiver resolves when it is lost.
-    pub fn keep(&self, id: i64, ttl: Duration) -> oneshot::Receiver<()> {
-        let (lost, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Keep { id, ttl, lost });
+    /// Keeps the lease of `grant` alive; the receiver follows its status (renewals, loss).
+    pub fn keep(&self, grant: Grant) -> watch::Receiver<LeaseStatus> {
+        let (status, rx) = watch::channel(LeaseStatus {
+            id: grant.id,
+            ttl: grant.ttl,
+            renewed: grant.granted_at,
+            round_trip: Duration::ZERO,
+            renewals: 0,
+            lost: None,
+        });
+        let _ = self.tx.send(Cmd::Keep { grant, status });
         rx
     }
 
@@ -66,12 +74,13 @@ impl SharedLeases {
 
 struct Entry {
     ttl: Duration,
-    /// When the last renewal etcd confirmed was sent (or the lease was handed over).
-    renewed: Instant,
+    /// When the last renewal etcd confirmed was sent (or the lease was granted).
+    renewed: BootTime,
     /// When the request now in flight was sent.
-    sent: Option<Instant>,
-    next: Instant,
-    lost: Option<oneshot::Sender<()>>,
+    sent: Option<BootTime>,
+    next: BootTime,
+    /// `None` for the stream's own anchor lease.
+    status: Option<watch::Sender<LeaseStatus>>,
 }
 
 struct Stream {
@@ -107,10 +116,10 @@ async fn read_answers(mut stream: LeaseKeepAliveStream, tx: mpsc::UnboundedSende
     }
 }
 
-fn lose(entries: &mut HashMap<i64, Entry>, id: i64) {
-    if let Some(mut e) = entries.remove(&id) {
-        if let Some(tx) = e.lost.take() {
-            let _ = tx.send(());
+fn lose(entries: &mut HashMap<i64, Entry>, id: i64, why: LossReason) {
+    if let Some(e) = entries.remove(&id) {
+        if let Some(tx) = e.status {
+            tx.send_modify(|s| s.lost = Some(why));
         }
     }
 }
@@ -123,9 +132,9 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(Cmd::Keep { id, ttl, lost }) => {
-                    let now = Instant::now();
-                    entries.insert(id, Entry { ttl, renewed: now, sent: None, next: now + ttl / 3, lost: Some(lost) });
+                Some(Cmd::Keep { grant, status }) => {
+                    let renewed = grant.granted_at;
+                    entries.insert(grant.id, Entry { ttl: grant.ttl, renewed, sent: None, next: renewed.saturating_add(grant.ttl / 3), status: Some(status) });
                 }
                 Some(Cmd::Forget { id }) => {
                     entries.remove(&id);
@@ -135,10 +144,18 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             answer = async { stream.as_mut()?.answers.recv().await }, if stream.is_some() => match answer {
                 Some((id, ttl)) => {
                     if ttl <= 0 {
-                        lose(&mut entries, id);
+                        lose(&mut entries, id, LossReason::Expired);
                     } else if let Some(e) = entries.get_mut(&id) {
                         if let Some(sent) = e.sent.take() {
                             e.renewed = sent;
+                            if let Some(tx) = &e.status {
+                                let round_trip = sent.elapsed();
+                                tx.send_modify(|s| {
+                                    s.renewed = sent;
+                                    s.round_trip = round_trip;
+                                    s.renewals += 1;
+                                });
+                            }
                         }
                     }
                 }
@@ -150,19 +167,19 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 }
             },
             _ = tick.tick() => {
-                let now = Instant::now();
+                let now = BootTime::now();
                 let expired: Vec<i64> = entries
                     .iter()
-                    .filter(|(_, e)| now - e.renewed >= e.ttl)
+                    .filter(|(_, e)| lost_at(e.renewed, e.ttl, now))
                     .map(|(id, _)| *id)
                     .collect();
                 for id in expired {
-                    lose(&mut entries, id);
+                    lose(&mut entries, id, LossReason::Unrenewed);
                 }
                 if stream.is_none() {
                     stream = open(&store).await;
                     if let Some(s) = &stream {
-                        entries.insert(s.anchor, Entry { ttl: ANCHOR_TTL, renewed: now, sent: None, next: now + ANCHOR_TTL / 3, lost: None });
+                        entries.insert(s.anchor, Entry { ttl: ANCHOR_TTL, renewed: now, sent: None, next: now.saturating_add(ANCHOR_TTL / 3), status: None });
                     }
                 }
                 let Some(s) = stream.as_mut() else { continue };
@@ -173,8 +190,10 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                         failed = true;
                         break;
                     }
-                    e.sent = Some(now);
-                    e.next = now + (e.ttl / 3).max(TICK);
+                    // An answer is credited to the oldest request still unanswered: never
+                    // to a later send than the one it may answer.
+                    e.sent = Some(e.sent.unwrap_or(now));
+                    e.next = now.saturating_add((e.ttl / 3).max(TICK));
                 }
                 if failed {
                     if let Some(s) = stream.take() {

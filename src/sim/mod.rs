@@ -58,7 +58,7 @@ pub struct Cluster {
     store: Store,
     /// Extra connections, one per [`NODES_PER_CONNECTION`] nodes.
     connections: Vec<Store>,
-    endpoints: Vec<String>,
+    access: crate::store::Access,
     members: Vec<Member>,
     state_root: PathBuf,
     leases: SharedLeases,
@@ -70,18 +70,18 @@ impl Cluster {
     /// Every [`NODES_PER_CONNECTION`] nodes share one etcd connection (a real fleet has one
     /// per agent; no difference was measured against one connection for all at 1,000 nodes).
     pub async fn start(
-        endpoints: &[String],
+        access: &crate::store::Access,
         prefix: &str,
         count: usize,
         settings: HollowSettings,
         state_root: PathBuf,
     ) -> Result<Cluster, StoreError> {
-        let store = Store::connect_lazy(endpoints).await?;
+        let store = Store::connect_lazy(access).await?;
         let leases = SharedLeases::start(store.clone());
         let mut cluster = Cluster {
             store,
             connections: Vec::new(),
-            endpoints: endpoints.to_vec(),
+            access: access.clone(),
             members: Vec::with_capacity(count),
             state_root,
             leases,
@@ -100,7 +100,7 @@ impl Cluster {
         for i in range {
             if self.members.len() / NODES_PER_CONNECTION >= self.connections.len() {
                 self.connections
-                    .push(Store::connect_lazy(&self.endpoints).await?);
+                    .push(Store::connect_lazy(&self.access).await?);
             }
             let store = self.connections.last().expect("one connection").clone();
             let name = node_name(prefix, i);

@@ -98,6 +98,10 @@ impl Store {
     /// Applies every item in one transaction: either all writes land or none does. Each write
     /// is conditioned on the object being as it was read, so a concurrent writer makes the
     /// whole apply re-read and decide again. With `dry_run`, decides and writes nothing.
+    ///
+    /// An apply larger than etcd takes in one request is refused whole
+    /// ([`StoreError::TooLarge`], with its size), never split: split transactions could leave
+    /// half of it written when a later one fails, or let another writer in between.
     pub async fn apply(&self, items: &[ApplyItem], dry_run: bool) -> Result<Vec<ApplyOutcome>> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.read_all(items).await?;
@@ -105,6 +109,7 @@ impl Store {
             let mut outcomes = Vec::with_capacity(items.len());
             let mut compares = Vec::new();
             let mut puts = Vec::new();
+            let mut bytes = 0;
             for (item, kv) in items.iter().zip(&current) {
                 let existing = match kv {
                     Some(kv) => Some(serde_json::from_slice::<Value>(&kv.value).map_err(|e| {
@@ -126,12 +131,21 @@ impl Store {
                 });
                 compares.extend(pre.compare(&key));
                 let body = serde_json::to_vec(&merged).expect("JSON values serialize");
+                // The key twice (compare and put), the value, and a little framing.
+                bytes += 2 * key.len() + body.len() + 16;
                 puts.push(TxnOp::put(key, body, None));
             }
             if dry_run || puts.is_empty() {
                 return Ok(outcomes);
             }
-            if self.txn(compares, puts, vec![]).await?.succeeded {
+            let outcome = self
+                .txn(compares, puts, vec![])
+                .await
+                .map_err(|e| match e {
+                    StoreError::TooLarge { .. } => StoreError::TooLarge { bytes },
+                    other => other,
+                })?;
+            if outcome.succeeded {
                 return Ok(outcomes);
             }
             tracing::debug!("apply raced with another writer; reading again");

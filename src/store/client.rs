@@ -8,11 +8,12 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
 };
 
+use super::access::Access;
 use super::error::{Result, StoreError};
 use super::keys;
 
-/// Default etcd client endpoint.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// Default etcd client endpoint (`https://` for a TLS cluster, `http://` with `--insecure`).
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 
 /// How long one request may take before it counts as unanswered.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +73,7 @@ pub struct TxnOutcome {
 pub struct Store {
     client: Client,
     endpoints: Arc<str>,
+    access: Access,
     op_timeout: Duration,
     fence: Option<Fence>,
     /// The endpoints in use, updatable ([`Store::set_endpoints`]).
@@ -80,37 +82,30 @@ pub struct Store {
     _health: Option<Arc<()>>,
 }
 
-/// Splits `a,b` and adds `http://` where no scheme is given.
-pub fn normalize_endpoints<S: AsRef<str>>(endpoints: &[S]) -> Vec<String> {
-    endpoints
-        .iter()
-        .flat_map(|e| e.as_ref().split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            }
-        })
-        .collect()
-}
-
 impl Store {
     /// Connects and checks that etcd answers within [`CONNECT_PROBE_TIMEOUT`]; an unreachable
-    /// etcd is one [`StoreError::Unreachable`] naming every endpoint tried.
+    /// etcd is one [`StoreError::Unreachable`] naming every endpoint tried, a refused identity
+    /// one [`StoreError::Credentials`].
     ///
     /// With several endpoints, only those that answer a probe first are used (see
     /// [`super::endpoints`]), so a dead or unroutable first endpoint costs at most one probe
     /// timeout.
-    pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let urls = normalize_endpoints(endpoints);
-        let store = if urls.len() > 1 {
-            let (probes, answered) = super::endpoints::probe_all(&urls).await;
-            Self::connect_balanced(urls, answered, probes, true).await?
+    pub async fn connect(access: &Access) -> Result<Store> {
+        access.check()?;
+        match Self::connect_checked(access).await {
+            Err(StoreError::Unreachable { .. }) if access.identity_problem().is_some() => Err(
+                StoreError::Credentials(access.identity_problem().unwrap_or_default()),
+            ),
+            other => other,
+        }
+    }
+
+    async fn connect_checked(access: &Access) -> Result<Store> {
+        let store = if access.endpoints().len() > 1 {
+            let (probes, answered) = super::endpoints::probe_all(access).await;
+            Self::connect_balanced(access, answered, probes, true).await?
         } else {
-            Self::connect_balanced(urls, vec![true], vec![None], false).await?
+            Self::connect_balanced(access, vec![true], vec![None], false).await?
         };
         let mut client = store.client.clone();
         let probe = client.get(keys::LEADER, None);
@@ -121,6 +116,9 @@ impl Store {
                     endpoints: store.endpoints.to_string(),
                     reason,
                 },
+                StoreError::PermissionDenied { .. } => {
+                    StoreError::PermissionDenied { user: store.user() }
+                }
                 other => other,
             }),
             Err(_) => Err(StoreError::Unreachable {
@@ -136,41 +134,37 @@ impl Store {
     /// With several endpoints, a background task keeps requests off those that do not answer
     /// ([`super::endpoints`]); until its first probe (about a second) requests may still go
     /// to a dead one and fail.
-    pub async fn connect_lazy<S: AsRef<str>>(endpoints: &[S]) -> Result<Store> {
-        let urls = normalize_endpoints(endpoints);
-        let all = vec![true; urls.len()];
-        let probes = vec![None; urls.len()];
-        Self::connect_balanced(urls, all, probes, true).await
+    pub async fn connect_lazy(access: &Access) -> Result<Store> {
+        access.check()?;
+        let n = access.endpoints().len();
+        Self::connect_balanced(access, vec![true; n], vec![None; n], true).await
     }
 
     /// A client balancing over the endpoints marked in `use_now` (all of them when none is),
     /// with a health task (when `watch`) that keeps the balance on those that answer and follows
     /// [`Store::set_endpoints`].
     async fn connect_balanced(
-        endpoints: Vec<String>,
+        access: &Access,
         use_now: Vec<bool>,
         probes: Vec<Option<Client>>,
         watch: bool,
     ) -> Result<Store> {
+        let endpoints = access.endpoints().to_vec();
         let shown: Arc<str> = endpoints.join(",").into();
         let use_now = if use_now.iter().any(|u| *u) {
             use_now
         } else {
             vec![true; endpoints.len()]
         };
-        if endpoints.is_empty() {
-            return Err(StoreError::Unreachable {
-                endpoints: "(none)".into(),
-                reason: "no endpoints given".into(),
-            });
-        }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the raft leader must fail requests and watches, not serve
-            // a silent stream that never delivers.
-            .with_require_leader(true);
+        let options = access.options(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+                .with_keep_alive_while_idle(true)
+                // A member cut off from the raft leader must fail requests and watches, not
+                // serve a silent stream that never delivers.
+                .with_require_leader(true),
+        );
         let initial: Vec<&String> = endpoints
             .iter()
             .zip(&use_now)
@@ -184,6 +178,7 @@ impl Store {
             let guard = Arc::new(());
             super::endpoints::spawn_health(
                 client.clone(),
+                access.clone(),
                 endpoint_set.clone(),
                 use_now,
                 probes,
@@ -194,11 +189,25 @@ impl Store {
         Ok(Store {
             client,
             endpoints: shown,
+            access: access.clone(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             fence: None,
             endpoint_set,
             _health: health,
         })
+    }
+
+    /// The etcd user this store acts as (its certificate's common name), for messages.
+    pub fn user(&self) -> String {
+        match self.access.identity() {
+            Some(id) => id.common_name().unwrap_or_else(|_| "?".into()),
+            None => "none: a plaintext cluster".into(),
+        }
+    }
+
+    /// How this store reaches etcd (its configured endpoints and identity).
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Replaces the endpoints this store (and every clone) uses: new ones join the balance once
@@ -243,7 +252,12 @@ impl Store {
         fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.op_timeout, fut).await {
-            Ok(r) => r.map_err(|e| StoreError::from_etcd(e, &self.endpoints)),
+            Ok(r) => r.map_err(|e| match StoreError::from_etcd(e, &self.endpoints) {
+                StoreError::PermissionDenied { .. } => {
+                    StoreError::PermissionDenied { user: self.user() }
+                }
+                other => other,
+            }),
             Err(_) => Err(StoreError::Timeout {
                 endpoints: self.endpoints.to_string(),
                 seconds: self.op_timeout.as_secs(),
@@ -276,6 +290,15 @@ impl Store {
         let resp = self.call(kv.get(prefix, Some(opts))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
+    }
+
+    /// The etcd server's version and the cluster id, from the member that answers
+    /// (`rift version`).
+    pub async fn server_version(&self) -> Result<(String, u64)> {
+        let mut c = self.client.clone();
+        let resp = self.call(c.status()).await?;
+        let cluster = resp.header().map(|h| h.cluster_id()).unwrap_or_default();
+        Ok((resp.version().to_string(), cluster))
     }
 
     /// The current store revision.
@@ -339,18 +362,5 @@ impl Store {
             revision,
             responses,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_are_split_and_given_a_scheme() {
-        assert_eq!(
-            normalize_endpoints(&["127.0.0.1:2379, https://a:1", ""]),
-            vec!["http://127.0.0.1:2379", "https://a:1"]
-        );
     }
 }

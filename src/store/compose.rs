@@ -1,6 +1,6 @@
-//! Status as people see it, composed from the keys its writers own (DESIGN.md, "Keys in
-//! etcd"): a Job's from the scheduler's placement and the runtime report of the node it is
-//! placed on, a Node's from its agent's status and alive keys.
+//! Status as people see it, composed from the keys its writers own (docs/architecture.md,
+//! "Keys in etcd"): a Job's from the scheduler's placement and the runtime report of the node
+//! it is placed on, a Node's from its agent's status and alive keys.
 //!
 //! Pure: the store reads the keys (listing each prefix once, at one revision) and this module
 //! joins them in memory, so a list costs the same few round trips however many objects it holds.
@@ -15,7 +15,7 @@ use crate::api::meta::{Condition, ConditionStatus};
 use crate::api::node::NodeEtcd;
 use crate::api::placement::{compose_job_status, Placement, RuntimeReport};
 use crate::api::tunnel::TunnelStatus;
-use crate::api::{JobStatus, NodeStatus};
+use crate::api::{JobPhase, JobStatus, NodeStatus};
 
 /// The condition type the alive key decides.
 pub const READY: &str = "Ready";
@@ -182,7 +182,25 @@ impl StatusSources {
     /// `job`'s status: [`compose_job_status`] of its placement and the report of the node it
     /// is placed on.
     pub fn job_status(&self, job: &str) -> JobStatus {
+        self.job_status_for(job, None)
+    }
+
+    /// [`Self::job_status`] of the Job of `uid`: a placement made for another Job of the same
+    /// name (deleted and created again) says nothing about this one, which is Pending until the
+    /// old instance is stopped and it is placed itself.
+    pub fn job_status_for(&self, job: &str, uid: Option<&str>) -> JobStatus {
         let placement = self.placement(job);
+        if let (Some(p), Some(uid)) = (placement, uid) {
+            if !p.uid.is_empty() && p.uid != uid {
+                return JobStatus {
+                    phase: JobPhase::Pending,
+                    reason: "Replacing".into(),
+                    message: "an earlier Job of this name is still placed; it is stopped first"
+                        .into(),
+                    ..JobStatus::default()
+                };
+            }
+        }
         let report = placement
             .and_then(|p| p.node.as_deref())
             .and_then(|node| self.report(node, job));

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
+use super::access::Access;
 use super::keys;
 
 /// How long one endpoint may take to answer a probe.
@@ -47,16 +48,20 @@ pub fn plan(in_balance: &[bool], answered: &[bool]) -> Vec<Change> {
         .collect()
 }
 
-/// Options for the one-endpoint probe clients.
-fn probe_options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT)
+/// Options for the one-endpoint probe clients (with the store's TLS identity).
+fn probe_options(access: &Access) -> ConnectOptions {
+    access.options(
+        ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(PROBE_TIMEOUT),
+    )
 }
 
 /// A one-endpoint client for probing `url` (connected lazily; `None` if the URL is unusable).
-async fn probe_client(url: &str) -> Option<Client> {
-    Client::connect([url], Some(probe_options())).await.ok()
+async fn probe_client(access: &Access, url: &str) -> Option<Client> {
+    Client::connect([url], Some(probe_options(access)))
+        .await
+        .ok()
 }
 
 /// True when `client` answers a count-only read within [`PROBE_TIMEOUT`].
@@ -66,9 +71,9 @@ async fn answers(client: &mut Client) -> bool {
 }
 
 /// Probes every endpoint at once; returns the probe clients (for reuse) and who answered.
-pub async fn probe_all(urls: &[String]) -> (Vec<Option<Client>>, Vec<bool>) {
-    let probes = urls.iter().map(|u| async move {
-        let mut c = probe_client(u).await;
+pub async fn probe_all(access: &Access) -> (Vec<Option<Client>>, Vec<bool>) {
+    let probes = access.endpoints().iter().map(|u| async move {
+        let mut c = probe_client(access, u).await;
         let ok = match c.as_mut() {
             Some(c) => answers(c).await,
             None => false,
@@ -107,6 +112,7 @@ struct Tracked {
 /// join it once they answer.
 pub fn spawn_health(
     client: Client,
+    access: Access,
     set: EndpointSet,
     in_balance: Vec<bool>,
     probes: Vec<Option<Client>>,
@@ -129,9 +135,10 @@ pub fn spawn_health(
                 return;
             }
             follow(&client, &set.get(), &mut tracked).await;
+            let access = &access;
             let checks = tracked.iter_mut().map(|t| async move {
                 if t.probe.is_none() {
-                    t.probe = probe_client(&t.url).await;
+                    t.probe = probe_client(access, &t.url).await;
                 }
                 match t.probe.as_mut() {
                     Some(c) => answers(c).await,

@@ -15,12 +15,19 @@ pub enum StoreError {
     Decode { key: String, reason: String },
     #[error("{count} writes in one transaction is more than etcd allows (--max-txn-ops, 128 by default); split the input or raise the limit on every etcd member")]
     TooManyOps { count: usize },
-    #[error("the request is larger than etcd accepts (--max-request-bytes, 1.5 MiB by default)")]
-    TooLarge,
+    /// `bytes` is the request's size when known (0 when not).
+    #[error("{} is more than etcd accepts in one request (--max-request-bytes, 1.5 MiB by default); nothing was written. Apply the input in smaller groups (each group is all or nothing), or raise --max-request-bytes on every etcd member", describe_size(*bytes))]
+    TooLarge { bytes: usize },
     #[error("this process is no longer the leader; the write was refused by the leader fence")]
     Fenced,
     #[error("etcd did not answer within {seconds} s (tried {endpoints})")]
     Timeout { endpoints: String, seconds: u64 },
+    #[error("the etcd lease {lease:x} was lost (not renewed for a whole TTL, or expired); whatever it held is gone")]
+    LeaseLost { lease: i64 },
+    #[error("etcd refused the request: permission denied: the identity in use ({user}) may not do this. Nodes write only under their own /rift/v1/agents/<node>/; operators use the root identity (RIFT_CONFIG, written by `rift up` as <state>/admin.conf)")]
+    PermissionDenied { user: String },
+    #[error("{0}")]
+    Credentials(String),
     #[error("etcd refused the request: {0}")]
     Etcd(String),
 }
@@ -42,9 +49,29 @@ impl StoreError {
                 let msg = status.message();
                 if msg.contains("too many operations in txn request") {
                     StoreError::TooManyOps { count: 0 }
-                } else if msg.contains("request is too large") {
-                    StoreError::TooLarge
-                } else if is_connectivity_code(status.code() as i32, msg) {
+                } else if status.code() as i32 == 7 {
+                    StoreError::PermissionDenied {
+                        user: "its certificate's common name".into(),
+                    }
+                } else if msg.contains("user name not found") {
+                    StoreError::Credentials(format!(
+                        "etcd at {endpoints} knows no user for this certificate's common name: \
+                         the node was never admitted (join it with a token) or its identity was \
+                         removed"
+                    ))
+                } else if is_certificate_problem(msg) {
+                    StoreError::Credentials(certificate_message(endpoints, msg))
+                } else if msg.contains("request is too large")
+                    || msg.contains("received message larger than max")
+                {
+                    // The second is gRPC's own limit (etcd's plus 512 KiB).
+                    StoreError::TooLarge { bytes: 0 }
+                } else if is_connectivity_code(status.code() as i32, msg)
+                    || msg.contains("raft: stopped")
+                    || msg.contains("server stopped")
+                {
+                    // The member answering is stopping (e.g. it was just removed from the
+                    // cluster): another endpoint serves the retry.
                     StoreError::Unreachable {
                         endpoints: endpoints.to_string(),
                         reason: first_line(msg),
@@ -52,6 +79,9 @@ impl StoreError {
                 } else {
                     StoreError::Etcd(first_line(msg))
                 }
+            }
+            E::TransportError(e) if is_certificate_problem(&format!("{e:?}")) => {
+                StoreError::Credentials(certificate_message(endpoints, &format!("{e:?}")))
             }
             E::TransportError(e) => StoreError::Unreachable {
                 endpoints: endpoints.to_string(),
@@ -67,13 +97,57 @@ impl StoreError {
 }
 
 /// gRPC status codes that mean "could not talk to etcd" (numbers from the gRPC spec, so rift
-/// does not depend on tonic directly): DEADLINE_EXCEEDED (4), UNAVAILABLE (14), and UNKNOWN (2)
-/// when it wraps a transport failure.
+/// does not depend on tonic directly): DEADLINE_EXCEEDED (4), UNAVAILABLE (14), UNKNOWN (2)
+/// when it wraps a transport failure, and INTERNAL (13) when it is an HTTP/2 protocol error (a
+/// connection corrupted on the way, e.g. replies lost mid-frame): the next request on a fresh
+/// connection may well succeed.
 fn is_connectivity_code(code: i32, message: &str) -> bool {
     match code {
         4 | 14 => true,
         2 => message.contains("transport") || message.contains("connect"),
+        13 => message.contains("h2 protocol error") || message.contains("connection"),
         _ => false,
+    }
+}
+
+/// TLS failures (rustls' messages) that no retry fixes: a certificate the other side does not
+/// accept, or one this side does not.
+fn is_certificate_problem(message: &str) -> bool {
+    [
+        "certificate",
+        "Certificate",
+        "UnknownIssuer",
+        "tls handshake",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+fn certificate_message(endpoints: &str, message: &str) -> String {
+    let hint = if message.contains("Expired") || message.contains("expired") {
+        "a certificate has expired: `rift certs check` shows which"
+    } else if message.contains("UnknownIssuer") || message.contains("unknown ca") {
+        "the certificates come from different CAs: this client's RIFT_CONFIG (or the node's \
+         pki/ca.crt) belongs to another cluster"
+    } else if message.contains("NotValidForName") {
+        "the server's certificate is not for etcd.rift: it is no rift etcd member"
+    } else {
+        "check RIFT_CONFIG (or the node's pki/ files) with `rift certs check`"
+    };
+    format!(
+        "TLS with etcd at {endpoints} failed: {}; {hint}",
+        first_line(message)
+    )
+}
+
+fn describe_size(bytes: usize) -> String {
+    if bytes == 0 {
+        "the request".into()
+    } else {
+        format!(
+            "{:.1} MiB in one transaction",
+            bytes as f64 / (1 << 20) as f64
+        )
     }
 }
 

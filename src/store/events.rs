@@ -1,12 +1,13 @@
 //! Recording Events: what happened to an object, deduplicated by object and reason, stored
-//! under an etcd lease so that it expires on its own (DESIGN.md, "Keys in etcd").
+//! under an etcd lease so that it expires on its own (docs/architecture.md, "Keys in etcd").
 //!
 //! An [`EventRecorder`] belongs to one writer: a controller (events under
 //! `/rift/v1/events/<id>`, source `controller/<name>`) or a node's agent (events under
 //! `/rift/v1/agents/<node>/events/<id>`, source `agent/<node>`). The id is a function of the
 //! involved object and the reason ([`event_id`]), so recording the same thing again is a
 //! compare-and-swap that bumps `count`, sets `lastSeen`, `message` and `type`, and keeps
-//! `firstSeen`.
+//! `firstSeen` — unless the occurrence names the object's uid and the stored event is about
+//! another uid (an earlier object of the same name): then the event starts over.
 //!
 //! **Expiry.** Every put attaches the key to the recorder's current lease, granted with a TTL
 //! of [`EVENT_TTL`] (1 h) and never kept alive. A lease is used for new puts only while more
@@ -110,6 +111,8 @@ pub fn lease_reusable(left: Duration, ttl: Duration) -> bool {
 struct Occurrence {
     kind: String,
     name: String,
+    /// The object's uid; empty when the recorder does not know it.
+    uid: String,
     reason: String,
     message: String,
     event_type: EventType,
@@ -201,9 +204,32 @@ impl EventRecorder {
         message: impl Into<String>,
         event_type: EventType,
     ) {
+        self.record_about(
+            &ObjectRef {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                uid: String::new(),
+            },
+            reason,
+            message,
+            event_type,
+        );
+    }
+
+    /// [`Self::record`] about an object named with its uid: an event stored about another uid
+    /// (an earlier object of the same name) is replaced, not counted on.
+    pub fn record_about(
+        &self,
+        object: &ObjectRef,
+        reason: &str,
+        message: impl Into<String>,
+        event_type: EventType,
+    ) {
+        let (kind, name) = (object.kind.as_str(), object.name.as_str());
         let occurrence = Occurrence {
             kind: kind.to_string(),
             name: name.to_string(),
+            uid: object.uid.clone(),
             reason: reason.to_string(),
             message: message.into(),
             event_type,
@@ -251,6 +277,7 @@ impl EventRecorder {
             .write(Occurrence {
                 kind: kind.to_string(),
                 name: name.to_string(),
+                uid: String::new(),
                 reason: reason.to_string(),
                 message: message.into(),
                 event_type,
@@ -348,7 +375,11 @@ impl Core {
         for _ in 0..CAS_ATTEMPTS {
             let now = Utc::now();
             let current = self.store.get_raw(&key).await?;
-            let previous = current.as_ref().and_then(decode_event);
+            // An event about an earlier object of the same name starts over.
+            let previous = current
+                .as_ref()
+                .and_then(decode_event)
+                .filter(|e| o.uid.is_empty() || e.spec.involved_object.uid == o.uid);
             let mut event = match previous {
                 Some(mut e) => {
                     e.spec.count = e.spec.count.saturating_add(1);
@@ -365,6 +396,7 @@ impl Core {
                         involved_object: ObjectRef {
                             kind: o.kind.clone(),
                             name: o.name.clone(),
+                            uid: o.uid.clone(),
                         },
                         reason: o.reason.clone(),
                         message: message.clone(),

@@ -1,4 +1,4 @@
-//! The key layout in etcd (see DESIGN.md, "Keys in etcd"). One writer role per key.
+//! The key layout in etcd (see docs/architecture.md, "Keys in etcd"). One writer role per key.
 
 /// Everything rift stores lives under this prefix.
 pub const ROOT: &str = "/rift/v1/";
@@ -50,6 +50,11 @@ pub fn agent_alive(node: &str) -> String {
     format!("{ROOT}agents/{node}/alive")
 }
 
+/// `/rift/v1/agents/<node>/node`: the Node the agent wants created (on its lease).
+pub fn agent_node(node: &str) -> String {
+    format!("{ROOT}agents/{node}/node")
+}
+
 pub fn agent_status(node: &str) -> String {
     format!("{ROOT}agents/{node}/status")
 }
@@ -80,6 +85,18 @@ pub fn event(id: &str) -> String {
 
 /// The leader record, attached to the leader's lease.
 pub const LEADER: &str = "/rift/v1/leader";
+
+/// The cluster's trust record (CA key, token HMAC key). Outside [`ROOT`] on purpose: node roles
+/// read `/rift/v1/`, so only `root` can read this.
+pub const TRUST: &str = "/rift/trust";
+
+/// Join tokens (only an HMAC of each secret), outside [`ROOT`] for the same reason.
+pub const TOKENS_PREFIX: &str = "/rift/tokens/";
+
+/// `/rift/tokens/<id>`
+pub fn token(id: &str) -> String {
+    format!("{TOKENS_PREFIX}{id}")
+}
 
 /// The end of a prefix range: the key just past every key starting with `prefix`.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {

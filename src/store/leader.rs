@@ -5,27 +5,30 @@
 //! it leads) and creates `/rift/v1/leader` under it only if the key is absent. The key's create
 //! revision is the leader's [`Fence`]: every write of a [`Store::with_fence`] store carries
 //! `CreateRevision(leader) == fence` in its transaction. Leadership ends when the lease is lost
-//! (keep-alives fail for a full TTL, or etcd says it expired), when a fenced write is refused,
+//! (its [`LeaseKeeper`] says so: no renewal confirmed for a whole TTL, or etcd says it
+//! expired), when a fenced write is refused,
 //! or on [`Leadership::resign`], which revokes the lease so a standby takes over at once.
 //!
 //! Standbys wait for the key to be deleted. As a shortcut for crashed leaders, a standby also
 //! probes the leader's advertised agent address: three refused connections in a row (the
 //! process is gone, the host is up) and it revokes the dead leader's lease. This is safe because
 //! of the fence: even if the leader were alive, its writes would be refused.
+//!
+//! A campaign whose winning transaction's reply was lost recognises its own record by its lease
+//! and leads (see [`campaign`]); it never waits for its own record to go away.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, TxnOp, TxnOpResponse, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::client::{Fence, Store};
+use super::client::{Fence, Store, TxnOutcome};
 use super::error::{Result, StoreError};
 use super::keys;
+use super::lease::{LeaseKeeper, LeaseStatus};
 
 /// What the leader key holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,15 +93,13 @@ impl ElectionConfig {
     }
 }
 
-/// Held while this process leads. Dropping it without [`Leadership::resign`] leaves the lease
-/// to expire on its own.
+/// Held while this process leads. Dropping it without [`Leadership::resign`] stops the
+/// renewals and leaves the lease to expire on its own.
 pub struct Leadership {
     store: Store,
-    lease: i64,
+    keeper: LeaseKeeper,
     fence: Fence,
-    lost: watch::Receiver<bool>,
-    lost_tx: Arc<watch::Sender<bool>>,
-    keeper: tokio::task::JoinHandle<()>,
+    stepped_down: watch::Sender<bool>,
 }
 
 impl Leadership {
@@ -113,114 +114,107 @@ impl Leadership {
     }
 
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.stepped_down.borrow() || self.keeper.is_lost()
+    }
+
+    /// The leader lease as its keeper sees it now: how much longer this leadership is surely
+    /// valid, for actions no transaction can fence (membership changes).
+    pub fn lease(&self) -> LeaseStatus {
+        self.keeper.status()
+    }
+
+    /// A receiver of the leader lease's status (each renewal, and its loss).
+    pub fn lease_watch(&self) -> watch::Receiver<LeaseStatus> {
+        self.keeper.watch()
     }
 
     /// Resolves once leadership is lost (lease expired or unrenewable, or [`Self::step_down`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits on watch channels.
     pub async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|lost| *lost).await;
+        let mut stepped = self.stepped_down.subscribe();
+        tokio::select! {
+            _ = self.keeper.lost() => {}
+            _ = stepped.wait_for(|s| *s) => {}
+        }
     }
 
     /// Marks leadership lost from the outside, e.g. after a fenced write was refused.
     pub fn step_down(&self) {
-        let _ = self.lost_tx.send(true);
+        self.stepped_down.send_replace(true);
     }
 
     /// Gives leadership up now: revokes the lease (deleting the leader key with it) so a
     /// standby takes over immediately.
     pub async fn resign(self) {
-        self.keeper.abort();
-        let _ = self.lost_tx.send(true);
-        let mut client = self.store.client();
-        if let Err(e) = self.store.call(client.lease_revoke(self.lease)).await {
+        self.stepped_down.send_replace(true);
+        if let Err(e) = self.keeper.revoke().await {
             tracing::warn!(%e, "could not revoke the leader lease; it will expire on its own");
         }
     }
 }
 
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        self.keeper.abort();
-    }
+/// What the leader key held when a campaign's create-if-absent did not apply.
+struct Holder {
+    create_revision: i64,
+    mod_revision: i64,
+    record: Option<LeaderRecord>,
 }
 
-/// Keeps `lease` alive every ttl/3 and sets `lost` once it cannot be renewed for a whole TTL
-/// or etcd reports it gone.
-///
-/// Every wait is bounded by `last renewal sent + ttl`, and etcd counts its TTL from when a
-/// renewal arrives (never earlier than it was sent), so this process stops believing it leads
-/// no later than the lease can expire on the server: a standby never takes over while this
-/// side still thinks it leads (for longer than the scheduling of one task).
-async fn keep_alive(store: Store, lease: i64, ttl: Duration, lost: Arc<watch::Sender<bool>>) {
-    let interval = ttl / 3;
-    let mut last_renewed = Instant::now();
-    let mut channel = None;
-    loop {
-        let deadline = last_renewed + ttl;
-        let sent_at = Instant::now();
-        let attempt = async {
-            if channel.is_none() {
-                let mut client = store.client();
-                channel = Some(client.lease_keep_alive(lease).await.ok()?);
-            }
-            let (keeper, stream) = channel.as_mut()?;
-            keeper.keep_alive().await.ok()?;
-            Some(stream.message().await.ok()??.ttl())
-        };
-        let limit = deadline.min(sent_at + interval.max(Duration::from_millis(200)));
-        match tokio::time::timeout_at(limit, attempt).await {
-            Ok(Some(left)) if left > 0 => last_renewed = sent_at,
-            Ok(Some(_)) => {
-                tracing::warn!(lease, "the lease expired");
-                let _ = lost.send(true);
-                return;
-            }
-            _ => channel = None,
-        }
-        if Instant::now() >= last_renewed + ttl {
-            tracing::warn!(lease, "the lease could not be renewed for a whole TTL");
-            let _ = lost.send(true);
-            return;
-        }
-        let next = if channel.is_some() {
-            sent_at + interval
-        } else {
-            Instant::now() + Duration::from_millis(100)
-        };
-        tokio::time::sleep_until(next.min(last_renewed + ttl)).await;
-    }
+fn holder_of(outcome: TxnOutcome) -> Option<Holder> {
+    outcome.responses.into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| Holder {
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            record: serde_json::from_slice::<LeaderRecord>(kv.value()).ok(),
+        }),
+        _ => None,
+    })
 }
 
 /// Campaigns until this process leads, or until `shutdown` resolves (then `Ok(None)`).
 ///
 /// The lease is granted and kept alive before the first attempt, so a candidate that wins is
 /// never holding a lease that already lapsed while it waited.
+///
+/// A campaign transaction can commit and still fail for the caller (its reply lost on the
+/// way). Every failed attempt is therefore simply retried: the retry's create-if-absent does
+/// not apply, and the record it finds carries this campaign's own lease, which means this
+/// campaign won (leases are unique in a cluster), at that record's create revision.
 pub async fn campaign(
     store: &Store,
     config: &ElectionConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Option<Leadership>> {
+    let keeper = LeaseKeeper::grant(store, config.ttl).await?;
+    campaign_with(store, keeper, config, shutdown).await
+}
+
+/// [`campaign`] under a lease the caller already keeps.
+pub async fn campaign_with(
+    store: &Store,
+    keeper: LeaseKeeper,
+    config: &ElectionConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Option<Leadership>> {
     tokio::pin!(shutdown);
-    let ttl_secs = config.ttl.as_secs().max(1) as i64;
-    let mut client = store.client();
-    let lease = store.call(client.lease_grant(ttl_secs, None)).await?.id();
-    let (lost_tx, lost) = watch::channel(false);
-    let lost_tx = Arc::new(lost_tx);
-    let keeper = tokio::spawn(keep_alive(
-        store.clone(),
-        lease,
-        config.ttl,
-        lost_tx.clone(),
-    ));
-    let revoke = |store: Store| async move {
-        let mut c = store.client();
-        let _ = store.call(c.lease_revoke(lease)).await;
+    let lease = keeper.id();
+    let won = |create_revision: i64, keeper: LeaseKeeper| {
+        tracing::info!(node = %config.node, revision = create_revision, "became leader");
+        Ok(Some(Leadership {
+            store: store.clone(),
+            keeper,
+            fence: Fence {
+                key: keys::LEADER.into(),
+                create_revision,
+            },
+            stepped_down: watch::channel(false).0,
+        }))
     };
     loop {
-        if *lost.borrow() {
-            keeper.abort();
-            return Err(StoreError::Etcd("the campaign lease was lost".into()));
+        if keeper.is_lost() {
+            return Err(StoreError::LeaseLost { lease });
         }
         let record = LeaderRecord {
             node: config.node.clone(),
@@ -242,54 +236,42 @@ pub async fn campaign(
             .await;
         let outcome = match attempt {
             Ok(o) => o,
-            Err(e) if e.is_transient() => {
-                tracing::debug!(%e, "campaign attempt failed; retrying");
+            Err(e) => {
+                // It may have committed: the next attempt finds out.
+                if e.is_transient() {
+                    tracing::debug!(%e, "campaign attempt failed; retrying");
+                } else {
+                    tracing::warn!(%e, "campaign attempt refused; retrying");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    _ = &mut shutdown => { keeper.abort(); revoke(store.clone()).await; return Ok(None) }
+                    _ = &mut shutdown => {
+                        let _ = keeper.revoke().await;
+                        return Ok(None);
+                    }
                 }
-            }
-            Err(e) => {
-                keeper.abort();
-                return Err(e);
             }
         };
         if outcome.succeeded {
-            tracing::info!(node = %config.node, revision = outcome.revision, "became leader");
-            return Ok(Some(Leadership {
-                store: store.clone(),
-                lease,
-                fence: Fence {
-                    key: keys::LEADER.into(),
-                    create_revision: outcome.revision,
-                },
-                lost,
-                lost_tx,
-                keeper,
-            }));
+            return won(outcome.revision, keeper);
         }
-        let holder = outcome.responses.into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
-                (
-                    kv.mod_revision(),
-                    serde_json::from_slice::<LeaderRecord>(kv.value()).ok(),
-                )
-            }),
-            _ => None,
-        });
-        let Some((seen_at, record)) = holder else {
+        let Some(holder) = holder_of(outcome) else {
             continue; // deleted between the compare and the read: try again at once
         };
+        if holder.record.as_ref().is_some_and(|r| r.lease == lease) {
+            // An earlier attempt of this campaign committed; its reply was lost.
+            return won(holder.create_revision, keeper);
+        }
         tokio::select! {
-            r = wait_for_vacancy(store, seen_at, record, config) => {
+            r = wait_for_vacancy(store, holder.mod_revision, holder.record, config) => {
                 if let Err(e) = r {
                     tracing::debug!(%e, "waiting for the leader key failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+            _ = keeper.lost() => {}
             _ = &mut shutdown => {
-                keeper.abort();
-                revoke(store.clone()).await;
+                let _ = keeper.revoke().await;
                 return Ok(None);
             }
         }

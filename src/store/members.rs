@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use etcd_client::{ConnectOptions, MemberAddOptions};
 
+use super::access::Access;
 use super::{Store, StoreError};
 
 /// How long a member has to answer a status request on its own client URL to count as healthy.
@@ -38,9 +39,10 @@ impl MemberInfo {
 pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
     let mut client = store.client();
     let resp = store.call(client.member_list()).await?;
+    let access = store.access();
     let probes = resp.members().iter().map(|m| {
         let (urls, id) = (m.client_urls().to_vec(), m.id());
-        async move { healthy(&urls, id).await }
+        async move { healthy(access, &urls, id).await }
     });
     let health = futures::future::join_all(probes).await;
     Ok(resp
@@ -59,11 +61,18 @@ pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
 }
 
 /// True when any of `client_urls` answers a status request within [`HEALTH_TIMEOUT`] as member
-/// `id` (not some other member or cluster now at that URL) and knows a raft leader.
-pub async fn healthy(client_urls: &[String], id: u64) -> bool {
-    for url in client_urls {
+/// `id` (not some other member or cluster now at that URL) and knows a raft leader. Asked with
+/// `access`'s identity (URLs of the other scheme are skipped).
+pub async fn healthy(access: &Access, client_urls: &[String], id: u64) -> bool {
+    let scheme = if access.is_tls() {
+        "https://"
+    } else {
+        "http://"
+    };
+    for url in client_urls.iter().filter(|u| u.starts_with(scheme)) {
         let check = async {
-            let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+            let options = access
+                .options(ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)));
             let mut c = etcd_client::Client::connect([url.as_str()], Some(options))
                 .await
                 .ok()?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::objects::{join_objects, to_typed, ListNeeds, ListSources};
+use super::objects::{join_objects, ListNeeds, ListSources, Listed};
 use super::{keys, KeyValue, WatchEvent};
 use crate::api::object::{Object, Spec};
 use crate::api::selector::LabelSelector;
@@ -57,9 +57,20 @@ impl Mirror {
             .collect()
     }
 
+    /// One key, if present.
+    pub fn get(&self, key: &str) -> Option<&KeyValue> {
+        self.kvs.get(key)
+    }
+
     /// The objects of `S` matching `selector`, with status, as [`super::Store::list`] would
     /// return them from etcd at the mirror's revision.
     pub fn list<S: Spec>(&self, selector: &LabelSelector) -> Vec<Object<S>> {
+        self.list_checked(selector).objects
+    }
+
+    /// [`Mirror::list`], with the objects that do not decode set aside by name, as
+    /// [`super::Store::list_checked`] does.
+    pub fn list_checked<S: Spec>(&self, selector: &LabelSelector) -> Listed<S> {
         let kind = crate::api::kinds::by_kind(S::KIND).expect("every Spec is registered");
         let needs = ListNeeds::of(kind);
         let pick = |wanted: bool, prefix: &str| {
@@ -79,14 +90,7 @@ impl Mirror {
             placements: &placements,
             agents: &agents,
         };
-        join_objects(kind, selector, &sources)
-            .into_iter()
-            .filter_map(|(key, v)| {
-                to_typed(&key, v)
-                    .inspect_err(|e| tracing::warn!(%e, "skipping undecodable object"))
-                    .ok()
-            })
-            .collect()
+        Listed::from_values(join_objects(kind, selector, &sources))
     }
 }
 

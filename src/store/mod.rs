@@ -1,7 +1,9 @@
 //! The typed etcd store: key layout, object reads and compare-and-swap writes, the
 //! all-or-nothing apply, and the watcher.
 
+pub mod access;
 pub mod apply;
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod compose;
@@ -10,11 +12,13 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod leader;
+pub mod lease;
 pub mod members;
 pub mod mirror;
 pub mod objects;
 pub mod watcher;
 
+pub use access::Access;
 pub use apply::{ApplyItem, ApplyOutcome};
 pub use client::{Fence, KeyValue, Store};
 pub use error::StoreError;

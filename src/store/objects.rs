@@ -59,7 +59,14 @@ fn decode(kv: &KeyValue) -> Result<Value> {
 
 /// The stored form of an object with its `resourceVersion` and `status` filled in.
 fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
+    compose_with(kv, |_| status)
+}
+
+/// [`compose`] with the status worked out from the decoded object (a Job's status depends on
+/// its uid).
+fn compose_with(kv: &KeyValue, status: impl FnOnce(&Value) -> Option<Value>) -> Result<Value> {
     let mut obj = decode(kv)?;
+    let status = status(&obj);
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),
@@ -72,13 +79,17 @@ fn compose(kv: &KeyValue, status: Option<Value>) -> Result<Value> {
     Ok(obj)
 }
 
+fn uid_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/uid").and_then(Value::as_str)
+}
+
 /// An object exactly as stored at `kv`, with its `resourceVersion` and no status: for kinds
 /// without status (Events) read straight from a watch.
 pub(crate) fn object_from_kv(kv: &KeyValue) -> Result<Value> {
     compose(kv, None)
 }
 
-/// Where a kind's status comes from (DESIGN.md, "Keys in etcd").
+/// Where a kind's status comes from (docs/architecture.md, "Keys in etcd").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StatusFrom {
     /// `/rift/v1/status/<plural>/<name>`, written by the one controller that owns it.
@@ -152,6 +163,67 @@ fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Typed objects of one kind as listed, and those that could not be decoded.
+#[derive(Clone, Debug)]
+pub struct Listed<S: Spec> {
+    pub objects: Vec<Object<S>>,
+    /// `(name, why)` of every object that exists but does not decode as this build's type.
+    pub undecodable: Vec<(String, String)>,
+}
+
+impl<S: Spec> Listed<S> {
+    /// Decodes `(key, value)` pairs, keeping what fails aside (with a warning).
+    pub fn from_values(values: Vec<(String, Value)>) -> Self {
+        let mut out = Listed {
+            objects: Vec::with_capacity(values.len()),
+            undecodable: Vec::new(),
+        };
+        for (key, v) in values {
+            match to_typed(&key, v) {
+                Ok(obj) => out.objects.push(obj),
+                Err(e) => {
+                    tracing::warn!(%e, "cannot decode a stored object; leaving it untouched");
+                    out.undecodable
+                        .push((keys::name_of(&key).to_string(), e.to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The annotation `rift get` shows on an object this build cannot decode (set on the composed
+/// output only, never stored).
+pub const UNDECODABLE_ANNOTATION: &str = "rift.dev/undecodable";
+
+/// Marks `obj` (a composed object of `kind`) with [`UNDECODABLE_ANNOTATION`] when it does not
+/// decode as this build's type, so people see it instead of a silently missing object.
+pub fn mark_if_undecodable(kind: &KindInfo, obj: &mut Value) {
+    let Err(crate::api::kinds::ParseFailure::Decode(e)) = (kind.parse_json)(stored_form(obj))
+    else {
+        return;
+    };
+    let why = if e.path.is_empty() {
+        e.message
+    } else {
+        format!("{}: {}", e.path, e.message)
+    };
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(
+                UNDECODABLE_ANNOTATION.into(),
+                Value::String(format!(
+                    "this rift ({}) cannot read it ({why}); it was probably written by a newer version, and is left untouched",
+                    env!("CARGO_PKG_VERSION")
+                )),
+            );
+        }
+    }
 }
 
 pub(crate) fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
@@ -237,7 +309,10 @@ impl Store {
                         sources.add(&report);
                     }
                 }
-                Some(status_value(&sources.job_status(name)))
+                let obj = compose_with(&kv, |obj| {
+                    Some(status_value(&sources.job_status_for(name, uid_of(obj))))
+                })?;
+                return Ok((Some((key, obj)), rev));
             }
             StatusFrom::Node => {
                 let sources = StatusSources::from_kvs(got[1..].iter().flatten());
@@ -420,23 +495,22 @@ impl Store {
     }
 
     /// Typed objects matching `selector`, and the revision they were read at. Objects that no
-    /// longer decode as this build's type are skipped with a warning.
+    /// longer decode as this build's type are skipped with a warning; callers that must not
+    /// mistake such an object for a deleted one use [`Store::list_checked`].
     pub async fn list<S: Spec>(&self, selector: &LabelSelector) -> Result<(Vec<Object<S>>, i64)> {
+        let (listed, rev) = self.list_checked::<S>(selector).await?;
+        Ok((listed.objects, rev))
+    }
+
+    /// Typed objects matching `selector`, with the names of those that exist but do not decode
+    /// as this build's type (e.g. written by a newer version), and the revision.
+    pub async fn list_checked<S: Spec>(
+        &self,
+        selector: &LabelSelector,
+    ) -> Result<(Listed<S>, i64)> {
         let kind = crate::api::kinds::by_kind(S::KIND).expect("every Spec is registered");
-        let (values, rev) = self.list_objects(kind, selector).await?;
-        let objs = values
-            .into_iter()
-            .filter_map(|v| {
-                let name = v["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                to_typed(&keys::object(S::PLURAL, &name), v)
-                    .inspect_err(|e| tracing::warn!(%e, "skipping undecodable object"))
-                    .ok()
-            })
-            .collect();
-        Ok((objs, rev))
+        let (values, rev) = self.list_objects_keyed(kind, selector).await?;
+        Ok((Listed::from_values(values), rev))
     }
 
     /// Creates `obj` if no object of that name exists; fills uid, generation 1 and
@@ -555,13 +629,13 @@ pub fn join_objects(
     }
     let mut out = Vec::with_capacity(candidates.len());
     for (name, kv) in candidates {
-        let status = match source {
+        let status = |obj: &Value| match source {
             StatusFrom::Stored => stored_by_name.get(name).and_then(|s| stored_status(s)),
-            StatusFrom::Job => Some(status_value(&sources.job_status(name))),
+            StatusFrom::Job => Some(status_value(&sources.job_status_for(name, uid_of(obj)))),
             StatusFrom::Node => Some(status_value(&sources.node_status(name))),
             StatusFrom::Tunnel => tunnel_status(&sources, kv, name),
         };
-        let obj = match compose(kv, status) {
+        let obj = match compose_with(kv, status) {
             Ok(obj) => obj,
             Err(e) => {
                 tracing::warn!(%e, "skipping undecodable object");

@@ -1,5 +1,11 @@
 //! Running a real `rift agent` against a test etcd, and binding jobs to it the way the
 //! scheduler does (placement + binding).
+//!
+//! On a TLS test cluster (the default) an agent is admitted as a join would admit it: its
+//! identity in `<state>/pki/` (a controller identity with `--controllers`, else a worker's) and
+//! its etcd user; a worker's Node is created from what its agent announces (a worker may not
+//! write it). An agent started with `--token` joins for real instead. On a plaintext cluster the
+//! agent gets `--insecure`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -7,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cli::rift_bin;
+use super::trust;
+use rift::pki::NodeRole;
 
 /// An agent process with its own state directory; killed on drop (its shims are not: tests
 /// that start jobs must let [`TestAgent`] clean them up via `kill_shims`).
@@ -66,8 +74,49 @@ impl TestAgent {
             child: None,
             _dir: None,
         };
+        a.admit();
         a.spawn();
         a
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.extra.iter().any(|e| e == flag)
+    }
+
+    /// Admits the agent into its TLS cluster (see the module docs); plaintext clusters get
+    /// `--insecure`.
+    fn admit(&mut self) {
+        if self.has("--insecure") {
+            return;
+        }
+        if self.has("--bootstrap") {
+            // It makes its own CA and credentials: register where they will be.
+            let t = trust::Trust::new(&self.state.join("admin.conf"), &self.state.join("pki"));
+            *t.join_url.lock().unwrap() = Some(format!("https://{}", self.addr()));
+            trust::register(std::slice::from_ref(&self.endpoints), &t);
+            trust::register_agent(&self.addr(), &self.name, &t);
+            return;
+        }
+        let Some(trust) = trust::lookup(&self.endpoints) else {
+            self.extra.push("--insecure".into());
+            return;
+        };
+        trust::register_agent(&self.addr(), &self.name, &trust);
+        if self.has("--token") {
+            return;
+        }
+        let role = if self.has("--controllers") {
+            NodeRole::Controller
+        } else {
+            NodeRole::Worker
+        };
+        trust.admit(&self.endpoints, &self.state, &self.name, role, &self.listen);
+        if role == NodeRole::Controller {
+            let mut url = trust.join_url.lock().unwrap();
+            url.get_or_insert_with(|| format!("https://{}", self.addr()));
+        } else {
+            create_announced_node(&trust, &self.endpoints, &self.name);
+        }
     }
 
     fn spawn(&mut self) {
@@ -84,6 +133,9 @@ impl TestAgent {
             .args(&self.extra)
             .env("RIFT_ENDPOINTS", &self.endpoints)
             .env("RIFT_LOG", "info")
+            .env_remove("RIFT_CONFIG")
+            .env_remove("RIFT_NODE_CONFIG")
+            .env_remove("RIFT_INSECURE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -102,6 +154,30 @@ impl TestAgent {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Stops the agent as systemd would (SIGTERM: it revokes its lease, so its node shows
+    /// NotReady at once) and waits for it to exit; its shims run on.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again (same flags, same state directory) after [`Self::terminate`]
+    /// or [`Self::kill`].
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "agent {} is still running", self.name);
+        self.spawn();
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn addr(&self) -> String {
@@ -123,8 +199,37 @@ impl TestAgent {
     }
 }
 
+/// In the background, creates worker `node`'s Node from its announcement once its agent has
+/// made one (what the join, or the leader, does in a real cluster); gives up after 30 s.
+fn create_announced_node(trust: &trust::Trust, endpoints: &str, node: &str) {
+    let access = trust.access(
+        &endpoints
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect::<Vec<_>>(),
+    );
+    let node = node.to_string();
+    std::thread::spawn(move || {
+        trust::block_on(async move {
+            let Ok(store) = rift::store::Store::connect(&access).await else {
+                return;
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let _ = rift::agent::registration::adopt_announced(&store).await;
+                if let Ok(Some(_)) = store.get::<rift::api::NodeSpec>(&node).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+}
+
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        trust::unregister(&[self.addr()]);
         self.kill();
         self.kill_shims();
     }
@@ -181,6 +286,16 @@ where
 /// Starts `rift agent --controllers` named `name` on 127.0.0.1:`port` with leader lease `ttl`
 /// seconds and its output discarded: a leader candidate for election tests and benchmarks.
 pub fn spawn_candidate(name: &str, endpoints: &str, port: u16, ttl: u64) -> Child {
+    // Its own state directory: candidates of different tests must share nothing.
+    let state = std::env::temp_dir().join(format!("rift-candidate-{name}-{port}"));
+    let mut insecure = Vec::new();
+    match trust::lookup(endpoints) {
+        Some(t) => {
+            t.admit(endpoints, &state, name, NodeRole::Controller, "127.0.0.1");
+            trust::register_agent(&format!("127.0.0.1:{port}"), name, &t);
+        }
+        None => insecure.push("--insecure"),
+    }
     Command::new(rift_bin())
         .args([
             "agent",
@@ -191,10 +306,11 @@ pub fn spawn_candidate(name: &str, endpoints: &str, port: u16, ttl: u64) -> Chil
             "127.0.0.1",
         ])
         .args(["--port", &port.to_string(), "--lease-ttl", &ttl.to_string()])
-        // Its own state directory: candidates of different tests must share nothing.
+        .args(insecure)
         .arg("--state-dir")
-        .arg(std::env::temp_dir().join(format!("rift-candidate-{name}-{port}")))
+        .arg(&state)
         .env("RIFT_ENDPOINTS", endpoints)
+        .env_remove("RIFT_NODE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

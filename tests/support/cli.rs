@@ -25,13 +25,27 @@ impl From<Output> for Run {
     }
 }
 
-/// A `rift` command pointed at `endpoints` through `RIFT_ENDPOINTS`.
+/// A `rift` command pointed at `endpoints` through `RIFT_ENDPOINTS`, with the credentials of
+/// the test cluster those endpoints belong to (`RIFT_CONFIG`; see [`super::trust`]), or
+/// `RIFT_INSECURE=1` for `http://` endpoints of no registered cluster (a plaintext cluster).
 pub fn rift_command(endpoints: &str, args: &[&str]) -> Command {
     let mut c = Command::new(rift_bin());
     c.args(args)
         .env("RIFT_ENDPOINTS", endpoints)
         .env_remove("RIFT_LOG")
+        .env_remove("RIFT_CONFIG")
+        .env_remove("RIFT_INSECURE")
+        .env_remove("RIFT_NODE_CONFIG")
         .stdin(Stdio::null());
+    match super::trust::lookup(endpoints) {
+        Some(t) => {
+            c.env("RIFT_CONFIG", &t.admin_conf);
+        }
+        None if endpoints.starts_with("http://") => {
+            c.env("RIFT_INSECURE", "1");
+        }
+        None => {}
+    }
     c
 }
 

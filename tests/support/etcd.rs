@@ -6,6 +6,15 @@
 //! with kernel-chosen free ports, and all state (data dirs and logs) inside a
 //! fresh temporary directory that is deleted when the cluster is dropped.
 //!
+//! A cluster is what rift runs in production unless asked otherwise: TLS on the
+//! client and peer ports with client certificates required, authentication on,
+//! with a CA made for this cluster alone; the operator's credentials are in
+//! [`EtcdCluster::admin_conf`] and registered for its endpoints (see
+//! [`super::trust`]), so `rift(&cluster.endpoints_csv(), ..)` and
+//! `TestAgent::start(.., &cluster.endpoints_csv(), ..)` find them. Health is
+//! read from each member's loopback metrics listener. [`EtcdCluster::plaintext`]
+//! starts the old kind (plain HTTP, no auth) for tests of that path.
+//!
 //! Guarantees:
 //!
 //! * Constructors ([`EtcdCluster::single`], [`EtcdCluster::three`],
@@ -32,6 +41,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +49,13 @@ use etcd_client::{Client, CompactionOptions, ConnectOptions};
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use rift::agent::etcd_member::process::MemberTls;
+use rift::pki::credentials::Credentials;
+use rift::pki::local::LocalTrust;
+use rift::store::{Access, Store};
 use tempfile::TempDir;
+
+use super::trust::{self, Trust};
 
 /// How long a member may take to become ready after being spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,6 +69,9 @@ const START_ATTEMPTS: usize = 5;
 /// How many log lines a startup failure panic includes.
 const LOG_TAIL_LINES: usize = 30;
 
+/// A client URL no member listens on (port 1 refuses connections).
+const UNREACHABLE_CLIENT_URL: &str = "https://127.0.0.1:1";
+
 /// etcd's error text for compacting at or below the compacted revision.
 const ERR_COMPACTED: &str = "required revision has been compacted";
 
@@ -65,6 +84,10 @@ struct Member {
     ip: Ipv4Addr,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP on the member's own loopback address: `/health`, `/metrics`.
+    metrics_port: u16,
+    /// TLS files (`None`: a plaintext cluster).
+    tls: Option<MemberTls>,
     /// Holds `data/` and `etcd.log`.
     dir: PathBuf,
     /// `Some` from spawn until the process has been reaped.
@@ -72,12 +95,20 @@ struct Member {
 }
 
 impl Member {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn client_url(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
+        format!("{}://{}:{}", self.scheme(), self.ip, self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.ip, self.peer_port)
+        format!("{}://{}:{}", self.scheme(), self.ip, self.peer_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -188,8 +219,14 @@ enum Readiness {
 /// deletes the temporary directory.
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// The cluster's CA and operator credentials (`None`: plaintext).
+    trust: Option<Arc<Trust>>,
     /// `--initial-cluster-token`, unique per cluster (and per start attempt).
     token: String,
+    /// The client URL members advertise instead of their own, if any.
+    advertise: Option<String>,
+    /// Relay URLs registered with this cluster's trust ([`EtcdCluster::url_via`]).
+    relays: std::sync::Mutex<Vec<String>>,
     /// Dropped after `Drop::drop` has killed the members.
     dir: TempDir,
 }
@@ -199,6 +236,13 @@ impl EtcdCluster {
     /// once it is healthy; panics (with its log tail) if it is not within 20 s.
     pub fn single() -> EtcdCluster {
         EtcdCluster::with_members(1)
+    }
+
+    /// One member, like [`single`](Self::single), that advertises a client URL nothing
+    /// listens on (`https://127.0.0.1:1`): agents learn no way to it besides the endpoints they
+    /// were given, so a test can put a fault proxy between one agent and etcd and cut it.
+    pub fn single_unadvertised() -> EtcdCluster {
+        EtcdCluster::build(1, true, Some(UNREACHABLE_CLIENT_URL.into()))
     }
 
     /// Three members on `127.0.0.1`, `127.0.0.2` and `127.0.0.3` forming a real
@@ -216,6 +260,16 @@ impl EtcdCluster {
     /// grabbed one of the ports chosen for it), all members are killed and the
     /// cluster is started again from scratch with new ports, up to 5 attempts.
     pub fn with_members(n: usize) -> EtcdCluster {
+        Self::build(n, true, None)
+    }
+
+    /// `n` members of the old kind: plain HTTP, no client certificates, no
+    /// authentication (tests of `--insecure` and of moving to TLS).
+    pub fn plaintext(n: usize) -> EtcdCluster {
+        Self::build(n, false, None)
+    }
+
+    fn build(n: usize, tls: bool, advertise: Option<String>) -> EtcdCluster {
         assert!(
             (1..=254).contains(&n),
             "EtcdCluster::with_members: n must be in 1..=254, got {n}"
@@ -224,21 +278,31 @@ impl EtcdCluster {
             .prefix("rift-etcd-")
             .tempdir()
             .expect("create temp dir for etcd cluster");
+        let ca = tls
+            .then(|| LocalTrust::create(&dir.path().join("pki")).expect("create the cluster's CA"));
         let mut cluster = EtcdCluster {
             members: Vec::new(),
+            trust: None,
             token: String::new(),
+            advertise,
+            relays: Default::default(),
             dir,
         };
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            cluster.prepare_attempt(n, attempt);
+            cluster.prepare_attempt(n, attempt, ca.as_ref());
             let initial_cluster = cluster.initial_cluster();
             for i in 0..n {
                 cluster.spawn(i, "new", &initial_cluster);
             }
             let all: Vec<usize> = (0..n).collect();
             match cluster.wait_ready(&all, Readiness::Healthy) {
-                Ok(()) => return cluster,
+                Ok(()) => {
+                    if let Some(ca) = &ca {
+                        cluster.secure(ca);
+                    }
+                    return cluster;
+                }
                 Err(NotReady::Exited { member, status }) => {
                     let m = &cluster.members[member];
                     let _ = write!(
@@ -268,6 +332,71 @@ impl EtcdCluster {
         panic!("etcd cluster failed to start after {START_ATTEMPTS} attempts:\n{failures}");
     }
 
+    /// Writes the operator's credentials, turns authentication on, publishes the
+    /// CA (as the first controller of a real cluster does) and registers the
+    /// endpoints.
+    fn secure(&mut self, ca: &LocalTrust) {
+        let admin_conf = self.dir.path().join("admin.conf");
+        let admin = ca.admin().expect("the operator's identity");
+        Credentials {
+            endpoints: self.endpoints(),
+            ca: admin.ca_pem.clone(),
+            cert: admin.cert_pem.clone(),
+            key: admin.key_pem.clone(),
+        }
+        .save(&admin_conf)
+        .expect("write admin.conf");
+        let trust = Trust::new(&admin_conf, &self.dir.path().join("pki"));
+        let access = trust.access(&self.endpoints());
+        let ca = ca.ca().clone();
+        trust::block_on(async move {
+            let store = Store::connect(&access).await.expect("connect as root");
+            rift::store::auth::enable(&store)
+                .await
+                .expect("turn authentication on");
+            rift::store::auth::publish_trust(&store, &ca)
+                .await
+                .expect("publish the CA");
+        });
+        trust::register(&self.endpoints(), &trust);
+        self.trust = Some(trust);
+    }
+
+    /// The cluster's credentials (`None` for a plaintext cluster).
+    pub fn trust(&self) -> Option<&Arc<Trust>> {
+        self.trust.as_ref()
+    }
+
+    /// The operator's credentials file (for `RIFT_CONFIG`); panics for a
+    /// plaintext cluster.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.trust
+            .as_ref()
+            .expect("a TLS cluster")
+            .admin_conf
+            .clone()
+    }
+
+    /// How to reach every member: as `root` over TLS, or plaintext.
+    pub fn access(&self) -> Access {
+        self.access_to(&self.endpoints())
+    }
+
+    /// How to reach `urls` of this cluster.
+    pub fn access_to(&self, urls: &[String]) -> Access {
+        match &self.trust {
+            Some(t) => t.access(urls),
+            None => Access::insecure(urls),
+        }
+    }
+
+    /// A store connected to every member (as `root`).
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.access())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.endpoints_csv()))
+    }
+
     /// Number of members (running or not).
     pub fn len(&self) -> usize {
         self.members.len()
@@ -279,7 +408,7 @@ impl EtcdCluster {
     }
 
     /// Client URLs of all members (running or not), in member order, e.g.
-    /// `"http://127.0.0.1:40123"`.
+    /// `"https://127.0.0.1:40123"` (`http://` for a plaintext cluster).
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
     }
@@ -290,9 +419,32 @@ impl EtcdCluster {
         self.endpoints().join(",")
     }
 
+    /// The URL of a relay (a fault proxy) at `listen` that forwards to this cluster's members,
+    /// with this cluster's scheme; its credentials are registered for it (TLS passes through a
+    /// relay untouched: clients verify etcd by name, not address) until the cluster is dropped.
+    pub fn url_via(&self, listen: SocketAddr) -> String {
+        let scheme = if self.trust.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{listen}");
+        if let Some(t) = &self.trust {
+            trust::register(std::slice::from_ref(&url), t);
+            self.relays.lock().unwrap().push(url.clone());
+        }
+        url
+    }
+
     /// Client URL of member `i`.
     pub fn client_url(&self, i: usize) -> String {
         self.member(i).client_url()
+    }
+
+    /// Client address of member `i` (for a relay in front of it).
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        let m = self.member(i);
+        SocketAddr::new(m.ip.into(), m.client_port)
     }
 
     /// Path of member `i`'s log file (etcd's zap log plus its stdout/stderr).
@@ -393,8 +545,8 @@ impl EtcdCluster {
         revision
     }
 
-    /// A client connected to all running members (5 s connect timeout).
-    /// Panics if no member is running or the connection fails.
+    /// A client connected to all running members (5 s connect timeout), as
+    /// `root`. Panics if no member is running or the connection fails.
     pub async fn client(&self) -> Client {
         let endpoints: Vec<String> = self
             .members
@@ -403,10 +555,18 @@ impl EtcdCluster {
             .map(Member::client_url)
             .collect();
         assert!(!endpoints.is_empty(), "no etcd member is running");
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
-        Client::connect(&endpoints, Some(options))
+        self.client_at(&endpoints).await
+    }
+
+    /// A client connected to `urls` only (5 s connect timeout), as `root`.
+    pub async fn client_at(&self, urls: &[String]) -> Client {
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        if let Some(admin) = self.trust.as_ref().and_then(|t| t.admin()) {
+            options = options.with_tls(rift::pki::tls::etcd_options(&admin));
+        }
+        Client::connect(urls, Some(options))
             .await
-            .unwrap_or_else(|e| panic!("connect to etcd at {endpoints:?}: {e}"))
+            .unwrap_or_else(|e| panic!("connect to etcd at {urls:?}: {e}"))
     }
 
     fn member(&self, i: usize) -> &Member {
@@ -429,8 +589,9 @@ impl EtcdCluster {
         m.terminate(sig, timeout);
     }
 
-    /// Choose fresh ports, token and directories for start attempt `attempt`.
-    fn prepare_attempt(&mut self, n: usize, attempt: usize) {
+    /// Choose fresh ports, token and directories for start attempt `attempt`
+    /// (and certificates from `ca`, for a TLS cluster).
+    fn prepare_attempt(&mut self, n: usize, attempt: usize, ca: Option<&LocalTrust>) {
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -441,16 +602,22 @@ impl EtcdCluster {
         self.members = (0..n)
             .map(|i| {
                 let ip = Ipv4Addr::new(127, 0, 0, i as u8 + 1);
-                let (client_port, peer_port) = free_ports(ip);
+                let (client_port, peer_port, metrics_port) = free_ports(ip);
                 let name = format!("m{i}");
                 let dir = base.join(&name);
                 fs::create_dir_all(&dir)
                     .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+                let tls = ca.map(|ca| {
+                    ca.member(&name, &[ip.to_string()])
+                        .expect("certificates for a member")
+                });
                 Member {
                     name,
                     ip,
                     client_port,
                     peer_port,
+                    metrics_port,
+                    tls,
                     dir,
                     child: None,
                 }
@@ -469,6 +636,7 @@ impl EtcdCluster {
     /// Spawn member `i`'s etcd process. Panics if it cannot be spawned at all.
     fn spawn(&mut self, i: usize, state: &str, initial_cluster: &str) {
         let token = self.token.clone();
+        let advertise = self.advertise.clone();
         let m = &mut self.members[i];
         let log_path = m.log_path();
         let mut log = open_log(&log_path);
@@ -482,7 +650,10 @@ impl EtcdCluster {
             .unwrap_or_else(|e| panic!("dup {}: {e}", log_path.display()));
         let bin = etcd_bin();
         let client_url = m.client_url();
+        let advertised = advertise.unwrap_or_else(|| client_url.clone());
         let peer_url = m.peer_url();
+        let tls_args = m.tls.as_ref().map(MemberTls::args).unwrap_or_default();
+        let metrics_url = format!("http://{}:{}", m.ip, m.metrics_port);
         let child = Command::new(&bin)
             .arg("--name")
             .arg(&m.name)
@@ -491,7 +662,7 @@ impl EtcdCluster {
             .arg("--listen-client-urls")
             .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(&client_url)
+            .arg(&advertised)
             .arg("--listen-peer-urls")
             .arg(&peer_url)
             .arg("--initial-advertise-peer-urls")
@@ -512,6 +683,9 @@ impl EtcdCluster {
             .arg("zap")
             .arg("--log-outputs")
             .arg(&log_path)
+            .arg("--listen-metrics-urls")
+            .arg(&metrics_url)
+            .args(tls_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -533,7 +707,7 @@ impl EtcdCluster {
                     return Err(NotReady::Exited { member: i, status });
                 }
                 let ready = match readiness {
-                    Readiness::Healthy => is_healthy(m.ip, m.client_port),
+                    Readiness::Healthy => is_healthy(m.ip, m.metrics_port),
                     Readiness::Listening => accepts_connections(m.ip, m.client_port),
                 };
                 if !ready {
@@ -563,6 +737,8 @@ impl Drop for EtcdCluster {
     /// SIGKILLs and reaps every member still running (also during a panic
     /// unwind), before the temporary directory is removed.
     fn drop(&mut self) {
+        trust::unregister(&self.endpoints());
+        trust::unregister(&self.relays.lock().unwrap());
         for m in &mut self.members {
             if let Some(child) = m.child.as_mut() {
                 let _ = child.kill();
@@ -587,19 +763,21 @@ fn open_log(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
-/// Two distinct ports that are free on `ip` right now (client, peer). Another
-/// process may take them before etcd binds; the caller retries in that case.
-fn free_ports(ip: Ipv4Addr) -> (u16, u16) {
+/// Three distinct ports that are free on `ip` right now (client, peer, metrics).
+/// Another process may take them before etcd binds; the caller retries in that
+/// case.
+fn free_ports(ip: Ipv4Addr) -> (u16, u16, u16) {
     let bind = || {
         TcpListener::bind((ip, 0)).unwrap_or_else(|e| {
             panic!("bind {ip}:0 (is {ip} a loopback address on this host?): {e}")
         })
     };
-    // Hold both listeners at once so the two ports differ.
+    // Hold the listeners at once so the ports differ.
     let client = bind();
     let peer = bind();
+    let metrics = bind();
     let port = |l: &TcpListener| l.local_addr().expect("listener address").port();
-    (port(&client), port(&peer))
+    (port(&client), port(&peer), port(&metrics))
 }
 
 fn accepts_connections(ip: Ipv4Addr, port: u16) -> bool {

@@ -123,7 +123,7 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("sshd starts (is openssh-server installed? scripts/install-deps.sh)");
+            .expect("sshd starts (is openssh-server installed? scripts/install-deps.sh --test)");
         self.child = Some(child);
         let start = Instant::now();
         let addr = format!("{}:{}", self.host, self.port);

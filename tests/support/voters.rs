@@ -33,7 +33,7 @@ impl VoterNode {
         let peer = std::iter::repeat_with(free_port)
             .find(|p| *p != client)
             .unwrap();
-        let client_url = format!("http://{ip}:{client}");
+        let client_url = format!("https://{ip}:{client}");
         let endpoints = endpoints.unwrap_or(&client_url).to_string();
         let (client, peer) = (client.to_string(), peer.to_string());
         let mut args = vec![
@@ -49,6 +49,10 @@ impl VoterNode {
         ];
         args.extend_from_slice(extra);
         let agent = TestAgent::start_on(ip, name, &endpoints, &args);
+        // Its member belongs to the same cluster: the same credentials reach it.
+        if let Some(t) = super::trust::lookup(&endpoints) {
+            super::trust::register(std::slice::from_ref(&client_url), &t);
+        }
         VoterNode {
             agent,
             ip: ip.into(),
@@ -68,11 +72,26 @@ impl VoterNode {
     }
 }
 
-/// A client to exactly one member (no balancing), short timeouts.
-pub async fn member_client(url: &str) -> Option<Client> {
+impl Drop for VoterNode {
+    fn drop(&mut self) {
+        super::trust::unregister(std::slice::from_ref(&self.client_url));
+    }
+}
+
+/// Client options for `urls`: short timeouts, and root's certificate for a TLS test cluster.
+fn options(urls: &[String]) -> Option<ConnectOptions> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(3));
+    match super::trust::lookup(&urls.join(",")) {
+        Some(t) => Some(options.with_tls(rift::pki::tls::etcd_options(&t.admin()?))),
+        None => Some(options),
+    }
+}
+
+/// A client to exactly one member (no balancing), short timeouts.
+pub async fn member_client(url: &str) -> Option<Client> {
+    let options = options(&[url.to_string()])?;
     Client::connect([url], Some(options)).await.ok()
 }
 
@@ -217,10 +236,9 @@ impl QuorumObserver {
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn member_client_any(endpoints: &[String]) -> Option<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(3));
-    Client::connect(endpoints, Some(options)).await.ok()
+    Client::connect(endpoints, Some(options(endpoints)?))
+        .await
+        .ok()
 }
 
 /// Joins b (127.0.0.2) and c (127.0.0.3) through `a` and grows the VoterSet to `[a, b, c]`,

@@ -11,6 +11,7 @@
 //! cluster that answers no longer lists the node. An agent restart adopts the running member
 //! instead of restarting it (unless `etcd.stopWithAgent`).
 
+pub mod bind;
 pub mod decide;
 pub mod process;
 
@@ -54,15 +55,16 @@ struct SavedEndpoints {
 }
 
 /// Endpoints learned by an earlier run (voters' client URLs), if that run was configured with
-/// the same endpoints: a state directory reused against another cluster (or a test's) must not
-/// bring the old cluster's members along.
+/// the same endpoints (`configured`, normalized as [`crate::store::Access`] does): a state
+/// directory reused against another cluster (or a test's) must not bring the old cluster's
+/// members along.
 pub fn saved_endpoints(state_dir: &Path, configured: &[String]) -> Vec<String> {
     let saved: SavedEndpoints =
         match crate::agent::jobs::layout::read_json(&endpoints_file(state_dir)) {
             Ok(Some(s)) => s,
             _ => return Vec::new(),
         };
-    if saved.configured == crate::store::client::normalize_endpoints(configured) {
+    if saved.configured == configured {
         saved.learned
     } else {
         Vec::new()
@@ -70,8 +72,8 @@ pub fn saved_endpoints(state_dir: &Path, configured: &[String]) -> Vec<String> {
 }
 
 /// The hosts this node's etcd URLs use: its addresses, else the host of `--advertise`, else a
-/// specific listen address.
-fn hosts(config: &AgentConfig) -> Vec<String> {
+/// specific listen address. They are also the names on its etcd certificates.
+pub fn hosts(config: &AgentConfig) -> Vec<String> {
     if !config.addresses.is_empty() {
         return config.addresses.clone();
     }
@@ -102,6 +104,20 @@ pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
             etcd.binary.display()
         )
     })?;
+    let tls = if config.insecure {
+        None
+    } else {
+        let pki = crate::pki::PkiDir::new(&config.state_dir);
+        if !pki.has_etcd_certs() {
+            return Err(format!(
+                "no etcd certificates in {} (etcd-server.crt, etcd-peer.crt): only controller \
+                 nodes host etcd members; join this node with a controller token",
+                pki.root().display()
+            ));
+        }
+        Some(process::MemberTls::in_dir(&pki))
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let hosts = hosts(config);
     let Some(first) = hosts.first() else {
         return Err(
@@ -112,24 +128,27 @@ pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
     };
     let url = |host: &str, port: u16| {
         if host.contains(':') {
-            format!("http://[{host}]:{port}")
+            format!("{scheme}://[{host}]:{port}")
         } else {
-            format!("http://{host}:{port}")
+            format!("{scheme}://{host}:{port}")
         }
     };
     let client_urls: Vec<String> = hosts.iter().map(|h| url(h, etcd.client_port)).collect();
-    let specific = config.listen != "0.0.0.0" && config.listen != "::";
-    let (listen_client_urls, listen_peer_urls) = if specific {
-        (
-            client_urls.clone(),
-            hosts.iter().map(|h| url(h, etcd.peer_port)).collect(),
-        )
-    } else {
-        (
-            vec![url("0.0.0.0", etcd.client_port)],
-            vec![url("0.0.0.0", etcd.peer_port)],
-        )
-    };
+    let listen = bind::decide(&hosts, &etcd.bind_addresses, bind::is_local)?;
+    if !listen.not_local.is_empty() {
+        tracing::warn!(
+            addresses = %listen.not_local.join(", "),
+            "etcd does not listen on these node addresses: they are not on this machine \
+             (a cloud's NAT?); if peers reach this node there, add the private address they \
+             forward to in etcd.bindAddresses"
+        );
+    }
+    let listen_client_urls = listen
+        .client
+        .iter()
+        .map(|h| url(h, etcd.client_port))
+        .collect();
+    let listen_peer_urls = listen.peer.iter().map(|h| url(h, etcd.peer_port)).collect();
     Ok(MemberSpec {
         name: config.name.clone(),
         binary,
@@ -138,6 +157,11 @@ pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
         client_urls,
         listen_peer_urls,
         listen_client_urls,
+        tls,
+        metrics_url: etcd
+            .metrics_port
+            .filter(|p| *p != 0)
+            .map(|p| format!("http://127.0.0.1:{p}")),
         extra_args: etcd.extra_args.clone(),
     })
 }
@@ -165,7 +189,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: &AgentConfig, store: Store) -> Self {
+    /// `configured`: the configured endpoints, normalized (see [`saved_endpoints`]).
+    pub fn new(config: &AgentConfig, store: Store, configured: Vec<String>) -> Self {
         let spec = member_spec(config);
         let process = spec
             .as_ref()
@@ -199,8 +224,8 @@ impl Supervisor {
             written: None,
             restart_delay: Duration::from_secs(1),
             not_before: Instant::now(),
-            learned: saved_endpoints(&config.state_dir, &config.endpoints),
-            configured: crate::store::client::normalize_endpoints(&config.endpoints),
+            learned: saved_endpoints(&config.state_dir, &configured),
+            configured,
             cluster_id: MemberDir::new(&config.state_dir).cluster_id(),
             not_member_streak: 0,
         }
@@ -239,6 +264,9 @@ impl Supervisor {
                 }
             }
             if let Some(list) = &list {
+                if self.process.is_some() {
+                    self.upgrade_peer_url(list.members()).await;
+                }
                 self.learn_endpoints(list.members()).await;
             }
             self.write_report().await;
@@ -286,8 +314,14 @@ impl Supervisor {
                 }
             }
         }
+        // Registered over http:// while this agent now offers https:// (a plaintext cluster
+        // moved to TLS): the same member; its peer URL is corrected by `upgrade_peer_url`.
+        let upgraded = |urls: &[String]| {
+            urls.iter()
+                .any(|u| u.replacen("http://", "https://", 1) == spec.peer_url)
+        };
         match found {
-            Some(urls) if ours(&urls) => {
+            Some(urls) if ours(&urls) || (spec.tls.is_some() && upgraded(&urls)) => {
                 cluster.push((self.node.clone(), spec.peer_url.clone()));
                 Membership::Member {
                     cluster,
@@ -311,6 +345,25 @@ impl Supervisor {
     }
 
     async fn converge(&mut self, spec: &MemberSpec, membership: &Membership) {
+        // A member adopted from before this node moved to TLS: restart it with TLS (from its
+        // data; the cluster keeps quorum as long as one voter restarts at a time).
+        if spec.tls.is_some() {
+            let stale = self
+                .process
+                .as_mut()
+                .is_some_and(|p| p.is_running() && !p.runs_tls());
+            if let Some(p) = self.process.as_mut().filter(|_| stale) {
+                tracing::info!(pid = p.record.pid, "restarting the etcd member with TLS");
+                p.stop(Duration::from_secs(10)).await;
+                self.process = None;
+                self.events.normal(
+                    "Node",
+                    &self.node,
+                    "etcd_member_tls",
+                    "the etcd member was restarted with TLS".to_string(),
+                );
+            }
+        }
         let running = self.process.as_mut().is_some_and(|p| p.is_running());
         if self.process.is_some() && !running {
             let ran = self
@@ -359,8 +412,12 @@ impl Supervisor {
                 }
                 if mode != StartMode::FromData {
                     // What a failed earlier start left (no write-ahead log) is no member's
-                    // data: set it aside so etcd starts clean.
-                    if let Err(e) = spec.dir.set_aside_partial() {
+                    // data: remove it so etcd starts clean.
+                    let dir = spec.dir.clone();
+                    let cleared = tokio::task::spawn_blocking(move || dir.set_aside_partial())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Err(e) = cleared {
                         self.set(LocalMemberState::Failed, &format!("{e}"));
                         return;
                     }
@@ -384,7 +441,11 @@ impl Supervisor {
                     p.stop(Duration::from_secs(10)).await;
                 }
                 self.process = None;
-                match spec.dir.set_aside() {
+                let dir = spec.dir.clone();
+                let set_aside = tokio::task::spawn_blocking(move || dir.set_aside())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match set_aside {
                     Ok(kept) => {
                         self.events.normal(
                             "Node",
@@ -426,14 +487,50 @@ impl Supervisor {
         }
     }
 
+    /// A member registered with `http://` peer URLs that now runs with TLS (the cluster moved to
+    /// TLS, voter by voter): corrects its peer URL to `https://` so the other members reach it.
+    /// Needs a controller's (root) identity; retried every pass until it holds.
+    async fn upgrade_peer_url(&mut self, members: &[etcd_client::Member]) {
+        let Ok(spec) = &self.spec else { return };
+        if spec.tls.is_none() {
+            return;
+        }
+        let Some(me) = members.iter().find(|m| m.name() == self.node) else {
+            return;
+        };
+        if me.peer_urls().iter().any(|u| u == &spec.peer_url)
+            || !me.peer_urls().iter().any(|u| u.starts_with("http://"))
+        {
+            return;
+        }
+        let mut client = self.store.client();
+        let update = client.member_update(me.id(), vec![spec.peer_url.clone()]);
+        match tokio::time::timeout(LIST_TIMEOUT, update).await {
+            Ok(Ok(_)) => tracing::info!(
+                peer_url = %spec.peer_url,
+                "the etcd member's peer URL moved to TLS"
+            ),
+            Ok(Err(e)) => tracing::warn!(%e, "cannot move the member's peer URL to https yet"),
+            Err(_) => tracing::warn!("moving the member's peer URL to https timed out"),
+        }
+    }
+
     /// Makes every voter's client URLs (with the configured ones) the store's endpoints and saves
     /// them; drops the URLs of members that are gone at once.
     async fn learn_endpoints(&mut self, members: &[etcd_client::Member]) {
         let client = self.store.client();
+        // Only URLs this store can speak to: a member still on http:// while this agent is
+        // on TLS (or the other way round, mid-upgrade) is no endpoint for it.
+        let scheme = if self.store.access().is_tls() {
+            "https://"
+        } else {
+            "http://"
+        };
         let urls: Vec<String> = members
             .iter()
             .filter(|m| !m.is_learner())
             .flat_map(|m| m.client_urls().iter().cloned())
+            .filter(|u| u.starts_with(scheme))
             .collect();
         if urls.is_empty() || urls == self.learned {
             return;
@@ -465,5 +562,36 @@ impl Supervisor {
         }
         tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");
         self.learned = urls;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::{ConfigFile, Overrides};
+
+    #[test]
+    fn an_agent_listening_everywhere_still_binds_etcd_only_to_its_own_addresses() {
+        let config = AgentConfig::resolve(
+            ConfigFile::default(),
+            Overrides {
+                name: Some("n1".into()),
+                addresses: vec!["127.0.0.2".into(), "192.0.2.7".into()],
+                etcd_binary: Some("sh".into()),
+                // Plaintext: this is about addresses (a TLS member also needs its certificates).
+                insecure: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0", "the agent's own default");
+        let spec = member_spec(&config).unwrap();
+        assert_eq!(spec.listen_client_urls, ["http://127.0.0.2:2379"]);
+        assert_eq!(spec.listen_peer_urls, ["http://127.0.0.2:2380"]);
+        // Advertised as before: every address, in order.
+        assert_eq!(
+            spec.client_urls,
+            ["http://127.0.0.2:2379", "http://192.0.2.7:2379"]
+        );
     }
 }

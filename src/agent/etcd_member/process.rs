@@ -12,6 +12,9 @@ use super::decide::StartMode;
 use crate::agent::jobs::layout::{read_json, write_json, ProcRecord};
 use crate::agent::jobs::procs;
 
+/// How many set-aside data directories of removed members are kept.
+pub const KEEP_SET_ASIDE: usize = 3;
+
 /// Where the member keeps its files: `<state>/etcd/{data/, member.json, etcd.log}`.
 #[derive(Clone, Debug)]
 pub struct MemberDir {
@@ -41,30 +44,49 @@ impl MemberDir {
         })
     }
     /// Moves the data directory to `data.removed-<unix time>` (after the member was removed):
-    /// never deleted, in case the removal was a mistake. Earlier set-aside copies are deleted,
-    /// so at most one is kept. Returns where it went.
+    /// never deleted at once, in case the removal was a mistake. The newest
+    /// [`KEEP_SET_ASIDE`] copies are kept; older ones are deleted. Returns where it went.
     pub fn set_aside(&self) -> std::io::Result<PathBuf> {
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("data.removed-") {
-                    std::fs::remove_dir_all(e.path())?;
-                }
-            }
-        }
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let kept = self.root.join(format!("data.removed-{secs}"));
-        match std::fs::rename(self.data(), &kept) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(kept),
+        let mut kept = self.root.join(format!("data.removed-{secs}"));
+        let mut n = 1;
+        while kept.exists() {
+            kept = self.root.join(format!("data.removed-{secs}.{n}"));
+            n += 1;
         }
+        match std::fs::rename(self.data(), &kept) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut copies: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let stamp = name.strip_prefix("data.removed-")?;
+                        let (secs, n) = stamp.split_once('.').unwrap_or((stamp, "0"));
+                        Some((secs.parse().ok()?, n.parse().ok()?, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        copies.sort();
+        let excess = copies.len().saturating_sub(KEEP_SET_ASIDE);
+        for (_, _, old) in copies.into_iter().take(excess) {
+            std::fs::remove_dir_all(old)?;
+        }
+        Ok(kept)
     }
-    /// Sets aside a data directory that holds no member (what a failed start left).
+    /// Removes a data directory that holds no member (what a failed start or join left: no
+    /// write-ahead log), so etcd starts clean. Copies set aside earlier are never touched: a
+    /// failed rejoin must not cost the data of the member that was removed before it.
     pub fn set_aside_partial(&self) -> std::io::Result<()> {
         if self.data().exists() && !self.has_data() {
-            self.set_aside()?;
+            std::fs::remove_dir_all(self.data())?;
         }
         Ok(())
     }
@@ -84,6 +106,53 @@ impl MemberDir {
     }
 }
 
+/// The member's certificates (under `<state>/pki/`): client and peer TLS, both requiring a
+/// certificate of the cluster CA; peers must be `etcd-peer`.
+#[derive(Clone, Debug)]
+pub struct MemberTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+}
+
+impl MemberTls {
+    pub fn in_dir(pki: &crate::pki::PkiDir) -> MemberTls {
+        use crate::pki::dir::LeafFile;
+        MemberTls {
+            ca: pki.ca_cert(),
+            server_cert: pki.cert(LeafFile::EtcdServer),
+            server_key: pki.key(LeafFile::EtcdServer),
+            peer_cert: pki.cert(LeafFile::EtcdPeer),
+            peer_key: pki.key(LeafFile::EtcdPeer),
+        }
+    }
+
+    /// etcd's TLS flags for these files.
+    pub fn args(&self) -> Vec<String> {
+        let p = |path: &PathBuf| path.display().to_string();
+        vec![
+            "--cert-file".into(),
+            p(&self.server_cert),
+            "--key-file".into(),
+            p(&self.server_key),
+            "--trusted-ca-file".into(),
+            p(&self.ca),
+            "--client-cert-auth".into(),
+            "--peer-cert-file".into(),
+            p(&self.peer_cert),
+            "--peer-key-file".into(),
+            p(&self.peer_key),
+            "--peer-trusted-ca-file".into(),
+            p(&self.ca),
+            "--peer-client-cert-auth".into(),
+            "--peer-cert-allowed-cn".into(),
+            crate::pki::names::ETCD_PEER_CN.into(),
+        ]
+    }
+}
+
 /// Everything the command line needs.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
@@ -94,6 +163,10 @@ pub struct MemberSpec {
     pub client_urls: Vec<String>,
     pub listen_peer_urls: Vec<String>,
     pub listen_client_urls: Vec<String>,
+    /// TLS on both ports (`None`: a plaintext cluster).
+    pub tls: Option<MemberTls>,
+    /// `http://127.0.0.1:<port>` for `/metrics` and `/health`, when configured.
+    pub metrics_url: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -126,6 +199,12 @@ pub fn args(spec: &MemberSpec, mode: &StartMode) -> Vec<String> {
         "--log-outputs".into(),
         spec.dir.log().display().to_string(),
     ];
+    if let Some(tls) = &spec.tls {
+        a.extend(tls.args());
+    }
+    if let Some(url) = &spec.metrics_url {
+        a.extend(["--listen-metrics-urls".into(), url.clone()]);
+    }
     let cluster = match mode {
         StartMode::FromData => None,
         StartMode::New => Some((vec![(spec.name.clone(), spec.peer_url.clone())], "new")),
@@ -185,6 +264,14 @@ impl MemberProcess {
         })
     }
 
+    /// Whether the process was started with client-certificate TLS (read from its command
+    /// line): a member adopted from before the cluster moved to TLS was not.
+    pub fn runs_tls(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.record.pid))
+            .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"--client-cert-auth"))
+            .unwrap_or(false)
+    }
+
     /// True while the process runs (a child that exited is reaped here).
     pub fn is_running(&mut self) -> bool {
         if let Some(child) = &mut self.child {
@@ -239,6 +326,8 @@ mod tests {
             client_urls: vec!["http://10.0.0.1:2379".into(), "http://1.2.3.4:2379".into()],
             listen_peer_urls: vec!["http://0.0.0.0:2380".into()],
             listen_client_urls: vec!["http://0.0.0.0:2379".into()],
+            tls: None,
+            metrics_url: None,
             extra_args: vec!["--heartbeat-interval".into(), "200".into()],
         }
     }
@@ -246,6 +335,44 @@ mod tests {
     fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         let i = args.iter().position(|a| a == flag)?;
         args.get(i + 1).map(String::as_str)
+    }
+
+    /// A data directory holding a member (a write-ahead log segment), marked with `tag`.
+    fn member_data(dir: &MemberDir, tag: &str) {
+        std::fs::create_dir_all(dir.data().join("member/wal")).unwrap();
+        std::fs::write(dir.data().join("member/wal/0.wal"), tag).unwrap();
+    }
+
+    fn set_aside_tags(dir: &MemberDir) -> Vec<String> {
+        let mut tags: Vec<String> = std::fs::read_dir(&dir.root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("data.removed-"))
+            .map(|e| std::fs::read_to_string(e.path().join("member/wal/0.wal")).unwrap())
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    #[test]
+    fn a_failed_rejoin_never_costs_the_data_set_aside_before_it() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = MemberDir::new(state.path());
+        member_data(&dir, "first");
+        dir.set_aside().unwrap();
+        // A rejoin that failed before it wrote a log: its leftovers go, the copy stays.
+        std::fs::create_dir_all(dir.data().join("member/snap")).unwrap();
+        dir.set_aside_partial().unwrap();
+        assert!(!dir.data().exists());
+        assert_eq!(set_aside_tags(&dir), ["first"]);
+        // Removed again and again (within the same second, too): the newest copies stay.
+        for tag in ["second", "third", "fourth"] {
+            member_data(&dir, tag);
+            dir.set_aside().unwrap();
+        }
+        assert_eq!(set_aside_tags(&dir).len(), KEEP_SET_ASIDE);
+        assert!(!set_aside_tags(&dir).contains(&"first".to_string()));
+        assert!(set_aside_tags(&dir).contains(&"fourth".to_string()));
     }
 
     #[test]
@@ -278,6 +405,24 @@ mod tests {
             Some("b=http://10.0.0.2:2380,a=http://10.0.0.1:2380")
         );
         assert_eq!(value(&a, "--initial-cluster-state"), Some("existing"));
+    }
+
+    #[test]
+    fn a_tls_member_requires_client_certificates_on_both_ports() {
+        let mut s = spec();
+        s.tls = Some(MemberTls::in_dir(&crate::pki::PkiDir::new(Path::new("/s"))));
+        s.metrics_url = Some("http://127.0.0.1:2381".into());
+        let a = args(&s, &StartMode::FromData);
+        assert!(a.contains(&"--client-cert-auth".to_string()));
+        assert!(a.contains(&"--peer-client-cert-auth".to_string()));
+        assert_eq!(value(&a, "--cert-file"), Some("/s/pki/etcd-server.crt"));
+        assert_eq!(value(&a, "--peer-cert-allowed-cn"), Some("etcd-peer"));
+        assert_eq!(
+            value(&a, "--listen-metrics-urls"),
+            Some("http://127.0.0.1:2381")
+        );
+        // Extra arguments still come last, so they can override.
+        assert_eq!(a[a.len() - 2..], ["--heartbeat-interval", "200"]);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! What to do next with a job on this node, decided from what its attempts did: a pure
-//! function, unit-tested without processes.
+//! What to do next with a job on this node, decided from what its attempts did: pure
+//! functions ([`decide`], [`Book::count`]), unit-tested without processes.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::layout::{EndReason, ExitRecord, RunSpec};
 use crate::api::job::{JobPhase, RestartPolicy};
@@ -12,6 +13,60 @@ use crate::api::job::{JobPhase, RestartPolicy};
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest delay between restarts.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// An attempt that ran at least this long before it failed starts a fresh failure count: an
+/// `Always` job that crashes once a week never exhausts its `backoffLimit`.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(600);
+
+/// The restart bookkeeping of one job on this node, kept in the job's directory so that it
+/// survives agent restarts and the pruning of old attempt folders.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Book {
+    /// The last attempt whose end has been counted (0: none).
+    pub through: u32,
+    /// Failed attempts in the current count: since the first attempt, or since the last one
+    /// that ran for [`HEALTHY_RUN`] or more.
+    pub failures: u32,
+    /// When the first attempt started (`activeDeadlineSeconds` counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_started: Option<DateTime<Utc>>,
+}
+
+/// True for an end that counts against `backoffLimit`: any end but a success, or a stop
+/// because the node lost its lease (not the job's fault; see [`decide`]).
+pub fn counts_as_failure(rec: &ExitRecord) -> bool {
+    !rec.succeeded() && rec.reason != EndReason::NodeLost
+}
+
+impl Book {
+    /// The book once attempt `n` (started at `started`) ended as `rec`; unchanged when `n` was
+    /// counted already. A failure after a run of [`HEALTHY_RUN`] or more starts a fresh count.
+    pub fn count(&self, n: u32, started: Option<DateTime<Utc>>, rec: &ExitRecord) -> Book {
+        if n <= self.through {
+            return self.clone();
+        }
+        let ran_healthy = started.is_some_and(|s| {
+            (rec.finished_at - s)
+                .to_std()
+                .is_ok_and(|ran| ran >= HEALTHY_RUN)
+        });
+        let before = if ran_healthy { 0 } else { self.failures };
+        Book {
+            through: n,
+            failures: before.saturating_add(u32::from(counts_as_failure(rec))),
+            first_started: self.first_started.or(started),
+        }
+    }
+
+    /// The book once an attempt was seen started at `started`.
+    pub fn started(&self, started: Option<DateTime<Utc>>) -> Book {
+        Book {
+            first_started: self.first_started.or(started),
+            ..self.clone()
+        }
+    }
+}
 
 /// The last attempt as observed on this node.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +83,7 @@ pub struct Observed {
     /// The number of the last attempt (0 when none).
     pub attempt: u32,
     pub state: AttemptState,
-    /// Failed attempts so far, the last one included.
+    /// Failed attempts in the current count ([`Book::failures`]), the last one included.
     pub failures: u32,
     /// When the first attempt started.
     pub first_started: Option<DateTime<Utc>>,
@@ -62,7 +117,10 @@ pub fn backoff(failures: u32) -> Duration {
 
 fn past_deadline(spec: &RunSpec, obs: &Observed, now: DateTime<Utc>) -> bool {
     match (spec.active_deadline_seconds, obs.first_started) {
-        (Some(limit), Some(start)) => (now - start).num_seconds() >= limit as i64,
+        // A limit beyond what a clock can count is never reached.
+        (Some(limit), Some(start)) => {
+            i64::try_from(limit).is_ok_and(|limit| (now - start).num_seconds() >= limit)
+        }
         _ => false,
     }
 }
@@ -91,8 +149,12 @@ fn failed(reason: &str, message: String) -> Next {
 ///   attempts failed; exit 0 → Succeeded.
 /// - `Always`: like `OnFailure`, and a successful exit starts the next attempt too (after
 ///   [`BACKOFF_BASE`]), without counting against `backoffLimit`.
-/// - Start errors count as failures; `Rejected` (retrying cannot help) and `NodeLost` end the
-///   job at once; running past `activeDeadlineSeconds` stops it and fails it.
+/// - Start errors count as failures; `Rejected` (retrying cannot help) ends the job at once;
+///   running past `activeDeadlineSeconds` stops it and fails it.
+/// - `NodeLost` (the node lost its lease for `lostAfter` and the job was stopped so it could run
+///   elsewhere) is not the job's failure: the next attempt may start at once, without backoff
+///   and without counting against `backoffLimit` — the runner starts it only once the lease is
+///   current again and the job is still bound here (otherwise it runs on its new node).
 pub fn decide(spec: &RunSpec, obs: &Observed, now: DateTime<Utc>) -> Next {
     let rec = match &obs.state {
         AttemptState::NotStarted => {
@@ -117,7 +179,13 @@ pub fn decide(spec: &RunSpec, obs: &Observed, now: DateTime<Utc>) -> Next {
     };
     match rec.reason {
         EndReason::Rejected => return failed("Rejected", rec.message.clone()),
-        EndReason::NodeLost => return failed("NodeLost", rec.message.clone()),
+        EndReason::NodeLost if !past_deadline(spec, obs, now) => {
+            return Next::Start {
+                attempt: obs.attempt.saturating_add(1),
+                not_before: rec.finished_at,
+            }
+        }
+        EndReason::NodeLost => {}
         EndReason::Stopped if past_deadline(spec, obs, now) => {
             return failed("DeadlineExceeded", deadline_message())
         }
@@ -128,7 +196,7 @@ pub fn decide(spec: &RunSpec, obs: &Observed, now: DateTime<Utc>) -> Next {
         return failed("DeadlineExceeded", deadline_message());
     }
     let next_after = |delay: Duration| Next::Start {
-        attempt: obs.attempt + 1,
+        attempt: obs.attempt.saturating_add(1),
         not_before: rec.finished_at + chrono::Duration::from_std(delay).unwrap_or_default(),
     };
     if rec.succeeded() {
@@ -178,6 +246,7 @@ mod tests {
             epoch: 1,
             command: vec!["true".into()],
             env: Default::default(),
+            env_from: Vec::new(),
             workdir: None,
             gpus: vec![],
             restart_policy: policy,
@@ -325,11 +394,82 @@ mod tests {
     }
 
     #[test]
-    fn node_lost_ends_the_job_here() {
-        let s = spec(RestartPolicy::Always, 5);
-        match decide(&s, &obs(1, ended(0, EndReason::NodeLost, 1), 0), t(1)) {
-            Next::Done { reason, .. } => assert_eq!(reason, "NodeLost"),
-            other => panic!("{other:?}"),
+    fn a_node_lost_stop_runs_again_at_once_and_is_no_failure() {
+        for policy in [
+            RestartPolicy::Never,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Always,
+        ] {
+            let s = spec(policy, 0);
+            assert_eq!(
+                decide(&s, &obs(1, ended(0, EndReason::NodeLost, 1), 0), t(5)),
+                Next::Start {
+                    attempt: 2,
+                    not_before: t(1)
+                },
+                "{policy:?}"
+            );
+        }
+        let lost = ExitRecord {
+            exit_code: None,
+            signal: Some(15),
+            finished_at: t(9),
+            reason: EndReason::NodeLost,
+            message: String::new(),
+        };
+        assert_eq!(Book::default().count(1, Some(t(0)), &lost).failures, 0);
+    }
+
+    fn exit_at(code: i32, at: i64) -> ExitRecord {
+        ExitRecord {
+            exit_code: Some(code),
+            signal: None,
+            finished_at: t(at),
+            reason: EndReason::Exited,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_failure_after_a_healthy_run_starts_a_fresh_count() {
+        let healthy = HEALTHY_RUN.as_secs() as i64;
+        let book = Book::default().count(1, Some(t(0)), &exit_at(1, 5)).count(
+            2,
+            Some(t(10)),
+            &exit_at(1, 15),
+        );
+        assert_eq!(book.failures, 2, "two quick crashes count");
+        let book = book.count(3, Some(t(20)), &exit_at(1, 20 + healthy));
+        assert_eq!(book.failures, 1, "a crash after a healthy run starts over");
+        assert_eq!(
+            book.count(3, Some(t(0)), &exit_at(1, 1)),
+            book,
+            "counted once"
+        );
+        assert_eq!(book.first_started, Some(t(0)));
+        let ok = book.count(4, Some(t(30)), &exit_at(0, 31));
+        assert_eq!(ok.failures, 1, "a success does not count");
+    }
+
+    #[test]
+    fn an_always_job_crashing_once_a_week_runs_forever() {
+        let s = spec(RestartPolicy::Always, 1);
+        let week = 7 * 24 * 3600;
+        let mut book = Book::default();
+        for n in 1..=20u32 {
+            let start = i64::from(n) * week;
+            let rec = exit_at(1, start + week - 60);
+            book = book.count(n, Some(t(start)), &rec);
+            let o = Observed {
+                attempt: n,
+                state: AttemptState::Ended(rec),
+                failures: book.failures,
+                first_started: book.first_started,
+            };
+            assert!(
+                matches!(decide(&s, &o, t(start + week)), Next::Start { .. }),
+                "crash {n} ended it"
+            );
         }
     }
 
@@ -351,6 +491,16 @@ mod tests {
             Next::Done { reason, .. } => assert_eq!(reason, "DeadlineExceeded"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_deadline_beyond_any_clock_is_never_reached() {
+        let mut s = spec(RestartPolicy::Never, 0);
+        s.active_deadline_seconds = Some(u64::MAX);
+        assert_eq!(
+            decide(&s, &obs(1, AttemptState::Running, 0), t(60)),
+            Next::Wait
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 
 use super::layout::{read_json, JobDir, ProcRecord, RunSpec};
 use super::procs;
+use super::shim::ShimOptions;
 
 /// Starts, watches and stops job attempts for the runner.
 ///
@@ -24,6 +25,10 @@ use super::procs;
 /// the attempt is gone without one), and `dir.job_record(attempt)` names the job process once
 /// it runs.
 pub trait JobProcesses: Send + 'static {
+    /// Whether the records of this layer's attempts must survive a crash of the host (written
+    /// with fsync). Simulated attempts live in memory: thousands of hollow nodes must not
+    /// flush the disk etcd needs.
+    const DURABLE: bool = true;
     /// Starts attempt `attempt` of `spec` in `dir` (its attempt directory exists).
     fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) -> io::Result<()>;
     /// Called at the start of every runner pass: reap ended children, advance simulations.
@@ -47,6 +52,8 @@ pub struct ShimProcesses {
     heartbeat: PathBuf,
     /// Shims this process started (reaped here; others were adopted from disk).
     children: HashMap<String, Child>,
+    /// The user jobs run as and where their secret files are, passed to every shim.
+    options: ShimOptions,
 }
 
 /// The executable to start shims with.
@@ -75,7 +82,14 @@ impl ShimProcesses {
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             heartbeat,
             children: HashMap::new(),
+            options: ShimOptions::default(),
         }
+    }
+
+    /// Shims that start jobs as `options` say (the node's `runAs` and `secretsDir`).
+    pub fn with_options(mut self, options: ShimOptions) -> Self {
+        self.options = options;
+        self
     }
 }
 
@@ -90,8 +104,13 @@ impl JobProcesses for ShimProcesses {
             .arg(attempt.to_string())
             .arg("--heartbeat")
             .arg(&self.heartbeat)
+            .arg("--secrets-dir")
+            .arg(&self.options.secrets_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some(user) = &self.options.run_as {
+            cmd.arg("--run-as").arg(user);
+        }
         match shim_log {
             Some(f) => cmd.stderr(f),
             None => cmd.stderr(Stdio::null()),

@@ -7,50 +7,54 @@
 //! - **Losing etcd freezes decisions.** Until the bindings have been listed, and whenever etcd
 //!   is unreachable, the last known bindings stand: nothing is stopped for lack of a binding
 //!   the agent could not read. Reports are kept and published once etcd is back.
-//! - **Stale instances stop.** A job whose binding is gone, or whose binding moved to a new
-//!   epoch, is stopped here (SIGTERM, then SIGKILL after its grace period).
+//! - **Starts nothing it may not.** Nothing starts before a binding list was read since the
+//!   agent started, nor for a job not bound here at its epoch, nor once the node's lease has
+//!   gone unrenewed for the job's `lostAfter` (see [`super::local`]).
+//! - **Stale instances stop.** A job whose binding is gone, carries a stop order, or moved to
+//!   a new epoch or another Job of the same name, is stopped here (SIGTERM, then SIGKILL after
+//!   its grace period); a stop order is answered with a `released` report once nothing runs.
+//! - **No blocking file I/O on async workers.** Everything on disk and every process is
+//!   handled by [`Local`] inside `spawn_blocking`; this loop only talks to etcd.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use etcd_client::TxnOp;
 use futures::FutureExt;
 use tokio::sync::watch;
 
-use super::layout::{
-    read_json, write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec, StateDir,
-};
-use super::policy::{decide, AttemptState, Next, Observed};
+use super::layout::{RunSpec, StateDir};
+use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::metrics::Metrics;
+use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
+use crate::api::validation::dns1123_problem;
 use crate::api::JobSpec;
+use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, StoreError};
 
 /// How often the runner looks at its jobs when nothing changes.
 pub const TICK: Duration = Duration::from_millis(500);
-
-/// A started attempt is given this long to write its shim record before it counts as lost.
-const SHIM_START_GRACE: Duration = Duration::from_secs(10);
 
 /// The converge loop of one node, over a process layer `P` (real shims by default; hollow
 /// nodes use simulated processes, so the same logic is exercised at scale).
 pub struct Runner<P: JobProcesses = ShimProcesses> {
     node: String,
     store: Store,
-    state: StateDir,
-    /// How many GPUs this node has, to refuse bindings naming others (None: unknown).
-    gpu_count: Option<usize>,
     /// The bindings as last read; `None` until the first complete list.
     bindings: Option<HashMap<String, Binding>>,
-    /// Starts, watches and stops attempts.
-    procs: P,
-    /// Attempts already asked to stop, so SIGTERM is sent once.
-    stopping: HashMap<String, u32>,
+    /// Jobs whose binding exists but does not decode.
+    unreadable: std::collections::HashSet<String>,
+    /// Jobs already warned about as undecodable (once each).
+    warned_undecodable: std::collections::HashSet<String>,
+    /// When the node's lease was last renewed.
+    lease: LastRenewal,
+    /// Disk and processes; `None` only while a pass holds it.
+    local: Option<Local<P>>,
     /// The last report written per job.
     published: HashMap<String, RuntimeReport>,
     events: crate::store::events::EventRecorder,
@@ -59,39 +63,26 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     tick: Duration,
 }
 
-impl Runner<ShimProcesses> {
-    /// The real runner: every attempt runs under a `rift shim` process.
-    pub fn new(
-        node: String,
-        store: Store,
-        state: StateDir,
-        gpu_count: Option<usize>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let procs = ShimProcesses::new(state.heartbeat());
-        Runner::with_processes(node, store, state, gpu_count, metrics, procs)
-    }
-}
-
 impl<P: JobProcesses> Runner<P> {
-    /// A runner over the process layer `procs`.
+    /// A runner over the process layer `procs`; `lease` follows the node's lease renewals.
     pub fn with_processes(
         node: String,
         store: Store,
         state: StateDir,
         gpu_count: Option<usize>,
         metrics: Arc<Metrics>,
+        lease: LastRenewal,
         procs: P,
     ) -> Self {
         Self {
             events: crate::store::events::EventRecorder::agent(store.clone(), &node),
+            local: Some(Local::new(node.clone(), state, gpu_count, procs)),
             node,
             store,
-            state,
-            gpu_count,
             bindings: None,
-            procs,
-            stopping: HashMap::new(),
+            unreadable: Default::default(),
+            warned_undecodable: Default::default(),
+            lease,
             published: HashMap::new(),
             metrics,
             tick: TICK,
@@ -106,6 +97,19 @@ impl<P: JobProcesses> Runner<P> {
 
     /// Runs until `shutdown`; running jobs are left to their shims.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut local = self
+            .local
+            .take()
+            .expect("a runner starts with its local state");
+        let loaded = tokio::task::spawn_blocking(move || {
+            local.load();
+            local
+        });
+        self.local = Some(
+            loaded
+                .await
+                .expect("loading the state directory does not panic"),
+        );
         let mut watcher = Watcher::new(
             self.store.clone(),
             keys::bindings_prefix(&self.node),
@@ -136,29 +140,66 @@ impl<P: JobProcesses> Runner<P> {
 
     fn apply_binding_event(&mut self, ev: WatchEvent) {
         let prefix = keys::bindings_prefix(&self.node);
-        let job_of = |key: &str| key.strip_prefix(&prefix).map(str::to_string);
+        // A key becomes a job (and a directory) only if it is one valid name: `..` or `a/b`
+        // under the prefix is logged and ignored.
+        let job_of = |key: &str| {
+            let job = key.strip_prefix(&prefix)?;
+            match dns1123_problem(job) {
+                None => Some(job.to_string()),
+                Some(problem) => {
+                    tracing::warn!(
+                        key,
+                        problem,
+                        "ignoring a binding whose job name is not valid"
+                    );
+                    None
+                }
+            }
+        };
+        let decode = |kv: &crate::store::KeyValue| {
+            serde_json::from_slice::<Binding>(&kv.value)
+                .inspect_err(
+                    |e| tracing::warn!(key = %kv.key, %e, "ignoring an undecodable binding"),
+                )
+                .ok()
+        };
         match ev {
+            // What cannot be read is never acted on: a binding that does not decode keeps its
+            // job as it is here (neither started nor stopped) until it can be read.
             WatchEvent::Restarted { items, .. } => {
-                let map = items
-                    .iter()
-                    .filter_map(|kv| {
-                        Some((job_of(&kv.key)?, serde_json::from_slice(&kv.value).ok()?))
-                    })
-                    .collect();
+                let mut map = HashMap::new();
+                self.unreadable.clear();
+                for kv in &items {
+                    let Some(job) = job_of(&kv.key) else { continue };
+                    match decode(kv) {
+                        Some(b) => {
+                            map.insert(job, b);
+                        }
+                        None => {
+                            self.unreadable.insert(job);
+                        }
+                    }
+                }
                 self.bindings = Some(map);
             }
             WatchEvent::Put(kv) => {
-                if let (Some(job), Ok(b), Some(map)) = (
-                    job_of(&kv.key),
-                    serde_json::from_slice::<Binding>(&kv.value),
-                    self.bindings.as_mut(),
-                ) {
-                    map.insert(job, b);
+                if let (Some(job), Some(map)) = (job_of(&kv.key), self.bindings.as_mut()) {
+                    match decode(&kv) {
+                        Some(b) => {
+                            self.unreadable.remove(&job);
+                            map.insert(job, b);
+                        }
+                        None => {
+                            map.remove(&job);
+                            self.unreadable.insert(job);
+                        }
+                    }
                 }
             }
             WatchEvent::Delete { key, .. } => {
                 if let (Some(job), Some(map)) = (job_of(&key), self.bindings.as_mut()) {
                     map.remove(&job);
+                    self.unreadable.remove(&job);
                 }
             }
         }
@@ -166,241 +207,81 @@ impl<P: JobProcesses> Runner<P> {
 
     /// One pass: start, restart, stop and report.
     pub async fn converge(&mut self) {
-        self.procs.poll();
-        let local = self.state.job_names().unwrap_or_default();
-        if let Some(bindings) = self.bindings.clone() {
-            for (job, binding) in &bindings {
-                self.ensure_run_spec(job, binding).await;
-            }
-            for job in &local {
-                if !bindings.contains_key(job) {
-                    self.remove(job).await;
-                }
+        let mut local = self.local.take().expect("passes do not overlap");
+        let input = PassInput {
+            fresh: self.fresh_specs(&local).await,
+            bindings: self.bindings.clone(),
+            unreadable: self.unreadable.clone(),
+            renewed: self.lease.last(),
+        };
+        let pass = tokio::task::spawn_blocking(move || {
+            let out = local.pass(&input, chrono::Utc::now());
+            (local, out)
+        });
+        let (local, out) = pass.await.expect("a runner pass does not panic");
+        self.local = Some(local);
+        if out.restarts > 0 {
+            self.metrics.restarts.inc_by(out.restarts);
+        }
+        let reported: std::collections::HashSet<String> =
+            out.reports.iter().map(|(j, _, _)| j.clone()).collect();
+        // Once a write fails, the rest wait for the next pass: an unreachable etcd must not make
+        // one pass take a request timeout per job.
+        let mut etcd_answers = true;
+        for (job, uid, report) in out.reports {
+            if etcd_answers {
+                etcd_answers = self.report(&job, &uid, report).await;
             }
         }
-        let mut etcd_answers = true;
-        for job in self.state.job_names().unwrap_or_default() {
-            let dir = self.state.job(&job);
-            let Ok(Some(spec)) = read_json::<RunSpec>(&dir.run_spec()) else {
-                continue;
-            };
-            // Read the job's records once; again only if the step changed them.
-            let mut obs = self.observed(&job, &dir);
-            if self.step(&job, &dir, &spec, &obs) {
-                obs = self.observed(&job, &dir);
-            }
-            // Once a write fails, the rest wait for the next pass: an unreachable etcd must
-            // not make one pass take a request timeout per job.
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|j| !reported.contains(*j))
+            .cloned()
+            .collect();
+        for job in gone {
             if etcd_answers {
-                let report = self.build_report(&dir, &spec, &obs);
-                etcd_answers = self.report(&job, report).await;
+                etcd_answers = self.forget_report(&job).await;
             }
         }
         self.metrics
             .set_jobs(self.published.values().map(|r| r.phase));
     }
 
-    /// Makes sure the job has a run spec for the binding's epoch, stopping an instance of an
-    /// older epoch first.
-    async fn ensure_run_spec(&mut self, job: &str, binding: &Binding) {
-        let dir = self.state.job(job);
-        match read_json::<RunSpec>(&dir.run_spec()) {
-            Ok(Some(spec)) if spec.epoch == binding.epoch => return,
-            Ok(Some(_)) => {
-                // Rebound at a new epoch: the old instance must be gone before the new starts.
-                if self.stop_and_clear(job, "rebound at a new epoch").await {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(job, %e, "unreadable run spec; starting over"),
-        }
-        let spec = match self.store.get::<JobSpec>(job).await {
-            Ok(Some(j)) => j,
-            Ok(None) => return, // the Job is gone; its binding will follow
-            Err(e) => {
-                tracing::debug!(job, %e, "cannot read the job yet");
-                return;
-            }
+    /// Run specs, from their Jobs, for the bindings that have none here (in memory, then one
+    /// read per such binding). A Job of another uid than its binding's is not run.
+    async fn fresh_specs(&mut self, local: &Local<P>) -> HashMap<String, RunSpec> {
+        let mut fresh = HashMap::new();
+        let Some(bindings) = &self.bindings else {
+            return fresh;
         };
-        let run = RunSpec {
-            job: job.to_string(),
-            uid: spec.metadata.uid.clone().unwrap_or_default(),
-            epoch: binding.epoch,
-            command: spec.spec.command.clone(),
-            env: spec.spec.env.clone(),
-            workdir: spec.spec.workdir.clone(),
-            gpus: binding.gpus.clone(),
-            restart_policy: spec.spec.restart_policy,
-            backoff_limit: spec.spec.backoff_limit,
-            active_deadline_seconds: spec.spec.active_deadline_seconds,
-            on_node_lost: spec.spec.on_node_lost,
-            lost_after_secs: spec.spec.lost_after.0.as_secs(),
-            grace_secs: spec.spec.termination_grace_period.0.as_secs(),
-        };
-        if let Err(e) = write_json(&dir.run_spec(), &run) {
-            tracing::error!(job, %e, "cannot write the run spec");
-            return;
-        }
-        if let Some(bad) = self.missing_gpu(&run.gpus) {
-            let rec = ExitRecord {
-                exit_code: None,
-                signal: None,
-                finished_at: Utc::now(),
-                reason: EndReason::Rejected,
-                message: bad,
-            };
-            let _ = write_json(&dir.exit_record(1), &rec);
-        }
-    }
-
-    fn missing_gpu(&self, gpus: &[u32]) -> Option<String> {
-        let count = self.gpu_count?;
-        gpus.iter().find(|g| **g as usize >= count).map(|g| {
-            format!(
-                "GPU index {g} is not present on node {} (it has {count} GPUs)",
-                self.node
-            )
-        })
-    }
-
-    /// The state of attempt `n`, recording a vanished shim as a failed attempt.
-    fn observe_attempt(&self, job: &str, dir: &JobDir, n: u32) -> AttemptState {
-        if n == 0 {
-            return AttemptState::NotStarted;
-        }
-        if let Ok(Some(rec)) = read_json::<ExitRecord>(&dir.exit_record(n)) {
-            return AttemptState::Ended(rec);
-        }
-        if self.procs.is_running(job, dir, n) {
-            return AttemptState::Running;
-        }
-        let shim: Option<ProcRecord> = read_json(&dir.shim_record(n)).ok().flatten();
-        let young = std::fs::metadata(dir.attempt(n))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < SHIM_START_GRACE);
-        if shim.is_none() && young {
-            return AttemptState::Running; // still starting
-        }
-        let rec = ExitRecord {
-            exit_code: None,
-            signal: None,
-            finished_at: Utc::now(),
-            reason: EndReason::Exited,
-            message: "the shim ended without recording an exit (killed, or the host rebooted)"
-                .into(),
-        };
-        let _ = write_json(&dir.exit_record(n), &rec);
-        AttemptState::Ended(rec)
-    }
-
-    fn observed(&self, job: &str, dir: &JobDir) -> Observed {
-        let attempt = dir.last_attempt();
-        let failures = (1..attempt)
-            .filter(|n| {
-                read_json::<ExitRecord>(&dir.exit_record(*n))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| !r.succeeded())
-            })
-            .count() as u32;
-        let state = self.observe_attempt(job, dir, attempt);
-        let last_failed = matches!(&state, AttemptState::Ended(r) if !r.succeeded());
-        let first_started = read_json::<ProcRecord>(&dir.job_record(1))
-            .ok()
-            .flatten()
-            .and_then(|r| r.started_at);
-        Observed {
-            attempt,
-            state,
-            failures: failures + u32::from(last_failed),
-            first_started,
-        }
-    }
-
-    /// Takes the next step the restart policy asks for.
-    /// Returns true when it started or stopped an attempt (the records changed).
-    fn step(&mut self, job: &str, dir: &JobDir, spec: &RunSpec, obs: &Observed) -> bool {
-        match decide(spec, obs, Utc::now()) {
-            Next::Start {
-                attempt,
-                not_before,
-            } if Utc::now() >= not_before => {
-                if attempt > 1 {
-                    self.metrics
-                        .restarts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (job, b) in bindings {
+            if !local.needs_spec(job, b) {
+                continue;
+            }
+            match self.store.get::<JobSpec>(job).await {
+                Ok(Some(j))
+                    if !b.uid.is_empty() && j.metadata.uid.as_deref() != Some(b.uid.as_str()) =>
+                {
+                    tracing::debug!(job, "the binding is for another Job of this name; waiting")
                 }
-                self.start(dir, spec, attempt);
-                true
-            }
-            Next::Stop { reason } => {
-                if self.stopping.get(job) != Some(&obs.attempt) {
-                    tracing::info!(job, reason, "stopping");
-                    self.procs.stop(job, dir, obs.attempt);
-                    self.stopping.insert(job.to_string(), obs.attempt);
+                Ok(Some(j)) => {
+                    fresh.insert(job.clone(), RunSpec::for_binding(&j, b));
                 }
-                false
-            }
-            Next::Start { .. } | Next::Wait | Next::Done { .. } => false,
-        }
-    }
-
-    fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) {
-        let job = spec.job.as_str();
-        if let Err(e) = std::fs::create_dir_all(dir.attempt(attempt)) {
-            tracing::error!(job, %e, "cannot create the attempt directory");
-            return;
-        }
-        match self.procs.start(dir, spec, attempt) {
-            Ok(()) => tracing::info!(job, attempt, "started"),
-            Err(e) => {
-                let rec = ExitRecord {
-                    exit_code: None,
-                    signal: None,
-                    finished_at: Utc::now(),
-                    reason: EndReason::StartError,
-                    message: format!("cannot start the shim: {e}"),
-                };
-                let _ = write_json(&dir.exit_record(attempt), &rec);
+                Ok(None) => {} // the Job is gone; its binding will follow
+                Err(e @ StoreError::Decode { .. }) => {
+                    if self.warned_undecodable.insert(job.clone()) {
+                        tracing::warn!(job, %e, "cannot read the job; not starting it");
+                    }
+                }
+                Err(e) => tracing::debug!(job, %e, "cannot read the job yet"),
             }
         }
+        fresh
     }
 
-    /// Stops the job's running attempt; once nothing runs, removes its directory. Returns true
-    /// while it is still stopping.
-    async fn stop_and_clear(&mut self, job: &str, why: &str) -> bool {
-        let dir = self.state.job(job);
-        let attempt = dir.last_attempt();
-        if matches!(
-            self.observe_attempt(job, &dir, attempt),
-            AttemptState::Running
-        ) {
-            if self.stopping.get(job) != Some(&attempt) {
-                tracing::info!(job, why, "stopping");
-                self.procs.stop(job, &dir, attempt);
-                self.stopping.insert(job.to_string(), attempt);
-            }
-            return true;
-        }
-        self.stopping.remove(job);
-        self.procs.forget(job);
-        if let Err(e) = std::fs::remove_dir_all(dir.path()) {
-            tracing::warn!(job, %e, "cannot remove the job directory");
-        }
-        false
-    }
-
-    /// The binding is gone: stop the job here, then forget it and its report.
-    async fn remove(&mut self, job: &str) {
-        if self
-            .stop_and_clear(job, "its binding on this node is gone")
-            .await
-        {
-            return;
-        }
+    /// Deletes the report of a job this node no longer has; false when etcd did not take it.
+    async fn forget_report(&mut self, job: &str) -> bool {
         let key = keys::agent_job(&self.node, job);
         match self
             .store
@@ -409,92 +290,46 @@ impl<P: JobProcesses> Runner<P> {
         {
             Ok(_) => {
                 self.published.remove(job);
+                true
             }
-            Err(e) => tracing::debug!(job, %e, "cannot delete the report yet"),
+            Err(e) => {
+                tracing::debug!(job, %e, "cannot delete the report yet");
+                false
+            }
         }
-    }
-
-    fn build_report(&self, dir: &JobDir, spec: &RunSpec, obs: &Observed) -> RuntimeReport {
-        let attempt = obs.attempt;
-        let proc_rec: Option<ProcRecord> = read_json(&dir.job_record(attempt)).ok().flatten();
-        let mut r = RuntimeReport {
-            epoch: spec.epoch,
-            attempts: attempt,
-            gpus: spec.gpus.clone(),
-            progress: dir.read_progress(attempt),
-            start_time: proc_rec.and_then(|p| p.started_at),
-            ..RuntimeReport::default()
-        };
-        let decision = decide(spec, obs, Utc::now());
-        match (&obs.state, decision) {
-            (AttemptState::NotStarted, _) => r.phase = JobPhase::Scheduled,
-            (AttemptState::Running, _) => match proc_rec {
-                Some(p) => {
-                    r.phase = JobPhase::Running;
-                    r.pid = Some(p.pid);
-                }
-                None => {
-                    r.phase = JobPhase::Scheduled;
-                    r.reason = "Starting".into();
-                }
-            },
-            (
-                AttemptState::Ended(rec),
-                Next::Done {
-                    phase,
-                    reason,
-                    message,
-                },
-            ) => {
-                r.phase = phase;
-                r.reason = reason;
-                r.message = message;
-                r.exit_code = rec.exit_code;
-                r.signal = rec.signal;
-                r.finish_time = Some(rec.finished_at);
-                r.result = dir.read_result();
-            }
-            (AttemptState::Ended(rec), Next::Start { not_before, .. }) => {
-                r.phase = JobPhase::Scheduled;
-                r.reason = "BackOff".into();
-                r.message = format!(
-                    "attempt {attempt} ended ({}); next attempt at {}",
-                    rec.exit_code
-                        .map_or_else(|| rec.message.clone(), |c| format!("exit code {c}")),
-                    not_before.format("%H:%M:%S")
-                );
-                r.exit_code = rec.exit_code;
-                r.signal = rec.signal;
-            }
-            (AttemptState::Ended(_), _) => r.phase = JobPhase::Scheduled,
-        }
-        r
     }
 
     /// An event when a job this agent was already reporting changes phase (a restarted agent
     /// does not announce every job it takes back over).
-    fn announce(&self, job: &str, before: Option<JobPhase>, report: &RuntimeReport) {
+    fn announce(&self, job: &str, uid: &str, before: Option<JobPhase>, report: &RuntimeReport) {
         if before.is_none() || before == Some(report.phase) {
             return;
         }
+        let object = ObjectRef {
+            kind: "Job".into(),
+            name: job.into(),
+            uid: uid.into(),
+        };
         match report.phase {
-            JobPhase::Failed => self.events.warning(
-                "Job",
-                job,
+            JobPhase::Failed => self.events.record_about(
+                &object,
                 "job_failed",
                 format!("{}: {}", report.reason, report.message),
+                EventType::Warning,
             ),
-            JobPhase::Succeeded => {
-                self.events
-                    .normal("Job", job, "job_succeeded", report.message.clone())
-            }
+            JobPhase::Succeeded => self.events.record_about(
+                &object,
+                "job_succeeded",
+                report.message.clone(),
+                EventType::Normal,
+            ),
             _ => {}
         }
     }
 
     /// Publishes the job's report when it changed; a failed write is retried next pass.
     /// Returns false when etcd did not take it.
-    async fn report(&mut self, job: &str, report: RuntimeReport) -> bool {
+    async fn report(&mut self, job: &str, uid: &str, report: RuntimeReport) -> bool {
         if self.published.get(job) == Some(&report) {
             return true;
         }
@@ -507,10 +342,8 @@ impl<P: JobProcesses> Runner<P> {
             .await
         {
             Ok(_) => {
-                self.announce(job, before, &report);
-                self.metrics
-                    .status_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.announce(job, uid, before, &report);
+                self.metrics.status_writes.inc();
                 self.published.insert(job.to_string(), report);
                 true
             }

@@ -6,10 +6,20 @@
 //! agent stops an attempt by sending the shim SIGTERM: the shim sends SIGTERM to the job's
 //! group and SIGKILL after the grace period.
 //!
-//! For `onNodeLost: reschedule` jobs the shim also watches the agent's heartbeat file (bumped on
-//! every lease renewal): when it has not changed for `lostAfter`, measured on the shim's own
-//! monotonic clock, the job is stopped — whether the agent is dead or merely cut off from etcd —
-//! so the leader can later run it elsewhere without two copies ever running.
+//! For `onNodeLost: reschedule` jobs the shim also reads the agent's heartbeat file
+//! ([`Heartbeat`]): when the node's lease was last renewed `lostAfter` ago or longer, on the
+//! machine-wide clock every process shares, the job is stopped — whether the agent is dead or
+//! merely cut off from etcd — so the leader can later run it elsewhere without two copies ever
+//! running. The clock runs from the last real renewal, not from the shim's start: a shim started
+//! late (or by an agent that restarted while cut off) stops its job on time. A heartbeat file of
+//! an older format is measured the old way: from when its content last changed, as seen here.
+//!
+//! A record the shim cannot write (its job record, say, on a full disk) is reported on its
+//! stderr and the job stays supervised: the shim never leaves a job behind.
+//!
+//! Privileges: the shim runs as the agent's user (root on a node) with umask 077, so every
+//! file it writes is private; what it prepares for the job — its user, its `envFrom`
+//! secrets, where it writes progress and result — is [`super::launch`].
 //!
 //! The shim uses no async runtime: it stays a few MiB.
 
@@ -23,9 +33,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::{signal as set_handler, SigHandler, Signal};
 
-use super::layout::{read_json, write_json, EndReason, ExitRecord, JobDir, RunSpec};
+use super::launch::Launch;
+use super::layout::{read_json, write_json, EndReason, ExitRecord, Heartbeat, JobDir, RunSpec};
 use super::procs;
 use crate::api::job::OnNodeLost;
+use crate::clock::BootTime;
 
 /// Largest log file before it is rotated to `output.log.1` (one old file is kept).
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
@@ -34,6 +46,24 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: i32) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// How the node starts jobs (from the agent's config, passed on the shim's command line).
+#[derive(Clone, Debug)]
+pub struct ShimOptions {
+    /// The user jobs run as (`runAs`); `None`: the shim's own user.
+    pub run_as: Option<String>,
+    /// Where `envFrom` files live (`secretsDir`).
+    pub secrets_dir: PathBuf,
+}
+
+impl Default for ShimOptions {
+    fn default() -> Self {
+        ShimOptions {
+            run_as: None,
+            secrets_dir: PathBuf::from(super::env_files::DEFAULT_SECRETS_DIR),
+        }
+    }
 }
 
 /// Errors that keep the shim from doing its job at all (recorded in its own log).
@@ -88,6 +118,44 @@ impl CappedLog {
     }
 }
 
+/// How long ago the node's lease was last renewed, as far as the heartbeat file tells.
+struct LeaseAge {
+    path: PathBuf,
+    /// For heartbeat files without a machine-clock stamp: the content last seen, and when it
+    /// was first seen (this shim's own clock).
+    last: Option<Vec<u8>>,
+    changed_at: BootTime,
+}
+
+impl LeaseAge {
+    fn new(path: &Path) -> Self {
+        LeaseAge {
+            path: path.to_path_buf(),
+            last: None,
+            changed_at: BootTime::now(),
+        }
+    }
+
+    /// Time since the last renewal: from the stamp in the file when it has one of this boot,
+    /// else since the file's content last changed (or since this shim started).
+    fn since_renewal(&mut self) -> Duration {
+        let now = BootTime::now();
+        let content = std::fs::read(&self.path).ok();
+        if let Some(renewed) = content
+            .as_deref()
+            .and_then(|c| serde_json::from_slice::<Heartbeat>(c).ok())
+            .and_then(|h| h.renewed())
+        {
+            return now.since(renewed);
+        }
+        if content != self.last {
+            self.last = content;
+            self.changed_at = now;
+        }
+        now.since(self.changed_at)
+    }
+}
+
 /// Copies what the job wrote to the log, waiting up to `wait` for output. Returns false once
 /// the pipe is closed (every writer is gone).
 fn drain_output(pipe: &mut std::fs::File, log: &mut CappedLog, wait: Duration) -> bool {
@@ -116,7 +184,14 @@ fn drain_output(pipe: &mut std::fs::File, log: &mut CappedLog, wait: Duration) -
 
 /// Runs attempt `attempt` of the job in `dir` to its end. `heartbeat` is the agent's heartbeat
 /// file.
-pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> {
+pub fn run(
+    dir: &Path,
+    attempt: u32,
+    heartbeat: &Path,
+    options: &ShimOptions,
+) -> Result<(), ShimError> {
+    // Everything the shim writes is private to its user (the job gets 022 back).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Our own session: not killed with the agent, not by a terminal hang-up.
     let _ = nix::unistd::setsid();
     // SAFETY: the handler only stores to an atomic; installed before any thread starts.
@@ -142,7 +217,22 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             reason,
             message,
         };
-        write_json(&job.exit_record(attempt), &rec).map_err(io_at(&job.exit_record(attempt)))
+        // How the attempt ended is the one record that must not be lost: a full disk may
+        // free up, so try for a while before giving up (the agent then records the attempt as
+        // ended without a record).
+        let path = job.exit_record(attempt);
+        let mut tries = 0;
+        loop {
+            match write_json(&path, &rec) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 10 => {
+                    eprintln!("rift shim: {}: {e}; retrying", path.display());
+                    tries += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        }
     };
 
     if let Some(w) = &spec.workdir {
@@ -155,6 +245,10 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             );
         }
     }
+    let mut launch = match Launch::prepare(&job, attempt, &spec, options) {
+        Ok(l) => l,
+        Err(message) => return end(None, None, EndReason::StartError, message),
+    };
     let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
     // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| ShimError::Io {
@@ -181,18 +275,12 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Some(w) = &spec.workdir {
-        cmd.current_dir(w);
-    }
+    launch.configure(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return end(
-                None,
-                None,
-                EndReason::StartError,
-                format!("cannot start `{}`: {e}", spec.command[0]),
-            )
+            let message = launch.start_error(&spec.command[0], &e);
+            return end(None, None, EndReason::StartError, message);
         }
     };
     // Our copies of the write end went into the child; drop them so EOF arrives when the job
@@ -202,14 +290,17 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
     let mut output = std::fs::File::from(read_end);
     let mut pipe_open = true;
     if let Some(rec) = procs::record(pid) {
-        write_json(&job.job_record(attempt), &rec).map_err(io_at(&job.job_record(attempt)))?;
+        if let Err(e) = write_json(&job.job_record(attempt), &rec) {
+            // The job runs: supervise it anyway (the agent still sees this shim alive).
+            eprintln!("rift shim: {}: {e}", job.job_record(attempt).display());
+        }
     }
 
     let grace = Duration::from_secs(spec.grace_secs);
     let lost_after = Duration::from_secs(spec.lost_after_secs);
-    let mut last_beat = std::fs::read(heartbeat).ok();
-    let mut beat_changed_at = Instant::now();
+    let mut lease = LeaseAge::new(heartbeat);
     let mut stopping: Option<(Instant, EndReason, String)> = None;
+    let mut killed = false;
     let status = loop {
         if let Some(status) = child.try_wait().ok().flatten() {
             break status;
@@ -223,24 +314,24 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
             procs::signal_group(pid, Signal::SIGTERM);
         }
         if spec.on_node_lost == OnNodeLost::Reschedule && stopping.is_none() {
-            let beat = std::fs::read(heartbeat).ok();
-            if beat != last_beat {
-                last_beat = beat;
-                beat_changed_at = Instant::now();
-            } else if beat_changed_at.elapsed() >= lost_after {
+            let since = lease.since_renewal();
+            if since >= lost_after {
                 let msg = format!(
-                    "the node lost its lease for {}s (onNodeLost: reschedule): stopped so it can run elsewhere",
-                    beat_changed_at.elapsed().as_secs()
+                    "the node's lease was not renewed for {}s (onNodeLost: reschedule, lostAfter {}s): stopped so it can run elsewhere",
+                    since.as_secs(),
+                    lost_after.as_secs()
                 );
                 stopping = Some((Instant::now(), EndReason::NodeLost, msg));
                 procs::signal_group(pid, Signal::SIGTERM);
             }
         }
         if let Some((since, _, _)) = &stopping {
-            if since.elapsed() >= grace {
+            if since.elapsed() >= grace && !killed {
+                killed = true;
                 procs::signal_group(pid, Signal::SIGKILL);
             }
         }
+        launch.sync_due();
         if pipe_open {
             pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
         } else {
@@ -255,6 +346,8 @@ pub fn run(dir: &Path, attempt: u32, heartbeat: &Path) -> Result<(), ShimError> 
     while pipe_open && Instant::now() < deadline {
         pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
     }
+    // The job's last progress and result are in place before the runner learns of its end.
+    launch.finish();
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {
         Some((_, reason, message)) => (reason, message),

@@ -18,7 +18,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::layout::{write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec};
+use super::layout::{
+    write_json_volatile as write_json, EndReason, ExitRecord, JobDir, ProcRecord, RunSpec,
+};
 use super::process::JobProcesses;
 
 /// Job environment variable overriding [`SimBehaviour::duration`].
@@ -169,6 +171,8 @@ impl SimProcesses {
 }
 
 impl JobProcesses for SimProcesses {
+    const DURABLE: bool = false;
+
     fn start(&mut self, dir: &JobDir, spec: &RunSpec, attempt: u32) -> io::Result<()> {
         let rec = ProcRecord {
             pid: 0,
@@ -229,6 +233,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            env_from: Vec::new(),
             workdir: None,
             gpus: vec![],
             restart_policy: RestartPolicy::Never,
@@ -250,7 +255,7 @@ mod tests {
     }
 
     fn started(procs: &mut SimProcesses, state: &StateDir, s: &RunSpec) -> JobDir {
-        let dir = state.job(&s.job);
+        let dir = state.job(&s.job).unwrap();
         std::fs::create_dir_all(dir.attempt(1)).unwrap();
         procs.start(&dir, s, 1).unwrap();
         dir

@@ -3,10 +3,10 @@
 //! (one `ssh -N -R` process) per Tunnel whose `spec.node` is this node, and stops it when the
 //! Tunnel is deleted, moves to another node, or the agent stops.
 //!
-//! Who writes what (DESIGN.md, "Keys in etcd"): the tunnel's status goes to this node's own
-//! `/rift/v1/agents/<node>/tunnels/<name>`, composed into the Tunnel's status on read; the
-//! endpoint a connected tunnel gives the agent (`relay-host:remote-port`) goes into the Node
-//! status this agent writes, through [`Endpoint`].
+//! Who writes what (docs/architecture.md, "Keys in etcd"): the tunnel's status goes to this
+//! node's own `/rift/v1/agents/<node>/tunnels/<name>`, composed into the Tunnel's status on
+//! read; the endpoint a connected tunnel gives the agent (`relay-host:remote-port`) goes into
+//! the Node status this agent writes, through [`Endpoint`].
 //!
 //! Pieces: [`select`] (which relay and address, pure), [`ssh`] (the ssh command line, pinned
 //! known_hosts, stderr meanings), [`supervisor`] (one tunnel's restart loop).
@@ -22,6 +22,7 @@ use etcd_client::{GetOptions, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::validation::dns1123_problem;
 use crate::api::{Tunnel, TunnelSpec};
 use crate::store::compose::direct_child;
 use crate::store::events::EventRecorder;
@@ -77,6 +78,16 @@ pub struct Tunnels {
 }
 
 /// One supervised tunnel.
+/// What a stored Tunnel is to this node.
+enum Mine {
+    /// It runs here, as `(name, spec)`.
+    Runs(String, TunnelSpec),
+    /// Not this node's (another node's, invalid, or a key that is no name).
+    NotOurs,
+    /// It does not decode: whatever runs for it runs on untouched.
+    Unreadable(String),
+}
+
 struct Running {
     spec: TunnelSpec,
     stop: watch::Sender<bool>,
@@ -125,13 +136,20 @@ impl Tunnels {
             };
             match ev {
                 Ok(WatchEvent::Restarted { items, .. }) => {
-                    let mine: HashMap<String, TunnelSpec> = items
-                        .iter()
-                        .filter_map(|kv| self.mine(&prefix, kv))
-                        .collect();
+                    let mut mine: HashMap<String, TunnelSpec> = HashMap::new();
+                    let mut unreadable = Vec::new();
+                    for kv in &items {
+                        match self.mine(&prefix, kv) {
+                            Mine::Runs(name, spec) => {
+                                mine.insert(name, spec);
+                            }
+                            Mine::Unreadable(name) => unreadable.push(name),
+                            Mine::NotOurs => {}
+                        }
+                    }
                     let gone: Vec<String> = running
                         .keys()
-                        .filter(|n| !mine.contains_key(*n))
+                        .filter(|n| !mine.contains_key(*n) && !unreadable.contains(*n))
                         .cloned()
                         .collect();
                     for name in gone {
@@ -147,9 +165,13 @@ impl Tunnels {
                         continue;
                     };
                     match self.mine(&prefix, &kv) {
-                        Some((name, spec)) => self.ensure(&mut running, &events, name, spec).await,
-                        // Moved to another node, or no longer decodes: not ours to run.
-                        None => self.stop(&mut running, &name, true).await,
+                        Mine::Runs(name, spec) => {
+                            self.ensure(&mut running, &events, name, spec).await
+                        }
+                        // Moved to another node (or invalid): not ours to run.
+                        Mine::NotOurs => self.stop(&mut running, &name, true).await,
+                        // What cannot be read is never acted on: it runs on as it was.
+                        Mine::Unreadable(_) => {}
                     }
                 }
                 Ok(WatchEvent::Delete { key, .. }) => {
@@ -166,23 +188,32 @@ impl Tunnels {
         }
     }
 
-    /// The Tunnel at `kv` when it is valid and runs on this node.
-    fn mine(&self, prefix: &str, kv: &KeyValue) -> Option<(String, TunnelSpec)> {
-        let name = direct_child(prefix, &kv.key)?;
-        let tunnel: Tunnel = serde_json::from_slice(&kv.value)
-            .inspect_err(
-                |e| tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable Tunnel"),
-            )
-            .ok()?;
+    /// Whether the Tunnel at `kv` runs on this node. Its key's name becomes a directory, so
+    /// it must be one valid name.
+    fn mine(&self, prefix: &str, kv: &KeyValue) -> Mine {
+        let Some(name) = direct_child(prefix, &kv.key) else {
+            return Mine::NotOurs;
+        };
+        if let Some(problem) = dns1123_problem(name) {
+            tracing::warn!(key = %kv.key, problem, "ignoring a Tunnel whose key is no valid name");
+            return Mine::NotOurs;
+        }
+        let tunnel: Tunnel = match serde_json::from_slice(&kv.value) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "cannot decode a Tunnel; leaving it as it is");
+                return Mine::Unreadable(name.to_string());
+            }
+        };
         if tunnel.spec.node != self.node {
-            return None;
+            return Mine::NotOurs;
         }
         let problems = tunnel.validate();
         if !problems.is_empty() {
             tracing::warn!(tunnel = name, %problems, "ignoring invalid Tunnel");
-            return None;
+            return Mine::NotOurs;
         }
-        Some((name.to_string(), tunnel.spec))
+        Mine::Runs(name.to_string(), tunnel.spec)
     }
 
     /// Starts supervising `name`, or restarts it when its spec changed.
@@ -231,7 +262,10 @@ impl Tunnels {
             {
                 tracing::debug!(%e, "tunnel status not deleted; the next full list retries");
             }
-            let _ = std::fs::remove_dir_all(self.dir.join(name));
+            if dns1123_problem(name).is_none() {
+                let dir = self.dir.join(name);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            }
         }
     }
 

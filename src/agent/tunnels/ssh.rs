@@ -129,7 +129,8 @@ pub fn known_hosts_line(alias: &str, key: &str) -> String {
     format!("{alias} {kind} {body}\n")
 }
 
-/// Writes the `known_hosts` file for one relay (replaced atomically, mode 0644).
+/// Writes the `known_hosts` file for one relay (replaced atomically; 0600 under the agent's
+/// umask).
 pub fn write_known_hosts(path: &Path, alias: &str, key: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

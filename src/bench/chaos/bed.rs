@@ -24,6 +24,7 @@ use crate::faults::invariants::{self, Convergence, Tracked, Verdict, Violation};
 use crate::faults::netns::NetNs;
 use crate::faults::procs::{self, Paused};
 use crate::faults::{FaultProxy, InstanceLog, LinkFault};
+use crate::pki::NodeRole;
 use crate::store::{Store, StoreError};
 
 /// The label every real agent of a chaos run carries, and real jobs select.
@@ -215,7 +216,7 @@ impl Bed {
         let dir = TempDir::new(&format!("chaos-{name}"))?;
         let path = dir.path().to_path_buf();
         let etcd = ChaosEtcd::start(&path, members, advertise, netns_hosts).await?;
-        let store = Store::connect(&etcd.endpoints()).await?;
+        let store = Store::connect(&etcd.access()).await?;
         let log = InstanceLog::new(path.join("instances")).map_err(|e| BenchError::io(&path, e))?;
         Ok(Bed {
             agents: Vec::new(),
@@ -267,6 +268,23 @@ impl Bed {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Its identity and etcd user, as a join with a token of its role would give them.
+        let role = if plan.controllers {
+            NodeRole::Controller
+        } else {
+            NodeRole::Worker
+        };
+        self.etcd
+            .trust
+            .provision_node(
+                &state,
+                &plan.name,
+                role,
+                &["127.0.0.1".to_string()],
+                crate::pki::LEAF_VALIDITY,
+            )
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        crate::store::auth::ensure_admitted(&self.store, &plan.name, role).await?;
         let (proxy, endpoints) = match (plan.link, &netns) {
             (Link::Direct, _) => (None, self.etcd.endpoints().join(",")),
             (Link::Proxy, _) => {
@@ -277,7 +295,8 @@ impl Bed {
                 )
                 .await
                 .map_err(|e| BenchError::Setup(format!("cannot start a proxy: {e}")))?;
-                let url = p.url();
+                // TLS passes through a relay untouched: agents verify etcd by name.
+                let url = format!("https://{}", p.listen_addr());
                 (Some(p), url)
             }
             (Link::Netns, Some(ns)) => (None, self.etcd.endpoint_on(0, ns.host_ip())),

@@ -8,6 +8,10 @@
 //! no other process can take the port. A proxied agent then reaches etcd only through its
 //! proxy, as a node behind one uplink does.
 //!
+//! Like a rift cluster's etcd (and `LocalEtcd` of the other benchmarks), the members speak TLS
+//! on both ports with client certificates and authentication on, from a CA made for the run;
+//! agents get identities from it as a join would give them ([`ChaosEtcd::trust`]).
+//!
 //! (`LocalEtcd` in [`super::super::env`] is the one-member etcd of the other benchmarks; this
 //! one adds members, per-member faults and the advertised-URL control.)
 
@@ -20,8 +24,11 @@ use nix::sys::signal::Signal;
 
 use super::super::env::{free_port, Proc};
 use super::super::BenchError;
+use crate::agent::etcd_member::process::MemberTls;
 use crate::faults::procs::Paused;
-use crate::store::Store;
+use crate::pki::local::LocalTrust;
+use crate::pki::Identity;
+use crate::store::{Access, Store};
 
 /// What the members advertise as their client URLs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,22 +45,26 @@ struct Member {
     peer_port: u16,
     advertise: String,
     dir: PathBuf,
+    tls: MemberTls,
     proc: Option<Proc>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("https://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("https://127.0.0.1:{}", self.peer_port)
     }
 }
 
 /// A running etcd cluster; dropping it kills every member.
 pub struct ChaosEtcd {
     members: Vec<Member>,
+    /// The run's CA: members' certificates, the operator's and agents' identities.
+    pub trust: LocalTrust,
+    admin: Identity,
     token: String,
     /// Also listen on these addresses (network namespaces' host sides).
     extra_listen: Vec<Ipv4Addr>,
@@ -74,32 +85,41 @@ impl ChaosEtcd {
         advertise: Advertise,
         extra_listen: &[Ipv4Addr],
     ) -> Result<ChaosEtcd, BenchError> {
+        let trust = LocalTrust::create(&dir.join("pki")).map_err(setup)?;
+        let admin = trust.admin().map_err(setup)?;
+        let mut hosts = vec!["127.0.0.1".to_string()];
+        hosts.extend(extra_listen.iter().map(|ip| ip.to_string()));
         let mut refusing = Vec::new();
         let mut members = Vec::new();
         for i in 0..n {
             let client_port = free_port().map_err(setup)?;
             let advertise = match advertise {
-                Advertise::Listen => format!("http://127.0.0.1:{client_port}"),
+                Advertise::Listen => format!("https://127.0.0.1:{client_port}"),
                 Advertise::Refused => {
                     let s = tokio::net::TcpSocket::new_v4().map_err(setup)?;
                     s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                         .map_err(setup)?;
                     let port = s.local_addr().map_err(setup)?.port();
                     refusing.push(s);
-                    format!("http://127.0.0.1:{port}")
+                    format!("https://127.0.0.1:{port}")
                 }
             };
+            let name = format!("m{i}");
+            let tls = trust.member(&name, &hosts).map_err(setup)?;
             members.push(Member {
-                name: format!("m{i}"),
+                name,
                 client_port,
                 peer_port: free_port().map_err(setup)?,
                 advertise,
                 dir: dir.join(format!("etcd-m{i}")),
+                tls,
                 proc: None,
             });
         }
         let mut etcd = ChaosEtcd {
             members,
+            trust,
+            admin,
             token: format!("rift-chaos-{}", std::process::id()),
             extra_listen: extra_listen.to_vec(),
             _refusing: refusing,
@@ -108,6 +128,9 @@ impl ChaosEtcd {
             etcd.spawn(i, "new")?;
         }
         etcd.wait_healthy(Duration::from_secs(20)).await?;
+        let store = Store::connect(&etcd.access()).await?;
+        crate::store::auth::enable(&store).await?;
+        crate::store::auth::publish_trust(&store, etcd.trust.ca()).await?;
         Ok(etcd)
     }
 
@@ -127,7 +150,7 @@ impl ChaosEtcd {
             .map_err(|e| BenchError::io(&m.dir, e))?;
         let mut listen = m.client_url();
         for ip in &self.extra_listen {
-            listen.push_str(&format!(",http://{ip}:{}", m.client_port));
+            listen.push_str(&format!(",https://{ip}:{}", m.client_port));
         }
         let child = Command::new(&bin)
             .arg(format!("--name={}", m.name))
@@ -139,6 +162,7 @@ impl ChaosEtcd {
             .arg(format!("--initial-cluster={}", initial.join(",")))
             .arg(format!("--initial-cluster-state={state}"))
             .arg(format!("--initial-cluster-token={}", self.token))
+            .args(m.tls.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -151,7 +175,7 @@ impl ChaosEtcd {
     /// Waits until a linearizable read succeeds.
     pub async fn wait_healthy(&self, within: Duration) -> Result<Duration, BenchError> {
         let start = Instant::now();
-        let store = Store::connect_lazy(&self.endpoints()).await?;
+        let store = Store::connect_lazy(&self.access()).await?;
         loop {
             if tokio::time::timeout(Duration::from_secs(1), store.revision())
                 .await
@@ -175,9 +199,19 @@ impl ChaosEtcd {
         self.members.iter().map(Member::client_url).collect()
     }
 
+    /// How the operator (etcd `root`) reaches every member.
+    pub fn access(&self) -> Access {
+        self.access_to(&self.endpoints())
+    }
+
+    /// How the operator reaches `urls` (members, or relays in front of them).
+    pub fn access_to(&self, urls: &[String]) -> Access {
+        Access::tls(urls, self.admin.clone())
+    }
+
     /// Member `i`'s client URL on `ip` (one it listens on).
     pub fn endpoint_on(&self, i: usize, ip: Ipv4Addr) -> String {
-        format!("http://{ip}:{}", self.members[i].client_port)
+        format!("https://{ip}:{}", self.members[i].client_port)
     }
 
     /// Member `i`'s client address on 127.0.0.1 (for a proxy's upstream).

@@ -48,7 +48,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let mut bed = Bed::start("leader-kills", 1, Advertise::Listen, &[], ttl).await?;
     let hollow_dir = TempDir::new("chaos-hollow")?;
     let (cluster, register_s) = hollow(
-        &bed.etcd.endpoints()[0],
+        &bed.etcd.access(),
         nodes,
         quiet_settings(8, ttl),
         &hollow_dir,

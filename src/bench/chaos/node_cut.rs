@@ -179,7 +179,7 @@ async fn busiest_worker(bed: &Bed) -> String {
 async fn create_movable(bed: &mut Bed, name: &str) -> Result<(), BenchError> {
     let mut spec = bed.real_job(name, None);
     if name.starts_with("slow-") {
-        spec.command = bed.log.command_slow_to_stop(name, None, SLOW_STOP);
+        spec.command = bed.log.lingering_command(name, None, SLOW_STOP);
         spec.termination_grace_period = HumanDuration::from_secs(15);
     }
     Bed::reschedule(&mut spec, LOST_AFTER);

@@ -120,9 +120,7 @@ pub async fn read_secret(secret: &SecretRef) -> Result<Vec<u8>, DeliveryError> {
         (Some(var), _) => std::env::var(var).map_err(|_| {
             DeliveryError::Secret(format!("environment variable `{var}` is not set"))
         })?,
-        (None, Some(path)) => tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| DeliveryError::Secret(format!("cannot read file `{path}`: {e}")))?,
+        (None, Some(path)) => read_secret_file(path).await?,
         (None, None) => {
             return Err(DeliveryError::Secret(
                 "spec.secret names neither `env` nor `file`".into(),
@@ -134,6 +132,30 @@ pub async fn read_secret(secret: &SecretRef) -> Result<Vec<u8>, DeliveryError> {
         return Err(DeliveryError::Secret("the secret is empty".into()));
     }
     Ok(value.as_bytes().to_vec())
+}
+
+/// The largest secret file read.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// A secret file's text, refused past [`MAX_SECRET_BYTES`] (a path such as `/dev/zero` must
+/// not fill memory).
+async fn read_secret_file(path: &str) -> Result<String, DeliveryError> {
+    use tokio::io::AsyncReadExt;
+    let cannot = |e: &dyn std::fmt::Display| {
+        DeliveryError::Secret(format!("cannot read file `{path}`: {e}"))
+    };
+    let file = tokio::fs::File::open(path).await.map_err(|e| cannot(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        return Err(cannot(&format!(
+            "larger than {MAX_SECRET_BYTES} bytes; a signing secret is a short string"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| cannot(&"not UTF-8 text"))
 }
 
 /// The host (and port) of `url`, for messages: the rest of a webhook URL may be a credential.

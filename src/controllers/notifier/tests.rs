@@ -16,6 +16,7 @@ fn event(reason: &str, count: u32) -> Event {
             involved_object: ObjectRef {
                 kind: "Job".into(),
                 name: "train-1".into(),
+                uid: String::new(),
             },
             reason: reason.into(),
             message: "exit code 1".into(),

@@ -87,6 +87,21 @@ fn per_gpu_fills_every_gpu_of_matching_ready_schedulable_nodes_only() {
 }
 
 #[test]
+fn a_node_whose_lease_lapsed_keeps_its_members_and_one_never_registered_gets_none() {
+    let mut lapsed = node("a", 2, false, true);
+    lapsed.status.as_mut().unwrap().conditions[0].reason =
+        crate::store::compose::REASON_LEASE_EXPIRED.into();
+    let mut never = node("n", 2, false, true);
+    never.status.as_mut().unwrap().conditions[0].reason =
+        crate::store::compose::REASON_NEVER_REGISTERED.into();
+    let names: Vec<String> = desired_members(&pool(None, true), &[lapsed, never])
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["sp-a-0", "sp-a-1"]);
+}
+
+#[test]
 fn plan_creates_missing_and_deletes_extra_finished_and_changed_members() {
     let desired = desired_members(&pool(Some(3), false), &[]);
     let running = member_job(&desired[0], JobPhase::Running);

@@ -73,31 +73,85 @@ fn every_host_field_lands_in_the_node() {
 }
 
 #[test]
-fn retired_destroyed_and_p2p_disabled_hosts_are_left_out_and_disabled_ones_cordoned() {
+fn retirement_like_and_p2p_disabled_hosts_are_left_out_with_the_status_as_written() {
     let f = fleet(
         "hosts:\n  a: {status: retired}\n  b: {status: destroyed}\n  c: {status: terminated}\n  \
-         d: {p2p_enabled: false}\n  e: {status: disabled}\n  f: {status: maintenance}\n  g: {status: ready}\n",
+         d: {p2p_enabled: false}\n  e: {status: Archived}\n  g: {status: ready}\n",
     );
     assert_eq!(
         f.left_out,
         [
             ("a".to_string(), "status: retired".to_string()),
             ("b".into(), "status: destroyed".into()),
-            ("c".into(), "status: destroyed".into()),
+            ("c".into(), "status: terminated".into()),
             ("d".into(), "p2p_enabled: false".into()),
+            ("e".into(), "status: Archived".into()),
         ]
     );
-    let names: Vec<(&str, bool)> = f
+    let names: Vec<&str> = f
         .nodes
         .iter()
-        .map(|n| (n.node.metadata.name.as_str(), n.node.spec.unschedulable))
+        .map(|n| n.node.metadata.name.as_str())
         .collect();
-    assert_eq!(names, [("e", true), ("f", true), ("g", false)]);
+    assert_eq!(names, ["g"]);
     let text = render::stream(&f, "hosts.yaml");
     assert!(text.contains("#   a: status: retired\n"), "{text}");
     assert!(text.contains("#   d: p2p_enabled: false\n"), "{text}");
 }
 
+/// The old orchestrator treats `status` as an open string and gives work only to `ready`
+/// hosts: every other status imports cordoned, keeps the old status, and is named in one
+/// warning.
+#[test]
+fn any_other_status_imports_cordoned_with_the_old_status_and_one_warning() {
+    let statuses = [
+        "offline",
+        "proxy_only",
+        "pending_setup",
+        "needs_setup",
+        "needs_tailscale_auth",
+        "ssh_key_rejected",
+        "setup",
+        "stopped",
+        "unstable",
+        "disabled",
+        "maintenance",
+        "something new",
+    ];
+    let mut text = String::from("hosts:\n  ok: {status: READY}\n");
+    for (i, st) in statuses.iter().enumerate() {
+        text += &format!("  h{i}: {{status: '{st}'}}\n");
+    }
+    let f = fleet(&text);
+    assert!(f.left_out.is_empty(), "{:?}", f.left_out);
+    assert!(!node(&f, "ok").node.spec.unschedulable);
+    assert!(!node(&f, "ok")
+        .node
+        .metadata
+        .annotations
+        .contains_key(IMPORTED_STATUS));
+    for (i, st) in statuses.iter().enumerate() {
+        let n = &node(&f, &format!("h{i}")).node;
+        assert!(n.spec.unschedulable, "{st}: cordoned");
+        assert_eq!(n.metadata.annotations[IMPORTED_STATUS], *st);
+    }
+    let cordoned: Vec<&String> = f
+        .warnings
+        .iter()
+        .filter(|w| w.contains("imported cordoned"))
+        .collect();
+    assert_eq!(cordoned.len(), 1, "one warning: {:?}", f.warnings);
+    assert!(
+        cordoned[0].starts_with("12 host(s) imported cordoned"),
+        "{}",
+        cordoned[0]
+    );
+    assert!(
+        cordoned[0].contains("offline: h0; proxy_only: h1;"),
+        "{}",
+        cordoned[0]
+    );
+}
 #[test]
 fn voters_become_the_voter_set_with_voter_and_controller_roles() {
     let f = fleet("p2p_voters: [a, b, c]\nhosts:\n  a: {}\n  b: {}\n  c: {}\n  d: {}\n");
@@ -110,26 +164,46 @@ fn voters_become_the_voter_set_with_voter_and_controller_roles() {
 }
 
 #[test]
-fn a_voter_that_is_not_a_host_nat_blocked_or_retired_is_an_error_with_its_line() {
-    let text = "p2p_voters:\n  - a\n  - ghost\n  - n\n  - r\nhosts:\n  a: {}\n  n:\n    nat_blocked: true\n  r:\n    status: retired\n";
-    let p = problems(text);
-    assert_eq!(p.len(), 3, "{p:?}");
-    assert_eq!((p[0].path.as_str(), p[0].line), ("p2p_voters[1]", Some(3)));
+fn a_voter_that_cannot_be_one_is_left_out_of_the_voter_set_with_a_warning_and_its_line() {
+    let text = "p2p_voters:\n  - a\n  - ghost\n  - n\n  - r\n  - o\n  - a\nhosts:\n  a: {}\n  n:\n    nat_blocked: true\n  r:\n    status: retired\n  o:\n    status: offline\n";
+    let f = fleet(text);
+    assert_eq!(f.voter_set.as_ref().unwrap().spec.voters, ["a"]);
+    assert_eq!(
+        node(&f, "a").node.spec.roles,
+        [NodeRole::Voter, NodeRole::Controller]
+    );
     assert!(
-        p[0].message.contains("`ghost` is not a host"),
+        node(&f, "o").node.spec.roles.is_empty(),
+        "not a voter: no voter role"
+    );
+    let voter_warnings: Vec<&String> = f
+        .warnings
+        .iter()
+        .filter(|w| w.contains("left out of the VoterSet"))
+        .collect();
+    assert_eq!(voter_warnings.len(), 5, "{:?}", f.warnings);
+    for (w, expected) in voter_warnings.iter().zip([
+        "hosts.yaml:3: p2p_voters[1]: `ghost` left out of the VoterSet: it is not a host",
+        "hosts.yaml:4: p2p_voters[2]: `n` left out of the VoterSet: it is NAT-blocked",
+        "hosts.yaml:5: p2p_voters[3]: `r` left out of the VoterSet: it is left out (status: retired)",
+        "hosts.yaml:6: p2p_voters[4]: `o` left out of the VoterSet: its status is `offline`",
+        "p2p_voters[5]: `a` left out of the VoterSet: it is listed twice",
+    ]) {
+        assert!(w.contains(expected), "`{expected}` not in `{w}`");
+    }
+}
+
+#[test]
+fn when_no_listed_voter_remains_it_is_an_error() {
+    let p = problems("p2p_voters: [ghost, r]\nhosts:\n  a: {}\n  r: {status: retired}\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].path.as_str(), p[0].line), ("p2p_voters", Some(1)));
+    assert!(
+        p[0].message.contains("no listed voter can be one"),
         "{}",
         p[0].message
     );
-    assert_eq!((p[1].path.as_str(), p[1].line), ("p2p_voters[2]", Some(4)));
-    assert!(p[1].message.contains("NAT-blocked"), "{}", p[1].message);
-    assert_eq!((p[2].path.as_str(), p[2].line), ("p2p_voters[3]", Some(5)));
-    assert!(
-        p[2].message.contains("left out (status: retired)"),
-        "{}",
-        p[2].message
-    );
 }
-
 #[test]
 fn nat_blocked_hosts_get_a_tunnel_through_their_named_relay() {
     let text = "hosts:\n  relay-1:\n    ssh_host: root@198.51.100.1\n    ssh_port: 2200\n    relay_capable: true\n  \
@@ -203,30 +277,40 @@ fn a_nat_blocked_host_with_no_relay_gets_no_tunnel_and_a_warning() {
 }
 
 #[test]
-fn a_relay_reference_to_a_missing_or_nat_blocked_host_is_an_error() {
-    let p = problems(
-        "hosts:\n  v1:\n    nat_blocked: true\n    relay_primary: nowhere\n  v2:\n    nat_blocked: true\n    relay_primary: v1\n",
+fn a_relay_reference_that_cannot_relay_is_ignored_with_a_warning_and_another_relay_used() {
+    let f = fleet(
+        "hosts:\n  relay-1: {relay_capable: true}\n  gone: {relay_capable: true, status: retired}\n  \
+         v1:\n    nat_blocked: true\n    relay_primary: nowhere\n  v2:\n    nat_blocked: true\n    relay_primary: v1\n  \
+         v3:\n    nat_blocked: true\n    relay_primary: gone\n    relay_secondary: relay-1\n",
     );
-    assert_eq!(p.len(), 2, "{p:?}");
-    assert_eq!(
-        (p[0].path.as_str(), p[0].line),
-        ("hosts.v1.relay_primary", Some(4))
+    let relay_of = |n: &str| node(&f, n).tunnel.as_ref().unwrap().spec.relay.clone();
+    assert_eq!(relay_of("v1"), AUTO_RELAY);
+    assert_eq!(relay_of("v2"), AUTO_RELAY);
+    assert_eq!(relay_of("v3"), "relay-1", "the secondary takes over");
+    let w = f.warnings.join("\n");
+    assert!(
+        w.contains(
+            "hosts.yaml:6: hosts.v1.relay_primary: relay `nowhere` ignored: it is not a host"
+        ),
+        "{w}"
     );
     assert!(
-        p[1].message.contains("NAT-blocked itself"),
-        "{}",
-        p[1].message
+        w.contains("relay `v1` ignored: it is NAT-blocked itself"),
+        "{w}"
+    );
+    assert!(
+        w.contains("relay `gone` ignored: it is left out (status: retired)"),
+        "{w}"
     );
 }
-
 #[test]
 fn unknown_fields_are_one_warning_and_extra_sections_one_note() {
-    let f = fleet("hosts:\n  a: {owner: me, colour: red}\n  b: {ssh_key: ~/.ssh/x, ringrift_path: /x}\nsync_routing: {}\nelo_sync: {}\n");
+    let f = fleet("hosts:\n  a: {owner: me, colour: red}\n  b: {ssh_key: ~/.ssh/x, ringrift_path: /x, owner: you}\n  \
+                   c: {owner: x}\n  d: {owner: y}\nsync_routing: {}\nelo_sync: {}\n");
     assert_eq!(f.warnings.len(), 1);
-    assert!(
-        f.warnings[0].contains("hosts.a.owner, hosts.a.colour"),
-        "{}",
-        f.warnings[0]
+    assert_eq!(
+        f.warnings[0],
+        "2 unknown host field(s) ignored: owner (4 hosts), colour (a)"
     );
     assert!(
         f.notes[0].contains("sync_routing, elo_sync"),
@@ -269,7 +353,7 @@ fn a_gpu_that_is_not_a_gpu_is_refused_with_its_path_and_line() {
 #[test]
 fn every_wrongly_typed_field_is_reported_at_once() {
     let p = problems(
-        "hosts:\n  a:\n    ssh_port: 99999\n    cpus: many\n    nat_blocked: maybe\n    status: sleeping\n    memory_gb: -4\n  \
+        "hosts:\n  a:\n    ssh_port: 99999\n    cpus: many\n    nat_blocked: maybe\n    status: [a, list]\n    memory_gb: -4\n  \
          B@d: {}\n",
     );
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();

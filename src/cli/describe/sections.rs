@@ -1,0 +1,498 @@
+//! What `describe` says about each kind beyond the common header: the state in words and the
+//! figures that matter, instead of the raw status.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{field, table};
+use crate::api::training_target::{TrainingTargetSpec, TrainingTargetStatus};
+use crate::cli::output::number_cell;
+use crate::cli::printer::age;
+use crate::controllers::training::{decide, last_ended, Decision};
+
+fn at(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(n @ Value::Number(_)) => number_cell(n),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn dash(x: String) -> String {
+    if x.is_empty() {
+        "-".into()
+    } else {
+        x
+    }
+}
+
+fn when(v: &Value, p: &str, now: DateTime<Utc>) -> String {
+    match v
+        .pointer(p)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
+    {
+        Some(t) => format!("{} ({} ago)", at(v, p), age(Some(t), now)),
+        None => "-".into(),
+    }
+}
+
+fn joined(v: &Value, p: &str) -> String {
+    v.pointer(p)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().map_or_else(|| number_cell(x), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(v: &Value, p: &str) -> String {
+    v.pointer(p)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, x)| {
+                    format!(
+                        "{k}={}",
+                        x.as_str().map_or_else(|| number_cell(x), str::to_string)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn gib(bytes: &Value) -> String {
+    bytes
+        .as_f64()
+        .map(|b| format!("{:.0} GiB", b / (1u64 << 30) as f64))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A Job: what it runs, where, how it went.
+pub fn job(v: &Value, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    out += &field("Type", dash(at(v, "/spec/type")));
+    let phase = v
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    let reason = at(v, "/status/reason");
+    out += &field(
+        "Phase",
+        if reason.is_empty() {
+            phase.to_string()
+        } else {
+            format!("{phase} ({reason})")
+        },
+    );
+    let message = at(v, "/status/message");
+    if !message.is_empty() {
+        out += &field("Message", message);
+    }
+    out += &field("Node", dash(at(v, "/status/node")));
+    let ids = joined(v, "/status/gpus");
+    let gpus = at(v, "/spec/resources/gpus");
+    out += &field(
+        "GPUs",
+        match (gpus.as_str(), ids.is_empty()) {
+            ("" | "0", _) => "none".to_string(),
+            (n, true) => n.to_string(),
+            (n, false) => format!("{n} (GPU {ids})"),
+        },
+    );
+    out += &field("Attempts", dash(at(v, "/status/attempts")));
+    out += &field("Started", when(v, "/status/startTime", now));
+    out += &field("Finished", when(v, "/status/finishTime", now));
+    let exit = at(v, "/status/exitCode");
+    if !exit.is_empty() {
+        out += &field("Exit code", exit);
+    }
+    let progress = pairs(v, "/status/progress");
+    if !progress.is_empty() {
+        out += &field("Progress", progress);
+    }
+    out += &field(
+        "Command",
+        serde_json::to_string(&v["spec"]["command"]).unwrap_or_default(),
+    );
+    out += &field("Priority", dash(at(v, "/spec/priority")));
+    out += &field(
+        "Restart",
+        format!(
+            "{} (backoff limit {})",
+            at(v, "/spec/restartPolicy"),
+            at(v, "/spec/backoffLimit")
+        ),
+    );
+    out += &field(
+        "On node lost",
+        format!(
+            "{} after {}",
+            at(v, "/spec/onNodeLost"),
+            at(v, "/spec/lostAfter")
+        ),
+    );
+    out
+}
+
+/// A Node: readiness, what it is, what it has, how busy it is.
+pub fn node(v: &Value) -> String {
+    let mut out = String::new();
+    out += &field("Provider", dash(at(v, "/spec/provider")));
+    out += &field("Roles", dash(joined(v, "/spec/roles")));
+    out += &field("Addresses", dash(joined(v, "/spec/addresses")));
+    out += &field("Endpoint", dash(at(v, "/status/endpoint")));
+    out += &field(
+        "Schedulable",
+        if v.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+            "no (cordoned)"
+        } else {
+            "yes"
+        },
+    );
+    out += &field("Agent", dash(at(v, "/status/agentVersion")));
+    out += &field(
+        "Capacity",
+        format!(
+            "{} CPUs, {} memory, {} disk",
+            dash(at(v, "/status/capacity/cpus")),
+            gib(&v["status"]["capacity"]["memoryBytes"]),
+            gib(&v["status"]["capacity"]["diskBytes"])
+        ),
+    );
+    out += &field(
+        "Usage",
+        format!(
+            "CPU {}%, memory {}%, disk {}%, GPU {}% (memory {}%); load {}{}",
+            dash(at(v, "/status/usage/cpuPercent")),
+            dash(at(v, "/status/usage/memoryPercent")),
+            dash(at(v, "/status/usage/diskPercent")),
+            dash(at(v, "/status/usage/gpuUtilPercent")),
+            dash(at(v, "/status/usage/gpuMemoryPercent")),
+            dash(at(v, "/status/loadScore")),
+            if v.pointer("/status/overloaded") == Some(&Value::Bool(true)) {
+                " (overloaded)"
+            } else {
+                ""
+            }
+        ),
+    );
+    let gpus: Vec<Vec<String>> = v
+        .pointer("/status/capacity/gpus")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|g| {
+                    vec![
+                        at(g, "/index"),
+                        at(g, "/model"),
+                        gib(&g["memoryBytes"]),
+                        dash(at(g, "/uuid")),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if gpus.is_empty() {
+        out += &field("GPUs", "none");
+    } else {
+        out += "GPUs:\n";
+        out += &table(&["INDEX", "MODEL", "MEMORY", "UUID"], &gpus);
+    }
+    out += &field("Running jobs", dash(joined(v, "/status/runningJobs")));
+    let conditions: Vec<Vec<String>> = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    vec![
+                        at(c, "/type"),
+                        at(c, "/status"),
+                        dash(at(c, "/reason")),
+                        dash(at(c, "/message")),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !conditions.is_empty() {
+        out += "Conditions:\n";
+        out += &table(&["TYPE", "STATUS", "REASON", "MESSAGE"], &conditions);
+    }
+    out
+}
+
+/// A Pool: how it is sized and the jobs it owns.
+pub fn pool(v: &Value, members: &[Value]) -> String {
+    let mut out = String::new();
+    let size = if v.pointer("/spec/perGpu") == Some(&Value::Bool(true)) {
+        "one job per GPU of every matching node".to_string()
+    } else {
+        format!("{} replicas", dash(at(v, "/spec/replicas")))
+    };
+    out += &field("Size", size);
+    out += &field("Selector", dash(pairs(v, "/spec/nodeSelector")));
+    out += &field(
+        "Jobs",
+        format!(
+            "{} desired, {} scheduled, {} running",
+            dash(at(v, "/status/desired")),
+            dash(at(v, "/status/scheduled")),
+            dash(at(v, "/status/running"))
+        ),
+    );
+    if !members.is_empty() {
+        let rows: Vec<Vec<String>> = members
+            .iter()
+            .map(|j| {
+                vec![
+                    at(j, "/metadata/name"),
+                    j.pointer("/status/phase")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Pending")
+                        .to_string(),
+                    dash(at(j, "/status/node")),
+                    dash(joined(j, "/status/gpus")),
+                    dash(pairs(j, "/status/progress")),
+                ]
+            })
+            .collect();
+        out += "Members:\n";
+        out += &table(&["JOB", "PHASE", "NODE", "GPU-IDS", "PROGRESS"], &rows);
+    }
+    out
+}
+
+/// `14 m left`, `40 s left`.
+fn left(secs: i64) -> String {
+    if secs >= 120 {
+        format!("{} m left", (secs + 59) / 60)
+    } else {
+        format!("{secs} s left")
+    }
+}
+
+/// What a TrainingTarget is doing now, in words.
+pub fn training_state(
+    spec: &TrainingTargetSpec,
+    status: &TrainingTargetStatus,
+    now: DateTime<Utc>,
+) -> String {
+    if let Some(job) = &status.active_job {
+        return format!("running {job}");
+    }
+    if let Some(t) = last_ended(status) {
+        let since = (now - t).num_seconds();
+        if since < spec.cooldown_seconds as i64 {
+            return format!(
+                "cooling down, {}",
+                left(spec.cooldown_seconds as i64 - since)
+            );
+        }
+    }
+    match decide(spec, status, now) {
+        Decision::Train { .. } => "ready to train (the next scheduler pass starts it)".into(),
+        Decision::Wait { reason, .. } => format!("waiting: {reason}"),
+    }
+}
+
+/// A TrainingTarget: its state in words, the games ledger per job, the runs so far.
+pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    out += &field(
+        "Board",
+        format!(
+            "{}, {} players",
+            at(v, "/spec/board"),
+            at(v, "/spec/players")
+        ),
+    );
+    out += &field("Selfplay", dash(pairs(v, "/spec/selfplaySelector")));
+    let spec: Option<TrainingTargetSpec> = serde_json::from_value(v["spec"].clone()).ok();
+    let status: TrainingTargetStatus =
+        serde_json::from_value(v["status"].clone()).unwrap_or_default();
+    if let Some(spec) = &spec {
+        out += &field("State", training_state(spec, &status, now));
+        let threshold = if status.training_generation == 0 {
+            spec.first_training_games
+        } else {
+            spec.retrain_games
+        };
+        out += &field(
+            "Games",
+            format!(
+                "{} new since the last training ({threshold} start one); {} in all",
+                status.games_since_last_training, status.total_games
+            ),
+        );
+        out += &field(
+            "Cooldown",
+            format!("{} s after each run", spec.cooldown_seconds),
+        );
+    }
+    out += &field("Last trained", when(v, "/status/lastTrainedAt", now));
+    out += &field("Model", dash(at(v, "/status/currentModel")));
+    // Ledger keys are `<job>/<uid>/<epoch>/<attempt>`: games per job, all its runs together.
+    let mut per_job: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    for (key, games) in &status.ledger {
+        let job = key.split('/').next().unwrap_or(key);
+        let e = per_job.entry(job).or_default();
+        e.0 += games;
+        e.1 += 1;
+    }
+    if !per_job.is_empty() {
+        let rows: Vec<Vec<String>> = per_job
+            .iter()
+            .map(|(j, (g, runs))| vec![j.to_string(), g.to_string(), runs.to_string()])
+            .collect();
+        out += "Games per job:\n";
+        out += &table(&["JOB", "GAMES", "RUNS"], &rows);
+    }
+    if !status.history.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .history
+            .iter()
+            .map(|r| {
+                vec![
+                    r.generation.to_string(),
+                    r.job.clone(),
+                    r.candidate.clone().unwrap_or_else(|| "-".into()),
+                    r.win_rate.map_or_else(|| "-".into(), |w| format!("{w:.2}")),
+                    if r.promoted { "yes" } else { "no" }.into(),
+                    age(r.finished_at, now),
+                    dash(r.outcome.clone()),
+                ]
+            })
+            .collect();
+        out += "Runs:\n";
+        out += &table(
+            &[
+                "GEN",
+                "JOB",
+                "CANDIDATE",
+                "WIN-RATE",
+                "PROMOTED",
+                "FINISHED",
+                "OUTCOME",
+            ],
+            &rows,
+        );
+    }
+    let message = at(v, "/status/message");
+    if !message.is_empty() {
+        out += &field("Message", message);
+    }
+    out
+}
+
+/// The VoterSet: wanted voters and the real members.
+pub fn voter_set(v: &Value) -> String {
+    let mut out = String::new();
+    out += &field("Voters", dash(joined(v, "/spec/voters")));
+    out += &field("Phase", dash(at(v, "/status/phase")));
+    out += &field("Quorum", dash(at(v, "/status/quorum")));
+    let message = at(v, "/status/message");
+    if !message.is_empty() {
+        out += &field("Message", message);
+    }
+    let rows: Vec<Vec<String>> = v
+        .pointer("/status/members")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    vec![
+                        dash(at(m, "/name")),
+                        at(m, "/id"),
+                        if m["learner"] == true {
+                            "learner"
+                        } else {
+                            "voter"
+                        }
+                        .into(),
+                        if m["healthy"] == true {
+                            "healthy"
+                        } else {
+                            "UNHEALTHY"
+                        }
+                        .into(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        out += "Members:\n";
+        out += &table(&["NAME", "ID", "ROLE", "HEALTH"], &rows);
+    }
+    out
+}
+
+/// Kinds without a summary: spec and status as YAML.
+pub fn raw(v: &Value) -> String {
+    let mut out = String::from("Spec:\n");
+    out += &super::indent(&crate::cli::output::to_yaml(&v["spec"]), 2);
+    out += "Status:\n";
+    match v.get("status") {
+        Some(st) if !st.is_null() => out += &super::indent(&crate::cli::output::to_yaml(st), 2),
+        _ => out += "  <not reported yet>\n",
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn target(status: Value) -> Value {
+        json!({"metadata": {"name": "hex8-2p"}, "spec": {
+            "board": "hex8", "players": 2, "selfplaySelector": {"board": "hex8"},
+            "firstTrainingGames": 200, "retrainGames": 200, "cooldownSeconds": 1200,
+            "training": {"spec": {"command": ["true"]}}}, "status": status})
+    }
+
+    #[test]
+    fn a_training_target_says_its_state_in_words_and_games_per_job() {
+        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        let cooling = target(
+            json!({"gamesSinceLastTraining": 40, "totalGames": 240, "trainingGeneration": 1,
+            "ledger": {"selfplay-0/u1/1/1": 100, "selfplay-0/u1/1/2": 20, "selfplay-1/u2/1/1": 120},
+            "history": [{"generation": 1, "job": "hex8-2p-train-1", "winRate": 0.61, "promoted": true,
+                         "finishedAt": "2026-11-22T11:54:00Z", "outcome": "promoted"}]}),
+        );
+        let text = training_target(&cooling, now);
+        for part in [
+            "cooling down, 14 m left",
+            "40 new since the last training (200 start one)",
+            "selfplay-0   120     2",
+            "selfplay-1   120     1",
+            "0.61",
+            "yes",
+        ] {
+            assert!(text.contains(part), "`{part}` not in:\n{text}");
+        }
+        let waiting = target(json!({"gamesSinceLastTraining": 120}));
+        assert!(training_target(&waiting, now).contains("waiting: 120/200 new games"));
+        let running = target(json!({"activeJob": "hex8-2p-train-2"}));
+        assert!(training_target(&running, now).contains("running hex8-2p-train-2"));
+    }
+
+    #[test]
+    fn a_job_names_its_gpus_by_count_and_index() {
+        let j = json!({"spec": {"type": "selfplay", "resources": {"gpus": 1}, "command": ["sh"]},
+            "status": {"phase": "Running", "node": "local", "gpus": [0], "progress": {"games": 240.0}}});
+        let text = job(&j, Utc::now());
+        assert!(text.contains("GPUs:         1 (GPU 0)"), "{text}");
+        assert!(text.contains("games=240"), "{text}");
+    }
+}

@@ -1,0 +1,198 @@
+//! A small real cluster: one etcd member, one controller agent (`role: ctl`, no GPUs, leader
+//! lease TTL 2 s, reschedule margin 2 s) and worker agents (`worker: "yes"`) added on demand.
+//! Every piece is a real process; every agent has its own state directory.
+//!
+//! Workers never count as overloaded (the tests share a busy machine: a full CPU must not make
+//! a worker unschedulable), and every agent's node lease TTL is 2 s ([`TestAgent`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rift::api::{Job, JobPhase, JobSpec, Object};
+use rift::store::Store;
+
+use super::agent::{eventually, TestAgent};
+use super::etcd::EtcdCluster;
+
+/// An agent config file with `labels`, written under `dir`.
+pub fn agent_config(dir: &Path, name: &str, labels: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!("labels: {labels}\nthresholds: {{cpu: 100}}\n"),
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+pub struct Cluster {
+    pub etcd: EtcdCluster,
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pub ctl: TestAgent,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Self::on(EtcdCluster::single()).await
+    }
+
+    /// A cluster whose etcd member advertises no reachable client URL, so a worker started
+    /// with [`Cluster::worker_at`] a fault proxy reaches etcd only through it.
+    pub async fn start_unadvertised() -> Cluster {
+        Self::on(EtcdCluster::single_unadvertised()).await
+    }
+
+    async fn on(etcd: EtcdCluster) -> Cluster {
+        let store = etcd.store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = agent_config(dir.path(), "ctl", "{role: ctl}");
+        let ctl = TestAgent::start(
+            "ctl",
+            &etcd.endpoints_csv(),
+            &[
+                "--config",
+                &cfg,
+                "--controllers",
+                "--lease-ttl",
+                "2",
+                "--reschedule-margin",
+                "2",
+            ],
+        );
+        Cluster {
+            etcd,
+            store,
+            dir,
+            ctl,
+        }
+    }
+
+    /// A worker reaching etcd directly, with `gpus` declared (e.g. `H100x2`).
+    pub fn worker(&self, name: &str, gpus: &[&str]) -> TestAgent {
+        self.worker_at(name, &self.etcd.endpoints_csv(), gpus)
+    }
+
+    /// A worker reaching etcd at `endpoints` (a fault proxy, say).
+    pub fn worker_at(&self, name: &str, endpoints: &str, gpus: &[&str]) -> TestAgent {
+        let cfg = agent_config(self.dir.path(), name, "{worker: \"yes\"}");
+        let mut args = vec!["--config", cfg.as_str()];
+        for g in gpus {
+            args.extend(["--gpus", g]);
+        }
+        TestAgent::start(name, endpoints, &args)
+    }
+
+    /// `rift apply -f -` of `yaml`; panics with its stderr when it fails.
+    pub fn apply(&self, yaml: &str) {
+        let out = super::cli::rift_stdin(&self.etcd.endpoints_csv(), &["apply", "-f", "-"], yaml);
+        assert!(out.ok, "{}", out.stderr);
+    }
+
+    pub async fn job(&self, name: &str) -> Option<Job> {
+        self.store.get::<JobSpec>(name).await.ok().flatten()
+    }
+
+    /// Waits until Job `name` is Running (anywhere).
+    pub async fn wait_running(&self, name: &str, within: u64) -> Job {
+        eventually(
+            Duration::from_secs(within),
+            &format!("{name} running"),
+            || async {
+                self.job(name).await.filter(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == JobPhase::Running)
+                })
+            },
+        )
+        .await
+    }
+
+    /// Waits until Job `name` is Running on `node`.
+    pub async fn wait_running_on(&self, name: &str, node: &str, within: u64) -> Job {
+        eventually(
+            Duration::from_secs(within),
+            &format!("{name} running on {node}"),
+            || async {
+                self.job(name).await.filter(|j| {
+                    j.status.as_ref().is_some_and(|s| {
+                        s.phase == JobPhase::Running && s.node.as_deref() == Some(node)
+                    })
+                })
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- controller agent log ---\n{}", self.ctl.log());
+        }
+    }
+}
+
+/// Creates Job `name` running `command` on a worker (`worker: "yes"`), grace period 2 s, then
+/// `tune`d.
+pub async fn create_job(
+    store: &Store,
+    name: &str,
+    command: Vec<String>,
+    tune: impl FnOnce(&mut JobSpec),
+) {
+    let mut spec = JobSpec::with_command(command);
+    spec.node_selector.insert("worker".into(), "yes".into());
+    spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(2);
+    tune(&mut spec);
+    store.create(&Object::new(name, spec)).await.unwrap();
+}
+
+/// `sh -c script`, as a job command.
+pub fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// The pid of `agent`'s own process (not its shims).
+pub fn agent_pid(agent: &TestAgent) -> nix::unistd::Pid {
+    let needle = format!("--name\0{}\0", agent.name);
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("agent")
+            && cmd.contains(&needle)
+            && cmd.contains(&agent.state.to_string_lossy().to_string())
+        {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+    }
+    panic!("agent {} not found", agent.name);
+}
+
+/// When each attempt folder of `job` on `agent` says its job process started (wall clock).
+pub fn attempt_starts(agent: &TestAgent, job: &str) -> Vec<(u32, chrono::DateTime<chrono::Utc>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(agent.job_dir(job).join("attempts")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let rec: Option<serde_json::Value> = std::fs::read(e.path().join("job.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(at) = rec
+            .and_then(|r| r["startedAt"].as_str().map(str::to_string))
+            .and_then(|s| s.parse().ok())
+        {
+            out.push((n, at));
+        }
+    }
+    out.sort();
+    out
+}
