@@ -138,3 +138,40 @@ async fn a_lease_keeper_outlives_replies_lost_for_less_than_its_ttl_and_never_ou
     assert!(keeper_lost <= etcd_expired.unwrap());
     drop(proxy);
 }
+
+/// A node whose leadership was lost while its lease could not be revoked (etcd without quorum)
+/// finds the key of its own earlier term when it campaigns again: it revokes that term's lease
+/// and leads at once, instead of waiting out the old lease's TTL with no leader.
+#[tokio::test]
+async fn a_campaign_that_finds_its_own_earlier_term_leads_without_waiting_out_its_lease() {
+    let etcd = EtcdCluster::single();
+    let store = etcd.store().await;
+    let config = ElectionConfig::new("a", Duration::from_secs(30));
+    let never = tokio_util::sync::CancellationToken::new();
+    let first = LeaseKeeper::grant(&store, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let old_lease = first.id();
+    let earlier = campaign_with(&store, first, &config, &never)
+        .await
+        .unwrap()
+        .expect("leads");
+    // The term is over without a resignation: its keeper stops renewing, the lease stays.
+    drop(earlier);
+    let second = LeaseKeeper::grant(&store, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let led = tokio::time::timeout(
+        Duration::from_secs(10),
+        campaign_with(&store, second, &config, &never),
+    )
+    .await
+    .expect("leads well within the old lease's 30 s TTL")
+    .unwrap()
+    .expect("no shutdown was asked");
+    let current = current_leader(&store).await.unwrap().unwrap();
+    assert_ne!(current.record.lease, old_lease, "a new term");
+    assert_eq!(led.fence().create_revision, current.revision);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -257,6 +257,25 @@ pub async fn campaign_with(
             // An earlier attempt of this campaign committed; its reply was lost.
             return won(holder.create_revision, keeper);
         }
+        if let Some(old) = holder
+            .record
+            .as_ref()
+            .filter(|r| r.node == config.node && r.lease != lease)
+        {
+            // The key of an earlier term of this very node: that term ended (its controllers
+            // stopped when leadership was lost), but its lease could not be revoked then (etcd
+            // without quorum, say) and would hold the key for a whole TTL. Revoke it now.
+            tracing::info!(
+                lease = old.lease,
+                "the leader key is from an earlier term of this node; revoking its lease"
+            );
+            let mut c = store.client();
+            if let Err(e) = store.call(c.lease_revoke(old.lease)).await {
+                tracing::debug!(%e, "revoking the earlier term's lease failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            continue;
+        }
         tokio::select! {
             r = wait_for_vacancy(store, holder.mod_revision, holder.record, config) => {
                 if let Err(e) = r {
