@@ -10,7 +10,7 @@ use super::{field, table};
 use crate::api::training_target::{TrainingTargetSpec, TrainingTargetStatus};
 use crate::cli::output::number_cell;
 use crate::cli::printer::age;
-use crate::controllers::training::{decide, last_ended, Decision};
+use crate::controllers::training::{last_ended, trigger, Trigger};
 
 fn at(v: &Value, p: &str) -> String {
     match v.pointer(p) {
@@ -299,9 +299,9 @@ pub fn training_state(
             );
         }
     }
-    match decide(spec, status, now) {
-        Decision::Train { .. } => "ready to train (the next scheduler pass starts it)".into(),
-        Decision::Wait { reason, .. } => format!("waiting: {reason}"),
+    match trigger(spec, status, now) {
+        Trigger::Train { .. } => "ready to train (the next scheduler pass starts it)".into(),
+        Trigger::Wait { reason, .. } => format!("waiting: {reason}"),
     }
 }
 
