@@ -66,12 +66,13 @@ pub enum TransferError {
         #[source]
         source: std::io::Error,
     },
-    #[error("artifact store {url}, {key}: {source}")]
+    #[error("artifact store {url}, {key}: {source}; {hint}")]
     Store {
         url: String,
         key: String,
         #[source]
         source: object_store::Error,
+        hint: &'static str,
     },
     #[error("artifact store {url} has no bytes for {digest}; push them again, or check that this cluster uses the store they were pushed to")]
     NotFound { url: String, digest: Digest },
@@ -123,7 +124,19 @@ fn remote<'a>(
     move |source| TransferError::Store {
         url: store.url.clone(),
         key: key.to_string(),
+        hint: hint(&source),
         source,
+    }
+}
+
+/// What a person can do about a store error.
+fn hint(e: &object_store::Error) -> &'static str {
+    match e {
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            "the store refused these credentials: check the ArtifactStore's credentialsFile (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the key's rights on the bucket"
+        }
+        object_store::Error::NotFound { .. } => "the object or the bucket does not exist",
+        _ => "check that the store is up and reachable from here (the ArtifactStore's url and endpoint); transfers are retried",
     }
 }
 

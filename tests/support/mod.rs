@@ -10,6 +10,7 @@ pub mod http;
 pub mod jobs;
 pub mod proc;
 pub mod relay;
+pub mod s3;
 pub mod sshd;
 pub mod trust;
 pub mod voters;

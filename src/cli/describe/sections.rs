@@ -394,6 +394,64 @@ pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
     out
 }
 
+/// An Artifact: what the bytes are, who made them, what they were made from (parents) and
+/// what was made from them (`children`: the artifacts that list this one as a parent).
+pub fn artifact(v: &Value, children: &[Value]) -> String {
+    let mut out = String::new();
+    out += &field("Digest", dash(at(v, "/spec/digest")));
+    let size = v.pointer("/spec/size").and_then(Value::as_u64);
+    out += &field(
+        "Size",
+        size.map_or("-".into(), |n| {
+            format!("{} ({n} bytes)", crate::cli::printer::human_bytes(n))
+        }),
+    );
+    out += &field("Format", dash(at(v, "/spec/format")));
+    let producer = match at(v, "/spec/producer/job") {
+        job if job.is_empty() => "pushed by hand (rift artifact push)".to_string(),
+        job => format!(
+            "job {job}, attempt {}, on node {}",
+            at(v, "/spec/producer/attempt"),
+            at(v, "/spec/producer/node")
+        ),
+    };
+    out += &field("Producer", producer);
+    if let Some(counts) = v.pointer("/spec/counts").and_then(Value::as_object) {
+        let c: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        out += &field("Counts", c.join(", "));
+    }
+    out += "Lineage:\n";
+    let parents: Vec<String> = v
+        .pointer("/spec/parents")
+        .and_then(Value::as_array)
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    out += &format!("  made from ({}):\n", parents.len());
+    for p in &parents {
+        out += &format!("    {p}\n");
+    }
+    out += &format!("  used by ({}):\n", children.len());
+    for c in children {
+        let labels = c
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        out += &format!("    {}  {labels}\n", at(c, "/metadata/name"));
+    }
+    out
+}
+
 /// The VoterSet: wanted voters and the real members.
 pub fn voter_set(v: &Value) -> String {
     let mut out = String::new();
