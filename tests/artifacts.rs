@@ -246,3 +246,97 @@ fn wrong_credentials_a_store_that_is_down_and_bad_input_record_nothing() {
     assert!(!d.join("x").exists());
     assert_eq!(names(&ep).len(), 1);
 }
+
+/// Waits until `path` holds at least `bytes`, or panics after 60 s.
+fn wait_for_size(path: &Path, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(path).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never reached {bytes} bytes",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_pull_killed_mid_transfer_resumes_and_a_killed_push_leaves_nothing_behind() {
+    let cluster = EtcdCluster::single();
+    let ep = cluster.endpoints_csv();
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    S3Server::write_credentials(d, "s3.env", SECRET_KEY);
+    use_s3(&ep, &server, "s3.env");
+    let bytes = pattern(96 * 1024 * 1024, 11);
+    let src = d.join("big.npz");
+    std::fs::write(&src, &bytes).unwrap();
+    let secrets = d.to_str().unwrap();
+
+    // Push killed mid-way: no object under the digest's key, no record.
+    let mut push = support::cli::rift_command(
+        &ep,
+        &[
+            "artifact",
+            "--secrets-dir",
+            secrets,
+            "push",
+            src.to_str().unwrap(),
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    let mut err = std::io::BufReader::new(push.stderr.take().unwrap());
+    // Wait for the first progress line of the upload itself (the hash pass prints nothing).
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(names(&ep).is_empty(), "a killed push records nothing");
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let key = format!("cas/sha256/{}/{hex}", &hex[..2]);
+    assert!(
+        !server.object_path(&key).exists(),
+        "no object under the key of a killed upload"
+    );
+    let r = artifact(&ep, d, &["push", src.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    let name = names(&ep)[0].trim_start_matches("artifact/").to_string();
+    assert_eq!(names(&ep).len(), 1, "no duplicate artifact");
+
+    // Pull killed once 8 MiB have arrived: the rerun continues from the partial file.
+    let out = d.join("copy.npz");
+    let partial = d.join("copy.npz.partial");
+    let mut pull = support::cli::rift_command(
+        &ep,
+        &[
+            "artifact",
+            "--secrets-dir",
+            secrets,
+            "pull",
+            &name,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_size(&partial, 8 * 1024 * 1024);
+    pull.kill().unwrap();
+    pull.wait().unwrap();
+    assert!(!out.exists(), "killed before it finished");
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < bytes.len() as u64);
+    let r = artifact(&ep, d, &["pull", &name, "-o", out.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("resuming an interrupted pull"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "no corrupt file");
+    assert!(!partial.exists());
+}

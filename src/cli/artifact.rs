@@ -213,6 +213,14 @@ async fn pull(args: PullArgs, secrets_dir: &Path, store: &Store) -> Result<(), F
     }
     let objects = open_store(store, secrets_dir).await?;
     let bar = Bar::new(format!("pulling {}", args.output.display()));
+    let partial = artifacts::transfer::partial_path(&args.output);
+    if let Ok(meta) = std::fs::metadata(&partial) {
+        bar.note(&format!(
+            "resuming an interrupted pull: {} already in {}",
+            human_bytes(meta.len()),
+            partial.display()
+        ));
+    }
     let mut tries = 0;
     loop {
         tries += 1;
