@@ -290,8 +290,12 @@ fn a_pull_killed_mid_transfer_resumes_and_a_killed_push_leaves_nothing_behind() 
     .unwrap();
     let mut line = String::new();
     let mut err = std::io::BufReader::new(push.stderr.take().unwrap());
-    // Wait for the first progress line of the upload itself (the hash pass prints nothing).
-    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    // Wait for the first progress line of the upload itself (after the hash pass).
+    while !line.contains("uploading") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "the push ended before it uploaded");
+    }
     push.kill().unwrap();
     push.wait().unwrap();
     assert!(names(&ep).is_empty(), "a killed push records nothing");

@@ -189,3 +189,85 @@ impl Spec for ArtifactStoreSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(spec: serde_json::Value) -> Result<ArtifactStore, String> {
+        let obj = serde_json::json!({
+            "apiVersion": "rift/v1", "kind": "ArtifactStore",
+            "metadata": {"name": "default"}, "spec": spec,
+        });
+        let store: ArtifactStore = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+        let errors = store.validate();
+        if errors.is_empty() {
+            Ok(store)
+        } else {
+            Err(errors.to_string())
+        }
+    }
+
+    #[test]
+    fn a_local_directory_and_an_s3_bucket_are_accepted_with_defaults() {
+        let local = parse(serde_json::json!({"url": "file:///var/lib/rift/artifacts"})).unwrap();
+        assert_eq!(local.spec.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(local.spec.cache, CacheWatermarks::default());
+        parse(serde_json::json!({
+            "url": "s3://rift-artifacts/fleet", "endpoint": "http://10.0.0.5:3900",
+            "credentialsFile": "garage.env",
+            "bandwidth": [{"nodeSelector": {"provider": "vast"}, "uploadBytesPerSecond": 10_000_000}]
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_stores_are_refused_with_the_field_and_what_to_write() {
+        for (spec, field) in [
+            (
+                serde_json::json!({"url": "file://relative/dir"}),
+                "spec.url",
+            ),
+            (serde_json::json!({"url": "ftp://host/x"}), "spec.url"),
+            (serde_json::json!({"url": "s3://UPPER"}), "spec.url"),
+            (
+                serde_json::json!({"url": "file:///x", "endpoint": "http://h"}),
+                "spec.endpoint",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "endpoint": "h:9000"}),
+                "spec.endpoint",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "credentialsFile": "../../etc/shadow"}),
+                "spec.credentialsFile",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "partSize": 1024}),
+                "spec.partSize",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "partSize": u64::MAX}),
+                "spec.partSize",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "cache": {"highPercent": 50, "lowPercent": 60}}),
+                "spec.cache",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "cache": {"highPercent": 100, "lowPercent": 60}}),
+                "spec.cache",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "bandwidth": [{"downloadBytesPerSecond": 0}]}),
+                "spec.bandwidth[0].downloadBytesPerSecond",
+            ),
+        ] {
+            let err = parse(spec.clone()).expect_err(&spec.to_string());
+            assert!(err.contains(field), "{spec}: {err}");
+        }
+        let mut other = parse(serde_json::json!({"url": "s3://bucket"})).unwrap();
+        other.metadata.name = "second".into();
+        assert!(other.validate().to_string().contains("named `default`"));
+    }
+}

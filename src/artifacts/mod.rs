@@ -12,4 +12,6 @@ pub mod location;
 pub mod transfer;
 
 pub use location::{open, OpenError, Store};
-pub use transfer::{download, hash_file, upload, Progress, TransferError, Uploaded};
+pub use transfer::{
+    download, hash_file, hash_file_with, upload, Progress, TransferError, Uploaded,
+};

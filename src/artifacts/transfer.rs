@@ -19,6 +19,8 @@
 //! tokio's blocking pool through `tokio::fs`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use object_store::path::Path as Key;
@@ -37,6 +39,8 @@ pub const UPLOAD_CONCURRENCY: usize = 2;
 /// Told how far a transfer got: bytes done out of total.
 pub trait Progress: Send + Sync {
     fn advanced(&self, done: u64, total: u64);
+    /// A new stage starts (`hashing`, `uploading`); the next `advanced` counts from 0.
+    fn stage(&self, _name: &'static str) {}
 }
 
 impl<F: Fn(u64, u64) + Send + Sync> Progress for F {
@@ -142,16 +146,34 @@ fn hint(e: &object_store::Error) -> &'static str {
 
 /// The sha256 and size of a file, read in [`IO_CHUNK`]s on the blocking pool.
 pub async fn hash_file(path: &Path) -> Result<(Digest, u64), TransferError> {
-    let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || hash_prefix(&owned, u64::MAX))
-        .await
-        .expect("hashing never panics")
-        .map(|(h, n)| (Digest::from_bytes(h.finalize().into()), n))
-        .map_err(local(path))
+    hash_file_with(path, &quiet).await
 }
 
-/// A hasher fed the first `limit` bytes of `path` (all of it for `u64::MAX`), and how many.
-fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
+/// [`hash_file`], telling `progress` how far it got (about every 100 ms).
+pub async fn hash_file_with(
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(Digest, u64), TransferError> {
+    let total = tokio::fs::metadata(path).await.map_err(local(path))?.len();
+    let done = Arc::new(AtomicU64::new(0));
+    let (owned, counter) = (path.to_path_buf(), done.clone());
+    let mut task = tokio::task::spawn_blocking(move || hash_prefix(&owned, u64::MAX, &counter));
+    let joined = loop {
+        tokio::select! {
+            joined = &mut task => break joined,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                progress.advanced(done.load(Ordering::Relaxed).min(total), total);
+            }
+        }
+    };
+    let (hasher, n) = joined.expect("hashing never panics").map_err(local(path))?;
+    progress.advanced(n, n);
+    Ok((Digest::from_bytes(hasher.finalize().into()), n))
+}
+
+/// A hasher fed the first `limit` bytes of `path` (all of it for `u64::MAX`), and how many;
+/// `done` follows the count.
+fn hash_prefix(path: &Path, limit: u64, done: &AtomicU64) -> std::io::Result<(Sha256, u64)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?.take(limit);
     let mut hasher = Sha256::new();
@@ -164,6 +186,7 @@ fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
+        done.store(total, Ordering::Relaxed);
     }
 }
 
@@ -173,7 +196,8 @@ pub async fn upload(
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<Uploaded, TransferError> {
-    let (digest, size) = hash_file(path).await?;
+    progress.stage("hashing");
+    let (digest, size) = hash_file_with(path, progress).await?;
     let key = Key::from(digest.cas_key());
     match store.objects.head(&key).await {
         Ok(meta) if meta.size == size => {
@@ -192,6 +216,7 @@ pub async fn upload(
         .put_multipart(&key)
         .await
         .map_err(remote(store, &key))?;
+    progress.stage("uploading");
     let mut writer = WriteMultipart::new_with_chunk_size(upload, store.part_size);
     let sent = send_file(store, &key, path, size, &mut writer, progress).await;
     match sent {
@@ -274,7 +299,7 @@ pub async fn download(
     let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
     let (mut hasher, have) = if have > 0 && have <= size {
         let p = partial.clone();
-        tokio::task::spawn_blocking(move || hash_prefix(&p, have))
+        tokio::task::spawn_blocking(move || hash_prefix(&p, have, &AtomicU64::new(0)))
             .await
             .expect("hashing never panics")
             .map_err(local(&partial))?

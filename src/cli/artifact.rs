@@ -245,8 +245,9 @@ async fn pull(args: PullArgs, secrets_dir: &Path, store: &Store) -> Result<(), F
 /// A progress line on stderr: redrawn in place on a terminal, a line per 10 % otherwise.
 struct Bar {
     what: String,
+    stage: Mutex<&'static str>,
     tty: bool,
-    started: Instant,
+    started: Mutex<Instant>,
     state: Mutex<(Instant, u64)>,
 }
 
@@ -255,8 +256,9 @@ impl Bar {
         let now = Instant::now();
         Self {
             what,
+            stage: Mutex::new(""),
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            started: now,
+            started: Mutex::new(now),
             state: Mutex::new((now - Duration::from_secs(1), u64::MAX)),
         }
     }
@@ -274,6 +276,14 @@ impl Bar {
 }
 
 impl artifacts::Progress for Bar {
+    fn stage(&self, name: &'static str) {
+        *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        // The next report is printed whatever its percentage.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = (Instant::now() - Duration::from_secs(1), u64::MAX);
+    }
+
     fn advanced(&self, done: u64, total: u64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let percent = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
@@ -287,10 +297,18 @@ impl artifacts::Progress for Bar {
             return;
         }
         *state = (now, percent);
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let secs = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            .as_secs_f64()
+            .max(0.001);
+        let stage = *self.stage.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!(
-            "{}  {} / {}  {percent}%  {}/s",
+            "{}{}{stage}  {} / {}  {percent}%  {}/s",
             self.what,
+            if stage.is_empty() { "" } else { ": " },
             human_bytes(done),
             human_bytes(total),
             human_bytes((done as f64 / secs) as u64)
