@@ -8,7 +8,9 @@
 //!   mismatch the partial file is deleted and [`TransferError::Corrupt`] says so, so damaged
 //!   bytes are never found under `dest`.
 //! - **Flat memory.** At most [`UPLOAD_CONCURRENCY`] parts of `part_size` are in flight on an
-//!   upload; a download holds one store chunk plus a [`IO_CHUNK`] write buffer.
+//!   upload; a download holds at most [`WRITE_QUEUE`] received chunks (the HTTP client's
+//!   reads, tens of KiB each) plus an [`IO_CHUNK`] write buffer, and hashes and writes on one
+//!   blocking thread while the next chunks arrive.
 //! - **Resumable downloads.** A `<dest>.partial` left by a killed download is hashed and
 //!   continued with a ranged read; one longer than the object is discarded.
 //! - **Content addressed, so idempotent.** Bytes already present under their key with the
@@ -26,7 +28,7 @@ use futures::StreamExt;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncReadExt;
 
 use super::location::Store;
 use crate::api::artifact::Digest;
@@ -297,7 +299,7 @@ pub async fn download(
     };
     let partial = partial_path(dest);
     let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
-    let (mut hasher, have) = if have > 0 && have <= size {
+    let (hasher, have) = if have > 0 && have <= size {
         let p = partial.clone();
         tokio::task::spawn_blocking(move || hash_prefix(&p, have, &AtomicU64::new(0)))
             .await
@@ -306,18 +308,19 @@ pub async fn download(
     } else {
         (Sha256::new(), 0)
     };
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(have == 0)
-        .append(have > 0)
-        .open(&partial)
-        .await
-        .map_err(local(&partial))?;
-    let mut out = BufWriter::with_capacity(IO_CHUNK, file);
+    // Received chunks go to one blocking thread that hashes and writes them, so receiving
+    // overlaps hashing and disk writes; the channel bounds what waits in memory.
+    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    let writer = {
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || write_chunks(&partial, have, hasher, rx))
+    };
     let mut done = have;
     progress.advanced(done, size);
-    if have < size {
+    let received = async {
+        if have >= size {
+            return Ok(());
+        }
         let opts = GetOptions {
             range: (have > 0).then_some(GetRange::Offset(have)),
             ..GetOptions::default()
@@ -332,8 +335,6 @@ pub async fn download(
             let chunk = chunk.map_err(remote(store, &key))?;
             done += chunk.len() as u64;
             if done > size {
-                drop(out);
-                let _ = tokio::fs::remove_file(&partial).await;
                 return Err(TransferError::TooLong {
                     url: store.url.clone(),
                     digest: *digest,
@@ -341,15 +342,21 @@ pub async fn download(
                     actual: done,
                 });
             }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await.map_err(local(&partial))?;
+            if tx.send(chunk).await.is_err() {
+                break; // the writer failed: its error is reported below
+            }
             progress.advanced(done, size);
         }
+        Ok(())
     }
-    out.flush().await.map_err(local(&partial))?;
-    let file = out.into_inner();
-    file.sync_all().await.map_err(local(&partial))?;
-    drop(file);
+    .await;
+    drop(tx);
+    let written = writer.await.expect("the writer never panics");
+    if let Err(e) = received {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
+    }
+    let hasher = written.map_err(local(&partial))?;
     let got = Digest::from_bytes(hasher.finalize().into());
     if got != *digest || done != size {
         let _ = tokio::fs::remove_file(&partial).await;
@@ -363,6 +370,34 @@ pub async fn download(
         .await
         .map_err(local(dest))?;
     Ok(size)
+}
+
+/// Chunks a download may hold in memory between receiving and writing.
+pub const WRITE_QUEUE: usize = 64;
+
+/// Appends the chunks from `rx` to `partial` (created, or continued after `have` bytes),
+/// feeding `hasher`; flushes and fsyncs at the end. Runs on the blocking pool.
+fn write_chunks<B: AsRef<[u8]>>(
+    partial: &Path,
+    have: u64,
+    mut hasher: Sha256,
+    mut rx: tokio::sync::mpsc::Receiver<B>,
+) -> std::io::Result<Sha256> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(have == 0)
+        .append(have > 0)
+        .open(partial)?;
+    let mut out = std::io::BufWriter::with_capacity(IO_CHUNK, file);
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(chunk.as_ref());
+        out.write_all(chunk.as_ref())?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(hasher)
 }
 
 /// Whether the store holds bytes for `digest` (of any size).
