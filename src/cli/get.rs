@@ -325,7 +325,10 @@ mod tests {
         assert_eq!(names("jobs,job,no"), ["Job", "Node"], "duplicates once");
         assert_eq!(names("all").len(), 8);
         assert!(!names("all").contains(&"Event"));
-        assert!(!names("all").contains(&"Artifact"), "shards are listed on purpose only");
+        assert!(
+            !names("all").contains(&"Artifact"),
+            "shards are listed on purpose only"
+        );
         assert!(matches!(kinds_of("jobs,pods"), Err(CliError::UnknownKind(k)) if k == "pods"));
     }
 
