@@ -91,7 +91,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     };
     // On SIGINT / SIGTERM the scenario is dropped, so what it started (etcd, agents, hollow
     // nodes, temporary directories) is stopped and removed on the way out.
-    let mut interrupted = crate::agent::shutdown_on_signals();
+    let interrupted = crate::tasks::shutdown_on_signals();
     for &tls in transports {
         let common = Common {
             lease_ttl: args.lease_ttl.max(1),
@@ -102,7 +102,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         };
         tokio::select! {
             r = scenario(&args, &common, &nodes) => r?,
-            _ = crate::agent::stopped(&mut interrupted) => {
+            _ = interrupted.cancelled() => {
                 return Err(CliError::Usage(
                     "rift bench: interrupted; what it started was stopped".into(),
                 ))

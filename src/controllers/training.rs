@@ -14,19 +14,14 @@ pub mod plan;
 
 use chrono::{DateTime, Utc};
 
-pub use decide::{decide, last_ended, trigger, ActiveRun, Next, RunEnd, Stage, Trigger};
+pub use decide::{
+    decide, games_threshold, last_ended, trigger, ActiveRun, Next, RunEnd, Stage, Trigger,
+};
 pub use plan::{plan, Happening, Plan};
 
 use crate::api::job::Job;
 use crate::api::training_target::{TrainingTarget, TrainingTargetSpec};
 use crate::store::{Store, StoreError};
-
-/// Label on a target's own Jobs: the target's name (such Jobs never count as selfplay).
-pub const LABEL_TARGET: &str = "rift.dev/training-target";
-/// Label on a target's own Jobs: the run's generation.
-pub const LABEL_GENERATION: &str = "rift.dev/generation";
-/// Label on a target's own Jobs: `train` or `eval` ([`Stage::label`]).
-pub const LABEL_STAGE: &str = "rift.dev/stage";
 
 /// The leader's training controller.
 pub struct TrainingController {

@@ -52,6 +52,10 @@ pub fn count_games(ledger: &mut BTreeMap<String, u64>, selfplay: &[&Job]) -> u64
 pub fn selfplay_jobs<'a>(spec: &TrainingTargetSpec, jobs: &'a [Job]) -> Vec<&'a Job> {
     jobs.iter()
         .filter(|j| selector_matches(&spec.selfplay_selector, &j.metadata.labels))
-        .filter(|j| !j.metadata.labels.contains_key(super::LABEL_TARGET))
+        .filter(|j| {
+            !j.metadata
+                .labels
+                .contains_key(crate::api::labels::TRAINING_TARGET)
+        })
         .collect()
 }

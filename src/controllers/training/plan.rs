@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 
 use super::decide::{decide, ActiveRun, Next, RunEnd, Stage};
 use super::games::{count_games, selfplay_jobs};
-use super::{LABEL_GENERATION, LABEL_STAGE, LABEL_TARGET};
 use crate::api::job::{Job, JobSpec, JobTemplate};
+use crate::api::labels::{GENERATION, STAGE, TRAINING_TARGET};
 use crate::api::meta::OwnerReference;
 use crate::api::training_target::{TrainingRun, TrainingTarget, TrainingTargetStatus};
 use crate::api::Object;
@@ -256,11 +256,11 @@ fn stage_job(
     let mut job = Object::new(name, spec);
     let labels = &mut job.metadata.labels;
     *labels = template.metadata.labels.clone();
-    labels.insert(LABEL_TARGET.into(), target.name().into());
+    labels.insert(TRAINING_TARGET.into(), target.name().into());
     labels.insert("board".into(), target.spec.board.clone());
     labels.insert("players".into(), target.spec.players.to_string());
-    labels.insert(LABEL_GENERATION.into(), n.to_string());
-    labels.insert(LABEL_STAGE.into(), stage.label().into());
+    labels.insert(GENERATION.into(), n.to_string());
+    labels.insert(STAGE.into(), stage.label().into());
     job.metadata.owner_references = vec![owner_ref(target)];
     job
 }

@@ -6,6 +6,7 @@ use super::games::count_games;
 use super::plan::apply;
 use super::*;
 use crate::api::job::JobSpec;
+use crate::api::labels::STAGE;
 use crate::api::training_target::{TrainingRun, TrainingTargetStatus};
 use crate::api::{JobPhase, JobStatus, Object};
 
@@ -309,7 +310,7 @@ fn an_evaluation_with_no_recorded_candidate_never_promotes() {
 
 fn stage_job_with(stage: &str, phase: JobPhase, result: serde_json::Value) -> Job {
     let mut j = Object::new("hex8-2p-x-2", JobSpec::with_command(["x"]));
-    j.metadata.labels.insert(LABEL_STAGE.into(), stage.into());
+    j.metadata.labels.insert(STAGE.into(), stage.into());
     j.status = Some(JobStatus {
         phase,
         result: Some(result),
@@ -381,7 +382,7 @@ fn a_due_target_plans_its_training_job_and_consumes_its_games() {
     let p = plan(&tgt, &[sp], t(0));
     let job = p.create.expect("a training job");
     assert_eq!(job.name(), "hex8-2p-train-1");
-    assert_eq!(job.metadata.labels[LABEL_STAGE], "train");
+    assert_eq!(job.metadata.labels[STAGE], "train");
     assert_eq!(job.metadata.owner_references[0].uid, "tuid");
     assert_eq!(p.status.active_job.as_deref(), Some("hex8-2p-train-1"));
     assert_eq!(p.status.total_games, 2500);
