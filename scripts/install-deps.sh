@@ -8,8 +8,11 @@
 #                                    playbook tests run a real one on loopback), curl, Chromium
 #                                    (the dashboard's tests drive a real headless browser),
 #                                    promtool (the Prometheus text format's linter, taken out of
-#                                    Debian's prometheus package without installing the server)
-#                                    and the Rust components `make lint` uses (rustfmt, clippy)
+#                                    Debian's prometheus package without installing the server),
+#                                    the Rust components `make lint` uses (rustfmt, clippy), and
+#                                    s3s-fs (a real S3-compatible server for the artifact tests;
+#                                    built with `cargo install`, about 3 CPU-minutes, once per
+#                                    machine)
 set -euo pipefail
 
 testing=false
@@ -55,4 +58,12 @@ fi
 if $testing && command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# The artifact tests' S3 server, pinned: 0.14.1 needs Rust 1.92 (0.17 needs 1.96);
+# --locked keeps its dependency versions as released.
+S3S_FS_VERSION=0.14.1
+if $testing && ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "installing: s3s-fs $S3S_FS_VERSION (cargo install)"
+  cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --quiet
 fi

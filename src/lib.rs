@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use super::artifact::ArtifactSpec;
+use super::artifact_store::ArtifactStoreSpec;
 use super::event::EventSpec;
 use super::job::JobSpec;
 use super::node::NodeSpec;
@@ -78,7 +80,7 @@ impl KindInfo {
 }
 
 /// Every kind, in the order `rift crds` prints them.
-pub static KINDS: [KindInfo; 8] = [
+pub static KINDS: [KindInfo; 10] = [
     KindInfo::of::<NodeSpec>(),
     KindInfo::of::<JobSpec>(),
     KindInfo::of::<PoolSpec>(),
@@ -87,6 +89,8 @@ pub static KINDS: [KindInfo; 8] = [
     KindInfo::of::<TunnelSpec>(),
     KindInfo::of::<NotifierSpec>(),
     KindInfo::of::<EventSpec>(),
+    KindInfo::of::<ArtifactSpec>(),
+    KindInfo::of::<ArtifactStoreSpec>(),
 ];
 
 /// The kind a user means by `name` (`Node`, `nodes`, `no`, ...).

@@ -3,6 +3,8 @@
 //! Every kind is `Object<Spec>`: `apiVersion: rift/v1`, `kind`, `metadata`, `spec`, `status`,
 //! camelCase in YAML, unknown fields rejected.
 
+pub mod artifact;
+pub mod artifact_store;
 pub mod duration;
 pub mod event;
 pub mod input;
@@ -26,6 +28,8 @@ pub mod voter_set;
 /// The one API version this build speaks.
 pub const API_VERSION: &str = "rift/v1";
 
+pub use artifact::{Artifact, ArtifactSpec, Digest};
+pub use artifact_store::{ArtifactStore, ArtifactStoreSpec};
 pub use event::{Event, EventSpec};
 pub use job::{Job, JobPhase, JobSpec, JobStatus};
 pub use meta::ObjectMeta;

@@ -37,6 +37,12 @@ pub trait Spec:
     /// Whether operators may create this kind with `rift apply`.
     const APPLIABLE: bool = true;
 
+    /// Why `name` cannot name an object of this kind (`None`: it can). Most kinds take a
+    /// DNS-1123 label; a kind named by its content overrides this.
+    fn name_problem(name: &str) -> Option<String> {
+        super::validation::dns1123_problem(name)
+    }
+
     /// Semantic checks serde cannot express (ranges, cross-field rules). Paths are relative to
     /// the object (`spec.replicas`).
     fn validate(&self, _meta: &ObjectMeta, _errors: &mut FieldErrors) {}
@@ -92,7 +98,10 @@ impl<S: Spec> Object<S> {
                 format!("must be `{}`, got `{}`", S::KIND, self.kind),
             );
         }
-        super::validation::validate_meta(&self.metadata, &mut errors);
+        if let Some(problem) = S::name_problem(&self.metadata.name) {
+            errors.push("metadata.name", problem);
+        }
+        super::validation::validate_meta_labels(&self.metadata, &mut errors);
         self.spec.validate(&self.metadata, &mut errors);
         errors
     }

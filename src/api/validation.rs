@@ -170,10 +170,8 @@ pub fn validate_labels<'a>(
 }
 
 /// Checks the operator-settable parts of metadata.
-pub fn validate_meta(meta: &ObjectMeta, errors: &mut FieldErrors) {
-    if let Some(problem) = dns1123_problem(&meta.name) {
-        errors.push("metadata.name", problem);
-    }
+/// Checks an object's labels (its name is checked by its kind: [`crate::api::Spec::name_problem`]).
+pub fn validate_meta_labels(meta: &ObjectMeta, errors: &mut FieldErrors) {
     validate_labels("metadata.labels", &meta.labels, errors);
 }
 

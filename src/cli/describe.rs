@@ -22,7 +22,7 @@ use super::CliError;
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
     /// Kind: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun),
-    /// notifiers, events (ev).
+    /// notifiers, events (ev), artifacts (art), artifactstores (as).
     pub kind: String,
     /// The object's name.
     pub name: String,
@@ -38,10 +38,10 @@ pub async fn run(args: DescribeArgs, store: &Store) -> Result<(), CliError> {
             name: args.name.clone(),
         })?;
     let events = events_for(store, kind.kind, &obj).await?;
-    let members = if kind.kind == "Pool" {
-        pool_members(store, &args.name).await?
-    } else {
-        Vec::new()
+    let members = match kind.kind {
+        "Pool" => pool_members(store, &args.name).await?,
+        "Artifact" => artifact_children(store, &args.name).await?,
+        _ => Vec::new(),
     };
     print!("{}", render(kind.kind, &obj, &members, &events, Utc::now()));
     Ok(())
@@ -59,6 +59,22 @@ async fn pool_members(store: &Store, pool: &str) -> Result<Vec<Value>, CliError>
             j.pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
                 .is_some_and(|o| o.iter().any(|r| r["kind"] == "Pool" && r["name"] == pool))
+        })
+        .collect())
+}
+
+/// The artifacts made from artifact `name` (those that list it among their parents).
+async fn artifact_children(store: &Store, name: &str) -> Result<Vec<Value>, CliError> {
+    let artifacts = kinds::by_kind("Artifact").expect("Artifact is registered");
+    let (all, _) = store
+        .list_objects(artifacts, &LabelSelector::everything())
+        .await?;
+    Ok(all
+        .into_iter()
+        .filter(|a| {
+            a.pointer("/spec/parents")
+                .and_then(Value::as_array)
+                .is_some_and(|p| p.iter().any(|x| x == name))
         })
         .collect())
 }
@@ -177,6 +193,7 @@ pub fn render(
         "Pool" => sections::pool(obj, members),
         "TrainingTarget" => sections::training_target(obj, now),
         "VoterSet" => sections::voter_set(obj),
+        "Artifact" => sections::artifact(obj, members),
         _ => sections::raw(obj),
     };
     out += "Events:\n";

@@ -16,7 +16,7 @@ pub enum CliError {
     Selector(#[from] SelectorError),
     #[error(transparent)]
     Input(#[from] crate::api::input::InputError),
-    #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev)")]
+    #[error("unknown resource type `{0}`; try one of: nodes (no), jobs, pools, trainingtargets (tt), voterset (vs), tunnels (tun), notifiers, events (ev), artifacts (art), artifactstores (as)")]
     UnknownKind(String),
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
@@ -51,6 +51,8 @@ pub enum CliError {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error(transparent)]
+    Artifact(Box<super::artifact::ArtifactCmdError>),
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -24,8 +24,8 @@ use super::CliError;
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// What to list: a kind (nodes/no, jobs, pools, trainingtargets/tt, voterset/vs,
-    /// tunnels/tun, notifiers, events/ev), several joined by commas (`jobs,nodes`), or `all`
-    /// (every kind but events).
+    /// tunnels/tun, notifiers, events/ev, artifacts/art, artifactstores/as), several joined by
+    /// commas (`jobs,nodes`), or `all` (every kind but events and artifacts).
     #[arg(value_name = "KIND[,KIND...]")]
     pub kinds: String,
     /// Names of objects of that kind to show; every object of the kind when none is given.
@@ -51,9 +51,13 @@ pub struct GetArgs {
     pub watch: bool,
 }
 
-/// Every kind `all` means: everything but events.
+/// Every kind `all` means: everything but events and artifacts (a fleet makes hundreds of
+/// thousands of game shards; `rift get artifacts -l ...` lists them on purpose).
 fn all_kinds() -> Vec<&'static KindInfo> {
-    KINDS.iter().filter(|k| k.kind != "Event").collect()
+    KINDS
+        .iter()
+        .filter(|k| k.kind != "Event" && k.kind != "Artifact")
+        .collect()
 }
 
 /// The kinds named by `rift get`'s first argument.
@@ -319,8 +323,12 @@ mod tests {
             |a: &str| -> Vec<&str> { kinds_of(a).unwrap().iter().map(|k| k.kind).collect() };
         assert_eq!(names("jobs,nodes"), ["Job", "Node"]);
         assert_eq!(names("jobs,job,no"), ["Job", "Node"], "duplicates once");
-        assert_eq!(names("all").len(), 7);
+        assert_eq!(names("all").len(), 8);
         assert!(!names("all").contains(&"Event"));
+        assert!(
+            !names("all").contains(&"Artifact"),
+            "shards are listed on purpose only"
+        );
         assert!(matches!(kinds_of("jobs,pods"), Err(CliError::UnknownKind(k)) if k == "pods"));
     }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod artifact;
 mod bench;
 mod certs;
 mod columns;
@@ -106,6 +107,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// This cluster's certificates: `rift certs check` shows expiry; `revoke NODE`.
     Certs(certs::CertsArgs),
+    /// Artifacts' bytes: `rift artifact push FILE -l type=model`, `pull NAME -o FILE`.
+    Artifact(artifact::ArtifactArgs),
     /// Run a benchmark scenario (starts its own etcd, agents and hollow nodes).
     Bench(bench::BenchArgs),
     /// Run N hollow nodes (simulated agents) against etcd, for scale tests.
@@ -276,6 +279,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Completion(args) => completion::run(args),
         Command::Token(args) => token::run(args, &store().await?).await,
         Command::Certs(args) => certs::run(args, access).await,
+        Command::Artifact(args) => artifact::run(args, &store().await?).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Sim(args) => sim::run(args, &access()?).await,
         Command::Shim(_) => unreachable!("handled before the runtime starts"),

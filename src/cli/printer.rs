@@ -217,6 +217,22 @@ fn gpu_summary(v: &Value) -> String {
     or_dash(declared.join(","))
 }
 
+/// `532 B`, `4.0 KiB`, `1.9 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn list(v: &Value, pointer: &str) -> String {
     v.pointer(pointer)
         .and_then(Value::as_array)
@@ -291,6 +307,14 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
         "Notifier" => (
             &["NAME", "URL", "EVENTS", "DELIVERED", "FAILURES", "AGE"],
             &["FORMAT", "LAST-ERROR"],
+        ),
+        "Artifact" => (
+            &["NAME", "SIZE", "FORMAT", "PRODUCER", "GAMES", "AGE"],
+            &["NODE", "PARENTS"],
+        ),
+        "ArtifactStore" => (
+            &["NAME", "URL", "ENDPOINT", "PART-SIZE", "AGE"],
+            &["CREDENTIALS"],
         ),
         "Event" => (
             &["LAST-SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"],
@@ -451,6 +475,40 @@ fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<
                 text(v, "/spec/format"),
                 or_dash(text(v, "/status/lastError")),
             ],
+        ),
+        "Artifact" => (
+            vec![
+                name,
+                v.pointer("/spec/size")
+                    .and_then(Value::as_u64)
+                    .map_or_else(|| "-".into(), human_bytes),
+                or_dash(text(v, "/spec/format")),
+                match text(v, "/spec/producer/job") {
+                    job if job.is_empty() => "push".into(),
+                    job => format!("{job}#{}", text(v, "/spec/producer/attempt")),
+                },
+                or_dash(text(v, "/spec/counts/games")),
+                created,
+            ],
+            vec![
+                or_dash(text(v, "/spec/producer/node")),
+                v.pointer("/spec/parents")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string(),
+            ],
+        ),
+        "ArtifactStore" => (
+            vec![
+                name,
+                text(v, "/spec/url"),
+                or_dash(text(v, "/spec/endpoint")),
+                v.pointer("/spec/partSize")
+                    .and_then(Value::as_u64)
+                    .map_or_else(|| "-".into(), human_bytes),
+                created,
+            ],
+            vec![or_dash(text(v, "/spec/credentialsFile"))],
         ),
         "Event" => (
             vec![

@@ -176,6 +176,7 @@ async fn serve(
             r = &mut agent_task => return Err(agent_ended(r, member_dir)),
         };
         ensure_voter_set(&store, &args.name).await?;
+        ensure_artifact_store(&store, &config.state_dir).await?;
         if !docs.is_empty() {
             eprintln!("applying {}", join_paths(&args.manifests));
             apply_docs(&store, docs, false).await?;
@@ -347,6 +348,29 @@ async fn ensure_voter_set(store: &Store, node: &str) -> Result<(), CliError> {
     );
     match store.create(&voter_set).await {
         Ok(_) => eprintln!("created VoterSet {VOTER_SET_NAME} with voter {node}"),
+        Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// The embedded default: artifacts in `<state-dir>/artifacts`, unless an ArtifactStore exists
+/// (one applied by hand, or by an earlier `rift up`).
+async fn ensure_artifact_store(store: &Store, state_dir: &std::path::Path) -> Result<(), CliError> {
+    use crate::api::artifact_store::{ArtifactStore, ArtifactStoreSpec, DEFAULT_STORE};
+    let dir = std::path::absolute(state_dir.join("artifacts")).map_err(|e| CliError::Io {
+        path: state_dir.display().to_string(),
+        source: e,
+    })?;
+    let spec: ArtifactStoreSpec = serde_json::from_value(serde_json::json!({
+        "url": format!("file://{}", dir.display())
+    }))
+    .expect("a file URL with defaults is an ArtifactStore spec");
+    match store.create(&ArtifactStore::new(DEFAULT_STORE, spec)).await {
+        Ok(_) => eprintln!(
+            "created ArtifactStore {DEFAULT_STORE}: artifacts in {}",
+            dir.display()
+        ),
         Err(StoreError::AlreadyExists { .. }) => {}
         Err(e) => return Err(e.into()),
     }

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod proc;
 pub mod promtool;
 pub mod relay;
+pub mod s3;
 pub mod sshd;
 pub mod trust;
 pub mod voters;

@@ -10,7 +10,7 @@ use super::{field, table};
 use crate::api::training_target::{TrainingTargetSpec, TrainingTargetStatus};
 use crate::cli::output::number_cell;
 use crate::cli::printer::age;
-use crate::controllers::training::{decide, last_ended, Decision};
+use crate::controllers::training::{last_ended, trigger, Trigger};
 
 fn at(v: &Value, p: &str) -> String {
     match v.pointer(p) {
@@ -299,9 +299,9 @@ pub fn training_state(
             );
         }
     }
-    match decide(spec, status, now) {
-        Decision::Train { .. } => "ready to train (the next scheduler pass starts it)".into(),
-        Decision::Wait { reason, .. } => format!("waiting: {reason}"),
+    match trigger(spec, status, now) {
+        Trigger::Train { .. } => "ready to train (the next scheduler pass starts it)".into(),
+        Trigger::Wait { reason, .. } => format!("waiting: {reason}"),
     }
 }
 
@@ -390,6 +390,64 @@ pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
     let message = at(v, "/status/message");
     if !message.is_empty() {
         out += &field("Message", message);
+    }
+    out
+}
+
+/// An Artifact: what the bytes are, who made them, what they were made from (parents) and
+/// what was made from them (`children`: the artifacts that list this one as a parent).
+pub fn artifact(v: &Value, children: &[Value]) -> String {
+    let mut out = String::new();
+    out += &field("Digest", dash(at(v, "/spec/digest")));
+    let size = v.pointer("/spec/size").and_then(Value::as_u64);
+    out += &field(
+        "Size",
+        size.map_or("-".into(), |n| {
+            format!("{} ({n} bytes)", crate::cli::printer::human_bytes(n))
+        }),
+    );
+    out += &field("Format", dash(at(v, "/spec/format")));
+    let producer = match at(v, "/spec/producer/job") {
+        job if job.is_empty() => "pushed by hand (rift artifact push)".to_string(),
+        job => format!(
+            "job {job}, attempt {}, on node {}",
+            at(v, "/spec/producer/attempt"),
+            at(v, "/spec/producer/node")
+        ),
+    };
+    out += &field("Producer", producer);
+    if let Some(counts) = v.pointer("/spec/counts").and_then(Value::as_object) {
+        let c: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        out += &field("Counts", c.join(", "));
+    }
+    out += "Lineage:\n";
+    let parents: Vec<String> = v
+        .pointer("/spec/parents")
+        .and_then(Value::as_array)
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    out += &format!("  made from ({}):\n", parents.len());
+    for p in &parents {
+        out += &format!("    {p}\n");
+    }
+    out += &format!("  used by ({}):\n", children.len());
+    for c in children {
+        let labels = c
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        out += &format!("    {}  {labels}\n", at(c, "/metadata/name"));
     }
     out
 }
