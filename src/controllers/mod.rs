@@ -7,6 +7,7 @@
 //! * [`housekeeping`]: drain, lost nodes, TTL after finishing, orphaned Pool members.
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
 
+pub mod cluster_view;
 pub mod housekeeping;
 pub mod notifier;
 pub mod placement;
