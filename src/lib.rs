@@ -15,6 +15,5 @@ pub mod import;
 pub mod join;
 pub mod net;
 pub mod pki;
-pub mod runtime;
 pub mod sim;
 pub mod store;
