@@ -271,12 +271,12 @@ impl<P: JobProcesses> Runner<P> {
             .filter(|(job, _, r)| self.published.get(job) != Some(r))
             .collect();
         enum Change {
-            Put(String, String, RuntimeReport),
+            Put(String, String, Box<RuntimeReport>),
             Delete(String),
         }
         let all: Vec<Change> = changed
             .into_iter()
-            .map(|(j, u, r)| Change::Put(j, u, r))
+            .map(|(j, u, r)| Change::Put(j, u, Box::new(r)))
             .chain(gone.into_iter().map(Change::Delete))
             .collect();
         for batch in all.chunks(OPS_PER_TXN) {
@@ -303,7 +303,7 @@ impl<P: JobProcesses> Runner<P> {
                         self.metrics
                             .status_writes
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.published.insert(job.clone(), r.clone());
+                        self.published.insert(job.clone(), (**r).clone());
                     }
                     Change::Delete(job) => {
                         self.published.remove(job);
