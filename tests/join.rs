@@ -439,6 +439,7 @@ async fn rift_up_on_a_plaintext_state_dir_moves_it_to_tls_keeping_objects_and_jo
             .args(["up", "--port", &client.to_string()])
             .args(["--peer-port", &peer.to_string()])
             .args(["--agent-port", &free_port().to_string(), "--gpus", "H100x1"])
+            .arg("--no-dashboard")
             .arg("--state-dir")
             .arg(&state)
             .env_remove("RIFT_CONFIG")

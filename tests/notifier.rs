@@ -19,7 +19,7 @@ use rift::store::events::EventRecorder;
 use rift::store::Store;
 use serde_json::Value;
 use support::etcd::EtcdCluster;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// One request a receiver got.
 #[derive(Debug)]
@@ -102,17 +102,18 @@ fn spec(url: &str, events: &[&str], format: NotifierFormat) -> NotifierSpec {
     }
 }
 
+/// The notifier runs until this is dropped.
 struct Running {
-    _stop: oneshot::Sender<()>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 fn start(store: &Store, config: NotifierConfig) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = rift::tasks::CancellationToken::new();
     let controller = NotifierController::with_config(store.clone(), config);
-    tokio::spawn(controller.run(async move {
-        let _ = stopped.await;
-    }));
-    Running { _stop: stop }
+    tokio::spawn(controller.run(stop.clone()));
+    Running {
+        _stop: stop.drop_guard(),
+    }
 }
 
 async fn next_hit(rx: &mut mpsc::UnboundedReceiver<Hit>, within: Duration) -> Hit {

@@ -39,7 +39,12 @@ async fn a_campaign_whose_winning_reply_was_lost_leads_once_the_link_heals() {
     let config = ElectionConfig::new("a", Duration::from_secs(5));
     let led = tokio::time::timeout(
         Duration::from_secs(45),
-        campaign_with(&lossy, keeper, &config, std::future::pending()),
+        campaign_with(
+            &lossy,
+            keeper,
+            &config,
+            &rift::tasks::CancellationToken::new(),
+        ),
     )
     .await
     .expect("leads within 45 s (it must not wait for its own record to go away)")

@@ -204,10 +204,10 @@ async fn fenced_store_refuses_writes_once_the_fence_key_is_gone() {
         .await
         .unwrap()
         .unwrap();
-    let fenced = store.with_fence(rift::store::Fence {
-        key: rift::store::keys::LEADER.into(),
-        create_revision: kv.create_revision,
-    });
+    let fenced = store.with_fence(rift::store::Fence::new(
+        rift::store::keys::LEADER,
+        kv.create_revision,
+    ));
     fenced.create(&job("ok", "true")).await.unwrap();
 
     client

@@ -32,8 +32,8 @@ fn demo_manifests(dir: &std::path::Path, webhook_port: u16) -> std::path::PathBu
 }
 
 impl Up {
-    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook.
-    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16)) -> Up {
+    /// `rift up` on the demo; `ports` are etcd client, etcd peer, agent HTTP, webhook, dashboard.
+    fn start(state: &std::path::Path, ports: (u16, u16, u16, u16, u16)) -> Up {
         let manifests = demo_manifests(state.parent().unwrap(), ports.3);
         let manifests = manifests.to_str().unwrap();
         let (client, peer, agent, webhook) = (
@@ -42,6 +42,7 @@ impl Up {
             ports.2.to_string(),
             ports.3.to_string(),
         );
+        let dashboard = format!("127.0.0.1:{}", ports.4);
         let state_arg = state.display().to_string();
         let child = rift_command(
             "",
@@ -63,6 +64,8 @@ impl Up {
                 "H100x2",
                 "--label",
                 "demo=true",
+                "--dashboard",
+                &dashboard,
             ],
         )
         .stdout(Stdio::null())
@@ -156,7 +159,13 @@ fn job_processes(state: &std::path::Path) -> Vec<(u32, bool)> {
 async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let ports = (free_port(), free_port(), free_port(), free_port());
+    let ports = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Up::start(&state, ports);
     let ep = up.endpoint.clone();
 
@@ -178,6 +187,12 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
     )
     .await;
     assert_eq!(s["voters"]["desired"], serde_json::json!(["local"]));
+    // It serves the dashboard too, reading the same cluster.
+    let dashboard = format!("127.0.0.1:{}", ports.4);
+    let (code, page) = support::http::get(&dashboard, "/nodes", Duration::from_secs(5))
+        .expect("rift up serves the dashboard");
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"node-local\""), "{page}");
     // etcd listens on the node's address, not on every interface.
     assert!(
         std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),
@@ -323,4 +338,156 @@ fn rift_up_checks_manifests_before_starting_anything() {
     assert!(!run.ok);
     assert!(run.stderr.contains("bad.yaml"), "{}", run.stderr);
     assert!(!state.join("etcd").exists(), "nothing started");
+}
+
+/// The processes that mention `state` in their command line or environment (etcd's data
+/// directory, shims, jobs' progress files): what a `rift up` on `state` started.
+fn processes_mentioning(state: &std::path::Path) -> Vec<String> {
+    let needle = state.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || !support::agent::process_alive(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', " ");
+        if text(&cmdline).contains(&needle) || text(&environ).contains(&needle) {
+            found.push(format!("{pid}: {}", text(&cmdline)));
+        }
+    }
+    found
+}
+
+/// Which of `ports` on 127.0.0.1 still accept connections.
+fn listening(ports: &[u16]) -> Vec<u16> {
+    ports
+        .iter()
+        .copied()
+        .filter(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        .collect()
+}
+
+/// Waits (at most a minute) for `child` to exit.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rift up did not end within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rift_up_stopped_right_after_start_leaves_no_process_and_no_listener_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ports = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let mut up = Up::start(&state, ports);
+    // Right after start: the agent listens and its etcd member has been started; the
+    // cluster, the manifests and the jobs are still on their way.
+    eventually(Duration::from_secs(30), "the agent listening", || async {
+        (!listening(&[ports.2]).is_empty()).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "its etcd member started",
+        || async { (!processes_mentioning(&state).is_empty()).then_some(()) },
+    )
+    .await;
+    let exit = up.stop();
+    assert!(
+        exit.success(),
+        "a stop during start is a clean stop: {exit:?}"
+    );
+    assert_eq!(
+        processes_mentioning(&state),
+        Vec::<String>::new(),
+        "etcd, shims and jobs stop with it"
+    );
+    assert_eq!(
+        listening(&[ports.0, ports.1, ports.2, ports.3, ports.4]),
+        Vec::<u16>::new(),
+        "no port it opened is left open"
+    );
+}
+
+#[test]
+fn a_rift_up_that_fails_at_start_stops_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (client, agent, webhook) = (free_port(), free_port(), free_port());
+    // etcd's peer port is taken: the agent and its tasks start, the etcd member cannot.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = taken.local_addr().unwrap().port();
+    let state_arg = state.display().to_string();
+    let ports: Vec<String> = [client, peer, agent, webhook]
+        .iter()
+        .map(u16::to_string)
+        .collect();
+    let mut child = rift_command(
+        "",
+        &[
+            "up",
+            "--state-dir",
+            &state_arg,
+            "--port",
+            &ports[0],
+            "--peer-port",
+            &ports[1],
+            "--agent-port",
+            &ports[2],
+            "--webhook-port",
+            &ports[3],
+            "--no-dashboard",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let _cleanup = KillOnDrop(state.clone());
+    let exit = wait_exit(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!exit.success(), "{stderr}");
+    assert!(stderr.contains("etcd did not come up"), "{stderr}");
+    assert!(
+        state.join("pki").exists(),
+        "it got as far as starting: {stderr}"
+    );
+    assert_eq!(
+        processes_mentioning(&state),
+        Vec::<String>::new(),
+        "nothing it started runs on"
+    );
+    assert_eq!(
+        listening(&[client, agent, webhook]),
+        Vec::<u16>::new(),
+        "no port it opened is left open"
+    );
+}
+
+/// Kills whatever still mentions the state directory when a test ends (a failing one too).
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_processes_mentioning(&self.0);
+    }
 }

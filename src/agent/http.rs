@@ -128,8 +128,11 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value>
     }))
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> String {
-    state.metrics.render(&state.node)
+async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }
 
 fn refusal(r: Refusal) -> Response {

@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::https::Caller;
 use super::metrics::Metrics;
+use crate::tasks::CancellationToken;
 
 /// The largest request head (request line and headers) read from a client.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -196,7 +196,7 @@ pub async fn serve<T: Transport>(
     limits: HttpLimits,
     transport: T,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_peer);
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
@@ -214,7 +214,7 @@ pub async fn serve<T: Transport>(
                     continue;
                 }
             },
-            _ = super::stopped(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
         let peer = peer.ip();
@@ -232,7 +232,7 @@ pub async fn serve<T: Transport>(
                 });
             }
             Err(refusal) => {
-                metrics.http_refused.fetch_add(1, Ordering::Relaxed);
+                metrics.http_refused.inc();
                 if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     last_warned = Some(tokio::time::Instant::now());
                     tracing::warn!(
@@ -268,7 +268,7 @@ async fn serve_connection<T: Transport>(
     router: Router,
     transport: T,
     limits: HttpLimits,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let io = match tokio::time::timeout(limits.header_read_timeout, transport.wrap(tcp)).await {
         Ok(Ok(io)) => io,
@@ -291,7 +291,7 @@ async fn serve_connection<T: Transport>(
             }
             return;
         }
-        _ = super::stopped(&mut stop) => {}
+        _ = stop.cancelled() => {}
     }
     // Shutting down: no new request on this connection; one in flight (or still being sent)
     // gets a moment, then the connection is dropped.

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::TxnOp;
+use futures::FutureExt;
 use serde_json::json;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
 use crate::controllers::housekeeping::Housekeeping;
+use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
 use crate::controllers::placement::PlacementConfig;
 use crate::controllers::scheduler::Scheduler;
@@ -22,28 +23,22 @@ use crate::controllers::voters::VotersController;
 use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
 use crate::store::{Store, StoreError};
+use crate::tasks::{CancellationToken, Tasks};
 
 /// The key the leader's heartbeat controller writes: proof that the leader's fenced writes land.
 pub const HEARTBEAT_KEY: &str = "/rift/v1/controllers/heartbeat";
 
-pub async fn run(
-    store: &Store,
-    config: &AgentConfig,
-    state: &Arc<AgentState>,
-    shutdown: watch::Receiver<bool>,
-) {
+/// Campaigns, leads while the lease holds, steps down and campaigns again, until `tasks` is
+/// stopped; then resigns (so a standby takes over at once) and returns. The controllers run as
+/// children of `tasks`.
+pub async fn run(store: &Store, config: &AgentConfig, state: &Arc<AgentState>, tasks: &Tasks) {
     let mut election = ElectionConfig::new(config.name.clone(), config.lease_ttl);
     election.endpoint = config.advertise.clone();
     loop {
-        if *shutdown.borrow() {
+        if tasks.is_stopping() {
             return;
         }
-        let mut stop = shutdown.clone();
-        let leadership = match campaign(store, &election, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        {
+        let leadership = match campaign(store, &election, tasks.token()).await {
             Ok(Some(l)) => l,
             Ok(None) => return,
             Err(e) => {
@@ -57,7 +52,17 @@ pub async fn run(
         let housekeeping = Housekeeping {
             margin: config.reschedule_margin,
         };
-        let resign = lead(&leadership, &config.name, housekeeping, shutdown.clone()).await;
+        let metrics = state.metrics.leader.clone();
+        metrics.leading(true);
+        let resign = lead(
+            &leadership,
+            &config.name,
+            housekeeping,
+            metrics.clone(),
+            tasks.child(),
+        )
+        .await;
+        metrics.leading(false);
         state.is_leader.store(false, Ordering::Relaxed);
         if resign {
             leadership.resign().await;
@@ -68,14 +73,20 @@ pub async fn run(
     }
 }
 
-/// Runs the controllers until leadership is lost (returns false) or shutdown (returns true).
-/// A controller that ends on its own (a refused fenced write, an error, a panic) ends leading:
-/// the leader steps down and campaigns again rather than lead without it.
+/// Runs the controllers under `controllers` until leadership is lost (returns false) or
+/// `controllers` is stopped from above (returns true); either way every controller has ended
+/// when it returns.
+///
+/// Leadership is lost, in one place ([`Leadership::lost`]), when the lease is lost or any
+/// fenced write — a controller's, the heartbeat's, an event's — was refused. A controller that
+/// ends on its own (an error, a panic) also ends leading: the leader steps down and campaigns
+/// again rather than lead without it.
 async fn lead(
     leadership: &Leadership,
     node: &str,
     housekeeping: Housekeeping,
-    mut shutdown: watch::Receiver<bool>,
+    metrics: LeaderMetrics,
+    controllers: Tasks,
 ) -> bool {
     let store = leadership.store();
     EventRecorder::controller(store.clone(), "leader").normal(
@@ -84,31 +95,27 @@ async fn lead(
         "leader_changed",
         format!("{node} is now the leader"),
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop = controllers.token().clone();
     let voters = VotersController::new(store.clone()).with_lease(leadership.lease_watch());
-    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping);
-    let mut controllers = Controllers {
+    let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
+        .with_metrics(metrics);
+    let notifier = NotifierController::new(store.clone());
+    let mut running = Controllers {
         tasks: vec![
             (
                 "scheduler",
-                Some(tokio::spawn(scheduler.run(stop(stop_rx.clone())))),
+                Some(controllers.spawn(scheduler.run(stop.clone()))),
             ),
             (
                 "notifier",
-                Some(tokio::spawn(
-                    NotifierController::new(store.clone()).run(stop(stop_rx.clone())),
-                )),
+                Some(controllers.spawn(notifier.run(stop.clone()))),
             ),
-            ("voters", Some(tokio::spawn(voters.run(stop(stop_rx))))),
+            ("voters", Some(controllers.spawn(voters.run(stop.clone())))),
         ],
     };
-    let resign =
-        lead_with_heartbeat(leadership, node, &store, &mut shutdown, &mut controllers).await;
-    let _ = stop_tx.send(true);
-    controllers.join().await;
+    let resign = lead_with_heartbeat(leadership, node, &store, &stop, &mut running).await;
+    controllers.stop().await;
+    running.report();
     resign
 }
 
@@ -140,12 +147,15 @@ impl Controllers {
         .await
     }
 
-    /// Waits for every controller still running (they were told to stop) and logs how each
-    /// ended.
-    async fn join(self) {
+    /// Logs how each controller that was told to stop ended (all have: their tasks were
+    /// waited for).
+    fn report(self) {
         for (name, slot) in self.tasks {
             if let Some(handle) = slot {
-                let how = describe(handle.await);
+                let how = match handle.now_or_never() {
+                    Some(r) => describe(r),
+                    None => "still running".into(),
+                };
                 if how != "stopped" {
                     tracing::warn!(controller = name, how, "a controller ended badly");
                 }
@@ -157,6 +167,7 @@ impl Controllers {
 fn describe(r: Result<Result<(), StoreError>, tokio::task::JoinError>) -> String {
     match r {
         Ok(Ok(())) => "stopped".into(),
+        Ok(Err(StoreError::Fenced)) => "stopped: no longer the leader".into(),
         Ok(Err(e)) => format!("failed: {e}"),
         Err(e) if e.is_panic() => format!("panicked: {e}"),
         Err(e) => format!("was cancelled: {e}"),
@@ -167,15 +178,18 @@ async fn lead_with_heartbeat(
     leadership: &Leadership,
     node: &str,
     store: &Store,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
     controllers: &mut Controllers,
 ) -> bool {
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = leadership.lost() => return false,
-            _ = super::stopped(shutdown) => return true,
+            _ = leadership.lost() => {
+                tracing::warn!("leadership lost (the lease, or a write refused by the fence)");
+                return false;
+            }
+            _ = stop.cancelled() => return true,
             (name, how) = controllers.any_ended() => {
                 tracing::warn!(controller = name, how, "a controller ended: stepping down");
                 leadership.step_down();
@@ -184,25 +198,18 @@ async fn lead_with_heartbeat(
             _ = tick.tick() => {
                 seq += 1;
                 // Every 2 s: Nodes for agents that announced one and have none (workers
-                // admitted without a join may not create their own).
+                // admitted without a join may not create their own). A refused write ends
+                // leadership through the fence.
                 if seq % 4 == 1 {
                     match crate::agent::registration::adopt_announced(store).await {
                         Ok(created) if !created.is_empty() => {
                             tracing::info!(nodes = %created.join(","), "created announced Nodes");
                         }
-                        Err(StoreError::Fenced) => {
-                            leadership.step_down();
-                            return false;
-                        }
-                        _ => {}
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(%e, "cannot adopt announced Nodes"),
                     }
                 }
                 if let Err(e) = heartbeat(store, node, seq).await {
-                    if matches!(e, StoreError::Fenced) {
-                        tracing::warn!("a leader write was refused by the fence: stepping down");
-                        leadership.step_down();
-                        return false;
-                    }
                     tracing::debug!(%e, "leader heartbeat failed");
                 }
             }

@@ -31,7 +31,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -40,11 +40,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, RunSpec};
 use super::jobs::policy::{self, AttemptState, Book, Next, Observed};
 use super::AgentState;
+use crate::tasks::CancellationToken;
 
 /// How often a followed log is polled for new bytes, rotations and attempts.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -88,10 +88,7 @@ pub async fn job_logs(
         match state.follow_streams.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                state
-                    .metrics
-                    .follows_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.metrics.follows_refused.inc();
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(header::RETRY_AFTER, "5")],
@@ -159,26 +156,27 @@ pub async fn job_logs(
                 attempt.to_string(),
             ),
         ],
-        Body::from_stream(stream(reader, name, follow_permit)),
+        Body::from_stream(stream(reader, name, follow_permit, state.shutdown.clone())),
     )
         .into_response()
 }
 
 /// The reader as a stream of chunks; file I/O runs on the blocking pool. `permit` (a follower's
-/// place) is held until the stream ends or is dropped.
+/// place) is held until the stream ends or is dropped. A follower ends when `stop` (the
+/// agent's shutdown) fires, since graceful HTTP shutdown waits for every response to finish.
 fn stream(
     reader: LogReader,
     job: String,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    stop: CancellationToken,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, io::Error>> + Send + 'static {
-    let stop = shutting_down();
     futures::stream::unfold(Some((reader, stop)), move |state| {
         let job = job.clone();
         let _held = &permit;
         async move {
-            let (mut reader, mut stop) = state?;
+            let (mut reader, stop) = state?;
             loop {
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return None;
                 }
                 let stepped = tokio::task::spawn_blocking(move || {
@@ -197,7 +195,7 @@ fn stream(
                     Ok(Step::Idle) => {
                         tokio::select! {
                             _ = tokio::time::sleep(POLL) => {}
-                            _ = stopped(&mut stop) => return None,
+                            _ = stop.cancelled() => return None,
                         }
                     }
                     Err(e) => {
@@ -209,37 +207,6 @@ fn stream(
             }
         }
     })
-}
-
-/// Turns true when this process gets SIGTERM or SIGINT. Followers end then, since axum's
-/// graceful shutdown waits for every response to finish.
-fn shutting_down() -> watch::Receiver<bool> {
-    static STOP: OnceLock<watch::Receiver<bool>> = OnceLock::new();
-    STOP.get_or_init(|| {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                // No handler: keep `tx` so followers never see a false shutdown.
-                return std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            let _ = tx.send(true);
-            std::future::pending::<()>().await
-        });
-        rx
-    })
-    .clone()
-}
-
-/// Resolves when `stop` turns true; never when its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await
-    }
 }
 
 /// Why a log cannot be served.

@@ -27,13 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 pub use config::AgentConfig;
 
 use crate::store;
 use crate::store::leader::current_leader;
 use crate::store::{Store, StoreError};
+use crate::tasks::{CancellationToken, Tasks};
 
 /// What the HTTP handlers read about this agent.
 pub struct AgentState {
@@ -59,6 +58,9 @@ pub struct AgentState {
     /// One permit per followed log being streamed ([`http_server::HttpLimits::max_follow_streams`]).
     pub follow_streams: Arc<tokio::sync::Semaphore>,
     pub max_follow_streams: usize,
+    /// Fires when the agent stops: followed logs end then (graceful HTTP shutdown waits for
+    /// every response).
+    pub shutdown: CancellationToken,
 }
 
 /// Errors that stop the agent.
@@ -84,25 +86,35 @@ pub enum AgentError {
     RunAs(#[from] jobs::run_as::RunAsError),
 }
 
-/// Runs the agent until `shutdown` turns true; then stops the controllers, resigns
-/// leadership (so a standby takes over at once) and returns.
-pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    // Refuse at once a runAs no job could start with, rather than failing every job later.
-    let run_as = config
-        .run_as
-        .as_deref()
-        .map(jobs::run_as::RunAs::resolve_usable)
-        .transpose()?;
-    match &run_as {
-        Some(user) => tracing::info!(user = %user.name, uid = user.uid.as_raw(), "jobs run as"),
-        None if nix::unistd::Uid::effective().is_root() => tracing::warn!(
-            "jobs run as root and can read this node's state: set runAs in the node config \
-             (config/install-node.sh creates the user rift-job and sets it)"
-        ),
-        None => {}
+/// Runs the agent until `shutdown` fires; then stops the controllers, resigns leadership (so a
+/// standby takes over at once), waits for every task it started and returns.
+///
+/// Every task is spawned through one [`Tasks`]: whether the agent returns after `shutdown` or
+/// early, on an error while starting, it returns only once each of them has ended. The local
+/// etcd member has tasks of its own, stopped last: the leader's resignation and the node's
+/// lease revocation may need it.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let tasks = Tasks::new(shutdown.child_token());
+    let member = Tasks::default();
+    let result = start_and_serve(&config, &tasks, &member).await;
+    if let Err(e) = &result {
+        tracing::error!(%e, "the agent cannot run; stopping what it started");
     }
+    tasks.stop().await;
+    member.stop().await;
+    result
+}
+
+/// Starts every part of the agent under `tasks` (the etcd member under `member`) and, once
+/// started, serves until `tasks` is stopped.
+async fn start_and_serve(
+    config: &AgentConfig,
+    tasks: &Tasks,
+    member: &Tasks,
+) -> Result<(), AgentError> {
+    check_run_as(config)?;
     private_state_dir(&config.state_dir)?;
-    let me = identity::establish(&config).await?;
+    let me = identity::establish(config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
     let configured = me.access.endpoints().to_vec();
@@ -114,99 +126,25 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     }
     let store = Store::connect_lazy(&me.access.with_endpoints(&endpoints)).await?;
     let state_dir = jobs::layout::StateDir::new(&config.state_dir);
-    let metrics = Arc::new(metrics::Metrics::default());
-    let tls = match me.identity() {
-        Some(id) => Some(
-            crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let scrape_token = match &config.scrape_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| AgentError::StateDir {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    let serves_joins = me.role == Some(crate::pki::NodeRole::Controller);
-    let state = Arc::new(AgentState {
-        node: config.name.clone(),
-        state_dir: state_dir.clone(),
-        metrics: metrics.clone(),
-        controllers: config.controllers,
-        is_leader: AtomicBool::new(false),
-        leader: RwLock::new(None),
-        etcd_ready: AtomicBool::new(false),
-        alive_peers: RwLock::new(Vec::new()),
-        voters_alive: RwLock::new(Vec::new()),
-        reachable_peers: RwLock::default(),
-        ca_pem: me.identity().map(|i| i.ca_pem.clone()),
-        join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
-        scrape_token,
-        follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
-        max_follow_streams: config.http.max_follow_streams,
-    });
-    let addr = format!("{}:{}", config.listen, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    tracing::info!(node = %config.name, %addr, "agent listening");
-
-    let router = http::router(state.clone());
-    let server = match tls {
-        Some(tls) => tokio::spawn(http_server::serve(
-            listener,
-            router,
-            config.http,
-            https::Tls::new(tls),
-            metrics.clone(),
-            shutdown.clone(),
-        )),
-        None => tokio::spawn(http_server::serve(
-            listener,
-            router,
-            config.http,
-            http_server::Plain,
-            metrics.clone(),
-            shutdown.clone(),
-        )),
-    };
+    let metrics = Arc::new(metrics::Metrics::new(&config.name));
+    let state = agent_state(config, &me, &store, &metrics, tasks.token().clone())?;
+    serve_http(config, &me, &state, tasks).await?;
     if let (Some(ca), Some(role)) = (me.local_ca.clone(), me.role) {
-        tokio::spawn(keep_trust(
-            store.clone(),
-            config.name.clone(),
-            role,
-            ca,
-            shutdown.clone(),
-        ));
+        let store = store.clone();
+        let node = config.name.clone();
+        tasks.spawn_until_stopped(keep_trust(store, node, role, ca));
     }
-    let renewal = tokio::spawn(renewal::run(
-        config.clone(),
-        me.clone(),
-        store.clone(),
-        shutdown.clone(),
-    ));
-    let probe = tokio::spawn(probe_etcd(store.clone(), state.clone(), shutdown.clone()));
-    // The member stops (if it stops with the agent) only after everything else is done: the
-    // leader's resignation and the node's lease revocation may need it.
-    let (member_stop, member_stopped) = watch::channel(false);
-    let member = etcd_member::Supervisor::new(&config, store.clone(), configured);
-    let member = tokio::spawn(member.run(member_stopped));
+    tasks.spawn_until_stopped(renewal::run(config.clone(), me.clone(), store.clone()));
+    tasks.spawn_until_stopped(probe_etcd(store.clone(), state.clone()));
+    let supervisor = etcd_member::Supervisor::new(config, store.clone(), configured);
+    member.spawn(supervisor.run(member.token().clone()));
     let (renewals, last_renewal) = store::lease::LastRenewal::channel();
-    let heartbeats = tokio::spawn(registration::write_heartbeats(
+    tasks.spawn(registration::write_heartbeats(
         state_dir.clone(),
         renewals.subscribe(),
-        shutdown.clone(),
+        tasks.token().clone(),
     ));
-    let registration = tokio::spawn(registration::keep_alive(
+    tasks.spawn(registration::keep_alive(
         store.clone(),
         config.name.clone(),
         config.node_lease_ttl,
@@ -216,13 +154,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
             labels: config.labels.clone(),
         },
         metrics.clone(),
-        shutdown.clone(),
+        tasks.token().clone(),
     ));
-    let node_spec = config.node_spec();
-    // The first resource probe (NVML may hang in a broken driver) is waited for only so long:
-    // the runner should know which GPU indices exist, but a Ready node must never run nothing
-    // because a probe does not return.
-    let first_probe = tokio::spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
     let tunnels = tunnels::Tunnels::new(
         config.name.clone(),
         config.port,
@@ -239,70 +172,18 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         endpoint: tunnels.endpoint(),
         metrics: metrics.clone(),
     };
-    let (gpu_count, status_writer) = match wait_first_probe(first_probe).await {
-        FirstProbe::Done(done) => match *done {
-            Ok((probe, observed)) => {
-                tracing::info!(
-                    cpus = observed.capacity.cpus,
-                    gpus = observed.capacity.gpus.len(),
-                    "resources"
-                );
-                let gpus = Some(observed.capacity.gpus.len());
-                let writer = tokio::spawn(status_writer.run(probe, shutdown.clone()));
-                (gpus, writer)
-            }
-            Err(e) => return Err(AgentError::Resources(e)),
-        },
-        FirstProbe::Late(pending) => {
-            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
-            tracing::warn!(
-                waited = ?FIRST_PROBE_WAIT,
-                "the resource probe (NVML) has not answered: jobs run without it, the node \
-                 status waits for it"
-            );
-            let mut stop = shutdown.clone();
-            let writer = tokio::spawn(async move {
-                let probe = tokio::select! {
-                    r = pending => r,
-                    _ = stopped(&mut stop) => return,
-                };
-                match probe {
-                    Ok(Ok((probe, _))) => status_writer.run(probe, stop).await,
-                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
-                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
-                }
-            });
-            ((declared > 0).then_some(declared as usize), writer)
-        }
-    };
-    let tunnels = tokio::spawn(tunnels.run(shutdown.clone()));
+    let gpu_count = start_status_writer(config, status_writer, tasks).await?;
+    tasks.spawn(tunnels.run(tasks.token().clone()));
     let agent_tls = crate::net::AgentTls::for_identity(me.identity())
         .map_err(|e| AgentError::Identity(e.to_string()))?;
-    let peers = tokio::spawn(peers::run(
-        store.clone(),
-        state.clone(),
-        agent_tls,
-        shutdown.clone(),
-    ));
+    tasks.spawn_until_stopped(peers::run(store.clone(), state.clone(), agent_tls));
     // A worker's Node is created when it joins (it may write only its own keys); a
     // controller, or an agent of a plaintext cluster, creates its own.
     if me.may_write_cluster_objects() {
-        let store = store.clone();
-        let name = config.name.clone();
-        let labels = config.labels.clone();
-        tokio::spawn(async move {
-            loop {
-                match registration::ensure_node(&store, &name, &node_spec, &labels).await {
-                    Ok(created) => {
-                        tracing::info!(created, "node registered");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%e, "cannot register the node yet");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+        let (store, name) = (store.clone(), config.name.clone());
+        let (spec, labels) = (config.node_spec(), config.labels.clone());
+        tasks.spawn_until_stopped(async move {
+            registration::register_node(&store, &name, &spec, &labels).await
         });
     }
     let shims = jobs::process::ShimProcesses::new(state_dir.heartbeat()).with_options(
@@ -320,26 +201,163 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         last_renewal,
         shims,
     );
-    let runner = tokio::spawn(runner.run(shutdown.clone()));
+    tasks.spawn(runner.run(tasks.token().clone()));
 
     if config.controllers {
-        leader_loop::run(&store, &config, &state, shutdown.clone()).await;
+        leader_loop::run(&store, config, &state, tasks).await;
     } else {
-        let mut s = shutdown.clone();
-        let _ = s.wait_for(|s| *s).await;
+        tasks.token().cancelled().await;
     }
-    probe.abort();
-    peers.abort();
-    renewal.abort();
-    let _ = tunnels.await;
-    let _ = runner.await;
-    let _ = status_writer.await;
-    let _ = registration.await;
-    let _ = heartbeats.await;
-    let _ = server.await;
-    let _ = member_stop.send(true);
-    let _ = member.await;
     Ok(())
+}
+
+/// Refuses at once a runAs no job could start with, rather than failing every job later.
+fn check_run_as(config: &AgentConfig) -> Result<(), AgentError> {
+    let run_as = config
+        .run_as
+        .as_deref()
+        .map(jobs::run_as::RunAs::resolve_usable)
+        .transpose()?;
+    match &run_as {
+        Some(user) => tracing::info!(user = %user.name, uid = user.uid.as_raw(), "jobs run as"),
+        None if nix::unistd::Uid::effective().is_root() => tracing::warn!(
+            "jobs run as root and can read this node's state: set runAs in the node config \
+             (config/install-node.sh creates the user rift-job and sets it)"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+/// What the HTTP handlers will read; `shutdown` ends followed logs.
+fn agent_state(
+    config: &AgentConfig,
+    me: &identity::AgentIdentity,
+    store: &Store,
+    metrics: &Arc<metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Arc<AgentState>, AgentError> {
+    let scrape_token = match &config.scrape_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::StateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let serves_joins = me.role == Some(crate::pki::NodeRole::Controller);
+    Ok(Arc::new(AgentState {
+        node: config.name.clone(),
+        state_dir: jobs::layout::StateDir::new(&config.state_dir),
+        metrics: metrics.clone(),
+        controllers: config.controllers,
+        is_leader: AtomicBool::new(false),
+        leader: RwLock::new(None),
+        etcd_ready: AtomicBool::new(false),
+        alive_peers: RwLock::new(Vec::new()),
+        voters_alive: RwLock::new(Vec::new()),
+        reachable_peers: RwLock::default(),
+        ca_pem: me.identity().map(|i| i.ca_pem.clone()),
+        join: serves_joins.then(|| crate::join::server::JoinService::new(store.clone())),
+        scrape_token,
+        follow_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_follow_streams)),
+        max_follow_streams: config.http.max_follow_streams,
+        shutdown,
+    }))
+}
+
+/// Binds the agent's port and serves HTTP (TLS on a TLS cluster) under `tasks`.
+async fn serve_http(
+    config: &AgentConfig,
+    me: &identity::AgentIdentity,
+    state: &Arc<AgentState>,
+    tasks: &Tasks,
+) -> Result<(), AgentError> {
+    let tls = match me.identity() {
+        Some(id) => Some(
+            crate::pki::tls::server_config(id).map_err(|e| AgentError::Identity(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let addr = format!("{}:{}", config.listen, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    tracing::info!(node = %config.name, %addr, "agent listening");
+    let router = http::router(state.clone());
+    let (limits, metrics, stop) = (config.http, state.metrics.clone(), tasks.token().clone());
+    match tls {
+        Some(tls) => tasks.spawn(http_server::serve(
+            listener,
+            router,
+            limits,
+            https::Tls::new(tls),
+            metrics,
+            stop,
+        )),
+        None => tasks.spawn(http_server::serve(
+            listener,
+            router,
+            limits,
+            http_server::Plain,
+            metrics,
+            stop,
+        )),
+    };
+    Ok(())
+}
+
+/// Starts the Node status writer under `tasks` and says how many GPUs the runner may bind.
+///
+/// The first resource probe (NVML may hang in a broken driver) is waited for only so long:
+/// the runner should know which GPU indices exist, but a Ready node must never run nothing
+/// because a probe does not return.
+async fn start_status_writer(
+    config: &AgentConfig,
+    writer: node_status::StatusWriter,
+    tasks: &Tasks,
+) -> Result<Option<usize>, AgentError> {
+    let probe = tasks.spawn(first_probe(config.gpus.clone(), config.state_dir.clone()));
+    let stop = tasks.token().clone();
+    match wait_first_probe(probe).await {
+        FirstProbe::Done(done) => {
+            let (probe, observed) = (*done).map_err(AgentError::Resources)?;
+            tracing::info!(
+                cpus = observed.capacity.cpus,
+                gpus = observed.capacity.gpus.len(),
+                "resources"
+            );
+            tasks.spawn(writer.run(probe, stop));
+            Ok(Some(observed.capacity.gpus.len()))
+        }
+        FirstProbe::Late(mut pending) => {
+            let declared: u32 = config.gpus.iter().map(|g| g.count).sum();
+            tracing::warn!(
+                waited = ?FIRST_PROBE_WAIT,
+                "the resource probe (NVML) has not answered: jobs run without it, the node \
+                 status waits for it"
+            );
+            tasks.spawn(async move {
+                let probe = tokio::select! {
+                    r = &mut pending => r,
+                    _ = stop.cancelled() => return pending.abort(),
+                };
+                match probe {
+                    Ok(Ok((probe, _))) => writer.run(probe, stop).await,
+                    Ok(Err(e)) => tracing::error!(%e, "the resource probe failed"),
+                    Err(e) => tracing::error!(%e, "the resource probe panicked"),
+                }
+            });
+            Ok((declared > 0).then_some(declared as usize))
+        }
+    }
 }
 
 /// How long the agent waits for its first resource probe before it runs jobs without it.
@@ -376,13 +394,7 @@ async fn wait_first_probe(mut task: tokio::task::JoinHandle<ProbeResult>) -> Fir
 /// etcd user exists, authentication is on and the trust record (the CA, for joins on any
 /// controller) is in etcd; retried until done. Before authentication is on, any client of the
 /// CA may do this; after, only a root identity, which this node's is.
-async fn keep_trust(
-    store: Store,
-    node: String,
-    role: crate::pki::NodeRole,
-    ca: crate::pki::Ca,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn keep_trust(store: Store, node: String, role: crate::pki::NodeRole, ca: crate::pki::Ca) {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
@@ -398,10 +410,7 @@ async fn keep_trust(
             }
             Err(e) => tracing::debug!(%e, "cannot set up etcd authentication yet"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut shutdown) => return,
-        }
+        tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
@@ -437,7 +446,7 @@ fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
 }
 
 /// Keeps readiness, the known leader, and the peers and voters alive current.
-async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+async fn probe_etcd(store: Store, state: Arc<AgentState>) {
     let mut tick: u64 = 0;
     loop {
         let ready = match current_leader(&store).await {
@@ -462,65 +471,19 @@ async fn probe_etcd(store: Store, state: Arc<AgentState>, mut shutdown: watch::R
             }
         }
         tick += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stopped(&mut shutdown) => return,
-        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 /// Nodes whose alive key exists (one keys-only read), and the VoterSet's voters.
 async fn peers_and_voters(store: &Store) -> Result<(Vec<String>, Vec<String>), StoreError> {
-    let mut kv = store.client().kv_client();
-    let opts = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_keys_only();
-    let resp = store
-        .call(kv.get(crate::store::keys::AGENTS_PREFIX, Some(opts)))
-        .await?;
-    let alive = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let key = std::str::from_utf8(kv.key()).ok()?;
-            let rest = key.strip_prefix(crate::store::keys::AGENTS_PREFIX)?;
-            rest.strip_suffix("/alive").map(str::to_string)
-        })
-        .collect();
+    let alive = crate::store::compose::alive_nodes(store).await?;
     let voters = store
         .get::<crate::api::VoterSetSpec>(crate::api::voter_set::VOTER_SET_NAME)
         .await?
         .map(|v| v.spec.voters)
         .unwrap_or_default();
     Ok((alive, voters))
-}
-
-/// A shutdown channel that turns true on SIGTERM or SIGINT; a second signal exits at once.
-pub fn shutdown_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
-        let _ = tx.send(true);
-        // A second signal while shutting down means "now": exit without waiting (jobs keep
-        // running under their shims either way).
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        eprintln!("second signal: exiting without a clean shutdown");
-        std::process::exit(130);
-    });
-    rx
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

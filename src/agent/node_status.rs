@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::TxnOp;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
@@ -17,6 +16,7 @@ use super::metrics::Metrics;
 use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
 use crate::api::node::{GpuDeclaration, NodeStatus};
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 
 /// How often resources are probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -83,7 +83,7 @@ pub async fn probe_once(
 
 impl StatusWriter {
     /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
-    pub async fn run(mut self, mut probe: ResourceProbe, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut probe: ResourceProbe, shutdown: CancellationToken) {
         let mut last: Option<NodeStatus> = None;
         let mut last_write = Instant::now();
         loop {
@@ -106,6 +106,7 @@ impl StatusWriter {
                 ..NodeStatus::default()
             };
             observed.apply(&mut status, &self.thresholds);
+            self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
                 let key = keys::agent_status(&self.node);
@@ -117,9 +118,7 @@ impl StatusWriter {
                     Ok(_) => {
                         last = Some(status);
                         last_write = Instant::now();
-                        self.metrics
-                            .status_writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.status_writes.inc();
                     }
                     Err(e) => tracing::debug!(%e, "node status not written yet"),
                 }
@@ -128,7 +127,7 @@ impl StatusWriter {
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
                 // A tunnel came up or went down: publish the new endpoint now.
                 _ = self.endpoint.changed() => {}
-                _ = super::stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
             }
         }
     }

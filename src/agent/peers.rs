@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::AgentState;
 use crate::api::selector::LabelSelector;
@@ -58,13 +57,8 @@ async fn healthz(mut stream: AgentStream) -> Result<(), String> {
         .map_err(|_| "connected, but no answer".to_string())?
 }
 
-/// Probes peers until `shutdown`.
-pub async fn run(
-    store: Store,
-    state: Arc<AgentState>,
-    tls: AgentTls,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Probes peers for good: run it under [`crate::tasks::Tasks::spawn_until_stopped`].
+pub async fn run(store: Store, state: Arc<AgentState>, tls: AgentTls) {
     let dialer = Dialer::default();
     loop {
         if let Ok((nodes, _)) = store.list::<NodeSpec>(&LabelSelector::everything()).await {
@@ -98,9 +92,6 @@ pub async fn run(
                 .collect();
             *state.reachable_peers.write().expect("lock") = reachable;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = super::stopped(&mut shutdown) => return,
-        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

@@ -9,7 +9,6 @@
 //! (or an agent of a plaintext cluster) creates its own ([`ensure_node`]). An operator's Node
 //! always wins: nothing here changes an existing one.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,28 @@ use super::metrics::Metrics;
 use crate::api::{NodeSpec, Object};
 use crate::store::lease::{self, Grant, LastRenewal, LeaseKeeper, LeaseStatus, RenewalSender};
 use crate::store::{keys, Store, StoreError};
+use crate::tasks::CancellationToken;
+
+/// [`ensure_node`], retried every second until it is done.
+pub async fn register_node(
+    store: &Store,
+    name: &str,
+    spec: &NodeSpec,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    loop {
+        match ensure_node(store, name, spec, labels).await {
+            Ok(created) => {
+                tracing::info!(created, "node registered");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%e, "cannot register the node yet");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
 
 /// Creates the Node from the agent's config unless it exists; an existing Node (applied by an
 /// operator, or registered before) is adopted as it is: the operator's spec wins.
@@ -129,13 +150,13 @@ pub async fn keep_alive(
     renewals: RenewalSender,
     announcement: NodeAnnouncement,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut was_down = false;
     loop {
         let grant = tokio::select! {
             r = register(&store, &node, ttl, false) => r,
-            _ = super::stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         };
         let grant = match grant {
             Ok(g) => g,
@@ -146,7 +167,7 @@ pub async fn keep_alive(
                 was_down = true;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = super::stopped(&mut shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                 }
             }
         };
@@ -154,22 +175,19 @@ pub async fn keep_alive(
             tracing::debug!(%e, "cannot announce the Node yet");
         }
         if std::mem::take(&mut was_down) {
-            metrics.etcd_reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics.etcd_reconnects.inc();
             tracing::info!("registered with etcd again");
         }
         let keeper = LeaseKeeper::keep(store.clone(), grant);
         let follow = follow_lease(keeper.watch(), &renewals, |s| {
-            metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .lease_renew_micros
-                .fetch_add(s.round_trip.as_micros() as u64, Ordering::Relaxed);
+            metrics.lease_renewed(s.round_trip);
         });
         tokio::select! {
             _ = follow => {
                 tracing::warn!("lost the node lease; registering again");
                 was_down = true;
             }
-            _ = super::stopped(&mut shutdown) => {
+            _ = shutdown.cancelled() => {
                 if let Err(e) = keeper.revoke().await {
                     tracing::debug!(%e, "could not revoke the node lease; it expires on its own");
                 }
@@ -193,7 +211,7 @@ pub async fn follow_lease(
     loop {
         let s = *status.borrow_and_update();
         if seen != Some(s.renewals) {
-            renewals.renewed(s.renewed);
+            renewals.renewed(s.renewed, s.id);
             if s.renewals > seen.unwrap_or(0) {
                 on_renewal(&s);
             }
@@ -210,7 +228,7 @@ pub async fn follow_lease(
 pub async fn write_heartbeats(
     state: StateDir,
     mut renewals: LastRenewal,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut beats = 0u64;
     loop {
@@ -225,7 +243,7 @@ pub async fn write_heartbeats(
         }
         tokio::select! {
             alive = renewals.changed() => if !alive { return },
-            _ = super::stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::watch;
 
 use super::config::AgentConfig;
 use super::identity::AgentIdentity;
@@ -98,13 +97,8 @@ async fn renew_remotely(
     Err(last)
 }
 
-/// Renews when due, until `shutdown`.
-pub async fn run(
-    config: AgentConfig,
-    identity: AgentIdentity,
-    store: Store,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Renews when due, for good: run it under [`crate::tasks::Tasks::spawn_until_stopped`].
+pub async fn run(config: AgentConfig, identity: AgentIdentity, store: Store) {
     let Some(role) = identity.role else { return };
     let pki = PkiDir::new(&config.state_dir);
     loop {
@@ -134,9 +128,6 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = super::stopped(&mut shutdown) => return,
-        }
+        tokio::time::sleep(wait).await;
     }
 }

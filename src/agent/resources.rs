@@ -265,6 +265,26 @@ fn sorted(jobs: &[String]) -> Vec<&str> {
 }
 
 fn usage_moved(old: &Usage, new: &Usage) -> bool {
+    let per_gpu = |u: &Usage| -> Vec<(u32, f64, f64)> {
+        u.gpus
+            .iter()
+            .map(|g| {
+                (
+                    g.index,
+                    g.util_percent.unwrap_or(f64::NAN),
+                    g.memory_percent,
+                )
+            })
+            .collect()
+    };
+    let (old_gpus, new_gpus) = (per_gpu(old), per_gpu(new));
+    if old_gpus.len() != new_gpus.len() || old_gpus.iter().zip(&new_gpus).any(|(a, b)| a.0 != b.0) {
+        return true;
+    }
+    let gpu_figures = old_gpus
+        .iter()
+        .zip(&new_gpus)
+        .flat_map(|(a, b)| [(a.1, b.1), (a.2, b.2)]);
     [
         (old.cpu_percent, new.cpu_percent),
         (old.memory_percent, new.memory_percent),
@@ -273,6 +293,7 @@ fn usage_moved(old: &Usage, new: &Usage) -> bool {
         (old.gpu_util_percent, new.gpu_util_percent),
     ]
     .into_iter()
+    .chain(gpu_figures)
     .any(|(a, b)| a.is_nan() != b.is_nan() || (a - b).abs() >= USAGE_CHANGE_POINTS)
 }
 

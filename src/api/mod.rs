@@ -8,6 +8,7 @@ pub mod event;
 pub mod input;
 pub mod job;
 pub mod kinds;
+pub mod labels;
 pub mod manifest;
 pub mod meta;
 pub mod node;

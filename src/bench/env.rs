@@ -66,6 +66,11 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Leaves the directory in place: it is not removed.
+    pub fn keep(self) {
+        let _ = std::mem::ManuallyDrop::new(self);
+    }
 }
 
 impl Drop for TempDir {

@@ -2,8 +2,10 @@
 //! free ports in a temporary directory, real `rift agent` processes, hollow nodes in this
 //! process), run, and print a table and one JSON line. Build with `--release` for figures.
 //!
-//! Scenarios: [`schedule`], [`failover`], [`detect`], [`idle`], [`etcd_limit`].
+//! Scenarios: [`schedule`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
+//! campaign [`chaos`].
 
+pub mod chaos;
 pub mod detect;
 pub mod env;
 pub mod etcd_limit;

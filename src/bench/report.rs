@@ -84,6 +84,11 @@ impl Report {
         self.json.insert(key.to_string(), value);
     }
 
+    /// The JSON line's value.
+    pub fn json(&self) -> Value {
+        Value::Object(self.json.clone())
+    }
+
     /// The table, then the JSON line.
     pub fn print(&self) {
         println!("== rift bench {} ==", self.scenario);

@@ -103,7 +103,7 @@ pub async fn run(
     insecure: bool,
 ) -> Result<(), CliError> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let insecure = insecure || file.insecure.unwrap_or(false);
@@ -171,10 +171,7 @@ pub async fn run(
             run_as: args.run_as,
             secrets_dir: args.secrets_dir,
         },
-    )
-    .map_err(|e| CliError::Usage(e.to_string()))?;
-    let shutdown = agent::shutdown_on_signals();
-    agent::run(config, shutdown)
-        .await
-        .map_err(|e| CliError::Usage(e.to_string()))
+    )?;
+    let shutdown = crate::tasks::shutdown_on_signals();
+    Ok(agent::run(config, shutdown).await?)
 }

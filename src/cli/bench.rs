@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::bench::chaos::{ChaosArgs, ChaosScenario, Link};
 use crate::bench::{self, schedule::ScheduleArgs, Common};
 
 use super::CliError;
@@ -18,6 +19,9 @@ pub enum Scenario {
     Idle,
     /// etcd's own transaction rate on this machine.
     EtcdLimit,
+    /// The fault campaign: `rift bench chaos SCENARIO` injects one kind of fault over and over
+    /// and checks rift's promises (exits 1 when one was broken).
+    Chaos,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,12 +29,16 @@ pub struct BenchArgs {
     /// The scenario to run (figures in BENCHMARKS.md).
     #[arg(value_enum)]
     pub scenario: Scenario,
+    /// The chaos scenario (with `chaos`).
+    #[arg(value_enum, required_if_eq("scenario", "chaos"))]
+    pub chaos: Option<ChaosScenario>,
     /// Hollow nodes; comma-separated for several runs (schedule). [default: schedule 1000,
-    /// failover 1000, detect 5000]
+    /// failover 1000, detect 5000, chaos leader-kills 50]
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<usize>,
-    /// Jobs to apply (schedule); comma-separated for several runs.
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    /// Jobs to apply (schedule; comma-separated for several runs), or a chaos scenario's jobs.
+    /// [default: schedule 1000; chaos: per scenario]
+    #[arg(long, value_delimiter = ',')]
     pub jobs: Vec<usize>,
     /// GPUs each job asks for (schedule; hollow nodes have 8). The scheduler bin-packs, so
     /// this decides how many jobs share a node.
@@ -51,9 +59,23 @@ pub struct BenchArgs {
     /// Hollow nodes to crash (detect).
     #[arg(long, default_value_t = 100)]
     pub kill: usize,
-    /// How long to measure (idle).
-    #[arg(long, default_value_t = 60)]
-    pub seconds: u64,
+    /// How long to measure (idle), or how long a chaos fault lasts, goes on or is watched.
+    /// [default: 60; chaos unknown-field 20]
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Faults a chaos scenario injects (leader kills, cuts, outages, upgrade rounds, rewritten
+    /// jobs). [default: per scenario, the scale]
+    #[arg(long)]
+    pub faults: Option<usize>,
+    /// How the faulted worker reaches etcd (chaos node-cut).
+    #[arg(long, value_enum, default_value = "proxy")]
+    pub link: Link,
+    /// Seeds a chaos scenario's fault schedule (the same seed, the same faults).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep a chaos run's directory (agent logs, the instance log) and print where it is.
+    #[arg(long)]
+    pub keep: bool,
     /// Leader and node lease TTL in seconds.
     #[arg(long, default_value_t = 5)]
     pub lease_ttl: u64,
@@ -104,7 +126,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     };
     // On SIGINT / SIGTERM the scenario is dropped, so what it started (etcd, agents, hollow
     // nodes, temporary directories) is stopped and removed on the way out.
-    let mut interrupted = crate::agent::shutdown_on_signals();
+    let interrupted = crate::tasks::shutdown_on_signals();
     for &tls in transports {
         let common = Common {
             lease_ttl: args.lease_ttl.max(1),
@@ -116,7 +138,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         };
         tokio::select! {
             r = scenario(&args, &common, &nodes) => r?,
-            _ = crate::agent::stopped(&mut interrupted) => {
+            _ = interrupted.cancelled() => {
                 return Err(CliError::Usage(
                     "rift bench: interrupted; what it started was stopped".into(),
                 ))
@@ -132,10 +154,23 @@ async fn scenario(
     nodes: &impl Fn(usize) -> Vec<usize>,
 ) -> Result<(), CliError> {
     let common = common.clone();
+    let fail = |e: bench::BenchError| CliError::Usage(format!("rift bench: {e}"));
+    if let (Some(c), false) = (args.chaos, args.scenario == Scenario::Chaos) {
+        return Err(CliError::Usage(format!(
+            "rift bench: `{}` is a chaos scenario; run `rift bench chaos {}`",
+            c.label(),
+            c.label()
+        )));
+    }
     match args.scenario {
         Scenario::Schedule => {
+            let jobs = if args.jobs.is_empty() {
+                vec![1000]
+            } else {
+                args.jobs.clone()
+            };
             for &n in &nodes(1000) {
-                for &jobs in &args.jobs {
+                for &jobs in &jobs {
                     let a = ScheduleArgs {
                         nodes: n,
                         jobs,
@@ -177,12 +212,46 @@ async fn scenario(
         }
         Scenario::Idle => {
             repeated(args.repeat, common.tls, || {
-                bench::idle::run(args.seconds, &common)
+                bench::idle::run(args.seconds.unwrap_or(60), &common)
             })
             .await?
         }
         Scenario::EtcdLimit => {
             repeated(args.repeat, common.tls, || bench::etcd_limit::run(&common)).await?
+        }
+        Scenario::Chaos => {
+            let scenario = args.chaos.ok_or_else(|| {
+                CliError::Usage(
+                    "rift bench chaos: name a scenario, e.g. `rift bench chaos node-cut`".into(),
+                )
+            })?;
+            let chaos = ChaosArgs {
+                scenario,
+                faults: args.faults,
+                jobs: args.jobs.first().copied(),
+                nodes: args.nodes.first().copied(),
+                seconds: args.seconds,
+                link: args.link,
+                seed: args.seed,
+                keep: args.keep,
+            };
+            chaos
+                .validate()
+                .map_err(|e| CliError::Usage(format!("rift bench chaos: {e}")))?;
+            let outcome = bench::chaos::run(&chaos, &common).await.map_err(fail)?;
+            outcome.report().print();
+            if !outcome.violations.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "rift bench chaos {}: {} violation(s) of rift's promises (listed above){}",
+                    scenario.label(),
+                    outcome.violations.len(),
+                    if outcome.kept.is_none() {
+                        "; rerun with --keep to keep the agents' logs"
+                    } else {
+                        ""
+                    }
+                )));
+            }
         }
     }
     Ok(())

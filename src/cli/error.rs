@@ -23,8 +23,34 @@ pub enum CliError {
     /// Several names, each `kind/name`.
     #[error("{} not found", .0.join(", "))]
     NotFoundNames(Vec<String>),
+    /// The command was used wrongly (arguments, flags); the message says how to use it.
     #[error("{0}")]
     Usage(String),
+    /// The agent (`rift agent`, or the one `rift up` runs) could not run.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// A node config file or the settings given for it.
+    #[error(transparent)]
+    AgentConfig(#[from] crate::agent::config::ConfigError),
+    /// The cluster's certificates in a state directory.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// A credentials file (`RIFT_CONFIG`, `admin.conf`).
+    #[error(transparent)]
+    Credentials(#[from] crate::pki::credentials::CredentialsError),
+    /// `rift up`'s state directory is in use.
+    #[error(transparent)]
+    StateLock(#[from] super::up::lock::LockError),
+    /// `rift up` could not bring its cluster up: why, with etcd's log where it says more.
+    #[error("{0}")]
+    NotStarted(String),
+    /// A task panicked (a bug): what it was and the panic.
+    #[error("{what} crashed: {source}")]
+    Crashed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,

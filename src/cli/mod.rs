@@ -9,6 +9,7 @@ mod completion;
 pub mod config;
 mod cordon;
 mod crds;
+mod dashboard;
 mod delete;
 mod describe;
 mod edit;
@@ -83,6 +84,8 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// Leader, voters and quorum, nodes, jobs by phase.
     Status(status::StatusArgs),
+    /// Serve a live, read-only web view of the cluster (default http://127.0.0.1:8780/).
+    Dashboard(dashboard::DashboardArgs),
     /// Print a job's output, from the agent of the node it runs on (-f to follow).
     Logs(logs::LogsArgs),
     /// Start a one-machine cluster in the foreground: etcd, an agent that leads, manifests.
@@ -262,6 +265,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Version(args) => version::run(args, store).await,
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => status::run(args, &store().await?).await,
+        Command::Dashboard(args) => dashboard::run(args, &access()?).await,
         Command::Logs(args) => logs::run(args, &store().await?).await,
         Command::Agent(args) => agent::run(*args, given, cli.insecure).await,
         Command::Up(args) => up::run(args).await,

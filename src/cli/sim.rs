@@ -62,14 +62,14 @@ pub async fn run(args: SimArgs, access: &crate::store::Access) -> Result<(), Cli
             Err(CliError::Usage(format!("--prefix {}: {p}", args.prefix)))
         })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
-    let mut shutdown = crate::agent::shutdown_on_signals();
+    let shutdown = crate::tasks::shutdown_on_signals();
     let cluster = Cluster::start(access, &args.prefix, args.nodes, args.settings(), root).await?;
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = crate::agent::stopped(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
         }
         if !announced && cluster.alive().await.unwrap_or(0) == cluster.len() {
             println!(

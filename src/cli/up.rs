@@ -16,14 +16,11 @@
 //! keep running.
 
 mod jobs;
-mod lock;
+pub(crate) mod lock;
 mod webhook;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use crate::agent::config::{ConfigFile, Overrides};
 use crate::agent::jobs::layout::StateDir;
@@ -34,6 +31,7 @@ use crate::api::VoterSetSpec;
 use crate::pki::credentials::Credentials;
 use crate::pki::{inspect, PkiDir, RENEW_BEFORE};
 use crate::store::{Access, Store, StoreError};
+use crate::tasks::{CancellationToken, Tasks};
 
 use super::apply::apply_docs;
 use super::CliError;
@@ -68,6 +66,12 @@ pub struct UpArgs {
     /// Declare GPUs (as `rift agent --gpus`), e.g. `H100x2` so a laptop runs the GPU demo.
     #[arg(long = "gpus", value_name = "MODELxN", value_parser = crate::agent::resources::parse_gpu_declaration)]
     pub gpus: Vec<crate::api::node::GpuDeclaration>,
+    /// Where to serve the dashboard (`rift dashboard` in the same process).
+    #[arg(long, value_name = "ADDR", default_value = super::dashboard::DEFAULT_LISTEN)]
+    pub dashboard: std::net::SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
     /// A label for this node, KEY=VALUE. Repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::agent::parse_label)]
     pub labels: Vec<(String, String)>,
@@ -88,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     };
     let config = config(&args)?;
     // Held until this process ends; taken before anything else looks at the state directory.
-    let _lock = lock::take(&config.state_dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let _lock = lock::take(&config.state_dir)?;
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
     let member_dir = agent::etcd_member::process::MemberDir::new(&config.state_dir);
     let address = format!("{}:{}", host_for_url(&args.listen), args.port);
@@ -116,20 +120,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if resuming { "resuming" } else { "starting" },
         member_dir.data().display()
     );
-    let (stop, shutdown) = watch::channel(false);
-    let stop = Arc::new(stop);
-    {
-        let stop = stop.clone();
-        let mut signals = agent::shutdown_on_signals();
-        tokio::spawn(async move {
-            agent::stopped(&mut signals).await;
-            let _ = stop.send(true);
-        });
-    }
-    let agent_task = tokio::spawn(agent::run(config.clone(), shutdown.clone()));
+    // The agent and the webhook receiver stop on the first signal, or when setting up fails.
+    let tasks = Tasks::new(crate::tasks::shutdown_on_signals());
+    let agent_task = tasks.spawn(agent::run(config.clone(), tasks.token().clone()));
     if args.webhook_port != 0 {
         let addr = format!("{}:{}", host_for_url(&args.listen), args.webhook_port);
-        match webhook::serve(&addr, &config.state_dir, shutdown).await {
+        match webhook::serve(&addr, &config.state_dir, &tasks).await {
             Ok(_) => eprintln!(
                 "webhooks posted to http://{addr}/ are appended to {}",
                 webhook::log_path(&config.state_dir).display()
@@ -148,9 +144,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         (&endpoint, &access),
         &member_dir,
         agent_task,
-        &stop,
+        tasks.token(),
     )
     .await;
+    tasks.stop().await;
     let state = StateDir::new(&config.state_dir);
     let _ = tokio::task::spawn_blocking(move || jobs::stop_all(&state)).await;
     use std::io::Write;
@@ -171,7 +168,7 @@ async fn serve(
     (endpoint, access): (&str, &Access),
     member_dir: &agent::etcd_member::process::MemberDir,
     mut agent_task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
-    stop: &watch::Sender<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), CliError> {
     let setup = async {
         let store = tokio::select! {
@@ -183,26 +180,39 @@ async fn serve(
             eprintln!("applying {}", join_paths(&args.manifests));
             apply_docs(&store, docs, false).await?;
         }
-        Ok(())
+        Ok(store)
     };
-    if let Err(e) = setup.await {
-        let _ = stop.send(true);
-        if !agent_task.is_finished() {
-            let _ = agent_task.await;
+    let store = match setup.await {
+        Ok(store) => store,
+        Err(e) => {
+            // Interrupted (Ctrl-C) while starting: a clean stop, not a failure to start.
+            let interrupted = stop.is_cancelled();
+            stop.cancel();
+            if !agent_task.is_finished() {
+                let _ = agent_task.await;
+            }
+            return if interrupted { Ok(()) } else { Err(e) };
         }
-        return Err(e);
-    }
-    print_how_to_reach(endpoint, config);
+    };
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        serve_dashboard(args.dashboard, &store, stop.clone()).await
+    };
+    print_how_to_reach(endpoint, config, dashboard.as_deref());
     match agent_task.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CliError::Usage(e.to_string())),
-        Err(e) => Err(CliError::Usage(format!("the agent crashed: {e}"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(source) => Err(CliError::Crashed {
+            what: "the agent",
+            source,
+        }),
     }
 }
 
 fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let endpoint = format!("https://{}:{}", host_for_url(&args.listen), args.port);
@@ -227,8 +237,7 @@ fn config(args: &UpArgs) -> Result<AgentConfig, CliError> {
             bootstrap: true,
             ..Overrides::default()
         },
-    )
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    )?;
     if config.run_as.is_none() && nix::unistd::Uid::effective().is_root() {
         // `sudo rift up`: jobs run as the person who invoked it, not as root.
         config.run_as = std::env::var("SUDO_USER")
@@ -256,8 +265,7 @@ fn host_for_url(host: &str) -> String {
 /// within 90 days of expiry.
 fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     let pki = PkiDir::new(&config.state_dir);
-    let failed = |e: agent::AgentError| CliError::Usage(e.to_string());
-    let ca = match pki.ca().map_err(|e| CliError::Usage(e.to_string()))? {
+    let ca = match pki.ca()? {
         Some(ca) if pki.has_identity() => ca,
         _ => {
             if agent::etcd_member::process::MemberDir::new(&config.state_dir).has_data() {
@@ -266,7 +274,7 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
                     pki.root().display()
                 );
             }
-            identity::bootstrap(config, &pki).map_err(failed)?
+            identity::bootstrap(config, &pki)?
         }
     };
     let path = identity::admin_conf(&config.state_dir);
@@ -277,8 +285,8 @@ fn trust(config: &AgentConfig) -> Result<Credentials, CliError> {
     match fresh {
         Some(c) => Ok(c),
         None => {
-            identity::write_admin_conf(config, &ca).map_err(failed)?;
-            Credentials::load(&path).map_err(|e| CliError::Usage(e.to_string()))
+            identity::write_admin_conf(config, &ca)?;
+            Ok(Credentials::load(&path)?)
         }
     }
 }
@@ -289,7 +297,7 @@ async fn wait_for_etcd(access: &Access) -> Result<Store, CliError> {
         match Store::connect(access).await {
             Ok(store) => return Ok(store),
             Err(e) if started.elapsed() > START_TIMEOUT => {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::NotStarted(format!(
                     "etcd did not come up within {} s: {e}",
                     START_TIMEOUT.as_secs()
                 )))
@@ -307,7 +315,7 @@ fn with_log_tail(e: CliError, dir: &agent::etcd_member::process::MemberDir) -> C
         return e;
     }
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "{e}\nlast lines of {}:\n{}",
         dir.log().display(),
         tail.join("\n")
@@ -323,7 +331,7 @@ fn agent_ended(
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
-    CliError::Usage(format!(
+    CliError::NotStarted(format!(
         "the agent ended before etcd was up: {why} (etcd's log: {})",
         dir.log().display()
     ))
@@ -353,12 +361,40 @@ fn join_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_how_to_reach(endpoint: &str, config: &AgentConfig) {
+/// Serves the dashboard beside the cluster; a taken address is a warning, not a failure (the
+/// cluster is what `rift up` is for). Returns its URL.
+async fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    store: &Store,
+    shutdown: CancellationToken,
+) -> Option<String> {
+    match crate::dashboard::bind(addr).await {
+        Ok(listener) => {
+            let url = super::dashboard::url_of(listener.local_addr().unwrap_or(addr));
+            tokio::spawn(crate::dashboard::serve(
+                listener,
+                store.clone(),
+                crate::dashboard::Limits::default(),
+                shutdown,
+            ));
+            Some(url)
+        }
+        Err(e) => {
+            eprintln!("warning: no dashboard: {e} (or --no-dashboard)");
+            None
+        }
+    }
+}
+
+fn print_how_to_reach(endpoint: &str, config: &AgentConfig, dashboard: Option<&str>) {
     let conf = identity::admin_conf(&config.state_dir);
     let conf = std::path::absolute(&conf).unwrap_or(conf);
+    let dashboard = dashboard
+        .map(|url| format!("Dashboard: {url} (live, read-only)\n"))
+        .unwrap_or_default();
     println!(
         "\nrift is up: etcd at {endpoint} (TLS), node `{}` leads and runs jobs; state and logs \
-         in {}.\nIn another terminal:\n\n  \
+         in {}.\n{dashboard}In another terminal:\n\n  \
          export RIFT_CONFIG={}\n  \
          export PATH=$PWD/target/debug:$PATH\n  \
          rift status -w                  # leader, voters and quorum, nodes, jobs by phase\n  \

@@ -19,6 +19,7 @@ use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
     Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
+    Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};
@@ -74,6 +75,10 @@ pub struct ClusterView {
     target_status: Keyed<<TrainingTargetSpec as Spec>::Status>,
     placements: Keyed<(Placement, i64)>,
     bindings: Keyed<(Binding, i64)>,
+    /// For the leader's metrics only (no decision reads them).
+    tunnels: Keyed<Tunnel>,
+    voter_sets: Keyed<VoterSet>,
+    voter_status: Keyed<<VoterSetSpec as Spec>::Status>,
     /// Placements and agent keys, each decoded once, that Job and Node status is composed from.
     sources: StatusSources,
     synced: bool,
@@ -109,6 +114,21 @@ impl ClusterView {
             ),
             placements: Keyed::new(keys::PLACEMENTS_PREFIX, direct_child, with_revision),
             bindings: Keyed::new(bindings_root(), node_and_job, with_revision),
+            tunnels: Keyed::new(
+                objects(TunnelSpec::PLURAL),
+                direct_child,
+                object::<TunnelSpec>,
+            ),
+            voter_sets: Keyed::new(
+                objects(VoterSetSpec::PLURAL),
+                direct_child,
+                object::<VoterSetSpec>,
+            ),
+            voter_status: Keyed::new(
+                keys::status_prefix(VoterSetSpec::PLURAL),
+                direct_child,
+                cache::json,
+            ),
             sources: StatusSources::default(),
             synced: false,
         }
@@ -178,6 +198,20 @@ impl ClusterView {
             self.bindings.apply(event);
             return true;
         }
+        if self.tunnels.name_of(key).is_some() {
+            for name in self.tunnels.apply(event) {
+                self.compose_tunnel(&name);
+            }
+            return false;
+        }
+        if self.voter_sets.name_of(key).is_some() || self.voter_status.name_of(key).is_some() {
+            let mut changed = self.voter_sets.apply(event);
+            changed.extend(self.voter_status.apply(event));
+            for name in changed {
+                self.compose_voter_set(&name);
+            }
+            return false;
+        }
         self.agent_key(event, key)
     }
 
@@ -197,6 +231,7 @@ impl ClusterView {
         match parsed {
             AgentKey::Alive { node } => {
                 self.compose_node(node);
+                self.compose_tunnels_of(node);
                 true
             }
             AgentKey::Status { node } | AgentKey::Etcd { node } => {
@@ -207,7 +242,11 @@ impl ClusterView {
                 self.compose_job(job);
                 before || decisive(self.sources.report(node, job))
             }
-            AgentKey::Tunnel { .. } | AgentKey::Event { .. } => false,
+            AgentKey::Tunnel { tunnel, .. } => {
+                self.compose_tunnel(tunnel);
+                false
+            }
+            AgentKey::Event { .. } => false,
         }
     }
 
@@ -220,6 +259,9 @@ impl ClusterView {
         self.target_status.apply(event);
         self.placements.apply(event);
         self.bindings.apply(event);
+        self.tunnels.apply(event);
+        self.voter_sets.apply(event);
+        self.voter_status.apply(event);
         self.sources = StatusSources::from_kvs(
             items
                 .iter()
@@ -240,6 +282,12 @@ impl ClusterView {
         }
         for name in self.names(|v| &v.targets) {
             self.compose_target(&name);
+        }
+        for name in self.names(|v| &v.tunnels) {
+            self.compose_tunnel(&name);
+        }
+        for name in self.names(|v| &v.voter_sets) {
+            self.compose_voter_set(&name);
         }
         self.synced = true;
     }
@@ -291,6 +339,60 @@ impl ClusterView {
         if let Some(t) = self.targets.ready_mut(name) {
             t.status = status;
         }
+    }
+
+    /// A Tunnel's status: what the agent of the node in its spec reports (see
+    /// [`crate::store::compose::compose_tunnel_status`]).
+    fn compose_tunnel(&mut self, name: &str) {
+        let Some(t) = self.tunnels.ready(name) else {
+            return;
+        };
+        let node = &t.spec.node;
+        let status = (!node.is_empty() && !node.contains('/'))
+            .then(|| self.sources.tunnel_status(node, name))
+            .flatten();
+        if let Some(t) = self.tunnels.ready_mut(name) {
+            t.status = status;
+        }
+    }
+
+    fn compose_tunnels_of(&mut self, node: &str) {
+        let names: Vec<String> = self
+            .tunnels
+            .iter()
+            .filter(|(_, t)| t.ready().is_some_and(|t| t.spec.node == node))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.compose_tunnel(&name);
+        }
+    }
+
+    fn compose_voter_set(&mut self, name: &str) {
+        let status = self.voter_status.ready(name).cloned();
+        if let Some(v) = self.voter_sets.ready_mut(name) {
+            v.status = status;
+        }
+    }
+
+    /// Every Job that decodes, with its status, in name order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// Every TrainingTarget that decodes, with its status.
+    pub fn targets(&self) -> impl Iterator<Item = &TrainingTarget> {
+        self.targets.values()
+    }
+
+    /// Every Tunnel that decodes, with its status.
+    pub fn tunnels(&self) -> impl Iterator<Item = &Tunnel> {
+        self.tunnels.values()
+    }
+
+    /// The VoterSet `name`, with its status.
+    pub fn voter_set(&self, name: &str) -> Option<&VoterSet> {
+        self.voter_sets.ready(name)
     }
 
     /// The cluster as of the last event applied: typed values copied out, nothing decoded.

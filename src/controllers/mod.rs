@@ -6,9 +6,11 @@
 //! * [`pools`]: the member Jobs each Pool should have.
 //! * [`housekeeping`]: drain, lost nodes, TTL after finishing, orphaned Pool members.
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
+//! * [`metrics`]: the cluster-wide figures the leader exports.
 
 pub mod cluster_view;
 pub mod housekeeping;
+pub mod metrics;
 pub mod notifier;
 pub mod placement;
 pub mod pools;

@@ -41,6 +41,7 @@ use crate::store::compose::{direct_child, parse_agent_key, AgentKey};
 use crate::store::objects::object_from_kv;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, KeyValue, Store, StoreError};
+use crate::tasks::CancellationToken;
 
 mod delivery;
 
@@ -142,8 +143,6 @@ pub struct NotifierController {
     client: reqwest::Client,
     workers: HashMap<String, Worker>,
     seen: Seen,
-    fenced_tx: mpsc::Sender<()>,
-    fenced_rx: mpsc::Receiver<()>,
 }
 
 impl NotifierController {
@@ -152,25 +151,18 @@ impl NotifierController {
     }
 
     pub fn with_config(store: Store, config: NotifierConfig) -> Self {
-        let (fenced_tx, fenced_rx) = mpsc::channel(1);
         Self {
             client: http_client(&config),
             store,
             config,
             workers: HashMap::new(),
             seen: Seen::default(),
-            fenced_tx,
-            fenced_rx,
         }
     }
 
     /// Runs until `stop` resolves (`Ok`) or a status write is refused by the leader fence
     /// (`Err(Fenced)`). Pending deliveries are abandoned when it returns.
-    pub async fn run(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), StoreError> {
-        tokio::pin!(stop);
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let started = Utc::now();
         let watch = WatchConfig::default();
         let notifiers_prefix = keys::objects_prefix(NotifierSpec::PLURAL);
@@ -181,7 +173,7 @@ impl NotifierController {
         // Know the Notifiers before the first events arrive.
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 ev = notifiers.next() => match ev {
                     Ok(ev @ WatchEvent::Restarted { .. }) => {
                         self.on_notifier(&mut cached, &ev);
@@ -199,8 +191,8 @@ impl NotifierController {
         let (mut events_listed, mut agents_listed) = (false, false);
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
-                _ = self.fenced_rx.recv() => return Err(StoreError::Fenced),
+                _ = stop.cancelled() => return Ok(()),
+                _ = self.store.deposed() => return Err(StoreError::Fenced),
                 ev = notifiers.next() => match ev {
                     Ok(ev) => self.on_notifier(&mut cached, &ev),
                     Err(e) => tracing::warn!(%e, "watching notifiers failed; retrying"),
@@ -258,7 +250,6 @@ impl NotifierController {
                 config: self.config.clone(),
                 spec: spec_rx,
                 dropped: dropped.clone(),
-                fenced: self.fenced_tx.clone(),
             }
             .run(rx),
         );
@@ -362,7 +353,6 @@ struct Delivery {
     config: NotifierConfig,
     spec: watch::Receiver<NotifierSpec>,
     dropped: Arc<AtomicU64>,
-    fenced: mpsc::Sender<()>,
 }
 
 impl Delivery {
@@ -395,10 +385,8 @@ impl Delivery {
                 _ = sleep_until_some(flush_at) => {
                     match self.write_status(&status).await {
                         Ok(()) => written = status.clone(),
-                        Err(StoreError::Fenced) => {
-                            let _ = self.fenced.try_send(());
-                            return;
-                        }
+                        // The fence noticed it (`Store::deposed`): the controller ends.
+                        Err(StoreError::Fenced) => return,
                         Err(e) => tracing::warn!(notifier = %self.name, %e,
                             "could not write notifier status"),
                     }

@@ -80,10 +80,10 @@ mod tests;
 pub use gpu::gpu_model_matches;
 use state::{Cluster, VictimCost};
 
-/// A node-selector key every node answers with its own name (Pools pin perGpu members with it).
-pub const NODE_NAME_LABEL: &str = "rift.dev/node";
-/// The label naming a Job's Pool, used when the Job has no Pool owner reference.
-pub const POOL_LABEL: &str = "rift.dev/pool";
+/// See [`crate::api::labels::NODE_NAME`].
+pub const NODE_NAME_LABEL: &str = crate::api::labels::NODE_NAME;
+/// See [`crate::api::labels::POOL`].
+pub const POOL_LABEL: &str = crate::api::labels::POOL;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// One node as the scheduler sees it: labels, spec, the agent's status, and what is bound there.

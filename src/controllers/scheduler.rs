@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::cluster_view::ClusterView;
 use super::housekeeping::{self, BoundRecord, Housekeeping, Undecodable, World};
+use super::metrics::{LeaderMetrics, CLUSTER_EVERY};
 use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, PlacementConfig};
 use super::pools;
 use super::training::TrainingController;
@@ -30,6 +31,7 @@ use crate::api::Job;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store, StoreError};
+use crate::tasks::CancellationToken;
 use futures::FutureExt;
 
 /// The longest time between passes when nothing changes.
@@ -69,6 +71,7 @@ pub struct Scheduler {
     /// Undecodable objects already reported by this leader, by (kind, name).
     reported_undecodable: HashSet<(String, String)>,
     events: EventRecorder,
+    metrics: Option<LeaderMetrics>,
 }
 
 impl Scheduler {
@@ -81,7 +84,14 @@ impl Scheduler {
             housekeeping,
             lost_since: HashMap::new(),
             reported_undecodable: HashSet::new(),
+            metrics: None,
         }
+    }
+
+    /// Records every pass, and the cluster as its view shows it, in `metrics`.
+    pub fn with_metrics(mut self, metrics: LeaderMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How long each node named by a Node or a binding has been without its alive key, as
@@ -381,17 +391,15 @@ impl Scheduler {
 
     /// Runs passes until `stop` resolves or a write is refused by the leader fence (then
     /// returns [`StoreError::Fenced`]: the caller must step down).
-    pub async fn run(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), StoreError> {
-        tokio::pin!(stop);
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
         let mut view = ClusterView::new();
+        let mut observed_at: Option<Instant> = None;
         loop {
             // A stop ends the pass in flight: each write is its own compare-and-swap
             // transaction, so the next leader simply decides again from what landed. (Waiting
             // for the pass would delay a graceful handover by as long as the pass takes.)
+            let started = Instant::now();
             let pass = async {
                 let snap = match catch_up(&self.store, &mut watcher, &mut view).await {
                     Ok(true) => Ok(view.snapshot()),
@@ -405,8 +413,15 @@ impl Scheduler {
             };
             let result = tokio::select! {
                 r = pass => r,
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             };
+            if let (Some(m), Ok(stats)) = (&self.metrics, &result) {
+                m.pass(started.elapsed(), stats.placed, stats.evicted);
+                if view.synced() && observed_at.is_none_or(|t| t.elapsed() >= CLUSTER_EVERY) {
+                    m.observe(&view);
+                    observed_at = Some(Instant::now());
+                }
+            }
             match result {
                 Ok(stats) if stats != PassStats::default() => {
                     tracing::info!(?stats, "scheduler pass")
@@ -429,7 +444,7 @@ impl Scheduler {
                         Err(_) => break,
                     },
                     _ = &mut tick => break,
-                    _ = &mut stop => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                 }
             }
             tokio::time::sleep(COALESCE).await;

@@ -80,6 +80,16 @@ pub fn last_ended(status: &TrainingTargetStatus) -> Option<DateTime<Utc>> {
     status.history.iter().filter_map(|r| r.finished_at).max()
 }
 
+/// The new games that start the next run: `firstTrainingGames` before the first run,
+/// `retrainGames` after it.
+pub fn games_threshold(spec: &TrainingTargetSpec, status: &TrainingTargetStatus) -> u64 {
+    if status.training_generation == 0 {
+        spec.first_training_games
+    } else {
+        spec.retrain_games
+    }
+}
+
 /// Whether to start training now. Pure; see the module docs for the rules.
 pub fn decide(
     spec: &TrainingTargetSpec,
@@ -87,11 +97,7 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Decision {
     let new = status.games_since_last_training;
-    let threshold = if status.training_generation == 0 {
-        spec.first_training_games
-    } else {
-        spec.retrain_games
-    };
+    let threshold = games_threshold(spec, status);
     let ended = last_ended(status);
     let age_hours = ended.map(|t| (now - t).num_seconds() as f64 / 3600.0);
     let stale_term = match (spec.staleness_hours, age_hours) {

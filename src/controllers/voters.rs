@@ -26,6 +26,7 @@ use crate::store::events::EventRecorder;
 use crate::store::lease::LeaseStatus;
 use crate::store::members::{self, MemberInfo, Promotion};
 use crate::store::{Store, StoreError};
+use crate::tasks::CancellationToken;
 
 use plan::{Candidate, Plan, Step};
 
@@ -74,11 +75,7 @@ impl VotersController {
 
     /// Runs passes until `stop` resolves; a failing pass is logged and retried. A refused
     /// fenced write ends it with [`StoreError::Fenced`]: the caller must step down.
-    pub async fn run(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), StoreError> {
-        tokio::pin!(stop);
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         loop {
             if let Err(e) = self.pass().await {
                 if matches!(e, StoreError::Fenced) {
@@ -88,7 +85,7 @@ impl VotersController {
             }
             tokio::select! {
                 _ = tokio::time::sleep(PASS_INTERVAL) => {}
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             }
         }
     }

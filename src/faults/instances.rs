@@ -25,7 +25,9 @@ use std::time::Duration;
 
 /// The shell script every logged job runs; `$1` log, `$2` lock, `$3` job, `$4` seconds
 /// (0: until stopped), `$5` seconds it lingers after SIGTERM/SIGINT before it exits (default 0).
+/// With job `-` the name comes from `RIFT_JOB_NAME` and `$2` is the locks directory.
 const SCRIPT: &str = r#"log="$1"; lock="$2"; job="$3"; secs="$4"; linger="${5:-0}"
+if [ "$job" = - ]; then job="$RIFT_JOB_NAME"; lock="$lock/$job.lock"; fi
 now() { date +%s%N; }
 exec 9>>"$lock"
 if ! flock -n 9; then echo "overlap $job $$ $(now) ${RIFT_ATTEMPT:-?}" >>"$log"; fi
@@ -125,6 +127,15 @@ impl InstanceLog {
     ) -> Vec<String> {
         let mut argv = self.command(job, run_for);
         argv.push(format!("{}", linger.as_secs_f64().max(0.001)));
+        argv
+    }
+
+    /// Like [`command`](Self::command), for jobs whose name is not known when the command is
+    /// written (a Pool's template): the instance takes its job's name from `RIFT_JOB_NAME`,
+    /// which the agent sets for every job.
+    pub fn command_named_by_env(&self, run_for: Option<Duration>) -> Vec<String> {
+        let mut argv = self.command("-", run_for);
+        argv[5] = self.dir.join("locks").display().to_string();
         argv
     }
 
@@ -240,7 +251,17 @@ fn is_instance_process(pid: u32, job: &str) -> bool {
         })
         .unwrap_or(true);
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    !zombie && args.contains(&&b"rift-instance"[..]) && args.contains(&job.as_bytes())
+    let named =
+        args.contains(&job.as_bytes()) || (args.contains(&&b"-"[..]) && env_names_job(&proc, job));
+    !zombie && args.contains(&&b"rift-instance"[..]) && named
+}
+
+/// Whether the process's environment says `RIFT_JOB_NAME=<job>`.
+fn env_names_job(proc: &Path, job: &str) -> bool {
+    let wanted = format!("RIFT_JOB_NAME={job}");
+    std::fs::read(proc.join("environ"))
+        .map(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -312,6 +333,31 @@ mod tests {
         assert_eq!(r.overlaps[0].job, "a");
         assert_eq!(r.alive("a").len(), 2);
         for c in [&mut first, &mut second, &mut other] {
+            kill_group(c);
+        }
+    }
+
+    #[test]
+    fn an_instance_named_by_its_environment_is_logged_locked_and_found_alive_under_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = InstanceLog::new(dir.path()).unwrap();
+        let argv = log.command_named_by_env(None);
+        let spawn = || {
+            use std::os::unix::process::CommandExt;
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("RIFT_JOB_NAME", "pool-n-0")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut first = spawn();
+        wait_for("start", || log.report().unwrap().starts("pool-n-0") == 1);
+        assert_eq!(log.report().unwrap().alive("pool-n-0").len(), 1);
+        let mut second = spawn();
+        wait_for("second", || log.report().unwrap().starts("pool-n-0") == 2);
+        assert_eq!(log.report().unwrap().overlaps.len(), 1);
+        for c in [&mut first, &mut second] {
             kill_group(c);
         }
     }

@@ -29,9 +29,10 @@ use crate::api::node::{Capacity, Gpu, NodeStatus};
 use crate::api::NodeSpec;
 use crate::store::lease::{LastRenewal, RenewalSender};
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 
 /// The label every hollow Node carries (`hollow: "true"`).
-pub const HOLLOW_LABEL: &str = "hollow";
+pub const HOLLOW_LABEL: &str = crate::api::labels::HOLLOW;
 
 /// How a hollow node's life ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +80,7 @@ pub struct HollowNode {
 impl HollowNode {
     /// Runs until `life` leaves [`Life::Running`].
     pub async fn run(self, life: watch::Receiver<Life>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = crate::tasks::Tasks::default();
         let metrics = Arc::new(Metrics::default());
         let (renewals, last_renewal) = LastRenewal::channel();
         let runner = Runner::with_processes(
@@ -92,13 +93,13 @@ impl HollowNode {
             SimProcesses::new(self.settings.behaviour.clone()),
         )
         .with_tick(self.settings.tick);
-        let runner = tokio::spawn(runner.run(stop_rx.clone()));
-        let status = tokio::spawn(status_loop(
+        tasks.spawn(runner.run(tasks.token().clone()));
+        tasks.spawn(status_loop(
             self.name.clone(),
             self.store.clone(),
             self.state.clone(),
             self.settings.clone(),
-            stop_rx,
+            tasks.token().clone(),
         ));
         let mut labels = BTreeMap::new();
         labels.insert(HOLLOW_LABEL.to_string(), "true".to_string());
@@ -120,9 +121,7 @@ impl HollowNode {
             self.keep_alive(&renewals, life.clone()).await;
         }
         let ending = *life.borrow();
-        let _ = stop_tx.send(true);
-        let _ = runner.await;
-        let _ = status.await;
+        tasks.stop().await;
         tracing::debug!(node = %self.name, ?ending, "hollow node ended");
     }
 
@@ -185,7 +184,7 @@ async fn status_loop(
     store: Store,
     state: StateDir,
     settings: HollowSettings,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut last: Option<NodeStatus> = None;
     let mut last_write = Instant::now();
@@ -217,7 +216,7 @@ async fn status_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -54,14 +54,7 @@ impl SharedLeases {
 
     /// Keeps the lease of `grant` alive; the receiver follows its status (renewals, loss).
     pub fn keep(&self, grant: Grant) -> watch::Receiver<LeaseStatus> {
-        let (status, rx) = watch::channel(LeaseStatus {
-            id: grant.id,
-            ttl: grant.ttl,
-            renewed: grant.granted_at,
-            round_trip: Duration::ZERO,
-            renewals: 0,
-            lost: None,
-        });
+        let (status, rx) = watch::channel(LeaseStatus::fresh(grant));
         let _ = self.tx.send(Cmd::Keep { grant, status });
         rx
     }

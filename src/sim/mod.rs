@@ -25,7 +25,7 @@ pub use hollow::{HollowSettings, Life};
 use leases::SharedLeases;
 
 use crate::agent::jobs::layout::StateDir;
-use crate::store::{keys, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The name of hollow node `i` with `prefix`.
 pub fn node_name(prefix: &str, i: usize) -> String {
@@ -140,7 +140,7 @@ impl Cluster {
     /// How many of this cluster's nodes have an alive key in etcd now.
     pub async fn alive(&self) -> Result<usize, StoreError> {
         let names: std::collections::HashSet<&str> = self.names().collect();
-        Ok(alive_nodes(&self.store)
+        Ok(crate::store::compose::alive_nodes(&self.store)
             .await?
             .iter()
             .filter(|n| names.contains(n.as_str()))
@@ -174,22 +174,4 @@ impl Drop for Cluster {
             let _ = m.life.send(Life::Crash);
         }
     }
-}
-
-/// Nodes whose alive key exists (one keys-only read).
-pub async fn alive_nodes(store: &Store) -> Result<Vec<String>, StoreError> {
-    let mut kv = store.client().kv_client();
-    let opts = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_keys_only();
-    let resp = store.call(kv.get(keys::AGENTS_PREFIX, Some(opts))).await?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let key = std::str::from_utf8(kv.key()).ok()?;
-            let rest = key.strip_prefix(keys::AGENTS_PREFIX)?;
-            rest.strip_suffix("/alive").map(str::to_string)
-        })
-        .collect())
 }

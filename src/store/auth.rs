@@ -26,12 +26,11 @@ use crate::pki::{Ca, NodeRole};
 const ROOT_ROLE: &str = "root";
 
 fn exists(e: &StoreError) -> bool {
-    matches!(e, StoreError::Etcd(m) if m.contains("already exists"))
+    matches!(e, StoreError::EtcdAlreadyExists(_))
 }
 
 fn not_found(e: &StoreError) -> bool {
-    matches!(e, StoreError::Etcd(m) if m.contains("not found"))
-        || matches!(e, StoreError::Credentials(m) if m.contains("knows no user"))
+    matches!(e, StoreError::EtcdNotFound(_) | StoreError::UnknownUser(_))
 }
 
 async fn add_user(store: &Store, name: &str) -> Result<()> {
@@ -174,8 +173,11 @@ impl TrustRecord {
 /// A record for another CA is an error: one cluster, one CA.
 pub async fn publish_trust(store: &Store, ca: &Ca) -> Result<TrustRecord> {
     let mut token_key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token_key)
-        .map_err(|_| StoreError::Etcd("no randomness from the system".into()))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token_key).map_err(
+        |_| StoreError::NoRandomness {
+            what: "the join-token key",
+        },
+    )?;
     let record = TrustRecord {
         ca_cert: ca.cert_pem().into(),
         ca_key: ca.key_pem().into(),

@@ -11,6 +11,7 @@ use etcd_client::{
 use super::access::Access;
 use super::error::{Result, StoreError};
 use super::keys;
+use crate::tasks::CancellationToken;
 
 /// Default etcd client endpoint (`https://` for a TLS cluster, `http://` with `--insecure`).
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
@@ -49,11 +50,39 @@ impl KeyValue {
 
 /// Proof of leadership carried by every write of a leader: the create revision of the leader
 /// key it created. A deposed leader's writes fail this compare and are refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The one place a refused fence is noticed: the first refused write of any clone fires
+/// [`Fence::refused`], which ends the leadership ([`super::leader::Leadership::lost`]) — every
+/// controller, heartbeat and event writer steps down the same way.
+#[derive(Clone, Debug)]
 pub struct Fence {
     pub key: String,
     pub create_revision: i64,
+    refused: CancellationToken,
 }
+
+impl Fence {
+    pub fn new(key: impl Into<String>, create_revision: i64) -> Self {
+        Self {
+            key: key.into(),
+            create_revision,
+            refused: CancellationToken::new(),
+        }
+    }
+
+    /// Fires once a write carrying this fence was refused: this process no longer leads.
+    pub fn refused(&self) -> &CancellationToken {
+        &self.refused
+    }
+}
+
+impl PartialEq for Fence {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.create_revision == other.create_revision
+    }
+}
+
+impl Eq for Fence {}
 
 /// What a transaction did.
 #[derive(Debug)]
@@ -246,6 +275,18 @@ impl Store {
         self.fence.as_ref()
     }
 
+    /// Resolves once a write carrying this store's fence was refused; never for an unfenced
+    /// store.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits on a token.
+    pub async fn deposed(&self) {
+        match &self.fence {
+            Some(f) => f.refused.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Runs one request with the store's timeout, classifying errors.
     pub(crate) async fn call<T>(
         &self,
@@ -290,6 +331,21 @@ impl Store {
         let resp = self.call(kv.get(prefix, Some(opts))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
+    }
+
+    /// The names of every key under `prefix` (one keys-only read: no values).
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let resp = self.call(kv.get(prefix, Some(opts))).await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
     }
 
     /// The etcd server's version and the cluster id, from the member that answers
@@ -353,6 +409,7 @@ impl Store {
                     _ => false,
                 };
                 if !fence_held {
+                    f.refused.cancel();
                     return Err(StoreError::Fenced);
                 }
             }

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeOwned;
 
-use super::client::KeyValue;
+use super::client::{KeyValue, Store};
+use super::error::StoreError;
 use super::keys;
 use crate::api::meta::{Condition, ConditionStatus};
 use crate::api::node::NodeEtcd;
@@ -54,6 +55,19 @@ pub enum AgentKey<'a> {
     Tunnel { node: &'a str, tunnel: &'a str },
     /// `events/<id>`: an event the agent recorded.
     Event { node: &'a str, id: &'a str },
+}
+
+/// The nodes whose agent is alive: whose `alive` key (on the agent's lease) exists. One
+/// keys-only read.
+pub async fn alive_nodes(store: &Store) -> Result<Vec<String>, StoreError> {
+    let keys = store.list_keys(keys::AGENTS_PREFIX).await?;
+    Ok(keys
+        .iter()
+        .filter_map(|key| match parse_agent_key(key) {
+            Some(AgentKey::Alive { node }) => Some(node.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Parses a key under `/rift/v1/agents/`; `None` for anything not in the layout.

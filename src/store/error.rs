@@ -28,6 +28,29 @@ pub enum StoreError {
     PermissionDenied { user: String },
     #[error("{0}")]
     Credentials(String),
+    /// etcd knows no user for the certificate's common name (never admitted, or removed).
+    #[error("{0}")]
+    UnknownUser(String),
+    /// etcd refused because what the request creates exists (an auth user or role).
+    #[error("etcd refused the request: {0}")]
+    EtcdAlreadyExists(String),
+    /// etcd refused because what the request names does not exist (an auth user or role).
+    #[error("etcd refused the request: {0}")]
+    EtcdNotFound(String),
+    /// etcd refused because the lease the request names is gone (expired or revoked).
+    #[error("etcd refused the request: {0}")]
+    LeaseNotFound(String),
+    /// etcd refused to promote a learner that has not caught up with the leader's log yet.
+    #[error("etcd refused the request: {0}")]
+    LearnerNotCaughtUp(String),
+    /// A watch stream ended without an error (etcd closed it); it is opened again.
+    #[error("the {what} watch stream ended; it is opened again")]
+    StreamEnded { what: &'static str },
+    /// The operating system gave no random bytes (a key could not be made); nothing was
+    /// written.
+    #[error("the system gave no random bytes for {what}; nothing was written")]
+    NoRandomness { what: &'static str },
+    /// Any other refusal by etcd, with etcd's reason.
     #[error("etcd refused the request: {0}")]
     Etcd(String),
 }
@@ -54,7 +77,7 @@ impl StoreError {
                         user: "its certificate's common name".into(),
                     }
                 } else if msg.contains("user name not found") {
-                    StoreError::Credentials(format!(
+                    StoreError::UnknownUser(format!(
                         "etcd at {endpoints} knows no user for this certificate's common name: \
                          the node was never admitted (join it with a token) or its identity was \
                          removed"
@@ -77,7 +100,7 @@ impl StoreError {
                         reason: first_line(msg),
                     }
                 } else {
-                    StoreError::Etcd(first_line(msg))
+                    refusal(first_line(msg))
                 }
             }
             E::TransportError(e) if is_certificate_problem(&format!("{e:?}")) => {
@@ -93,6 +116,21 @@ impl StoreError {
             },
             other => StoreError::Etcd(first_line(&other.to_string())),
         }
+    }
+}
+
+/// The variant for a refusal callers tell apart, classified once here by etcd's message.
+fn refusal(msg: String) -> StoreError {
+    if msg.contains("lease not found") {
+        StoreError::LeaseNotFound(msg)
+    } else if msg.contains("in sync with leader") {
+        StoreError::LearnerNotCaughtUp(msg)
+    } else if msg.contains("already exists") {
+        StoreError::EtcdAlreadyExists(msg)
+    } else if msg.contains("not found") {
+        StoreError::EtcdNotFound(msg)
+    } else {
+        StoreError::Etcd(msg)
     }
 }
 

@@ -337,7 +337,7 @@ fn decode_event(kv: &KeyValue) -> Option<Event> {
 }
 
 fn is_lease_gone(e: &StoreError) -> bool {
-    matches!(e, StoreError::Etcd(m) if m.contains("lease not found"))
+    matches!(e, StoreError::LeaseNotFound(_))
 }
 
 impl Core {

@@ -29,6 +29,7 @@ use super::client::{Fence, Store, TxnOutcome};
 use super::error::{Result, StoreError};
 use super::keys;
 use super::lease::{LeaseKeeper, LeaseStatus};
+use crate::tasks::CancellationToken;
 
 /// What the leader key holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +100,6 @@ pub struct Leadership {
     store: Store,
     keeper: LeaseKeeper,
     fence: Fence,
-    stepped_down: watch::Sender<bool>,
 }
 
 impl Leadership {
@@ -114,7 +114,7 @@ impl Leadership {
     }
 
     pub fn is_lost(&self) -> bool {
-        *self.stepped_down.borrow() || self.keeper.is_lost()
+        self.fence.refused().is_cancelled() || self.keeper.is_lost()
     }
 
     /// The leader lease as its keeper sees it now: how much longer this leadership is surely
@@ -128,27 +128,27 @@ impl Leadership {
         self.keeper.watch()
     }
 
-    /// Resolves once leadership is lost (lease expired or unrenewable, or [`Self::step_down`]).
+    /// Resolves once leadership is lost: the lease expired or is unrenewable, a write of
+    /// [`Self::store`] was refused by the fence, or [`Self::step_down`].
     ///
     /// # Cancel safety
-    /// Cancel-safe: it only waits on watch channels.
+    /// Cancel-safe: it only waits on a watch channel and a token.
     pub async fn lost(&self) {
-        let mut stepped = self.stepped_down.subscribe();
         tokio::select! {
             _ = self.keeper.lost() => {}
-            _ = stepped.wait_for(|s| *s) => {}
+            _ = self.fence.refused().cancelled() => {}
         }
     }
 
-    /// Marks leadership lost from the outside, e.g. after a fenced write was refused.
+    /// Marks leadership lost from the outside, e.g. when a controller ended on its own.
     pub fn step_down(&self) {
-        self.stepped_down.send_replace(true);
+        self.fence.refused().cancel();
     }
 
     /// Gives leadership up now: revokes the lease (deleting the leader key with it) so a
     /// standby takes over immediately.
     pub async fn resign(self) {
-        self.stepped_down.send_replace(true);
+        self.fence.refused().cancel();
         if let Err(e) = self.keeper.revoke().await {
             tracing::warn!(%e, "could not revoke the leader lease; it will expire on its own");
         }
@@ -173,7 +173,7 @@ fn holder_of(outcome: TxnOutcome) -> Option<Holder> {
     })
 }
 
-/// Campaigns until this process leads, or until `shutdown` resolves (then `Ok(None)`).
+/// Campaigns until this process leads, or until `shutdown` fires (then `Ok(None)`).
 ///
 /// The lease is granted and kept alive before the first attempt, so a candidate that wins is
 /// never holding a lease that already lapsed while it waited.
@@ -185,7 +185,7 @@ fn holder_of(outcome: TxnOutcome) -> Option<Holder> {
 pub async fn campaign(
     store: &Store,
     config: &ElectionConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>> {
     let keeper = LeaseKeeper::grant(store, config.ttl).await?;
     campaign_with(store, keeper, config, shutdown).await
@@ -196,20 +196,15 @@ pub async fn campaign_with(
     store: &Store,
     keeper: LeaseKeeper,
     config: &ElectionConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>> {
-    tokio::pin!(shutdown);
     let lease = keeper.id();
     let won = |create_revision: i64, keeper: LeaseKeeper| {
         tracing::info!(node = %config.node, revision = create_revision, "became leader");
         Ok(Some(Leadership {
             store: store.clone(),
             keeper,
-            fence: Fence {
-                key: keys::LEADER.into(),
-                create_revision,
-            },
-            stepped_down: watch::channel(false).0,
+            fence: Fence::new(keys::LEADER, create_revision),
         }))
     };
     loop {
@@ -245,7 +240,7 @@ pub async fn campaign_with(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    _ = &mut shutdown => {
+                    _ = shutdown.cancelled() => {
                         let _ = keeper.revoke().await;
                         return Ok(None);
                     }
@@ -270,7 +265,7 @@ pub async fn campaign_with(
                 }
             }
             _ = keeper.lost() => {}
-            _ = &mut shutdown => {
+            _ = shutdown.cancelled() => {
                 let _ = keeper.revoke().await;
                 return Ok(None);
             }
@@ -300,7 +295,9 @@ async fn wait_for_vacancy(
         tokio::select! {
             msg = stream.message() => {
                 let resp = msg.map_err(|e| StoreError::from_etcd(e, store.endpoints()))?
-                    .ok_or_else(|| StoreError::Etcd("leader watch closed".into()))?;
+                    .ok_or(StoreError::StreamEnded {
+                        what: "leader",
+                    })?;
                 if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
                     return Ok(());
                 }

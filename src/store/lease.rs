@@ -65,7 +65,8 @@ pub struct LeaseStatus {
 }
 
 impl LeaseStatus {
-    fn fresh(grant: Grant) -> Self {
+    /// A just-granted lease's status: renewed at the grant, nothing lost.
+    pub(crate) fn fresh(grant: Grant) -> Self {
         Self {
             id: grant.id,
             ttl: grant.ttl,
@@ -277,13 +278,20 @@ fn expired(tx: &watch::Sender<LeaseStatus>, id: i64) {
 /// heartbeat file follow. `None` until a first lease was granted.
 #[derive(Clone, Debug)]
 pub struct LastRenewal {
-    rx: watch::Receiver<Option<BootTime>>,
+    rx: watch::Receiver<Option<Renewal>>,
+}
+
+/// One confirmed renewal (or grant): when it was sent, and of which lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub at: BootTime,
+    pub lease: i64,
 }
 
 /// The writing side of [`LastRenewal`].
 #[derive(Debug)]
 pub struct RenewalSender {
-    tx: watch::Sender<Option<BootTime>>,
+    tx: watch::Sender<Option<Renewal>>,
 }
 
 impl LastRenewal {
@@ -294,7 +302,13 @@ impl LastRenewal {
 
     /// When the lease was last renewed (or granted).
     pub fn last(&self) -> Option<BootTime> {
-        *self.rx.borrow()
+        self.rx.borrow().map(|r| r.at)
+    }
+
+    /// The lease of the last renewal: a new id means the holder lost its lease and was granted
+    /// another (whatever it held under the old one may have been taken over meanwhile).
+    pub fn lease(&self) -> Option<i64> {
+        self.rx.borrow().map(|r| r.lease)
     }
 
     /// True when the lease was renewed less than `d` ago.
@@ -312,13 +326,14 @@ impl LastRenewal {
 }
 
 impl RenewalSender {
-    /// Records a renewal (or grant) sent at `at`; an older stamp than the last one is ignored.
-    pub fn renewed(&self, at: BootTime) {
+    /// Records a renewal (or grant) of `lease` sent at `at`; an older stamp than the last one
+    /// is ignored.
+    pub fn renewed(&self, at: BootTime, lease: i64) {
         self.tx.send_if_modified(|last| {
-            if last.is_some_and(|l| l >= at) {
+            if last.is_some_and(|l| l.at >= at) {
                 return false;
             }
-            *last = Some(at);
+            *last = Some(Renewal { at, lease });
             true
         });
     }
@@ -363,8 +378,8 @@ mod tests {
             "never renewed"
         );
         let now = BootTime::now();
-        tx.renewed(now);
-        tx.renewed(BootTime::from_nanos(1));
+        tx.renewed(now, 7);
+        tx.renewed(BootTime::from_nanos(1), 8);
         assert_eq!(rx.last(), Some(now));
         assert!(rx.renewed_within(Duration::from_secs(60)));
         assert!(!rx.renewed_within(Duration::ZERO));

@@ -111,9 +111,7 @@ pub async fn promote(store: &Store, id: u64) -> Result<Promotion, StoreError> {
     let mut client = store.client();
     match store.call(client.member_promote(id)).await {
         Ok(_) => Ok(Promotion::Promoted),
-        Err(StoreError::Etcd(msg)) if msg.contains("in sync with leader") => {
-            Ok(Promotion::NotCaughtUp)
-        }
+        Err(StoreError::LearnerNotCaughtUp(_)) => Ok(Promotion::NotCaughtUp),
         Err(e) => Err(e),
     }
 }

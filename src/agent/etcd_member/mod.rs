@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::TxnOp;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::api::node::{LocalMemberState, NodeEtcd};
 use crate::store::events::EventRecorder;
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 
 use super::config::{AgentConfig, EtcdMemberConfig};
 use decide::{decide, Action, Membership, Observation, StartMode};
@@ -231,7 +231,7 @@ impl Supervisor {
         }
     }
 
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let mut client = self.store.client();
             let list = match tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await {
@@ -272,7 +272,7 @@ impl Supervisor {
             self.write_report().await;
             tokio::select! {
                 _ = tokio::time::sleep(PASS_INTERVAL) => {}
-                _ = super::stopped(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
             }
         }
         if let Some(p) = &mut self.process {

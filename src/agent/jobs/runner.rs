@@ -7,9 +7,11 @@
 //! - **Losing etcd freezes decisions.** Until the bindings have been listed, and whenever etcd
 //!   is unreachable, the last known bindings stand: nothing is stopped for lack of a binding
 //!   the agent could not read. Reports are kept and published once etcd is back.
-//! - **Starts nothing it may not.** Nothing starts before a binding list was read since the
-//!   agent started, nor for a job not bound here at its epoch, nor once the node's lease has
-//!   gone unrenewed for the job's `lostAfter` (see [`super::local`]).
+//! - **Starts nothing it may not.** Nothing starts before a binding list was read under the
+//!   node's current lease (at start, and again whenever the lease was lost and granted anew:
+//!   while the node was cut off its jobs may have been moved, and the bindings watch may not
+//!   have caught up yet), nor for a job not bound here at its epoch, nor once the node's lease
+//!   has gone unrenewed for the job's `lostAfter` (see [`super::local`]).
 //! - **Stale instances stop.** A job whose binding is gone, carries a stop order, or moved to
 //!   a new epoch or another Job of the same name, is stopped here (SIGTERM, then SIGKILL after
 //!   its grace period); a stop order is answered with a `released` report once nothing runs.
@@ -22,7 +24,6 @@ use std::time::Duration;
 
 use etcd_client::TxnOp;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
 
 use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
@@ -37,6 +38,7 @@ use crate::store::cache::{self, Keyed};
 use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 
 /// How often the runner looks at its jobs when nothing changes.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -70,6 +72,8 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     /// The bindings as last read (synced once the first complete list is in); one that does
     /// not decode is kept as such, so its job is neither started nor stopped.
     bindings: Keyed<Binding>,
+    /// The node lease under which the bindings watch last listed (`None`: before any lease).
+    listed_under: Option<i64>,
     /// Jobs already warned about as undecodable (once each).
     warned_undecodable: std::collections::HashSet<String>,
     /// When the node's lease was last renewed.
@@ -101,6 +105,7 @@ impl<P: JobProcesses> Runner<P> {
             bindings: Keyed::new(keys::bindings_prefix(&node), job_name, cache::json),
             node,
             store,
+            listed_under: None,
             warned_undecodable: Default::default(),
             lease,
             published: HashMap::new(),
@@ -116,7 +121,7 @@ impl<P: JobProcesses> Runner<P> {
     }
 
     /// Runs until `shutdown`; running jobs are left to their shims.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut local = self
             .local
             .take()
@@ -130,11 +135,7 @@ impl<P: JobProcesses> Runner<P> {
                 .await
                 .expect("loading the state directory does not panic"),
         );
-        let mut watcher = Watcher::new(
-            self.store.clone(),
-            keys::bindings_prefix(&self.node),
-            WatchConfig::default(),
-        );
+        let mut watcher = self.list_bindings();
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -152,10 +153,30 @@ impl<P: JobProcesses> Runner<P> {
                     Err(e) => tracing::debug!(%e, "bindings watch: retrying"),
                 },
                 _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.cancelled() => return,
+            }
+            if self.lease.lease() != self.listed_under {
+                // A new lease: the old one lapsed, so the leader may have moved this node's
+                // jobs meanwhile, and the watch (on its own stream) may not have caught up.
+                // Until a list made under this lease arrives, nothing starts or stops.
+                tracing::info!("the node's lease is new: reading its bindings again");
+                watcher = self.list_bindings();
+                continue;
             }
             self.converge().await;
         }
+    }
+
+    /// A fresh watch of this node's bindings, starting with a complete list; until it arrives
+    /// the bindings are unknown (nothing starts, nothing is stopped for lack of a binding).
+    fn list_bindings(&mut self) -> Watcher {
+        self.bindings = Keyed::new(keys::bindings_prefix(&self.node), job_name, cache::json);
+        self.listed_under = self.lease.lease();
+        Watcher::new(
+            self.store.clone(),
+            keys::bindings_prefix(&self.node),
+            WatchConfig::default(),
+        )
     }
 
     /// What cannot be read is never acted on: a binding that does not decode keeps its job as
@@ -189,9 +210,7 @@ impl<P: JobProcesses> Runner<P> {
         let (local, out) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
         if out.restarts > 0 {
-            self.metrics
-                .restarts
-                .fetch_add(out.restarts, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.restarts.inc_by(out.restarts);
         }
         self.publish(out.reports).await;
         self.metrics
@@ -300,9 +319,7 @@ impl<P: JobProcesses> Runner<P> {
                     Change::Put(job, uid, r) => {
                         let before = self.published.get(job).map(|r| r.phase);
                         self.announce(job, uid, before, r);
-                        self.metrics
-                            .status_writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.status_writes.inc();
                         self.published.insert(job.clone(), (**r).clone());
                     }
                     Change::Delete(job) => {

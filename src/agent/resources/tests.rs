@@ -192,7 +192,11 @@ fn status() -> NodeStatus {
             disk_percent: 40.0,
             gpu_memory_percent: 50.0,
             gpu_util_percent: 60.0,
-            gpus: vec![],
+            gpus: vec![GpuUsage {
+                index: 0,
+                util_percent: Some(60.0),
+                memory_percent: 50.0,
+            }],
         },
         load_score: 0.3,
         overloaded: false,
@@ -437,8 +441,29 @@ fn declared_gpus_follow_nvml_ones_and_never_reuse_a_lost_gpus_index() {
     assert_eq!(
         per_gpu,
         [(0, Some(100.0), 50.0), (1, Some(0.0), 0.0)],
-        "each NVML GPU on its own; declared ones have no figures"
+        "each NVML GPU measured on its own; declared ones not at all"
     );
+}
+
+#[test]
+fn a_single_gpu_moving_five_points_or_appearing_is_a_change() {
+    let mut moved = status();
+    moved.usage.gpus[0].memory_percent += 4.9;
+    assert!(!status_changed_meaningfully(&status(), &moved));
+    moved.usage.gpus[0].memory_percent += 0.1;
+    assert!(status_changed_meaningfully(&status(), &moved));
+    let mut util = status();
+    util.usage.gpus[0].util_percent = Some(65.0);
+    assert!(status_changed_meaningfully(&status(), &util));
+    let mut unread = status();
+    unread.usage.gpus[0].util_percent = None;
+    assert!(
+        status_changed_meaningfully(&status(), &unread),
+        "readable → not"
+    );
+    let mut more = status();
+    more.usage.gpus.push(GpuUsage::default());
+    assert!(status_changed_meaningfully(&status(), &more));
 }
 
 #[test]

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 use etcd_client::{GetOptions, TxnOp};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::api::validation::dns1123_problem;
 use crate::api::{Tunnel, TunnelSpec};
@@ -29,6 +28,7 @@ use crate::store::compose::direct_child;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 use supervisor::{Endpoints, Supervisor};
 
 /// The endpoint this agent advertises in its Node status: a connected tunnel's
@@ -108,8 +108,7 @@ fn tunnel_name(rest: &str) -> Option<&str> {
 
 struct Running {
     spec: TunnelSpec,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: crate::tasks::Tasks,
 }
 
 impl Tunnels {
@@ -142,7 +141,7 @@ impl Tunnels {
     }
 
     /// Watches Tunnels until `shutdown`, then stops every ssh process before returning.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let events = EventRecorder::agent(self.store.clone(), &self.node);
         let prefix = keys::objects_prefix("tunnels");
         let mut watcher = Watcher::new(self.store.clone(), prefix.clone(), WatchConfig::default());
@@ -151,7 +150,7 @@ impl Tunnels {
         loop {
             let ev = tokio::select! {
                 ev = watcher.next() => ev,
-                _ = crate::agent::stopped(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
             };
             let ev = match ev {
                 Ok(ev) => ev,
@@ -218,7 +217,7 @@ impl Tunnels {
             return;
         }
         self.stop(running, &name, false).await;
-        let (stop, stop_rx) = watch::channel(false);
+        let tasks = crate::tasks::Tasks::default();
         let sup = Supervisor {
             node: self.node.clone(),
             name: name.clone(),
@@ -230,8 +229,8 @@ impl Tunnels {
             events: events.clone(),
         };
         tracing::info!(tunnel = %name, relay = %spec.relay, "supervising tunnel");
-        let task = tokio::spawn(sup.run(stop_rx));
-        running.insert(name, Running { spec, stop, task });
+        tasks.spawn(sup.run(tasks.token().clone()));
+        running.insert(name, Running { spec, tasks });
     }
 
     /// Stops `name`'s ssh (when running) and waits for it; with `forget`, also deletes its
@@ -240,8 +239,7 @@ impl Tunnels {
         let Some(r) = running.remove(name) else {
             return;
         };
-        let _ = r.stop.send(true);
-        let _ = r.task.await;
+        r.tasks.stop().await;
         tracing::info!(tunnel = %name, "tunnel stopped");
         if forget {
             let key = keys::agent_tunnel(&self.node, name);

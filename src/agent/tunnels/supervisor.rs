@@ -30,6 +30,7 @@ use crate::net::dial::host_of;
 use crate::store::backoff::ResettingBackoff;
 use crate::store::events::EventRecorder;
 use crate::store::{keys, Store};
+use crate::tasks::CancellationToken;
 
 /// The longest wait between two ssh starts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -86,7 +87,7 @@ enum Ended {
 
 impl Supervisor {
     /// Runs until `stop` turns true (or its sender is dropped).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut backoff = ResettingBackoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER * 3);
         let mut p = Progress {
             status: TunnelStatus::default(),
@@ -98,7 +99,7 @@ impl Supervisor {
             starts: 0,
         };
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             self.refresh_nodes(&mut p).await;
@@ -129,7 +130,7 @@ impl Supervisor {
                     }
                     let address =
                         pick_address(&choice.addresses, p.good_address.as_deref(), p.failures);
-                    self.run_ssh(&mut p, &choice.relay, &choice.host_key, &address, &mut stop)
+                    self.run_ssh(&mut p, &choice.relay, &choice.host_key, &address, &stop)
                         .await
                 }
             };
@@ -148,7 +149,7 @@ impl Supervisor {
                     }
                     let delay = backoff.next_delay().min(MAX_BACKOFF);
                     tracing::info!(tunnel = %self.name, %error, ?delay, "tunnel down; starting ssh again after the delay");
-                    if self.wait(&mut p, delay, &mut stop).await {
+                    if self.wait(&mut p, delay, &stop).await {
                         break;
                     }
                 }
@@ -172,12 +173,7 @@ impl Supervisor {
     }
 
     /// Waits `delay` (publishing status meanwhile); true when told to stop.
-    async fn wait(
-        &self,
-        p: &mut Progress,
-        delay: Duration,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn wait(&self, p: &mut Progress, delay: Duration, stop: &CancellationToken) -> bool {
         let until = Instant::now() + delay;
         loop {
             self.publish(p).await;
@@ -192,7 +188,7 @@ impl Supervisor {
                         return false;
                     }
                 }
-                _ = crate::agent::stopped(stop) => return true,
+                _ = stop.cancelled() => return true,
             }
         }
     }
@@ -231,7 +227,7 @@ impl Supervisor {
         relay: &str,
         host_key: &str,
         address: &str,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> Ended {
         let host = host_of(address).to_string();
         let alias = host_alias(relay);
@@ -317,7 +313,7 @@ impl Supervisor {
                     Ok(None) | Err(_) => break,
                 },
                 _ = republish.tick() => self.publish(p).await,
-                _ = crate::agent::stopped(stop) => {
+                _ = stop.cancelled() => {
                     stop_child(&mut child).await;
                     return Ended::Stopped;
                 }

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use tokio::sync::watch;
 
 /// Largest body kept; a larger one is cut (a notification is a few hundred bytes).
 const MAX_LINE_BYTES: usize = 16 << 10;
@@ -26,12 +25,12 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("notifications.log")
 }
 
-/// Binds `addr` and serves until `shutdown` turns true. Errors only when it cannot bind.
+/// Binds `addr` and serves until `tasks` stop. Errors only when it cannot bind.
 pub async fn serve(
     addr: &str,
     state_dir: &Path,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    tasks: &crate::tasks::Tasks,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -41,13 +40,13 @@ pub async fn serve(
         .route("/{*path}", post(receive))
         .route("/", post(receive))
         .with_state(Arc::new(Mutex::new(file)));
-    Ok(tokio::spawn(async move {
+    let stopped = tasks.token().clone().cancelled_owned();
+    tasks.spawn(async move {
         let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
+            .with_graceful_shutdown(stopped)
             .await;
-    }))
+    });
+    Ok(())
 }
 
 /// The text of a notification in any of the Notifier formats; the raw body otherwise.

@@ -112,6 +112,18 @@ fn cluster() -> Vec<KeyValue> {
             41,
         ),
         kv("/rift/v1/events/x", json!({}), 42),
+        kv(
+            "/rift/v1/tunnels/t1",
+            json!({"apiVersion": "rift/v1", "kind": "Tunnel", "metadata": {"name": "t1"},
+                   "spec": {"node": "n1", "relay": "r1", "ports": [{"remotePort": 1, "localPort": 2}],
+                            "sshUser": "rift", "identityFile": "/k"}}),
+            43,
+        ),
+        kv(
+            "/rift/v1/agents/n1/tunnels/t1",
+            json!({"connected": true, "relay": "r1"}),
+            44,
+        ),
     ]
 }
 
@@ -137,6 +149,10 @@ fn the_view_composes_what_the_store_composes() {
     assert_eq!(snap.nodes, mirror.list::<NodeSpec>(&all));
     assert_eq!(snap.jobs, mirror.list::<JobSpec>(&all));
     assert_eq!(snap.pools, mirror.list::<PoolSpec>(&all));
+    let view = listed(&items);
+    let tunnels: Vec<Tunnel> = view.tunnels().cloned().collect();
+    assert_eq!(tunnels, mirror.list::<TunnelSpec>(&all));
+    assert!(tunnels[0].status.as_ref().unwrap().connected);
     let phase = |n: &str| {
         let j = snap.jobs.iter().find(|j| j.name() == n).unwrap();
         j.status.as_ref().unwrap().reason.clone()
@@ -190,6 +206,8 @@ fn events_one_by_one_give_the_same_view_as_one_listing() {
     assert_eq!(one_by_one.alive, whole.alive);
     assert_eq!(one_by_one.released, whole.released);
     assert_eq!(one_by_one.undecodable, whole.undecodable);
+    let tunnels = |v: &ClusterView| v.tunnels().cloned().collect::<Vec<_>>();
+    assert_eq!(tunnels(&v), tunnels(&listed(&items)));
 
     // A deleted alive key makes its node NotReady; a deleted placement makes its Job Pending.
     v.apply(&WatchEvent::Delete {

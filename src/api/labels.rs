@@ -1,0 +1,15 @@
+//! Label keys rift itself reads or writes, in one place: controllers, the scheduler and the
+//! simulator name them only through these constants.
+
+/// A node-selector key every node answers with its own name (Pools pin perGpu members with it).
+pub const NODE_NAME: &str = "rift.dev/node";
+/// The label naming a Job's Pool, used when the Job has no Pool owner reference.
+pub const POOL: &str = "rift.dev/pool";
+/// The TrainingTarget a training or evaluation Job was made for.
+pub const TRAINING_TARGET: &str = "rift.dev/training-target";
+/// The training generation (1, 2, ...) a Job belongs to.
+pub const GENERATION: &str = "rift.dev/generation";
+/// The stage of a TrainingTarget's Job: `train` or `eval`.
+pub const STAGE: &str = "rift.dev/stage";
+/// Marks a simulated (hollow) node.
+pub const HOLLOW: &str = "hollow";
