@@ -17,7 +17,6 @@ pub mod import;
 pub mod join;
 pub mod net;
 pub mod pki;
-pub mod runtime;
 pub mod sim;
 pub mod store;
 pub mod tasks;

@@ -1,5 +1,8 @@
 //! What a benchmark starts: a throwaway etcd member, real `rift agent` processes, and
-//! process measurements. Everything lives in one temporary directory, removed at the end.
+//! process measurements. Everything lives in temporary directories, removed at the end: etcd's
+//! data on disk (its fsyncs are part of what a cluster pays), everything else (hollow nodes'
+//! and agents' state) on tmpfs when the machine has one (`/dev/shm`), so the figures measure
+//! rift and etcd, not the bench's own inode work on the machine's disk.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -23,11 +26,35 @@ pub fn free_port() -> std::io::Result<u16> {
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 
+/// Where scratch state goes: `/dev/shm` (tmpfs) when it is a writable directory, else the
+/// system's temporary directory.
+pub fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let writable = shm.is_dir()
+        && std::fs::metadata(shm).is_ok_and(|m| !m.permissions().readonly())
+        && nix::unistd::access(shm, nix::unistd::AccessFlags::W_OK).is_ok();
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 impl TempDir {
+    /// A directory for scratch state, on tmpfs when there is one ([`scratch_root`]).
     pub fn new(what: &str) -> Result<TempDir, BenchError> {
+        Self::under(&scratch_root(), what)
+    }
+
+    /// A directory on the system's temporary directory (on disk), for etcd's data.
+    pub fn on_disk(what: &str) -> Result<TempDir, BenchError> {
+        Self::under(&std::env::temp_dir(), what)
+    }
+
+    fn under(root: &Path, what: &str) -> Result<TempDir, BenchError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
+        let path = root.join(format!(
             "rift-bench-{what}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
@@ -81,6 +108,8 @@ impl Drop for Proc {
 /// baseline).
 pub struct LocalEtcd {
     pub endpoint: String,
+    /// etcd's Prometheus metrics, plain HTTP on loopback (`--listen-metrics-urls`).
+    pub metrics_url: String,
     /// How the bench reaches it: as `root` over TLS, or plaintext.
     pub access: Access,
     /// The CA agents get their identities from (TLS only).
@@ -90,11 +119,14 @@ pub struct LocalEtcd {
 }
 
 impl LocalEtcd {
-    pub async fn start(tls: bool) -> Result<LocalEtcd, BenchError> {
-        let dir = TempDir::new("etcd")?;
+    /// Starts the member; `gogc` sets the Go garbage collector's `GOGC` for it (etcd's
+    /// default, 100, when `None`).
+    pub async fn start(tls: bool, gogc: Option<u32>) -> Result<LocalEtcd, BenchError> {
+        let dir = TempDir::on_disk("etcd")?;
         let bin = std::env::var("RIFT_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let port = || free_port().map_err(|e| BenchError::Setup(format!("no free port: {e}")));
-        let (client, peer) = (port()?, port()?);
+        let (client, peer, metrics) = (port()?, port()?, port()?);
+        let metrics_listen = format!("http://127.0.0.1:{metrics}");
         let scheme = if tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("{scheme}://127.0.0.1:{peer}");
@@ -111,8 +143,13 @@ impl LocalEtcd {
         };
         let log = std::fs::File::create(dir.path().join("etcd.log"))
             .map_err(|e| BenchError::io(dir.path(), e))?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(gogc) = gogc {
+            cmd.env("GOGC", gogc.to_string());
+        }
+        let child = cmd
             .arg("--name=bench")
+            .arg(format!("--listen-metrics-urls={metrics_listen}"))
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={endpoint}"))
             .arg(format!("--advertise-client-urls={endpoint}"))
@@ -129,6 +166,7 @@ impl LocalEtcd {
             })?;
         let etcd = LocalEtcd {
             endpoint,
+            metrics_url: format!("{metrics_listen}/metrics"),
             access,
             trust,
             proc: Proc { child },
@@ -147,6 +185,23 @@ impl LocalEtcd {
                 return Err(BenchError::Setup("etcd did not answer within 20 s".into()));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What etcd has used so far: CPU seconds and garbage collections.
+    pub async fn usage(&self) -> EtcdUsage {
+        let (gc_count, gc_seconds) = match scrape(&self.metrics_url).await {
+            Some(text) => (
+                metric(&text, "go_gc_duration_seconds_count").unwrap_or(0.0),
+                metric(&text, "go_gc_duration_seconds_sum").unwrap_or(0.0),
+            ),
+            None => (0.0, 0.0),
+        };
+        EtcdUsage {
+            at: Instant::now(),
+            cpu_seconds: cpu_seconds(self.proc.pid()).unwrap_or(0.0),
+            gc_count,
+            gc_seconds,
         }
     }
 
@@ -273,4 +328,89 @@ pub async fn etcd_db_mib(store: &Store) -> Option<f64> {
     let mut c = store.client();
     let status = store.call(c.status()).await.ok()?;
     Some(status.db_size() as f64 / (1024.0 * 1024.0))
+}
+
+/// etcd's cumulative CPU and garbage collection at one moment ([`LocalEtcd::usage`]).
+#[derive(Clone, Copy, Debug)]
+pub struct EtcdUsage {
+    pub at: Instant,
+    pub cpu_seconds: f64,
+    /// Completed GC cycles (`go_gc_duration_seconds_count`).
+    pub gc_count: f64,
+    /// Seconds in GC stop-the-world pauses (`go_gc_duration_seconds_sum`).
+    pub gc_seconds: f64,
+}
+
+impl EtcdUsage {
+    /// What etcd used between `self` and `later`: CPU as % of one core, GCs, GCs per second,
+    /// and the share of wall time in GC pauses (%).
+    pub fn until(&self, later: &EtcdUsage) -> EtcdUsed {
+        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let gcs = later.gc_count - self.gc_count;
+        EtcdUsed {
+            cpu_percent: 100.0 * (later.cpu_seconds - self.cpu_seconds) / wall,
+            gcs,
+            gc_per_s: gcs / wall,
+            gc_pause_percent: 100.0 * (later.gc_seconds - self.gc_seconds) / wall,
+        }
+    }
+}
+
+/// etcd's use of the machine over a window ([`EtcdUsage::until`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EtcdUsed {
+    pub cpu_percent: f64,
+    pub gcs: f64,
+    pub gc_per_s: f64,
+    pub gc_pause_percent: f64,
+}
+
+impl EtcdUsed {
+    pub fn add_to(&self, r: &mut super::report::Report) {
+        use super::report::round;
+        let every = if self.gc_per_s > 0.0 {
+            format!("one every {:.0} ms", 1000.0 / self.gc_per_s)
+        } else {
+            "none".into()
+        };
+        r.add(
+            "etcd_usage",
+            format!(
+                "CPU {:.0} % of one core; {:.0} GCs ({every}), {:.2} % of the time in GC pauses",
+                self.cpu_percent, self.gcs, self.gc_pause_percent
+            ),
+            serde_json::json!({
+                "cpu_percent": round(self.cpu_percent),
+                "gcs": self.gcs,
+                "gc_per_s": round(self.gc_per_s),
+                "gc_pause_percent": (self.gc_pause_percent * 100.0).round() / 100.0,
+            }),
+        );
+    }
+}
+
+/// The text of a Prometheus endpoint; `None` when it does not answer within 2 s.
+async fn scrape(url: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    client.get(url).send().await.ok()?.text().await.ok()
+}
+
+/// The value of an unlabelled series `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -108,12 +108,15 @@ pub async fn measure(
 }
 
 /// The scenario on its own.
-pub async fn run(concurrency: usize, run_for: Duration, tls: bool) -> Result<Report, BenchError> {
-    let etcd = super::env::LocalEtcd::start(tls).await?;
+pub async fn run(common: &super::Common) -> Result<Report, BenchError> {
+    let (concurrency, run_for) = (common.concurrency, common.limit_for);
+    let etcd = super::env::LocalEtcd::start(common.tls, common.etcd_gogc).await?;
     let store = etcd.store().await?;
+    let before = etcd.usage().await;
     let limit = measure(&store, concurrency, run_for).await?;
     let mut r = Report::new("etcd-limit");
     limit.add_to(&mut r);
+    before.until(&etcd.usage().await).add_to(&mut r);
     r.field("seconds", json!(run_for.as_secs_f64()));
     Ok(r)
 }

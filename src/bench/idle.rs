@@ -10,7 +10,7 @@ use super::report::{round, Report};
 use super::{BenchError, Common};
 
 pub async fn run(seconds: u64, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start(common.tls).await?;
+    let etcd = LocalEtcd::start(common.tls, common.etcd_gogc).await?;
     let store = etcd.store().await?;
     let dir = TempDir::new("idle")?;
     let leader = super::schedule::start_leader(&etcd, &store, &dir, common).await?;

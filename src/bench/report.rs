@@ -100,6 +100,68 @@ impl Report {
     }
 }
 
+/// Every number in `value`, by dotted path (`leader.cpu_percent`).
+fn numbers(prefix: &str, value: &Value, out: &mut Vec<(String, f64)>) {
+    match value {
+        Value::Number(n) => {
+            if let Some(v) = n.as_f64() {
+                out.push((prefix.to_string(), v));
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                numbers(&path, v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Median and min–max, over several runs, of every number the reports of one scenario carry
+/// (`rift bench --repeat N`). Numbers missing from some runs are summarized over the runs that
+/// have them (`n` says how many).
+pub fn summary(reports: &[Report]) -> Report {
+    let mut by_path: Vec<(String, Vec<f64>)> = Vec::new();
+    for r in reports {
+        let mut found = Vec::new();
+        numbers("", &Value::Object(r.json.clone()), &mut found);
+        for (path, v) in found {
+            match by_path.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, vs)) => vs.push(v),
+                None => by_path.push((path, vec![v])),
+            }
+        }
+    }
+    let scenario = reports
+        .first()
+        .map_or_else(String::new, |r| r.scenario.clone());
+    let mut out = Report::new(&format!(
+        "{scenario}: median (min-max) of {} runs",
+        reports.len()
+    ));
+    out.json.insert("runs".into(), json!(reports.len()));
+    for (path, mut vs) in by_path {
+        vs.sort_by(f64::total_cmp);
+        let median = if vs.len() % 2 == 1 {
+            vs[vs.len() / 2]
+        } else {
+            (vs[vs.len() / 2 - 1] + vs[vs.len() / 2]) / 2.0
+        };
+        let (min, max) = (vs[0], vs[vs.len() - 1]);
+        out.add(
+            &path,
+            format!("{median:.1} ({min:.1}-{max:.1}), n={}", vs.len()),
+            json!({"median": round(median), "min": round(min), "max": round(max), "n": vs.len()}),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +171,26 @@ mod tests {
         let s = Spread::of((1..=100).rev().map(f64::from).collect());
         assert_eq!((s.count, s.p50, s.p99, s.max), (100, 51.0, 99.0, 100.0));
         assert_eq!(Spread::of(vec![]).p99, 0.0);
+    }
+
+    #[test]
+    fn a_summary_gives_median_and_spread_of_every_number() {
+        let runs: Vec<Report> = [3.0, 1.0, 2.0, 10.0, 4.0]
+            .iter()
+            .map(|v| {
+                let mut r = Report::new("x");
+                r.field("rate", json!(v));
+                r.field("leader", json!({"cpu_percent": v * 2.0, "name": "l"}));
+                r
+            })
+            .collect();
+        let s = summary(&runs);
+        assert_eq!(
+            s.json["rate"],
+            json!({"median": 3.0, "min": 1.0, "max": 10.0, "n": 5})
+        );
+        assert_eq!(s.json["leader.cpu_percent"]["median"], json!(6.0));
+        assert_eq!(s.json["runs"], json!(5));
+        assert!(s.json.get("leader.name").is_none(), "only numbers");
     }
 }

@@ -129,7 +129,7 @@ pub async fn hollow_bed(
     nodes: usize,
     common: &Common,
 ) -> Result<HollowBed, BenchError> {
-    let etcd = LocalEtcd::start(common.tls).await?;
+    let etcd = LocalEtcd::start(common.tls, common.etcd_gogc).await?;
     let store = etcd.store().await?;
     let dir = TempDir::new(name)?;
     let settings = quiet_settings(8, common.lease_ttl);
@@ -158,7 +158,8 @@ pub fn quiet_settings(gpus: u32, ttl: u64) -> HollowSettings {
 }
 
 pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchError> {
-    let etcd = LocalEtcd::start(common.tls).await?;
+    let load_at_start = env::load_average().unwrap_or(0.0);
+    let etcd = LocalEtcd::start(common.tls, common.etcd_gogc).await?;
     let store = etcd.store().await?;
     let limit = etcd_limit::measure(&store, common.concurrency, common.limit_for).await?;
     let dir = TempDir::new("schedule")?;
@@ -173,8 +174,12 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     let observed = observe::start(&store).await?;
 
     let mut leader = None;
+    let mut etcd_before = None;
+    let mut bench_cpu_before = 0.0;
     if !args.preload {
         leader = Some(start_leader(&etcd, &store, &dir, common).await?);
+        etcd_before = Some(etcd.usage().await);
+        bench_cpu_before = env::cpu_seconds(std::process::id()).unwrap_or(0.0);
     }
     let apply_start = Instant::now();
     let sent = apply_jobs(&store, args).await?;
@@ -183,10 +188,13 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         Some(_) => apply_start,
         None => {
             leader = Some(start_leader(&etcd, &store, &dir, common).await?);
+            etcd_before = Some(etcd.usage().await);
+            bench_cpu_before = env::cpu_seconds(std::process::id()).unwrap_or(0.0);
             Instant::now()
         }
     };
     let leader = leader.expect("started");
+    let etcd_before = etcd_before.expect("sampled with the leader's start");
     let cpu_before = env::cpu_seconds(leader.pid()).unwrap_or(0.0);
     let mut leader_rss: f64 = 0.0;
     let deadline = Instant::now() + common.timeout;
@@ -205,6 +213,9 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     }
     let wall = t0.elapsed().as_secs_f64();
     let leader_cpu = 100.0 * (env::cpu_seconds(leader.pid()).unwrap_or(0.0) - cpu_before) / wall;
+    let bench_cpu =
+        100.0 * (env::cpu_seconds(std::process::id()).unwrap_or(0.0) - bench_cpu_before) / wall;
+    let etcd_used = etcd_before.until(&etcd.usage().await);
     leader_rss = leader_rss.max(env::rss_mib(leader.pid()).unwrap_or(0.0));
 
     let (mut to_bound, mut to_running) = (Vec::new(), Vec::new());
@@ -299,13 +310,22 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         format!("db {db:.1} MiB of the 2048 MiB quota, RSS {etcd_rss:.0} MiB"),
         json!({"db_mib": round(db), "rss_mib": round(etcd_rss)}),
     );
+    etcd_used.add_to(&mut r);
     r.add(
         "hollow_process",
         format!(
-            "RSS {sim_rss:.0} MiB for {} hollow nodes (with this bench's watch)",
+            "RSS {sim_rss:.0} MiB, CPU {bench_cpu:.0} % of one core over the run, for {} hollow nodes, the applier and this bench's watch",
             args.nodes
         ),
-        json!({"rss_mib": round(sim_rss)}),
+        json!({"rss_mib": round(sim_rss), "cpu_percent": round(bench_cpu)}),
+    );
+    r.add(
+        "load",
+        format!(
+            "1-minute load average {load_at_start:.1} at the start, on {} CPUs",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        json!(round(load_at_start)),
     );
     drop(leader);
     cluster.crash().await;

@@ -85,6 +85,14 @@ pub struct BenchArgs {
     /// The most any wait may take, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Runs of each setting; with more than one, a summary follows: the median and min-max
+    /// of every figure.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// GOGC (Go's garbage collector target) for the etcd member the bench starts; etcd's
+    /// default (100) when not given.
+    #[arg(long)]
+    pub etcd_gogc: Option<u32>,
     /// etcd and agents with TLS, client certificates and authentication (what a rift cluster
     /// runs), plaintext (the old setup), or both in one run (plaintext first, as the baseline).
     #[arg(long, value_enum, default_value = "tls")]
@@ -99,6 +107,11 @@ pub enum Transport {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if args.repeat == 0 {
+        return Err(CliError::Usage(
+            "rift bench: --repeat must be at least 1 (the number of runs of each setting)".into(),
+        ));
+    }
     let transports: &[bool] = match args.transport {
         Transport::Tls => &[true],
         Transport::Plaintext => &[false],
@@ -121,6 +134,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             limit_for: Duration::from_secs(args.limit_seconds.max(1)),
             timeout: Duration::from_secs(args.timeout.max(1)),
             tls,
+            etcd_gogc: args.etcd_gogc,
         };
         tokio::select! {
             r = scenario(&args, &common, &nodes) => r?,
@@ -173,43 +187,37 @@ async fn scenario(
                             args.gpus_per_job, args.cpus_per_job
                         )));
                     }
-                    bench::schedule::run(&a, &common)
-                        .await
-                        .map_err(fail)?
-                        .tagged(common.tls)
-                        .print();
+                    repeated(args.repeat, common.tls, || {
+                        bench::schedule::run(&a, &common)
+                    })
+                    .await?;
                 }
             }
         }
         Scenario::Failover => {
             for &n in &nodes(1000) {
-                bench::failover::run(n, args.trials.max(1), &common)
-                    .await
-                    .map_err(fail)?
-                    .tagged(common.tls)
-                    .print();
+                repeated(args.repeat, common.tls, || {
+                    bench::failover::run(n, args.trials.max(1), &common)
+                })
+                .await?;
             }
         }
         Scenario::Detect => {
             for &n in &nodes(5000) {
-                bench::detect::run(n, args.kill, &common)
-                    .await
-                    .map_err(fail)?
-                    .tagged(common.tls)
-                    .print();
+                repeated(args.repeat, common.tls, || {
+                    bench::detect::run(n, args.kill, &common)
+                })
+                .await?;
             }
         }
-        Scenario::Idle => bench::idle::run(args.seconds.unwrap_or(60), &common)
-            .await
-            .map_err(fail)?
-            .tagged(common.tls)
-            .print(),
+        Scenario::Idle => {
+            repeated(args.repeat, common.tls, || {
+                bench::idle::run(args.seconds.unwrap_or(60), &common)
+            })
+            .await?
+        }
         Scenario::EtcdLimit => {
-            bench::etcd_limit::run(common.concurrency, common.limit_for, common.tls)
-                .await
-                .map_err(fail)?
-                .tagged(common.tls)
-                .print()
+            repeated(args.repeat, common.tls, || bench::etcd_limit::run(&common)).await?
         }
         Scenario::Chaos => {
             let scenario = args.chaos.ok_or_else(|| {
@@ -245,6 +253,31 @@ async fn scenario(
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs one setting `times` times, printing each run's report and then, for more than one,
+/// the median and min-max of every figure.
+async fn repeated<F, Fut>(times: usize, tls: bool, mut one: F) -> Result<(), CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bench::report::Report, bench::BenchError>>,
+{
+    let mut reports = Vec::with_capacity(times);
+    for i in 0..times {
+        if times > 1 {
+            eprintln!("rift bench: run {} of {times}", i + 1);
+        }
+        let report = one()
+            .await
+            .map_err(|e| CliError::Usage(format!("rift bench: {e}")))?
+            .tagged(tls);
+        report.print();
+        reports.push(report);
+    }
+    if times > 1 {
+        bench::report::summary(&reports).print();
     }
     Ok(())
 }

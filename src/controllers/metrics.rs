@@ -5,7 +5,7 @@
 //!
 //! Guarantees: the cluster gauges exist only while this agent leads ([`LeaderMetrics::leading`]
 //! clears them when it stops), so summing a gauge over every agent counts the cluster once;
-//! they are refreshed from the scheduler's watch-fed mirror at most every [`CLUSTER_EVERY`]
+//! they are refreshed from the scheduler's watch-fed view at most every [`CLUSTER_EVERY`]
 //! (a deleted object's series disappears at the next refresh). Counters and the pass histogram
 //! count this process's passes and keep their values across leadership changes, as counters
 //! must.
@@ -17,10 +17,9 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::api::selector::LabelSelector;
+use super::cluster_view::ClusterView;
 use crate::api::voter_set::VOTER_SET_NAME;
-use crate::api::{JobPhase, JobSpec, TrainingTargetSpec, TunnelSpec, VoterSetSpec};
-use crate::store::mirror::Mirror;
+use crate::api::JobPhase;
 
 /// The least time between two refreshes of the cluster gauges.
 pub const CLUSTER_EVERY: Duration = Duration::from_secs(5);
@@ -179,13 +178,12 @@ impl LeaderMetrics {
         self.preemptions.inc_by(evicted as u64);
     }
 
-    /// Sets every cluster gauge from the mirror (replacing the previous values).
-    pub fn observe(&self, mirror: &Mirror) {
-        let all = LabelSelector::everything();
+    /// Sets every cluster gauge from the scheduler's view (replacing the previous values).
+    pub fn observe(&self, view: &ClusterView) {
         self.clear_cluster();
         let mut jobs: BTreeMap<(String, JobPhase), i64> = BTreeMap::new();
-        for j in mirror.list::<JobSpec>(&all) {
-            let st = j.status.unwrap_or_default();
+        for j in view.jobs() {
+            let st = j.status.clone().unwrap_or_default();
             *jobs
                 .entry((st.node.unwrap_or_default(), st.phase))
                 .or_default() += 1;
@@ -201,9 +199,9 @@ impl LeaderMetrics {
                 .with_label_values(&[node.as_str(), phase.as_str()])
                 .set(n);
         }
-        for t in mirror.list::<TrainingTargetSpec>(&all) {
+        for t in view.targets() {
             let name = t.name().to_string();
-            let st = t.status.unwrap_or_default();
+            let st = t.status.clone().unwrap_or_default();
             let label = [name.as_str()];
             self.games
                 .with_label_values(&label)
@@ -230,18 +228,16 @@ impl LeaderMetrics {
                     .set(at.timestamp_millis() as f64 / 1000.0);
             }
         }
-        for t in mirror.list::<TunnelSpec>(&all) {
+        for t in view.tunnels() {
             let st = t.status.clone().unwrap_or_default();
             let relay = st.relay.unwrap_or_default();
             self.tunnel_up
                 .with_label_values(&[t.name(), t.spec.node.as_str(), relay.as_str()])
                 .set(i64::from(st.connected));
         }
-        let voters = mirror
-            .list::<VoterSetSpec>(&all)
-            .into_iter()
-            .find(|v| v.name() == VOTER_SET_NAME)
-            .and_then(|v| v.status);
+        let voters = view
+            .voter_set(VOTER_SET_NAME)
+            .and_then(|v| v.status.clone());
         if let Some(st) = voters.filter(|s| !s.members.is_empty()) {
             for m in &st.members {
                 let role = if m.learner { "learner" } else { "voter" };
@@ -272,12 +268,12 @@ mod tests {
         }
     }
 
-    fn mirror() -> Mirror {
+    fn view() -> ClusterView {
         let job = |name: &str| {
             json!({"apiVersion": "rift/v1", "kind": "Job", "metadata": {"name": name},
                    "spec": {"command": ["true"]}})
         };
-        let mut m = Mirror::new();
+        let mut m = ClusterView::new();
         m.apply(&WatchEvent::Restarted {
             items: vec![
                 kv("/rift/v1/jobs/a", job("a")),
@@ -299,7 +295,7 @@ mod tests {
         let registry = Registry::new();
         let m = LeaderMetrics::register(&registry);
         m.leading(true);
-        m.observe(&mirror());
+        m.observe(&view());
         m.pass(Duration::from_millis(12), 3, 1);
         let text = render(&registry);
         assert!(text.contains("rift_scheduler_pending_jobs 2"), "{text}");

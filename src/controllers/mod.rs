@@ -8,6 +8,7 @@
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
 //! * [`metrics`]: the cluster-wide figures the leader exports.
 
+pub mod cluster_view;
 pub mod housekeeping;
 pub mod metrics;
 pub mod notifier;

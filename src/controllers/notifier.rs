@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use crate::api::event::Event;
 use crate::api::notifier::{Notifier, NotifierSpec, NotifierStatus};
 use crate::api::Spec;
+use crate::store::cache::{self, Cached, Keyed};
 use crate::store::compose::{direct_child, parse_agent_key, AgentKey};
 use crate::store::objects::object_from_kv;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
@@ -167,16 +168,18 @@ impl NotifierController {
         let notifiers_prefix = keys::objects_prefix(NotifierSpec::PLURAL);
         let events_prefix = keys::objects_prefix("events");
         let mut notifiers = Watcher::new(self.store.clone(), &notifiers_prefix, watch.clone());
+        let mut cached: Keyed<Notifier> =
+            Keyed::new(notifiers_prefix, cache::direct_child, cache::json);
         // Know the Notifiers before the first events arrive.
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 ev = notifiers.next() => match ev {
                     Ok(ev @ WatchEvent::Restarted { .. }) => {
-                        self.on_notifier(&notifiers_prefix, ev);
+                        self.on_notifier(&mut cached, &ev);
                         break;
                     }
-                    Ok(ev) => self.on_notifier(&notifiers_prefix, ev),
+                    Ok(ev) => self.on_notifier(&mut cached, &ev),
                     Err(e) => tracing::warn!(%e, "listing notifiers failed; retrying"),
                 },
             }
@@ -191,7 +194,7 @@ impl NotifierController {
                 _ = stop.cancelled() => return Ok(()),
                 _ = self.store.deposed() => return Err(StoreError::Fenced),
                 ev = notifiers.next() => match ev {
-                    Ok(ev) => self.on_notifier(&notifiers_prefix, ev),
+                    Ok(ev) => self.on_notifier(&mut cached, &ev),
                     Err(e) => tracing::warn!(%e, "watching notifiers failed; retrying"),
                 },
                 ev = events.next() => match ev {
@@ -212,45 +215,29 @@ impl NotifierController {
         }
     }
 
-    fn on_notifier(&mut self, prefix: &str, ev: WatchEvent) {
-        match ev {
-            WatchEvent::Restarted { items, .. } => {
-                let mut present = Vec::new();
-                for kv in &items {
-                    if let Some(name) = self.upsert(prefix, kv) {
-                        present.push(name);
-                    }
+    /// Follows a change to the Notifiers: a worker per Notifier, updated when its spec
+    /// changes, stopped when it is deleted. One that does not decode keeps its worker as it
+    /// was (what cannot be read is never taken for deleted).
+    fn on_notifier(&mut self, cached: &mut Keyed<Notifier>, ev: &WatchEvent) {
+        for name in cached.apply(ev) {
+            match cached.get(&name) {
+                None => {
+                    self.workers.remove(&name);
                 }
-                self.workers.retain(|name, _| present.contains(name));
-            }
-            WatchEvent::Put(kv) => {
-                self.upsert(prefix, &kv);
-            }
-            WatchEvent::Delete { key, .. } => {
-                if let Some(name) = direct_child(prefix, &key) {
-                    self.workers.remove(name);
-                }
+                Some(Cached::Undecodable(_)) => {}
+                Some(Cached::Ready(n)) => self.upsert(name, n.spec.clone()),
             }
         }
     }
 
-    /// Starts or updates the worker of the Notifier stored at `kv`; returns its name.
-    fn upsert(&mut self, prefix: &str, kv: &KeyValue) -> Option<String> {
-        let name = direct_child(prefix, &kv.key)?.to_string();
-        let notifier: Notifier = match serde_json::from_slice(&kv.value) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(notifier = %name, %e, "ignoring undecodable notifier");
-                return None;
-            }
-        };
-        let spec = notifier.spec;
+    /// Starts or updates the worker of Notifier `name`.
+    fn upsert(&mut self, name: String, spec: NotifierSpec) {
         if let Some(w) = self.workers.get_mut(&name) {
             if w.spec != spec {
                 w.spec = spec.clone();
                 w.spec_tx.send_replace(spec);
             }
-            return Some(name);
+            return;
         }
         let (spec_tx, spec_rx) = watch::channel(spec.clone());
         let (tx, rx) = mpsc::channel(self.config.queue.max(1));
@@ -274,8 +261,7 @@ impl NotifierController {
             throttle: Throttle::default(),
             task,
         };
-        self.workers.insert(name.clone(), worker);
-        Some(name)
+        self.workers.insert(name, worker);
     }
 
     /// Handles a change under an events prefix; `replay_since` is set for the first listing.

@@ -5,10 +5,11 @@
 //! with pure functions ([`super::pools::plan`], [`super::housekeeping::decide`],
 //! [`super::placement::schedule`]) and writes placement + binding pairs in batched,
 //! compare-and-swap, leader-fenced transactions ([`super::writes::apply`]). Passes run after
-//! any change that can alter a decision ([`triggers_pass`], coalesced) and at least every
-//! [`TICK`]. While it runs, the scheduler reads its snapshots from a watch-fed [`Mirror`],
-//! first brought up to etcd's current revision ([`catch_up`]), instead of re-reading the whole
-//! cluster from etcd every pass; when the mirror cannot be shown current it reads from etcd.
+//! any change that can alter a decision ([`ClusterView::apply`], coalesced) and at least every
+//! [`TICK`]. While it runs, the scheduler keeps a typed [`ClusterView`] current one watch event
+//! at a time, first brought up to etcd's current revision before each pass ([`catch_up`]),
+//! instead of re-reading (or re-decoding) the whole cluster every pass; when the view cannot be
+//! shown current it reads from etcd.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use super::cluster_view::ClusterView;
 use super::housekeeping::{self, BoundRecord, Housekeeping, Undecodable, World};
 use super::metrics::{LeaderMetrics, CLUSTER_EVERY};
 use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, PlacementConfig};
@@ -24,13 +26,11 @@ use super::training::TrainingController;
 use super::writes::{self, ToPending, Write};
 use crate::api::event::EventType;
 use crate::api::kinds;
-use crate::api::placement::{Binding, LossTerms, Placement, RuntimeReport};
-use crate::api::selector::LabelSelector;
-use crate::api::{Job, JobSpec, Node, NodeSpec, Pool, PoolSpec};
+use crate::api::placement::LossTerms;
+use crate::api::Job;
 use crate::store::events::EventRecorder;
-use crate::store::mirror::Mirror;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, KeyValue, Store, StoreError};
+use crate::store::{keys, Store, StoreError};
 use crate::tasks::CancellationToken;
 use futures::FutureExt;
 
@@ -39,154 +39,15 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Changes arriving within this window share one pass.
 pub const COALESCE: Duration = Duration::from_millis(20);
 
-/// The cluster as one pass sees it.
-pub struct Snapshot {
-    pub nodes: Vec<Node>,
-    pub jobs: Vec<Job>,
-    pub pools: Vec<Pool>,
-    pub targets: Vec<crate::api::TrainingTarget>,
-    /// Objects that exist but do not decode in this version: never acted on.
-    pub undecodable: Undecodable,
-    /// Placement and its mod revision, by job.
-    pub placements: HashMap<String, (Placement, i64)>,
-    pub bindings: Vec<BoundRecord>,
-    /// Nodes (named by a Node or a binding) whose alive key exists.
-    pub alive: HashSet<String>,
-    /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
-    pub released: HashSet<(String, String, u64)>,
-}
+pub use super::cluster_view::Snapshot;
 
-/// The agent keys a snapshot needs beyond objects: which nodes are alive, and which stop
-/// orders were answered. `get` reads one key (from etcd or a mirror).
-async fn agent_facts<F, Fut>(
-    nodes: &[Node],
-    bindings: &[BoundRecord],
-    get: F,
-) -> Result<(HashSet<String>, HashSet<(String, String, u64)>), StoreError>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<KeyValue>, StoreError>>,
-{
-    let mut alive = HashSet::new();
-    for n in nodes {
-        if n.status.as_ref().is_some_and(|s| s.is_ready()) {
-            alive.insert(n.name().to_string());
-        }
-    }
-    let listed: HashSet<&str> = nodes.iter().map(|n| n.name()).collect();
-    let mut released = HashSet::new();
-    for b in bindings {
-        if !listed.contains(b.node.as_str())
-            && !alive.contains(&b.node)
-            && get(keys::agent_alive(&b.node)).await?.is_some()
-        {
-            alive.insert(b.node.clone());
-        }
-        if b.binding.stop.is_some() {
-            let report = get(keys::agent_job(&b.node, &b.job)).await?;
-            let report: Option<RuntimeReport> =
-                report.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-            if report.is_some_and(|r| r.released && r.epoch == b.binding.epoch) {
-                released.insert((b.node.clone(), b.job.clone(), b.binding.epoch));
-            }
-        }
-    }
-    Ok((alive, released))
-}
-
-/// Reads a snapshot. Each read is consistent; writes are guarded by compare-and-swap, so a
-/// change between reads costs at most a retried write on the next pass.
+/// Reads a snapshot from etcd: one listing of `/rift/v1/`, composed as the watch-fed
+/// [`ClusterView`] composes it (one code path for both).
 pub async fn load(store: &Store) -> Result<Snapshot, StoreError> {
-    let all = LabelSelector::everything();
-    let mut undecodable = Undecodable::default();
-    let nodes = undecodable.take(store.list_checked::<NodeSpec>(&all).await?.0);
-    let jobs = undecodable.take(store.list_checked::<JobSpec>(&all).await?.0);
-    let pools = undecodable.take(store.list_checked::<PoolSpec>(&all).await?.0);
-    let (targets, _) = store.list::<crate::api::TrainingTargetSpec>(&all).await?;
-    let (placements, rev) = store.list_raw(keys::PLACEMENTS_PREFIX, None).await?;
-    let (bindings, _) = store.list_raw(&bindings_root(), Some(rev)).await?;
-    let bindings = decode_bindings(&bindings, &mut undecodable);
-    let (alive, released) = agent_facts(
-        &nodes,
-        &bindings,
-        |k| async move { store.get_raw(&k).await },
-    )
-    .await?;
-    Ok(Snapshot {
-        nodes,
-        jobs,
-        pools,
-        targets,
-        undecodable,
-        placements: decode_placements(&placements),
-        bindings,
-        alive,
-        released,
-    })
-}
-
-/// The same snapshot from a watch-fed [`Mirror`] (one revision for everything, no reads).
-pub fn load_mirror(mirror: &Mirror) -> Snapshot {
-    let all = LabelSelector::everything();
-    let mut undecodable = Undecodable::default();
-    let nodes = undecodable.take(mirror.list_checked::<NodeSpec>(&all));
-    let jobs = undecodable.take(mirror.list_checked::<JobSpec>(&all));
-    let pools = undecodable.take(mirror.list_checked::<PoolSpec>(&all));
-    let bindings = decode_bindings(&mirror.prefix(&bindings_root()), &mut undecodable);
-    let facts = agent_facts(&nodes, &bindings, |k| {
-        std::future::ready(Ok(mirror.get(&k).cloned()))
-    })
-    .now_or_never()
-    .expect("mirror reads are ready at once")
-    .expect("mirror reads do not fail");
-    Snapshot {
-        nodes,
-        jobs,
-        pools,
-        targets: mirror.list::<crate::api::TrainingTargetSpec>(&all),
-        undecodable,
-        placements: decode_placements(&mirror.prefix(keys::PLACEMENTS_PREFIX)),
-        bindings,
-        alive: facts.0,
-        released: facts.1,
-    }
-}
-
-fn bindings_root() -> String {
-    format!("{}bindings/", keys::ROOT)
-}
-
-fn decode_placements(kvs: &[KeyValue]) -> HashMap<String, (Placement, i64)> {
-    kvs.iter()
-        .filter_map(|kv| {
-            let job = kv.key.strip_prefix(keys::PLACEMENTS_PREFIX)?;
-            let p: Placement = serde_json::from_slice(&kv.value).ok()?;
-            Some((job.to_string(), (p, kv.mod_revision)))
-        })
-        .collect()
-}
-
-fn decode_bindings(kvs: &[KeyValue], undecodable: &mut Undecodable) -> Vec<BoundRecord> {
-    let prefix = bindings_root();
-    kvs.iter()
-        .filter_map(|kv| {
-            let (node, job) = kv.key.strip_prefix(&prefix)?.split_once('/')?;
-            let binding: Binding = match serde_json::from_slice(&kv.value) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(key = %kv.key, %e, "cannot decode a binding; leaving it untouched");
-                    undecodable.bound_jobs.insert(job.to_string());
-                    return None;
-                }
-            };
-            Some(BoundRecord {
-                node: node.to_string(),
-                job: job.to_string(),
-                binding,
-                revision: kv.mod_revision,
-            })
-        })
-        .collect()
+    let (items, revision) = store.list_raw(keys::ROOT, None).await?;
+    let mut view = ClusterView::new();
+    view.apply(&WatchEvent::Restarted { items, revision });
+    Ok(view.snapshot())
 }
 
 /// What one pass did, for logs and tests.
@@ -227,7 +88,7 @@ impl Scheduler {
         }
     }
 
-    /// Records every pass, and the cluster as the mirror shows it, in `metrics`.
+    /// Records every pass, and the cluster as its view shows it, in `metrics`.
     pub fn with_metrics(mut self, metrics: LeaderMetrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -532,7 +393,7 @@ impl Scheduler {
     /// returns [`StoreError::Fenced`]: the caller must step down).
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let mut watcher = Watcher::new(self.store.clone(), keys::ROOT, WatchConfig::default());
-        let mut mirror = Mirror::new();
+        let mut view = ClusterView::new();
         let mut observed_at: Option<Instant> = None;
         loop {
             // A stop ends the pass in flight: each write is its own compare-and-swap
@@ -540,9 +401,9 @@ impl Scheduler {
             // for the pass would delay a graceful handover by as long as the pass takes.)
             let started = Instant::now();
             let pass = async {
-                let snap = match catch_up(&self.store, &mut watcher, &mut mirror).await {
-                    Ok(true) => Ok(load_mirror(&mirror)),
-                    // The mirror could not be shown current: read from etcd this time.
+                let snap = match catch_up(&self.store, &mut watcher, &mut view).await {
+                    Ok(true) => Ok(view.snapshot()),
+                    // The view could not be shown current: read from etcd this time.
                     Ok(false) | Err(_) => load(&self.store).await,
                 };
                 match snap {
@@ -556,8 +417,8 @@ impl Scheduler {
             };
             if let (Some(m), Ok(stats)) = (&self.metrics, &result) {
                 m.pass(started.elapsed(), stats.placed, stats.evicted);
-                if mirror.synced() && observed_at.is_none_or(|t| t.elapsed() >= CLUSTER_EVERY) {
-                    m.observe(&mirror);
+                if view.synced() && observed_at.is_none_or(|t| t.elapsed() >= CLUSTER_EVERY) {
+                    m.observe(&view);
                     observed_at = Some(Instant::now());
                 }
             }
@@ -575,14 +436,13 @@ impl Scheduler {
             tokio::pin!(tick);
             loop {
                 tokio::select! {
-                    ev = watcher.next() => {
-                        if let Ok(ev) = &ev {
-                            mirror.apply(ev);
-                        }
-                        if triggers_pass(&ev) {
+                    ev = watcher.next() => match &ev {
+                        Ok(ev) => if view.apply(ev) {
                             break;
-                        }
-                    }
+                        },
+                        // Errors end the wait: the pass reads from etcd if need be.
+                        Err(_) => break,
+                    },
                     _ = &mut tick => break,
                     _ = stop.cancelled() => return Ok(()),
                 }
@@ -591,7 +451,9 @@ impl Scheduler {
             for _ in 0..MAX_DRAIN {
                 // `next` is cancel-safe: a poll that would wait is dropped without loss.
                 match watcher.next().now_or_never() {
-                    Some(Ok(ev)) => mirror.apply(&ev),
+                    Some(Ok(ev)) => {
+                        view.apply(&ev);
+                    }
                     Some(Err(_)) => {}
                     None => break,
                 }
@@ -600,26 +462,26 @@ impl Scheduler {
     }
 }
 
-/// How long a pass waits for the mirror to reach etcd's current revision before it reads
-/// from etcd instead.
+/// How long a pass waits for the view to reach etcd's current revision before it reads from
+/// etcd instead.
 const CATCH_UP: Duration = Duration::from_secs(1);
 
-/// Brings `mirror` up to etcd's current revision (everything written before this call),
+/// Brings `view` up to etcd's current revision (everything written before this call),
 /// applying watch events; false when that did not happen within [`CATCH_UP`] (e.g. the last
 /// write was outside rift's prefix, so no event under it carries that revision).
 async fn catch_up(
     store: &Store,
     watcher: &mut Watcher,
-    mirror: &mut Mirror,
+    view: &mut ClusterView,
 ) -> Result<bool, StoreError> {
     let target = store.revision().await?;
     let deadline = tokio::time::sleep(CATCH_UP);
     tokio::pin!(deadline);
-    while !mirror.synced() || watcher.revision() < target {
+    while !view.synced() || watcher.revision() < target {
         tokio::select! {
             ev = watcher.next() => {
                 if let Ok(ev) = &ev {
-                    mirror.apply(ev);
+                    view.apply(ev);
                 }
             }
             _ = &mut deadline => return Ok(false),
@@ -630,77 +492,3 @@ async fn catch_up(
 
 /// Most queued watch events taken at once before a pass.
 const MAX_DRAIN: usize = 100_000;
-
-/// True for a change that can alter a scheduling decision. Not: events, the leader's own
-/// heartbeat and record, statuses controllers write (the scheduler's own Pool and
-/// TrainingTarget statuses among them), agents' events, etcd-member and tunnel reports, and
-/// node status reports (capacity and load are read again at the next tick, within a second).
-/// Without this filter, every write by anyone started another full pass.
-pub fn triggers_pass(ev: &Result<WatchEvent, StoreError>) -> bool {
-    let key = match ev {
-        Ok(WatchEvent::Put(kv)) => kv.key.as_str(),
-        Ok(WatchEvent::Delete { key, .. }) => key.as_str(),
-        _ => return true,
-    };
-    let Some(rest) = key.strip_prefix(keys::ROOT) else {
-        return false;
-    };
-    if ["events/", "status/", "controllers/", "leader"]
-        .iter()
-        .any(|p| rest.starts_with(p))
-    {
-        return false;
-    }
-    match rest.strip_prefix("agents/").and_then(|r| r.split_once('/')) {
-        Some((_, what)) => what == "alive" || what.starts_with("jobs/"),
-        None => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::KeyValue;
-
-    fn put(key: &str) -> Result<WatchEvent, StoreError> {
-        Ok(WatchEvent::Put(KeyValue {
-            key: key.into(),
-            value: vec![],
-            create_revision: 1,
-            mod_revision: 1,
-            lease: 0,
-        }))
-    }
-
-    #[test]
-    fn only_changes_that_can_alter_a_decision_start_a_pass() {
-        for key in [
-            "/rift/v1/jobs/j",
-            "/rift/v1/pools/p",
-            "/rift/v1/nodes/n",
-            "/rift/v1/placements/j",
-            "/rift/v1/bindings/n/j",
-            "/rift/v1/agents/n/alive",
-            "/rift/v1/agents/n/jobs/j",
-        ] {
-            assert!(triggers_pass(&put(key)), "{key}");
-        }
-        for key in [
-            "/rift/v1/events/e",
-            "/rift/v1/status/pools/p",
-            "/rift/v1/controllers/heartbeat",
-            "/rift/v1/leader",
-            "/rift/v1/agents/n/status",
-            "/rift/v1/agents/n/events/e",
-            "/rift/v1/agents/n/etcd",
-            "/rift/v1/agents/n/tunnels/t",
-            "/elsewhere/x",
-        ] {
-            assert!(!triggers_pass(&put(key)), "{key}");
-        }
-        assert!(
-            triggers_pass(&Err(StoreError::Fenced)),
-            "errors end the wait"
-        );
-    }
-}

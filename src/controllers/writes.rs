@@ -3,6 +3,7 @@
 //! into few transactions.
 
 use etcd_client::{Compare, CompareOp, TxnOp};
+use futures::StreamExt;
 
 use crate::api::placement::{Binding, LossTerms, Placement};
 use crate::store::{keys, Store, StoreError};
@@ -201,23 +202,43 @@ pub struct Applied {
     pub conflicts: usize,
 }
 
-/// Applies `writes` in batches; a batch whose compares fail is retried one write at a time,
-/// so one stale read costs one write, not the batch. A refused fence ends it at once.
+/// Batches in flight at once: each write guards its own keys (one job's placement and
+/// binding), so batches of one pass do not depend on each other's order.
+pub const IN_FLIGHT: usize = 4;
+
+/// Applies `writes` in batches, [`IN_FLIGHT`] at a time; a batch whose compares fail is
+/// retried one write at a time, so one stale read costs one write, not the batch. A refused
+/// fence ends it (the batches already in flight finish or fail on their own).
 pub async fn apply(store: &Store, writes: &[Write]) -> Result<Applied, StoreError> {
+    // The futures are made first: a stream combinator over a closure borrowing `store` is not
+    // `Send` for every lifetime, which a spawned leader task needs.
+    let batches: Vec<_> = writes
+        .chunks(BATCH)
+        .map(|batch| apply_batch(store, batch))
+        .collect();
+    let mut batches = futures::stream::iter(batches).buffer_unordered(IN_FLIGHT);
     let mut out = Applied::default();
-    for batch in writes.chunks(BATCH) {
-        let compares = batch.iter().flat_map(Write::guards).collect();
-        let ops = batch.iter().flat_map(Write::ops).collect();
-        if store.txn(compares, ops, vec![]).await?.succeeded {
-            out.written += batch.len();
-            continue;
-        }
-        for w in batch {
-            if store.txn(w.guards(), w.ops(), vec![]).await?.succeeded {
-                out.written += 1;
-            } else {
-                out.conflicts += 1;
-            }
+    while let Some(done) = batches.next().await {
+        let done = done?;
+        out.written += done.written;
+        out.conflicts += done.conflicts;
+    }
+    Ok(out)
+}
+
+async fn apply_batch(store: &Store, batch: &[Write]) -> Result<Applied, StoreError> {
+    let mut out = Applied::default();
+    let compares = batch.iter().flat_map(Write::guards).collect();
+    let ops = batch.iter().flat_map(Write::ops).collect();
+    if store.txn(compares, ops, vec![]).await?.succeeded {
+        out.written += batch.len();
+        return Ok(out);
+    }
+    for w in batch {
+        if store.txn(w.guards(), w.ops(), vec![]).await?.succeeded {
+            out.written += 1;
+        } else {
+            out.conflicts += 1;
         }
     }
     Ok(out)

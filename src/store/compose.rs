@@ -144,14 +144,8 @@ impl StatusSources {
     /// Takes in one key.
     pub fn add(&mut self, kv: &KeyValue) {
         if let Some(job) = placement_job(&kv.key) {
-            match decode_or_warn::<Placement>(kv) {
-                Some(p) => {
-                    self.placements.insert(job.to_string(), p);
-                }
-                None => {
-                    self.bad_placements.insert(job.to_string());
-                }
-            }
+            let placement = decode_or_warn::<Placement>(kv);
+            self.set_placement(job, placement);
             return;
         }
         match parse_agent_key(&kv.key) {
@@ -177,6 +171,69 @@ impl StatusSources {
             }
             _ => {}
         }
+    }
+
+    /// Forgets one key (deleted, or its lease expired); the counterpart of [`Self::add`].
+    pub fn remove(&mut self, key: &str) {
+        if let Some(job) = placement_job(key) {
+            self.forget_placement(job);
+            return;
+        }
+        let Some(parsed) = parse_agent_key(key) else {
+            return;
+        };
+        let node = match parsed {
+            AgentKey::Alive { node }
+            | AgentKey::Status { node }
+            | AgentKey::Etcd { node }
+            | AgentKey::Job { node, .. }
+            | AgentKey::Tunnel { node, .. }
+            | AgentKey::Event { node, .. } => node,
+        };
+        let Some(a) = self.agents.get_mut(node) else {
+            return;
+        };
+        match parsed {
+            AgentKey::Alive { .. } => a.alive = false,
+            AgentKey::Status { .. } => {
+                a.status_present = false;
+                a.status = None;
+            }
+            AgentKey::Etcd { .. } => a.etcd = None,
+            AgentKey::Job { job, .. } => {
+                a.reports.remove(job);
+            }
+            AgentKey::Tunnel { tunnel, .. } => {
+                a.tunnels.remove(tunnel);
+            }
+            AgentKey::Event { .. } => {}
+        }
+    }
+
+    /// Sets `job`'s placement as already decoded by the caller (`None`: it exists but does not
+    /// decode), so a cache that holds placements decodes each only once.
+    pub fn set_placement(&mut self, job: &str, placement: Option<Placement>) {
+        match placement {
+            Some(p) => {
+                self.bad_placements.remove(job);
+                self.placements.insert(job.to_string(), p);
+            }
+            None => {
+                self.placements.remove(job);
+                self.bad_placements.insert(job.to_string());
+            }
+        }
+    }
+
+    /// Forgets `job`'s placement (deleted).
+    pub fn forget_placement(&mut self, job: &str) {
+        self.placements.remove(job);
+        self.bad_placements.remove(job);
+    }
+
+    /// Whether `node`'s alive key exists.
+    pub fn alive(&self, node: &str) -> bool {
+        self.agents.get(node).is_some_and(|a| a.alive)
     }
 
     fn agent(&mut self, node: &str) -> &mut AgentKeys {

@@ -1,65 +1,63 @@
-//! A watch-fed copy of every key under a prefix, for a controller that would otherwise re-read
-//! the whole cluster on every pass (the scheduler).
+//! A watch-fed copy of every key under a prefix, as raw values, for a reader that composes any
+//! kind the way `rift get` does (the dashboard). It is the one cache ([`super::cache::Keyed`])
+//! over raw key-values; the scheduler keeps a typed view instead
+//! (`controllers/cluster_view.rs`).
 //!
 //! Guarantees: after [`Mirror::apply`] has been given every event a [`super::Watcher`]
 //! delivered, the mirror holds exactly the keys the watcher has seen, as of its last event. It
 //! may trail etcd by the events not yet delivered, so writes based on it must still be
 //! compare-and-swap (a stale read then costs a conflict, never a wrong write).
 
-use std::collections::BTreeMap;
-
+use super::cache::Keyed;
 use super::objects::{join_objects, ListNeeds, ListSources, Listed};
 use super::{keys, KeyValue, WatchEvent};
 use crate::api::object::{Object, Spec};
 use crate::api::selector::LabelSelector;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mirror {
-    kvs: BTreeMap<String, KeyValue>,
-    synced: bool,
+    kvs: Keyed<KeyValue>,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn whole_key(rest: &str) -> Option<&str> {
+    Some(rest)
+}
+
+fn raw(kv: &KeyValue) -> Result<KeyValue, String> {
+    Ok(kv.clone())
 }
 
 impl Mirror {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            kvs: Keyed::new("", whole_key, raw),
+        }
     }
 
     /// True once a full listing (the watcher's first `Restarted`) has been taken in.
     pub fn synced(&self) -> bool {
-        self.synced
+        self.kvs.synced()
     }
 
     /// Takes in one watch event.
     pub fn apply(&mut self, event: &WatchEvent) {
-        match event {
-            WatchEvent::Restarted { items, .. } => {
-                self.kvs = items
-                    .iter()
-                    .map(|kv| (kv.key.clone(), kv.clone()))
-                    .collect();
-                self.synced = true;
-            }
-            WatchEvent::Put(kv) => {
-                self.kvs.insert(kv.key.clone(), kv.clone());
-            }
-            WatchEvent::Delete { key, .. } => {
-                self.kvs.remove(key);
-            }
-        }
+        self.kvs.apply(event);
     }
 
     /// Every key under `prefix`, in key order.
     pub fn prefix(&self, prefix: &str) -> Vec<KeyValue> {
-        self.kvs
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, kv)| kv.clone())
-            .collect()
+        self.kvs.range(prefix).map(|(_, kv)| kv.clone()).collect()
     }
 
     /// One key, if present.
     pub fn get(&self, key: &str) -> Option<&KeyValue> {
-        self.kvs.get(key)
+        self.kvs.ready(key)
     }
 
     /// The objects of `S` matching `selector`, with status, as [`super::Store::list`] would

@@ -5,6 +5,7 @@ pub mod access;
 pub mod apply;
 pub mod auth;
 pub mod backoff;
+pub mod cache;
 pub mod client;
 pub mod compose;
 pub mod endpoints;

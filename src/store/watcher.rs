@@ -120,6 +120,27 @@ impl Watcher {
         err
     }
 
+    /// Opens the watch stream from the revision after the last one received.
+    async fn open(&mut self) -> Result<()> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.received + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut client = self
+            .store
+            .client()
+            .watch_client()
+            .max_decoding_message_size(super::client::MAX_RESPONSE_BYTES);
+        let stream = self
+            .store
+            .call(client.watch(self.prefix.as_str(), Some(opts)))
+            .await?;
+        self.stream = Some(stream);
+        self.progress_requested = false;
+        Ok(())
+    }
+
     /// The next change. Cancel-safe: dropping the future loses no event.
     pub async fn next(&mut self) -> Result<WatchEvent> {
         loop {
@@ -141,32 +162,24 @@ impl Watcher {
                         self.received = revision;
                         self.needs_list = false;
                         self.stream = None;
-                        return Ok(WatchEvent::Restarted { items, revision });
+                        // Queued first, so a caller that drops this future loses nothing.
+                        self.pending
+                            .push_back((revision, WatchEvent::Restarted { items, revision }));
+                        // Open the watch right away, before the caller works on the listing:
+                        // a watch that starts behind etcd's head is "unsynced" and caught up
+                        // only on etcd's 100 ms timer, which delays every change after it.
+                        if let Err(e) = self.open().await {
+                            tracing::debug!(prefix = %self.prefix, %e, "opening the watch after a list failed; retrying");
+                            let _ = self.fail(e);
+                        }
+                        continue;
                     }
                     Err(e) => return Err(self.fail(e)),
                 }
             }
             if self.stream.is_none() {
-                let opts = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(self.received + 1)
-                    .with_prev_key()
-                    .with_progress_notify();
-                let mut client = self
-                    .store
-                    .client()
-                    .watch_client()
-                    .max_decoding_message_size(super::client::MAX_RESPONSE_BYTES);
-                match self
-                    .store
-                    .call(client.watch(self.prefix.as_str(), Some(opts)))
-                    .await
-                {
-                    Ok(s) => {
-                        self.stream = Some(s);
-                        self.progress_requested = false;
-                    }
-                    Err(e) => return Err(self.fail(e)),
+                if let Err(e) = self.open().await {
+                    return Err(self.fail(e));
                 }
             }
             let stream = self.stream.as_mut().expect("opened above");

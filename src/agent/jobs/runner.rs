@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::TxnOp;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
@@ -33,26 +33,47 @@ use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::validation::dns1123_problem;
-use crate::api::JobSpec;
+use crate::api::{JobSpec, Object, Spec};
+use crate::store::cache::{self, Keyed};
 use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, Store, StoreError};
+use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
 /// How often the runner looks at its jobs when nothing changes.
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// Job reads in flight while a pass fetches the Jobs of new bindings.
+pub const READS_IN_FLIGHT: usize = 16;
+/// Report writes per transaction (etcd refuses more than `--max-txn-ops`, 128 by default).
+pub const OPS_PER_TXN: usize = 100;
+
+/// A key under the node's bindings prefix becomes a job (and a directory) only if it is one
+/// valid name: `..` or `a/b` under the prefix is logged and ignored.
+fn job_name(rest: &str) -> Option<&str> {
+    match dns1123_problem(rest) {
+        None => Some(rest),
+        Some(problem) => {
+            tracing::warn!(
+                job = rest,
+                problem,
+                "ignoring a binding whose job name is not valid"
+            );
+            None
+        }
+    }
+}
 
 /// The converge loop of one node, over a process layer `P` (real shims by default; hollow
 /// nodes use simulated processes, so the same logic is exercised at scale).
 pub struct Runner<P: JobProcesses = ShimProcesses> {
     node: String,
     store: Store,
-    /// The bindings as last read; `None` until the first complete list under the current lease.
-    bindings: Option<HashMap<String, Binding>>,
+    /// The bindings as last read (synced once the first complete list is in); one that does
+    /// not decode is kept as such, so its job is neither started nor stopped.
+    bindings: Keyed<Binding>,
     /// The node lease under which the bindings watch last listed (`None`: before any lease).
     listed_under: Option<i64>,
-    /// Jobs whose binding exists but does not decode.
-    unreadable: std::collections::HashSet<String>,
     /// Jobs already warned about as undecodable (once each).
     warned_undecodable: std::collections::HashSet<String>,
     /// When the node's lease was last renewed.
@@ -81,11 +102,10 @@ impl<P: JobProcesses> Runner<P> {
         Self {
             events: crate::store::events::EventRecorder::agent(store.clone(), &node),
             local: Some(Local::new(node.clone(), state, gpu_count, procs)),
+            bindings: Keyed::new(keys::bindings_prefix(&node), job_name, cache::json),
             node,
             store,
-            bindings: None,
             listed_under: None,
-            unreadable: Default::default(),
             warned_undecodable: Default::default(),
             lease,
             published: HashMap::new(),
@@ -150,7 +170,7 @@ impl<P: JobProcesses> Runner<P> {
     /// A fresh watch of this node's bindings, starting with a complete list; until it arrives
     /// the bindings are unknown (nothing starts, nothing is stopped for lack of a binding).
     fn list_bindings(&mut self) -> Watcher {
-        self.bindings = None;
+        self.bindings = Keyed::new(keys::bindings_prefix(&self.node), job_name, cache::json);
         self.listed_under = self.lease.lease();
         Watcher::new(
             self.store.clone(),
@@ -159,71 +179,10 @@ impl<P: JobProcesses> Runner<P> {
         )
     }
 
+    /// What cannot be read is never acted on: a binding that does not decode keeps its job as
+    /// it is here (neither started nor stopped) until it can be read.
     fn apply_binding_event(&mut self, ev: WatchEvent) {
-        let prefix = keys::bindings_prefix(&self.node);
-        // A key becomes a job (and a directory) only if it is one valid name: `..` or `a/b`
-        // under the prefix is logged and ignored.
-        let job_of = |key: &str| {
-            let job = key.strip_prefix(&prefix)?;
-            match dns1123_problem(job) {
-                None => Some(job.to_string()),
-                Some(problem) => {
-                    tracing::warn!(
-                        key,
-                        problem,
-                        "ignoring a binding whose job name is not valid"
-                    );
-                    None
-                }
-            }
-        };
-        let decode = |kv: &crate::store::KeyValue| {
-            serde_json::from_slice::<Binding>(&kv.value)
-                .inspect_err(
-                    |e| tracing::warn!(key = %kv.key, %e, "ignoring an undecodable binding"),
-                )
-                .ok()
-        };
-        match ev {
-            // What cannot be read is never acted on: a binding that does not decode keeps its
-            // job as it is here (neither started nor stopped) until it can be read.
-            WatchEvent::Restarted { items, .. } => {
-                let mut map = HashMap::new();
-                self.unreadable.clear();
-                for kv in &items {
-                    let Some(job) = job_of(&kv.key) else { continue };
-                    match decode(kv) {
-                        Some(b) => {
-                            map.insert(job, b);
-                        }
-                        None => {
-                            self.unreadable.insert(job);
-                        }
-                    }
-                }
-                self.bindings = Some(map);
-            }
-            WatchEvent::Put(kv) => {
-                if let (Some(job), Some(map)) = (job_of(&kv.key), self.bindings.as_mut()) {
-                    match decode(&kv) {
-                        Some(b) => {
-                            self.unreadable.remove(&job);
-                            map.insert(job, b);
-                        }
-                        None => {
-                            map.remove(&job);
-                            self.unreadable.insert(job);
-                        }
-                    }
-                }
-            }
-            WatchEvent::Delete { key, .. } => {
-                if let (Some(job), Some(map)) = (job_of(&key), self.bindings.as_mut()) {
-                    map.remove(&job);
-                    self.unreadable.remove(&job);
-                }
-            }
-        }
+        self.bindings.apply(&ev);
     }
 
     /// One pass: start, restart, stop and report.
@@ -231,8 +190,17 @@ impl<P: JobProcesses> Runner<P> {
         let mut local = self.local.take().expect("passes do not overlap");
         let input = PassInput {
             fresh: self.fresh_specs(&local).await,
-            bindings: self.bindings.clone(),
-            unreadable: self.unreadable.clone(),
+            bindings: self.bindings.synced().then(|| {
+                self.bindings
+                    .iter()
+                    .filter_map(|(job, b)| Some((job.clone(), b.ready()?.clone())))
+                    .collect()
+            }),
+            unreadable: self
+                .bindings
+                .undecodable()
+                .map(|(job, _)| job.clone())
+                .collect(),
             renewed: self.lease.last(),
         };
         let pass = tokio::task::spawn_blocking(move || {
@@ -244,78 +212,120 @@ impl<P: JobProcesses> Runner<P> {
         if out.restarts > 0 {
             self.metrics.restarts.inc_by(out.restarts);
         }
-        let reported: std::collections::HashSet<String> =
-            out.reports.iter().map(|(j, _, _)| j.clone()).collect();
-        // Once a write fails, the rest wait for the next pass: an unreachable etcd must not make
-        // one pass take a request timeout per job.
-        let mut etcd_answers = true;
-        for (job, uid, report) in out.reports {
-            if etcd_answers {
-                etcd_answers = self.report(&job, &uid, report).await;
-            }
-        }
-        let gone: Vec<String> = self
-            .published
-            .keys()
-            .filter(|j| !reported.contains(*j))
-            .cloned()
-            .collect();
-        for job in gone {
-            if etcd_answers {
-                etcd_answers = self.forget_report(&job).await;
-            }
-        }
+        self.publish(out.reports).await;
         self.metrics
             .set_jobs(self.published.values().map(|r| r.phase));
     }
 
-    /// Run specs, from their Jobs, for the bindings that have none here (in memory, then one
-    /// read per such binding). A Job of another uid than its binding's is not run.
+    /// Run specs, from their Jobs, for the bindings that have none here: each such Job read
+    /// once (spec and metadata only; the runner needs no composed status), up to
+    /// [`READS_IN_FLIGHT`] at a time. A Job of another uid than its binding's is not run.
     async fn fresh_specs(&mut self, local: &Local<P>) -> HashMap<String, RunSpec> {
         let mut fresh = HashMap::new();
-        let Some(bindings) = &self.bindings else {
+        if !self.bindings.synced() {
             return fresh;
-        };
-        for (job, b) in bindings {
-            if !local.needs_spec(job, b) {
-                continue;
-            }
-            match self.store.get::<JobSpec>(job).await {
-                Ok(Some(j))
-                    if !b.uid.is_empty() && j.metadata.uid.as_deref() != Some(b.uid.as_str()) =>
-                {
+        }
+        let wanted: Vec<(String, Binding)> = self
+            .bindings
+            .iter()
+            .filter_map(|(job, b)| Some((job, b.ready()?)))
+            .filter(|(job, b)| local.needs_spec(job, b))
+            .map(|(job, b)| (job.clone(), b.clone()))
+            .collect();
+        let reads: Vec<_> = wanted
+            .into_iter()
+            .map(|(job, b)| {
+                let store = self.store.clone();
+                async move {
+                    let got = store.get_raw(&keys::object(JobSpec::PLURAL, &job)).await;
+                    (job, b, got)
+                }
+            })
+            .collect();
+        let read: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(READS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (job, b, got) in read {
+            let kv = match got {
+                Ok(Some(kv)) => kv,
+                Ok(None) => continue, // the Job is gone; its binding will follow
+                Err(e) => {
+                    tracing::debug!(job, %e, "cannot read the job yet");
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Object<JobSpec>>(&kv.value) {
+                Ok(j) if !b.uid.is_empty() && j.metadata.uid.as_deref() != Some(b.uid.as_str()) => {
                     tracing::debug!(job, "the binding is for another Job of this name; waiting")
                 }
-                Ok(Some(j)) => {
-                    fresh.insert(job.clone(), RunSpec::for_binding(&j, b));
+                Ok(j) => {
+                    fresh.insert(job.clone(), RunSpec::for_binding(&j, &b));
                 }
-                Ok(None) => {} // the Job is gone; its binding will follow
-                Err(e @ StoreError::Decode { .. }) => {
+                Err(e) => {
                     if self.warned_undecodable.insert(job.clone()) {
                         tracing::warn!(job, %e, "cannot read the job; not starting it");
                     }
                 }
-                Err(e) => tracing::debug!(job, %e, "cannot read the job yet"),
             }
         }
         fresh
     }
 
-    /// Deletes the report of a job this node no longer has; false when etcd did not take it.
-    async fn forget_report(&mut self, job: &str) -> bool {
-        let key = keys::agent_job(&self.node, job);
-        match self
-            .store
-            .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
-            .await
-        {
-            Ok(_) => {
-                self.published.remove(job);
-                true
+    /// Publishes a pass's reports: every changed report put and every report of a job this
+    /// node no longer has deleted, in as few transactions as etcd allows
+    /// ([`OPS_PER_TXN`]). A transaction etcd did not take is retried next pass, and the rest
+    /// wait for it: an unreachable etcd must not make one pass take a timeout per batch.
+    async fn publish(&mut self, reports: Vec<(String, String, RuntimeReport)>) {
+        let reported: std::collections::HashSet<&str> =
+            reports.iter().map(|(j, _, _)| j.as_str()).collect();
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|j| !reported.contains(j.as_str()))
+            .cloned()
+            .collect();
+        let changed: Vec<(String, String, RuntimeReport)> = reports
+            .into_iter()
+            .filter(|(job, _, r)| self.published.get(job) != Some(r))
+            .collect();
+        enum Change {
+            Put(String, String, Box<RuntimeReport>),
+            Delete(String),
+        }
+        let all: Vec<Change> = changed
+            .into_iter()
+            .map(|(j, u, r)| Change::Put(j, u, Box::new(r)))
+            .chain(gone.into_iter().map(Change::Delete))
+            .collect();
+        for batch in all.chunks(OPS_PER_TXN) {
+            let ops = batch
+                .iter()
+                .map(|c| match c {
+                    Change::Put(job, _, r) => TxnOp::put(
+                        keys::agent_job(&self.node, job),
+                        serde_json::to_vec(r).expect("reports serialize"),
+                        None,
+                    ),
+                    Change::Delete(job) => TxnOp::delete(keys::agent_job(&self.node, job), None),
+                })
+                .collect();
+            if let Err(e) = self.store.txn(vec![], ops, vec![]).await {
+                tracing::debug!(%e, "reports not published yet");
+                return;
             }
-            Err(e) => {
-                tracing::debug!(job, %e, "cannot delete the report yet");
-                false
+            for c in batch {
+                match c {
+                    Change::Put(job, uid, r) => {
+                        let before = self.published.get(job).map(|r| r.phase);
+                        self.announce(job, uid, before, r);
+                        self.metrics.status_writes.inc();
+                        self.published.insert(job.clone(), (**r).clone());
+                    }
+                    Change::Delete(job) => {
+                        self.published.remove(job);
+                    }
+                }
             }
         }
     }
@@ -345,33 +355,6 @@ impl<P: JobProcesses> Runner<P> {
                 EventType::Normal,
             ),
             _ => {}
-        }
-    }
-
-    /// Publishes the job's report when it changed; a failed write is retried next pass.
-    /// Returns false when etcd did not take it.
-    async fn report(&mut self, job: &str, uid: &str, report: RuntimeReport) -> bool {
-        if self.published.get(job) == Some(&report) {
-            return true;
-        }
-        let key = keys::agent_job(&self.node, job);
-        let body = serde_json::to_vec(&report).expect("reports serialize");
-        let before = self.published.get(job).map(|r| r.phase);
-        match self
-            .store
-            .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
-            .await
-        {
-            Ok(_) => {
-                self.announce(job, uid, before, &report);
-                self.metrics.status_writes.inc();
-                self.published.insert(job.to_string(), report);
-                true
-            }
-            Err(e) => {
-                tracing::debug!(job, %e, "report not published yet");
-                false
-            }
         }
     }
 }

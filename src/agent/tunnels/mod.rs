@@ -23,10 +23,11 @@ use tokio::sync::watch;
 
 use crate::api::validation::dns1123_problem;
 use crate::api::{Tunnel, TunnelSpec};
+use crate::store::cache::{self, Cached, Keyed};
 use crate::store::compose::direct_child;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
-use crate::store::{keys, KeyValue, Store};
+use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 use supervisor::{Endpoints, Supervisor};
 
@@ -80,12 +81,29 @@ pub struct Tunnels {
 /// One supervised tunnel.
 /// What a stored Tunnel is to this node.
 enum Mine {
-    /// It runs here, as `(name, spec)`.
-    Runs(String, TunnelSpec),
-    /// Not this node's (another node's, invalid, or a key that is no name).
+    /// It runs here, with this spec.
+    Runs(TunnelSpec),
+    /// Not this node's (gone, another node's, or invalid).
     NotOurs,
     /// It does not decode: whatever runs for it runs on untouched.
-    Unreadable(String),
+    Unreadable,
+}
+
+/// A Tunnel's key names a directory, so it must be one valid name: anything else under the
+/// prefix is logged and ignored.
+fn tunnel_name(rest: &str) -> Option<&str> {
+    let name = crate::store::cache::direct_child(rest)?;
+    match dns1123_problem(name) {
+        None => Some(name),
+        Some(problem) => {
+            tracing::warn!(
+                name,
+                problem,
+                "ignoring a Tunnel whose key is no valid name"
+            );
+            None
+        }
+    }
 }
 
 struct Running {
@@ -127,58 +145,40 @@ impl Tunnels {
         let events = EventRecorder::agent(self.store.clone(), &self.node);
         let prefix = keys::objects_prefix("tunnels");
         let mut watcher = Watcher::new(self.store.clone(), prefix.clone(), WatchConfig::default());
+        let mut tunnels: Keyed<Tunnel> = Keyed::new(prefix, tunnel_name, cache::json);
         let mut running: HashMap<String, Running> = HashMap::new();
         loop {
             let ev = tokio::select! {
                 ev = watcher.next() => ev,
                 _ = shutdown.cancelled() => break,
             };
-            match ev {
-                Ok(WatchEvent::Restarted { items, .. }) => {
-                    let mut mine: HashMap<String, TunnelSpec> = HashMap::new();
-                    let mut unreadable = Vec::new();
-                    for kv in &items {
-                        match self.mine(&prefix, kv) {
-                            Mine::Runs(name, spec) => {
-                                mine.insert(name, spec);
-                            }
-                            Mine::Unreadable(name) => unreadable.push(name),
-                            Mine::NotOurs => {}
-                        }
-                    }
-                    let gone: Vec<String> = running
-                        .keys()
-                        .filter(|n| !mine.contains_key(*n) && !unreadable.contains(*n))
-                        .cloned()
-                        .collect();
-                    for name in gone {
-                        self.stop(&mut running, &name, true).await;
-                    }
-                    for (name, spec) in mine {
-                        self.ensure(&mut running, &events, name, spec).await;
-                    }
-                    self.remove_orphan_statuses(&running).await;
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(%e, "tunnels watch: retrying");
+                    continue;
                 }
-                Ok(WatchEvent::Put(kv)) => {
-                    let Some(name) = direct_child(&prefix, &kv.key).map(str::to_string) else {
-                        continue;
-                    };
-                    match self.mine(&prefix, &kv) {
-                        Mine::Runs(name, spec) => {
-                            self.ensure(&mut running, &events, name, spec).await
-                        }
-                        // Moved to another node (or invalid): not ours to run.
-                        Mine::NotOurs => self.stop(&mut running, &name, true).await,
-                        // What cannot be read is never acted on: it runs on as it was.
-                        Mine::Unreadable(_) => {}
-                    }
+            };
+            // Stops first, then starts: a Tunnel renamed onto the same ports needs the old
+            // one's ssh gone.
+            let (mut runs, mut stops) = (Vec::new(), Vec::new());
+            for name in tunnels.apply(&ev) {
+                match self.mine(&name, tunnels.get(&name)) {
+                    Mine::Runs(spec) => runs.push((name, spec)),
+                    // Gone, moved to another node, or invalid: not ours to run.
+                    Mine::NotOurs => stops.push(name),
+                    // What cannot be read is never acted on: it runs on as it was.
+                    Mine::Unreadable => {}
                 }
-                Ok(WatchEvent::Delete { key, .. }) => {
-                    if let Some(name) = direct_child(&prefix, &key).map(str::to_string) {
-                        self.stop(&mut running, &name, true).await;
-                    }
-                }
-                Err(e) => tracing::debug!(%e, "tunnels watch: retrying"),
+            }
+            for name in stops {
+                self.stop(&mut running, &name, true).await;
+            }
+            for (name, spec) in runs {
+                self.ensure(&mut running, &events, name, spec).await;
+            }
+            if matches!(ev, WatchEvent::Restarted { .. }) {
+                self.remove_orphan_statuses(&running).await;
             }
         }
         let names: Vec<String> = running.keys().cloned().collect();
@@ -187,22 +187,12 @@ impl Tunnels {
         }
     }
 
-    /// Whether the Tunnel at `kv` runs on this node. Its key's name becomes a directory, so
-    /// it must be one valid name.
-    fn mine(&self, prefix: &str, kv: &KeyValue) -> Mine {
-        let Some(name) = direct_child(prefix, &kv.key) else {
-            return Mine::NotOurs;
-        };
-        if let Some(problem) = dns1123_problem(name) {
-            tracing::warn!(key = %kv.key, problem, "ignoring a Tunnel whose key is no valid name");
-            return Mine::NotOurs;
-        }
-        let tunnel: Tunnel = match serde_json::from_slice(&kv.value) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(key = %kv.key, error = %e, "cannot decode a Tunnel; leaving it as it is");
-                return Mine::Unreadable(name.to_string());
-            }
+    /// Whether the Tunnel `name`, as cached, runs on this node.
+    fn mine(&self, name: &str, cached: Option<&Cached<Tunnel>>) -> Mine {
+        let tunnel = match cached {
+            None => return Mine::NotOurs,
+            Some(Cached::Undecodable(_)) => return Mine::Unreadable,
+            Some(Cached::Ready(t)) => t,
         };
         if tunnel.spec.node != self.node {
             return Mine::NotOurs;
@@ -212,7 +202,7 @@ impl Tunnels {
             tracing::warn!(tunnel = name, %problems, "ignoring invalid Tunnel");
             return Mine::NotOurs;
         }
-        Mine::Runs(name.to_string(), tunnel.spec)
+        Mine::Runs(tunnel.spec.clone())
     }
 
     /// Starts supervising `name`, or restarts it when its spec changed.
