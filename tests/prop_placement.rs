@@ -201,6 +201,8 @@ fn pending(i: usize) -> impl Strategy<Value = PendingJob> {
                     node_selector,
                     created: Utc.timestamp_opt(1_700_000_000 + created, 0).unwrap(),
                     pool: pool.map(|p| format!("pool{p}")),
+                    // A perGpu member's wish; the properties hold whatever is preferred.
+                    prefer_gpu: (created % 3 == 0).then_some((created % 8) as u32),
                 }
             },
         )
@@ -450,6 +452,7 @@ fn the_checker_refuses_a_gpu_given_twice_and_an_overfull_node() {
         node_selector: BTreeMap::new(),
         created: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
         pool: None,
+        prefer_gpu: None,
     };
     let twice = Decision::Place {
         job: "p0".into(),

@@ -3,6 +3,9 @@
 
 /// A node-selector key every node answers with its own name (Pools pin perGpu members with it).
 pub const NODE_NAME: &str = "rift.dev/node";
+/// The GPU index a perGpu Pool member is named after (`<pool>-<node>-<gpu>`): placement gives it
+/// that GPU when it is free, so the name says which GPU the member holds.
+pub const GPU: &str = "rift.dev/gpu";
 /// The label naming a Job's Pool, used when the Job has no Pool owner reference.
 pub const POOL: &str = "rift.dev/pool";
 /// The TrainingTarget a training or evaluation Job was made for.

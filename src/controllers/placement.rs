@@ -122,6 +122,8 @@ pub struct PendingJob {
     pub node_selector: BTreeMap<String, String>,
     pub created: DateTime<Utc>,
     pub pool: Option<String>,
+    /// The GPU index this job would rather hold (a perGpu Pool member's own GPU), when free.
+    pub prefer_gpu: Option<u32>,
 }
 
 /// What to do with one pending job.
@@ -470,6 +472,11 @@ impl PendingJob {
                 .creation_timestamp
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
             pool: pool_of(job),
+            prefer_gpu: job
+                .metadata
+                .labels
+                .get(crate::api::labels::GPU)
+                .and_then(|g| g.parse().ok()),
         }
     }
 }

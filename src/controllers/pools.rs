@@ -108,9 +108,11 @@ pub fn desired_members(pool: &Pool, nodes: &[Node]) -> Vec<Member> {
             spec.resources.gpus = 1;
             spec.node_selector
                 .insert(NODE_NAME_LABEL.into(), node.name().into());
+            let mut labels = labels.clone();
+            labels.insert(crate::api::labels::GPU.into(), gpu.to_string());
             members.push(Member {
                 name: member_name(&[pool.name(), node.name(), &gpu.to_string()]),
-                labels: labels.clone(),
+                labels,
                 spec,
             });
         }

@@ -368,14 +368,16 @@ impl<'a> NodeState<'a> {
                 self.slots[i].holders == 0 && n.elig.get(self.slots[i].model) == Some(&Elig::Yes)
             })
             .collect();
+        let preferred = |i: usize| Some(self.slots[i].index) == n.job.prefer_gpu;
         free.sort_by(|&a, &b| {
+            let first = preferred(b).cmp(&preferred(a));
             let (a, b) = (&self.slots[a], &self.slots[b]);
             let by_power = if n.performance {
                 cmp_f64(b.power, a.power)
             } else {
                 cmp_f64(a.power, b.power)
             };
-            by_power.then(a.index.cmp(&b.index))
+            first.then(by_power).then(a.index.cmp(&b.index))
         });
         let mut gpus = Vec::with_capacity(n.gpus as usize);
         for &i in free.iter().take(n.gpus as usize) {

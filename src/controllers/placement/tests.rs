@@ -73,6 +73,7 @@ pub(super) fn job(name: &str, gpus: u32) -> PendingJob {
         node_selector: BTreeMap::new(),
         created: at(0),
         pool: None,
+        prefer_gpu: None,
     }
 }
 
@@ -354,6 +355,42 @@ fn selfplay_packs_onto_a_partially_used_node() {
     assert_eq!(placed(&one(&nodes, job("s", 1))), place("b", &[2]));
     // Training does not care about packing: equal power, the name breaks the tie.
     assert_eq!(placed(&one(&nodes, training("t", 1, 0))).0, "a");
+}
+
+#[test]
+fn a_per_gpu_member_gets_the_gpu_it_is_named_after_when_free() {
+    let mut a = node("a", "H100", 4);
+    a.bound = vec![bound("other", &[0], 0, JobType::Selfplay)];
+    let member = |name: &str, gpu| PendingJob {
+        prefer_gpu: Some(gpu),
+        ..job(name, 1)
+    };
+    let d = schedule(
+        std::slice::from_ref(&a),
+        &[
+            member("sp-a-3", 3),
+            member("sp-a-1", 1),
+            member("sp-z-0", 0),
+        ],
+        &PlacementConfig::default(),
+    );
+    let got = |name: &str| {
+        d.iter()
+            .find_map(|x| match x {
+                Decision::Place { job, node, gpus } if job == name => Some(place(node, gpus)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} placed: {d:?}"))
+    };
+    assert_eq!(got("sp-a-3"), place("a", &[3]), "its own GPU");
+    assert_eq!(got("sp-a-1"), place("a", &[1]), "its own GPU");
+    let instead = got("sp-z-0");
+    assert_eq!(
+        instead.1.len(),
+        1,
+        "GPU 0 is held by another job: any free GPU instead"
+    );
+    assert_ne!(instead.1, [0]);
 }
 
 #[test]
