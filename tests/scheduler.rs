@@ -45,6 +45,12 @@ async fn a_per_gpu_pool_fills_every_gpu_and_only_those() {
             (s.node.clone().unwrap(), s.gpus.clone())
         })
         .collect();
+    // Each member holds the GPU its name says: sp-<node>-<gpu>.
+    for j in &jobs {
+        let s = j.status.as_ref().unwrap();
+        let wanted = format!("sp-{}-{}", s.node.as_deref().unwrap(), s.gpus[0]);
+        assert_eq!(j.metadata.name, wanted, "a member's name names its GPU");
+    }
     placed.sort();
     assert_eq!(
         placed,
