@@ -82,14 +82,17 @@ async fn a_job_that_fits_nowhere_says_why() {
     let _w1 = c.worker("w1", &["H100x2"]);
     let _w2 = c.worker("w2", &[]);
     create_job(&c.store, "huge", sh("true"), |s| s.resources.gpus = 8).await;
-    // The why-not is rewritten as nodes register and report: wait for the one over all three.
+    // The why-not is rewritten as nodes register and report (a node is "not ready" until its
+    // first status arrives): wait for the one over all three, each as it settles.
     let job = eventually(
         Duration::from_secs(30),
-        "a why-not over 3 nodes",
+        "a why-not over 3 settled nodes",
         || async {
             c.job("huge").await.filter(|j| {
                 j.status.as_ref().is_some_and(|s| {
-                    s.message.starts_with("0/3 nodes:") && s.message.contains("GPUs")
+                    s.message.starts_with("0/3 nodes:")
+                        && s.message.contains("insufficient GPUs")
+                        && s.message.contains("node selector mismatch")
                 })
             })
         },
