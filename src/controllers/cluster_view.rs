@@ -59,6 +59,21 @@ fn node_and_job(rest: &str) -> Option<&str> {
     (!node.is_empty() && direct_child(job).is_some()).then_some(rest)
 }
 
+/// What placement reads of a node's status: its conditions (type and state), capacity and
+/// overload. Usage figures and running jobs only change what people see.
+fn placement_facts(
+    s: Option<&crate::api::node::NodeStatus>,
+) -> Option<(Vec<(String, String)>, &crate::api::node::Capacity, bool)> {
+    s.map(|s| {
+        let conditions = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), format!("{:?}", c.status)))
+            .collect();
+        (conditions, &s.capacity, s.overloaded)
+    })
+}
+
 /// What a runtime report says that a decision can depend on: that the job finished, or that a
 /// stop order was answered (a Running report changes only what people see).
 fn decisive(r: Option<&RuntimeReport>) -> bool {
@@ -234,10 +249,10 @@ impl ClusterView {
                 self.compose_tunnels_of(node);
                 true
             }
-            AgentKey::Status { node } | AgentKey::Etcd { node } => {
-                self.compose_node(node);
-                false
-            }
+            // A status report starts a pass only when it changes what placement reads (a node
+            // turning Ready with its first report, overloaded, a GPU appearing): a why-not
+            // must not keep naming a state the node has left.
+            AgentKey::Status { node } | AgentKey::Etcd { node } => self.compose_node(node),
             AgentKey::Job { node, job } => {
                 self.compose_job(job);
                 before || decisive(self.sources.report(node, job))
@@ -305,13 +320,20 @@ impl ClusterView {
         }
     }
 
-    fn compose_node(&mut self, name: &str) {
+    /// Recomposes node `name`'s status; true when what placement reads of it changed
+    /// (readiness and other conditions, capacity, overload).
+    fn compose_node(&mut self, name: &str) -> bool {
         if self.nodes.ready(name).is_none() {
-            return;
+            return false;
         }
         let status = self.sources.node_status(name);
-        if let Some(n) = self.nodes.ready_mut(name) {
-            n.status = Some(status);
+        match self.nodes.ready_mut(name) {
+            Some(n) => {
+                let changed = placement_facts(n.status.as_ref()) != placement_facts(Some(&status));
+                n.status = Some(status);
+                changed
+            }
+            None => false,
         }
     }
 

@@ -258,6 +258,20 @@ fn only_changes_that_can_alter_a_decision_start_a_pass() {
     ] {
         assert!(!put(&mut v, key, json!({})), "{key}");
     }
+    // A node status report decides when it changes what placement reads, not its usage alone.
+    let status = "/rift/v1/agents/n1/status";
+    assert!(
+        put(&mut v, status, json!({"overloaded": true})),
+        "overloaded decides"
+    );
+    assert!(
+        !put(
+            &mut v,
+            status,
+            json!({"overloaded": true, "usage": {"cpuPercent": 50.0}})
+        ),
+        "usage alone does not"
+    );
     // Runtime reports: Running changes only what people see; finishing or a release decide.
     let report = "/rift/v1/agents/n1/jobs/b";
     assert!(!put(
