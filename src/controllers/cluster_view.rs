@@ -59,11 +59,12 @@ fn node_and_job(rest: &str) -> Option<&str> {
     (!node.is_empty() && direct_child(job).is_some()).then_some(rest)
 }
 
+/// Conditions (type and state), capacity and overload of a node's status.
+type PlacementFacts<'a> = (Vec<(String, String)>, &'a crate::api::node::Capacity, bool);
+
 /// What placement reads of a node's status: its conditions (type and state), capacity and
 /// overload. Usage figures and running jobs only change what people see.
-fn placement_facts(
-    s: Option<&crate::api::node::NodeStatus>,
-) -> Option<(Vec<(String, String)>, &crate::api::node::Capacity, bool)> {
+fn placement_facts(s: Option<&crate::api::node::NodeStatus>) -> Option<PlacementFacts<'_>> {
     s.map(|s| {
         let conditions = s
             .conditions
