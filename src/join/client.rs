@@ -96,6 +96,34 @@ impl ControllerUrl {
     }
 }
 
+/// POSTs `request` as JSON to `endpoint` of `url`'s agent and reads a JSON answer; anything but
+/// 200, or an answer that does not decode, is a refusal naming the agent.
+async fn post_json<T: serde::de::DeserializeOwned>(
+    url: &ControllerUrl,
+    client: &reqwest::Client,
+    endpoint: &str,
+    request: &impl serde::Serialize,
+) -> Result<T, JoinError> {
+    let resp = client
+        .post(endpoint)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(request).expect("a request serializes"))
+        .send()
+        .await
+        .map_err(|e| url.unreachable(e))?;
+    let (status, bytes) = body(url, resp).await?;
+    if status != 200 {
+        return Err(JoinError::Refused {
+            url: url.url.clone(),
+            message: String::from_utf8_lossy(&bytes).trim().to_string(),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| JoinError::Refused {
+        url: url.url.clone(),
+        message: format!("unreadable answer: {e}"),
+    })
+}
+
 /// Reads a bounded body.
 async fn body(url: &ControllerUrl, resp: reqwest::Response) -> Result<(u16, Vec<u8>), JoinError> {
     let status = resp.status().as_u16();
@@ -217,24 +245,8 @@ pub async fn join(
     let (client, base) = url
         .client((*tls::anonymous_client_config(&ca_pem)?).clone())
         .await?;
-    let resp = client
-        .post(format!("{base}/v1/join"))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&request).expect("a join request serializes"))
-        .send()
-        .await
-        .map_err(|e| url.unreachable(e))?;
-    let (status, bytes) = body(url, resp).await?;
-    if status != 200 {
-        return Err(JoinError::Refused {
-            url: url.url.clone(),
-            message: String::from_utf8_lossy(&bytes).trim().to_string(),
-        });
-    }
-    let answer: JoinResponse = serde_json::from_slice(&bytes).map_err(|e| JoinError::Refused {
-        url: url.url.clone(),
-        message: format!("unreadable answer: {e}"),
-    })?;
+    let answer: JoinResponse =
+        post_json(url, &client, &format!("{base}/v1/join"), &request).await?;
     if answer.certificates.ca.trim() != ca_pem.trim() {
         return Err(JoinError::Refused {
             url: url.url.clone(),
@@ -261,24 +273,8 @@ pub async fn renew(
     }
     let config: Arc<rustls::ClientConfig> = tls::client_config(identity)?;
     let (client, base) = url.client((*config).clone()).await?;
-    let resp = client
-        .post(format!("{base}/v1/renew"))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&requests).expect("requests serialize"))
-        .send()
-        .await
-        .map_err(|e| url.unreachable(e))?;
-    let (status, bytes) = body(url, resp).await?;
-    if status != 200 {
-        return Err(JoinError::Refused {
-            url: url.url.clone(),
-            message: String::from_utf8_lossy(&bytes).trim().to_string(),
-        });
-    }
-    let certs: Certificates = serde_json::from_slice(&bytes).map_err(|e| JoinError::Refused {
-        url: url.url.clone(),
-        message: format!("unreadable answer: {e}"),
-    })?;
+    let certs: Certificates =
+        post_json(url, &client, &format!("{base}/v1/renew"), &requests).await?;
     if certs.ca.trim() != identity.ca_pem.trim() {
         return Err(JoinError::Refused {
             url: url.url.clone(),
