@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use super::job_io::{validate_io, JobInput, JobOutput};
 use super::meta::{ObjectMeta, TemplateMeta};
 use super::object::{Object, Spec};
 use super::validation::{validate_duration, validate_labels, validate_seconds, FieldErrors};
@@ -58,6 +59,12 @@ pub struct JobSpec {
     /// Time between SIGTERM and SIGKILL when the job is stopped.
     #[serde(default = "default_grace")]
     pub termination_grace_period: HumanDuration,
+    /// Artifacts staged read-only under `$RIFT_INPUTS` before the process starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<JobInput>,
+    /// Directories under `$RIFT_OUTPUTS` whose sealed files become artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<JobOutput>,
 }
 
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 3;
@@ -95,11 +102,26 @@ impl JobSpec {
             on_node_lost: OnNodeLost::default(),
             lost_after: default_lost_after(),
             termination_grace_period: default_grace(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
-    /// Checks shared by Jobs and Job templates, with paths under `prefix` (e.g. `spec.template.spec`).
+    /// The artifact names this Job reads.
+    pub fn input_artifacts(&self) -> impl Iterator<Item = &str> {
+        self.inputs
+            .iter()
+            .flat_map(|i| i.artifacts.iter().map(String::as_str))
+    }
+
+    /// Checks a stored Job, with paths under `prefix` (e.g. `spec`).
     pub fn validate_at(&self, prefix: &str, errors: &mut FieldErrors) {
+        self.validate_fields(prefix, false, errors);
+    }
+
+    /// Checks shared by Jobs and Job templates (`template` allows input selectors).
+    fn validate_fields(&self, prefix: &str, template: bool, errors: &mut FieldErrors) {
+        validate_io(prefix, &self.inputs, &self.outputs, template, errors);
         if self.command.is_empty() {
             errors.push(
                 format!("{prefix}.command"),
@@ -274,7 +296,8 @@ impl JobTemplate {
             &self.metadata.labels,
             errors,
         );
-        self.spec.validate_at(&format!("{prefix}.spec"), errors);
+        self.spec
+            .validate_fields(&format!("{prefix}.spec"), true, errors);
     }
 }
 
