@@ -18,10 +18,10 @@ use std::collections::{HashMap, HashSet};
 use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
-    Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
+    Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec, Tunnel,
+    TunnelSpec, VoterSet, VoterSetSpec,
 };
-use crate::store::cache::{self, direct_child, Cached, Keyed};
+use crate::store::cache::{self, direct_child, object, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};
 use crate::store::{keys, KeyValue, WatchEvent};
 
@@ -40,13 +40,6 @@ pub struct Snapshot {
     pub alive: HashSet<String>,
     /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
     pub released: HashSet<(String, String, u64)>,
-}
-
-/// An object as stored, with `resourceVersion` set to its key's mod revision.
-fn object<S: Spec>(kv: &KeyValue) -> Result<Object<S>, String> {
-    let mut obj: Object<S> = cache::json(kv)?;
-    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
-    Ok(obj)
 }
 
 fn with_revision<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<(T, i64), String> {
@@ -396,6 +389,11 @@ impl ClusterView {
         if let Some(v) = self.voter_sets.ready_mut(name) {
             v.status = status;
         }
+    }
+
+    /// Every Node that decodes, with its status, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
     }
 
     /// Every Job that decodes, with its status, in name order.

@@ -1,9 +1,9 @@
-//! The dashboard's one window on the cluster: a [`Watcher`] on `/rift/v1/` feeding the same
-//! watch-fed [`Mirror`] the scheduler reads, turned into typed [`Cluster`] snapshots that are
-//! published to every page and live stream through a `tokio::sync::watch` channel.
+//! The dashboard's one window on the cluster: a [`Watcher`] on `/rift/v1/` feeding the
+//! scheduler's typed [`ClusterView`] (status composed per event, each key decoded once) plus
+//! the events and the leader record, copied into [`Cluster`] snapshots that are published to
+//! every page and live stream through a `tokio::sync::watch` channel.
 //!
-//! This is the only place the dashboard reads etcd (the one cache of issue 17 replaces the
-//! mirror here and nowhere else). Guarantees and caveats:
+//! This is the only place the dashboard reads etcd. Guarantees and caveats:
 //!
 //! - **Coalesced.** A burst of changes becomes one snapshot: the first change waits
 //!   [`COALESCE`], and snapshots are at least `max(MIN_GAP, 4 × the last build time)` apart,
@@ -26,9 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
 use super::history::{self, History};
-use crate::store::mirror::Mirror;
+use crate::api::{Event, EventSpec, Spec};
+use crate::controllers::cluster_view::ClusterView;
+use crate::store::cache::{self, direct_child, Keyed};
+use crate::store::leader::LeaderRecord;
 use crate::store::watcher::{WatchConfig, Watcher};
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, WatchEvent};
 
 /// How long the first change of a burst waits for the rest.
 pub const COALESCE: Duration = Duration::from_millis(50);
@@ -160,6 +163,47 @@ impl Publisher {
     }
 }
 
+/// What the dashboard follows: everything a page shows, typed, updated one event at a time.
+struct Followed {
+    view: ClusterView,
+    events: Keyed<Event>,
+    leader: Keyed<LeaderRecord>,
+}
+
+/// The leader record is the key `/rift/v1/leader` itself.
+fn the_key(rest: &str) -> Option<&str> {
+    rest.is_empty().then_some("leader")
+}
+
+impl Followed {
+    fn new() -> Self {
+        Self {
+            view: ClusterView::new(),
+            events: Keyed::new(
+                keys::objects_prefix(EventSpec::PLURAL),
+                direct_child,
+                cache::object::<EventSpec>,
+            ),
+            leader: Keyed::new(keys::LEADER, the_key, cache::json),
+        }
+    }
+
+    fn apply(&mut self, event: &WatchEvent) {
+        self.view.apply(event);
+        self.events.apply(event);
+        self.leader.apply(event);
+    }
+
+    fn synced(&self) -> bool {
+        self.view.synced()
+    }
+
+    fn snapshot(&self, revision: i64) -> Cluster {
+        let leader = self.leader.ready("leader").cloned();
+        Cluster::from_view(&self.view, &self.events, leader, revision, Utc::now())
+    }
+}
+
 async fn run(
     store: Store,
     tx: watch::Sender<Arc<View>>,
@@ -167,7 +211,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut watcher = Watcher::new(store.clone(), keys::ROOT, WatchConfig::default());
-    let mut mirror = Mirror::new();
+    let mut followed = Followed::new();
     let first = tx.borrow().clone();
     let mut out = Publisher {
         endpoints: first.endpoints.clone(),
@@ -189,7 +233,7 @@ async fn run(
             // Cancel-safe: `next` loses no event when another branch wins.
             ev = watcher.next() => match ev {
                 Ok(ev) => {
-                    mirror.apply(&ev);
+                    followed.apply(&ev);
                     dirty = true;
                     if out.set_link(Link::Live { since: Utc::now() }) {
                         tracing::info!("dashboard: watching etcd");
@@ -206,7 +250,7 @@ async fn run(
             _ = sleep_until(publish_at) => {
                 publish_at = None;
                 let started = Instant::now();
-                let cluster = Cluster::from_mirror(&mirror, watcher.revision(), Utc::now());
+                let cluster = followed.snapshot(watcher.revision());
                 history.write().expect("history lock").remember_runs(&cluster);
                 out.cluster = Arc::new(cluster);
                 out.publish();
@@ -216,12 +260,12 @@ async fn run(
                 last_publish = Instant::now();
             }
             _ = sample.tick() => {
-                if out.link.is_live() && mirror.synced() {
+                if out.link.is_live() && followed.synced() {
                     history.write().expect("history lock").sample(&out.cluster, Utc::now());
                     out.publish();
                 }
             }
-            _ = probe.tick(), if !out.link.is_live() && mirror.synced() => {
+            _ = probe.tick(), if !out.link.is_live() && followed.synced() => {
                 if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, store.revision()).await {
                     if out.set_link(Link::Live { since: Utc::now() }) {
                         tracing::info!("dashboard: etcd answers again");

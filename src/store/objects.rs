@@ -598,8 +598,7 @@ pub struct ListSources<'a> {
 }
 
 /// Joins the objects of `kind` with their status, in name order, keeping those `selector`
-/// matches. Pure: the same join whether the keys came from etcd or from a watch-fed
-/// [`super::mirror::Mirror`]. Values that do not decode are skipped with a warning, and keys
+/// matches. Pure: the same join whether the keys came from etcd or from a watch-fed copy. Values that do not decode are skipped with a warning, and keys
 /// below a further `/` are no objects.
 pub fn join_objects(
     kind: &KindInfo,
