@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use crate::api::voter_set::VOTER_SET_NAME;
 use crate::api::{Event, Job, JobPhase, Node, TrainingTarget, Tunnel, VoterSet};
 use crate::controllers::cluster_view::ClusterView;
-use crate::store::cache::Keyed;
 use crate::store::leader::LeaderRecord;
 
 /// A job holding GPUs (or at least a place) on a node: Scheduled or Running there.
@@ -46,14 +45,14 @@ pub struct Cluster {
 impl Cluster {
     /// Everything the followed caches hold, copied out typed: nothing is decoded here, so a
     /// snapshot of 10,000 jobs costs a copy, not a parse.
-    pub fn from_view(
+    pub fn from_view<'a>(
         view: &ClusterView,
-        events: &Keyed<Event>,
+        events: impl Iterator<Item = &'a Event>,
         leader: Option<LeaderRecord>,
         revision: i64,
         taken_at: DateTime<Utc>,
     ) -> Cluster {
-        let mut events: Vec<Event> = events.values().cloned().collect();
+        let mut events: Vec<Event> = events.cloned().collect();
         events.sort_by_key(|e| std::cmp::Reverse(e.spec.last_seen));
         Cluster::assemble(Parts {
             revision,

@@ -166,8 +166,18 @@ impl Publisher {
 /// What the dashboard follows: everything a page shows, typed, updated one event at a time.
 struct Followed {
     view: ClusterView,
+    /// Controllers' events, `/rift/v1/events/<id>`.
     events: Keyed<Event>,
+    /// Agents' events, `/rift/v1/agents/<node>/events/<id>`, named `<node>/events/<id>`.
+    agent_events: Keyed<Event>,
     leader: Keyed<LeaderRecord>,
+}
+
+/// `<node>/events/<id>` below the agents' prefix.
+fn agent_event(rest: &str) -> Option<&str> {
+    let (node, tail) = rest.split_once('/')?;
+    let id = tail.strip_prefix("events/")?;
+    (!node.is_empty() && direct_child(id).is_some()).then_some(rest)
 }
 
 /// The leader record is the key `/rift/v1/leader` itself.
@@ -184,6 +194,7 @@ impl Followed {
                 direct_child,
                 cache::object::<EventSpec>,
             ),
+            agent_events: Keyed::new(keys::AGENTS_PREFIX, agent_event, cache::object::<EventSpec>),
             leader: Keyed::new(keys::LEADER, the_key, cache::json),
         }
     }
@@ -191,6 +202,7 @@ impl Followed {
     fn apply(&mut self, event: &WatchEvent) {
         self.view.apply(event);
         self.events.apply(event);
+        self.agent_events.apply(event);
         self.leader.apply(event);
     }
 
@@ -200,7 +212,8 @@ impl Followed {
 
     fn snapshot(&self, revision: i64) -> Cluster {
         let leader = self.leader.ready("leader").cloned();
-        Cluster::from_view(&self.view, &self.events, leader, revision, Utc::now())
+        let events = self.events.values().chain(self.agent_events.values());
+        Cluster::from_view(&self.view, events, leader, revision, Utc::now())
     }
 }
 
@@ -288,5 +301,73 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn kv(key: &str, value: Value, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
+        }
+    }
+
+    fn event(name: &str, reason: &str, at: &str) -> Value {
+        json!({"apiVersion": "rift/v1", "kind": "Event", "metadata": {"name": name},
+               "spec": {"involvedObject": {"kind": "Job", "name": "a"}, "reason": reason,
+                        "message": "m", "firstSeen": at, "lastSeen": at}})
+    }
+
+    #[test]
+    fn a_snapshot_holds_controller_and_agent_events_and_the_leader() {
+        let mut followed = Followed::new();
+        followed.apply(&WatchEvent::Restarted {
+            revision: 9,
+            items: vec![
+                kv(
+                    "/rift/v1/events/e1",
+                    event("e1", "scheduled", "2026-11-30T10:00:00Z"),
+                    2,
+                ),
+                kv(
+                    "/rift/v1/agents/n1/events/e2",
+                    event("e2", "job_started", "2026-11-30T11:00:00Z"),
+                    3,
+                ),
+                kv(
+                    "/rift/v1/agents/n1/status",
+                    json!({"capacity": {"cpus": 4}}),
+                    4,
+                ),
+                kv(
+                    "/rift/v1/leader",
+                    json!({"node": "n1", "since": "2026-11-30T09:00:00Z", "lease": 7}),
+                    5,
+                ),
+            ],
+        });
+        let c = followed.snapshot(9);
+        let reasons: Vec<&str> = c.events.iter().map(|e| e.spec.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["job_started", "scheduled"],
+            "newest first, both scopes"
+        );
+        assert_eq!(c.leader.as_ref().map(|l| l.node.as_str()), Some("n1"));
+        followed.apply(&WatchEvent::Delete {
+            key: "/rift/v1/agents/n1/events/e2".into(),
+            mod_revision: 10,
+            prev: None,
+        });
+        assert_eq!(followed.snapshot(10).events.len(), 1);
     }
 }
