@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
+use crate::api::event::Reason;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
@@ -89,10 +90,10 @@ async fn lead(
     controllers: Tasks,
 ) -> bool {
     let store = leadership.store();
-    EventRecorder::controller(store.clone(), "leader").normal(
+    EventRecorder::controller(store.clone(), "leader").record(
         "Node",
         node,
-        "leader_changed",
+        Reason::LeaderChanged,
         format!("{node} is now the leader"),
     );
     let stop = controllers.token().clone();

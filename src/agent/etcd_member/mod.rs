@@ -21,6 +21,7 @@ use std::time::Duration;
 use etcd_client::TxnOp;
 use tokio::time::Instant;
 
+use crate::api::event::Reason;
 use crate::api::node::{LocalMemberState, NodeEtcd};
 use crate::store::events::EventRecorder;
 use crate::store::{keys, Store};
@@ -356,10 +357,10 @@ impl Supervisor {
                 tracing::info!(pid = p.record.pid, "restarting the etcd member with TLS");
                 p.stop(Duration::from_secs(10)).await;
                 self.process = None;
-                self.events.normal(
+                self.events.record(
                     "Node",
                     &self.node,
-                    "etcd_member_tls",
+                    Reason::EtcdMemberTls,
                     "the etcd member was restarted with TLS".to_string(),
                 );
             }
@@ -382,10 +383,10 @@ impl Supervisor {
                 self.restart_delay.as_secs(),
                 spec.dir.log().display()
             );
-            self.events.warning(
+            self.events.record(
                 "Node",
                 &self.node,
-                "etcd_member_died",
+                Reason::EtcdMemberDied,
                 self.report.message.clone(),
             );
             self.not_before = Instant::now() + self.restart_delay;
@@ -447,10 +448,10 @@ impl Supervisor {
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 match set_aside {
                     Ok(kept) => {
-                        self.events.normal(
+                        self.events.record(
                             "Node",
                             &self.node,
-                            "etcd_member_removed",
+                            Reason::EtcdMemberRemoved,
                             format!(
                                 "removed from the etcd cluster: member stopped, its data moved \
                                  to {}",

@@ -29,7 +29,7 @@ use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::metrics::Metrics;
-use crate::api::event::{EventType, ObjectRef};
+use crate::api::event::{ObjectRef, Reason};
 use crate::api::job::JobPhase;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::validation::dns1123_problem;
@@ -344,16 +344,13 @@ impl<P: JobProcesses> Runner<P> {
         match report.phase {
             JobPhase::Failed => self.events.record_about(
                 &object,
-                "job_failed",
+                Reason::JobFailed,
                 format!("{}: {}", report.reason, report.message),
-                EventType::Warning,
             ),
-            JobPhase::Succeeded => self.events.record_about(
-                &object,
-                "job_succeeded",
-                report.message.clone(),
-                EventType::Normal,
-            ),
+            JobPhase::Succeeded => {
+                self.events
+                    .record_about(&object, Reason::JobSucceeded, report.message.clone())
+            }
             _ => {}
         }
     }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::select::{choose_relay, pick_address, Candidate};
 use super::ssh::{classify, explain, host_alias, write_known_hosts, Line, SshInvocation};
+use crate::api::event::Reason;
 use crate::api::selector::LabelSelector;
 use crate::api::tunnel::TunnelStatus;
 use crate::api::{NodeSpec, TunnelSpec};
@@ -122,7 +123,7 @@ impl Supervisor {
                             );
                             tracing::info!(tunnel = %self.name, "{msg}");
                             self.events
-                                .normal("Tunnel", &self.name, "RelaySwitched", msg);
+                                .record("Tunnel", &self.name, Reason::RelaySwitched, msg);
                         }
                         p.relay = Some(choice.relay.clone());
                         p.failures = 0;
@@ -145,7 +146,7 @@ impl Supervisor {
                     if up_for.is_some() {
                         p.failures = 0;
                         self.events
-                            .warning("Tunnel", &self.name, "TunnelDown", &error);
+                            .record("Tunnel", &self.name, Reason::TunnelDown, &error);
                     }
                     let delay = backoff.next_delay().min(MAX_BACKOFF);
                     tracing::info!(tunnel = %self.name, %error, ?delay, "tunnel down; starting ssh again after the delay");
@@ -293,10 +294,10 @@ impl Supervisor {
                                 }
                             }
                             tracing::info!(tunnel = %self.name, %relay, %address, "tunnel up");
-                            self.events.normal(
+                            self.events.record(
                                 "Tunnel",
                                 &self.name,
-                                "TunnelUp",
+                                Reason::TunnelUp,
                                 format!("connected through relay {relay} at {address}"),
                             );
                             self.publish(p).await;
