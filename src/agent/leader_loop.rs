@@ -8,7 +8,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use futures::FutureExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -23,6 +22,7 @@ use crate::controllers::scheduler::Scheduler;
 use crate::controllers::voters::VotersController;
 use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
+use crate::store::Op;
 use crate::store::{Store, StoreError};
 use crate::tasks::{CancellationToken, Tasks};
 
@@ -223,7 +223,7 @@ async fn lead_with_heartbeat(
 async fn heartbeat(store: &Store, node: &str, seq: u64) -> Result<(), StoreError> {
     let body = json!({"node": node, "seq": seq, "at": Utc::now()}).to_string();
     store
-        .txn(vec![], vec![TxnOp::put(HEARTBEAT_KEY, body, None)], vec![])
+        .txn(vec![], vec![Op::put(HEARTBEAT_KEY, body)], vec![])
         .await
         .map(|_| ())
 }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{PutOptions, TxnOp};
 use tokio::sync::watch;
 
 use super::jobs::layout::{write_json_volatile, Heartbeat, StateDir};
 use super::metrics::Metrics;
 use crate::api::{NodeSpec, Object};
 use crate::store::lease::{self, Grant, LastRenewal, LeaseKeeper, LeaseStatus, RenewalSender};
+use crate::store::Op;
 use crate::store::{keys, Store, StoreError};
 use crate::tasks::CancellationToken;
 
@@ -80,11 +80,7 @@ async fn announce(
     store
         .txn(
             vec![],
-            vec![TxnOp::put(
-                keys::agent_node(node),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            )],
+            vec![Op::put_on_lease(keys::agent_node(node), body, lease)],
             vec![],
         )
         .await
@@ -270,11 +266,7 @@ pub async fn register(
     store
         .txn(
             vec![],
-            vec![TxnOp::put(
-                keys::agent_alive(node),
-                body,
-                Some(PutOptions::new().with_lease(grant.id)),
-            )],
+            vec![Op::put_on_lease(keys::agent_alive(node), body, grant.id)],
             vec![],
         )
         .await?;

@@ -11,6 +11,7 @@ use etcd_client::{
 use super::access::Access;
 use super::error::{Result, StoreError};
 use super::keys;
+use super::txn::{Guard, Op};
 use crate::tasks::CancellationToken;
 
 /// Default etcd client endpoint (`https://` for a TLS cluster, `http://` with `--insecure`).
@@ -91,7 +92,7 @@ pub struct TxnOutcome {
     /// The store revision after the transaction.
     pub revision: i64,
     /// Responses of the branch that ran (without the fence's own read).
-    pub responses: Vec<TxnOpResponse>,
+    pub(super) responses: Vec<TxnOpResponse>,
 }
 
 /// A handle on etcd. Cheap to clone; clones share the connection.
@@ -378,10 +379,13 @@ impl Store {
     /// compare, so callers cannot mistake losing leadership for a conflict.
     pub async fn txn(
         &self,
-        mut compares: Vec<Compare>,
-        ops: Vec<TxnOp>,
-        mut failure_ops: Vec<TxnOp>,
+        guards: Vec<Guard>,
+        ops: Vec<Op>,
+        failure_ops: Vec<Op>,
     ) -> Result<TxnOutcome> {
+        let mut compares: Vec<Compare> = guards.into_iter().map(|g| g.0).collect();
+        let ops: Vec<TxnOp> = ops.into_iter().map(|o| o.0).collect();
+        let mut failure_ops: Vec<TxnOp> = failure_ops.into_iter().map(|o| o.0).collect();
         let op_count = ops.len().max(compares.len());
         if let Some(f) = &self.fence {
             compares.push(Compare::create_revision(

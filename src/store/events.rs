@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, PutOptions, TxnOp};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
@@ -34,6 +33,7 @@ use tokio::time::Instant;
 use super::client::{KeyValue, Store};
 use super::error::{Result, StoreError};
 use super::keys;
+use super::txn::{Guard, Op};
 use crate::api::event::{Event, EventSpec, EventType, ObjectRef, Reason};
 use crate::api::object::Object;
 
@@ -388,16 +388,12 @@ impl Core {
                 }
             };
             let guard = match &current {
-                Some(kv) => Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision),
-                None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+                Some(kv) => Guard::unchanged(key.as_str(), kv.mod_revision),
+                None => Guard::absent(key.as_str()),
             };
             let lease = self.lease().await?;
             let body = serde_json::to_vec(&event).expect("events serialize");
-            let put = TxnOp::put(
-                key.as_str(),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            );
+            let put = Op::put_on_lease(key.as_str(), body, lease);
             match self.store.txn(vec![guard], vec![put], vec![]).await {
                 Ok(outcome) if outcome.succeeded => {
                     event.metadata.resource_version = Some(outcome.revision.to_string());

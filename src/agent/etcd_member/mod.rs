@@ -18,12 +18,12 @@ pub mod process;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use tokio::time::Instant;
 
 use crate::api::event::Reason;
 use crate::api::node::{LocalMemberState, NodeEtcd};
 use crate::store::events::EventRecorder;
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -482,7 +482,7 @@ impl Supervisor {
         }
         let body = serde_json::to_vec(&self.report).expect("reports serialize");
         let key = keys::agent_etcd(&self.node);
-        let put = TxnOp::put(key.as_str(), body, None);
+        let put = Op::put(key.as_str(), body);
         if self.store.txn(vec![], vec![put], vec![]).await.is_ok() {
             self.written = Some(self.report.clone());
         }

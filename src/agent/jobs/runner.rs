@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use futures::{FutureExt, StreamExt};
 
 use super::layout::{RunSpec, StateDir};
@@ -37,6 +36,7 @@ use crate::api::{JobSpec, Object, Spec};
 use crate::store::cache::{self, Keyed};
 use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -302,12 +302,11 @@ impl<P: JobProcesses> Runner<P> {
             let ops = batch
                 .iter()
                 .map(|c| match c {
-                    Change::Put(job, _, r) => TxnOp::put(
+                    Change::Put(job, _, r) => Op::put(
                         keys::agent_job(&self.node, job),
                         serde_json::to_vec(r).expect("reports serialize"),
-                        None,
                     ),
-                    Change::Delete(job) => TxnOp::delete(keys::agent_job(&self.node, job), None),
+                    Change::Delete(job) => Op::delete(keys::agent_job(&self.node, job)),
                 })
                 .collect();
             if let Err(e) = self.store.txn(vec![], ops, vec![]).await {

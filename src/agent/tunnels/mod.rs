@@ -18,7 +18,7 @@ pub mod supervisor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use etcd_client::{GetOptions, TxnOp};
+use etcd_client::GetOptions;
 use tokio::sync::watch;
 
 use crate::api::validation::dns1123_problem;
@@ -27,6 +27,7 @@ use crate::store::cache::{self, Cached, Keyed};
 use crate::store::compose::direct_child;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 use supervisor::{Endpoints, Supervisor};
@@ -245,7 +246,7 @@ impl Tunnels {
             let key = keys::agent_tunnel(&self.node, name);
             if let Err(e) = self
                 .store
-                .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                .txn(vec![], vec![Op::delete(key.as_str())], vec![])
                 .await
             {
                 tracing::debug!(%e, "tunnel status not deleted; the next full list retries");
@@ -271,7 +272,7 @@ impl Tunnels {
             if direct_child(&prefix, &key).is_some_and(|n| !running.contains_key(n)) {
                 let _ = self
                     .store
-                    .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                    .txn(vec![], vec![Op::delete(key.as_str())], vec![])
                     .await;
             }
         }

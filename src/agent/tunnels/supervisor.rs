@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -30,6 +29,7 @@ use crate::api::{NodeSpec, TunnelSpec};
 use crate::net::dial::host_of;
 use crate::store::backoff::ResettingBackoff;
 use crate::store::events::EventRecorder;
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -203,7 +203,7 @@ impl Supervisor {
         let key = keys::agent_tunnel(&self.node, &self.name);
         match self
             .store
-            .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+            .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
             .await
         {
             Ok(_) => p.published = Some(p.status.clone()),

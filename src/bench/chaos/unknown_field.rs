@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::TxnOp;
 use serde_json::{json, Value};
 
 use super::bed::{AgentPlan, Bed, Link};
@@ -22,6 +21,7 @@ use crate::api::JobSpec;
 use crate::bench::{BenchError, Common};
 use crate::faults::invariants::{self, Tracked, Violation};
 use crate::store::keys;
+use crate::store::Op;
 
 /// What a newer version might have added.
 const NEW_FIELD: &str = "gpuSharing";
@@ -164,7 +164,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
 async fn put(bed: &Bed, key: &str, value: &Value) -> Result<(), BenchError> {
     let body = serde_json::to_vec(value).expect("JSON serializes");
     bed.store
-        .txn(vec![], vec![TxnOp::put(key, body, None)], vec![])
+        .txn(vec![], vec![Op::put(key, body)], vec![])
         .await?;
     Ok(())
 }
