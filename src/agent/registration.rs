@@ -90,17 +90,11 @@ async fn announce(
 /// Creates the Node of every node whose agent is alive and announced one, where none exists
 /// (the leader's pass; the store should carry the leader fence). Returns the names created.
 pub async fn adopt_announced(store: &Store) -> Result<Vec<String>, StoreError> {
-    let keys_only = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_keys_only();
-    let mut kv = store.client().kv_client();
     let announced: Vec<String> = store
-        .call(kv.get(keys::AGENTS_PREFIX, Some(keys_only.clone())))
+        .list_keys(keys::AGENTS_PREFIX)
         .await?
-        .kvs()
         .iter()
-        .filter_map(|kv| {
-            let key = std::str::from_utf8(kv.key()).ok()?;
+        .filter_map(|key| {
             let rest = key.strip_prefix(keys::AGENTS_PREFIX)?;
             rest.strip_suffix("/node").map(str::to_string)
         })
@@ -108,13 +102,11 @@ pub async fn adopt_announced(store: &Store) -> Result<Vec<String>, StoreError> {
     if announced.is_empty() {
         return Ok(Vec::new());
     }
-    let nodes_prefix = keys::objects_prefix("nodes");
     let existing: std::collections::HashSet<String> = store
-        .call(kv.get(nodes_prefix.as_str(), Some(keys_only)))
+        .list_keys(&keys::objects_prefix("nodes"))
         .await?
-        .kvs()
         .iter()
-        .filter_map(|kv| Some(keys::name_of(std::str::from_utf8(kv.key()).ok()?).to_string()))
+        .map(|key| keys::name_of(key).to_string())
         .collect();
     let mut created = Vec::new();
     for name in announced.into_iter().filter(|n| !existing.contains(n)) {

@@ -91,13 +91,7 @@ pub async fn measure(
 ) -> Result<EtcdLimit, BenchError> {
     let txn_per_s = hammer(store, concurrency, run_for, 1).await;
     let batched_keys_per_s = hammer(store, concurrency.min(8), run_for, BATCH).await;
-    let mut kv = store.client().kv_client();
-    store
-        .call(kv.delete(
-            PREFIX,
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        ))
-        .await?;
+    store.delete_prefix(PREFIX).await?;
     Ok(EtcdLimit {
         txn_per_s,
         batched_keys_per_s,

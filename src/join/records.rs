@@ -110,11 +110,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<TokenRecord>, JoinErr
 
 /// Deletes a token's record; false when there was none.
 pub async fn revoke(store: &Store, id: &str) -> Result<bool, JoinError> {
-    let mut c = store.client();
-    let resp = store
-        .call(c.delete(keys::token(id), Some(etcd_client::DeleteOptions::new())))
-        .await?;
-    Ok(resp.deleted() > 0)
+    Ok(store.delete_key(&keys::token(id)).await?)
 }
 
 /// Deletes records that expired more than a day ago (kept a day so `rift token list` shows

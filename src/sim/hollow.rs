@@ -150,8 +150,7 @@ impl HollowNode {
                     let graceful = ended;
                     self.leases.forget(lease);
                     if graceful {
-                        let mut c = self.store.client();
-                        let _ = self.store.call(c.lease_revoke(lease)).await;
+                        let _ = crate::store::lease::revoke(&self.store, lease).await;
                     }
                     return;
                 }

@@ -38,6 +38,19 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
+    /// A key holding `value` as JSON, created and last written at `revision`, without a lease
+    /// (the one helper unit tests build keys with).
+    #[cfg(test)]
+    pub(crate) fn json(key: &str, value: serde_json::Value, revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 0,
+        }
+    }
+
     pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
         Self {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -347,6 +360,34 @@ impl Store {
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect())
+    }
+
+    /// Deletes one key; false when there was none.
+    pub async fn delete_key(&self, key: &str) -> Result<bool> {
+        let mut c = self.client.clone();
+        let resp = self.call(c.delete(key, None)).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64> {
+        let mut c = self.client.clone();
+        let opts = etcd_client::DeleteOptions::new().with_prefix();
+        let resp = self.call(c.delete(prefix, Some(opts))).await?;
+        Ok(resp.deleted())
+    }
+
+    /// The backend database size of the member that answers, in bytes (what etcd's quota
+    /// counts).
+    pub async fn db_size(&self) -> Result<i64> {
+        let mut c = self.client.clone();
+        Ok(self.call(c.status()).await?.db_size())
+    }
+
+    /// Takes `url` out of the endpoints requests are balanced over at once (a member that is
+    /// gone); [`Self::set_endpoints`] adds endpoints back once they answer.
+    pub async fn drop_endpoint(&self, url: &str) {
+        let _ = self.client.remove_endpoint(url).await;
     }
 
     /// The etcd server's version and the cluster id, from the member that answers

@@ -181,9 +181,7 @@ impl LeaseKeeper {
     /// Stops renewing and revokes the lease (its keys are deleted at once).
     pub async fn revoke(self) -> Result<()> {
         self.task.abort();
-        let id = self.id();
-        let mut client = self.store.client();
-        self.store.call(client.lease_revoke(id)).await.map(|_| ())
+        revoke(&self.store, self.id()).await
     }
 }
 
@@ -191,6 +189,12 @@ impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Revokes lease `id`: every key attached to it is deleted at once.
+pub async fn revoke(store: &Store, id: i64) -> Result<()> {
+    let mut client = store.client();
+    store.call(client.lease_revoke(id)).await.map(|_| ())
 }
 
 /// The renewal loop of one lease.

@@ -18,7 +18,6 @@ pub mod supervisor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use etcd_client::GetOptions;
 use tokio::sync::watch;
 
 use crate::api::validation::dns1123_problem;
@@ -262,13 +261,10 @@ impl Tunnels {
     /// was down).
     async fn remove_orphan_statuses(&self, running: &HashMap<String, Running>) {
         let prefix = keys::agent_tunnel(&self.node, "");
-        let mut kv = self.store.client().kv_client();
-        let opts = GetOptions::new().with_prefix().with_keys_only();
-        let Ok(resp) = self.store.call(kv.get(prefix.as_str(), Some(opts))).await else {
+        let Ok(keys) = self.store.list_keys(&prefix).await else {
             return;
         };
-        for k in resp.kvs() {
-            let key = String::from_utf8_lossy(k.key()).into_owned();
+        for key in keys {
             if direct_child(&prefix, &key).is_some_and(|n| !running.contains_key(n)) {
                 let _ = self
                     .store
