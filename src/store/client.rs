@@ -272,7 +272,9 @@ impl Store {
         &self.endpoints
     }
 
-    /// The underlying client, for leases and watches.
+    /// The underlying etcd client: for `src/store/` itself, and for tests that act on etcd
+    /// as another writer would. Code outside `src/store/` speaks rift's types instead (the
+    /// store boundary, docs/architecture.md "Shapes").
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -302,7 +304,7 @@ impl Store {
     }
 
     /// Runs one request with the store's timeout, classifying errors.
-    pub(crate) async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
