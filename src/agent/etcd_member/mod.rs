@@ -556,7 +556,12 @@ impl Supervisor {
             configured: self.configured.clone(),
             learned: urls.clone(),
         };
-        if let Err(e) = crate::agent::jobs::layout::write_json(&path, &saved) {
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::agent::jobs::layout::write_json(&path, &saved)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = saved {
             tracing::warn!(%e, "cannot save the learned endpoints");
         }
         tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");

@@ -234,7 +234,14 @@ impl Supervisor {
         let alias = host_alias(relay);
         let known_hosts = self.dir.join("known_hosts");
         p.status.relay = Some(relay.to_string());
-        if let Err(e) = write_known_hosts(&known_hosts, &alias, host_key) {
+        // Off the async workers: the write ends with an fsync.
+        let written = {
+            let (path, alias, key) = (known_hosts.clone(), alias.clone(), host_key.to_string());
+            tokio::task::spawn_blocking(move || write_known_hosts(&path, &alias, &key))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        if let Err(e) = written {
             let error = format!("cannot write {}: {e}", known_hosts.display());
             p.status.last_error = error.clone();
             return Ended::Exited {
