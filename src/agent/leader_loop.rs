@@ -8,12 +8,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use futures::FutureExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
+use crate::api::event::Reason;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
@@ -22,6 +22,7 @@ use crate::controllers::scheduler::Scheduler;
 use crate::controllers::voters::VotersController;
 use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
+use crate::store::Op;
 use crate::store::{Store, StoreError};
 use crate::tasks::{CancellationToken, Tasks};
 
@@ -89,10 +90,10 @@ async fn lead(
     controllers: Tasks,
 ) -> bool {
     let store = leadership.store();
-    EventRecorder::controller(store.clone(), "leader").normal(
+    EventRecorder::controller(store.clone(), "leader").record(
         "Node",
         node,
-        "leader_changed",
+        Reason::LeaderChanged,
         format!("{node} is now the leader"),
     );
     let stop = controllers.token().clone();
@@ -222,7 +223,7 @@ async fn lead_with_heartbeat(
 async fn heartbeat(store: &Store, node: &str, seq: u64) -> Result<(), StoreError> {
     let body = json!({"node": node, "seq": seq, "at": Utc::now()}).to_string();
     store
-        .txn(vec![], vec![TxnOp::put(HEARTBEAT_KEY, body, None)], vec![])
+        .txn(vec![], vec![Op::put(HEARTBEAT_KEY, body)], vec![])
         .await
         .map(|_| ())
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::time::Instant;
 
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
@@ -15,6 +14,7 @@ use super::jobs::procs;
 use super::metrics::Metrics;
 use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
 use crate::api::node::{GpuDeclaration, NodeStatus};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -112,7 +112,7 @@ impl StatusWriter {
                 let key = keys::agent_status(&self.node);
                 match self
                     .store
-                    .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+                    .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
                     .await
                 {
                     Ok(_) => {

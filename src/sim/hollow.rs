@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,6 +27,7 @@ use crate::agent::resources::should_write;
 use crate::api::node::{Capacity, Gpu, NodeStatus};
 use crate::api::NodeSpec;
 use crate::store::lease::{LastRenewal, RenewalSender};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -150,8 +150,7 @@ impl HollowNode {
                     let graceful = ended;
                     self.leases.forget(lease);
                     if graceful {
-                        let mut c = self.store.client();
-                        let _ = self.store.call(c.lease_revoke(lease)).await;
+                        let _ = crate::store::lease::revoke(&self.store, lease).await;
                     }
                     return;
                 }
@@ -201,7 +200,7 @@ async fn status_loop(
             let body = serde_json::to_vec(&status).expect("statuses serialize");
             let key = keys::agent_status(&node);
             if store
-                .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+                .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
                 .await
                 .is_ok()
             {

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{EventType, TxnOpResponse, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -30,6 +30,7 @@ use super::client::{Fence, Store, TxnOutcome};
 use super::error::{Result, StoreError};
 use super::keys;
 use super::lease::{LeaseKeeper, LeaseStatus};
+use super::txn::{Guard, Op};
 use crate::tasks::CancellationToken;
 
 /// What the leader key holds.
@@ -226,13 +227,9 @@ pub async fn campaign_with(
         let body = serde_json::to_vec(&record).expect("records serialize");
         let attempt = store
             .txn(
-                vec![Compare::create_revision(keys::LEADER, CompareOp::Equal, 0)],
-                vec![TxnOp::put(
-                    keys::LEADER,
-                    body,
-                    Some(PutOptions::new().with_lease(lease)),
-                )],
-                vec![TxnOp::get(keys::LEADER, None)],
+                vec![Guard::created_at(keys::LEADER, 0)],
+                vec![Op::put_on_lease(keys::LEADER, body, lease)],
+                vec![Op::get(keys::LEADER)],
             )
             .await;
         let outcome = match attempt {

@@ -98,13 +98,7 @@ mod tests {
     use crate::api::JobSpec;
 
     fn kv(key: &str, value: serde_json::Value, rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: serde_json::to_vec(&value).unwrap(),
-            create_revision: rev,
-            mod_revision: rev,
-            lease: 0,
-        }
+        KeyValue::json(key, value, rev)
     }
 
     fn job(name: &str) -> serde_json::Value {

@@ -19,6 +19,7 @@ pub mod members;
 #[cfg(test)]
 pub mod mirror;
 pub mod objects;
+pub mod txn;
 pub mod watcher;
 
 pub use access::Access;
@@ -26,4 +27,5 @@ pub use apply::{ApplyItem, ApplyOutcome};
 pub use client::{Fence, KeyValue, Store};
 pub use error::StoreError;
 pub use objects::{DeleteOutcome, Precondition};
+pub use txn::{Guard, Op};
 pub use watcher::{WatchConfig, WatchEvent, Watcher};
