@@ -1,5 +1,5 @@
 //! The Node status the agent publishes at `/rift/v1/agents/<node>/status`: capacity, usage,
-//! load score, overload, running jobs. Probed every few seconds, written only on a meaningful
+//! load score, overload, the `DiskPressure` condition ([`super::disk_pressure`]), running jobs. Probed every few seconds, written only on a meaningful
 //! change or at least every 30 s ([`should_write`]).
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use chrono::Utc;
 use etcd_client::TxnOp;
 use tokio::time::Instant;
 
+use super::disk_pressure::DiskPressure;
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
 use super::jobs::procs;
 use super::metrics::Metrics;
@@ -85,6 +86,7 @@ impl StatusWriter {
     /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
     pub async fn run(mut self, mut probe: ResourceProbe, shutdown: CancellationToken) {
         let mut last: Option<NodeStatus> = None;
+        let mut disk_pressure = DiskPressure::new(self.store.clone());
         let mut last_write = Instant::now();
         loop {
             let (p, observed) = probe_once(
@@ -106,6 +108,9 @@ impl StatusWriter {
                 ..NodeStatus::default()
             };
             observed.apply(&mut status, &self.thresholds);
+            status
+                .conditions
+                .push(disk_pressure.observe(status.usage.disk_percent).await);
             self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
