@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
+    ArtifactSpec, Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
     Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, Cached, Keyed};
@@ -40,6 +40,23 @@ pub struct Snapshot {
     pub alive: HashSet<String>,
     /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
     pub released: HashSet<(String, String, u64)>,
+    /// The size in bytes of every Artifact some Job names as an input (and that exists).
+    pub input_sizes: HashMap<String, u64>,
+}
+
+/// Only what placement reads of an Artifact: its size.
+#[derive(serde::Deserialize)]
+struct SizeOnly {
+    spec: SizeSpec,
+}
+
+#[derive(serde::Deserialize)]
+struct SizeSpec {
+    size: u64,
+}
+
+fn artifact_size(kv: &KeyValue) -> Result<u64, String> {
+    cache::json::<SizeOnly>(kv).map(|a| a.spec.size)
 }
 
 /// An object as stored, with `resourceVersion` set to its key's mod revision.
@@ -95,6 +112,9 @@ pub struct ClusterView {
     tunnels: Keyed<Tunnel>,
     voter_sets: Keyed<VoterSet>,
     voter_status: Keyed<<VoterSetSpec as Spec>::Status>,
+    /// Artifact sizes, for the inputs of pending jobs (an artifact's change alone starts no
+    /// pass: the next tick reads it).
+    artifact_sizes: Keyed<u64>,
     /// Placements and agent keys, each decoded once, that Job and Node status is composed from.
     sources: StatusSources,
     synced: bool,
@@ -144,6 +164,11 @@ impl ClusterView {
                 keys::status_prefix(VoterSetSpec::PLURAL),
                 direct_child,
                 cache::json,
+            ),
+            artifact_sizes: Keyed::new(
+                objects(ArtifactSpec::PLURAL),
+                direct_child,
+                artifact_size,
             ),
             sources: StatusSources::default(),
             synced: false,
@@ -228,6 +253,10 @@ impl ClusterView {
             }
             return false;
         }
+        if self.artifact_sizes.name_of(key).is_some() {
+            self.artifact_sizes.apply(event);
+            return false;
+        }
         self.agent_key(event, key)
     }
 
@@ -278,6 +307,7 @@ impl ClusterView {
         self.tunnels.apply(event);
         self.voter_sets.apply(event);
         self.voter_status.apply(event);
+        self.artifact_sizes.apply(event);
         self.sources = StatusSources::from_kvs(
             items
                 .iter()
@@ -452,6 +482,12 @@ impl ClusterView {
         }
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
         let (alive, released) = self.agent_facts(&nodes, &bindings);
+        let input_sizes = self
+            .jobs
+            .values()
+            .flat_map(|j| j.spec.input_artifacts())
+            .filter_map(|a| Some((a.to_string(), *self.artifact_sizes.ready(a)?)))
+            .collect();
         Snapshot {
             nodes,
             jobs: self.jobs.values().cloned().collect(),
@@ -466,6 +502,7 @@ impl ClusterView {
             bindings,
             alive,
             released,
+            input_sizes,
         }
     }
 
