@@ -5,21 +5,16 @@
 //! Hysteresis: the condition turns on strictly above `highPercent` and off strictly below
 //! `lowPercent`; in between it keeps its last state, so a disk hovering at the watermark does
 //! not flap (and the node cache's eviction, which runs above high until below low, gets the
-//! node out of it). The watermarks are read from the cluster's ArtifactStore (defaults 85/75
-//! when there is none) at most every [`WATERMARK_REFRESH`].
-
-use std::time::Duration;
+//! node out of it). The watermarks follow the cluster's ArtifactStore through a watch (defaults
+//! 85/75 when there is none); a change is applied at once.
 
 use chrono::Utc;
-use tokio::time::Instant;
 
 use crate::api::artifact_store::{ArtifactStoreSpec, CacheWatermarks, DEFAULT_STORE};
 use crate::api::meta::{Condition, ConditionStatus};
 use crate::api::node::DISK_PRESSURE;
-use crate::store::Store;
-
-/// How often the agent reads the watermarks again.
-pub const WATERMARK_REFRESH: Duration = Duration::from_secs(30);
+use crate::api::{ArtifactStore, Spec};
+use crate::store::{keys, WatchEvent};
 
 /// Whether the node is under disk pressure now, given whether it was (see the module docs).
 /// NaN usage keeps the last state.
@@ -72,48 +67,59 @@ pub fn condition(
     }
 }
 
-/// The agent's side: the last condition and the watermarks as last read.
+/// The agent's side: the watermarks as last seen and the last condition.
+#[derive(Default)]
 pub struct DiskPressure {
-    store: Store,
     watermarks: CacheWatermarks,
-    read_at: Option<Instant>,
     last: Option<Condition>,
 }
 
 impl DiskPressure {
-    pub fn new(store: Store) -> Self {
-        Self {
-            store,
-            watermarks: CacheWatermarks::default(),
-            read_at: None,
-            last: None,
-        }
+    /// Takes in an event of a watch on the ArtifactStore `default` ([`watermarks_key`]): its
+    /// watermarks, or the defaults when it is gone. A value that does not decode keeps the
+    /// watermarks as they were. True when they changed.
+    pub fn apply(&mut self, event: &WatchEvent) -> bool {
+        let found = match event {
+            WatchEvent::Restarted { items, .. } => items.iter().find(|kv| kv.key == watermarks_key()),
+            WatchEvent::Put(kv) if kv.key == watermarks_key() => Some(kv),
+            WatchEvent::Put(_) => return false,
+            WatchEvent::Delete { key, .. } if *key != watermarks_key() => return false,
+            WatchEvent::Delete { .. } => None,
+        };
+        let watermarks = match found {
+            None => CacheWatermarks::default(),
+            Some(kv) => match serde_json::from_slice::<ArtifactStore>(&kv.value) {
+                Ok(store) => store.spec.cache,
+                Err(e) => {
+                    tracing::warn!(%e, "the ArtifactStore does not decode; keeping the disk watermarks as they were");
+                    return false;
+                }
+            },
+        };
+        let changed = watermarks != self.watermarks;
+        self.watermarks = watermarks;
+        changed
     }
 
-    /// The condition for `disk_percent`, reading the watermarks again when they are older than
-    /// [`WATERMARK_REFRESH`] (a failed read keeps the last ones).
-    pub async fn observe(&mut self, disk_percent: f64) -> Condition {
-        if self.read_at.is_none_or(|t| t.elapsed() >= WATERMARK_REFRESH) {
-            match self.store.get::<ArtifactStoreSpec>(DEFAULT_STORE).await {
-                Ok(found) => {
-                    self.watermarks = found.map(|s| s.spec.cache).unwrap_or_default();
-                    self.read_at = Some(Instant::now());
-                }
-                Err(e) => tracing::debug!(%e, "cannot read the ArtifactStore's watermarks yet"),
-            }
-        }
+    /// The condition for `disk_percent` under the current watermarks.
+    pub fn observe(&mut self, disk_percent: f64) -> Condition {
         let was = self
             .last
             .as_ref()
             .is_some_and(|c| c.status == ConditionStatus::True);
         let pressure = under_pressure(was, disk_percent, &self.watermarks);
-        let c = condition(pressure, &self.watermarks, self.last.as_ref());
         if pressure != was {
             tracing::info!(disk_percent, pressure, "disk pressure changed");
         }
+        let c = condition(pressure, &self.watermarks, self.last.as_ref());
         self.last = Some(c.clone());
         c
     }
+}
+
+/// The key of the ArtifactStore whose watermarks apply.
+pub fn watermarks_key() -> String {
+    keys::object(ArtifactStoreSpec::PLURAL, DEFAULT_STORE)
 }
 
 #[cfg(test)]
@@ -145,6 +151,33 @@ mod tests {
         }
         assert!(under_pressure(true, f64::NAN, &w), "NaN keeps the state");
         assert!(!under_pressure(false, f64::NAN, &w));
+    }
+
+    #[test]
+    fn watermarks_follow_the_artifact_store_and_fall_back_to_the_defaults() {
+        let kv = |value: serde_json::Value| crate::store::KeyValue {
+            key: watermarks_key(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let store = serde_json::json!({
+            "apiVersion": "rift/v1", "kind": "ArtifactStore", "metadata": {"name": "default"},
+            "spec": {"url": "file:///x", "cache": {"highPercent": 1, "lowPercent": 0}},
+        });
+        let mut p = DiskPressure::default();
+        assert!(p.apply(&WatchEvent::Put(kv(store))));
+        assert_eq!(p.observe(2.0).status, ConditionStatus::True);
+        assert!(!p.apply(&WatchEvent::Put(kv(serde_json::json!({"newer": true})))));
+        assert_eq!(p.observe(0.5).status, ConditionStatus::True, "undecodable: kept");
+        let gone = WatchEvent::Delete {
+            key: watermarks_key(),
+            mod_revision: 2,
+            prev: None,
+        };
+        assert!(p.apply(&gone));
+        assert_eq!(p.observe(2.0).status, ConditionStatus::False);
     }
 
     #[test]

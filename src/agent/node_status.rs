@@ -10,13 +10,13 @@ use chrono::Utc;
 use etcd_client::TxnOp;
 use tokio::time::Instant;
 
-use super::disk_pressure::DiskPressure;
+use super::disk_pressure::{watermarks_key, DiskPressure};
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
 use super::jobs::procs;
 use super::metrics::Metrics;
 use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
 use crate::api::node::{GpuDeclaration, NodeStatus};
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, WatchConfig, Watcher};
 use crate::tasks::CancellationToken;
 
 /// How often resources are probed.
@@ -86,7 +86,12 @@ impl StatusWriter {
     /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
     pub async fn run(mut self, mut probe: ResourceProbe, shutdown: CancellationToken) {
         let mut last: Option<NodeStatus> = None;
-        let mut disk_pressure = DiskPressure::new(self.store.clone());
+        let mut disk_pressure = DiskPressure::default();
+        let mut watermarks = Watcher::new(
+            self.store.clone(),
+            watermarks_key(),
+            WatchConfig::default(),
+        );
         let mut last_write = Instant::now();
         loop {
             let (p, observed) = probe_once(
@@ -110,7 +115,7 @@ impl StatusWriter {
             observed.apply(&mut status, &self.thresholds);
             status
                 .conditions
-                .push(disk_pressure.observe(status.usage.disk_percent).await);
+                .push(disk_pressure.observe(status.usage.disk_percent));
             self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
@@ -128,11 +133,24 @@ impl StatusWriter {
                     Err(e) => tracing::debug!(%e, "node status not written yet"),
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-                // A tunnel came up or went down: publish the new endpoint now.
-                _ = self.endpoint.changed() => {}
-                _ = shutdown.cancelled() => return,
+            let next_probe = tokio::time::sleep(PROBE_INTERVAL);
+            tokio::pin!(next_probe);
+            loop {
+                tokio::select! {
+                    _ = &mut next_probe => break,
+                    // New watermarks: probe again now. `next` is cancel-safe.
+                    ev = watermarks.next() => match ev {
+                        Ok(ev) if disk_pressure.apply(&ev) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(%e, "ArtifactStore watch failed; retrying");
+                            tokio::time::sleep(PROBE_INTERVAL).await;
+                        }
+                    },
+                    // A tunnel came up or went down: publish the new endpoint now.
+                    _ = self.endpoint.changed() => break,
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }

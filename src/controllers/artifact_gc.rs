@@ -56,6 +56,8 @@ use decide::{Referrers, Step};
 
 /// The finalizer a marked Artifact record carries until its bytes are deleted.
 pub const BYTES_FINALIZER: &str = "rift.dev/artifact-bytes";
+/// How often a waiting collector checks whether the ArtifactStore changed.
+const STORE_CHECK: Duration = Duration::from_secs(1);
 /// The most steps (marks and finishes) one pass takes.
 pub const MAX_STEPS_PER_PASS: usize = 256;
 
@@ -102,6 +104,22 @@ pub struct ArtifactGc {
     opened: Option<(ArtifactStoreSpec, artifacts::Store)>,
 }
 
+/// A pass's decisions with what they were decided from, to be carried out by
+/// [`ArtifactGc::apply`].
+pub struct Plan {
+    loaded: Loaded,
+    steps: Vec<Step>,
+    stats: PassStats,
+    every: Duration,
+}
+
+impl Plan {
+    /// The steps decided, finishes first.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
 /// One load: everything a pass decides from, with the revision each part was read at.
 struct Loaded {
     spec: ArtifactStoreSpec,
@@ -134,6 +152,7 @@ impl ArtifactGc {
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         let mut interval = pass_interval(crate::api::artifact_store::DEFAULT_GC_AFTER.0);
         loop {
+            let seen = self.store_revision().await;
             let pass = self.pass();
             let result = tokio::select! {
                 r = pass => r,
@@ -149,18 +168,44 @@ impl ArtifactGc {
                 Err(GcError::Store(StoreError::Fenced)) => return Err(StoreError::Fenced),
                 Err(e) => tracing::warn!(%e, "artifact gc pass failed; retrying"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.cancelled() => return Ok(()),
+            // Wait for the interval, or less when the ArtifactStore changes (a new gcAfter
+            // applies at once); one small read a second.
+            let until = Instant::now() + interval;
+            while Instant::now() < until {
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_CHECK.min(until - Instant::now())) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+                if self.store_revision().await != seen {
+                    break;
+                }
             }
         }
     }
 
-    /// One pass; returns what it did and how long to wait for the next.
+    /// The ArtifactStore's mod revision (0 when absent, -1 when it cannot be read).
+    async fn store_revision(&self) -> i64 {
+        let key = keys::object(ArtifactStoreSpec::PLURAL, DEFAULT_STORE);
+        match self.store.get_raw(&key).await {
+            Ok(kv) => kv.map_or(0, |kv| kv.mod_revision),
+            Err(_) => -1,
+        }
+    }
+
+    /// One pass ([`ArtifactGc::plan`], then [`ArtifactGc::apply`]); returns what it did and
+    /// how long to wait for the next.
     pub async fn pass(&mut self) -> Result<(PassStats, Duration), GcError> {
+        match self.plan().await? {
+            Some(plan) => self.apply(plan).await,
+            None => Ok((PassStats::default(), pass_interval(Duration::from_secs(240)))),
+        }
+    }
+
+    /// Loads and decides; `None` when the cluster has no ArtifactStore (nothing to collect).
+    pub async fn plan(&mut self) -> Result<Option<Plan>, GcError> {
         let Some(loaded) = self.load().await? else {
             self.unreferenced_since.clear();
-            return Ok((PassStats::default(), pass_interval(Duration::from_secs(240))));
+            return Ok(None);
         };
         let gc_after = loaded.spec.gc_after.as_duration();
         let every = pass_interval(gc_after);
@@ -171,7 +216,7 @@ impl ArtifactGc {
             targets: &loaded.targets,
         });
         let unreferenced_for = self.track(&artifacts, &referenced);
-        let mut stats = PassStats {
+        let stats = PassStats {
             kept: artifacts.len() - unreferenced_for.len(),
             ..PassStats::default()
         };
@@ -189,6 +234,23 @@ impl ArtifactGc {
             );
             steps.retain(|s| matches!(s, Step::Finish { .. }));
         }
+        Ok(Some(Plan {
+            loaded,
+            steps,
+            stats,
+            every,
+        }))
+    }
+
+    /// Carries out `plan`: marks (each guarded as the module docs say; the first refused one
+    /// ends the pass), and finishes marked deletions, bytes then record.
+    pub async fn apply(&mut self, plan: Plan) -> Result<(PassStats, Duration), GcError> {
+        let Plan {
+            loaded,
+            steps,
+            mut stats,
+            every,
+        } = plan;
         let raw: HashMap<&str, &serde_json::Value> = loaded
             .artifacts
             .iter()
@@ -199,10 +261,11 @@ impl ArtifactGc {
                 Step::Mark { name, expect } => {
                     if self.mark(name, *expect, raw[name.as_str()], &loaded.guards).await? {
                         stats.marked += 1;
-                        let size = artifacts
+                        let size = loaded
+                            .artifacts
                             .iter()
-                            .find(|a| &a.metadata.name == name)
-                            .map_or(0, |a| a.spec.size);
+                            .find(|(a, _)| &a.metadata.name == name)
+                            .map_or(0, |(a, _)| a.spec.size);
                         self.events.normal(
                             "Artifact",
                             name,
