@@ -5,8 +5,10 @@
 //! Hysteresis: the condition turns on strictly above `highPercent` and off strictly below
 //! `lowPercent`; in between it keeps its last state, so a disk hovering at the watermark does
 //! not flap (and the node cache's eviction, which runs above high until below low, gets the
-//! node out of it). The watermarks follow the cluster's ArtifactStore through a watch (defaults
-//! 85/75 when there is none); a change is applied at once.
+//! node out of it). The watermarks follow the cluster's ArtifactStore through a watch; a change
+//! is applied at once. A cluster without an ArtifactStore has no data plane and no watermarks:
+//! the agent reports no `DiskPressure` condition at all (the `overloaded` disk threshold still
+//! applies).
 
 use chrono::Utc;
 
@@ -70,13 +72,14 @@ pub fn condition(
 /// The agent's side: the watermarks as last seen and the last condition.
 #[derive(Default)]
 pub struct DiskPressure {
-    watermarks: CacheWatermarks,
+    /// `None` while the cluster has no ArtifactStore.
+    watermarks: Option<CacheWatermarks>,
     last: Option<Condition>,
 }
 
 impl DiskPressure {
     /// Takes in an event of a watch on the ArtifactStore `default` ([`watermarks_key`]): its
-    /// watermarks, or the defaults when it is gone. A value that does not decode keeps the
+    /// watermarks, or none when it is gone. A value that does not decode keeps the
     /// watermarks as they were. True when they changed.
     pub fn apply(&mut self, event: &WatchEvent) -> bool {
         let found = match event {
@@ -87,9 +90,9 @@ impl DiskPressure {
             WatchEvent::Delete { .. } => None,
         };
         let watermarks = match found {
-            None => CacheWatermarks::default(),
+            None => None,
             Some(kv) => match serde_json::from_slice::<ArtifactStore>(&kv.value) {
-                Ok(store) => store.spec.cache,
+                Ok(store) => Some(store.spec.cache),
                 Err(e) => {
                     tracing::warn!(%e, "the ArtifactStore does not decode; keeping the disk watermarks as they were");
                     return false;
@@ -101,19 +104,24 @@ impl DiskPressure {
         changed
     }
 
-    /// The condition for `disk_percent` under the current watermarks.
-    pub fn observe(&mut self, disk_percent: f64) -> Condition {
+    /// The condition for `disk_percent` under the current watermarks; `None` without an
+    /// ArtifactStore.
+    pub fn observe(&mut self, disk_percent: f64) -> Option<Condition> {
+        let Some(watermarks) = self.watermarks.clone() else {
+            self.last = None;
+            return None;
+        };
         let was = self
             .last
             .as_ref()
             .is_some_and(|c| c.status == ConditionStatus::True);
-        let pressure = under_pressure(was, disk_percent, &self.watermarks);
+        let pressure = under_pressure(was, disk_percent, &watermarks);
         if pressure != was {
             tracing::info!(disk_percent, pressure, "disk pressure changed");
         }
-        let c = condition(pressure, &self.watermarks, self.last.as_ref());
+        let c = condition(pressure, &watermarks, self.last.as_ref());
         self.last = Some(c.clone());
-        c
+        Some(c)
     }
 }
 
@@ -154,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn watermarks_follow_the_artifact_store_and_fall_back_to_the_defaults() {
+    fn watermarks_follow_the_artifact_store_and_without_one_there_is_no_condition() {
         let kv = |value: serde_json::Value| crate::store::KeyValue {
             key: watermarks_key(),
             value: serde_json::to_vec(&value).unwrap(),
@@ -167,17 +175,22 @@ mod tests {
             "spec": {"url": "file:///x", "cache": {"highPercent": 1, "lowPercent": 0}},
         });
         let mut p = DiskPressure::default();
+        assert_eq!(p.observe(99.0), None, "no ArtifactStore, no condition");
         assert!(p.apply(&WatchEvent::Put(kv(store))));
-        assert_eq!(p.observe(2.0).status, ConditionStatus::True);
+        assert_eq!(p.observe(2.0).unwrap().status, ConditionStatus::True);
         assert!(!p.apply(&WatchEvent::Put(kv(serde_json::json!({"newer": true})))));
-        assert_eq!(p.observe(0.5).status, ConditionStatus::True, "undecodable: kept");
+        assert_eq!(
+            p.observe(0.5).unwrap().status,
+            ConditionStatus::True,
+            "undecodable: kept"
+        );
         let gone = WatchEvent::Delete {
             key: watermarks_key(),
             mod_revision: 2,
             prev: None,
         };
         assert!(p.apply(&gone));
-        assert_eq!(p.observe(2.0).status, ConditionStatus::False);
+        assert_eq!(p.observe(2.0), None);
     }
 
     #[test]
@@ -189,7 +202,7 @@ mod tests {
         let t0 = on.last_transition_time;
         let still = condition(true, &w, Some(&on));
         assert_eq!(still.last_transition_time, t0);
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(2));
         let off = condition(false, &w, Some(&still));
         assert_eq!(off.status, ConditionStatus::False);
         assert_ne!(off.last_transition_time, t0);

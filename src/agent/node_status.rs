@@ -115,7 +115,7 @@ impl StatusWriter {
             observed.apply(&mut status, &self.thresholds);
             status
                 .conditions
-                .push(disk_pressure.observe(status.usage.disk_percent));
+                .extend(disk_pressure.observe(status.usage.disk_percent));
             self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
