@@ -93,13 +93,17 @@ async fn the_leader_deletes_only_what_nothing_needs_record_and_bytes() {
         &ep,
         "apiVersion: rift/v1\nkind: TrainingTarget\nmetadata: {name: hex8}\nspec:\n  board: hex8\n  players: 2\n  selfplaySelector: {board: hex8}\n  training: {spec: {command: [train]}}\n",
     );
-    let mut status = eventually(Duration::from_secs(20), "the target's first status", || async {
-        store
-            .get::<TrainingTargetSpec>("hex8")
-            .await
-            .unwrap()
-            .and_then(|t| t.status)
-    })
+    let mut status = eventually(
+        Duration::from_secs(20),
+        "the target's first status",
+        || async {
+            store
+                .get::<TrainingTargetSpec>("hex8")
+                .await
+                .unwrap()
+                .and_then(|t| t.status)
+        },
+    )
     .await;
     status.current_model = Some(model.clone());
     store
@@ -113,9 +117,13 @@ async fn the_leader_deletes_only_what_nothing_needs_record_and_bytes() {
         .unwrap();
 
     apply(&ep, &store_yaml("2s"));
-    eventually(Duration::from_secs(30), "the unreferenced artifacts deleted", || async {
-        (!exists(store, &doomed).await && !exists(store, &done_input).await).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the unreferenced artifacts deleted",
+        || async {
+            (!exists(store, &doomed).await && !exists(store, &done_input).await).then_some(())
+        },
+    )
     .await;
     for gone in [&doomed, &done_input] {
         assert!(
@@ -132,7 +140,11 @@ async fn the_leader_deletes_only_what_nothing_needs_record_and_bytes() {
             "{needed}: bytes deleted"
         );
     }
-    let target = store.get::<TrainingTargetSpec>("hex8").await.unwrap().unwrap();
+    let target = store
+        .get::<TrainingTargetSpec>("hex8")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         target.status.unwrap().current_model.as_deref(),
         Some(model.as_str()),
@@ -143,9 +155,11 @@ async fn the_leader_deletes_only_what_nothing_needs_record_and_bytes() {
         .delete_object(rift::api::kinds::by_kind("Job").unwrap(), "reader")
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "the reader's input deleted", || async {
-        (!exists(store, &input).await).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the reader's input deleted",
+        || async { (!exists(store, &input).await).then_some(()) },
+    )
     .await;
     assert!(!server.object_path(&cas_key(&input)).exists());
 }
@@ -174,7 +188,13 @@ impl Bench {
     }
 
     fn push(&self, file: &str, bytes: &[u8]) -> String {
-        push(&self.etcd.endpoints_csv(), self.dir.path(), file, bytes, &[])
+        push(
+            &self.etcd.endpoints_csv(),
+            self.dir.path(),
+            file,
+            bytes,
+            &[],
+        )
     }
 
     fn bytes_exist(&self, name: &str) -> bool {
@@ -250,7 +270,10 @@ async fn a_deletion_cut_off_after_the_mark_is_finished_by_the_next_collector() {
     drop(first); // the leader dies between the mark and the bytes
     let marked = store.get::<ArtifactSpec>(&doomed).await.unwrap().unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some());
-    assert!(bench.bytes_exist(&doomed), "nothing but the mark happened yet");
+    assert!(
+        bench.bytes_exist(&doomed),
+        "nothing but the mark happened yet"
+    );
 
     // A new leader's collector: its clocks start over, but the mark is the commit point.
     let (stats, _) = bench.gc().pass().await.unwrap();

@@ -1,6 +1,8 @@
 //! Disk and placement with real agents measuring their real disk: a node above the
 //! ArtifactStore's high watermark reports `DiskPressure` and gets no new job until it is below
-//! the low one; a job whose inputs do not fit the node's free disk is not placed there.
+//! the low one; a job whose inputs do not fit a node's free disk is placed on a node where they
+//! fit — here a hollow node (`rift sim`, a simulated 4 TiB disk), since the real agents share
+//! one filesystem and so one free figure — or waits with the reason when none has room.
 //!
 //! The disk is the real filesystem under the agents' state directories. Rather than filling it
 //! (the machine is shared), the test moves the watermarks across its real usage: `highPercent:
@@ -14,11 +16,23 @@ use std::time::Duration;
 
 use rift::api::meta::ConditionStatus;
 use rift::api::node::DISK_PRESSURE;
-use rift::api::{ArtifactSpec, Digest, JobInput, JobPhase, Node, NodeSpec, Object};
+use std::process::{Child, Command, Stdio};
+
+use rift::api::{ArtifactSpec, Digest, JobInput, JobPhase, JobSpec, Node, NodeSpec, Object};
 use sha2::Digest as _;
 use support::agent::eventually;
 use support::cli::rift_stdin;
 use support::cluster::{create_job, sh, Cluster};
+
+/// A `rift sim` process, killed on drop.
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn pressure(node: &Node) -> Option<ConditionStatus> {
     node.status
@@ -51,16 +65,18 @@ async fn wait_why_not(cluster: &Cluster, name: &str, words: &str) {
         Duration::from_secs(30),
         &format!("{name} pending: {words}"),
         || async {
-            cluster.job(name).await.and_then(|j| j.status).filter(|s| {
-                s.phase == JobPhase::Pending && s.message.contains(words)
-            })
+            cluster
+                .job(name)
+                .await
+                .and_then(|j| j.status)
+                .filter(|s| s.phase == JobPhase::Pending && s.message.contains(words))
         },
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_that_do_not_fit_wait() {
+async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_fit() {
     let cluster = Cluster::start().await;
     let ep = cluster.etcd.endpoints_csv();
     let _w1 = cluster.worker("w1", &[]);
@@ -73,7 +89,8 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_that_do_not_fit_w
     };
     cluster.apply(&store_yaml(99, 98));
     let node = wait_pressure(&cluster, "w1", ConditionStatus::False).await;
-    let used = node.status.unwrap().usage.disk_percent;
+    let status = node.status.unwrap();
+    let (used, disk_total) = (status.usage.disk_percent, status.capacity.disk_bytes);
     assert!(
         (1.0..98.0).contains(&used),
         "this test moves the watermarks across the real disk's usage, {used}%: it needs 1-98%"
@@ -86,7 +103,11 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_that_do_not_fit_w
     wait_why_not(&cluster, "blocked", "1 disk pressure").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let j = cluster.job("blocked").await.unwrap();
-    assert_eq!(j.status.unwrap().phase, JobPhase::Pending, "placed under pressure");
+    assert_eq!(
+        j.status.unwrap().phase,
+        JobPhase::Pending,
+        "placed under pressure"
+    );
 
     // Between the watermarks the condition holds (hysteresis): low 0 is never crossed; then
     // below the low one it clears and the job runs.
@@ -140,6 +161,72 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_that_do_not_fit_w
     })
     .await;
     wait_why_not(&cluster, "too-big", "1 insufficient disk for inputs").await;
+
+    // Inputs larger than both real nodes' free disk, smaller than the hollow node's: the job
+    // lands on the hollow node.
+    let state = tempfile::tempdir().unwrap();
+    let _sim = Sim(Command::new(support::cli::rift_bin())
+        .args([
+            "sim",
+            "--nodes",
+            "1",
+            "--prefix",
+            "h",
+            "--job-duration",
+            "60s",
+        ])
+        .args(["--node-lease-ttl", "2", "--state-dir"])
+        .arg(state.path())
+        .env("RIFT_ENDPOINTS", &ep)
+        .env("RIFT_CONFIG", cluster.etcd.admin_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let hollow_free = rift::sim::hollow::capacity(0).disk_bytes;
+    // More than the real disk holds at all, so no free figure on it can reach it.
+    let mid = disk_total.saturating_add(1 << 30);
+    assert!(
+        mid < hollow_free,
+        "the real disk ({disk_total} bytes) is larger than a hollow node's"
+    );
+    let mid_digest: [u8; 32] = sha2::Sha256::digest(b"between the nodes").into();
+    let mid_art = Digest::from_bytes(mid_digest);
+    cluster
+        .store
+        .create(&Object::new(
+            mid_art.artifact_name(),
+            ArtifactSpec {
+                digest: mid_art.to_string(),
+                size: mid,
+                format: None,
+                producer: None,
+                parents: vec![],
+                counts: BTreeMap::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut spec = JobSpec::with_command(["selfplay"]);
+    spec.inputs = vec![JobInput::of("games", [mid_art.artifact_name()])];
+    cluster
+        .store
+        .create(&Object::new("roomy", spec))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "roomy placed on the hollow node",
+        || async {
+            cluster
+                .job("roomy")
+                .await
+                .and_then(|j| j.status)
+                .filter(|s| s.node.as_deref() == Some(rift::sim::node_name("h", 0).as_str()))
+        },
+    )
+    .await;
     eventually(Duration::from_secs(30), "fits placed on w1", || async {
         cluster
             .job("fits")

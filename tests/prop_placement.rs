@@ -204,7 +204,12 @@ fn pending(i: usize) -> impl Strategy<Value = PendingJob> {
         prop::option::of(1u64..60),
     )
         .prop_map(
-            move |((gpus, cpus, mem), (priority, t, created), (zone, model, power, pool), inputs)| {
+            move |(
+                (gpus, cpus, mem),
+                (priority, t, created),
+                (zone, model, power, pool),
+                inputs,
+            )| {
                 let mut node_selector = BTreeMap::new();
                 if let Some(z) = zone {
                     node_selector.insert("zone".to_string(), format!("z{z}"));

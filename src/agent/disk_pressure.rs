@@ -33,11 +33,7 @@ pub fn under_pressure(was: bool, disk_percent: f64, w: &CacheWatermarks) -> bool
 /// The condition for `pressure`, keeping `previous`'s transition time when the state is the
 /// same. Its message names the watermarks, not the usage (which is in `usage.diskPercent`), so
 /// the condition changes only when the state or the watermarks do.
-pub fn condition(
-    pressure: bool,
-    w: &CacheWatermarks,
-    previous: Option<&Condition>,
-) -> Condition {
+pub fn condition(pressure: bool, w: &CacheWatermarks, previous: Option<&Condition>) -> Condition {
     let status = if pressure {
         ConditionStatus::True
     } else {
@@ -83,7 +79,9 @@ impl DiskPressure {
     /// watermarks as they were. True when they changed.
     pub fn apply(&mut self, event: &WatchEvent) -> bool {
         let found = match event {
-            WatchEvent::Restarted { items, .. } => items.iter().find(|kv| kv.key == watermarks_key()),
+            WatchEvent::Restarted { items, .. } => {
+                items.iter().find(|kv| kv.key == watermarks_key())
+            }
             WatchEvent::Put(kv) if kv.key == watermarks_key() => Some(kv),
             WatchEvent::Put(_) => return false,
             WatchEvent::Delete { key, .. } if *key != watermarks_key() => return false,

@@ -87,11 +87,8 @@ impl StatusWriter {
     pub async fn run(mut self, mut probe: ResourceProbe, shutdown: CancellationToken) {
         let mut last: Option<NodeStatus> = None;
         let mut disk_pressure = DiskPressure::default();
-        let mut watermarks = Watcher::new(
-            self.store.clone(),
-            watermarks_key(),
-            WatchConfig::default(),
-        );
+        let mut watermarks =
+            Watcher::new(self.store.clone(), watermarks_key(), WatchConfig::default());
         let mut last_write = Instant::now();
         loop {
             let (p, observed) = probe_once(

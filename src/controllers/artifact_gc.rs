@@ -42,9 +42,7 @@ use tokio::time::Instant;
 
 use crate::api::artifact_store::{ArtifactStoreSpec, DEFAULT_STORE};
 use crate::api::selector::LabelSelector;
-use crate::api::{
-    Artifact, ArtifactSpec, Digest, JobSpec, PoolSpec, Spec, TrainingTargetSpec,
-};
+use crate::api::{Artifact, ArtifactSpec, Digest, JobSpec, PoolSpec, Spec, TrainingTargetSpec};
 use crate::artifacts;
 use crate::store::events::EventRecorder;
 use crate::store::{keys, KeyValue, Store, StoreError};
@@ -197,7 +195,10 @@ impl ArtifactGc {
     pub async fn pass(&mut self) -> Result<(PassStats, Duration), GcError> {
         match self.plan().await? {
             Some(plan) => self.apply(plan).await,
-            None => Ok((PassStats::default(), pass_interval(Duration::from_secs(240)))),
+            None => Ok((
+                PassStats::default(),
+                pass_interval(Duration::from_secs(240)),
+            )),
         }
     }
 
@@ -259,7 +260,10 @@ impl ArtifactGc {
         for step in &steps {
             match step {
                 Step::Mark { name, expect } => {
-                    if self.mark(name, *expect, raw[name.as_str()], &loaded.guards).await? {
+                    if self
+                        .mark(name, *expect, raw[name.as_str()], &loaded.guards)
+                        .await?
+                    {
                         stats.marked += 1;
                         let size = loaded
                             .artifacts
@@ -352,7 +356,10 @@ impl ArtifactGc {
             guards: vec![
                 (keys::objects_prefix(JobSpec::PLURAL), jobs_rev),
                 (keys::objects_prefix(PoolSpec::PLURAL), pools_rev),
-                (keys::objects_prefix(TrainingTargetSpec::PLURAL), targets_rev),
+                (
+                    keys::objects_prefix(TrainingTargetSpec::PLURAL),
+                    targets_rev,
+                ),
                 (keys::status_prefix(TrainingTargetSpec::PLURAL), targets_rev),
             ],
             undecodable,
@@ -373,7 +380,11 @@ impl ArtifactGc {
         let meta = &mut value["metadata"];
         meta["deletionTimestamp"] = serde_json::json!(Utc::now());
         meta["finalizers"] = serde_json::json!([BYTES_FINALIZER]);
-        let mut compares = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, expect)];
+        let mut compares = vec![Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            expect,
+        )];
         compares.extend(guards.iter().map(|(prefix, rev)| {
             Compare::mod_revision(prefix.as_str(), CompareOp::Less, rev + 1).with_prefix()
         }));
@@ -412,7 +423,11 @@ impl ArtifactGc {
         let outcome = self
             .store
             .txn(
-                vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, expect)],
+                vec![Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    expect,
+                )],
                 vec![
                     TxnOp::delete(key.as_str(), None),
                     TxnOp::delete(status.as_str(), None),

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    ArtifactSpec, Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
-    Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
+    ArtifactSpec, Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget,
+    TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};
@@ -165,11 +165,7 @@ impl ClusterView {
                 direct_child,
                 cache::json,
             ),
-            artifact_sizes: Keyed::new(
-                objects(ArtifactSpec::PLURAL),
-                direct_child,
-                artifact_size,
-            ),
+            artifact_sizes: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, artifact_size),
             sources: StatusSources::default(),
             synced: false,
         }

@@ -27,7 +27,7 @@
 //! 9. `insufficient GPUs`: fewer than `gpus` eligible (allowed, powerful enough) GPUs that no
 //!    binding holds;
 //! 10. `insufficient cpu` / 11. `insufficient memory`: the request exceeds capacity (cpus;
-//!    memory in GiB) minus the requests of the jobs bound there (an unset request counts 0).
+//!     memory in GiB) minus the requests of the jobs bound there (an unset request counts 0).
 //!
 //! Jobs with `gpus: 0` skip rules 4, 5 and 9 (validation forbids gpuModels/minGpuPower there).
 //! Rules 1–8 never change by evicting jobs; 9–11 may.

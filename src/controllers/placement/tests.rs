@@ -695,8 +695,8 @@ fn inputs_placed_in_one_call_use_up_the_nodes_free_disk() {
 }
 
 #[test]
-fn a_node_that_does_not_report_free_disk_is_not_checked_and_a_job_without_inputs_fits_a_full_disk(
-) {
+fn a_node_that_does_not_report_free_disk_is_not_checked_and_a_job_without_inputs_fits_a_full_disk()
+{
     let unknown = with_disk(node("a", "H100", 8), None, false);
     assert_eq!(
         placed(&one(&[unknown], with_inputs(job("j", 1), u64::MAX))).0,
