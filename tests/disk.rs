@@ -99,6 +99,9 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_f
     // Above the high watermark: DiskPressure, and a new job waits with the reason.
     cluster.apply(&store_yaml(1, 0));
     wait_pressure(&cluster, "w1", ConditionStatus::True).await;
+    let nodes = support::cli::rift(&ep, &["get", "nodes"]);
+    let w1 = nodes.stdout.lines().find(|l| l.starts_with("w1 ")).unwrap_or_default();
+    assert!(w1.contains("Ready,DiskPressure"), "{}", nodes.stdout);
     create_job(&cluster.store, "blocked", sh("sleep 60"), |_| {}).await;
     wait_why_not(&cluster, "blocked", "1 disk pressure").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
