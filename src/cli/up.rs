@@ -355,9 +355,10 @@ async fn ensure_voter_set(store: &Store, node: &str) -> Result<(), CliError> {
 }
 
 /// The embedded default: artifacts in `<state-dir>/artifacts`, unless an ArtifactStore exists
-/// (one applied by hand, or by an earlier `rift up`). Its disk watermarks are 95/90 % rather
-/// than the fleet's 85/75: a development machine's disk is shared with everything else on it,
-/// and the demo should stop only when the disk is really almost full (`DiskPressure`).
+/// (one applied by hand, or by an earlier `rift up`). Its disk watermarks are 98/95 % rather
+/// than the fleet's 85/75: a development machine's disk is shared with everything else on it
+/// (and the figure counts root's reserved blocks as used), so the demo stops placing jobs
+/// (`DiskPressure`) only when the disk is really almost full.
 async fn ensure_artifact_store(store: &Store, state_dir: &std::path::Path) -> Result<(), CliError> {
     use crate::api::artifact_store::{ArtifactStore, ArtifactStoreSpec, DEFAULT_STORE};
     let dir = std::path::absolute(state_dir.join("artifacts")).map_err(|e| CliError::Io {
@@ -366,7 +367,7 @@ async fn ensure_artifact_store(store: &Store, state_dir: &std::path::Path) -> Re
     })?;
     let spec: ArtifactStoreSpec = serde_json::from_value(serde_json::json!({
         "url": format!("file://{}", dir.display()),
-        "cache": {"highPercent": 95, "lowPercent": 90},
+        "cache": {"highPercent": 98, "lowPercent": 95},
     }))
     .expect("a file URL with defaults is an ArtifactStore spec");
     match store.create(&ArtifactStore::new(DEFAULT_STORE, spec)).await {
