@@ -100,7 +100,11 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_f
     cluster.apply(&store_yaml(1, 0));
     wait_pressure(&cluster, "w1", ConditionStatus::True).await;
     let nodes = support::cli::rift(&ep, &["get", "nodes"]);
-    let w1 = nodes.stdout.lines().find(|l| l.starts_with("w1 ")).unwrap_or_default();
+    let w1 = nodes
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("w1 "))
+        .unwrap_or_default();
     assert!(w1.contains("Ready,DiskPressure"), "{}", nodes.stdout);
     create_job(&cluster.store, "blocked", sh("sleep 60"), |_| {}).await;
     wait_why_not(&cluster, "blocked", "1 disk pressure").await;

@@ -49,9 +49,9 @@ pub struct ArtifactStoreSpec {
     pub bandwidth: Vec<BandwidthLimit>,
     #[serde(default)]
     pub cache: CacheWatermarks,
-    /// How long an artifact must have gone unreferenced (no live Job's input, no
-    /// TrainingTarget's current model or history, no Pool's model) before garbage collection
-    /// deletes it, e.g. `24h`, `30m`. Artifacts labelled `rift.dev/keep: "true"` are never
+    /// How long an artifact must have gone unreferenced (no unfinished Job's input, not named by
+    /// a Pool's or TrainingTarget's Job template, not a TrainingTarget's current model or in its
+    /// history) before garbage collection deletes it, e.g. `24h`, `30m`. Artifacts labelled `rift.dev/keep: "true"` are never
     /// deleted.
     #[serde(default = "default_gc_after")]
     pub gc_after: HumanDuration,
