@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
 use crate::api::event::Reason;
+use crate::controllers::artifact_gc::ArtifactGc;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
@@ -57,7 +58,7 @@ pub async fn run(store: &Store, config: &AgentConfig, state: &Arc<AgentState>, t
         metrics.leading(true);
         let resign = lead(
             &leadership,
-            &config.name,
+            config,
             housekeeping,
             metrics.clone(),
             tasks.child(),
@@ -84,11 +85,12 @@ pub async fn run(store: &Store, config: &AgentConfig, state: &Arc<AgentState>, t
 /// again rather than lead without it.
 async fn lead(
     leadership: &Leadership,
-    node: &str,
+    config: &AgentConfig,
     housekeeping: Housekeeping,
     metrics: LeaderMetrics,
     controllers: Tasks,
 ) -> bool {
+    let node = config.name.as_str();
     let store = leadership.store();
     EventRecorder::controller(store.clone(), "leader").record(
         "Node",
@@ -101,6 +103,7 @@ async fn lead(
     let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
         .with_metrics(metrics);
     let notifier = NotifierController::new(store.clone());
+    let artifact_gc = ArtifactGc::new(store.clone(), config.secrets_dir.clone());
     let mut running = Controllers {
         tasks: vec![
             (
@@ -112,6 +115,10 @@ async fn lead(
                 Some(controllers.spawn(notifier.run(stop.clone()))),
             ),
             ("voters", Some(controllers.spawn(voters.run(stop.clone())))),
+            (
+                "artifact-gc",
+                Some(controllers.spawn(artifact_gc.run(stop.clone()))),
+            ),
         ],
     };
     let resign = lead_with_heartbeat(leadership, node, &store, &stop, &mut running).await;

@@ -75,6 +75,7 @@ pub enum Reason {
     TunnelUp,
     TunnelDown,
     RelaySwitched,
+    ArtifactDeleting,
 }
 
 impl Reason {
@@ -101,6 +102,7 @@ impl Reason {
         Reason::TunnelUp,
         Reason::TunnelDown,
         Reason::RelaySwitched,
+        Reason::ArtifactDeleting,
     ];
 
     /// The string stored in the event (stable: event ids and Notifier subscriptions use it).
@@ -129,6 +131,7 @@ impl Reason {
             Reason::TunnelUp => "TunnelUp",
             Reason::TunnelDown => "TunnelDown",
             Reason::RelaySwitched => "RelaySwitched",
+            Reason::ArtifactDeleting => "artifact_deleting",
         }
     }
 
@@ -155,7 +158,8 @@ impl Reason {
             | Reason::EtcdMemberTls
             | Reason::EtcdMemberRemoved
             | Reason::TunnelUp
-            | Reason::RelaySwitched => EventType::Normal,
+            | Reason::RelaySwitched
+            | Reason::ArtifactDeleting => EventType::Normal,
         }
     }
 }

@@ -14,5 +14,8 @@ pub const TRAINING_TARGET: &str = "rift.dev/training-target";
 pub const GENERATION: &str = "rift.dev/generation";
 /// The stage of a TrainingTarget's Job: `train` or `eval`.
 pub const STAGE: &str = "rift.dev/stage";
+/// `rift.dev/keep: "true"` on an Artifact: garbage collection never deletes it, referenced or
+/// not (for artifacts pushed by hand that no Job, TrainingTarget or Pool names yet).
+pub const KEEP: &str = "rift.dev/keep";
 /// Marks a simulated (hollow) node.
 pub const HOLLOW: &str = "hollow";

@@ -304,7 +304,7 @@ impl Scheduler {
                 None => true,
                 Some((p, _)) => p.node.is_none(),
             })
-            .map(PendingJob::from_job)
+            .map(|j| PendingJob::with_inputs(j, &snap.input_sizes))
             .collect();
         if pending.is_empty() {
             return Vec::new();

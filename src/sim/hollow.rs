@@ -24,7 +24,7 @@ use crate::agent::metrics::Metrics;
 use crate::agent::node_status::running_jobs_where;
 use crate::agent::registration::{self, ensure_node};
 use crate::agent::resources::should_write;
-use crate::api::node::{Capacity, Gpu, NodeStatus};
+use crate::api::node::{Capacity, Gpu, NodeStatus, Usage};
 use crate::api::NodeSpec;
 use crate::store::lease::{LastRenewal, RenewalSender};
 use crate::store::Op;
@@ -188,8 +188,14 @@ async fn status_loop(
     let mut last: Option<NodeStatus> = None;
     let mut last_write = Instant::now();
     loop {
+        let capacity = capacity(settings.gpus);
         let mut status = NodeStatus {
-            capacity: capacity(settings.gpus),
+            // A simulated disk that nothing fills.
+            usage: Usage {
+                disk_available_bytes: Some(capacity.disk_bytes),
+                ..Usage::default()
+            },
+            capacity,
             running_jobs: running_jobs_where(&state, |dir, n| dir.job_record(n).exists()),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             last_heartbeat: Some(Utc::now()),

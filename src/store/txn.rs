@@ -35,6 +35,12 @@ impl Guard {
             create_revision,
         ))
     }
+
+    /// No key under `prefix` was written after `revision` (deletions are not seen: a key
+    /// deleted since leaves no revision behind).
+    pub fn prefix_unchanged_since(prefix: impl Into<Vec<u8>>, revision: i64) -> Guard {
+        Guard(Compare::mod_revision(prefix, CompareOp::Less, revision + 1).with_prefix())
+    }
 }
 
 /// One operation in a transaction.
