@@ -4,23 +4,12 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::event::Reason;
 use super::meta::ObjectMeta;
 use super::object::{Object, Spec};
 use super::validation::FieldErrors;
 
 pub type Notifier = Object<NotifierSpec>;
-
-/// The event reasons a Notifier can subscribe to.
-pub const NOTIFIER_EVENTS: &[&str] = &[
-    "training_started",
-    "training_complete",
-    "training_failed",
-    "model_promoted",
-    "node_not_ready",
-    "job_failed",
-    "leader_changed",
-    "voter_changed",
-];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -77,10 +66,17 @@ impl Spec for NotifierSpec {
             errors.push("spec.url", format!("`{}` is not an http(s) URL", self.url));
         }
         for (i, e) in self.events.iter().enumerate() {
-            if !NOTIFIER_EVENTS.contains(&e.as_str()) {
+            if !Reason::ALL.iter().any(|r| r.as_str() == e) {
                 errors.push(
                     format!("spec.events[{i}]"),
-                    format!("unknown event `{e}`; known: {}", NOTIFIER_EVENTS.join(", ")),
+                    format!(
+                        "unknown event `{e}`; known: {}",
+                        Reason::ALL
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 );
             }
         }
@@ -104,4 +100,33 @@ pub struct NotifierStatus {
     pub failures: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribing(events: &[&str]) -> String {
+        let spec = NotifierSpec {
+            url: "https://hooks.example/x".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            format: NotifierFormat::Json,
+            secret: None,
+            throttle_seconds: 60,
+        };
+        Object::new("n", spec).validate().to_string()
+    }
+
+    #[test]
+    fn every_recorded_reason_can_be_subscribed_and_nothing_else() {
+        let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(subscribing(&all), "");
+        // No event is ever recorded with this reason: a subscription to it would never fire.
+        let refused = subscribing(&["voter_changed"]);
+        assert!(refused.contains("spec.events[0]"), "{refused}");
+        assert!(
+            refused.contains("voter_promoted"),
+            "names what is known: {refused}"
+        );
+    }
 }
