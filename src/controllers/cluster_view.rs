@@ -1,6 +1,7 @@
 //! The cluster as the scheduler sees it, kept current one watch event at a time.
 //!
-//! Nodes, Jobs, Pools and TrainingTargets are held typed, with their status composed in
+//! Nodes, Jobs, Pools, TrainingTargets and Artifacts (with their creation revision, which the
+//! training loop counts games by) are held typed, with their status composed in
 //! (docs/architecture.md, "Status is composed on read"); placements and bindings typed with
 //! their mod revisions; every agent key the scheduler needs decoded once, when it changes
 //! ([`StatusSources`]). A change recomposes only the objects it concerns (an agent's status key
@@ -16,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::housekeeping::{BoundRecord, Undecodable};
+use crate::api::artifact::{Artifact, ArtifactSpec};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
     Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec, Tunnel,
@@ -31,6 +33,8 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     pub pools: Vec<Pool>,
     pub targets: Vec<TrainingTarget>,
+    /// Every Artifact that decodes, oldest first (by creation revision).
+    pub artifacts: Vec<StoredArtifact>,
     /// Objects that exist but do not decode in this version: never acted on.
     pub undecodable: Undecodable,
     /// Placement and its mod revision, by job.
@@ -40,6 +44,21 @@ pub struct Snapshot {
     pub alive: HashSet<String>,
     /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
     pub released: HashSet<(String, String, u64)>,
+}
+
+/// An Artifact with the etcd revision that created it. Revisions only grow, so "created after
+/// revision R" is a bounded watermark for "not seen yet" (a deleted and re-made artifact is new).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredArtifact {
+    pub artifact: Artifact,
+    pub created_revision: i64,
+}
+
+fn stored_artifact(kv: &KeyValue) -> Result<StoredArtifact, String> {
+    Ok(StoredArtifact {
+        artifact: object::<ArtifactSpec>(kv)?,
+        created_revision: kv.create_revision,
+    })
 }
 
 fn with_revision<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<(T, i64), String> {
@@ -80,6 +99,7 @@ pub struct ClusterView {
     jobs: Keyed<Job>,
     pools: Keyed<Pool>,
     targets: Keyed<TrainingTarget>,
+    artifacts: Keyed<StoredArtifact>,
     pool_status: Keyed<<PoolSpec as Spec>::Status>,
     target_status: Keyed<<TrainingTargetSpec as Spec>::Status>,
     placements: Keyed<(Placement, i64)>,
@@ -111,6 +131,7 @@ impl ClusterView {
                 direct_child,
                 object::<TrainingTargetSpec>,
             ),
+            artifacts: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, stored_artifact),
             pool_status: Keyed::new(
                 keys::status_prefix(PoolSpec::PLURAL),
                 direct_child,
@@ -149,7 +170,7 @@ impl ClusterView {
     }
 
     /// Takes in one event of a watch on `/rift/v1/`. Returns true when the change can alter a
-    /// scheduling decision: a Node, Job, Pool, TrainingTarget, placement or binding changed, a
+    /// scheduling decision: a Node, Job, Pool, TrainingTarget, Artifact, placement or binding changed, a
     /// node's alive key came or went, or a runtime report says (or stops saying) that a job
     /// finished or was released. Not: events, statuses controllers write, the leader's record
     /// and heartbeat, node status reports (capacity and load are read again at the next tick),
@@ -183,6 +204,10 @@ impl ClusterView {
             for name in self.targets.apply(event) {
                 self.compose_target(&name);
             }
+            return true;
+        }
+        if self.artifacts.name_of(key).is_some() {
+            self.artifacts.apply(event);
             return true;
         }
         if self.pool_status.name_of(key).is_some() {
@@ -264,6 +289,7 @@ impl ClusterView {
         self.jobs.apply(event);
         self.pools.apply(event);
         self.targets.apply(event);
+        self.artifacts.apply(event);
         self.pool_status.apply(event);
         self.target_status.apply(event);
         self.placements.apply(event);
@@ -449,12 +475,15 @@ impl ClusterView {
             }
         }
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
+        let mut artifacts: Vec<StoredArtifact> = self.artifacts.values().cloned().collect();
+        artifacts.sort_by_key(|a| a.created_revision);
         let (alive, released) = self.agent_facts(&nodes, &bindings);
         Snapshot {
             nodes,
             jobs: self.jobs.values().cloned().collect(),
             pools: self.pools.values().cloned().collect(),
             targets: self.targets.values().cloned().collect(),
+            artifacts,
             undecodable,
             placements: self
                 .placements

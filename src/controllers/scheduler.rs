@@ -170,7 +170,7 @@ impl Scheduler {
         self.report_undecodable(&snap.undecodable);
         pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
         let happenings = TrainingController::new(self.store.clone())
-            .pass(&snap.targets, &snap.jobs, Utc::now())
+            .pass(&snap.targets, &snap.jobs, &snap.artifacts, Utc::now())
             .await?;
         for h in &happenings {
             tracing::info!(target = %h.target, reason = h.reason, "{}", h.message);
