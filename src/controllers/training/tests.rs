@@ -628,7 +628,7 @@ fn a_promotion_names_the_model_artifact_as_the_current_model() {
     let p = plan(
         &target(spec(), running(2, None)),
         &[train],
-        &[m2.clone()],
+        std::slice::from_ref(&m2),
         t(0),
     );
     assert_eq!(
