@@ -250,6 +250,39 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
             dash(at(v, "/status/running"))
         ),
     );
+    if let Some(from) = v.pointer("/spec/model/fromTrainingTarget") {
+        out += &field(
+            "Model",
+            format!(
+                "{} (from TrainingTarget {}, {}, maxUnavailable {})",
+                dash(at(v, "/status/currentModel")),
+                from.as_str().unwrap_or_default(),
+                dash(at(v, "/spec/model/update")),
+                dash(at(v, "/spec/model/maxUnavailable"))
+            ),
+        );
+        if let Some(prev) = v.pointer("/status/previousModel").and_then(Value::as_str) {
+            out += &field("Previous model", prev.to_string());
+        }
+        if let Some(r) = v.pointer("/status/rollout") {
+            out += &field(
+                "Rollout",
+                format!(
+                    "{}/{} members updated, started {}, {}",
+                    dash(at(r, "/updated")),
+                    dash(at(r, "/total")),
+                    dash(at(r, "/startedAt")),
+                    match r.pointer("/completedAt").and_then(Value::as_str) {
+                        Some(t) => format!("completed {t}"),
+                        None => "in progress".to_string(),
+                    }
+                ),
+            );
+        }
+    }
+    if let Some(msg) = v.pointer("/status/message").and_then(Value::as_str) {
+        out += &field("Message", msg.to_string());
+    }
     if !members.is_empty() {
         let rows: Vec<Vec<String>> = members
             .iter()
@@ -262,14 +295,29 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
                         .to_string(),
                     dash(at(j, "/status/node")),
                     dash(joined(j, "/status/gpus")),
+                    dash(member_model(j)),
                     dash(pairs(j, "/status/progress")),
                 ]
             })
             .collect();
         out += "Members:\n";
-        out += &table(&["JOB", "PHASE", "NODE", "GPU-IDS", "PROGRESS"], &rows);
+        out += &table(
+            &["JOB", "PHASE", "NODE", "GPU-IDS", "MODEL", "PROGRESS"],
+            &rows,
+        );
     }
     out
+}
+
+/// The first artifact of a member Job's `model` input, cut like `rift get pools` cuts it.
+fn member_model(job: &Value) -> String {
+    job.pointer("/spec/inputs")
+        .and_then(Value::as_array)
+        .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
+        .and_then(|i| i.pointer("/artifacts/0"))
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take("sha256-".len() + 12).collect())
+        .unwrap_or_default()
 }
 
 /// `14 m left`, `40 s left`.
