@@ -33,8 +33,9 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     pub pools: Vec<Pool>,
     pub targets: Vec<TrainingTarget>,
-    /// Every Artifact that decodes, oldest first (by creation revision).
-    pub artifacts: Vec<StoredArtifact>,
+    /// Every Artifact that decodes, oldest first (by creation revision). Shared, not copied:
+    /// a fleet keeps hundreds of thousands of shards, and passes run every second.
+    pub artifacts: std::sync::Arc<Vec<StoredArtifact>>,
     /// Objects that exist but do not decode in this version: never acted on.
     pub undecodable: Undecodable,
     /// Placement and its mod revision, by job.
@@ -100,6 +101,8 @@ pub struct ClusterView {
     pools: Keyed<Pool>,
     targets: Keyed<TrainingTarget>,
     artifacts: Keyed<StoredArtifact>,
+    /// `artifacts` oldest first, rebuilt only after an Artifact changed.
+    sorted_artifacts: std::cell::RefCell<Option<std::sync::Arc<Vec<StoredArtifact>>>>,
     pool_status: Keyed<<PoolSpec as Spec>::Status>,
     target_status: Keyed<<TrainingTargetSpec as Spec>::Status>,
     placements: Keyed<(Placement, i64)>,
@@ -132,6 +135,7 @@ impl ClusterView {
                 object::<TrainingTargetSpec>,
             ),
             artifacts: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, stored_artifact),
+            sorted_artifacts: std::cell::RefCell::new(None),
             pool_status: Keyed::new(
                 keys::status_prefix(PoolSpec::PLURAL),
                 direct_child,
@@ -208,6 +212,7 @@ impl ClusterView {
         }
         if self.artifacts.name_of(key).is_some() {
             self.artifacts.apply(event);
+            self.sorted_artifacts.replace(None);
             return true;
         }
         if self.pool_status.name_of(key).is_some() {
@@ -290,6 +295,7 @@ impl ClusterView {
         self.pools.apply(event);
         self.targets.apply(event);
         self.artifacts.apply(event);
+        self.sorted_artifacts.replace(None);
         self.pool_status.apply(event);
         self.target_status.apply(event);
         self.placements.apply(event);
@@ -475,8 +481,15 @@ impl ClusterView {
             }
         }
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
-        let mut artifacts: Vec<StoredArtifact> = self.artifacts.values().cloned().collect();
-        artifacts.sort_by_key(|a| a.created_revision);
+        let artifacts = self
+            .sorted_artifacts
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let mut all: Vec<StoredArtifact> = self.artifacts.values().cloned().collect();
+                all.sort_by_key(|a| a.created_revision);
+                std::sync::Arc::new(all)
+            })
+            .clone();
         let (alive, released) = self.agent_facts(&nodes, &bindings);
         Snapshot {
             nodes,

@@ -43,15 +43,23 @@ pub fn game_artifacts<'a>(
     })
 }
 
+/// The artifacts created after revision `after`, given `artifacts` oldest first (as a
+/// [`crate::controllers::cluster_view::Snapshot`] holds them): a binary search, so a pass
+/// over a fleet's shards looks only at the new ones.
+pub fn created_after(artifacts: &[StoredArtifact], after: i64) -> &[StoredArtifact] {
+    &artifacts[artifacts.partition_point(|a| a.created_revision <= after)..]
+}
+
 /// Adds the games of artifacts created after `status.gamesRevision` to
-/// `status.artifactGames` and moves the watermark to the newest one counted.
+/// `status.artifactGames` and moves the watermark to the newest one counted. `artifacts` is
+/// oldest first.
 pub fn count_artifact_games(
     spec: &TrainingTargetSpec,
     status: &mut TrainingTargetStatus,
     artifacts: &[StoredArtifact],
 ) {
-    let watermark = status.games_revision;
-    for a in game_artifacts(spec, artifacts).filter(|a| a.created_revision > watermark) {
+    let new = created_after(artifacts, status.games_revision);
+    for a in game_artifacts(spec, new) {
         status.artifact_games = status
             .artifact_games
             .saturating_add(a.artifact.spec.counts[GAMES]);
@@ -60,7 +68,7 @@ pub fn count_artifact_games(
 }
 
 /// The names of the game artifacts created in `(after, through]`, oldest first, at most
-/// `limit` of them (the newest, when there are more).
+/// `limit` of them (the newest, when there are more). `artifacts` is oldest first.
 pub fn games_between(
     spec: &TrainingTargetSpec,
     artifacts: &[StoredArtifact],
@@ -68,8 +76,8 @@ pub fn games_between(
     through: i64,
     limit: usize,
 ) -> Vec<String> {
-    let mut names: Vec<(i64, &str)> = game_artifacts(spec, artifacts)
-        .filter(|a| a.created_revision > after && a.created_revision <= through)
+    let mut names: Vec<(i64, &str)> = game_artifacts(spec, created_after(artifacts, after))
+        .filter(|a| a.created_revision <= through)
         .map(|a| (a.created_revision, a.artifact.name()))
         .collect();
     names.sort();
