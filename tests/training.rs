@@ -2,26 +2,25 @@
 //! → evaluation → promotion → the Pool's rollout; a failing training run waits out its
 //! cooldown.
 //!
-//! Artifacts here are recorded by the test, as the leader's artifacts controller records them
-//! once an agent has uploaded a Job's output (that controller and the agent's uploads are built
-//! on another branch): the test plays that part only, with the labels and producer that
-//! controller writes, and checks what the training and Pool controllers do with them.
+//! Artifacts here are recorded by `support::recorder`, as the leader's artifacts controller
+//! records them once an agent has uploaded a Job's output (that controller and the agent's
+//! uploads are built on another branch): the test plays that part only, with the labels and
+//! producer that controller writes, and checks what the training and Pool controllers do.
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rift::api::artifact::{Artifact, ArtifactSpec, Digest, Producer};
-use rift::api::labels::{JOB, OUTPUT, POOL, STAGE, TRAINING_TARGET};
+use rift::api::labels::POOL;
 use rift::api::pool::PoolSpec;
 use rift::api::selector::LabelSelector;
 use rift::api::training_target::TrainingTargetStatus;
 use rift::api::{JobPhase, JobSpec, Object, TrainingTargetSpec};
-use rift::store::{Store, StoreError};
+use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::cli::rift_stdin;
 use support::etcd::EtcdCluster;
+use support::recorder::{create_if_absent, model_name, record_models, recorded};
 
 const SELFPLAY: &str = r#"apiVersion: rift/v1
 kind: Pool
@@ -64,95 +63,6 @@ spec:
 
 async fn status(store: &Store, name: &str) -> Option<TrainingTargetStatus> {
     store.get::<TrainingTargetSpec>(name).await.ok()??.status
-}
-
-/// The Artifact the artifacts controller records for `output` of `job` (attempt 1 on `w1`):
-/// its digest made from `seed`, labels the output's plus `rift.dev/job`, `rift.dev/output`
-/// and the Job's `rift.dev/` labels.
-fn recorded(
-    seed: &str,
-    job: &JobSpec,
-    job_name: &str,
-    job_labels: &BTreeMap<String, String>,
-    output: &str,
-    games: Option<u64>,
-) -> Artifact {
-    use sha2::Digest as _;
-    let digest = Digest::from_bytes(sha2::Sha256::digest(seed.as_bytes()).into());
-    let mut labels: BTreeMap<String, String> = job
-        .outputs
-        .iter()
-        .find(|o| o.name == output)
-        .map(|o| o.labels.clone())
-        .unwrap_or_default();
-    for key in [POOL, TRAINING_TARGET, "rift.dev/generation", STAGE] {
-        if let Some(v) = job_labels.get(key) {
-            labels.insert(key.into(), v.clone());
-        }
-    }
-    labels.insert(JOB.into(), job_name.into());
-    labels.insert(OUTPUT.into(), output.into());
-    let mut a = Object::new(
-        digest.artifact_name(),
-        ArtifactSpec {
-            digest: digest.to_string(),
-            size: 1,
-            format: None,
-            producer: Some(Producer {
-                job: job_name.into(),
-                attempt: 1,
-                node: "w1".into(),
-            }),
-            parents: job.input_artifacts().map(str::to_string).collect(),
-            counts: games
-                .map(|g| [("games".to_string(), g)].into())
-                .unwrap_or_default(),
-        },
-    );
-    a.metadata.labels = labels;
-    a
-}
-
-async fn create_if_absent(store: &Store, a: &Artifact) {
-    match store.create(a).await {
-        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
-        Err(e) => panic!("recording {}: {e}", a.name()),
-    }
-}
-
-/// Records the `model` artifact of every succeeded Job that declares a `model` output, as the
-/// artifacts controller would after the agent uploaded `$RIFT_OUTPUTS/model/model.pt`.
-fn record_models(store: Store) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if let Ok((jobs, _)) = store.list::<JobSpec>(&LabelSelector::default()).await {
-                for j in jobs {
-                    let done = j
-                        .status
-                        .as_ref()
-                        .is_some_and(|s| s.phase == JobPhase::Succeeded);
-                    if done && j.spec.outputs.iter().any(|o| o.name == "model") {
-                        let a = recorded(
-                            j.name(),
-                            &j.spec,
-                            j.name(),
-                            &j.metadata.labels,
-                            "model",
-                            None,
-                        );
-                        create_if_absent(&store, &a).await;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
-/// The name of the model artifact `job`'s `model` output is recorded as by [`record_models`].
-fn model_name(job: &str) -> String {
-    use sha2::Digest as _;
-    Digest::from_bytes(sha2::Sha256::digest(job.as_bytes()).into()).artifact_name()
 }
 
 #[tokio::test]

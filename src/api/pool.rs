@@ -149,6 +149,15 @@ impl PoolModel {
                 ),
             );
         }
+        if template.spec.inputs.len() >= super::job_io::MAX_IO_ENTRIES {
+            errors.push(
+                "spec.template.spec.inputs",
+                format!(
+                    "at most {} inputs: the Pool's `model` adds one",
+                    super::job_io::MAX_IO_ENTRIES - 1
+                ),
+            );
+        }
         if template.spec.inputs.iter().any(|i| i.name == MODEL_INPUT) {
             errors.push(
                 "spec.template.spec.inputs",

@@ -137,8 +137,18 @@ pub const GAMES_INPUT: &str = "games";
 pub const CANDIDATE_INPUT: &str = "candidate";
 pub use super::pool::MODEL_INPUT;
 
-/// Refuses template inputs the controller fills itself.
+/// Refuses template inputs the controller fills itself, and more than leave room for them.
 fn reserved_inputs(at: &str, template: &JobTemplate, names: &[&str], errors: &mut FieldErrors) {
+    let room = super::job_io::MAX_IO_ENTRIES - names.len();
+    if template.spec.inputs.len() > room {
+        errors.push(
+            format!("{at}.spec.inputs"),
+            format!(
+                "at most {room} inputs: the TrainingTarget adds {}",
+                names.join(" and ")
+            ),
+        );
+    }
     for (i, input) in template.spec.inputs.iter().enumerate() {
         if names.contains(&input.name.as_str()) {
             errors.push(

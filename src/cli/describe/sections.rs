@@ -382,6 +382,16 @@ pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
                 status.games_since_last_training, status.total_games
             ),
         );
+        if status.games_revision > 0 {
+            out += &field(
+                "From shards",
+                format!(
+                    "{} games in game artifacts (counted through etcd revision {}; the last run \
+                     took those through {})",
+                    status.artifact_games, status.games_revision, status.trained_revision
+                ),
+            );
+        }
         out += &field(
             "Cooldown",
             format!("{} s after each run", spec.cooldown_seconds),
@@ -572,6 +582,7 @@ mod tests {
         let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
         let cooling = target(
             json!({"gamesSinceLastTraining": 40, "totalGames": 240, "trainingGeneration": 1,
+            "artifactGames": 0, "gamesRevision": 0,
             "ledger": {"selfplay-0/u1/1/1": 100, "selfplay-0/u1/1/2": 20, "selfplay-1/u2/1/1": 120},
             "history": [{"generation": 1, "job": "hex8-2p-train-1", "winRate": 0.61, "promoted": true,
                          "finishedAt": "2026-11-22T11:54:00Z", "outcome": "promoted"}]}),
@@ -587,6 +598,17 @@ mod tests {
         ] {
             assert!(text.contains(part), "`{part}` not in:\n{text}");
         }
+        assert!(
+            !text.contains("From shards"),
+            "no shards counted: no line\n{text}"
+        );
+        let shards = target(json!({"gamesSinceLastTraining": 500, "totalGames": 500,
+            "artifactGames": 500, "gamesRevision": 42, "trainedRevision": 0}));
+        let text = training_target(&shards, now);
+        assert!(
+            text.contains("500 games in game artifacts (counted through etcd revision 42"),
+            "{text}"
+        );
         let waiting = target(json!({"gamesSinceLastTraining": 120}));
         assert!(training_target(&waiting, now).contains("waiting: 120/200 new games"));
         let running = target(json!({"activeJob": "hex8-2p-train-2"}));
