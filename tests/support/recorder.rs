@@ -68,7 +68,7 @@ pub async fn create_if_absent(store: &Store, a: &Artifact) {
     }
 }
 
-/// Records the `model` artifact of every succeeded Job that declares a `model` output, as the
+/// Records (retrying failed writes) the `model` artifact of every succeeded Job that declares a `model` output, as the
 /// artifacts controller would after the agent uploaded `$RIFT_OUTPUTS/model/model.pt`.
 pub fn record_models(store: Store) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -88,7 +88,13 @@ pub fn record_models(store: Store) -> tokio::task::JoinHandle<()> {
                             "model",
                             None,
                         );
-                        create_if_absent(&store, &a).await;
+                        // A failed write (etcd slow under load) is tried again next round,
+                        // as the controller would; it must not end the recorder.
+                        if let Err(e) = store.create(&a).await {
+                            if !matches!(e, StoreError::AlreadyExists { .. }) {
+                                eprintln!("recorder: {}: {e}; trying again", a.name());
+                            }
+                        }
                     }
                 }
             }
