@@ -47,7 +47,7 @@ spec:
   training:
     spec:
       type: training
-      command: [sh, -c, 'sleep 1; echo "{\"model\": \"hex8-2p-gen1\"}" > "$RIFT_RESULT_FILE"']
+      command: [sh, -c, 'sleep 1']
   evaluation:
     promoteWinRate: 0.55
     template:
@@ -101,6 +101,8 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
         &["--controllers", "--lease-ttl", "2", "--gpus", "H100x2"],
     );
     let worker = TestAgent::start("w1", &ep, &["--gpus", "H100x1"]);
+    // The trained model's Artifact, recorded as the artifacts controller records an upload.
+    let recorder = support::recorder::record_models(etcd.store().await);
     let applied = rift_stdin(&ep, &["apply", "-f", "-"], CLUSTER);
     assert!(applied.ok, "{}", applied.stderr);
     let dash = TestDashboard::start(&ep);
@@ -226,6 +228,7 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
         "{body}"
     );
     drop(b);
+    recorder.abort();
     leader.kill_shims();
     worker.kill_shims();
 }

@@ -154,4 +154,31 @@ fn the_ringrift_fleet_refers_to_itself_consistently() {
         .collect();
     assert_eq!(trained, all, "a TrainingTarget per board configuration");
     assert_eq!(fed, all, "selfplay for every board configuration");
+
+    // Each Pool writes game shards and plays with the model of the TrainingTarget its games
+    // feed (the target's selfplaySelector selects the shards' labels: the template's).
+    for p in &kinds["Pool"] {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        let from = p["spec"]["model"]["fromTrainingTarget"].as_str();
+        let target = kinds["TrainingTarget"]
+            .iter()
+            .find(|t| Some(t["metadata"]["name"].as_str().unwrap()) == from)
+            .unwrap_or_else(|| panic!("pool {name} takes its model from no TrainingTarget"));
+        let shard_labels = labels(p, "/spec/template/metadata/labels");
+        assert!(
+            selects(&labels(target, "/spec/selfplaySelector"), &shard_labels),
+            "pool {name} plays with {from:?}'s model but feeds another target"
+        );
+        assert_eq!(
+            p["spec"]["template"]["spec"]["outputs"][0]["name"], "games",
+            "{name}"
+        );
+    }
+    for t in &kinds["TrainingTarget"] {
+        assert_eq!(
+            t["spec"]["training"]["spec"]["outputs"][0]["name"], "model",
+            "{}",
+            t["metadata"]["name"]
+        );
+    }
 }

@@ -1,16 +1,26 @@
 //! The training loop end to end with real etcd and agents: selfplay games → one training run
-//! → evaluation → promotion; a failing training run waits out its cooldown.
+//! → evaluation → promotion → the Pool's rollout; a failing training run waits out its
+//! cooldown.
+//!
+//! Artifacts here are recorded by `support::recorder`, as the leader's artifacts controller
+//! records them once an agent has uploaded a Job's output (that controller and the agent's
+//! uploads are built on another branch): the test plays that part only, with the labels and
+//! producer that controller writes, and checks what the training and Pool controllers do.
 
 mod support;
 
 use std::time::Duration;
 
+use rift::api::labels::POOL;
+use rift::api::pool::PoolSpec;
+use rift::api::selector::LabelSelector;
 use rift::api::training_target::TrainingTargetStatus;
-use rift::api::TrainingTargetSpec;
+use rift::api::{JobPhase, JobSpec, Object, TrainingTargetSpec};
 use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::cli::rift_stdin;
 use support::etcd::EtcdCluster;
+use support::recorder::{create_if_absent, model_name, record_models, recorded};
 
 const SELFPLAY: &str = r#"apiVersion: rift/v1
 kind: Pool
@@ -62,7 +72,8 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
     let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
-    let train = r#"sleep 1; echo "{\"model\": \"hex8-2p-gen$RIFT_GENERATION\", \"loss\": 0.4}" > "$RIFT_RESULT_FILE""#;
+    let recorder = record_models(store.clone());
+    let train = r#"sleep 1; echo "{\"loss\": 0.4}" > "$RIFT_RESULT_FILE""#;
     let out = rift_stdin(
         &ep,
         &["apply", "-f", "-"],
@@ -76,11 +87,31 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
             .filter(|s| s.current_model.is_some())
     })
     .await;
-    assert_eq!(st.current_model.as_deref(), Some("hex8-2p-gen1"));
+    let model = model_name("hex8-2p-train-1");
+    assert_eq!(st.current_model.as_deref(), Some(model.as_str()));
     assert_eq!(st.training_generation, 1);
     let run = &st.history[0];
     assert_eq!((run.promoted, run.win_rate), (true, Some(0.61)));
-    assert_eq!(run.candidate.as_deref(), Some("hex8-2p-gen1"));
+    assert_eq!(run.candidate.as_deref(), Some(model.as_str()));
+    // The training Job declared the model output it was not given; evaluation got the
+    // candidate as an input.
+    let train = store
+        .get::<JobSpec>("hex8-2p-train-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        train.spec.outputs.iter().any(|o| o.name == "model"),
+        "{:?}",
+        train.spec.outputs
+    );
+    let eval = store
+        .get::<JobSpec>("hex8-2p-eval-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(eval.spec.inputs[0].name, "candidate");
+    assert_eq!(eval.spec.inputs[0].artifacts, std::slice::from_ref(&model));
     assert!(st.total_games >= 200, "{st:?}");
     assert!(st.last_trained_at.is_some());
 
@@ -93,6 +124,7 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
         "selfplay games still counted"
     );
     assert!(later.active_job.is_none());
+    recorder.abort();
 }
 
 #[tokio::test]
@@ -174,7 +206,8 @@ async fn a_promotion_reaches_a_signed_webhook() {
         "apiVersion: rift/v1\nkind: Notifier\nmetadata: {{name: hook}}\nspec:\n  url: {url}\n  events: [model_promoted]\n  secret: {{file: {}}}\n",
         secret_file.display()
     );
-    let train = r#"echo "{\"model\": \"m1\"}" > "$RIFT_RESULT_FILE""#;
+    let recorder = record_models(etcd.store().await);
+    let train = "true";
     let out = rift_stdin(
         &ep,
         &["apply", "-f", "-"],
@@ -204,6 +237,7 @@ async fn a_promotion_reaches_a_signed_webhook() {
         "the secret is never sent"
     );
     assert_eq!(seen.lock().unwrap().len(), 1, "only the subscribed event");
+    recorder.abort();
 }
 
 #[tokio::test]
@@ -263,4 +297,152 @@ spec:
         "one ledger entry per attempt: {:?}",
         st2.ledger
     );
+}
+
+/// Selfplay that writes shards (`games` output), a model rolled out to it.
+const SHARD_POOL: &str = r#"apiVersion: rift/v1
+kind: Pool
+metadata: {name: shards}
+spec:
+  replicas: 2
+  model: {fromTrainingTarget: loop, maxUnavailable: "1"}
+  template:
+    metadata:
+      labels: {board: hex8, players: "2"}
+    spec:
+      type: selfplay
+      command: [sleep, "3600"]
+      outputs:
+        - {name: games, labels: {type: games}, format: npz}
+"#;
+
+#[tokio::test]
+async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_pool() {
+    let etcd = EtcdCluster::single();
+    let ep = etcd.endpoints_csv();
+    let store = etcd.store().await;
+    let mut leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let _worker = TestAgent::start("w1", &ep, &[]);
+    let recorder = record_models(store.clone());
+    let out = rift_stdin(
+        &ep,
+        &["apply", "-f", "-"],
+        &format!(
+            "{SHARD_POOL}---\n{}",
+            target("loop", "true", 3600)
+                .replace("firstTrainingGames: 200", "firstTrainingGames: 300")
+        ),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let members = eventually(Duration::from_secs(30), "two running members", || async {
+        let (jobs, _) = store
+            .list::<JobSpec>(&LabelSelector::default())
+            .await
+            .ok()?;
+        let running: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| j.metadata.labels.get(POOL).map(String::as_str) == Some("shards"))
+            .filter(|j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == JobPhase::Running)
+            })
+            .collect();
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    assert!(
+        members.iter().all(|m| m.spec.inputs.is_empty()),
+        "no model promoted yet: members start cold"
+    );
+    // Each member's outputs carry the template's labels, so the target's selector picks them.
+    assert_eq!(members[0].spec.outputs[0].labels["board"], "hex8");
+
+    // Two shards of 150 games each, one of them recorded twice (two jobs, identical bytes:
+    // one artifact), and a shard of another board.
+    let shard = |seed: &str, m: &Object<JobSpec>| {
+        recorded(
+            seed,
+            &m.spec,
+            m.name(),
+            &m.metadata.labels,
+            "games",
+            Some(150),
+        )
+    };
+    let (a, b) = (shard("shard-a", &members[0]), shard("shard-b", &members[1]));
+    let mut other = shard("shard-c", &members[1]);
+    other
+        .metadata
+        .labels
+        .insert("board".into(), "square8".into());
+    for art in [&a, &b, &a, &other] {
+        create_if_absent(&store, art).await;
+    }
+
+    let st = eventually(Duration::from_secs(60), "a promoted model", || async {
+        status(&store, "loop")
+            .await
+            .filter(|s| s.current_model.is_some())
+    })
+    .await;
+    let model = model_name("loop-train-1");
+    assert_eq!(st.current_model.as_deref(), Some(model.as_str()));
+    assert_eq!(
+        st.total_games, 300,
+        "each shard once, the other board's not at all"
+    );
+    let train = store.get::<JobSpec>("loop-train-1").await.unwrap().unwrap();
+    let mut games = train.spec.inputs[0].artifacts.clone();
+    games.sort();
+    let mut want = vec![a.name().to_string(), b.name().to_string()];
+    want.sort();
+    assert_eq!((train.spec.inputs[0].name.as_str(), games), ("games", want));
+
+    // The leader is SIGKILLed and comes back: nothing is counted again.
+    leader.kill();
+    leader.restart();
+    let shard_d = shard("shard-d", &members[0]);
+    create_if_absent(&store, &shard_d).await;
+    eventually(Duration::from_secs(30), "the new shard counted", || async {
+        status(&store, "loop")
+            .await
+            .filter(|s| s.total_games == 450)
+    })
+    .await;
+
+    // The Pool rolls the promoted model out, one member at a time (maxUnavailable 1).
+    let pool = eventually(Duration::from_secs(60), "the rollout complete", || async {
+        let p = store.get::<PoolSpec>("shards").await.ok()??;
+        p.status
+            .filter(|s| s.rollout.as_ref().is_some_and(|r| r.completed_at.is_some()))
+    })
+    .await;
+    let rollout = pool.rollout.unwrap();
+    assert_eq!(
+        (rollout.artifact.as_str(), rollout.updated, rollout.total),
+        (model.as_str(), 2, 2)
+    );
+    assert_eq!(pool.current_model.as_deref(), Some(model.as_str()));
+    let (jobs, _) = store
+        .list::<JobSpec>(&LabelSelector::default())
+        .await
+        .unwrap();
+    for m in jobs
+        .iter()
+        .filter(|j| j.metadata.labels.get(POOL).map(String::as_str) == Some("shards"))
+    {
+        assert_eq!(
+            m.spec.inputs[0].artifacts,
+            std::slice::from_ref(&model),
+            "{}",
+            m.name()
+        );
+    }
+    let table = support::cli::rift(&ep, &["get", "pools"]);
+    assert!(table.stdout.contains("UPDATED"), "{}", table.stdout);
+    assert!(table.stdout.contains(&model[..19]), "{}", table.stdout);
+    assert!(table.stdout.contains("2/2"), "{}", table.stdout);
+    assert_eq!(status(&store, "loop").await.unwrap().total_games, 450);
+    recorder.abort();
 }

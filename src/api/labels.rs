@@ -19,3 +19,7 @@ pub const STAGE: &str = "rift.dev/stage";
 pub const KEEP: &str = "rift.dev/keep";
 /// Marks a simulated (hollow) node.
 pub const HOLLOW: &str = "hollow";
+/// The Job that produced an Artifact (set by the artifacts controller).
+pub const JOB: &str = "rift.dev/job";
+/// The Job output an Artifact came from, e.g. `games` or `model`.
+pub const OUTPUT: &str = "rift.dev/output";

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::job::JobTemplate;
 use super::meta::ObjectMeta;
 use super::object::{Object, Spec};
-use super::validation::{validate_labels, FieldErrors};
+use super::validation::{dns1123_problem, validate_labels, FieldErrors};
 
 pub type Pool = Object<PoolSpec>;
 
@@ -25,6 +26,60 @@ pub struct PoolSpec {
     /// Nodes the pool's jobs may use (added to the template's own selector).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The model every member runs: a TrainingTarget's current model, rolled out when it is
+    /// promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PoolModel>,
+}
+
+/// Where a Pool's model comes from and how a newly promoted one reaches its members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolModel {
+    /// The TrainingTarget whose `status.currentModel` the members get as their `model` input.
+    pub from_training_target: String,
+    #[serde(default)]
+    pub update: ModelUpdate,
+    /// At most this many members are down for the rollout at once: a count (`2`) or a share
+    /// of the members (`25%`, rounded down, at least 1).
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: String,
+}
+
+fn default_max_unavailable() -> String {
+    "25%".into()
+}
+
+/// How members move to a newly promoted model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ModelUpdate {
+    /// Replace members in batches of at most `maxUnavailable` with Jobs whose `model` input is
+    /// the new artifact.
+    #[default]
+    RollingRestart,
+    /// Swap the model under running members (prefetch, atomic symlink swap, SIGHUP). Refused
+    /// by validation until the agent can do it.
+    Reload,
+}
+
+impl PoolModel {
+    /// `maxUnavailable` as a member count for a Pool of `total` members: a percentage rounds
+    /// down, and the result is at least 1 so a rollout always moves. `None` when malformed.
+    pub fn max_unavailable_of(&self, total: u32) -> Option<u32> {
+        parse_max_unavailable(&self.max_unavailable, total)
+    }
+}
+
+/// See [`PoolModel::max_unavailable_of`].
+pub fn parse_max_unavailable(text: &str, total: u32) -> Option<u32> {
+    let n = match text.strip_suffix('%') {
+        Some(pct) => {
+            let pct: u64 = pct.parse().ok().filter(|p| (1..=100).contains(p))?;
+            (u64::from(total) * pct / 100) as u32
+        }
+        None => text.parse::<u32>().ok().filter(|n| *n >= 1)?,
+    };
+    Some(n.max(1))
 }
 
 /// The most members one Pool may ask for.
@@ -66,8 +121,54 @@ impl Spec for PoolSpec {
         }
         validate_labels("spec.nodeSelector", &self.node_selector, errors);
         self.template.validate_at("spec.template", errors);
+        if let Some(model) = &self.model {
+            model.validate(&self.template, errors);
+        }
     }
 }
+
+impl PoolModel {
+    fn validate(&self, template: &JobTemplate, errors: &mut FieldErrors) {
+        if let Some(problem) = dns1123_problem(&self.from_training_target) {
+            errors.push("spec.model.fromTrainingTarget", problem);
+        }
+        if self.update == ModelUpdate::Reload {
+            errors.push(
+                "spec.model.update",
+                "Reload (swap the model under running members) is not built yet: the agent \
+                 cannot prefetch and signal a running job; use RollingRestart",
+            );
+        }
+        if parse_max_unavailable(&self.max_unavailable, 1).is_none() {
+            errors.push(
+                "spec.model.maxUnavailable",
+                format!(
+                    "must be a count of at least 1 (`2`) or a percentage from 1% to 100% \
+                     (`25%`), got `{}`",
+                    self.max_unavailable.chars().take(40).collect::<String>()
+                ),
+            );
+        }
+        if template.spec.inputs.len() >= super::job_io::MAX_IO_ENTRIES {
+            errors.push(
+                "spec.template.spec.inputs",
+                format!(
+                    "at most {} inputs: the Pool's `model` adds one",
+                    super::job_io::MAX_IO_ENTRIES - 1
+                ),
+            );
+        }
+        if template.spec.inputs.iter().any(|i| i.name == MODEL_INPUT) {
+            errors.push(
+                "spec.template.spec.inputs",
+                "the Pool's `model` fills the `model` input: remove it from the template",
+            );
+        }
+    }
+}
+
+/// The input a Pool's (and a training run's) model is staged under: `$RIFT_INPUTS/model/`.
+pub const MODEL_INPUT: &str = "model";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,4 +181,33 @@ pub struct PoolStatus {
     pub running: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The model artifact every member runs once the rollout is complete (pinned on the
+    /// members' nodes and kept by garbage collection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_model: Option<String>,
+    /// The model before `currentModel` (members may still run it mid-rollout; pinned too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_model: Option<String>,
+    /// The latest rollout of a promoted model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A model's way to every member of a Pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// The model artifact being rolled out.
+    pub artifact: String,
+    /// Members running (or about to run) `artifact`.
+    pub updated: u32,
+    /// Members the Pool wants.
+    pub total: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Set once every member runs `artifact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
 }

@@ -21,7 +21,9 @@ pub struct TrainingTargetSpec {
     pub board: String,
     /// Players per game, 2 to 4.
     pub players: u8,
-    /// Labels of the Jobs whose `progress.games` count toward this target.
+    /// Labels of the selfplay whose games count toward this target: matched against Artifact
+    /// labels (game shards, `counts.games`) and, for Jobs without outputs, against the labels of
+    /// Jobs reporting a `games` progress counter.
     #[serde(default)]
     pub selfplay_selector: BTreeMap<String, String>,
     /// New games needed before the first training run.
@@ -107,12 +109,60 @@ impl Spec for TrainingTargetSpec {
         }
         super::validation::validate_seconds("spec.cooldownSeconds", self.cooldown_seconds, errors);
         self.training.validate_at("spec.training", errors);
+        reserved_inputs(
+            "spec.training",
+            &self.training,
+            &[GAMES_INPUT, MODEL_INPUT],
+            errors,
+        );
         if let Some(eval) = &self.evaluation {
+            reserved_inputs(
+                "spec.evaluation.template",
+                &eval.template,
+                &[CANDIDATE_INPUT, MODEL_INPUT],
+                errors,
+            );
             if !(0.0..=1.0).contains(&eval.promote_win_rate) {
                 errors.push("spec.evaluation.promoteWinRate", "must be between 0 and 1");
             }
             eval.template
                 .validate_at("spec.evaluation.template", errors);
+        }
+    }
+}
+
+/// The training Job's input holding the game artifacts since the last run.
+pub const GAMES_INPUT: &str = "games";
+/// The evaluation Job's input holding the candidate model.
+pub const CANDIDATE_INPUT: &str = "candidate";
+pub use super::pool::MODEL_INPUT;
+
+/// Refuses template inputs the controller fills itself, and more than leave room for them.
+fn reserved_inputs(at: &str, template: &JobTemplate, names: &[&str], errors: &mut FieldErrors) {
+    let room = super::job_io::MAX_IO_ENTRIES - names.len();
+    if template.spec.inputs.len() > room {
+        errors.push(
+            format!("{at}.spec.inputs"),
+            format!(
+                "at most {room} inputs: the TrainingTarget adds {}",
+                names.join(" and ")
+            ),
+        );
+    }
+    for (i, input) in template.spec.inputs.iter().enumerate() {
+        if names.contains(&input.name.as_str()) {
+            errors.push(
+                format!("{at}.spec.inputs[{i}].name"),
+                format!(
+                    "`{}` is filled by the TrainingTarget (the {}): remove this input or rename it",
+                    input.name,
+                    match input.name.as_str() {
+                        GAMES_INPUT => "game artifacts since the last run",
+                        CANDIDATE_INPUT => "candidate model",
+                        _ => "current model",
+                    }
+                ),
+            );
         }
     }
 }
@@ -135,6 +185,17 @@ pub struct TrainingTargetStatus {
     /// Training runs started so far.
     #[serde(default)]
     pub training_generation: u64,
+    /// Games counted from game artifacts (part of `totalGames`).
+    #[serde(default)]
+    pub artifact_games: u64,
+    /// Game artifacts created at or before this etcd revision are counted; later ones are new.
+    /// A watermark, not a list: each artifact is counted once, whatever the number of shards.
+    #[serde(default)]
+    pub games_revision: i64,
+    /// Game artifacts created at or before this revision were handed to a training run; the
+    /// next run gets those after it.
+    #[serde(default)]
+    pub trained_revision: i64,
     /// Games counted per selfplay job and attempt, so restarts and deletions never double count.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ledger: BTreeMap<String, u64>,

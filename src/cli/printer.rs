@@ -272,6 +272,12 @@ fn labels(v: &Value, pointer: &str) -> String {
         .unwrap_or_default()
 }
 
+/// An artifact name cut to `sha256-` and 12 hex digits (enough to tell models apart in a
+/// table; `-o yaml` shows it whole).
+fn short_artifact(name: &str) -> String {
+    name.chars().take("sha256-".len() + 12).collect()
+}
+
 /// Column headers for `kind`.
 pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
     let (base, extra): (&[&str], &[&str]) = match kind.kind {
@@ -284,8 +290,16 @@ pub fn headers(kind: &KindInfo, wide: bool) -> Vec<&'static str> {
             &["GPU-IDS", "PRIORITY", "PROGRESS", "MESSAGE"],
         ),
         "Pool" => (
-            &["NAME", "DESIRED", "SCHEDULED", "RUNNING", "AGE"],
-            &["TYPE", "PER-GPU", "SELECTOR"],
+            &[
+                "NAME",
+                "DESIRED",
+                "SCHEDULED",
+                "RUNNING",
+                "MODEL",
+                "UPDATED",
+                "AGE",
+            ],
+            &["TYPE", "PER-GPU", "SELECTOR", "MESSAGE"],
         ),
         "TrainingTarget" => (
             &[
@@ -408,12 +422,22 @@ fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<
                 or_dash(text(v, "/status/desired")),
                 or_dash(text(v, "/status/scheduled")),
                 or_dash(text(v, "/status/running")),
+                or_dash(short_artifact(&text(v, "/status/currentModel"))),
+                match v.pointer("/status/rollout") {
+                    Some(r) => format!(
+                        "{}/{}",
+                        r["updated"].as_u64().unwrap_or(0),
+                        r["total"].as_u64().unwrap_or(0)
+                    ),
+                    None => "-".into(),
+                },
                 created,
             ],
             vec![
                 text(v, "/spec/template/spec/type"),
                 text(v, "/spec/perGpu"),
                 or_dash(labels(v, "/spec/nodeSelector")),
+                or_dash(text(v, "/status/message")),
             ],
         ),
         "TrainingTarget" => (

@@ -1,6 +1,7 @@
 //! The cluster as the scheduler sees it, kept current one watch event at a time.
 //!
-//! Nodes, Jobs, Pools and TrainingTargets are held typed, with their status composed in
+//! Nodes, Jobs, Pools, TrainingTargets and Artifacts (with their creation revision, which the
+//! training loop counts games by) are held typed, with their status composed in
 //! (docs/architecture.md, "Status is composed on read"); placements and bindings typed with
 //! their mod revisions; every agent key the scheduler needs decoded once, when it changes
 //! ([`StatusSources`]). A change recomposes only the objects it concerns (an agent's status key
@@ -16,9 +17,10 @@
 use std::collections::{HashMap, HashSet};
 
 use super::housekeeping::{BoundRecord, Undecodable};
+use crate::api::artifact::{Artifact, ArtifactSpec};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    ArtifactSpec, Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget,
+    Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget,
     TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, object, Cached, Keyed};
@@ -31,6 +33,9 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     pub pools: Vec<Pool>,
     pub targets: Vec<TrainingTarget>,
+    /// Every Artifact that decodes, oldest first (by creation revision). Shared, not copied:
+    /// a fleet keeps hundreds of thousands of shards, and passes run every second.
+    pub artifacts: std::sync::Arc<Vec<StoredArtifact>>,
     /// Objects that exist but do not decode in this version: never acted on.
     pub undecodable: Undecodable,
     /// Placement and its mod revision, by job.
@@ -44,19 +49,19 @@ pub struct Snapshot {
     pub input_sizes: HashMap<String, u64>,
 }
 
-/// Only what placement reads of an Artifact: its size.
-#[derive(serde::Deserialize)]
-struct SizeOnly {
-    spec: SizeSpec,
+/// An Artifact with the etcd revision that created it. Revisions only grow, so "created after
+/// revision R" is a bounded watermark for "not seen yet" (a deleted and re-made artifact is new).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredArtifact {
+    pub artifact: Artifact,
+    pub created_revision: i64,
 }
 
-#[derive(serde::Deserialize)]
-struct SizeSpec {
-    size: u64,
-}
-
-fn artifact_size(kv: &KeyValue) -> Result<u64, String> {
-    cache::json::<SizeOnly>(kv).map(|a| a.spec.size)
+fn stored_artifact(kv: &KeyValue) -> Result<StoredArtifact, String> {
+    Ok(StoredArtifact {
+        artifact: object::<ArtifactSpec>(kv)?,
+        created_revision: kv.create_revision,
+    })
 }
 
 fn with_revision<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<(T, i64), String> {
@@ -97,6 +102,9 @@ pub struct ClusterView {
     jobs: Keyed<Job>,
     pools: Keyed<Pool>,
     targets: Keyed<TrainingTarget>,
+    artifacts: Keyed<StoredArtifact>,
+    /// `artifacts` oldest first, rebuilt only after an Artifact changed.
+    sorted_artifacts: std::cell::RefCell<Option<std::sync::Arc<Vec<StoredArtifact>>>>,
     pool_status: Keyed<<PoolSpec as Spec>::Status>,
     target_status: Keyed<<TrainingTargetSpec as Spec>::Status>,
     placements: Keyed<(Placement, i64)>,
@@ -105,9 +113,6 @@ pub struct ClusterView {
     tunnels: Keyed<Tunnel>,
     voter_sets: Keyed<VoterSet>,
     voter_status: Keyed<<VoterSetSpec as Spec>::Status>,
-    /// Artifact sizes, for the inputs of pending jobs (an artifact's change alone starts no
-    /// pass: the next tick reads it).
-    artifact_sizes: Keyed<u64>,
     /// Placements and agent keys, each decoded once, that Job and Node status is composed from.
     sources: StatusSources,
     synced: bool,
@@ -131,6 +136,8 @@ impl ClusterView {
                 direct_child,
                 object::<TrainingTargetSpec>,
             ),
+            artifacts: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, stored_artifact),
+            sorted_artifacts: std::cell::RefCell::new(None),
             pool_status: Keyed::new(
                 keys::status_prefix(PoolSpec::PLURAL),
                 direct_child,
@@ -158,7 +165,6 @@ impl ClusterView {
                 direct_child,
                 cache::json,
             ),
-            artifact_sizes: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, artifact_size),
             sources: StatusSources::default(),
             synced: false,
         }
@@ -170,7 +176,7 @@ impl ClusterView {
     }
 
     /// Takes in one event of a watch on `/rift/v1/`. Returns true when the change can alter a
-    /// scheduling decision: a Node, Job, Pool, TrainingTarget, placement or binding changed, a
+    /// scheduling decision: a Node, Job, Pool, TrainingTarget, Artifact, placement or binding changed, a
     /// node's alive key came or went, or a runtime report says (or stops saying) that a job
     /// finished or was released. Not: events, statuses controllers write, the leader's record
     /// and heartbeat, node status reports (capacity and load are read again at the next tick),
@@ -204,6 +210,11 @@ impl ClusterView {
             for name in self.targets.apply(event) {
                 self.compose_target(&name);
             }
+            return true;
+        }
+        if self.artifacts.name_of(key).is_some() {
+            self.artifacts.apply(event);
+            self.sorted_artifacts.replace(None);
             return true;
         }
         if self.pool_status.name_of(key).is_some() {
@@ -240,10 +251,6 @@ impl ClusterView {
             for name in changed {
                 self.compose_voter_set(&name);
             }
-            return false;
-        }
-        if self.artifact_sizes.name_of(key).is_some() {
-            self.artifact_sizes.apply(event);
             return false;
         }
         self.agent_key(event, key)
@@ -289,6 +296,8 @@ impl ClusterView {
         self.jobs.apply(event);
         self.pools.apply(event);
         self.targets.apply(event);
+        self.artifacts.apply(event);
+        self.sorted_artifacts.replace(None);
         self.pool_status.apply(event);
         self.target_status.apply(event);
         self.placements.apply(event);
@@ -296,7 +305,6 @@ impl ClusterView {
         self.tunnels.apply(event);
         self.voter_sets.apply(event);
         self.voter_status.apply(event);
-        self.artifact_sizes.apply(event);
         self.sources = StatusSources::from_kvs(
             items
                 .iter()
@@ -475,18 +483,28 @@ impl ClusterView {
             }
         }
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
+        let artifacts = self
+            .sorted_artifacts
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let mut all: Vec<StoredArtifact> = self.artifacts.values().cloned().collect();
+                all.sort_by_key(|a| a.created_revision);
+                std::sync::Arc::new(all)
+            })
+            .clone();
         let (alive, released) = self.agent_facts(&nodes, &bindings);
         let input_sizes = self
             .jobs
             .values()
             .flat_map(|j| j.spec.input_artifacts())
-            .filter_map(|a| Some((a.to_string(), *self.artifact_sizes.ready(a)?)))
+            .filter_map(|a| Some((a.to_string(), self.artifacts.ready(a)?.artifact.spec.size)))
             .collect();
         Snapshot {
             nodes,
             jobs: self.jobs.values().cloned().collect(),
             pools: self.pools.values().cloned().collect(),
             targets: self.targets.values().cloned().collect(),
+            artifacts,
             undecodable,
             placements: self
                 .placements

@@ -3,7 +3,8 @@
 //!
 //! * [`scheduler`]: the leader's passes: pools, housekeeping, placement, written in batches.
 //! * [`placement`]: which node and GPUs each pending Job gets, why-not summaries, preemption.
-//! * [`pools`]: the member Jobs each Pool should have.
+//! * [`pools`]: the member Jobs each Pool should have, and model rollouts.
+//! * [`template_inputs`]: template input selectors resolved to artifact names.
 //! * [`housekeeping`]: drain, lost nodes, TTL after finishing, orphaned Pool members.
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
 //! * [`artifact_gc`]: deletes artifacts nothing has referenced for `gcAfter`, record then bytes.
@@ -17,6 +18,7 @@ pub mod notifier;
 pub mod placement;
 pub mod pools;
 pub mod scheduler;
+pub mod template_inputs;
 pub mod training;
 pub mod voters;
 pub mod writes;

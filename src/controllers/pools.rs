@@ -11,16 +11,31 @@
 //!   `onNodeLost`/`lostAfter` like any job — and a node no agent ever reported for gets none.
 //!
 //! A member that finished (Succeeded or Failed) or whose spec no longer matches the template
-//! is deleted and, on a later pass, created anew.
+//! is deleted and, on a later pass, created anew. A member that differs only in its `model`
+//! input (a newly promoted model) is replaced in batches instead ([`rollout`]).
+//!
+//! Members' outputs carry the template's labels (so a TrainingTarget's `selfplaySelector`
+//! selects their game shards), and template input selectors are resolved to artifact names
+//! when a member is created ([`crate::controllers::template_inputs`]); a member whose inputs
+//! already resolved matches its template whatever they resolved to.
+
+pub mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
+
 use crate::api::job::{Job, JobSpec};
+use crate::api::job_io::JobInput;
 use crate::api::meta::OwnerReference;
 use crate::api::node::{selector_matches, Node};
-use crate::api::pool::{Pool, PoolStatus};
+use crate::api::pool::{Pool, PoolStatus, MODEL_INPUT};
+use crate::api::training_target::TrainingTarget;
 use crate::api::JobPhase;
+use crate::controllers::cluster_view::StoredArtifact;
+use crate::controllers::template_inputs::{label_outputs, resolve, resolved_from};
 use crate::store::compose::{READY, REASON_LEASE_EXPIRED};
+use rollout::{replacements, rollout_status, Outdated, Progress};
 
 pub use super::placement::{NODE_NAME_LABEL, POOL_LABEL};
 
@@ -38,6 +53,8 @@ pub struct PoolPlan {
     pub create: Vec<Member>,
     pub delete: Vec<String>,
     pub status: PoolStatus,
+    /// The rollout's view of the members (all zero without a model).
+    pub progress: Progress,
 }
 
 /// A DNS-1123 name from parts, shortened with a hash suffix when longer than 63 characters.
@@ -72,12 +89,18 @@ fn has_reported(node: &Node) -> bool {
     })
 }
 
-/// The members `pool` should have, given the cluster's Nodes.
-pub fn desired_members(pool: &Pool, nodes: &[Node]) -> Vec<Member> {
+/// The members `pool` should have, given the cluster's Nodes, each with `model` (when set) as
+/// its `model` input.
+pub fn desired_members(pool: &Pool, nodes: &[Node], model: Option<&str>) -> Vec<Member> {
     let template = &pool.spec.template;
     let mut labels = template.metadata.labels.clone();
     labels.insert(POOL_LABEL.into(), pool.name().into());
     let mut base = template.spec.clone();
+    label_outputs(&mut base.outputs, &template.metadata.labels);
+    if let Some(model) = model {
+        base.inputs
+            .push(JobInput::of(MODEL_INPUT, [model.to_string()]));
+    }
     base.node_selector.extend(
         pool.spec
             .node_selector
@@ -140,67 +163,165 @@ pub fn owner_ref(pool: &Pool) -> OwnerReference {
     }
 }
 
-/// Creates and deletes that take `existing` (the Pool's members) to `desired`.
-pub fn plan(desired: &[Member], existing: &[&Job]) -> PoolPlan {
+/// How a member's spec compares with its template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    Same,
+    /// Only the `model` input differs: a rollout replaces it.
+    OtherModel,
+    Changed,
+}
+
+/// How `stored` (a member) compares with `desired` (its template, selectors unresolved).
+pub fn fit(stored: &JobSpec, desired: &JobSpec) -> Fit {
+    let split = |spec: &JobSpec| {
+        let (model, rest): (Vec<JobInput>, Vec<JobInput>) = spec
+            .inputs
+            .iter()
+            .cloned()
+            .partition(|i| i.name == MODEL_INPUT);
+        let bare = JobSpec {
+            inputs: Vec::new(),
+            ..spec.clone()
+        };
+        (bare, rest, model)
+    };
+    let (s_bare, s_inputs, s_model) = split(stored);
+    let (d_bare, d_inputs, d_model) = split(desired);
+    if s_bare != d_bare || !resolved_from(&s_inputs, &d_inputs) {
+        Fit::Changed
+    } else if s_model != d_model {
+        Fit::OtherModel
+    } else {
+        Fit::Same
+    }
+}
+
+/// Creates and deletes that take `existing` (the Pool's members) to `desired`. Members on
+/// another model are replaced at most `max_unavailable` at a time ([`rollout::replacements`]);
+/// `None` replaces them all at once.
+pub fn plan(desired: &[Member], existing: &[&Job], max_unavailable: Option<u32>) -> PoolPlan {
     let wanted: BTreeMap<&str, &Member> = desired.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut present = BTreeSet::new();
     let mut out = PoolPlan::default();
+    let mut outdated = Vec::new();
     for job in existing {
         let phase = job.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        match wanted.get(job.name()) {
-            Some(m) if job.spec == m.spec && !phase.is_finished() => {
-                present.insert(job.name());
-                match phase {
-                    JobPhase::Running => {
-                        out.status.running += 1;
-                        out.status.scheduled += 1;
-                    }
-                    JobPhase::Scheduled => out.status.scheduled += 1,
-                    _ => {}
-                }
+        present.insert(job.name());
+        let Some(m) = wanted.get(job.name()) else {
+            out.delete.push(job.name().to_string());
+            continue;
+        };
+        let fit = fit(&job.spec, &m.spec);
+        if phase.is_finished() || fit == Fit::Changed {
+            // Finished or changed: delete (recreated next pass).
+            out.delete.push(job.name().to_string());
+            continue;
+        }
+        match phase {
+            JobPhase::Running => {
+                out.status.running += 1;
+                out.status.scheduled += 1;
             }
-            // Finished, changed, or no longer wanted: delete (recreated next pass if wanted).
-            _ => {
-                present.insert(job.name());
-                out.delete.push(job.name().to_string());
-            }
+            JobPhase::Scheduled => out.status.scheduled += 1,
+            _ => {}
+        }
+        if fit == Fit::OtherModel {
+            outdated.push(Outdated {
+                name: job.name().to_string(),
+                running: phase == JobPhase::Running,
+            });
+        } else {
+            out.progress.updated += 1;
+            out.progress.updated_running += u32::from(phase == JobPhase::Running);
         }
     }
+    let total = desired.len() as u32;
+    out.progress.total = total;
+    let limit = max_unavailable.unwrap_or(total.max(1));
+    out.delete
+        .extend(replacements(&outdated, out.status.running, total, limit));
     out.create = desired
         .iter()
         .filter(|m| !present.contains(m.name.as_str()))
         .cloned()
         .collect();
-    out.status.desired = desired.len() as u32;
+    out.status.desired = total;
     out
 }
 
 #[cfg(test)]
 mod tests;
 
-/// Takes every Pool one step toward its plan: creates missing members, deletes finished,
-/// changed and extra ones, and writes the Pool's status when it changed. Member creation
-/// races are harmless: names are deterministic and creation is create-if-absent.
-pub async fn reconcile(
-    store: &crate::store::Store,
-    pools: &[Pool],
+/// The whole pass for one Pool as data: its plan (with the model fields of its status) and the
+/// members to create, their template selectors resolved against `artifacts`.
+pub fn plan_pool(
+    pool: &Pool,
     nodes: &[Node],
     jobs: &[Job],
+    targets: &[TrainingTarget],
+    artifacts: &[StoredArtifact],
+    now: DateTime<Utc>,
+) -> (PoolPlan, Vec<Job>) {
+    let model = rollout::wanted_model(pool, targets);
+    let desired = desired_members(pool, nodes, model.as_deref());
+    let existing: Vec<&Job> = jobs.iter().filter(|j| owned_by(j, pool)).collect();
+    let limit = pool
+        .spec
+        .model
+        .as_ref()
+        .and_then(|m| m.max_unavailable_of(desired.len() as u32));
+    let mut p = plan(&desired, &existing, limit);
+    let (rollout, current, previous) =
+        rollout_status(pool.status.as_ref(), model.as_deref(), p.progress, now);
+    p.status.rollout = rollout;
+    p.status.current_model = current;
+    p.status.previous_model = previous;
+    p.status.observed_generation = pool.metadata.generation;
+    let mut create = Vec::new();
+    for m in &p.create {
+        match resolve(&m.spec.inputs, artifacts) {
+            Ok(inputs) => {
+                let mut job = crate::api::Object::new(m.name.clone(), m.spec.clone());
+                job.spec.inputs = inputs;
+                job.metadata.labels = m.labels.clone();
+                job.metadata.owner_references = vec![owner_ref(pool)];
+                create.push(job);
+            }
+            Err(e) => p.status.message = format!("members wait: {e}"),
+        }
+    }
+    if pool.spec.model.is_some() && model.is_none() && p.status.message.is_empty() {
+        p.status.message = "no model promoted yet: members run without a `model` input".into();
+    }
+    (p, create)
+}
+
+/// Takes every Pool one step toward its plan: creates missing members, deletes finished,
+/// changed and extra ones (members on an older model in batches), and writes the Pool's status
+/// when it changed. Member creation races are harmless: names are deterministic and creation
+/// is create-if-absent.
+pub async fn reconcile(
+    store: &crate::store::Store,
+    snap: &crate::controllers::cluster_view::Snapshot,
+    now: DateTime<Utc>,
 ) -> Result<(), crate::store::StoreError> {
     use crate::store::StoreError;
     let job_kind = crate::api::kinds::by_kind("Job").expect("Job is registered");
-    for pool in pools {
+    for pool in &snap.pools {
         if pool.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let desired = desired_members(pool, nodes);
-        let existing: Vec<&Job> = jobs.iter().filter(|j| owned_by(j, pool)).collect();
-        let p = plan(&desired, &existing);
-        for m in &p.create {
-            let mut job = crate::api::Object::new(m.name.clone(), m.spec.clone());
-            job.metadata.labels = m.labels.clone();
-            job.metadata.owner_references = vec![owner_ref(pool)];
-            match store.create(&job).await {
+        let (p, create) = plan_pool(
+            pool,
+            &snap.nodes,
+            &snap.jobs,
+            &snap.targets,
+            &snap.artifacts,
+            now,
+        );
+        for job in &create {
+            match store.create(job).await {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -208,8 +329,7 @@ pub async fn reconcile(
         for name in &p.delete {
             store.delete_object(job_kind, name).await?;
         }
-        let mut status = p.status.clone();
-        status.observed_generation = pool.metadata.generation;
+        let status = p.status.clone();
         if pool.status.as_ref() != Some(&status) {
             store
                 .put_status::<crate::api::pool::PoolSpec>(pool.name(), &status)

@@ -168,9 +168,9 @@ impl Scheduler {
     pub async fn pass_on(&mut self, snap: Snapshot) -> Result<PassStats, StoreError> {
         let mut stats = PassStats::default();
         self.report_undecodable(&snap.undecodable);
-        pools::reconcile(&self.store, &snap.pools, &snap.nodes, &snap.jobs).await?;
+        pools::reconcile(&self.store, &snap, Utc::now()).await?;
         let happenings = TrainingController::new(self.store.clone())
-            .pass(&snap.targets, &snap.jobs, Utc::now())
+            .pass(&snap.targets, &snap.jobs, &snap.artifacts, Utc::now())
             .await?;
         for h in &happenings {
             tracing::info!(target = %h.target, reason = %h.reason, "{}", h.message);

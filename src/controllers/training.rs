@@ -15,12 +15,14 @@ pub mod plan;
 use chrono::{DateTime, Utc};
 
 pub use decide::{
-    decide, games_threshold, last_ended, trigger, ActiveRun, Next, RunEnd, Stage, Trigger,
+    decide, games_threshold, last_ended, model_artifact, trigger, ActiveRun, Next, RunEnd, Stage,
+    Trigger, MODEL_ARTIFACT_WAIT,
 };
 pub use plan::{plan, Happening, Plan};
 
 use crate::api::job::Job;
 use crate::api::training_target::{TrainingTarget, TrainingTargetSpec};
+use crate::controllers::cluster_view::StoredArtifact;
 use crate::store::{Store, StoreError};
 
 /// The leader's training controller.
@@ -40,6 +42,7 @@ impl TrainingController {
         &self,
         targets: &[TrainingTarget],
         jobs: &[Job],
+        artifacts: &[StoredArtifact],
         now: DateTime<Utc>,
     ) -> Result<Vec<Happening>, StoreError> {
         let mut out = Vec::new();
@@ -47,7 +50,7 @@ impl TrainingController {
             if target.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let plan = plan(target, jobs, now);
+            let plan = plan(target, jobs, artifacts, now);
             if let Some(job) = &plan.create {
                 match self.store.create(job).await {
                     Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}

@@ -312,13 +312,7 @@ mod tests {
     use crate::store::KeyValue;
 
     fn kv(key: &str, value: Value, rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: serde_json::to_vec(&value).unwrap(),
-            create_revision: rev,
-            mod_revision: rev,
-            lease: 0,
-        }
+        KeyValue::json(key, value, rev)
     }
 
     fn event(name: &str, reason: &str, at: &str) -> Value {

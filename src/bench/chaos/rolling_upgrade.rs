@@ -70,6 +70,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
         replicas: None,
         per_gpu: true,
         node_selector: [(REAL_LABEL.0.to_string(), REAL_LABEL.1.to_string())].into(),
+        model: None,
     };
     bed.store.create(&Object::new(POOL, pool)).await?;
     bed.operations += 1;

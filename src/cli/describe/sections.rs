@@ -250,6 +250,39 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
             dash(at(v, "/status/running"))
         ),
     );
+    if let Some(from) = v.pointer("/spec/model/fromTrainingTarget") {
+        out += &field(
+            "Model",
+            format!(
+                "{} (from TrainingTarget {}, {}, maxUnavailable {})",
+                dash(at(v, "/status/currentModel")),
+                from.as_str().unwrap_or_default(),
+                dash(at(v, "/spec/model/update")),
+                dash(at(v, "/spec/model/maxUnavailable"))
+            ),
+        );
+        if let Some(prev) = v.pointer("/status/previousModel").and_then(Value::as_str) {
+            out += &field("Previous model", prev.to_string());
+        }
+        if let Some(r) = v.pointer("/status/rollout") {
+            out += &field(
+                "Rollout",
+                format!(
+                    "{}/{} members updated, started {}, {}",
+                    dash(at(r, "/updated")),
+                    dash(at(r, "/total")),
+                    dash(at(r, "/startedAt")),
+                    match r.pointer("/completedAt").and_then(Value::as_str) {
+                        Some(t) => format!("completed {t}"),
+                        None => "in progress".to_string(),
+                    }
+                ),
+            );
+        }
+    }
+    if let Some(msg) = v.pointer("/status/message").and_then(Value::as_str) {
+        out += &field("Message", msg.to_string());
+    }
     if !members.is_empty() {
         let rows: Vec<Vec<String>> = members
             .iter()
@@ -262,14 +295,29 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
                         .to_string(),
                     dash(at(j, "/status/node")),
                     dash(joined(j, "/status/gpus")),
+                    dash(member_model(j)),
                     dash(pairs(j, "/status/progress")),
                 ]
             })
             .collect();
         out += "Members:\n";
-        out += &table(&["JOB", "PHASE", "NODE", "GPU-IDS", "PROGRESS"], &rows);
+        out += &table(
+            &["JOB", "PHASE", "NODE", "GPU-IDS", "MODEL", "PROGRESS"],
+            &rows,
+        );
     }
     out
+}
+
+/// The first artifact of a member Job's `model` input, cut like `rift get pools` cuts it.
+fn member_model(job: &Value) -> String {
+    job.pointer("/spec/inputs")
+        .and_then(Value::as_array)
+        .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
+        .and_then(|i| i.pointer("/artifacts/0"))
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take("sha256-".len() + 12).collect())
+        .unwrap_or_default()
 }
 
 /// `14 m left`, `40 s left`.
@@ -334,6 +382,16 @@ pub fn training_target(v: &Value, now: DateTime<Utc>) -> String {
                 status.games_since_last_training, status.total_games
             ),
         );
+        if status.games_revision > 0 {
+            out += &field(
+                "From shards",
+                format!(
+                    "{} games in game artifacts (counted through etcd revision {}; the last run \
+                     took those through {})",
+                    status.artifact_games, status.games_revision, status.trained_revision
+                ),
+            );
+        }
         out += &field(
             "Cooldown",
             format!("{} s after each run", spec.cooldown_seconds),
@@ -524,6 +582,7 @@ mod tests {
         let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
         let cooling = target(
             json!({"gamesSinceLastTraining": 40, "totalGames": 240, "trainingGeneration": 1,
+            "artifactGames": 0, "gamesRevision": 0,
             "ledger": {"selfplay-0/u1/1/1": 100, "selfplay-0/u1/1/2": 20, "selfplay-1/u2/1/1": 120},
             "history": [{"generation": 1, "job": "hex8-2p-train-1", "winRate": 0.61, "promoted": true,
                          "finishedAt": "2026-11-22T11:54:00Z", "outcome": "promoted"}]}),
@@ -539,6 +598,17 @@ mod tests {
         ] {
             assert!(text.contains(part), "`{part}` not in:\n{text}");
         }
+        assert!(
+            !text.contains("From shards"),
+            "no shards counted: no line\n{text}"
+        );
+        let shards = target(json!({"gamesSinceLastTraining": 500, "totalGames": 500,
+            "artifactGames": 500, "gamesRevision": 42, "trainedRevision": 0}));
+        let text = training_target(&shards, now);
+        assert!(
+            text.contains("500 games in game artifacts (counted through etcd revision 42"),
+            "{text}"
+        );
         let waiting = target(json!({"gamesSinceLastTraining": 120}));
         assert!(training_target(&waiting, now).contains("waiting: 120/200 new games"));
         let running = target(json!({"activeJob": "hex8-2p-train-2"}));

@@ -76,10 +76,18 @@ pub fn referenced<'a>(r: &Referrers<'a>) -> BTreeSet<&'a str> {
         .iter()
         .filter_map(|t| t.status.as_ref())
         .flat_map(target_models);
+    // A Pool's current model, and its previous one while a rollout may still fall back to it.
+    let pool_models = r
+        .pools
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| s.current_model.iter().chain(&s.previous_model))
+        .map(String::as_str);
     live_inputs
         .chain(pool_templates)
         .chain(target_templates)
         .chain(target_models)
+        .chain(pool_models)
         .collect()
 }
 
@@ -238,14 +246,27 @@ mod tests {
                 replicas: Some(1),
                 per_gpu: false,
                 node_selector: BTreeMap::new(),
+                model: None,
             },
         );
-        let pools = [pool];
+        let mut pools = [pool];
         let refs = referenced(&Referrers {
             pools: &pools,
             ..Referrers::default()
         });
         assert!(refs.contains(name(7).as_str()));
+        pools[0].spec.template.spec.inputs.clear();
+        pools[0].status = Some(crate::api::pool::PoolStatus {
+            current_model: Some(name(8)),
+            previous_model: Some(name(9)),
+            ..Default::default()
+        });
+        let refs = referenced(&Referrers {
+            pools: &pools,
+            ..Referrers::default()
+        });
+        assert!(!refs.contains(name(7).as_str()), "the template no longer names it");
+        assert!(refs.contains(name(8).as_str()) && refs.contains(name(9).as_str()));
     }
 
     fn unref(names: &[(u8, u64)]) -> HashMap<String, Duration> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::job_io::JobInput;
 use crate::api::meta::{Condition, ConditionStatus};
 use crate::api::node::{Capacity, Gpu, NodeSpec, NodeStatus};
 use crate::api::pool::PoolSpec;
@@ -59,7 +60,7 @@ fn member_job(m: &Member, phase: JobPhase) -> Job {
 
 #[test]
 fn replicas_name_members_by_index() {
-    let names: Vec<String> = desired_members(&pool(Some(3), false), &[])
+    let names: Vec<String> = desired_members(&pool(Some(3), false), &[], None)
         .into_iter()
         .map(|m| m.name)
         .collect();
@@ -77,7 +78,7 @@ fn per_gpu_fills_every_gpu_of_matching_ready_schedulable_nodes_only() {
         cordoned,
         node("e", 1, true, true),
     ];
-    let members = desired_members(&pool(None, true), &nodes);
+    let members = desired_members(&pool(None, true), &nodes, None);
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["sp-a-0", "sp-a-1", "sp-e-0"]);
     assert_eq!(members[0].spec.node_selector[NODE_NAME_LABEL], "a");
@@ -94,7 +95,7 @@ fn a_node_whose_lease_lapsed_keeps_its_members_and_one_never_registered_gets_non
     let mut never = node("n", 2, false, true);
     never.status.as_mut().unwrap().conditions[0].reason =
         crate::store::compose::REASON_NEVER_REGISTERED.into();
-    let names: Vec<String> = desired_members(&pool(None, true), &[lapsed, never])
+    let names: Vec<String> = desired_members(&pool(None, true), &[lapsed, never], None)
         .into_iter()
         .map(|m| m.name)
         .collect();
@@ -103,12 +104,12 @@ fn a_node_whose_lease_lapsed_keeps_its_members_and_one_never_registered_gets_non
 
 #[test]
 fn plan_creates_missing_and_deletes_extra_finished_and_changed_members() {
-    let desired = desired_members(&pool(Some(3), false), &[]);
+    let desired = desired_members(&pool(Some(3), false), &[], None);
     let running = member_job(&desired[0], JobPhase::Running);
     let failed = member_job(&desired[1], JobPhase::Failed);
     let mut extra = member_job(&desired[0], JobPhase::Running);
     extra.metadata.name = "sp-9".into();
-    let p = plan(&desired, &[&running, &failed, &extra]);
+    let p = plan(&desired, &[&running, &failed, &extra], None);
     assert_eq!(
         p.create.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
         ["sp-2"]
@@ -121,18 +122,18 @@ fn plan_creates_missing_and_deletes_extra_finished_and_changed_members() {
 
     let mut changed = member_job(&desired[2], JobPhase::Running);
     changed.spec.command = vec!["old".into()];
-    assert_eq!(plan(&desired, &[&changed]).delete, ["sp-2"]);
+    assert_eq!(plan(&desired, &[&changed], None).delete, ["sp-2"]);
 }
 
 #[test]
 fn plan_is_idempotent_once_converged() {
-    let desired = desired_members(&pool(Some(2), false), &[]);
+    let desired = desired_members(&pool(Some(2), false), &[], None);
     let jobs: Vec<Job> = desired
         .iter()
         .map(|m| member_job(m, JobPhase::Running))
         .collect();
     let refs: Vec<&Job> = jobs.iter().collect();
-    let p = plan(&desired, &refs);
+    let p = plan(&desired, &refs, None);
     assert!(p.create.is_empty() && p.delete.is_empty());
 }
 
@@ -149,9 +150,206 @@ fn long_member_names_stay_valid_and_distinct() {
 #[test]
 fn ownership_needs_the_pools_uid() {
     let p = pool(Some(1), false);
-    let mut j = member_job(&desired_members(&p, &[])[0], JobPhase::Running);
+    let mut j = member_job(&desired_members(&p, &[], None)[0], JobPhase::Running);
     j.metadata.owner_references.push(owner_ref(&p));
     assert!(owned_by(&j, &p));
     j.metadata.owner_references[0].uid = "other".into();
     assert!(!owned_by(&j, &p));
+}
+
+// ---- models: rollouts of a promoted model ----
+
+fn model(n: u8) -> String {
+    format!("sha256-{}", format!("{n:02x}").repeat(32))
+}
+
+fn model_pool(replicas: u32, max_unavailable: &str) -> Pool {
+    let mut p = pool(Some(replicas), false);
+    p.spec.model = serde_json::from_value(serde_json::json!({
+        "fromTrainingTarget": "hex8-2p", "maxUnavailable": max_unavailable
+    }))
+    .unwrap();
+    p.spec.template.spec.outputs = vec![serde_json::from_value(
+        serde_json::json!({"name": "games", "labels": {"type": "games"}}),
+    )
+    .unwrap()];
+    p
+}
+
+fn target_with(current: Option<String>) -> TrainingTarget {
+    let spec = serde_json::from_value(serde_json::json!({
+        "board": "hex8", "players": 2, "selfplaySelector": {"board": "hex8"},
+        "training": {"spec": {"command": ["train"]}}
+    }))
+    .unwrap();
+    let mut t = Object::new("hex8-2p", spec);
+    t.status = Some(crate::api::training_target::TrainingTargetStatus {
+        current_model: current,
+        ..Default::default()
+    });
+    t
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// Members of `pool` on `model`, all in `phase`, owned by the pool.
+fn members_on(pool: &Pool, model: Option<&str>, phase: JobPhase) -> Vec<Job> {
+    desired_members(pool, &[], model)
+        .iter()
+        .map(|m| {
+            let mut j = member_job(m, phase);
+            j.metadata.owner_references = vec![owner_ref(pool)];
+            j
+        })
+        .collect()
+}
+
+#[test]
+fn members_get_the_model_input_and_their_outputs_the_template_labels() {
+    let p = model_pool(2, "25%");
+    let (plan, create) = plan_pool(&p, &[], &[], &[target_with(Some(model(1)))], &[], now());
+    assert_eq!(create.len(), 2);
+    let job = &create[0];
+    assert_eq!(
+        job.spec.inputs,
+        vec![JobInput::of("model", [model(1)])],
+        "the promoted model, staged under $RIFT_INPUTS/model/"
+    );
+    assert_eq!(job.spec.outputs[0].labels["board"], "hex8");
+    assert_eq!(job.spec.outputs[0].labels["type"], "games");
+    assert!(job.validate().is_empty(), "{}", job.validate());
+    let r = plan.status.rollout.unwrap();
+    assert_eq!((r.artifact, r.updated, r.total), (model(1), 0, 2));
+    assert_eq!(plan.status.current_model, Some(model(1)));
+}
+
+#[test]
+fn a_promotion_replaces_running_members_in_batches_until_the_rollout_completes() {
+    let p = model_pool(8, "25%");
+    let mut jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    let targets = [target_with(Some(model(2)))];
+    let mut batches = Vec::new();
+    for _ in 0..10 {
+        let (plan, create) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+        let down = jobs
+            .iter()
+            .filter(|j| j.status.as_ref().unwrap().phase != JobPhase::Running)
+            .count()
+            + plan.delete.len();
+        assert!(
+            down <= 2,
+            "never more than maxUnavailable (2 of 8) down: {down}"
+        );
+        if !plan.delete.is_empty() {
+            batches.push(plan.delete.clone());
+        }
+        // The agent stops the deleted ones; the next pass creates them on the new model and
+        // they start running (as the scheduler and agents would make them).
+        jobs.retain(|j| !plan.delete.contains(&j.metadata.name));
+        for job in create {
+            let mut j = job;
+            j.status = Some(JobStatus {
+                phase: JobPhase::Running,
+                ..JobStatus::default()
+            });
+            jobs.push(j);
+        }
+    }
+    assert_eq!(batches.len(), 4, "{batches:?}");
+    assert!(batches.iter().all(|b| b.len() == 2), "{batches:?}");
+    let (done, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    let r = done.status.rollout.unwrap();
+    assert_eq!((r.artifact, r.updated, r.total), (model(2), 8, 8));
+    assert!(r.completed_at.is_some());
+    assert!(jobs
+        .iter()
+        .all(|j| j.spec.inputs == vec![JobInput::of("model", [model(2)])]));
+}
+
+#[test]
+fn a_new_model_whose_members_fail_stops_after_the_first_batch() {
+    let p = model_pool(8, "2");
+    let mut jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    let targets = [target_with(Some(model(2)))];
+    let (first, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert_eq!(first.delete, ["sp-0", "sp-1"]);
+    // The replacements crash and restart over and over: Failed, then Pending again.
+    jobs.retain(|j| !first.delete.contains(&j.metadata.name));
+    let replaced = desired_members(&p, &[], Some(&model(2)));
+    for (i, phase) in [(0, JobPhase::Failed), (1, JobPhase::Pending)] {
+        let mut j = member_job(&replaced[i], phase);
+        j.metadata.owner_references = vec![owner_ref(&p)];
+        jobs.push(j);
+    }
+    let (next, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert_eq!(next.delete, ["sp-0"], "only the failed member is remade");
+    let r = next.status.rollout.unwrap();
+    assert_eq!((r.updated, r.completed_at), (1, None));
+    assert_eq!(
+        next.status.running, 6,
+        "six members keep playing on the old model"
+    );
+}
+
+#[test]
+fn a_deleted_target_or_one_without_a_model_leaves_members_on_their_model() {
+    let mut p = model_pool(2, "25%");
+    p.status = Some(PoolStatus {
+        current_model: Some(model(1)),
+        ..PoolStatus::default()
+    });
+    let jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    for targets in [vec![], vec![target_with(None)]] {
+        let (plan, create) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+        assert!(plan.delete.is_empty() && create.is_empty(), "{plan:?}");
+    }
+}
+
+#[test]
+fn a_resolved_selector_input_does_not_make_a_member_look_changed() {
+    let mut p = pool(Some(1), false);
+    p.spec.template.spec.inputs = vec![JobInput {
+        name: "book".into(),
+        artifacts: vec![],
+        selector: [("type".to_string(), "openings".to_string())].into(),
+    }];
+    let (plan, create) = plan_pool(&p, &[], &[], &[], &[], now());
+    assert!(create.is_empty(), "nothing matches yet");
+    assert!(
+        plan.status.message.contains("type=openings"),
+        "{}",
+        plan.status.message
+    );
+    let book = crate::controllers::template_inputs::tests::art(7, 3, &[("type", "openings")]);
+    let (_, create) = plan_pool(&p, &[], &[], &[], std::slice::from_ref(&book), now());
+    let mut member = create[0].clone();
+    assert_eq!(member.spec.inputs[0].artifacts, [book.artifact.name()]);
+    member.status = Some(JobStatus {
+        phase: JobPhase::Running,
+        ..JobStatus::default()
+    });
+    // A newer book appears: the running member keeps the one it was made with.
+    let newer = crate::controllers::template_inputs::tests::art(8, 4, &[("type", "openings")]);
+    let (plan, create) = plan_pool(&p, &[], &[member], &[], &[book, newer], now());
+    assert!(plan.delete.is_empty() && create.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn pool_model_validation_refuses_reload_bad_budgets_and_a_template_model_input() {
+    let mut p = model_pool(2, "25%");
+    assert!(p.validate().is_empty(), "{}", p.validate());
+    p.spec.model.as_mut().unwrap().update = crate::api::pool::ModelUpdate::Reload;
+    p.spec.model.as_mut().unwrap().max_unavailable = "0%".into();
+    p.spec.template.spec.inputs = vec![JobInput::of("model", [model(1)])];
+    let errors = p.validate().to_string();
+    for field in [
+        "spec.model.update",
+        "spec.model.maxUnavailable",
+        "spec.template.spec.inputs",
+    ] {
+        assert!(errors.contains(field), "{field}: {errors}");
+    }
+    assert!(errors.contains("RollingRestart"), "{errors}");
 }

@@ -14,17 +14,42 @@
 //! 1. No active run: [`trigger`] says wait ([`Next::Wait`]) or train ([`Next::Train`], the
 //!    next generation).
 //! 2. The active Job is still pending or running: [`Next::KeepGoing`].
-//! 3. Training succeeded with a `model` in its result: evaluate it when the target has an
-//!    evaluation gate ([`Next::Evaluate`]), else promote it at once.
-//! 4. Training succeeded without a `model`, either stage failed, or the Job was deleted: the
-//!    run ends unpromoted.
+//! 3. Training succeeded and its `model` output made an Artifact (the candidate): evaluate it
+//!    when the target has an evaluation gate ([`Next::Evaluate`]), else promote it at once.
+//!    The Artifact is recorded by the artifacts controller once the upload is done, so a
+//!    succeeded Job without one is still [`ActiveRun::Going`] for [`MODEL_ARTIFACT_WAIT`].
+//! 4. Training succeeded without a model artifact (after that wait), either stage failed, or
+//!    the Job was deleted: the run ends unpromoted.
 //! 5. Evaluation succeeded: promote the candidate when its `winRate` reaches
 //!    `promoteWinRate` (0.55 when unset); a missing `winRate` never promotes.
 
 use chrono::{DateTime, Utc};
 
 use crate::api::job::{Job, JobPhase};
-use crate::api::training_target::{TrainingTargetSpec, TrainingTargetStatus};
+use crate::api::labels::OUTPUT;
+use crate::api::training_target::{TrainingTargetSpec, TrainingTargetStatus, MODEL_INPUT};
+use crate::controllers::cluster_view::StoredArtifact;
+
+/// How long a succeeded training Job may be without its model Artifact before the run ends
+/// unpromoted (the artifacts controller records uploads within seconds).
+pub const MODEL_ARTIFACT_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
+
+/// The Artifact `job`'s `model` output made: produced by that Job and labelled with that
+/// output; the newest when attempts made several.
+pub fn model_artifact<'a>(job: &str, artifacts: &'a [StoredArtifact]) -> Option<&'a str> {
+    artifacts
+        .iter()
+        .filter(|a| {
+            a.artifact
+                .spec
+                .producer
+                .as_ref()
+                .is_some_and(|p| p.job == job)
+                && a.artifact.metadata.labels.get(OUTPUT).map(String::as_str) == Some(MODEL_INPUT)
+        })
+        .max_by_key(|a| a.created_revision)
+        .map(|a| a.artifact.name())
+}
 
 /// The win rate a candidate needs when the target sets no evaluation gate of its own.
 pub const DEFAULT_PROMOTE_WIN_RATE: f64 = 0.55;
@@ -126,7 +151,7 @@ pub enum ActiveRun {
     Vanished,
     /// Pending, scheduled or running.
     Going,
-    /// The training Job succeeded; `model` is its result's `model`.
+    /// The training Job succeeded; `model` is the Artifact its `model` output made.
     Trained { model: Option<String> },
     /// The evaluation Job succeeded; `win_rate` is its result's `winRate`.
     Evaluated { win_rate: Option<f64> },
@@ -135,8 +160,13 @@ pub enum ActiveRun {
 }
 
 impl ActiveRun {
-    /// The active run as `job` (named in `status.activeJob`; `None`: not found) shows it.
-    pub fn observe(job: Option<&Job>) -> ActiveRun {
+    /// The active run as `job` (named in `status.activeJob`; `None`: not found) and the
+    /// cluster's `artifacts` show it at `now`.
+    pub fn observe(
+        job: Option<&Job>,
+        artifacts: &[StoredArtifact],
+        now: DateTime<Utc>,
+    ) -> ActiveRun {
         let Some(job) = job else {
             return ActiveRun::Vanished;
         };
@@ -154,8 +184,17 @@ impl ActiveRun {
         };
         let result = status.result.as_ref();
         match (status.phase, stage) {
-            (JobPhase::Succeeded, Stage::Training) => ActiveRun::Trained {
-                model: result.and_then(|r| r["model"].as_str()).map(str::to_string),
+            (JobPhase::Succeeded, Stage::Training) => match model_artifact(job.name(), artifacts) {
+                Some(model) => ActiveRun::Trained {
+                    model: Some(model.to_string()),
+                },
+                None if status
+                    .finish_time
+                    .is_some_and(|t| now - t < MODEL_ARTIFACT_WAIT) =>
+                {
+                    ActiveRun::Going
+                }
+                None => ActiveRun::Trained { model: None },
             },
             (JobPhase::Succeeded, Stage::Evaluation) => ActiveRun::Evaluated {
                 win_rate: result.and_then(|r| r["winRate"].as_f64()),
@@ -176,7 +215,7 @@ pub enum RunEnd {
     Vanished,
     /// A stage's Job failed with `message`.
     Failed { stage: Stage, message: String },
-    /// Training succeeded but named no model.
+    /// Training succeeded but its `model` output made no Artifact.
     NoModel,
     /// Training produced `model` and the target has no evaluation gate.
     PromotedUnevaluated { model: String },
@@ -216,7 +255,11 @@ impl RunEnd {
         match self {
             RunEnd::Vanished => "the job was deleted".into(),
             RunEnd::Failed { stage, message } => format!("{} failed: {message}", stage.noun()),
-            RunEnd::NoModel => "training wrote no `model` in its result".into(),
+            RunEnd::NoModel => format!(
+                "training succeeded but its `model` output made no artifact within {}s (write \
+                 the model under $RIFT_OUTPUTS/model/)",
+                MODEL_ARTIFACT_WAIT.num_seconds()
+            ),
             RunEnd::PromotedUnevaluated { .. } => "promoted without evaluation".into(),
             RunEnd::Evaluated {
                 candidate: None, ..

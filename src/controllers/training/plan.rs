@@ -1,17 +1,36 @@
 //! A TrainingTarget's pass as data: the status to write, the Job to create, what to tell
 //! people. Pure: [`plan`] counts, calls [`decide`] and applies its [`Next`] to a copy of the
 //! status; the controller only writes the result.
+//!
+//! ## What the Jobs get
+//! - training run n: the template's inputs (selectors resolved to artifact names), `games` =
+//!   the game artifacts created after the last run's (`status.trainedRevision`, the newest
+//!   [`MAX_PARENTS`] when more), `model` = the current model when it is an Artifact (a warm
+//!   start); its outputs always include `model` (added, labelled `type: model`, when the
+//!   template has none): the Artifact it makes is the candidate. Env `RIFT_CURRENT_MODEL`.
+//! - evaluation of run n: `candidate` = the candidate, `model` = the current model when there
+//!   is one. Env `RIFT_CANDIDATE_MODEL`, `RIFT_CURRENT_MODEL`.
+//! - Every output carries the Job's labels (the target's board, players, generation, stage).
+//!
+//! A template input whose selector matches no artifact holds the stage back (its Job is not
+//! created; `status.message` says why) until one exists.
 
 use chrono::{DateTime, Utc};
 
 use super::decide::{decide, ActiveRun, Next, RunEnd, Stage};
-use super::games::{count_games, selfplay_jobs};
+use super::games::{count_artifact_games, count_games, games_between, selfplay_jobs};
+use crate::api::artifact::{ArtifactSpec, MAX_PARENTS};
 use crate::api::event::Reason;
 use crate::api::job::{Job, JobSpec, JobTemplate};
+use crate::api::job_io::{JobInput, JobOutput};
 use crate::api::labels::{GENERATION, STAGE, TRAINING_TARGET};
 use crate::api::meta::OwnerReference;
-use crate::api::training_target::{TrainingRun, TrainingTarget, TrainingTargetStatus};
-use crate::api::Object;
+use crate::api::training_target::{
+    TrainingRun, TrainingTarget, TrainingTargetStatus, CANDIDATE_INPUT, GAMES_INPUT, MODEL_INPUT,
+};
+use crate::api::{Object, Spec};
+use crate::controllers::cluster_view::StoredArtifact;
+use crate::controllers::template_inputs::{label_outputs, resolve, ResolveError};
 
 /// Something worth telling people (the notifier's event reasons).
 #[derive(Clone, Debug, PartialEq)]
@@ -32,23 +51,34 @@ pub struct Plan {
     pub happenings: Vec<Happening>,
 }
 
-/// The pass for `target` over the cluster's `jobs` at `now`.
-pub fn plan(target: &TrainingTarget, jobs: &[Job], now: DateTime<Utc>) -> Plan {
+/// The pass for `target` over the cluster's `jobs` and `artifacts` (oldest first) at `now`.
+pub fn plan(
+    target: &TrainingTarget,
+    jobs: &[Job],
+    artifacts: &[StoredArtifact],
+    now: DateTime<Utc>,
+) -> Plan {
     let mut status = target.status.clone().unwrap_or_default();
-    recount(target, jobs, &mut status);
+    recount(target, jobs, artifacts, &mut status);
     let active = status
         .active_job
         .as_deref()
-        .map(|name| ActiveRun::observe(jobs.iter().find(|j| j.name() == name)));
+        .map(|name| ActiveRun::observe(jobs.iter().find(|j| j.name() == name), artifacts, now));
     let next = decide(&target.spec, &status, active, now);
-    apply(target, status, next, now)
+    apply(target, status, next, artifacts, now)
 }
 
-/// Folds the selfplay jobs' counters into `status`; the games already handed to a run stay
-/// consumed.
-fn recount(target: &TrainingTarget, jobs: &[Job], status: &mut TrainingTargetStatus) {
+/// Folds the selfplay jobs' counters and the new game artifacts into `status`; the games
+/// already handed to a run stay consumed.
+fn recount(
+    target: &TrainingTarget,
+    jobs: &[Job],
+    artifacts: &[StoredArtifact],
+    status: &mut TrainingTargetStatus,
+) {
     let selfplay = selfplay_jobs(&target.spec, jobs);
-    let total = count_games(&mut status.ledger, &selfplay);
+    count_artifact_games(&target.spec, status, artifacts);
+    let total = count_games(&mut status.ledger, &selfplay).saturating_add(status.artifact_games);
     let consumed = status
         .total_games
         .saturating_sub(status.games_since_last_training);
@@ -61,6 +91,7 @@ pub fn apply(
     target: &TrainingTarget,
     mut status: TrainingTargetStatus,
     next: Next,
+    artifacts: &[StoredArtifact],
     now: DateTime<Utc>,
 ) -> Plan {
     let mut happenings = Vec::new();
@@ -87,9 +118,41 @@ pub fn apply(
                 status.current_model.clone().unwrap_or_default(),
             )];
             let template = &target.spec.training;
+            let games = games_between(
+                &target.spec,
+                artifacts,
+                status.trained_revision,
+                status.games_revision,
+                MAX_PARENTS,
+            );
+            let mut extra = Vec::new();
+            if !games.is_empty() {
+                extra.push(JobInput::of(GAMES_INPUT, games));
+            }
+            extra.extend(model_input(&status));
             let bump = priority.round() as i32;
-            let job = stage_job(target, template, Stage::Training, generation, &env, bump);
+            let job = match stage_job(
+                target,
+                template,
+                Stage::Training,
+                generation,
+                &env,
+                bump,
+                StageIo { extra, artifacts },
+            ) {
+                Ok(job) => job,
+                Err(e) => {
+                    status.priority = priority;
+                    status.message = format!("training run {generation} waits: {e}");
+                    return Plan {
+                        create: None,
+                        status,
+                        happenings,
+                    };
+                }
+            };
             status.training_generation = generation;
+            status.trained_revision = status.games_revision;
             status.active_job = Some(job.name().into());
             status.priority = priority;
             // The games counted so far are the ones this run trains on.
@@ -115,11 +178,6 @@ pub fn apply(
             generation,
             candidate,
         } => {
-            status.last_trained_at = Some(now);
-            say(
-                Reason::TrainingComplete,
-                format!("run {generation} trained {candidate}"),
-            );
             let eval = target
                 .spec
                 .evaluation
@@ -132,13 +190,31 @@ pub fn apply(
                     status.current_model.clone().unwrap_or_default(),
                 ),
             ];
-            let job = stage_job(
+            let mut extra = vec![JobInput::of(CANDIDATE_INPUT, [candidate.clone()])];
+            extra.extend(model_input(&status));
+            let job = match stage_job(
                 target,
                 &eval.template,
                 Stage::Evaluation,
                 generation,
                 &env,
                 0,
+                StageIo { extra, artifacts },
+            ) {
+                Ok(job) => job,
+                Err(e) => {
+                    status.message = format!("evaluation of {candidate} waits: {e}");
+                    return Plan {
+                        create: None,
+                        status,
+                        happenings,
+                    };
+                }
+            };
+            status.last_trained_at = Some(now);
+            say(
+                Reason::TrainingComplete,
+                format!("run {generation} trained {candidate}"),
             );
             status.active_job = Some(job.name().into());
             status.message = format!("evaluating {candidate}");
@@ -216,6 +292,23 @@ pub fn apply(
     }
 }
 
+/// The `model` input with the current model, when it is an Artifact (a name from before
+/// models were artifacts is passed only in `RIFT_CURRENT_MODEL`).
+fn model_input(status: &TrainingTargetStatus) -> Option<JobInput> {
+    status
+        .current_model
+        .as_ref()
+        .filter(|m| ArtifactSpec::name_problem(m).is_none())
+        .map(|m| JobInput::of(MODEL_INPUT, [m.clone()]))
+}
+
+/// The inputs a stage's Job gets besides its template's (whose selectors are resolved against
+/// `artifacts`).
+struct StageIo<'a> {
+    extra: Vec<JobInput>,
+    artifacts: &'a [StoredArtifact],
+}
+
 fn run_mut(status: &mut TrainingTargetStatus, generation: u64) -> Option<&mut TrainingRun> {
     status
         .history
@@ -234,7 +327,7 @@ fn owner_ref(target: &TrainingTarget) -> OwnerReference {
 }
 
 /// The Job for `stage` of run `n` from `template`, owned by the target and labelled with its
-/// board, players and generation.
+/// board, players and generation; see the module docs for its inputs and outputs.
 fn stage_job(
     target: &TrainingTarget,
     template: &JobTemplate,
@@ -242,10 +335,20 @@ fn stage_job(
     n: u64,
     env: &[(&str, String)],
     priority: i32,
-) -> Job {
+    io: StageIo<'_>,
+) -> Result<Job, ResolveError> {
     let name =
         crate::controllers::pools::member_name(&[target.name(), stage.label(), &n.to_string()]);
     let mut spec: JobSpec = template.spec.clone();
+    spec.inputs = resolve(&template.spec.inputs, io.artifacts)?;
+    spec.inputs.extend(io.extra);
+    if stage == Stage::Training && !spec.outputs.iter().any(|o| o.name == MODEL_INPUT) {
+        spec.outputs.push(JobOutput {
+            name: MODEL_INPUT.into(),
+            labels: [("type".to_string(), "model".to_string())].into(),
+            format: None,
+        });
+    }
     spec.priority = spec.priority.saturating_add(priority);
     spec.env
         .insert("RIFT_BOARD".into(), target.spec.board.clone());
@@ -263,6 +366,8 @@ fn stage_job(
     labels.insert("players".into(), target.spec.players.to_string());
     labels.insert(GENERATION.into(), n.to_string());
     labels.insert(STAGE.into(), stage.label().into());
+    let labels = labels.clone();
+    label_outputs(&mut job.spec.outputs, &labels);
     job.metadata.owner_references = vec![owner_ref(target)];
-    job
+    Ok(job)
 }
