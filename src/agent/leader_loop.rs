@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
+use crate::controllers::artifacts::ArtifactsController;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
@@ -100,6 +101,7 @@ async fn lead(
     let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
         .with_metrics(metrics);
     let notifier = NotifierController::new(store.clone());
+    let artifacts = ArtifactsController::new(store.clone());
     let mut running = Controllers {
         tasks: vec![
             (
@@ -111,6 +113,10 @@ async fn lead(
                 Some(controllers.spawn(notifier.run(stop.clone()))),
             ),
             ("voters", Some(controllers.spawn(voters.run(stop.clone())))),
+            (
+                "artifacts",
+                Some(controllers.spawn(artifacts.run(stop.clone()))),
+            ),
         ],
     };
     let resign = lead_with_heartbeat(leadership, node, &store, &stop, &mut running).await;

@@ -28,6 +28,8 @@ use futures::{FutureExt, StreamExt};
 use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
+use crate::agent::jobio::staging::Stage;
+use crate::agent::jobio::{outputs, DataPlane};
 use crate::agent::metrics::Metrics;
 use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
@@ -64,6 +66,28 @@ fn job_name(rest: &str) -> Option<&str> {
     }
 }
 
+/// What inputs and outputs change in a job's report: `Scheduled` with reason `Staging` (bytes
+/// done, total and rate) while its inputs are staged; a finished job stays `Running` with reason
+/// `Uploading` until its `uploading` output files are recorded as Artifacts.
+fn data_phase(report: &mut RuntimeReport, stage: Option<&Stage>, uploading: usize) {
+    if report.phase == JobPhase::Scheduled && report.attempts == 0 {
+        if let Some(s @ Stage::Staging { .. }) = stage {
+            report.reason = "Staging".into();
+            report.message = s.describe();
+        }
+    }
+    if report.phase.is_finished() && uploading > 0 {
+        report.message = format!(
+            "{} ({}); {uploading} output file(s) uploading: the job finishes once they are recorded as Artifacts",
+            report.phase.as_str(),
+            if report.message.is_empty() { "exited" } else { report.message.as_str() },
+        );
+        report.phase = JobPhase::Running;
+        report.reason = "Uploading".into();
+        report.finish_time = None;
+    }
+}
+
 /// The converge loop of one node, over a process layer `P` (real shims by default; hollow
 /// nodes use simulated processes, so the same logic is exercised at scale).
 pub struct Runner<P: JobProcesses = ShimProcesses> {
@@ -86,6 +110,8 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     metrics: Arc<Metrics>,
     /// How often the jobs are looked at when nothing changes.
     tick: Duration,
+    /// Inputs and outputs; `None` on hollow nodes (their jobs declare none).
+    data: Option<DataPlane>,
 }
 
 impl<P: JobProcesses> Runner<P> {
@@ -111,7 +137,14 @@ impl<P: JobProcesses> Runner<P> {
             published: HashMap::new(),
             metrics,
             tick: TICK,
+            data: None,
         }
+    }
+
+    /// Stages inputs and uploads outputs through `data`.
+    pub fn with_data_plane(mut self, data: DataPlane) -> Self {
+        self.data = Some(data);
+        self
     }
 
     /// Looks at the jobs every `tick` when nothing changes (default [`TICK`]).
@@ -188,7 +221,9 @@ impl<P: JobProcesses> Runner<P> {
     /// One pass: start, restart, stop and report.
     pub async fn converge(&mut self) {
         let mut local = self.local.take().expect("passes do not overlap");
+        let staging = self.stage_inputs(&local);
         let input = PassInput {
+            staging: staging.clone(),
             fresh: self.fresh_specs(&local).await,
             bindings: self.bindings.synced().then(|| {
                 self.bindings
@@ -203,18 +238,57 @@ impl<P: JobProcesses> Runner<P> {
                 .collect(),
             renewed: self.lease.last(),
         };
+        let uploads = self.data.as_ref().map(|d| d.uploads.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let out = local.pass(&input, chrono::Utc::now());
-            (local, out)
+            // After the pass, so a file present when the process exited is journaled before
+            // the job can be reported finished.
+            let pending = uploads.map(|dir| {
+                for (job_dir, spec, attempt) in local.output_jobs() {
+                    if let Err(e) = outputs::journal_sealed(&dir, &job_dir, &spec, attempt) {
+                        tracing::warn!(job = spec.job, %e, "cannot journal the job's outputs");
+                    }
+                }
+                outputs::pending(&dir)
+            });
+            (local, out, pending)
         });
-        let (local, out) = pass.await.expect("a runner pass does not panic");
+        let (local, mut out, pending) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
+        for (job, uid, report) in &mut out.reports {
+            data_phase(
+                report,
+                staging.get(job.as_str()),
+                pending
+                    .as_ref()
+                    .and_then(|p| p.get(&(job.clone(), uid.clone())))
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
         if out.restarts > 0 {
             self.metrics.restarts.inc_by(out.restarts);
         }
         self.publish(out.reports).await;
         self.metrics
             .set_jobs(self.published.values().map(|r| r.phase));
+    }
+
+    /// Asks the stager for the inputs of every job that may still start, forgets jobs gone,
+    /// and returns where each job's staging stands.
+    fn stage_inputs(&self, local: &Local<P>) -> HashMap<String, Stage> {
+        let Some(data) = &self.data else {
+            return HashMap::new();
+        };
+        let wanted = local.staging_wanted();
+        for (job, uid, inputs, dir) in &wanted {
+            data.stager.want(job, uid, inputs, dir.clone());
+        }
+        data.stager.retain(|job| local.tracks(job));
+        wanted
+            .iter()
+            .filter_map(|(job, ..)| Some((job.clone(), data.stager.stage(job)?)))
+            .collect()
     }
 
     /// Run specs, from their Jobs, for the bindings that have none here: each such Job read
