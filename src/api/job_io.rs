@@ -62,6 +62,31 @@ pub struct JobOutput {
     pub format: Option<String>,
 }
 
+/// How far a Job's input staging got (in its status while its phase is `Scheduled` with reason
+/// `Staging`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StagingProgress {
+    /// Bytes of the inputs on the node (cached or downloaded) so far.
+    pub done_bytes: u64,
+    /// Bytes of all its inputs.
+    pub total_bytes: u64,
+    /// The download rate so far.
+    pub bytes_per_second: u64,
+}
+
+impl StagingProgress {
+    /// Whole percent done (100 for nothing to stage).
+    pub fn percent(&self) -> u64 {
+        if self.total_bytes == 0 {
+            100
+        } else {
+            (u128::from(self.done_bytes.min(self.total_bytes)) * 100 / u128::from(self.total_bytes))
+                as u64
+        }
+    }
+}
+
 /// One sealed output file, uploaded: what a node's agent reports so that the leader records it
 /// as an Artifact. The node is the key's, never the value's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ use crate::agent::jobio::{outputs, DataPlane};
 use crate::agent::metrics::Metrics;
 use crate::api::event::{EventType, ObjectRef};
 use crate::api::job::JobPhase;
+use crate::api::job_io::StagingProgress;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::validation::dns1123_problem;
 use crate::api::{JobSpec, Object, Spec};
@@ -71,9 +72,22 @@ fn job_name(rest: &str) -> Option<&str> {
 /// `Uploading` until its `uploading` output files are recorded as Artifacts.
 fn data_phase(report: &mut RuntimeReport, stage: Option<&Stage>, uploading: usize) {
     if report.phase == JobPhase::Scheduled && report.attempts == 0 {
-        if let Some(s @ Stage::Staging { .. }) = stage {
+        if let Some(
+            s @ Stage::Staging {
+                done,
+                total,
+                bytes_per_second,
+                ..
+            },
+        ) = stage
+        {
             report.reason = "Staging".into();
             report.message = s.describe();
+            report.staging = Some(StagingProgress {
+                done_bytes: *done,
+                total_bytes: *total,
+                bytes_per_second: *bytes_per_second,
+            });
         }
     }
     if report.phase.is_finished() && uploading > 0 {
