@@ -296,7 +296,8 @@ async fn outputs_queued_while_the_store_is_down_survive_an_agent_sigkill_and_are
     create_job(
         &cluster.store,
         "sp",
-        sh(r#"for i in 1 2 3; do printf "shard $i" > "$RIFT_OUTPUTS/games/.s$i"; mv "$RIFT_OUTPUTS/games/.s$i" "$RIFT_OUTPUTS/games/s$i.npz"; done"#),
+        sh(r#"echo '{"a_count_name_longer_than_sixty_three_characters_is_refused_by_artifacts": 1}' > "$RIFT_OUTPUTS/games/s1.npz.counts.json"
+for i in 1 2 3; do printf "shard $i" > "$RIFT_OUTPUTS/games/.s$i"; mv "$RIFT_OUTPUTS/games/.s$i" "$RIFT_OUTPUTS/games/s$i.npz"; done"#),
         with_io(vec![], vec![games_output()]),
     )
     .await;
@@ -346,6 +347,8 @@ async fn outputs_queued_while_the_store_is_down_survive_an_agent_sigkill_and_are
             "stored bytes are whole"
         );
         assert!(bytes.starts_with(b"shard "));
+        // A sidecar whose counts make no valid Artifact costs the counts, never the bytes.
+        assert!(a.spec.counts.is_empty(), "{:?}", a.spec.counts);
     }
     assert_eq!(journal(&worker), 0);
     worker.kill_shims();

@@ -39,6 +39,7 @@ use crate::agent::jobs::layout::{read_json, write_json, JobDir, RunSpec};
 use crate::api::artifact::{ArtifactSpec, Digest};
 use crate::api::job_io::OutputReport;
 use crate::api::labels;
+use crate::controllers::artifacts::artifact_of;
 use crate::store::keys;
 use crate::tasks::CancellationToken;
 
@@ -318,7 +319,17 @@ impl Uploader {
                 }
                 Step::Uploaded => {
                     let key = self.report_key(p)?;
-                    let body = serde_json::to_vec(&p.report).expect("reports serialize");
+                    let mut body = serde_json::to_vec(&p.report).expect("reports serialize");
+                    // The leader refuses a report that makes no valid Artifact; the one part a
+                    // job controls freely is its sidecar's counts: drop bad ones, keep the bytes.
+                    if let Err(why) = artifact_of(&key, &body) {
+                        if p.report.counts.is_empty() {
+                            return Err(format!("the output makes no valid Artifact: {why}"));
+                        }
+                        tracing::warn!(file = %p.source.display(), why, "dropping the sidecar's counts: they make no valid Artifact");
+                        p.report.counts.clear();
+                        body = serde_json::to_vec(&p.report).expect("reports serialize");
+                    }
                     self.access
                         .etcd
                         .txn(vec![], vec![TxnOp::put(key, body, None)], vec![])
