@@ -359,3 +359,55 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| ((i / 7) as u8).wrapping_mul(13).wrapping_add(seed))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_bytes() {
+    let cluster = Cluster::start().await;
+    let server = S3Server::start();
+    use_s3(&cluster, &server);
+    let mut worker = cluster.worker("w1", &[]);
+    let big = pattern(48 * 1024 * 1024 + 11, 5);
+    let input = push(&cluster, &big, "big.bin");
+    let hex = sha256_hex(&big);
+    create_job(
+        &cluster.store,
+        "tr",
+        sh(&format!(
+            r#"test "$(sha256sum "$RIFT_INPUTS/model/{input}" | cut -d' ' -f1)" = {hex}"#
+        )),
+        with_io(vec![JobInput::of("model", [input.clone()])], vec![]),
+    )
+    .await;
+    // Freeze the store once part of the download is on disk (the download stalls mid-way),
+    // see the Job say it is staging, then SIGKILL the agent and let the store go on.
+    let partial = worker.state.join(format!("cache/sha256/{hex}.partial"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0) {
+        assert!(std::time::Instant::now() < deadline, "no partial download");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.pause();
+    let shown = eventually(Duration::from_secs(30), "staging shown", || async {
+        let status = cluster.job("tr").await.and_then(|j| j.status)?;
+        let s = status.staging.clone()?;
+        (status.reason == "Staging" && s.total_bytes > 0).then_some(s)
+    })
+    .await;
+    worker.kill();
+    server.resume();
+    let had = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        had > 0 && had < big.len() as u64,
+        "killed mid-download ({had} bytes on disk)"
+    );
+    worker.respawn();
+    let done = finished(&cluster, "tr", 90).await;
+    assert_eq!(phase(&done).0, JobPhase::Succeeded, "{:?}", phase(&done));
+    let cached = worker.state.join(format!("cache/sha256/{hex}"));
+    assert_eq!(sha256_hex(&std::fs::read(&cached).unwrap()), hex);
+    assert!(!partial.exists());
+    // While it was staging, the Job said so with its bytes.
+    assert_eq!(shown.total_bytes, big.len() as u64);
+    assert!(shown.done_bytes <= shown.total_bytes);
+    worker.kill_shims();
+}

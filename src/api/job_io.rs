@@ -76,10 +76,10 @@ pub struct StagingProgress {
 }
 
 impl StagingProgress {
-    /// Whole percent done (100 for nothing to stage).
+    /// Whole percent done (0 while the total is not known yet).
     pub fn percent(&self) -> u64 {
         if self.total_bytes == 0 {
-            100
+            0
         } else {
             (u128::from(self.done_bytes.min(self.total_bytes)) * 100 / u128::from(self.total_bytes))
                 as u64

@@ -63,7 +63,11 @@ impl Stage {
                 bytes_per_second,
                 note,
             } => {
-                let pct = if *total == 0 { 100 } else { done * 100 / total };
+                let pct = if *total == 0 {
+                    0
+                } else {
+                    (u128::from(*done) * 100 / u128::from(*total)) as u64
+                };
                 let mut s = format!(
                     "staging inputs: {} of {} ({pct}%) at {}/s",
                     human_bytes(*done),
