@@ -55,6 +55,18 @@ fn push(cluster: &Cluster, bytes: &[u8], file: &str) -> String {
     name
 }
 
+/// Prints an agent's log (the file at this path) when the test fails.
+struct LogOnPanic(std::path::PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.0.display());
+        }
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -66,17 +78,22 @@ fn cas(server: &S3Server, name: &str) -> std::path::PathBuf {
 }
 
 async fn finished(cluster: &Cluster, job: &str, within: u64) -> Job {
-    eventually(
-        Duration::from_secs(within),
-        &format!("{job} finished"),
-        || async {
-            cluster
-                .job(job)
-                .await
-                .filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-        },
-    )
-    .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(within);
+    loop {
+        let got = cluster.job(job).await;
+        if let Some(j) = got
+            .as_ref()
+            .filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+        {
+            return j.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{job} did not finish within {within} s; last status: {:?}",
+            got.and_then(|j| j.status)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn phase(job: &Job) -> (JobPhase, String, String) {
@@ -125,6 +142,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
     let server = S3Server::start();
     use_s3(&cluster, &server);
     let worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
     let seed = pattern(6 * 1024 * 1024 + 3, 1);
     let input = push(&cluster, &seed, "seed.bin");
     let marks = tempfile::tempdir().unwrap();
@@ -291,6 +309,7 @@ async fn outputs_queued_while_the_store_is_down_survive_an_agent_sigkill_and_are
     let mut server = S3Server::start();
     use_s3(&cluster, &server);
     let mut worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
     server.stop();
     // A job that seals three shards and exits while the store is down.
     create_job(
@@ -366,6 +385,7 @@ async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_by
     let server = S3Server::start();
     use_s3(&cluster, &server);
     let mut worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
     let big = pattern(48 * 1024 * 1024 + 11, 5);
     let input = push(&cluster, &big, "big.bin");
     let hex = sha256_hex(&big);

@@ -2,8 +2,8 @@
 //! lease TTL 2 s, reschedule margin 2 s) and worker agents (`worker: "yes"`) added on demand.
 //! Every piece is a real process; every agent has its own state directory.
 //!
-//! Workers never count as overloaded (the tests share a busy machine: a full CPU must not make
-//! a worker unschedulable), and every agent's node lease TTL is 2 s ([`TestAgent`]).
+//! Workers never count as overloaded (the tests share a busy machine: a full CPU, or a shared
+//! disk past 95 %, must not make a worker unschedulable), and every agent's node lease TTL is 2 s ([`TestAgent`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub fn agent_config(dir: &Path, name: &str, labels: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &path,
-        format!("labels: {labels}\nthresholds: {{cpu: 100}}\n"),
+        format!("labels: {labels}\nthresholds: {{cpu: 100, disk: 100}}\n"),
     )
     .unwrap();
     path.to_string_lossy().into_owned()

@@ -3,7 +3,8 @@
 //! A file in `outputs/<output>/` is sealed once it is there under a final name (renamed in, or
 //! present when the process exits); names starting with `.` or ending in `.tmp` are still being
 //! written, and `<file>.counts.json` is the file's sidecar (its counts, never an artifact).
-//! Only regular files are taken: a symlink is never followed out of the job's directory.
+//! Only regular files are taken, from output directories that are real directories: a symlink
+//! is never followed out of the job's directory.
 //!
 //! Guarantees:
 //! - **Journaled before anything moves.** Each sealed file gets an entry
@@ -118,11 +119,18 @@ pub fn journal_sealed(
 ) -> io::Result<()> {
     for output in &spec.outputs {
         let out_dir = dir.outputs().join(&output.name);
-        let entries = match std::fs::read_dir(&out_dir) {
-            Ok(e) => e,
+        // A directory, never a symlink a job put in its place (that would take files from
+        // outside the job's directory).
+        match std::fs::symlink_metadata(&out_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                tracing::warn!(job = spec.job, dir = %out_dir.display(), "an output is not a directory; its files are not taken");
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
-        };
+        }
+        let entries = std::fs::read_dir(&out_dir)?;
         for e in entries {
             let e = e?;
             let Some(name) = e.file_name().to_str().map(str::to_string) else {
@@ -396,5 +404,57 @@ mod tests {
         for name in [".shard.npz", "shard.npz.tmp", "shard.npz.counts.json", ""] {
             assert!(!is_sealed_name(name), "{name}");
         }
+    }
+
+    fn spec(outputs: &[&str]) -> RunSpec {
+        serde_json::from_value(serde_json::json!({
+            "job": "sp", "uid": "u1", "epoch": 1, "command": ["true"],
+            "restartPolicy": "Never", "backoffLimit": 0, "onNodeLost": "wait",
+            "lostAfterSecs": 60, "graceSecs": 1,
+            "outputs": outputs.iter().map(|o| serde_json::json!({"name": o})).collect::<Vec<_>>(),
+            "labels": {"rift.dev/pool": "selfplay", "other": "x"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_sealed_regular_files_inside_the_job_are_journaled_once() {
+        let root = tempfile::tempdir().unwrap();
+        let job = JobDir::at(root.path().join("job"));
+        let uploads = root.path().join("uploads");
+        let games = job.outputs().join("games");
+        std::fs::create_dir_all(&games).unwrap();
+        std::fs::write(games.join("a.npz"), b"a").unwrap();
+        std::fs::write(games.join("a.npz.counts.json"), br#"{"games": 7}"#).unwrap();
+        std::fs::write(games.join(".b.npz"), b"b").unwrap();
+        std::fs::write(games.join("c.npz.tmp"), b"c").unwrap();
+        let secret = root.path().join("secret");
+        std::fs::write(&secret, b"s").unwrap();
+        std::os::unix::fs::symlink(&secret, games.join("link.npz")).unwrap();
+        // An output directory swapped for a symlink to elsewhere is not read.
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("x.npz"), b"x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, job.outputs().join("models")).unwrap();
+
+        let s = spec(&["games", "models"]);
+        journal_sealed(&uploads, &job, &s, 2).unwrap();
+        journal_sealed(&uploads, &job, &s, 2).unwrap(); // again: nothing new
+        let entries = load(&uploads);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let (_, p) = &entries[0];
+        assert_eq!(p.source, games.join("a.npz"));
+        assert_eq!((p.report.attempt, p.step), (2, Step::Queued));
+        assert_eq!(p.report.counts.get("games"), Some(&7));
+        assert_eq!(
+            p.report.labels.get("rift.dev/pool").map(String::as_str),
+            Some("selfplay")
+        );
+        assert_eq!(
+            p.report.labels.get("rift.dev/output").map(String::as_str),
+            Some("games")
+        );
+        assert!(!p.report.labels.contains_key("other"));
+        assert_eq!(pending(&uploads).get(&("sp".into(), "u1".into())), Some(&1));
     }
 }
