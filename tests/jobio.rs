@@ -195,6 +195,15 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
         );
     }
     assert_eq!(std::fs::read(cas(&server, &name)).unwrap(), expected);
+    let described = rift(&cluster.etcd.endpoints_csv(), &["describe", "job", "p1"]);
+    assert!(
+        described.stdout.contains(&format!("games: {input}"))
+            && described
+                .stdout
+                .contains("games (format npz; labels type=games)"),
+        "{}",
+        described.stdout
+    );
 
     // The input: a read-only hard link of the node cache's verified copy.
     let staged = worker.job_dir("p1").join("inputs/games").join(&input);

@@ -87,7 +87,8 @@ impl Stage {
 }
 
 struct Staged {
-    uid: String,
+    /// The job instance staged for (its directory is made anew for another).
+    instance: String,
     digests: BTreeSet<Digest>,
     stage: Arc<Mutex<Stage>>,
     task: JoinHandle<()>,
@@ -112,11 +113,12 @@ impl Stager {
         }
     }
 
-    /// Stages `inputs` of job `job` (uid `uid`) into `inputs_dir`, unless that is already under
-    /// way or done for this uid. Needs a tokio runtime.
-    pub fn want(&self, job: &str, uid: &str, inputs: &[JobInput], inputs_dir: PathBuf) {
+    /// Stages `inputs` of job `job` into `inputs_dir`, unless that is already under way or done
+    /// for this `instance` of it (any string that changes when its directory is made anew).
+    /// Needs a tokio runtime.
+    pub fn want(&self, job: &str, instance: &str, inputs: &[JobInput], inputs_dir: PathBuf) {
         let mut jobs = self.jobs.lock().expect("stager lock");
-        if jobs.get(job).is_some_and(|s| s.uid == uid) {
+        if jobs.get(job).is_some_and(|s| s.instance == instance) {
             return;
         }
         if let Some(old) = jobs.remove(job) {
@@ -145,7 +147,7 @@ impl Stager {
         jobs.insert(
             job.to_string(),
             Staged {
-                uid: uid.to_string(),
+                instance: instance.to_string(),
                 digests,
                 stage,
                 task,

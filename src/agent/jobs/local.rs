@@ -169,7 +169,9 @@ impl<P: JobProcesses> Local<P> {
         }
     }
 
-    /// Jobs with inputs that may still start an attempt: `(job, uid, inputs, inputs dir)`.
+    /// Jobs with inputs that may still start an attempt: `(job, instance, inputs, inputs dir)`,
+    /// where the instance (`<uid>#<epoch>`) changes whenever the job directory was made anew
+    /// (another Job of the name, or a new binding epoch), so its inputs are staged again.
     pub fn staging_wanted(&self) -> Vec<(String, String, Vec<JobInput>, std::path::PathBuf)> {
         self.jobs
             .iter()
@@ -177,7 +179,7 @@ impl<P: JobProcesses> Local<P> {
             .map(|(job, t)| {
                 (
                     job.clone(),
-                    t.spec.uid.clone(),
+                    format!("{}#{}", t.spec.uid, t.spec.epoch),
                     t.spec.inputs.clone(),
                     t.dir.inputs(),
                 )

@@ -295,8 +295,8 @@ impl<P: JobProcesses> Runner<P> {
             return HashMap::new();
         };
         let wanted = local.staging_wanted();
-        for (job, uid, inputs, dir) in &wanted {
-            data.stager.want(job, uid, inputs, dir.clone());
+        for (job, instance, inputs, dir) in &wanted {
+            data.stager.want(job, instance, inputs, dir.clone());
         }
         data.stager.retain(|job| local.tracks(job));
         wanted
