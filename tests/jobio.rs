@@ -440,3 +440,67 @@ async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_by
     assert!(shown.done_bytes <= shown.total_bytes);
     worker.kill_shims();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_high_watermark_only_cache_entries_no_job_uses_are_evicted() {
+    let cluster = Cluster::start().await;
+    let server = S3Server::start();
+    let creds = use_s3(&cluster, &server);
+    let worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
+    let (old, used) = (pattern(100_000, 1), pattern(100_000, 2));
+    let (old_name, used_name) = (
+        push(&cluster, &old, "old.bin"),
+        push(&cluster, &used, "used.bin"),
+    );
+    let cached = |name: &str| {
+        worker
+            .state
+            .join("cache/sha256")
+            .join(name.trim_start_matches("sha256-"))
+    };
+    create_job(
+        &cluster.store,
+        "done",
+        sh("true"),
+        with_io(vec![JobInput::of("m", [old_name.clone()])], vec![]),
+    )
+    .await;
+    assert_eq!(
+        phase(&finished(&cluster, "done", 60).await).0,
+        JobPhase::Succeeded
+    );
+    create_job(
+        &cluster.store,
+        "running",
+        sh("sleep 120"),
+        with_io(vec![JobInput::of("m", [used_name.clone()])], vec![]),
+    )
+    .await;
+    cluster.wait_running("running", 60).await;
+    let r = rift(&cluster.etcd.endpoints_csv(), &["delete", "job", "done"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(cached(&old_name).exists() && cached(&used_name).exists());
+
+    // Any disk is above 1 %: everything unpinned goes, the running job's input stays.
+    cluster.apply(&format!(
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 1, lowPercent: 0}}\n",
+        server.endpoint(),
+        creds.display()
+    ));
+    eventually(
+        Duration::from_secs(40),
+        "the unused entry evicted",
+        || async { (!cached(&old_name).exists()).then_some(()) },
+    )
+    .await;
+    assert!(
+        cached(&used_name).exists(),
+        "a running job's input is pinned"
+    );
+    let staged = worker.job_dir("running").join("inputs/m").join(&used_name);
+    assert_eq!(std::fs::read(staged).unwrap(), used);
+    let job = cluster.job("running").await.unwrap();
+    assert_eq!(phase(&job).0, JobPhase::Running);
+    worker.kill_shims();
+}
