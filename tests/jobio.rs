@@ -504,3 +504,51 @@ async fn above_the_high_watermark_only_cache_entries_no_job_uses_are_evicted() {
     assert_eq!(phase(&job).0, JobPhase::Running);
     worker.kill_shims();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_artifact() {
+    let cluster = Cluster::start().await;
+    let server = S3Server::start();
+    use_s3(&cluster, &server);
+    let mut worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
+    // 48 MiB of one byte repeated: ten 5 MiB parts.
+    create_job(
+        &cluster.store,
+        "tr",
+        sh(r#"head -c 50331648 /dev/zero | tr '\0' 'm' > "$RIFT_OUTPUTS/games/.m" && mv "$RIFT_OUTPUTS/games/.m" "$RIFT_OUTPUTS/games/model.pt""#),
+        with_io(vec![], vec![games_output()]),
+    )
+    .await;
+    // Freeze the store as soon as a part has arrived (the multipart upload is under way and
+    // cannot complete), SIGKILL the agent, let the store go on, start the agent again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let part_arrived = || {
+        std::fs::read_dir(server.data_dir()).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+        })
+    };
+    while !part_arrived() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.pause();
+    worker.kill();
+    server.resume();
+    let expected = vec![b'm'; 50331648];
+    let name = format!("sha256-{}", sha256_hex(&expected));
+    assert!(
+        !cas(&server, &name).exists(),
+        "killed before the upload completed"
+    );
+    worker.respawn();
+    let done = finished(&cluster, "tr", 90).await;
+    assert_eq!(phase(&done).0, JobPhase::Succeeded, "{:?}", phase(&done));
+    let arts = artifacts_labelled(&cluster, "tr").await;
+    assert_eq!(arts.len(), 1, "one Artifact");
+    assert_eq!(arts[0].name(), name);
+    let stored = std::fs::read(cas(&server, &name)).unwrap();
+    assert!(stored == expected, "the stored bytes are whole");
+    worker.kill_shims();
+}

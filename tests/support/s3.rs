@@ -81,6 +81,12 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The server's root: one directory per bucket, and its multipart parts in progress
+    /// (`.upload_id-<id>.part-<n>`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The file holding object `key` of [`BUCKET`].
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.dir.path().join("data").join(BUCKET).join(key)
