@@ -124,7 +124,8 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     metrics: Arc<Metrics>,
     /// How often the jobs are looked at when nothing changes.
     tick: Duration,
-    /// Inputs and outputs; `None` on hollow nodes (their jobs declare none).
+    /// Inputs and outputs; `None` on hollow nodes (inputs count as staged, outputs are not
+    /// taken).
     data: Option<DataPlane>,
 }
 
@@ -291,10 +292,14 @@ impl<P: JobProcesses> Runner<P> {
     /// Asks the stager for the inputs of every job that may still start, forgets jobs gone,
     /// and returns where each job's staging stands.
     fn stage_inputs(&self, local: &Local<P>) -> HashMap<String, Stage> {
-        let Some(data) = &self.data else {
-            return HashMap::new();
-        };
         let wanted = local.staging_wanted();
+        let Some(data) = &self.data else {
+            // Hollow nodes move no bytes: their jobs' inputs count as staged.
+            return wanted
+                .into_iter()
+                .map(|(job, ..)| (job, Stage::Ready))
+                .collect();
+        };
         for (job, instance, inputs, dir) in &wanted {
             data.stager.want(job, instance, inputs, dir.clone());
         }
