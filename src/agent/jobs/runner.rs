@@ -451,3 +451,53 @@ impl<P: JobProcesses> Runner<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_job_with_outputs_uploading_is_not_reported_finished() {
+        let mut r = RuntimeReport {
+            phase: JobPhase::Succeeded,
+            attempts: 1,
+            finish_time: Some(chrono::Utc::now()),
+            ..RuntimeReport::default()
+        };
+        data_phase(&mut r, None, 2);
+        assert_eq!(
+            (r.phase, r.reason.as_str()),
+            (JobPhase::Running, "Uploading")
+        );
+        assert!(r.finish_time.is_none());
+        assert!(r.message.contains("2 output file(s)"), "{}", r.message);
+        let mut done = RuntimeReport {
+            phase: JobPhase::Failed,
+            ..RuntimeReport::default()
+        };
+        data_phase(&mut done, None, 0);
+        assert_eq!(done.phase, JobPhase::Failed, "nothing pending: as it was");
+    }
+
+    #[test]
+    fn a_job_not_started_shows_its_staging_bytes() {
+        let mut r = RuntimeReport {
+            phase: JobPhase::Scheduled,
+            ..RuntimeReport::default()
+        };
+        let stage = Stage::Staging {
+            done: 512,
+            total: 1024,
+            bytes_per_second: 256,
+            note: None,
+        };
+        data_phase(&mut r, Some(&stage), 0);
+        assert_eq!(r.reason, "Staging");
+        assert_eq!(r.staging.as_ref().map(|s| s.percent()), Some(50));
+        assert!(
+            r.message.contains("512 B of 1.0 KiB (50%)"),
+            "{}",
+            r.message
+        );
+    }
+}
