@@ -11,6 +11,7 @@ use rift::api::{JobPhase, JobSpec, Object};
 use rift::store::Store;
 use support::agent::{eventually, process_alive, TestAgent};
 use support::etcd::EtcdCluster;
+use support::jobs::{bind_at, report};
 
 async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&mut JobSpec)) {
     let mut spec = JobSpec::with_command(["sh", "-c", script]);
@@ -19,33 +20,11 @@ async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&
     store.create(&Object::new(name, spec)).await.unwrap();
 }
 
-/// Binds `job` to `node` at `epoch` as the scheduler does: placement and binding together.
-async fn bind(client: &mut Client, job: &str, node: &str, epoch: u64, gpus: &[u32]) {
-    let placement = serde_json::json!({"node": node, "gpus": gpus, "epoch": epoch}).to_string();
-    let binding = serde_json::json!({"gpus": gpus, "epoch": epoch}).to_string();
-    client
-        .put(format!("/rift/v1/placements/{job}"), placement, None)
-        .await
-        .unwrap();
-    client
-        .put(format!("/rift/v1/bindings/{node}/{job}"), binding, None)
-        .await
-        .unwrap();
-}
-
 async fn unbind(client: &mut Client, job: &str, node: &str) {
     client
         .delete(format!("/rift/v1/bindings/{node}/{job}"), None)
         .await
         .unwrap();
-}
-
-async fn report(client: &mut Client, node: &str, job: &str) -> Option<RuntimeReport> {
-    let resp = client
-        .get(format!("/rift/v1/agents/{node}/jobs/{job}"), None)
-        .await
-        .ok()?;
-    serde_json::from_slice(resp.kvs().first()?.value()).ok()
 }
 
 async fn wait_phase(
@@ -86,7 +65,7 @@ async fn bound_job_runs_to_success_with_progress_and_its_exit_code() {
         |_| {},
     )
     .await;
-    bind(&mut client, "ok", "n1", 1, &[]).await;
+    bind_at(&mut client, "ok", "n1", 1, &[]).await;
     let r = wait_phase(&mut client, "n1", "ok", JobPhase::Succeeded, 20).await;
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(r.progress.get("games"), Some(&7.0));
@@ -109,7 +88,7 @@ async fn failing_job_is_retried_per_policy_then_failed() {
         s.backoff_limit = 2;
     })
     .await;
-    bind(&mut client, "flaky", "n1", 1, &[]).await;
+    bind_at(&mut client, "flaky", "n1", 1, &[]).await;
     // Backoff 1 s then 2 s: three attempts, then Failed.
     let r = wait_phase(&mut client, "n1", "flaky", JobPhase::Failed, 30).await;
     assert_eq!(r.attempts, 3, "{r:?}");
@@ -136,14 +115,14 @@ async fn cuda_visible_devices_comes_from_the_binding() {
         },
     )
     .await;
-    bind(&mut client, "gpu", "n1", 1, &[1, 3]).await;
+    bind_at(&mut client, "gpu", "n1", 1, &[1, 3]).await;
     wait_phase(&mut client, "n1", "gpu", JobPhase::Succeeded, 20).await;
     let seen = std::fs::read_to_string(agent.state.join("devices")).unwrap();
     assert_eq!(seen.trim(), "1,3");
 
     // A GPU index the node does not have fails the job with a clear message.
     create_job(&store, "bad-gpu", "true", |_| {}).await;
-    bind(&mut client, "bad-gpu", "n1", 1, &[7]).await;
+    bind_at(&mut client, "bad-gpu", "n1", 1, &[7]).await;
     let r = wait_phase(&mut client, "n1", "bad-gpu", JobPhase::Failed, 20).await;
     assert!(
         r.message.contains("GPU index 7 is not present"),
@@ -167,8 +146,8 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
         s.workdir = Some("/nonexistent/dir".into())
     })
     .await;
-    bind(&mut client, "nobin", "n1", 1, &[]).await;
-    bind(&mut client, "nodir", "n1", 1, &[]).await;
+    bind_at(&mut client, "nobin", "n1", 1, &[]).await;
+    bind_at(&mut client, "nodir", "n1", 1, &[]).await;
     let r = wait_phase(&mut client, "n1", "nobin", JobPhase::Failed, 20).await;
     assert!(
         r.message.contains("cannot start `/nonexistent/trainer`"),
@@ -183,7 +162,7 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
         r.message
     );
     create_job(&store, "after", "true", |_| {}).await;
-    bind(&mut client, "after", "n1", 1, &[]).await;
+    bind_at(&mut client, "after", "n1", 1, &[]).await;
     wait_phase(&mut client, "n1", "after", JobPhase::Succeeded, 20).await;
 }
 
@@ -193,8 +172,8 @@ async fn agent_restart_keeps_the_running_job_and_learns_exits_that_happened_whil
     let mut agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "long", "sleep 30", |_| {}).await;
     create_job(&store, "short", "sleep 3; exit 5", |_| {}).await;
-    bind(&mut client, "long", "n1", 1, &[]).await;
-    bind(&mut client, "short", "n1", 1, &[]).await;
+    bind_at(&mut client, "long", "n1", 1, &[]).await;
+    bind_at(&mut client, "short", "n1", 1, &[]).await;
     let before = wait_phase(&mut client, "n1", "long", JobPhase::Running, 20).await;
     wait_phase(&mut client, "n1", "short", JobPhase::Running, 20).await;
 
@@ -227,7 +206,7 @@ async fn deleting_the_binding_stops_the_process_group_within_the_grace_period() 
         |_| {},
     )
     .await;
-    bind(&mut client, "stubborn", "n1", 1, &[]).await;
+    bind_at(&mut client, "stubborn", "n1", 1, &[]).await;
     let r = wait_phase(&mut client, "n1", "stubborn", JobPhase::Running, 20).await;
     let pid = r.pid.unwrap();
     unbind(&mut client, "stubborn", "n1").await;
@@ -275,9 +254,9 @@ async fn a_binding_at_a_new_epoch_replaces_the_old_instance() {
     let (cluster, store, mut client) = setup().await;
     let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "moved", "sleep 60", |_| {}).await;
-    bind(&mut client, "moved", "n1", 1, &[]).await;
+    bind_at(&mut client, "moved", "n1", 1, &[]).await;
     let old = wait_phase(&mut client, "n1", "moved", JobPhase::Running, 20).await;
-    bind(&mut client, "moved", "n1", 2, &[]).await;
+    bind_at(&mut client, "moved", "n1", 2, &[]).await;
     let new = eventually(Duration::from_secs(20), "epoch 2 running", || {
         let mut c = client.clone();
         async move {
@@ -313,7 +292,7 @@ async fn a_reused_pid_is_never_adopted() {
     let f = std::fs::File::open(job_dir.join("attempts/1")).unwrap();
     f.set_modified(old).unwrap();
     create_job(&store, "ghost", "sleep 60", |_| {}).await;
-    bind(&mut client, "ghost", "n1", 1, &[]).await;
+    bind_at(&mut client, "ghost", "n1", 1, &[]).await;
     let mut agent = TestAgent::start_in(
         "n1",
         &cluster.endpoints_csv(),
@@ -370,7 +349,7 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     })
     .await;
     for j in ["steady", "finisher", "mover", "waiter"] {
-        bind(&mut client, j, "n1", 1, &[]).await;
+        bind_at(&mut client, j, "n1", 1, &[]).await;
     }
     let steady = wait_phase(&mut client, "n1", "steady", JobPhase::Running, 20).await;
     let mover = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 20).await;
@@ -429,8 +408,8 @@ async fn a_reschedule_job_is_stopped_by_its_shim_when_the_agent_dies_for_good() 
     })
     .await;
     create_job(&store, "waiter", "sleep 60", |s| s.lost_after = lost_after).await;
-    bind(&mut client, "mover", "n1", 1, &[]).await;
-    bind(&mut client, "waiter", "n1", 1, &[]).await;
+    bind_at(&mut client, "mover", "n1", 1, &[]).await;
+    bind_at(&mut client, "waiter", "n1", 1, &[]).await;
     let mover = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 20).await;
     let waiter = wait_phase(&mut client, "n1", "waiter", JobPhase::Running, 20).await;
     agent.kill();
@@ -492,7 +471,7 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     std::fs::remove_file(&exe).unwrap();
     create_job(&store, "upgrading", "exit 0", |_| {}).await;
-    bind(&mut client, "upgrading", "n1", 1, &[]).await;
+    bind_at(&mut client, "upgrading", "n1", 1, &[]).await;
     let r = wait_phase(&mut client, "n1", "upgrading", JobPhase::Succeeded, 20).await;
     assert_eq!(r.exit_code, Some(0));
     let _ = agent.0.kill();

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rift::api::event::{Event, EventType};
+use rift::api::event::{Event, EventType, Reason};
 use rift::api::{JobSpec, Object};
 use rift::store::events::{event_id, EventRecorder, EventScope, EVENT_TTL};
 use rift::store::Store;
@@ -31,30 +31,18 @@ async fn a_repeat_bumps_the_count_and_keeps_first_seen() {
     let store = store(&cluster).await;
     let rec = EventRecorder::controller(store.clone(), "scheduler");
     let first = rec
-        .record_now(
-            "Job",
-            "train-1",
-            "job_failed",
-            "exit code 1",
-            EventType::Warning,
-        )
+        .record_now("Job", "train-1", Reason::JobFailed, "exit code 1")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = rec
-        .record_now(
-            "Job",
-            "train-1",
-            "job_failed",
-            "exit code 2",
-            EventType::Warning,
-        )
+        .record_now("Job", "train-1", Reason::JobFailed, "exit code 2")
         .await
         .unwrap();
     assert_eq!(second.spec.count, 2);
 
     let key = "/rift/v1/events/job.train-1.job_failed";
-    assert_eq!(rec.key_for("Job", "train-1", "job_failed"), key);
+    assert_eq!(rec.key_for("Job", "train-1", Reason::JobFailed), key);
     let (kvs, _) = store.list_raw("/rift/v1/events/", None).await.unwrap();
     assert_eq!(kvs.len(), 1, "one key per object and reason");
     let (ev, lease) = stored(&store, key).await;
@@ -78,10 +66,10 @@ async fn a_repeat_bumps_the_count_and_keeps_first_seen() {
     assert!(ttl.ttl() > 3500 && ttl.ttl() <= 3600, "ttl {}", ttl.ttl());
 
     // Another object or reason is another event, under the same lease.
-    rec.record_now("Job", "train-1", "job_started", "", EventType::Normal)
+    rec.record_now("Job", "train-1", Reason::JobSucceeded, "")
         .await
         .unwrap();
-    let (_, lease2) = stored(&store, "/rift/v1/events/job.train-1.job_started").await;
+    let (_, lease2) = stored(&store, "/rift/v1/events/job.train-1.job_succeeded").await;
     assert_eq!(lease2, lease, "one lease per recorder");
 }
 
@@ -91,18 +79,12 @@ async fn agent_events_live_under_the_agents_prefix() {
     let store = store(&cluster).await;
     let rec = EventRecorder::agent(store.clone(), "n1");
     assert_eq!(rec.scope(), &EventScope::Agent("n1".into()));
-    rec.record_now(
-        "Job",
-        "selfplay-3",
-        "job_started",
-        "pid 42",
-        EventType::Normal,
-    )
-    .await
-    .unwrap();
+    rec.record_now("Job", "selfplay-3", Reason::JobSucceeded, "pid 42")
+        .await
+        .unwrap();
     let (ev, lease) = stored(
         &store,
-        "/rift/v1/agents/n1/events/job.selfplay-3.job_started",
+        "/rift/v1/agents/n1/events/job.selfplay-3.job_succeeded",
     )
     .await;
     assert_eq!(ev.spec.source, "agent/n1");
@@ -119,7 +101,7 @@ async fn concurrent_recorders_lose_no_occurrence() {
     let b = EventRecorder::controller(store.clone(), "b");
     let hit = |rec: EventRecorder| async move {
         for _ in 0..10 {
-            rec.record_now("Node", "n1", "node_not_ready", "", EventType::Warning)
+            rec.record_now("Node", "n1", Reason::NodeNotReady, "")
                 .await
                 .unwrap();
         }
@@ -134,8 +116,8 @@ async fn a_revoked_lease_is_replaced() {
     let cluster = EtcdCluster::single();
     let store = store(&cluster).await;
     let rec = EventRecorder::controller(store.clone(), "scheduler");
-    let key = rec.key_for("Pool", "selfplay", "scaled");
-    rec.record_now("Pool", "selfplay", "scaled", "", EventType::Normal)
+    let key = rec.key_for("Job", "selfplay", Reason::JobUnschedulable);
+    rec.record_now("Job", "selfplay", Reason::JobUnschedulable, "")
         .await
         .unwrap();
     let (_, lease) = stored(&store, &key).await;
@@ -143,7 +125,7 @@ async fn a_revoked_lease_is_replaced() {
     assert!(store.get_raw(&key).await.unwrap().is_none());
 
     let ev = rec
-        .record_now("Pool", "selfplay", "scaled", "again", EventType::Normal)
+        .record_now("Job", "selfplay", Reason::JobUnschedulable, "again")
         .await
         .unwrap();
     assert_eq!(ev.spec.count, 1, "the expired event starts over");
@@ -159,9 +141,9 @@ async fn record_returns_at_once_and_writes_in_the_background() {
     let rec = EventRecorder::controller(store.clone(), "scheduler");
     let started = Instant::now();
     for i in 0..50 {
-        rec.normal("Job", &format!("j{i}"), "job_started", "started");
+        rec.record("Job", &format!("j{i}"), Reason::JobSucceeded, "started");
     }
-    rec.warning("Job", "j0", "job_started", "started again");
+    rec.record("Job", "j0", Reason::JobSucceeded, "started again");
     assert!(
         started.elapsed() < Duration::from_millis(250),
         "{:?}",
@@ -170,9 +152,10 @@ async fn record_returns_at_once_and_writes_in_the_background() {
     rec.flush().await;
     let (kvs, _) = store.list_raw("/rift/v1/events/", None).await.unwrap();
     assert_eq!(kvs.len(), 50);
-    let (ev, _) = stored(&store, &rec.key_for("Job", "j0", "job_started")).await;
+    let (ev, _) = stored(&store, &rec.key_for("Job", "j0", Reason::JobSucceeded)).await;
     assert_eq!(ev.spec.count, 2);
-    assert_eq!(ev.spec.event_type, EventType::Warning);
+    assert_eq!(ev.spec.message, "started again");
+    assert_eq!(ev.spec.event_type, EventType::Normal, "the reason's type");
     assert_eq!(rec.dropped(), 0);
 }
 
@@ -184,7 +167,7 @@ async fn recording_never_waits_for_a_dead_etcd() {
     cluster.kill(0);
     let started = Instant::now();
     for i in 0..3000 {
-        rec.normal("Job", &format!("j{i}"), "job_started", "");
+        rec.record("Job", &format!("j{i}"), Reason::JobSucceeded, "");
     }
     assert!(started.elapsed() < Duration::from_millis(500));
 }
@@ -201,24 +184,12 @@ async fn get_and_describe_show_controller_and_agent_events() {
     let agent = EventRecorder::agent(store.clone(), "n1");
     for _ in 0..2 {
         controller
-            .record_now(
-                "Job",
-                "train-1",
-                "job_scheduled",
-                "placed on n1",
-                EventType::Normal,
-            )
+            .record_now("Job", "train-1", Reason::JobUnschedulable, "placed on n1")
             .await
             .unwrap();
     }
     agent
-        .record_now(
-            "Job",
-            "train-1",
-            "job_failed",
-            "exit code 3",
-            EventType::Warning,
-        )
+        .record_now("Job", "train-1", Reason::JobFailed, "exit code 3")
         .await
         .unwrap();
 
@@ -228,7 +199,7 @@ async fn get_and_describe_show_controller_and_agent_events() {
     let scheduled = out
         .stdout
         .lines()
-        .find(|l| l.contains("job_scheduled"))
+        .find(|l| l.contains("job_unschedulable"))
         .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(scheduled.contains("job/train-1"), "{scheduled}");
     assert!(scheduled.contains(" 2 "), "{scheduled}");
@@ -258,7 +229,7 @@ async fn get_and_describe_show_controller_and_agent_events() {
     let described = rift(&endpoints, &["describe", "job", "train-1"]);
     assert!(described.ok, "{}", described.stderr);
     assert!(
-        described.stdout.contains("job_scheduled") && described.stdout.contains("job_failed"),
+        described.stdout.contains("job_unschedulable") && described.stdout.contains("job_failed"),
         "{}",
         described.stdout
     );
@@ -284,20 +255,9 @@ async fn a_recreated_jobs_events_are_its_own() {
         .unwrap();
     let old_uid = first.metadata.uid.clone().unwrap();
     for _ in 0..2 {
-        rec.record_about(
-            &about(&old_uid),
-            "job_failed",
-            "exit code 1",
-            EventType::Warning,
-        );
+        rec.record_about(&about(&old_uid), Reason::JobFailed, "exit code 1");
     }
-    rec.record(
-        "Job",
-        "train-1",
-        "job_scheduled",
-        "placed on n1",
-        EventType::Normal,
-    );
+    rec.record("Job", "train-1", Reason::JobUnschedulable, "placed on n1");
     rec.flush().await;
     assert!(rift(&endpoints, &["delete", "job", "train-1"]).ok);
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -316,14 +276,9 @@ async fn a_recreated_jobs_events_are_its_own() {
         described.stdout
     );
 
-    rec.record_about(
-        &about(&new_uid),
-        "job_failed",
-        "exit code 2",
-        EventType::Warning,
-    );
+    rec.record_about(&about(&new_uid), Reason::JobFailed, "exit code 2");
     rec.flush().await;
-    let key = rec.key_for("Job", "train-1", "job_failed");
+    let key = rec.key_for("Job", "train-1", Reason::JobFailed);
     let (ev, _) = stored(&store, &key).await;
     assert_eq!(ev.spec.count, 1, "started over for the new uid");
     assert_eq!(ev.spec.involved_object.uid, new_uid);
@@ -334,7 +289,7 @@ async fn a_recreated_jobs_events_are_its_own() {
         described.stdout
     );
     assert!(
-        !described.stdout.contains("job_scheduled"),
+        !described.stdout.contains("job_unschedulable"),
         "{}",
         described.stdout
     );

@@ -9,38 +9,18 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use rift::api::job::RestartPolicy;
-use rift::api::{JobPhase, JobSpec, NodeSpec, Object};
+use rift::api::{JobPhase, JobSpec, NodeSpec};
 use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::cli::{rift, rift_command, KillOnDrop};
 use support::etcd::EtcdCluster;
+use support::jobs::{bind, create_job};
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
     let store = cluster.store().await;
     let client = cluster.client().await;
     (cluster, store, client)
-}
-
-async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&mut JobSpec)) {
-    let mut spec = JobSpec::with_command(["sh", "-c", script]);
-    spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(3);
-    tune(&mut spec);
-    store.create(&Object::new(name, spec)).await.unwrap();
-}
-
-/// Binds `job` to `node` as the scheduler does: placement and binding together.
-async fn bind(client: &mut Client, job: &str, node: &str) {
-    let placement = serde_json::json!({"node": node, "epoch": 1}).to_string();
-    let binding = serde_json::json!({"epoch": 1}).to_string();
-    client
-        .put(format!("/rift/v1/placements/{job}"), placement, None)
-        .await
-        .unwrap();
-    client
-        .put(format!("/rift/v1/bindings/{node}/{job}"), binding, None)
-        .await
-        .unwrap();
 }
 
 /// Waits until the Job's composed status shows `phase`.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use rift::api::event::EventType;
+use rift::api::event::Reason;
 use rift::api::notifier::{NotifierFormat, NotifierSpec, NotifierStatus, SecretRef};
 use rift::api::Object;
 use rift::controllers::notifier::{signature, NotifierConfig, NotifierController};
@@ -175,23 +175,11 @@ async fn matching_events_are_delivered_signed_and_others_skipped() {
     let controller = EventRecorder::controller(store.clone(), "training");
     let agent = EventRecorder::agent(store.clone(), "n1");
     controller
-        .record_now(
-            "TrainingTarget",
-            "hex8",
-            "training_started",
-            "",
-            EventType::Normal,
-        )
+        .record_now("TrainingTarget", "hex8", Reason::TrainingStarted, "")
         .await
         .unwrap();
     agent
-        .record_now(
-            "Job",
-            "train-1",
-            "job_failed",
-            "exit code 1",
-            EventType::Warning,
-        )
+        .record_now("Job", "train-1", Reason::JobFailed, "exit code 1")
         .await
         .unwrap();
 
@@ -238,13 +226,7 @@ async fn slack_and_discord_get_their_own_shapes() {
         .unwrap();
     let _running = start(&store, config());
     EventRecorder::controller(store.clone(), "training")
-        .record_now(
-            "TrainingTarget",
-            "hex8",
-            "model_promoted",
-            "elo +40",
-            EventType::Normal,
-        )
+        .record_now("TrainingTarget", "hex8", Reason::ModelPromoted, "elo +40")
         .await
         .unwrap();
     let mut bodies = [
@@ -274,7 +256,7 @@ async fn a_missing_secret_is_a_failure_that_says_why() {
     store.create(&Object::new("unsigned", s)).await.unwrap();
     let _running = start(&store, config());
     EventRecorder::controller(store.clone(), "x")
-        .record_now("Job", "j", "job_failed", "", EventType::Warning)
+        .record_now("Job", "j", Reason::JobFailed, "")
         .await
         .unwrap();
     let status = status_until(&store, "unsigned", |s| s.failures == 1).await;
@@ -314,7 +296,7 @@ async fn a_hung_endpoint_is_retried_reported_and_delays_no_one() {
 
     let started = Instant::now();
     for name in ["m1", "m2", "m3"] {
-        rec.record_now("VoterSet", name, "voter_changed", "", EventType::Normal)
+        rec.record_now("VoterSet", name, Reason::VoterPromoted, "")
             .await
             .unwrap();
     }
@@ -372,7 +354,7 @@ async fn server_errors_are_retried_with_backoff_until_they_pass() {
         .unwrap();
     let _running = start(&store, config());
     let rec = EventRecorder::controller(store.clone(), "x");
-    rec.record_now("Node", "n1", "node_not_ready", "", EventType::Warning)
+    rec.record_now("Node", "n1", Reason::NodeNotReady, "")
         .await
         .unwrap();
     for _ in 0..3 {
@@ -389,7 +371,7 @@ async fn server_errors_are_retried_with_backoff_until_they_pass() {
 
     // The endpoint recovers: the next event goes through, and the error is cleared.
     status.store(200, Ordering::Relaxed);
-    rec.record_now("Node", "n2", "node_not_ready", "", EventType::Warning)
+    rec.record_now("Node", "n2", Reason::NodeNotReady, "")
         .await
         .unwrap();
     next_hit(&mut hits, Duration::from_secs(3)).await;
@@ -410,11 +392,11 @@ async fn a_burst_of_identical_events_is_sent_once() {
     let _running = start(&store, config());
     let rec = EventRecorder::agent(store.clone(), "n1");
     for _ in 0..5 {
-        rec.record_now("Job", "j1", "job_failed", "boom", EventType::Warning)
+        rec.record_now("Job", "j1", Reason::JobFailed, "boom")
             .await
             .unwrap();
     }
-    rec.record_now("Job", "j2", "job_failed", "boom", EventType::Warning)
+    rec.record_now("Job", "j2", Reason::JobFailed, "boom")
         .await
         .unwrap();
     let a = next_hit(&mut hits, Duration::from_secs(5)).await;
@@ -437,7 +419,7 @@ async fn stored_events_are_not_sent_again_by_a_new_leader() {
     s.throttle_seconds = 0;
     store.create(&Object::new("ops", s)).await.unwrap();
     let rec = EventRecorder::controller(store.clone(), "x");
-    rec.record_now("Job", "j1", "job_failed", "", EventType::Warning)
+    rec.record_now("Job", "j1", Reason::JobFailed, "")
         .await
         .unwrap();
     let running = start(
@@ -448,7 +430,7 @@ async fn stored_events_are_not_sent_again_by_a_new_leader() {
         },
     );
     no_hit(&mut hits, Duration::from_millis(700)).await;
-    rec.record_now("Job", "j1", "job_failed", "", EventType::Warning)
+    rec.record_now("Job", "j1", Reason::JobFailed, "")
         .await
         .unwrap();
     let hit = next_hit(&mut hits, Duration::from_secs(5)).await;

@@ -1,7 +1,8 @@
 //! Property tests of placement (`rift::controllers::placement::schedule`) over random clusters
 //! and random pending jobs: whatever the snapshot, applying one batch of decisions never puts
-//! two jobs on one GPU, never goes over a node's cpus or memory, never uses a node that may not
-//! run the job, and evicts only lower-priority jobs that were there.
+//! two jobs on one GPU, never goes over a node's cpus or memory (nor its free disk with the
+//! inputs placed there), never uses a node that may not run the job (not ready, cordoned,
+//! overloaded, under disk pressure), and evicts only lower-priority jobs that were there.
 //!
 //! Clusters are generated valid (every bound job's GPUs distinct and existing, requests within
 //! capacity), as the scheduler's own bindings keep them; the properties are about what one
@@ -13,13 +14,15 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use rift::api::job::{JobType, Resources};
 use rift::api::meta::{Condition, ConditionStatus};
-use rift::api::node::{Capacity, Gpu, NodeSpec, NodeStatus};
+use rift::api::node::{Capacity, Gpu, NodeSpec, NodeStatus, Usage, DISK_PRESSURE};
 use rift::controllers::placement::{
     gpu_model_matches, schedule, BoundJob, Decision, NodeView, PendingJob, PlacementConfig,
     NODE_NAME_LABEL,
 };
 
 const GIB: u64 = 1 << 30;
+/// Disk figures (free space, input sizes) are generated in these units.
+const DISK_UNIT: u64 = 10 * GIB;
 const MODELS: [&str; 5] = [
     "NVIDIA H100 80GB HBM3",
     "NVIDIA GH200 480GB",
@@ -82,7 +85,12 @@ fn ready(yes: bool) -> Vec<Condition> {
 fn node(i: usize) -> impl Strategy<Value = NodeView> {
     (
         (prop::bool::weighted(0.85), prop::bool::weighted(0.1)),
-        (prop::bool::weighted(0.1), prop::option::of(0u8..2)),
+        (
+            prop::bool::weighted(0.1),
+            prop::option::of(0u8..2),
+            prop::bool::weighted(0.1),
+            prop::option::of(0u64..100),
+        ),
         (
             0u32..9,
             0usize..MODELS.len(),
@@ -95,7 +103,7 @@ fn node(i: usize) -> impl Strategy<Value = NodeView> {
         .prop_map(
             move |(
                 (is_ready, cordoned),
-                (overloaded, zone),
+                (overloaded, zone, disk_pressure, disk_free),
                 (gpus, model, cpus, mem, load),
                 residents,
             )| {
@@ -104,8 +112,24 @@ fn node(i: usize) -> impl Strategy<Value = NodeView> {
                 if let Some(z) = zone {
                     labels.insert("zone".to_string(), format!("z{z}"));
                 }
+                let mut conditions = ready(is_ready);
+                conditions.push(Condition {
+                    type_: DISK_PRESSURE.into(),
+                    status: if disk_pressure {
+                        ConditionStatus::True
+                    } else {
+                        ConditionStatus::False
+                    },
+                    reason: String::new(),
+                    message: String::new(),
+                    last_transition_time: None,
+                });
                 let status = NodeStatus {
-                    conditions: ready(is_ready),
+                    conditions,
+                    usage: Usage {
+                        disk_available_bytes: disk_free.map(|d| d * DISK_UNIT),
+                        ..Usage::default()
+                    },
                     capacity: Capacity {
                         cpus,
                         memory_bytes: mem * GIB,
@@ -177,9 +201,15 @@ fn pending(i: usize) -> impl Strategy<Value = PendingJob> {
             prop::option::of(5u32..13),
             prop::option::of(0u8..3),
         ),
+        prop::option::of(1u64..60),
     )
         .prop_map(
-            move |((gpus, cpus, mem), (priority, t, created), (zone, model, power, pool))| {
+            move |(
+                (gpus, cpus, mem),
+                (priority, t, created),
+                (zone, model, power, pool),
+                inputs,
+            )| {
                 let mut node_selector = BTreeMap::new();
                 if let Some(z) = zone {
                     node_selector.insert("zone".to_string(), format!("z{z}"));
@@ -203,6 +233,7 @@ fn pending(i: usize) -> impl Strategy<Value = PendingJob> {
                     pool: pool.map(|p| format!("pool{p}")),
                     // A perGpu member's wish; the properties hold whatever is preferred.
                     prefer_gpu: (created % 3 == 0).then_some((created % 8) as u32),
+                    input_bytes: inputs.map_or(0, |i| i * DISK_UNIT),
                 }
             },
         )
@@ -258,6 +289,7 @@ fn check(nodes: &[NodeView], jobs: &[PendingJob], decisions: &[Decision]) -> Res
     }
     let mut held = holdings(nodes);
     let mut evicted_so_far = BTreeSet::new();
+    let mut inputs_on: BTreeMap<&str, u64> = BTreeMap::new();
     for d in decisions {
         let (job, node, gpus, evict) = match d {
             Decision::Place { job, node, gpus } => (job, node, gpus, &[][..]),
@@ -282,8 +314,17 @@ fn check(nodes: &[NodeView], jobs: &[PendingJob], decisions: &[Decision]) -> Res
             .conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
-        if !is_ready || view.spec.unschedulable || status.overloaded {
+        if !is_ready || view.spec.unschedulable || status.overloaded || status.has_disk_pressure() {
             return Err(format!("{job} placed on {node}, which may not take jobs"));
+        }
+        let inputs = inputs_on.entry(node.as_str()).or_default();
+        *inputs += p.input_bytes;
+        if let Some(free) = status.usage.disk_available_bytes {
+            if *inputs > free {
+                return Err(format!(
+                    "{job} placed on {node}: inputs placed there in this call {inputs} > free {free}"
+                ));
+            }
         }
         for (k, v) in &p.node_selector {
             let has = if k == NODE_NAME_LABEL {
@@ -453,6 +494,7 @@ fn the_checker_refuses_a_gpu_given_twice_and_an_overfull_node() {
         created: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
         pool: None,
         prefer_gpu: None,
+        input_bytes: 0,
     };
     let twice = Decision::Place {
         job: "p0".into(),

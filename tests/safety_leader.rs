@@ -7,11 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use rift::faults::LinkFault;
 use rift::store::leader::{campaign_with, current_leader, ElectionConfig};
 use rift::store::lease::LeaseKeeper;
-use rift::store::Store;
+use rift::store::{Op, Store};
 use support::agent::eventually;
 use support::etcd::EtcdCluster;
 use tokio::time::Instant;
@@ -65,7 +64,7 @@ async fn a_campaign_whose_winning_reply_was_lost_leads_once_the_link_heals() {
     led.store()
         .txn(
             vec![],
-            vec![TxnOp::put("/rift/v1/controllers/probe", "led", None)],
+            vec![Op::put("/rift/v1/controllers/probe", "led")],
             vec![],
         )
         .await

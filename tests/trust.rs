@@ -5,11 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, TxnOp, WatchOptions};
+use etcd_client::{EventType, PutOptions, WatchOptions};
 use rift::pki::dir::LeafFile;
 use rift::pki::local::LocalTrust;
 use rift::pki::{Leaf, NodeRole, PkiDir};
-use rift::store::{keys, Access, Store, StoreError};
+use rift::store::{keys, Access, Guard, Op, Store, StoreError};
 use support::agent::{eventually, TestAgent};
 use support::cli::{rift, rift_command};
 use support::etcd::EtcdCluster;
@@ -102,8 +102,8 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
     assert!(seen.is_ok(), "n1 watches /rift/v1/");
     let compared = n1
         .txn(
-            vec![Compare::create_revision(keys::LEADER, CompareOp::Equal, 0)],
-            vec![TxnOp::put(keys::agent_job("n1", "j"), "{}", None)],
+            vec![Guard::created_at(keys::LEADER, 0)],
+            vec![Op::put(keys::agent_job("n1", "j"), "{}")],
             vec![],
         )
         .await
@@ -129,8 +129,8 @@ async fn a_node_identity_writes_only_under_its_own_prefix() {
         n1.txn(
             vec![],
             vec![
-                TxnOp::put(keys::agent_job("n1", "k"), "{}", None),
-                TxnOp::put(keys::object("jobs", "evil"), "{}", None),
+                Op::put(keys::agent_job("n1", "k"), "{}"),
+                Op::put(keys::object("jobs", "evil"), "{}"),
             ],
             vec![],
         )

@@ -15,6 +15,7 @@ use rift::store::Store;
 use support::agent::{eventually, TestAgent};
 use support::cli::{rift, rift_command};
 use support::etcd::EtcdCluster;
+use support::jobs::bind;
 use support::proc::free_port;
 use support::sshd::{current_user, ssh_clients_mentioning, ClientKey, Sshd};
 
@@ -141,20 +142,6 @@ async fn wait_agent_through(addr: &str, agent: &TestAgent, within: u64) {
         },
     )
     .await;
-}
-
-/// Binds `job` to `node` as the scheduler does: placement and binding together.
-async fn bind(client: &mut Client, job: &str, node: &str) {
-    let placement = serde_json::json!({"node": node, "epoch": 1}).to_string();
-    let binding = serde_json::json!({"epoch": 1}).to_string();
-    client
-        .put(format!("/rift/v1/placements/{job}"), placement, None)
-        .await
-        .unwrap();
-    client
-        .put(format!("/rift/v1/bindings/{node}/{job}"), binding, None)
-        .await
-        .unwrap();
 }
 
 async fn run_job_on(store: &Store, client: &mut Client, job: &str, node: &str, script: &str) {

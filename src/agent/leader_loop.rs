@@ -8,12 +8,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use futures::FutureExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::{AgentConfig, AgentState};
+use crate::api::event::Reason;
+use crate::controllers::artifact_gc::ArtifactGc;
 use crate::controllers::artifacts::ArtifactsController;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
@@ -23,6 +24,7 @@ use crate::controllers::scheduler::Scheduler;
 use crate::controllers::voters::VotersController;
 use crate::store::events::EventRecorder;
 use crate::store::leader::{campaign, ElectionConfig, Leadership};
+use crate::store::Op;
 use crate::store::{Store, StoreError};
 use crate::tasks::{CancellationToken, Tasks};
 
@@ -57,7 +59,7 @@ pub async fn run(store: &Store, config: &AgentConfig, state: &Arc<AgentState>, t
         metrics.leading(true);
         let resign = lead(
             &leadership,
-            &config.name,
+            config,
             housekeeping,
             metrics.clone(),
             tasks.child(),
@@ -84,16 +86,17 @@ pub async fn run(store: &Store, config: &AgentConfig, state: &Arc<AgentState>, t
 /// again rather than lead without it.
 async fn lead(
     leadership: &Leadership,
-    node: &str,
+    config: &AgentConfig,
     housekeeping: Housekeeping,
     metrics: LeaderMetrics,
     controllers: Tasks,
 ) -> bool {
+    let node = config.name.as_str();
     let store = leadership.store();
-    EventRecorder::controller(store.clone(), "leader").normal(
+    EventRecorder::controller(store.clone(), "leader").record(
         "Node",
         node,
-        "leader_changed",
+        Reason::LeaderChanged,
         format!("{node} is now the leader"),
     );
     let stop = controllers.token().clone();
@@ -102,6 +105,7 @@ async fn lead(
         .with_metrics(metrics);
     let notifier = NotifierController::new(store.clone());
     let artifacts = ArtifactsController::new(store.clone());
+    let artifact_gc = ArtifactGc::new(store.clone(), config.secrets_dir.clone());
     let mut running = Controllers {
         tasks: vec![
             (
@@ -116,6 +120,10 @@ async fn lead(
             (
                 "artifacts",
                 Some(controllers.spawn(artifacts.run(stop.clone()))),
+            ),
+            (
+                "artifact-gc",
+                Some(controllers.spawn(artifact_gc.run(stop.clone()))),
             ),
         ],
     };
@@ -228,7 +236,7 @@ async fn lead_with_heartbeat(
 async fn heartbeat(store: &Store, node: &str, seq: u64) -> Result<(), StoreError> {
     let body = json!({"node": node, "seq": seq, "at": Utc::now()}).to_string();
     store
-        .txn(vec![], vec![TxnOp::put(HEARTBEAT_KEY, body, None)], vec![])
+        .txn(vec![], vec![Op::put(HEARTBEAT_KEY, body)], vec![])
         .await
         .map(|_| ())
 }

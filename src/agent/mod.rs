@@ -7,6 +7,7 @@
 //! `/status`, `/metrics`), and the leader loop.
 
 pub mod config;
+pub mod disk_pressure;
 pub mod etcd_member;
 mod http;
 pub mod http_server;

@@ -1,5 +1,5 @@
 //! The Node status the agent publishes at `/rift/v1/agents/<node>/status`: capacity, usage,
-//! load score, overload, running jobs. Probed every few seconds, written only on a meaningful
+//! load score, overload, the `DiskPressure` condition ([`super::disk_pressure`]), running jobs. Probed every few seconds, written only on a meaningful
 //! change or at least every 30 s ([`should_write`]).
 
 use std::path::PathBuf;
@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::time::Instant;
 
+use super::disk_pressure::{watermarks_key, DiskPressure};
 use super::jobs::layout::{read_json, ExitRecord, JobDir, ProcRecord, StateDir};
 use super::jobs::procs;
 use super::metrics::Metrics;
 use super::resources::{should_write, Observed, ResourceProbe, Thresholds};
 use crate::api::node::{GpuDeclaration, NodeStatus};
-use crate::store::{keys, Store};
+use crate::store::{keys, Op, Store, WatchConfig, Watcher};
 use crate::tasks::CancellationToken;
 
 /// How often resources are probed.
@@ -85,6 +85,9 @@ impl StatusWriter {
     /// Probes every [`PROBE_INTERVAL`] and writes when it matters, until `shutdown`.
     pub async fn run(mut self, mut probe: ResourceProbe, shutdown: CancellationToken) {
         let mut last: Option<NodeStatus> = None;
+        let mut disk_pressure = DiskPressure::default();
+        let mut watermarks =
+            Watcher::new(self.store.clone(), watermarks_key(), WatchConfig::default());
         let mut last_write = Instant::now();
         loop {
             let (p, observed) = probe_once(
@@ -106,13 +109,16 @@ impl StatusWriter {
                 ..NodeStatus::default()
             };
             observed.apply(&mut status, &self.thresholds);
+            status
+                .conditions
+                .extend(disk_pressure.observe(status.usage.disk_percent));
             self.metrics.set_gpus(&observed.capacity, &observed.usage);
             if should_write(last.as_ref(), last_write.elapsed(), &status) {
                 let body = serde_json::to_vec(&status).expect("statuses serialize");
                 let key = keys::agent_status(&self.node);
                 match self
                     .store
-                    .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+                    .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
                     .await
                 {
                     Ok(_) => {
@@ -123,11 +129,24 @@ impl StatusWriter {
                     Err(e) => tracing::debug!(%e, "node status not written yet"),
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-                // A tunnel came up or went down: publish the new endpoint now.
-                _ = self.endpoint.changed() => {}
-                _ = shutdown.cancelled() => return,
+            let next_probe = tokio::time::sleep(PROBE_INTERVAL);
+            tokio::pin!(next_probe);
+            loop {
+                tokio::select! {
+                    _ = &mut next_probe => break,
+                    // New watermarks: probe again now. `next` is cancel-safe.
+                    ev = watermarks.next() => match ev {
+                        Ok(ev) if disk_pressure.apply(&ev) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(%e, "ArtifactStore watch failed; retrying");
+                            tokio::time::sleep(PROBE_INTERVAL).await;
+                        }
+                    },
+                    // A tunnel came up or went down: publish the new endpoint now.
+                    _ = self.endpoint.changed() => break,
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{PutOptions, TxnOp};
 use tokio::sync::watch;
 
 use super::jobs::layout::{write_json_volatile, Heartbeat, StateDir};
 use super::metrics::Metrics;
 use crate::api::{NodeSpec, Object};
 use crate::store::lease::{self, Grant, LastRenewal, LeaseKeeper, LeaseStatus, RenewalSender};
+use crate::store::Op;
 use crate::store::{keys, Store, StoreError};
 use crate::tasks::CancellationToken;
 
@@ -80,11 +80,7 @@ async fn announce(
     store
         .txn(
             vec![],
-            vec![TxnOp::put(
-                keys::agent_node(node),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            )],
+            vec![Op::put_on_lease(keys::agent_node(node), body, lease)],
             vec![],
         )
         .await
@@ -94,17 +90,11 @@ async fn announce(
 /// Creates the Node of every node whose agent is alive and announced one, where none exists
 /// (the leader's pass; the store should carry the leader fence). Returns the names created.
 pub async fn adopt_announced(store: &Store) -> Result<Vec<String>, StoreError> {
-    let keys_only = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_keys_only();
-    let mut kv = store.client().kv_client();
     let announced: Vec<String> = store
-        .call(kv.get(keys::AGENTS_PREFIX, Some(keys_only.clone())))
+        .list_keys(keys::AGENTS_PREFIX)
         .await?
-        .kvs()
         .iter()
-        .filter_map(|kv| {
-            let key = std::str::from_utf8(kv.key()).ok()?;
+        .filter_map(|key| {
             let rest = key.strip_prefix(keys::AGENTS_PREFIX)?;
             rest.strip_suffix("/node").map(str::to_string)
         })
@@ -112,13 +102,11 @@ pub async fn adopt_announced(store: &Store) -> Result<Vec<String>, StoreError> {
     if announced.is_empty() {
         return Ok(Vec::new());
     }
-    let nodes_prefix = keys::objects_prefix("nodes");
     let existing: std::collections::HashSet<String> = store
-        .call(kv.get(nodes_prefix.as_str(), Some(keys_only)))
+        .list_keys(&keys::objects_prefix("nodes"))
         .await?
-        .kvs()
         .iter()
-        .filter_map(|kv| Some(keys::name_of(std::str::from_utf8(kv.key()).ok()?).to_string()))
+        .map(|key| keys::name_of(key).to_string())
         .collect();
     let mut created = Vec::new();
     for name in announced.into_iter().filter(|n| !existing.contains(n)) {
@@ -270,11 +258,7 @@ pub async fn register(
     store
         .txn(
             vec![],
-            vec![TxnOp::put(
-                keys::agent_alive(node),
-                body,
-                Some(PutOptions::new().with_lease(grant.id)),
-            )],
+            vec![Op::put_on_lease(keys::agent_alive(node), body, grant.id)],
             vec![],
         )
         .await?;

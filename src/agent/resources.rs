@@ -645,6 +645,7 @@ fn compose(host: &HostSample, nvml: &NvmlSample, declared: &[GpuDeclaration]) ->
             cpu_percent: percent_figure(host.cpu_percent),
             memory_percent: ratio_percent(host.memory_used, host.memory_total),
             disk_percent: ratio_percent(disk_total.saturating_sub(disk_available), disk_total),
+            disk_available_bytes: host.disk.map(|(_, available)| available),
             gpu_memory_percent: ratio_percent(gpu_memory_used, gpu_memory_total),
             gpu_util_percent: percent_figure(gpu_util),
             gpus: nvml

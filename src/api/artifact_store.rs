@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::duration::HumanDuration;
 use super::meta::ObjectMeta;
 use super::object::{Object, Spec};
 use super::validation::{validate_labels, FieldErrors};
@@ -48,10 +49,23 @@ pub struct ArtifactStoreSpec {
     pub bandwidth: Vec<BandwidthLimit>,
     #[serde(default)]
     pub cache: CacheWatermarks,
+    /// How long an artifact must have gone unreferenced (no unfinished Job's input, not named by
+    /// a Pool's or TrainingTarget's Job template, not a TrainingTarget's current model or in its
+    /// history) before garbage collection deletes it, e.g. `24h`, `30m`. Artifacts labelled `rift.dev/keep: "true"` are never
+    /// deleted.
+    #[serde(default = "default_gc_after")]
+    pub gc_after: HumanDuration,
 }
 
 fn default_part_size() -> u64 {
     DEFAULT_PART_SIZE
+}
+
+/// Unreferenced artifacts are kept a day by default.
+pub const DEFAULT_GC_AFTER: HumanDuration = HumanDuration::from_secs(24 * 3600);
+
+fn default_gc_after() -> HumanDuration {
+    DEFAULT_GC_AFTER
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -177,6 +191,13 @@ impl Spec for ArtifactStoreSpec {
                 }
             }
         }
+        if self.gc_after.as_duration() < std::time::Duration::from_secs(1) {
+            errors.push(
+                "spec.gcAfter",
+                "must be at least 1s (e.g. 24h); label artifacts rift.dev/keep=true to keep them for good",
+            );
+        }
+        super::validation::validate_duration("spec.gcAfter", self.gc_after.as_duration(), errors);
         let c = &self.cache;
         if !(c.low_percent < c.high_percent && c.high_percent <= 99) {
             errors.push(
@@ -213,6 +234,7 @@ mod tests {
         let local = parse(serde_json::json!({"url": "file:///var/lib/rift/artifacts"})).unwrap();
         assert_eq!(local.spec.part_size, DEFAULT_PART_SIZE);
         assert_eq!(local.spec.cache, CacheWatermarks::default());
+        assert_eq!(local.spec.gc_after, DEFAULT_GC_AFTER);
         parse(serde_json::json!({
             "url": "s3://rift-artifacts/fleet", "endpoint": "http://10.0.0.5:3900",
             "credentialsFile": "garage.env",
@@ -257,6 +279,14 @@ mod tests {
             (
                 serde_json::json!({"url": "s3://bucket", "cache": {"highPercent": 100, "lowPercent": 60}}),
                 "spec.cache",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "gcAfter": "0s"}),
+                "spec.gcAfter",
+            ),
+            (
+                serde_json::json!({"url": "s3://bucket", "gcAfter": "1000000h"}),
+                "spec.gcAfter",
             ),
             (
                 serde_json::json!({"url": "s3://bucket", "bandwidth": [{"downloadBytesPerSecond": 0}]}),

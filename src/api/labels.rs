@@ -20,5 +20,8 @@ pub const ARTIFACT_JOB: &str = "rift.dev/job";
 pub const ARTIFACT_OUTPUT: &str = "rift.dev/output";
 /// The Job labels an output's Artifacts inherit, when the Job has them.
 pub const INHERITED_BY_OUTPUTS: [&str; 4] = [POOL, TRAINING_TARGET, GENERATION, STAGE];
+/// `rift.dev/keep: "true"` on an Artifact: garbage collection never deletes it, referenced or
+/// not (for artifacts pushed by hand that no Job, TrainingTarget or Pool names yet).
+pub const KEEP: &str = "rift.dev/keep";
 /// Marks a simulated (hollow) node.
 pub const HOLLOW: &str = "hollow";

@@ -171,7 +171,19 @@ pub enum LocalMemberState {
     Failed,
 }
 
+/// The node condition its agent sets while the disk holding its state directory is above the
+/// ArtifactStore's high watermark (and clears below the low one): the scheduler places nothing
+/// new there.
+pub const DISK_PRESSURE: &str = "DiskPressure";
+
 impl NodeStatus {
+    /// True when the [`DISK_PRESSURE`] condition is `True`.
+    pub fn has_disk_pressure(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == DISK_PRESSURE && c.status == ConditionStatus::True)
+    }
+
     /// True when the `Ready` condition is `True`.
     pub fn is_ready(&self) -> bool {
         self.conditions
@@ -214,6 +226,10 @@ pub struct Usage {
     pub memory_percent: f64,
     #[serde(default)]
     pub disk_percent: f64,
+    /// Bytes an unprivileged writer can still put on that disk; absent from agents that do not
+    /// report it (placement then does not check that inputs fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_available_bytes: Option<u64>,
     #[serde(default)]
     pub gpu_memory_percent: f64,
     #[serde(default)]

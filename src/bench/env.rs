@@ -325,9 +325,8 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 
 /// etcd's backend database size in MiB (as the quota counts it).
 pub async fn etcd_db_mib(store: &Store) -> Option<f64> {
-    let mut c = store.client();
-    let status = store.call(c.status()).await.ok()?;
-    Some(status.db_size() as f64 / (1024.0 * 1024.0))
+    let bytes = store.db_size().await.ok()?;
+    Some(bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// etcd's cumulative CPU and garbage collection at one moment ([`LocalEtcd::usage`]).

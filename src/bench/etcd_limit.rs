@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::TxnOp;
 use serde_json::json;
 
 use super::report::{round, Report};
 use super::BenchError;
+use crate::store::Op;
 use crate::store::Store;
 
 /// Keys written here (overwritten in a small set), outside rift's prefix so no controller
@@ -66,9 +66,7 @@ async fn hammer(store: &Store, concurrency: usize, run_for: Duration, batch: usi
                 let mut i = 0u64;
                 while start.elapsed() < run_for {
                     let ops = (0..batch)
-                        .map(|b| {
-                            TxnOp::put(format!("{PREFIX}{t}/{}/{b}", i % 10), "x".repeat(64), None)
-                        })
+                        .map(|b| Op::put(format!("{PREFIX}{t}/{}/{b}", i % 10), "x".repeat(64)))
                         .collect();
                     if store.txn(vec![], ops, vec![]).await.is_ok() {
                         done.fetch_add(batch as u64, Ordering::Relaxed);
@@ -93,13 +91,7 @@ pub async fn measure(
 ) -> Result<EtcdLimit, BenchError> {
     let txn_per_s = hammer(store, concurrency, run_for, 1).await;
     let batched_keys_per_s = hammer(store, concurrency.min(8), run_for, BATCH).await;
-    let mut kv = store.client().kv_client();
-    store
-        .call(kv.delete(
-            PREFIX,
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        ))
-        .await?;
+    store.delete_prefix(PREFIX).await?;
     Ok(EtcdLimit {
         txn_per_s,
         batched_keys_per_s,

@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use etcd_client::{EventType, WatchOptions};
-
 use super::BenchError;
 use crate::api::job::JobPhase;
 use crate::api::placement::RuntimeReport;
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, WatchConfig, WatchEvent, Watcher};
 
 type Stamps = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -40,39 +38,44 @@ fn stamp(stamps: &Stamps, name: &str, at: Instant) {
         .or_insert(at);
 }
 
-/// Starts watching everything under rift's root from now on. The task ends with the store's
-/// connection.
+/// Starts watching everything under rift's root from now on. The task ends once every clone
+/// of the returned [`Observed`] is dropped.
 pub async fn start(store: &Store) -> Result<Observed, BenchError> {
     let observed = Observed::default();
-    let mut client = store
-        .client()
-        .watch_client()
-        .max_decoding_message_size(crate::store::client::MAX_RESPONSE_BYTES);
-    let mut stream = client
-        .watch(keys::ROOT, Some(WatchOptions::new().with_prefix()))
+    let from = store
+        .revision()
         .await
         .map_err(|e| BenchError::Setup(format!("cannot watch etcd: {e}")))?;
+    let mut watcher =
+        Watcher::from_revision(store.clone(), keys::ROOT, from, WatchConfig::default());
     let o = observed.clone();
     tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
+        // Only this task's clone is left: nobody reads the stamps any more.
+        while Arc::strong_count(&o.bound) > 1 {
+            // `next` is cancel-safe: a tick that wins loses no event.
+            let event = tokio::select! {
+                event = watcher.next() => event,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+            };
+            // Errors are retried by the watcher after its backoff.
+            let Ok(event) = event else { continue };
             let now = Instant::now();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key());
-                let parts: Vec<&str> = key.trim_start_matches(keys::ROOT).split('/').collect();
-                match (ev.event_type(), parts.as_slice()) {
-                    (EventType::Put, ["bindings", _node, job]) => stamp(&o.bound, job, now),
-                    (EventType::Put, ["agents", _node, "jobs", job])
-                        if serde_json::from_slice::<RuntimeReport>(kv.value())
-                            .is_ok_and(|r| r.phase == JobPhase::Running) =>
-                    {
-                        stamp(&o.running, job, now)
-                    }
-                    (EventType::Delete, ["agents", node, "alive"]) => {
-                        stamp(&o.not_ready, node, now)
-                    }
-                    _ => {}
+            let (put, key, value) = match &event {
+                WatchEvent::Put(kv) => (true, kv.key.as_str(), kv.value.as_slice()),
+                WatchEvent::Delete { key, .. } => (false, key.as_str(), &[][..]),
+                WatchEvent::Restarted { .. } => continue,
+            };
+            let parts: Vec<&str> = key.trim_start_matches(keys::ROOT).split('/').collect();
+            match (put, parts.as_slice()) {
+                (true, ["bindings", _node, job]) => stamp(&o.bound, job, now),
+                (true, ["agents", _node, "jobs", job])
+                    if serde_json::from_slice::<RuntimeReport>(value)
+                        .is_ok_and(|r| r.phase == JobPhase::Running) =>
+                {
+                    stamp(&o.running, job, now)
                 }
+                (false, ["agents", node, "alive"]) => stamp(&o.not_ready, node, now),
+                _ => {}
             }
         }
     });

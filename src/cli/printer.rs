@@ -137,11 +137,13 @@ fn timestamp(v: &Value, pointer: &str) -> Option<DateTime<Utc>> {
 }
 
 fn node_state(v: &Value) -> String {
-    let ready = v
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .map(|c| c["status"].as_str().unwrap_or("Unknown"));
+    let condition = |ty: &str| {
+        v.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
+            .map(|c| c["status"].as_str().unwrap_or("Unknown"))
+    };
+    let ready = condition("Ready");
     let mut s = match ready {
         Some("True") => "Ready".to_string(),
         Some("False") => "NotReady".to_string(),
@@ -149,6 +151,9 @@ fn node_state(v: &Value) -> String {
     };
     if v.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
         s.push_str(",SchedulingDisabled");
+    }
+    if condition(crate::api::node::DISK_PRESSURE) == Some("True") {
+        s.push_str(",DiskPressure");
     }
     s
 }

@@ -355,7 +355,10 @@ async fn ensure_voter_set(store: &Store, node: &str) -> Result<(), CliError> {
 }
 
 /// The embedded default: artifacts in `<state-dir>/artifacts`, unless an ArtifactStore exists
-/// (one applied by hand, or by an earlier `rift up`).
+/// (one applied by hand, or by an earlier `rift up`). Its disk watermarks are 98/95 % rather
+/// than the fleet's 85/75: a development machine's disk is shared with everything else on it
+/// (and the figure counts root's reserved blocks as used), so the demo stops placing jobs
+/// (`DiskPressure`) only when the disk is really almost full.
 async fn ensure_artifact_store(store: &Store, state_dir: &std::path::Path) -> Result<(), CliError> {
     use crate::api::artifact_store::{ArtifactStore, ArtifactStoreSpec, DEFAULT_STORE};
     let dir = std::path::absolute(state_dir.join("artifacts")).map_err(|e| CliError::Io {
@@ -363,7 +366,8 @@ async fn ensure_artifact_store(store: &Store, state_dir: &std::path::Path) -> Re
         source: e,
     })?;
     let spec: ArtifactStoreSpec = serde_json::from_value(serde_json::json!({
-        "url": format!("file://{}", dir.display())
+        "url": format!("file://{}", dir.display()),
+        "cache": {"highPercent": 98, "lowPercent": 95},
     }))
     .expect("a file URL with defaults is an ArtifactStore spec");
     match store.create(&ArtifactStore::new(DEFAULT_STORE, spec)).await {

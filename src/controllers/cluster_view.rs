@@ -18,10 +18,10 @@ use std::collections::{HashMap, HashSet};
 use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    Job, JobSpec, Node, NodeSpec, Object, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec,
-    Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
+    ArtifactSpec, Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget,
+    TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
-use crate::store::cache::{self, direct_child, Cached, Keyed};
+use crate::store::cache::{self, direct_child, object, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};
 use crate::store::{keys, KeyValue, WatchEvent};
 
@@ -40,13 +40,23 @@ pub struct Snapshot {
     pub alive: HashSet<String>,
     /// `(node, job, epoch)` of stop-ordered bindings whose agent reported them released.
     pub released: HashSet<(String, String, u64)>,
+    /// The size in bytes of every Artifact some Job names as an input (and that exists).
+    pub input_sizes: HashMap<String, u64>,
 }
 
-/// An object as stored, with `resourceVersion` set to its key's mod revision.
-fn object<S: Spec>(kv: &KeyValue) -> Result<Object<S>, String> {
-    let mut obj: Object<S> = cache::json(kv)?;
-    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
-    Ok(obj)
+/// Only what placement reads of an Artifact: its size.
+#[derive(serde::Deserialize)]
+struct SizeOnly {
+    spec: SizeSpec,
+}
+
+#[derive(serde::Deserialize)]
+struct SizeSpec {
+    size: u64,
+}
+
+fn artifact_size(kv: &KeyValue) -> Result<u64, String> {
+    cache::json::<SizeOnly>(kv).map(|a| a.spec.size)
 }
 
 fn with_revision<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<(T, i64), String> {
@@ -95,6 +105,9 @@ pub struct ClusterView {
     tunnels: Keyed<Tunnel>,
     voter_sets: Keyed<VoterSet>,
     voter_status: Keyed<<VoterSetSpec as Spec>::Status>,
+    /// Artifact sizes, for the inputs of pending jobs (an artifact's change alone starts no
+    /// pass: the next tick reads it).
+    artifact_sizes: Keyed<u64>,
     /// Placements and agent keys, each decoded once, that Job and Node status is composed from.
     sources: StatusSources,
     synced: bool,
@@ -145,6 +158,7 @@ impl ClusterView {
                 direct_child,
                 cache::json,
             ),
+            artifact_sizes: Keyed::new(objects(ArtifactSpec::PLURAL), direct_child, artifact_size),
             sources: StatusSources::default(),
             synced: false,
         }
@@ -228,6 +242,10 @@ impl ClusterView {
             }
             return false;
         }
+        if self.artifact_sizes.name_of(key).is_some() {
+            self.artifact_sizes.apply(event);
+            return false;
+        }
         self.agent_key(event, key)
     }
 
@@ -278,6 +296,7 @@ impl ClusterView {
         self.tunnels.apply(event);
         self.voter_sets.apply(event);
         self.voter_status.apply(event);
+        self.artifact_sizes.apply(event);
         self.sources = StatusSources::from_kvs(
             items
                 .iter()
@@ -398,6 +417,11 @@ impl ClusterView {
         }
     }
 
+    /// Every Node that decodes, with its status, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
     /// Every Job that decodes, with its status, in name order.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
@@ -452,6 +476,12 @@ impl ClusterView {
         }
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
         let (alive, released) = self.agent_facts(&nodes, &bindings);
+        let input_sizes = self
+            .jobs
+            .values()
+            .flat_map(|j| j.spec.input_artifacts())
+            .filter_map(|a| Some((a.to_string(), *self.artifact_sizes.ready(a)?)))
+            .collect();
         Snapshot {
             nodes,
             jobs: self.jobs.values().cloned().collect(),
@@ -466,6 +496,7 @@ impl ClusterView {
             bindings,
             alive,
             released,
+            input_sizes,
         }
     }
 

@@ -259,13 +259,7 @@ mod tests {
     use serde_json::json;
 
     fn kv(key: &str, value: serde_json::Value) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: serde_json::to_vec(&value).unwrap(),
-            create_revision: 1,
-            mod_revision: 1,
-            lease: 0,
-        }
+        KeyValue::json(key, value, 1)
     }
 
     fn view() -> ClusterView {

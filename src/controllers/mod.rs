@@ -7,8 +7,10 @@
 //! * [`pools`]: the member Jobs each Pool should have.
 //! * [`housekeeping`]: drain, lost nodes, TTL after finishing, orphaned Pool members.
 //! * [`writes`]: placement + binding transactions, compare-and-swap and fenced.
+//! * [`artifact_gc`]: deletes artifacts nothing has referenced for `gcAfter`, record then bytes.
 //! * [`metrics`]: the cluster-wide figures the leader exports.
 
+pub mod artifact_gc;
 pub mod artifacts;
 pub mod cluster_view;
 pub mod housekeeping;

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Compare, CompareOp, TxnOp};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -41,6 +40,7 @@ use crate::store::compose::{direct_child, parse_agent_key, AgentKey};
 use crate::store::objects::object_from_kv;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
 use crate::store::{keys, KeyValue, Store, StoreError};
+use crate::store::{Guard, Op};
 use crate::tasks::CancellationToken;
 
 mod delivery;
@@ -420,8 +420,8 @@ impl Delivery {
         let body = serde_json::to_vec(status).expect("statuses serialize");
         self.store
             .txn(
-                vec![Compare::version(object.as_str(), CompareOp::Greater, 0)],
-                vec![TxnOp::put(key.as_str(), body, None)],
+                vec![Guard::exists(object.as_str())],
+                vec![Op::put(key.as_str(), body)],
                 vec![],
             )
             .await

@@ -18,13 +18,19 @@
 //! 5. `insufficient GPU power`: fewer than `gpus` allowed GPUs whose power is at least
 //!    `minGpuPower` ([`PlacementConfig::gpu_power`]);
 //! 6. `overloaded`: the agent reports `overloaded`;
-//! 7. `insufficient GPUs`: fewer than `gpus` eligible (allowed, powerful enough) GPUs that no
+//! 7. `disk pressure`: the agent reports the `DiskPressure` condition (its disk is above the
+//!    ArtifactStore's high watermark);
+//! 8. `insufficient disk for inputs`: the job's inputs (the sum of its input Artifacts' sizes)
+//!    exceed the disk space the agent last reported available, less the inputs of jobs placed
+//!    there earlier in the same call. A node that does not report it is not checked. The
+//!    figure is conservative: inputs already in the node's cache are counted again;
+//! 9. `insufficient GPUs`: fewer than `gpus` eligible (allowed, powerful enough) GPUs that no
 //!    binding holds;
-//! 8. `insufficient cpu` / 9. `insufficient memory`: the request exceeds capacity (cpus; memory
-//!    in GiB) minus the requests of the jobs bound there (an unset request counts 0).
+//! 10. `insufficient cpu` / 11. `insufficient memory`: the request exceeds capacity (cpus;
+//!     memory in GiB) minus the requests of the jobs bound there (an unset request counts 0).
 //!
-//! Jobs with `gpus: 0` skip rules 4, 5 and 7 (validation forbids gpuModels/minGpuPower there).
-//! Rules 1–6 never change by evicting jobs; 7–9 may.
+//! Jobs with `gpus: 0` skip rules 4, 5 and 9 (validation forbids gpuModels/minGpuPower there).
+//! Rules 1–8 never change by evicting jobs; 9–11 may.
 //!
 //! **Why not.** An unplaceable job gets a kubectl-style summary, e.g.
 //! `0/12 nodes: 7 insufficient GPUs, 3 not ready, 2 node selector mismatch`: rules by
@@ -64,7 +70,7 @@
 //! found.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -124,6 +130,8 @@ pub struct PendingJob {
     pub pool: Option<String>,
     /// The GPU index this job would rather hold (a perGpu Pool member's own GPU), when free.
     pub prefer_gpu: Option<u32>,
+    /// Bytes of input artifacts the node must stage ([`input_bytes`]); 0 without inputs.
+    pub input_bytes: u64,
 }
 
 /// What to do with one pending job.
@@ -347,19 +355,23 @@ pub enum Unfit {
     GpuModel,
     GpuPower,
     Overloaded,
+    DiskPressure,
+    InsufficientDisk,
     InsufficientGpus,
     InsufficientCpu,
     InsufficientMemory,
 }
 
 impl Unfit {
-    pub const ALL: [Unfit; 9] = [
+    pub const ALL: [Unfit; 11] = [
         Unfit::NotReady,
         Unfit::Unschedulable,
         Unfit::NodeSelector,
         Unfit::GpuModel,
         Unfit::GpuPower,
         Unfit::Overloaded,
+        Unfit::DiskPressure,
+        Unfit::InsufficientDisk,
         Unfit::InsufficientGpus,
         Unfit::InsufficientCpu,
         Unfit::InsufficientMemory,
@@ -374,6 +386,8 @@ impl Unfit {
             Unfit::GpuModel => "GPU model mismatch",
             Unfit::GpuPower => "insufficient GPU power",
             Unfit::Overloaded => "overloaded",
+            Unfit::DiskPressure => "disk pressure",
+            Unfit::InsufficientDisk => "insufficient disk for inputs",
             Unfit::InsufficientGpus => "insufficient GPUs",
             Unfit::InsufficientCpu => "insufficient cpu",
             Unfit::InsufficientMemory => "insufficient memory",
@@ -477,8 +491,28 @@ impl PendingJob {
                 .labels
                 .get(crate::api::labels::GPU)
                 .and_then(|g| g.parse().ok()),
+            input_bytes: 0,
         }
     }
+
+    /// [`PendingJob::from_job`] with its input bytes, from the artifact sizes in `sizes`.
+    pub fn with_inputs(job: &Job, sizes: &HashMap<String, u64>) -> Self {
+        Self {
+            input_bytes: input_bytes(job, sizes),
+            ..Self::from_job(job)
+        }
+    }
+}
+
+/// The bytes a node must stage to run `job`: the sizes of its input artifacts, each counted
+/// once (saturating). An artifact missing from `sizes` (unknown, or not readable) counts 0:
+/// the job fails its staging with a clear reason wherever it lands.
+pub fn input_bytes(job: &Job, sizes: &HashMap<String, u64>) -> u64 {
+    let names: std::collections::BTreeSet<&str> = job.spec.input_artifacts().collect();
+    names
+        .into_iter()
+        .filter_map(|n| sizes.get(n))
+        .fold(0u64, |sum, s| sum.saturating_add(*s))
 }
 
 fn cmp_f64(a: f64, b: f64) -> Ordering {

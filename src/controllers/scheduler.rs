@@ -24,7 +24,7 @@ use super::placement::{self, BoundJob, Decision, NodeView, PendingJob, Placement
 use super::pools;
 use super::training::TrainingController;
 use super::writes::{self, ToPending, Write};
-use crate::api::event::EventType;
+use crate::api::event::Reason;
 use crate::api::kinds;
 use crate::api::placement::LossTerms;
 use crate::api::Job;
@@ -113,10 +113,10 @@ impl Scheduler {
             {
                 e.insert(now);
                 if snap.nodes.iter().any(|n| n.name() == name) {
-                    self.events.warning(
+                    self.events.record(
                         "Node",
                         name,
-                        "node_not_ready",
+                        Reason::NodeNotReady,
                         "the node's agent lease expired (or it never registered)",
                     );
                 }
@@ -142,10 +142,10 @@ impl Scheduler {
                     why,
                     "an object cannot be decoded; leaving it and what it placed untouched"
                 );
-                self.events.warning(
+                self.events.record(
                     kind,
                     name,
-                    "object_undecodable",
+                    Reason::ObjectUndecodable,
                     format!("rift {} cannot read this {kind} ({why}); it was probably written by a newer version. Nothing is done to it or its jobs until it can be read.", env!("CARGO_PKG_VERSION")),
                 );
             }
@@ -173,14 +173,9 @@ impl Scheduler {
             .pass(&snap.targets, &snap.jobs, Utc::now())
             .await?;
         for h in &happenings {
-            tracing::info!(target = %h.target, reason = h.reason, "{}", h.message);
-            let ty = if h.reason.ends_with("_failed") {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
+            tracing::info!(target = %h.target, reason = %h.reason, "{}", h.message);
             self.events
-                .record("TrainingTarget", &h.target, h.reason, &h.message, ty);
+                .record("TrainingTarget", &h.target, h.reason, &h.message);
         }
         stats.training_events += happenings.len();
 
@@ -230,7 +225,7 @@ impl Scheduler {
             match w {
                 Write::Pending { job, pending } => {
                     self.events
-                        .normal("Job", job, "job_unschedulable", pending.reason.clone())
+                        .record("Job", job, Reason::JobUnschedulable, pending.reason.clone())
                 }
                 Write::Stop { job, binding, .. } => {
                     let reason = binding
@@ -238,7 +233,7 @@ impl Scheduler {
                         .as_ref()
                         .map(|s| s.reason.clone())
                         .unwrap_or_default();
-                    self.events.warning("Job", job, "job_evicted", reason)
+                    self.events.record("Job", job, Reason::JobEvicted, reason)
                 }
                 Write::Place { .. } | Write::Release { .. } | Write::Forget { .. } => {}
             }
@@ -309,7 +304,7 @@ impl Scheduler {
                 None => true,
                 Some((p, _)) => p.node.is_none(),
             })
-            .map(PendingJob::from_job)
+            .map(|j| PendingJob::with_inputs(j, &snap.input_sizes))
             .collect();
         if pending.is_empty() {
             return Vec::new();

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::api::event::Reason;
 use crate::api::selector::LabelSelector;
 use crate::api::voter_set::{Member, VoterSetStatus, VOTER_SET_NAME};
 use crate::api::{NodeSpec, VoterSetSpec};
@@ -120,10 +121,10 @@ impl VotersController {
                 Ok(None) => {}
                 Err(e) => {
                     message = format!("{message}: {e}");
-                    self.events.warning(
+                    self.events.record(
                         "VoterSet",
                         VOTER_SET_NAME,
-                        "voter_step_failed",
+                        Reason::VoterStepFailed,
                         message.clone(),
                     );
                 }
@@ -159,20 +160,20 @@ impl VotersController {
         match step {
             Step::AddLearner { node, peer_urls } => {
                 let id = members::add_learner(&self.store, peer_urls).await?;
-                self.events.normal(
+                self.events.record(
                     "VoterSet",
                     VOTER_SET_NAME,
-                    "voter_learner_added",
+                    Reason::VoterLearnerAdded,
                     format!("{node} added as learner {id:x} ({})", peer_urls.join(",")),
                 );
                 Ok(None)
             }
             Step::Promote { node, id } => match members::promote(&self.store, *id).await? {
                 Promotion::Promoted => {
-                    self.events.normal(
+                    self.events.record(
                         "VoterSet",
                         VOTER_SET_NAME,
-                        "voter_promoted",
+                        Reason::VoterPromoted,
                         format!("{node} promoted to voter"),
                     );
                     Ok(None)
@@ -192,10 +193,10 @@ impl VotersController {
                         return Err(e);
                     }
                 }
-                self.events.normal(
+                self.events.record(
                     "VoterSet",
                     VOTER_SET_NAME,
-                    "voter_removed",
+                    Reason::VoterRemoved,
                     format!("{node} removed: {reason}"),
                 );
                 Ok(None)

@@ -2,11 +2,11 @@
 //! write was decided from (the placement, the binding), fenced by the leader's store, batched
 //! into few transactions.
 
-use etcd_client::{Compare, CompareOp, TxnOp};
 use futures::StreamExt;
 
 use crate::api::placement::{Binding, LossTerms, Placement};
 use crate::store::{keys, Store, StoreError};
+use crate::store::{Guard, Op};
 
 /// A placement going back to pending, guarded by the placement as read.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,24 +69,23 @@ impl Write {
         }
     }
 
-    fn placement_guard(job: &str, expect: Option<i64>) -> Compare {
+    fn placement_guard(job: &str, expect: Option<i64>) -> Guard {
         let key = keys::placement(job);
         match expect {
-            Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
-            None => Compare::version(key, CompareOp::Equal, 0),
+            Some(rev) => Guard::unchanged(key, rev),
+            None => Guard::absent(key),
         }
     }
 
-    fn guards(&self) -> Vec<Compare> {
-        let binding_at = |node: &str, job: &str, rev: i64| {
-            Compare::mod_revision(keys::binding(node, job), CompareOp::Equal, rev)
-        };
+    fn guards(&self) -> Vec<Guard> {
+        let binding_at =
+            |node: &str, job: &str, rev: i64| Guard::unchanged(keys::binding(node, job), rev);
         match self {
             Write::Place {
                 job, node, expect, ..
             } => vec![
                 Self::placement_guard(job, *expect),
-                Compare::version(keys::binding(node, job), CompareOp::Equal, 0),
+                Guard::absent(keys::binding(node, job)),
             ],
             Write::Pending { job, pending } => vec![Self::placement_guard(job, pending.expect)],
             Write::Stop {
@@ -112,9 +111,9 @@ impl Write {
         }
     }
 
-    fn ops(&self) -> Vec<TxnOp> {
+    fn ops(&self) -> Vec<Op> {
         let pending = |job: &str, p: &ToPending| {
-            TxnOp::put(
+            Op::put(
                 keys::placement(job),
                 json(&Placement {
                     node: None,
@@ -123,7 +122,6 @@ impl Write {
                     pending: Some(p.reason.clone()),
                     uid: p.uid.clone(),
                 }),
-                None,
             )
         };
         match self {
@@ -136,7 +134,7 @@ impl Write {
                 terms,
                 ..
             } => vec![
-                TxnOp::put(
+                Op::put(
                     keys::placement(job),
                     json(&Placement {
                         node: Some(node.clone()),
@@ -145,9 +143,8 @@ impl Write {
                         pending: None,
                         uid: uid.clone(),
                     }),
-                    None,
                 ),
-                TxnOp::put(
+                Op::put(
                     keys::binding(node, job),
                     json(&Binding {
                         gpus: gpus.clone(),
@@ -156,7 +153,6 @@ impl Write {
                         terms: Some(*terms),
                         stop: None,
                     }),
-                    None,
                 ),
             ],
             Write::Pending { job, pending: p } => vec![pending(job, p)],
@@ -167,7 +163,7 @@ impl Write {
                 placement,
                 ..
             } => {
-                let mut ops = vec![TxnOp::put(keys::binding(node, job), json(binding), None)];
+                let mut ops = vec![Op::put(keys::binding(node, job), json(binding))];
                 ops.extend(placement.iter().map(|p| pending(job, p)));
                 ops
             }
@@ -177,11 +173,11 @@ impl Write {
                 placement,
                 ..
             } => {
-                let mut ops = vec![TxnOp::delete(keys::binding(node, job), None)];
+                let mut ops = vec![Op::delete(keys::binding(node, job))];
                 ops.extend(placement.iter().map(|p| pending(job, p)));
                 ops
             }
-            Write::Forget { job, .. } => vec![TxnOp::delete(keys::placement(job), None)],
+            Write::Forget { job, .. } => vec![Op::delete(keys::placement(job))],
         }
     }
 }

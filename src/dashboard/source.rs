@@ -1,9 +1,9 @@
-//! The dashboard's one window on the cluster: a [`Watcher`] on `/rift/v1/` feeding the same
-//! watch-fed [`Mirror`] the scheduler reads, turned into typed [`Cluster`] snapshots that are
-//! published to every page and live stream through a `tokio::sync::watch` channel.
+//! The dashboard's one window on the cluster: a [`Watcher`] on `/rift/v1/` feeding the
+//! scheduler's typed [`ClusterView`] (status composed per event, each key decoded once) plus
+//! the events and the leader record, copied into [`Cluster`] snapshots that are published to
+//! every page and live stream through a `tokio::sync::watch` channel.
 //!
-//! This is the only place the dashboard reads etcd (the one cache of issue 17 replaces the
-//! mirror here and nowhere else). Guarantees and caveats:
+//! This is the only place the dashboard reads etcd. Guarantees and caveats:
 //!
 //! - **Coalesced.** A burst of changes becomes one snapshot: the first change waits
 //!   [`COALESCE`], and snapshots are at least `max(MIN_GAP, 4 × the last build time)` apart,
@@ -26,9 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
 use super::history::{self, History};
-use crate::store::mirror::Mirror;
+use crate::api::{Event, EventSpec, Spec};
+use crate::controllers::cluster_view::ClusterView;
+use crate::store::cache::{self, direct_child, Keyed};
+use crate::store::leader::LeaderRecord;
 use crate::store::watcher::{WatchConfig, Watcher};
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, WatchEvent};
 
 /// How long the first change of a burst waits for the rest.
 pub const COALESCE: Duration = Duration::from_millis(50);
@@ -160,6 +163,60 @@ impl Publisher {
     }
 }
 
+/// What the dashboard follows: everything a page shows, typed, updated one event at a time.
+struct Followed {
+    view: ClusterView,
+    /// Controllers' events, `/rift/v1/events/<id>`.
+    events: Keyed<Event>,
+    /// Agents' events, `/rift/v1/agents/<node>/events/<id>`, named `<node>/events/<id>`.
+    agent_events: Keyed<Event>,
+    leader: Keyed<LeaderRecord>,
+}
+
+/// `<node>/events/<id>` below the agents' prefix.
+fn agent_event(rest: &str) -> Option<&str> {
+    let (node, tail) = rest.split_once('/')?;
+    let id = tail.strip_prefix("events/")?;
+    (!node.is_empty() && direct_child(id).is_some()).then_some(rest)
+}
+
+/// The leader record is the key `/rift/v1/leader` itself.
+fn the_key(rest: &str) -> Option<&str> {
+    rest.is_empty().then_some("leader")
+}
+
+impl Followed {
+    fn new() -> Self {
+        Self {
+            view: ClusterView::new(),
+            events: Keyed::new(
+                keys::objects_prefix(EventSpec::PLURAL),
+                direct_child,
+                cache::object::<EventSpec>,
+            ),
+            agent_events: Keyed::new(keys::AGENTS_PREFIX, agent_event, cache::object::<EventSpec>),
+            leader: Keyed::new(keys::LEADER, the_key, cache::json),
+        }
+    }
+
+    fn apply(&mut self, event: &WatchEvent) {
+        self.view.apply(event);
+        self.events.apply(event);
+        self.agent_events.apply(event);
+        self.leader.apply(event);
+    }
+
+    fn synced(&self) -> bool {
+        self.view.synced()
+    }
+
+    fn snapshot(&self, revision: i64) -> Cluster {
+        let leader = self.leader.ready("leader").cloned();
+        let events = self.events.values().chain(self.agent_events.values());
+        Cluster::from_view(&self.view, events, leader, revision, Utc::now())
+    }
+}
+
 async fn run(
     store: Store,
     tx: watch::Sender<Arc<View>>,
@@ -167,7 +224,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut watcher = Watcher::new(store.clone(), keys::ROOT, WatchConfig::default());
-    let mut mirror = Mirror::new();
+    let mut followed = Followed::new();
     let first = tx.borrow().clone();
     let mut out = Publisher {
         endpoints: first.endpoints.clone(),
@@ -189,7 +246,7 @@ async fn run(
             // Cancel-safe: `next` loses no event when another branch wins.
             ev = watcher.next() => match ev {
                 Ok(ev) => {
-                    mirror.apply(&ev);
+                    followed.apply(&ev);
                     dirty = true;
                     if out.set_link(Link::Live { since: Utc::now() }) {
                         tracing::info!("dashboard: watching etcd");
@@ -206,7 +263,7 @@ async fn run(
             _ = sleep_until(publish_at) => {
                 publish_at = None;
                 let started = Instant::now();
-                let cluster = Cluster::from_mirror(&mirror, watcher.revision(), Utc::now());
+                let cluster = followed.snapshot(watcher.revision());
                 history.write().expect("history lock").remember_runs(&cluster);
                 out.cluster = Arc::new(cluster);
                 out.publish();
@@ -216,12 +273,12 @@ async fn run(
                 last_publish = Instant::now();
             }
             _ = sample.tick() => {
-                if out.link.is_live() && mirror.synced() {
+                if out.link.is_live() && followed.synced() {
                     history.write().expect("history lock").sample(&out.cluster, Utc::now());
                     out.publish();
                 }
             }
-            _ = probe.tick(), if !out.link.is_live() && mirror.synced() => {
+            _ = probe.tick(), if !out.link.is_live() && followed.synced() => {
                 if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, store.revision()).await {
                     if out.set_link(Link::Live { since: Utc::now() }) {
                         tracing::info!("dashboard: etcd answers again");
@@ -244,5 +301,73 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn kv(key: &str, value: Value, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
+        }
+    }
+
+    fn event(name: &str, reason: &str, at: &str) -> Value {
+        json!({"apiVersion": "rift/v1", "kind": "Event", "metadata": {"name": name},
+               "spec": {"involvedObject": {"kind": "Job", "name": "a"}, "reason": reason,
+                        "message": "m", "firstSeen": at, "lastSeen": at}})
+    }
+
+    #[test]
+    fn a_snapshot_holds_controller_and_agent_events_and_the_leader() {
+        let mut followed = Followed::new();
+        followed.apply(&WatchEvent::Restarted {
+            revision: 9,
+            items: vec![
+                kv(
+                    "/rift/v1/events/e1",
+                    event("e1", "scheduled", "2026-11-30T10:00:00Z"),
+                    2,
+                ),
+                kv(
+                    "/rift/v1/agents/n1/events/e2",
+                    event("e2", "job_started", "2026-11-30T11:00:00Z"),
+                    3,
+                ),
+                kv(
+                    "/rift/v1/agents/n1/status",
+                    json!({"capacity": {"cpus": 4}}),
+                    4,
+                ),
+                kv(
+                    "/rift/v1/leader",
+                    json!({"node": "n1", "since": "2026-11-30T09:00:00Z", "lease": 7}),
+                    5,
+                ),
+            ],
+        });
+        let c = followed.snapshot(9);
+        let reasons: Vec<&str> = c.events.iter().map(|e| e.spec.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["job_started", "scheduled"],
+            "newest first, both scopes"
+        );
+        assert_eq!(c.leader.as_ref().map(|l| l.node.as_str()), Some("n1"));
+        followed.apply(&WatchEvent::Delete {
+            key: "/rift/v1/agents/n1/events/e2".into(),
+            mod_revision: 10,
+            prev: None,
+        });
+        assert_eq!(followed.snapshot(10).events.len(), 1);
     }
 }

@@ -8,13 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use etcd_client::{EventType, WatchOptions};
 
 use crate::api::placement::RuntimeReport;
 use crate::api::JobPhase;
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, WatchConfig, WatchEvent, Watcher};
 
 /// Two nodes reporting one job Running at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,51 +89,37 @@ fn is_running(value: &[u8]) -> bool {
 }
 
 async fn watch(store: Store, state: Arc<Mutex<State>>) {
-    let mut from = 0;
+    let mut watcher = Watcher::new(store, keys::AGENTS_PREFIX, WatchConfig::default());
     loop {
-        if from == 0 {
-            match store.list_raw(keys::AGENTS_PREFIX, None).await {
-                Ok((kvs, rev)) => {
-                    let mut s = state.lock().expect("lock");
-                    for kv in &kvs {
-                        if let Some((node, job)) = report_key(&kv.key) {
-                            s.apply(node, job, is_running(&kv.value), rev);
-                        }
-                    }
-                    from = rev + 1;
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
-        }
-        let mut client = store.client();
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-        let Ok(mut stream) = client.watch(keys::AGENTS_PREFIX, Some(opts)).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        // Errors are retried by the watcher after its backoff (a quorum loss ends streams).
+        let Ok(event) = watcher.next().await else {
             continue;
         };
-        while let Ok(Some(resp)) = stream.message().await {
-            if resp.compact_revision() > 0 {
-                from = 0; // compacted: read the reports again
-                break;
+        let mut s = state.lock().expect("lock");
+        match event {
+            WatchEvent::Restarted { items, revision } => {
+                // A fresh snapshot (the first list, or after a compaction): it replaces what
+                // was seen, overlaps found so far stay.
+                s.running.clear();
+                for kv in &items {
+                    if let Some((node, job)) = report_key(&kv.key) {
+                        s.apply(node, job, is_running(&kv.value), revision);
+                    }
+                }
             }
-            let mut s = state.lock().expect("lock");
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let Ok(key) = std::str::from_utf8(kv.key()) else {
-                    continue;
-                };
-                let Some((node, job)) = report_key(key) else {
-                    continue;
-                };
-                let running = ev.event_type() == EventType::Put && is_running(kv.value());
-                s.apply(node, job, running, kv.mod_revision());
-                from = from.max(kv.mod_revision() + 1);
+            WatchEvent::Put(kv) => {
+                if let Some((node, job)) = report_key(&kv.key) {
+                    s.apply(node, job, is_running(&kv.value), kv.mod_revision);
+                }
+            }
+            WatchEvent::Delete {
+                key, mod_revision, ..
+            } => {
+                if let Some((node, job)) = report_key(&key) {
+                    s.apply(node, job, false, mod_revision);
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -3,7 +3,6 @@
 //! Revoking deletes the record, so a revoked token is refused like one that never existed.
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Compare, CompareOp, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::token::{self, Token};
@@ -11,6 +10,7 @@ use super::JoinError;
 use crate::pki::NodeRole;
 use crate::store::auth::TrustRecord;
 use crate::store::{keys, Store, StoreError};
+use crate::store::{Guard, Op};
 
 /// What etcd keeps about a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +77,8 @@ pub async fn create(
         let body = serde_json::to_vec(&record).expect("a token record serializes");
         let outcome = store
             .txn(
-                vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)],
-                vec![TxnOp::put(key.as_str(), body, None)],
+                vec![Guard::created_at(key.as_str(), 0)],
+                vec![Op::put(key.as_str(), body)],
                 vec![],
             )
             .await?;
@@ -110,11 +110,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<TokenRecord>, JoinErr
 
 /// Deletes a token's record; false when there was none.
 pub async fn revoke(store: &Store, id: &str) -> Result<bool, JoinError> {
-    let mut c = store.client();
-    let resp = store
-        .call(c.delete(keys::token(id), Some(etcd_client::DeleteOptions::new())))
-        .await?;
-    Ok(resp.deleted() > 0)
+    Ok(store.delete_key(&keys::token(id)).await?)
 }
 
 /// Deletes records that expired more than a day ago (kept a day so `rift token list` shows

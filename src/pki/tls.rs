@@ -12,7 +12,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
-use super::names::ETCD_SERVER_NAME;
 use super::{Identity, PkiError};
 
 /// The one crypto provider rift uses.
@@ -62,16 +61,6 @@ pub fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
 /// handshake whose server reply was lost (a link that drops packets one way) waited forever,
 /// as neither side speaks again, and the connection never came back after the link healed.
 pub const ETCD_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// TLS for etcd's gRPC: the cluster CA, this identity, and the server verified as `etcd.rift`
-/// whatever address it was reached at; a handshake gives up after [`ETCD_HANDSHAKE_TIMEOUT`].
-pub fn etcd_options(id: &Identity) -> etcd_client::TlsOptions {
-    etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(&id.ca_pem))
-        .identity(etcd_client::Identity::from_pem(&id.cert_pem, &id.key_pem))
-        .domain_name(ETCD_SERVER_NAME)
-        .timeout(ETCD_HANDSHAKE_TIMEOUT)
-}
 
 /// The agent's HTTPS server: its node certificate; client certificates of the cluster CA are
 /// verified when presented and not required (handlers decide; see `agent::http`).

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -25,9 +24,10 @@ use crate::agent::metrics::Metrics;
 use crate::agent::node_status::running_jobs_where;
 use crate::agent::registration::{self, ensure_node};
 use crate::agent::resources::should_write;
-use crate::api::node::{Capacity, Gpu, NodeStatus};
+use crate::api::node::{Capacity, Gpu, NodeStatus, Usage};
 use crate::api::NodeSpec;
 use crate::store::lease::{LastRenewal, RenewalSender};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -150,8 +150,7 @@ impl HollowNode {
                     let graceful = ended;
                     self.leases.forget(lease);
                     if graceful {
-                        let mut c = self.store.client();
-                        let _ = self.store.call(c.lease_revoke(lease)).await;
+                        let _ = crate::store::lease::revoke(&self.store, lease).await;
                     }
                     return;
                 }
@@ -189,8 +188,14 @@ async fn status_loop(
     let mut last: Option<NodeStatus> = None;
     let mut last_write = Instant::now();
     loop {
+        let capacity = capacity(settings.gpus);
         let mut status = NodeStatus {
-            capacity: capacity(settings.gpus),
+            // A simulated disk that nothing fills.
+            usage: Usage {
+                disk_available_bytes: Some(capacity.disk_bytes),
+                ..Usage::default()
+            },
+            capacity,
             running_jobs: running_jobs_where(&state, |dir, n| dir.job_record(n).exists()),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             last_heartbeat: Some(Utc::now()),
@@ -201,7 +206,7 @@ async fn status_loop(
             let body = serde_json::to_vec(&status).expect("statuses serialize");
             let key = keys::agent_status(&node);
             if store
-                .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+                .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
                 .await
                 .is_ok()
             {

@@ -15,11 +15,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::BootTime;
-use crate::store::lease::{lost_at, Grant, LeaseStatus, LossReason};
+use crate::store::lease::{lost_at, Grant, LeaseStatus, LossReason, SharedKeepAlive};
 use crate::store::Store;
 
 /// How often due renewals are sent.
@@ -76,39 +75,6 @@ struct Entry {
     status: Option<watch::Sender<LeaseStatus>>,
 }
 
-struct Stream {
-    keeper: LeaseKeeper,
-    anchor: i64,
-    /// (lease, ttl) answers; closed when the stream ends.
-    answers: mpsc::UnboundedReceiver<(i64, i64)>,
-}
-
-async fn open(store: &Store) -> Option<Stream> {
-    let mut c = store.client();
-    let anchor = store
-        .call(c.lease_grant(ANCHOR_TTL.as_secs() as i64, None))
-        .await
-        .ok()?
-        .id();
-    let (keeper, stream) = store.call(c.lease_keep_alive(anchor)).await.ok()?;
-    let (tx, answers) = mpsc::unbounded_channel();
-    tokio::spawn(read_answers(stream, tx));
-    Some(Stream {
-        keeper,
-        anchor,
-        answers,
-    })
-}
-
-/// Reads answers off the stream in a task of its own, so sending never waits on reading.
-async fn read_answers(mut stream: LeaseKeepAliveStream, tx: mpsc::UnboundedSender<(i64, i64)>) {
-    while let Ok(Some(resp)) = stream.message().await {
-        if tx.send((resp.id(), resp.ttl())).is_err() {
-            return;
-        }
-    }
-}
-
 fn lose(entries: &mut HashMap<i64, Entry>, id: i64, why: LossReason) {
     if let Some(e) = entries.remove(&id) {
         if let Some(tx) = e.status {
@@ -119,7 +85,7 @@ fn lose(entries: &mut HashMap<i64, Entry>, id: i64, why: LossReason) {
 
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     let mut entries: HashMap<i64, Entry> = HashMap::new();
-    let mut stream: Option<Stream> = None;
+    let mut stream: Option<SharedKeepAlive> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,7 +100,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 }
                 None => break,
             },
-            answer = async { stream.as_mut()?.answers.recv().await }, if stream.is_some() => match answer {
+            answer = async { stream.as_mut()?.answer().await }, if stream.is_some() => match answer {
                 Some((id, ttl)) => {
                     if ttl <= 0 {
                         lose(&mut entries, id, LossReason::Expired);
@@ -155,7 +121,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 None => {
                     tracing::debug!("shared lease stream ended; opening it again");
                     if let Some(s) = stream.take() {
-                        entries.remove(&s.anchor);
+                        entries.remove(&s.anchor());
                     }
                 }
             },
@@ -170,16 +136,15 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                     lose(&mut entries, id, LossReason::Unrenewed);
                 }
                 if stream.is_none() {
-                    stream = open(&store).await;
+                    stream = SharedKeepAlive::open(&store, ANCHOR_TTL).await;
                     if let Some(s) = &stream {
-                        entries.insert(s.anchor, Entry { ttl: ANCHOR_TTL, renewed: now, sent: None, next: now.saturating_add(ANCHOR_TTL / 3), status: None });
+                        entries.insert(s.anchor(), Entry { ttl: ANCHOR_TTL, renewed: now, sent: None, next: now.saturating_add(ANCHOR_TTL / 3), status: None });
                     }
                 }
                 let Some(s) = stream.as_mut() else { continue };
                 let mut failed = false;
                 for (id, e) in entries.iter_mut().filter(|(_, e)| now >= e.next) {
-                    s.keeper.id = *id;
-                    if s.keeper.keep_alive().await.is_err() {
+                    if !s.renew(*id).await {
                         failed = true;
                         break;
                     }
@@ -190,14 +155,13 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 }
                 if failed {
                     if let Some(s) = stream.take() {
-                        entries.remove(&s.anchor);
+                        entries.remove(&s.anchor());
                     }
                 }
             }
         }
     }
     if let Some(s) = stream {
-        let mut c = store.client();
-        let _ = store.call(c.lease_revoke(s.anchor)).await;
+        s.close(&store).await;
     }
 }

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::pki::names::ETCD_SERVER_NAME;
+use crate::pki::tls::ETCD_HANDSHAKE_TIMEOUT;
 use crate::pki::Identity;
 
 use super::error::StoreError;
@@ -135,10 +137,21 @@ impl Access {
     /// Client options: `base` plus TLS when the cluster uses it.
     pub(crate) fn options(&self, base: etcd_client::ConnectOptions) -> etcd_client::ConnectOptions {
         match &self.identity {
-            Some(id) => base.with_tls(crate::pki::tls::etcd_options(id)),
+            Some(id) => base.with_tls(etcd_tls(id)),
             None => base,
         }
     }
+}
+
+/// TLS for etcd's gRPC from rift's identity: the cluster CA, this identity, and the server
+/// verified as `etcd.rift` whatever address it was reached at; a handshake gives up after
+/// [`ETCD_HANDSHAKE_TIMEOUT`].
+pub fn etcd_tls(id: &Identity) -> etcd_client::TlsOptions {
+    etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(&id.ca_pem))
+        .identity(etcd_client::Identity::from_pem(&id.cert_pem, &id.key_pem))
+        .domain_name(ETCD_SERVER_NAME)
+        .timeout(ETCD_HANDSHAKE_TIMEOUT)
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! `rift apply`: many objects written in one etcd transaction, all or nothing.
 
 use chrono::{DateTime, Utc};
-use etcd_client::TxnOp;
 use serde_json::Value;
 
 use super::client::{KeyValue, Store};
 use super::error::{Result, StoreError};
 use super::keys;
 use super::objects::Precondition;
+use super::txn::Op;
 use crate::api::kinds::KindInfo;
 
 /// One object to apply (already validated and normalized).
@@ -133,7 +133,7 @@ impl Store {
                 let body = serde_json::to_vec(&merged).expect("JSON values serialize");
                 // The key twice (compare and put), the value, and a little framing.
                 bytes += 2 * key.len() + body.len() + 16;
-                puts.push(TxnOp::put(key, body, None));
+                puts.push(Op::put(key, body));
             }
             if dry_run || puts.is_empty() {
                 return Ok(outcomes);

@@ -18,6 +18,7 @@ use etcd_client::{Permission, UserAddOptions};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
+use super::txn::{Guard, Op};
 use super::{keys, Store};
 use crate::pki::names::{node_user, ROOT_USER};
 use crate::pki::{Ca, NodeRole};
@@ -184,11 +185,10 @@ pub async fn publish_trust(store: &Store, ca: &Ca) -> Result<TrustRecord> {
         token_key: hex::encode(token_key),
     };
     let body = serde_json::to_vec(&record).expect("a trust record serializes");
-    use etcd_client::{Compare, CompareOp, TxnOp};
     let outcome = store
         .txn(
-            vec![Compare::create_revision(keys::TRUST, CompareOp::Equal, 0)],
-            vec![TxnOp::put(keys::TRUST, body, None)],
+            vec![Guard::created_at(keys::TRUST, 0)],
+            vec![Op::put(keys::TRUST, body)],
             vec![],
         )
         .await?;

@@ -3,9 +3,9 @@
 //!
 //! Everything in rift that follows the cluster folds a [`super::Watcher`]'s events into a map
 //! the same way (kube-runtime's `reflector::store::Writer::apply_watcher_event`): the scheduler's
-//! typed view of Nodes, Jobs, Pools, placements and bindings (`controllers/cluster_view.rs`), the
-//! raw [`super::mirror::Mirror`], a node's bindings (the job runner), the Notifiers (the
-//! notifier) and a node's Tunnels. Each is a [`Keyed`] with its own `name` and `decode`
+//! typed view of Nodes, Jobs, Pools, placements and bindings (`controllers/cluster_view.rs`,
+//! which the dashboard follows too, with the events and the leader record), a node's bindings
+//! (the job runner), the Notifiers (the notifier) and a node's Tunnels. Each is a [`Keyed`] with its own `name` and `decode`
 //! functions; what a reader does about a change it decides after [`Keyed::apply`] by looking at
 //! the names that changed.
 //!
@@ -66,6 +66,13 @@ pub fn direct_child(rest: &str) -> Option<&str> {
 /// Decodes a JSON value of `T`.
 pub fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, String> {
     serde_json::from_slice(&kv.value).map_err(|e| e.to_string())
+}
+
+/// Decodes a stored object, with `metadata.resourceVersion` set to its key's mod revision.
+pub fn object<S: crate::api::Spec>(kv: &KeyValue) -> Result<crate::api::Object<S>, String> {
+    let mut obj: crate::api::Object<S> = json(kv)?;
+    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+    Ok(obj)
 }
 
 impl<T> Keyed<T> {

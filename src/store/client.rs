@@ -11,6 +11,7 @@ use etcd_client::{
 use super::access::Access;
 use super::error::{Result, StoreError};
 use super::keys;
+use super::txn::{Guard, Op};
 use crate::tasks::CancellationToken;
 
 /// Default etcd client endpoint (`https://` for a TLS cluster, `http://` with `--insecure`).
@@ -37,6 +38,19 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
+    /// A key holding `value` as JSON, created and last written at `revision`, without a lease
+    /// (the one helper unit tests build keys with).
+    #[cfg(test)]
+    pub(crate) fn json(key: &str, value: serde_json::Value, revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 0,
+        }
+    }
+
     pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
         Self {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -91,7 +105,7 @@ pub struct TxnOutcome {
     /// The store revision after the transaction.
     pub revision: i64,
     /// Responses of the branch that ran (without the fence's own read).
-    pub responses: Vec<TxnOpResponse>,
+    pub(super) responses: Vec<TxnOpResponse>,
 }
 
 /// A handle on etcd. Cheap to clone; clones share the connection.
@@ -258,7 +272,9 @@ impl Store {
         &self.endpoints
     }
 
-    /// The underlying client, for leases and watches.
+    /// The underlying etcd client: for `src/store/` itself, and for tests that act on etcd
+    /// as another writer would. Code outside `src/store/` speaks rift's types instead (the
+    /// store boundary, docs/architecture.md "Shapes").
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -288,7 +304,7 @@ impl Store {
     }
 
     /// Runs one request with the store's timeout, classifying errors.
-    pub(crate) async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
@@ -348,6 +364,34 @@ impl Store {
             .collect())
     }
 
+    /// Deletes one key; false when there was none.
+    pub async fn delete_key(&self, key: &str) -> Result<bool> {
+        let mut c = self.client.clone();
+        let resp = self.call(c.delete(key, None)).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64> {
+        let mut c = self.client.clone();
+        let opts = etcd_client::DeleteOptions::new().with_prefix();
+        let resp = self.call(c.delete(prefix, Some(opts))).await?;
+        Ok(resp.deleted())
+    }
+
+    /// The backend database size of the member that answers, in bytes (what etcd's quota
+    /// counts).
+    pub async fn db_size(&self) -> Result<i64> {
+        let mut c = self.client.clone();
+        Ok(self.call(c.status()).await?.db_size())
+    }
+
+    /// Takes `url` out of the endpoints requests are balanced over at once (a member that is
+    /// gone); [`Self::set_endpoints`] adds endpoints back once they answer.
+    pub async fn drop_endpoint(&self, url: &str) {
+        let _ = self.client.remove_endpoint(url).await;
+    }
+
     /// The etcd server's version and the cluster id, from the member that answers
     /// (`rift version`).
     pub async fn server_version(&self) -> Result<(String, u64)> {
@@ -378,10 +422,13 @@ impl Store {
     /// compare, so callers cannot mistake losing leadership for a conflict.
     pub async fn txn(
         &self,
-        mut compares: Vec<Compare>,
-        ops: Vec<TxnOp>,
-        mut failure_ops: Vec<TxnOp>,
+        guards: Vec<Guard>,
+        ops: Vec<Op>,
+        failure_ops: Vec<Op>,
     ) -> Result<TxnOutcome> {
+        let mut compares: Vec<Compare> = guards.into_iter().map(|g| g.0).collect();
+        let ops: Vec<TxnOp> = ops.into_iter().map(|o| o.0).collect();
+        let mut failure_ops: Vec<TxnOp> = failure_ops.into_iter().map(|o| o.0).collect();
         let op_count = ops.len().max(compares.len());
         if let Some(f) = &self.fence {
             compares.push(Compare::create_revision(

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, PutOptions, TxnOp};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
@@ -34,7 +33,8 @@ use tokio::time::Instant;
 use super::client::{KeyValue, Store};
 use super::error::{Result, StoreError};
 use super::keys;
-use crate::api::event::{Event, EventSpec, EventType, ObjectRef};
+use super::txn::{Guard, Op};
+use crate::api::event::{Event, EventSpec, EventType, ObjectRef, Reason};
 use crate::api::object::Object;
 
 /// The TTL of the lease every event is stored under.
@@ -184,8 +184,8 @@ impl EventRecorder {
     }
 
     /// The key the event about `kind/name` with `reason` is stored at.
-    pub fn key_for(&self, kind: &str, name: &str, reason: &str) -> String {
-        self.core.scope.key(&event_id(kind, name, reason))
+    pub fn key_for(&self, kind: &str, name: &str, reason: Reason) -> String {
+        self.core.scope.key(&event_id(kind, name, reason.as_str()))
     }
 
     /// Events dropped so far because the queue was full.
@@ -194,16 +194,9 @@ impl EventRecorder {
     }
 
     /// Queues an occurrence of `reason` on `kind/name` (`kind` as in the API, e.g. `Job`) and
-    /// returns at once; it is written in the background. Dropped with a warning when the queue
-    /// is full.
-    pub fn record(
-        &self,
-        kind: &str,
-        name: &str,
-        reason: &str,
-        message: impl Into<String>,
-        event_type: EventType,
-    ) {
+    /// returns at once; it is written in the background, with the reason's type. Dropped with
+    /// a warning when the queue is full.
+    pub fn record(&self, kind: &str, name: &str, reason: Reason, message: impl Into<String>) {
         self.record_about(
             &ObjectRef {
                 kind: kind.to_string(),
@@ -212,27 +205,20 @@ impl EventRecorder {
             },
             reason,
             message,
-            event_type,
         );
     }
 
     /// [`Self::record`] about an object named with its uid: an event stored about another uid
     /// (an earlier object of the same name) is replaced, not counted on.
-    pub fn record_about(
-        &self,
-        object: &ObjectRef,
-        reason: &str,
-        message: impl Into<String>,
-        event_type: EventType,
-    ) {
+    pub fn record_about(&self, object: &ObjectRef, reason: Reason, message: impl Into<String>) {
         let (kind, name) = (object.kind.as_str(), object.name.as_str());
         let occurrence = Occurrence {
             kind: kind.to_string(),
             name: name.to_string(),
             uid: object.uid.clone(),
-            reason: reason.to_string(),
+            reason: reason.as_str().to_string(),
             message: message.into(),
-            event_type,
+            event_type: reason.event_type(),
         };
         if let Err(e) = self.tx.try_send(Queued::Record(occurrence)) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -241,19 +227,10 @@ impl EventRecorder {
                     mpsc::error::TrySendError::Full(_) => "the event queue is full",
                     mpsc::error::TrySendError::Closed(_) => "the event writer has stopped",
                 };
+                let reason = reason.as_str();
                 tracing::warn!(kind, name, reason, dropped = n, "event dropped: {why}");
             }
         }
-    }
-
-    /// [`Self::record`] with type `Normal`.
-    pub fn normal(&self, kind: &str, name: &str, reason: &str, message: impl Into<String>) {
-        self.record(kind, name, reason, message, EventType::Normal);
-    }
-
-    /// [`Self::record`] with type `Warning`.
-    pub fn warning(&self, kind: &str, name: &str, reason: &str, message: impl Into<String>) {
-        self.record(kind, name, reason, message, EventType::Warning);
     }
 
     /// Waits until everything queued before this call has been written (or has failed).
@@ -269,18 +246,17 @@ impl EventRecorder {
         &self,
         kind: &str,
         name: &str,
-        reason: &str,
+        reason: Reason,
         message: impl Into<String>,
-        event_type: EventType,
     ) -> Result<Event> {
         self.core
             .write(Occurrence {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 uid: String::new(),
-                reason: reason.to_string(),
+                reason: reason.as_str().to_string(),
                 message: message.into(),
-                event_type,
+                event_type: reason.event_type(),
             })
             .await
     }
@@ -412,16 +388,12 @@ impl Core {
                 }
             };
             let guard = match &current {
-                Some(kv) => Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision),
-                None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+                Some(kv) => Guard::unchanged(key.as_str(), kv.mod_revision),
+                None => Guard::absent(key.as_str()),
             };
             let lease = self.lease().await?;
             let body = serde_json::to_vec(&event).expect("events serialize");
-            let put = TxnOp::put(
-                key.as_str(),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            );
+            let put = Op::put_on_lease(key.as_str(), body, lease);
             match self.store.txn(vec![guard], vec![put], vec![]).await {
                 Ok(outcome) if outcome.succeeded => {
                     event.metadata.resource_version = Some(outcome.revision.to_string());

@@ -181,15 +181,87 @@ impl LeaseKeeper {
     /// Stops renewing and revokes the lease (its keys are deleted at once).
     pub async fn revoke(self) -> Result<()> {
         self.task.abort();
-        let id = self.id();
-        let mut client = self.store.client();
-        self.store.call(client.lease_revoke(id)).await.map(|_| ())
+        revoke(&self.store, self.id()).await
     }
 }
 
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Revokes lease `id`: every key attached to it is deleted at once.
+pub async fn revoke(store: &Store, id: i64) -> Result<()> {
+    let mut client = store.client();
+    store.call(client.lease_revoke(id)).await.map(|_| ())
+}
+
+/// One `LeaseKeepAlive` stream that renews any lease asked of it (etcd's stream takes requests
+/// for any lease), for a process that keeps many leases (hollow nodes): opened with an anchor
+/// lease of its own, which the caller renews like the others. Answers are read off the stream
+/// by a task of its own, so sending never waits on reading.
+pub struct SharedKeepAlive {
+    keeper: EtcdKeeper,
+    anchor: i64,
+    /// (lease, ttl) answers; closed when the stream ends.
+    answers: tokio::sync::mpsc::UnboundedReceiver<(i64, i64)>,
+}
+
+impl SharedKeepAlive {
+    /// Grants an anchor lease of `anchor_ttl` and opens the stream with it; `None` when etcd
+    /// refuses either.
+    pub async fn open(store: &Store, anchor_ttl: Duration) -> Option<SharedKeepAlive> {
+        let mut c = store.client();
+        let anchor = store
+            .call(c.lease_grant(anchor_ttl.as_secs() as i64, None))
+            .await
+            .ok()?
+            .id();
+        let (keeper, stream) = store.call(c.lease_keep_alive(anchor)).await.ok()?;
+        let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(read_answers(stream, tx));
+        Some(SharedKeepAlive {
+            keeper,
+            anchor,
+            answers,
+        })
+    }
+
+    /// The stream's own lease.
+    pub fn anchor(&self) -> i64 {
+        self.anchor
+    }
+
+    /// Sends one renewal of lease `id`; false when the stream is broken (open another).
+    pub async fn renew(&mut self, id: i64) -> bool {
+        self.keeper.id = id;
+        self.keeper.keep_alive().await.is_ok()
+    }
+
+    /// The next answer, `(lease, ttl in seconds)` (a TTL of 0 or less: the lease is gone);
+    /// `None` once the stream has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only receives from a channel.
+    pub async fn answer(&mut self) -> Option<(i64, i64)> {
+        self.answers.recv().await
+    }
+
+    /// Revokes the anchor lease, which ends the stream.
+    pub async fn close(self, store: &Store) {
+        let _ = revoke(store, self.anchor).await;
+    }
+}
+
+async fn read_answers(
+    mut stream: LeaseKeepAliveStream,
+    tx: tokio::sync::mpsc::UnboundedSender<(i64, i64)>,
+) {
+    while let Ok(Some(resp)) = stream.message().await {
+        if tx.send((resp.id(), resp.ttl())).is_err() {
+            return;
+        }
     }
 }
 

@@ -35,6 +35,70 @@ impl MemberInfo {
     }
 }
 
+/// One member as the member list names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started once.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+impl Member {
+    fn from_etcd(m: &etcd_client::Member) -> Member {
+        Member {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            learner: m.is_learner(),
+        }
+    }
+}
+
+/// The member list as one member answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberList {
+    /// The cluster of the member that answered (`None` when the answer had no header).
+    pub cluster_id: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+/// The member list, without health probes, if a member answers within `timeout` (a short
+/// one of its own, for a loop that asks every pass).
+pub async fn list_within(store: &Store, timeout: Duration) -> Option<MemberList> {
+    let mut client = store.client();
+    let resp = tokio::time::timeout(timeout, client.member_list())
+        .await
+        .ok()?
+        .ok()?;
+    Some(MemberList {
+        cluster_id: resp.header().map(|h| h.cluster_id()),
+        members: resp.members().iter().map(Member::from_etcd).collect(),
+    })
+}
+
+/// Sets member `id`'s peer URLs, if etcd answers within `timeout`.
+pub async fn update_peer_urls(
+    store: &Store,
+    id: u64,
+    peer_urls: Vec<String>,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let mut client = store.client();
+    match tokio::time::timeout(timeout, client.member_update(id, peer_urls)).await {
+        Ok(r) => r
+            .map(|_| ())
+            .map_err(|e| StoreError::from_etcd(e, store.endpoints())),
+        Err(_) => Err(StoreError::Timeout {
+            endpoints: store.endpoints().to_string(),
+            seconds: timeout.as_secs(),
+        }),
+    }
+}
+
 /// The member list, each member probed for health concurrently.
 pub async fn list(store: &Store) -> Result<Vec<MemberInfo>, StoreError> {
     let mut client = store.client();

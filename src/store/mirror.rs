@@ -1,7 +1,7 @@
-//! A watch-fed copy of every key under a prefix, as raw values, for a reader that composes any
-//! kind the way `rift get` does (the dashboard). It is the one cache ([`super::cache::Keyed`])
-//! over raw key-values; the scheduler keeps a typed view instead
-//! (`controllers/cluster_view.rs`).
+//! A watch-fed copy of every key under a prefix, as raw values, composing any kind the way
+//! `rift get` does. Built for tests only: it is the oracle the typed view
+//! (`controllers/cluster_view.rs`, which the scheduler and the dashboard follow) is checked
+//! against. It is the one cache ([`super::cache::Keyed`]) over raw key-values.
 //!
 //! Guarantees: after [`Mirror::apply`] has been given every event a [`super::Watcher`]
 //! delivered, the mirror holds exactly the keys the watcher has seen, as of its last event. It
@@ -98,13 +98,7 @@ mod tests {
     use crate::api::JobSpec;
 
     fn kv(key: &str, value: serde_json::Value, rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: serde_json::to_vec(&value).unwrap(),
-            create_revision: rev,
-            mod_revision: rev,
-            lease: 0,
-        }
+        KeyValue::json(key, value, rev)
     }
 
     fn job(name: &str) -> serde_json::Value {

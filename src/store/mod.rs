@@ -15,8 +15,11 @@ pub mod keys;
 pub mod leader;
 pub mod lease;
 pub mod members;
+/// A raw watch-fed copy of every key: the oracle the typed view is tested against.
+#[cfg(test)]
 pub mod mirror;
 pub mod objects;
+pub mod txn;
 pub mod watcher;
 
 pub use access::Access;
@@ -24,4 +27,5 @@ pub use apply::{ApplyItem, ApplyOutcome};
 pub use client::{Fence, KeyValue, Store};
 pub use error::StoreError;
 pub use objects::{DeleteOutcome, Precondition};
+pub use txn::{Guard, Op};
 pub use watcher::{WatchConfig, WatchEvent, Watcher};

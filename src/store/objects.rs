@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 
 use super::client::{KeyValue, Store};
 use super::compose::{agent_events, direct_child, StatusSources};
 use super::error::{Result, StoreError};
 use super::keys;
+use super::txn::{Guard, Op};
 use crate::api::kinds::KindInfo;
 use crate::api::selector::LabelSelector;
 use crate::api::{Object, Spec};
@@ -32,10 +33,10 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    pub(crate) fn compare(self, key: &str) -> Option<Compare> {
+    pub(crate) fn compare(self, key: &str) -> Option<Guard> {
         match self {
-            Precondition::Absent => Some(Compare::version(key, CompareOp::Equal, 0)),
-            Precondition::Revision(r) => Some(Compare::mod_revision(key, CompareOp::Equal, r)),
+            Precondition::Absent => Some(Guard::absent(key)),
+            Precondition::Revision(r) => Some(Guard::unchanged(key, r)),
             Precondition::None => None,
         }
     }
@@ -409,7 +410,7 @@ impl Store {
         let outcome = self
             .txn(
                 precondition.compare(&key).into_iter().collect(),
-                vec![TxnOp::put(key.as_str(), body, None)],
+                vec![Op::put(key.as_str(), body)],
                 vec![],
             )
             .await?;
@@ -436,10 +437,11 @@ impl Store {
     ) -> Result<i64> {
         let key = keys::status(kind.plural, name);
         let body = serde_json::to_vec(status).expect("JSON values serialize");
-        let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let outcome = self
-            .txn(vec![], vec![TxnOp::put(key.as_str(), body, opts)], vec![])
-            .await?;
+        let put = match lease {
+            Some(l) => Op::put_on_lease(key.as_str(), body, l),
+            None => Op::put(key.as_str(), body),
+        };
+        let outcome = self.txn(vec![], vec![put], vec![]).await?;
         Ok(outcome.revision)
     }
 
@@ -454,11 +456,7 @@ impl Store {
             let has_finalizers = obj["metadata"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
-            let guard = vec![Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision,
-            )];
+            let guard = vec![Guard::unchanged(key.as_str(), kv.mod_revision)];
             let (ops, outcome) = if has_finalizers {
                 if obj["metadata"].get("deletionTimestamp").is_some() {
                     return Ok(DeleteOutcome::Terminating);
@@ -466,14 +464,14 @@ impl Store {
                 obj["metadata"]["deletionTimestamp"] = serde_json::json!(Utc::now());
                 let body = serde_json::to_vec(&obj).expect("JSON values serialize");
                 (
-                    vec![TxnOp::put(key.as_str(), body, None)],
+                    vec![Op::put(key.as_str(), body)],
                     DeleteOutcome::Terminating,
                 )
             } else {
                 (
                     vec![
-                        TxnOp::delete(key.as_str(), None),
-                        TxnOp::delete(keys::status(kind.plural, name), None),
+                        Op::delete(key.as_str()),
+                        Op::delete(keys::status(kind.plural, name)),
                     ],
                     DeleteOutcome::Deleted,
                 )
@@ -598,8 +596,7 @@ pub struct ListSources<'a> {
 }
 
 /// Joins the objects of `kind` with their status, in name order, keeping those `selector`
-/// matches. Pure: the same join whether the keys came from etcd or from a watch-fed
-/// [`super::mirror::Mirror`]. Values that do not decode are skipped with a warning, and keys
+/// matches. Pure: the same join whether the keys came from etcd or from a watch-fed copy. Values that do not decode are skipped with a warning, and keys
 /// below a further `/` are no objects.
 pub fn join_objects(
     kind: &KindInfo,

@@ -2,8 +2,10 @@
 //! lease TTL 2 s, reschedule margin 2 s) and worker agents (`worker: "yes"`) added on demand.
 //! Every piece is a real process; every agent has its own state directory.
 //!
-//! Workers never count as overloaded (the tests share a busy machine: a full CPU, or a shared
-//! disk past 95 %, must not make a worker unschedulable), and every agent's node lease TTL is 2 s ([`TestAgent`]).
+//! Workers never count as overloaded (the tests share a busy machine: a full CPU or a nearly
+//! full shared disk must not make a worker unschedulable; `DiskPressure`, set only through an
+//! ArtifactStore's watermarks, is what tests of a full disk use), and every agent's node lease
+//! TTL is 2 s ([`TestAgent`]).
 
 use std::path::Path;
 use std::time::Duration;

@@ -562,7 +562,7 @@ impl EtcdCluster {
     pub async fn client_at(&self, urls: &[String]) -> Client {
         let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
         if let Some(admin) = self.trust.as_ref().and_then(|t| t.admin()) {
-            options = options.with_tls(rift::pki::tls::etcd_options(&admin));
+            options = options.with_tls(rift::store::access::etcd_tls(&admin));
         }
         Client::connect(urls, Some(options))
             .await

@@ -20,8 +20,14 @@ pub async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOn
 
 /// Binds `job` to `node` at epoch 1, as the scheduler does.
 pub async fn bind(client: &mut Client, job: &str, node: &str) {
-    let placement = serde_json::json!({"node": node, "epoch": 1}).to_string();
-    let binding = serde_json::json!({"epoch": 1}).to_string();
+    bind_at(client, job, node, 1, &[]).await
+}
+
+/// Binds `job` to `node` at `epoch` with `gpus`, as the scheduler does: placement and binding
+/// together.
+pub async fn bind_at(client: &mut Client, job: &str, node: &str, epoch: u64, gpus: &[u32]) {
+    let placement = serde_json::json!({"node": node, "gpus": gpus, "epoch": epoch}).to_string();
+    let binding = serde_json::json!({"gpus": gpus, "epoch": epoch}).to_string();
     client
         .put(format!("/rift/v1/placements/{job}"), placement, None)
         .await

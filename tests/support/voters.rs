@@ -84,7 +84,7 @@ fn options(urls: &[String]) -> Option<ConnectOptions> {
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(3));
     match super::trust::lookup(&urls.join(",")) {
-        Some(t) => Some(options.with_tls(rift::pki::tls::etcd_options(&t.admin()?))),
+        Some(t) => Some(options.with_tls(rift::store::access::etcd_tls(&t.admin()?))),
         None => Some(options),
     }
 }

@@ -18,12 +18,13 @@ pub mod process;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use tokio::time::Instant;
 
+use crate::api::event::Reason;
 use crate::api::node::{LocalMemberState, NodeEtcd};
 use crate::store::events::EventRecorder;
-use crate::store::{keys, Store};
+use crate::store::members::{self, Member};
+use crate::store::{keys, Op, Store, StoreError};
 use crate::tasks::CancellationToken;
 
 use super::config::{AgentConfig, EtcdMemberConfig};
@@ -233,17 +234,10 @@ impl Supervisor {
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let mut client = self.store.client();
-            let list = match tokio::time::timeout(LIST_TIMEOUT, client.member_list()).await {
-                Ok(Ok(list)) => Some(list),
-                _ => None,
-            };
-            let cluster_id = list
-                .as_ref()
-                .and_then(|l| l.header())
-                .map(|h| h.cluster_id());
+            let list = members::list_within(&self.store, LIST_TIMEOUT).await;
+            let cluster_id = list.as_ref().and_then(|l| l.cluster_id);
             let membership = match (&list, cluster_id) {
-                (Some(list), Some(id)) => self.membership(list.members(), id),
+                (Some(list), Some(id)) => self.membership(&list.members, id),
                 _ => Membership::Unknown,
             };
             // "Not a member" is acted on (stop, set the data aside) only when it holds for
@@ -265,9 +259,9 @@ impl Supervisor {
             }
             if let Some(list) = &list {
                 if self.process.is_some() {
-                    self.upgrade_peer_url(list.members()).await;
+                    self.upgrade_peer_url(&list.members).await;
                 }
-                self.learn_endpoints(list.members()).await;
+                self.learn_endpoints(&list.members).await;
             }
             self.write_report().await;
             tokio::select! {
@@ -287,7 +281,7 @@ impl Supervisor {
 
     /// This node in the member list answered by cluster `cluster_id`, as [`decide`] needs it.
     /// A list from another cluster than the one this node joined is no information.
-    fn membership(&self, members: &[etcd_client::Member], cluster_id: u64) -> Membership {
+    fn membership(&self, members: &[Member], cluster_id: u64) -> Membership {
         let Ok(spec) = &self.spec else {
             return Membership::Unknown;
         };
@@ -303,14 +297,14 @@ impl Supervisor {
         let mut found = None;
         let mut started_voter = false;
         for m in members {
-            if m.name() == self.node || ours(m.peer_urls()) {
-                found = Some(m.peer_urls().to_vec());
-                started_voter = !m.name().is_empty() && !m.is_learner();
+            if m.name == self.node || ours(&m.peer_urls) {
+                found = Some(m.peer_urls.clone());
+                started_voter = !m.name.is_empty() && !m.learner;
                 continue;
             }
-            if !m.name().is_empty() {
-                for u in m.peer_urls() {
-                    cluster.push((m.name().to_string(), u.clone()));
+            if !m.name.is_empty() {
+                for u in &m.peer_urls {
+                    cluster.push((m.name.clone(), u.clone()));
                 }
             }
         }
@@ -356,10 +350,10 @@ impl Supervisor {
                 tracing::info!(pid = p.record.pid, "restarting the etcd member with TLS");
                 p.stop(Duration::from_secs(10)).await;
                 self.process = None;
-                self.events.normal(
+                self.events.record(
                     "Node",
                     &self.node,
-                    "etcd_member_tls",
+                    Reason::EtcdMemberTls,
                     "the etcd member was restarted with TLS".to_string(),
                 );
             }
@@ -382,10 +376,10 @@ impl Supervisor {
                 self.restart_delay.as_secs(),
                 spec.dir.log().display()
             );
-            self.events.warning(
+            self.events.record(
                 "Node",
                 &self.node,
-                "etcd_member_died",
+                Reason::EtcdMemberDied,
                 self.report.message.clone(),
             );
             self.not_before = Instant::now() + self.restart_delay;
@@ -447,10 +441,10 @@ impl Supervisor {
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 match set_aside {
                     Ok(kept) => {
-                        self.events.normal(
+                        self.events.record(
                             "Node",
                             &self.node,
-                            "etcd_member_removed",
+                            Reason::EtcdMemberRemoved,
                             format!(
                                 "removed from the etcd cluster: member stopped, its data moved \
                                  to {}",
@@ -481,7 +475,7 @@ impl Supervisor {
         }
         let body = serde_json::to_vec(&self.report).expect("reports serialize");
         let key = keys::agent_etcd(&self.node);
-        let put = TxnOp::put(key.as_str(), body, None);
+        let put = Op::put(key.as_str(), body);
         if self.store.txn(vec![], vec![put], vec![]).await.is_ok() {
             self.written = Some(self.report.clone());
         }
@@ -490,35 +484,40 @@ impl Supervisor {
     /// A member registered with `http://` peer URLs that now runs with TLS (the cluster moved to
     /// TLS, voter by voter): corrects its peer URL to `https://` so the other members reach it.
     /// Needs a controller's (root) identity; retried every pass until it holds.
-    async fn upgrade_peer_url(&mut self, members: &[etcd_client::Member]) {
+    async fn upgrade_peer_url(&mut self, members: &[Member]) {
         let Ok(spec) = &self.spec else { return };
         if spec.tls.is_none() {
             return;
         }
-        let Some(me) = members.iter().find(|m| m.name() == self.node) else {
+        let Some(me) = members.iter().find(|m| m.name == self.node) else {
             return;
         };
-        if me.peer_urls().iter().any(|u| u == &spec.peer_url)
-            || !me.peer_urls().iter().any(|u| u.starts_with("http://"))
+        if me.peer_urls.iter().any(|u| u == &spec.peer_url)
+            || !me.peer_urls.iter().any(|u| u.starts_with("http://"))
         {
             return;
         }
-        let mut client = self.store.client();
-        let update = client.member_update(me.id(), vec![spec.peer_url.clone()]);
-        match tokio::time::timeout(LIST_TIMEOUT, update).await {
-            Ok(Ok(_)) => tracing::info!(
+        let update = members::update_peer_urls(
+            &self.store,
+            me.id,
+            vec![spec.peer_url.clone()],
+            LIST_TIMEOUT,
+        );
+        match update.await {
+            Ok(()) => tracing::info!(
                 peer_url = %spec.peer_url,
                 "the etcd member's peer URL moved to TLS"
             ),
-            Ok(Err(e)) => tracing::warn!(%e, "cannot move the member's peer URL to https yet"),
-            Err(_) => tracing::warn!("moving the member's peer URL to https timed out"),
+            Err(StoreError::Timeout { .. }) => {
+                tracing::warn!("moving the member's peer URL to https timed out")
+            }
+            Err(e) => tracing::warn!(%e, "cannot move the member's peer URL to https yet"),
         }
     }
 
     /// Makes every voter's client URLs (with the configured ones) the store's endpoints and saves
     /// them; drops the URLs of members that are gone at once.
-    async fn learn_endpoints(&mut self, members: &[etcd_client::Member]) {
-        let client = self.store.client();
+    async fn learn_endpoints(&mut self, members: &[Member]) {
         // Only URLs this store can speak to: a member still on http:// while this agent is
         // on TLS (or the other way round, mid-upgrade) is no endpoint for it.
         let scheme = if self.store.access().is_tls() {
@@ -528,8 +527,8 @@ impl Supervisor {
         };
         let urls: Vec<String> = members
             .iter()
-            .filter(|m| !m.is_learner())
-            .flat_map(|m| m.client_urls().iter().cloned())
+            .filter(|m| !m.learner)
+            .flat_map(|m| m.client_urls.iter().cloned())
             .filter(|u| u.starts_with(scheme))
             .collect();
         if urls.is_empty() || urls == self.learned {
@@ -543,7 +542,7 @@ impl Supervisor {
             .iter()
             .filter(|u| !urls.contains(u) && !configured.contains(u))
         {
-            let _ = client.remove_endpoint(gone).await;
+            self.store.drop_endpoint(gone).await;
         }
         let mut wanted = self.configured.clone();
         wanted.extend(
@@ -557,7 +556,12 @@ impl Supervisor {
             configured: self.configured.clone(),
             learned: urls.clone(),
         };
-        if let Err(e) = crate::agent::jobs::layout::write_json(&path, &saved) {
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::agent::jobs::layout::write_json(&path, &saved)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = saved {
             tracing::warn!(%e, "cannot save the learned endpoints");
         }
         tracing::info!(endpoints = %urls.join(","), "etcd endpoints learned from the member list");

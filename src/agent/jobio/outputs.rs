@@ -19,6 +19,9 @@
 //! - **Deleted only when recorded.** The job's file, its sidecar and the spooled link are
 //!   removed only after the Artifact exists in etcd; until then the runner reports the job as
 //!   still `Uploading` rather than finished ([`pending`]).
+//! - **Never recorded onto bytes being collected.** An Artifact of the same bytes that garbage
+//!   collection has marked (`deletionTimestamp`) does not count as recorded: the entry waits for
+//!   it to go and uploads and reports again.
 //! - **An unreachable store waits.** Entries stay queued and are retried with backoff; running
 //!   jobs are not affected. One upload at a time per node.
 //!
@@ -31,7 +34,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::TxnOp;
+use crate::store::txn::Op;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -319,6 +322,12 @@ impl Uploader {
                         crate::artifacts::upload(&store, &data, &crate::artifacts::transfer::quiet)
                             .await
                             .map_err(|e| e.to_string())?;
+                    // A record garbage collection has marked is losing its bytes: wait until
+                    // it is gone, then store them again (the next turns upload anew).
+                    if self.marked(&up.digest.artifact_name()).await? {
+                        tracing::info!(job = p.report.job, digest = %up.digest, "waiting for a collected Artifact of these bytes to go before storing them again");
+                        return Ok(());
+                    }
                     p.report.digest = up.digest.to_string();
                     p.report.size = up.size;
                     p.step = Step::Uploaded;
@@ -340,7 +349,7 @@ impl Uploader {
                     }
                     self.access
                         .etcd
-                        .txn(vec![], vec![TxnOp::put(key, body, None)], vec![])
+                        .txn(vec![], vec![Op::put(key, body)], vec![])
                         .await
                         .map_err(|e| e.to_string())?;
                     p.step = Step::Reported;
@@ -350,20 +359,26 @@ impl Uploader {
                     let name = Digest::parse(&p.report.digest)
                         .map_err(|e| e.to_string())?
                         .artifact_name();
-                    let recorded = self
+                    let record = self
                         .access
                         .etcd
                         .get::<ArtifactSpec>(&name)
                         .await
-                        .map_err(|e| e.to_string())?
-                        .is_some();
-                    if !recorded {
-                        return Ok(()); // the leader has not recorded it yet
+                        .map_err(|e| e.to_string())?;
+                    match record {
+                        None => return Ok(()), // the leader has not recorded it yet
+                        Some(r) if r.metadata.deletion_timestamp.is_some() => {
+                            // Collected meanwhile: its bytes are going; upload again later.
+                            p.step = Step::Queued;
+                            persist(&json, p).await?;
+                            return Ok(());
+                        }
+                        Some(_) => {}
                     }
                     let key = self.report_key(p)?;
                     self.access
                         .etcd
-                        .txn(vec![], vec![TxnOp::delete(key, None)], vec![])
+                        .txn(vec![], vec![Op::delete(key)], vec![])
                         .await
                         .map_err(|e| e.to_string())?;
                     let (dir, id, entry) = (self.uploads.clone(), id.to_string(), p.clone());
@@ -376,6 +391,17 @@ impl Uploader {
                 }
             }
         }
+    }
+
+    /// Whether the Artifact `name` exists and garbage collection has marked it for deletion.
+    async fn marked(&self, name: &str) -> Result<bool, String> {
+        let record = self
+            .access
+            .etcd
+            .get::<ArtifactSpec>(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(record.is_some_and(|r| r.metadata.deletion_timestamp.is_some()))
     }
 
     fn report_key(&self, p: &Pending) -> Result<String, String> {

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use futures::{FutureExt, StreamExt};
 
 use super::layout::{RunSpec, StateDir};
@@ -31,7 +30,7 @@ use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::jobio::staging::Stage;
 use crate::agent::jobio::{outputs, DataPlane};
 use crate::agent::metrics::Metrics;
-use crate::api::event::{EventType, ObjectRef};
+use crate::api::event::{ObjectRef, Reason};
 use crate::api::job::JobPhase;
 use crate::api::job_io::StagingProgress;
 use crate::api::placement::{Binding, RuntimeReport};
@@ -40,6 +39,7 @@ use crate::api::{JobSpec, Object, Spec};
 use crate::store::cache::{self, Keyed};
 use crate::store::lease::LastRenewal;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -395,12 +395,11 @@ impl<P: JobProcesses> Runner<P> {
             let ops = batch
                 .iter()
                 .map(|c| match c {
-                    Change::Put(job, _, r) => TxnOp::put(
+                    Change::Put(job, _, r) => Op::put(
                         keys::agent_job(&self.node, job),
                         serde_json::to_vec(r).expect("reports serialize"),
-                        None,
                     ),
-                    Change::Delete(job) => TxnOp::delete(keys::agent_job(&self.node, job), None),
+                    Change::Delete(job) => Op::delete(keys::agent_job(&self.node, job)),
                 })
                 .collect();
             if let Err(e) = self.store.txn(vec![], ops, vec![]).await {
@@ -437,16 +436,13 @@ impl<P: JobProcesses> Runner<P> {
         match report.phase {
             JobPhase::Failed => self.events.record_about(
                 &object,
-                "job_failed",
+                Reason::JobFailed,
                 format!("{}: {}", report.reason, report.message),
-                EventType::Warning,
             ),
-            JobPhase::Succeeded => self.events.record_about(
-                &object,
-                "job_succeeded",
-                report.message.clone(),
-                EventType::Normal,
-            ),
+            JobPhase::Succeeded => {
+                self.events
+                    .record_about(&object, Reason::JobSucceeded, report.message.clone())
+            }
             _ => {}
         }
     }

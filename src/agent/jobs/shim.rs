@@ -26,7 +26,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -190,16 +190,7 @@ pub fn run(
     heartbeat: &Path,
     options: &ShimOptions,
 ) -> Result<(), ShimError> {
-    // Everything the shim writes is private to its user (the job gets 022 back).
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    // Our own session: not killed with the agent, not by a terminal hang-up.
-    let _ = nix::unistd::setsid();
-    // SAFETY: the handler only stores to an atomic; installed before any thread starts.
-    unsafe {
-        let _ = set_handler(Signal::SIGTERM, SigHandler::Handler(on_sigterm));
-        let _ = set_handler(Signal::SIGHUP, SigHandler::SigIgn);
-        let _ = set_handler(Signal::SIGINT, SigHandler::SigIgn);
-    }
+    detach();
     let job = JobDir::at(dir);
     let spec: RunSpec = read_json(&job.run_spec())
         .map_err(io_at(&job.run_spec()))?
@@ -208,49 +199,102 @@ pub fn run(
     std::fs::create_dir_all(&attempt_dir).map_err(io_at(&attempt_dir))?;
     let me = procs::record(std::process::id()).expect("our own /proc entry exists");
     write_json(&job.shim_record(attempt), &me).map_err(io_at(&job.shim_record(attempt)))?;
-
-    let end = |exit_code, signal, reason, message: String| {
-        let rec = ExitRecord {
-            exit_code,
-            signal,
-            finished_at: Utc::now(),
-            reason,
-            message,
-        };
-        // How the attempt ended is the one record that must not be lost: a full disk may
-        // free up, so try for a while before giving up (the agent then records the attempt as
-        // ended without a record).
-        let path = job.exit_record(attempt);
-        let mut tries = 0;
-        loop {
-            match write_json(&path, &rec) {
-                Ok(()) => return Ok(()),
-                Err(e) if tries < 10 => {
-                    eprintln!("rift shim: {}: {e}; retrying", path.display());
-                    tries += 1;
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                Err(e) => return Err(io_at(&path)(e)),
-            }
-        }
-    };
+    let start_error = |message| record_end(&job, attempt, Ended::start_error(message));
 
     if let Some(w) = &spec.workdir {
         if !Path::new(w).is_dir() {
-            return end(
-                None,
-                None,
-                EndReason::StartError,
-                format!("workdir `{w}` does not exist"),
-            );
+            return start_error(format!("workdir `{w}` does not exist"));
         }
     }
     let mut launch = match Launch::prepare(&job, attempt, &spec, options) {
         Ok(l) => l,
-        Err(message) => return end(None, None, EndReason::StartError, message),
+        Err(message) => return start_error(message),
     };
     let mut log = CappedLog::open(&job.log(attempt)).map_err(io_at(&job.log(attempt)))?;
-    // stdout and stderr share one pipe: their lines stay in order, and one loop reads both.
+    let (mut child, output) = match spawn(&job, attempt, &spec, &mut launch)? {
+        Ok(started) => started,
+        Err(message) => return start_error(message),
+    };
+    if let Some(rec) = procs::record(child.id()) {
+        if let Err(e) = write_json(&job.job_record(attempt), &rec) {
+            // The job runs: supervise it anyway (the agent still sees this shim alive).
+            eprintln!("rift shim: {}: {e}", job.job_record(attempt).display());
+        }
+    }
+    let ended = supervise(&mut child, output, &mut log, &mut launch, &spec, heartbeat);
+    // The job's last progress and result are in place before the runner learns of its end.
+    launch.finish();
+    record_end(&job, attempt, ended)
+}
+
+/// Makes this process the shim: files private to its user, a session of its own (not killed
+/// with the agent, nor by a terminal hang-up), SIGTERM asking for a stop.
+fn detach() {
+    // Everything the shim writes is private to its user (the job gets 022 back).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let _ = nix::unistd::setsid();
+    // SAFETY: the handler only stores to an atomic; installed before any thread starts.
+    unsafe {
+        let _ = set_handler(Signal::SIGTERM, SigHandler::Handler(on_sigterm));
+        let _ = set_handler(Signal::SIGHUP, SigHandler::SigIgn);
+        let _ = set_handler(Signal::SIGINT, SigHandler::SigIgn);
+    }
+}
+
+/// How an attempt ended, as its exit record says.
+struct Ended {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    reason: EndReason,
+    message: String,
+}
+
+impl Ended {
+    fn start_error(message: String) -> Ended {
+        Ended {
+            exit_code: None,
+            signal: None,
+            reason: EndReason::StartError,
+            message,
+        }
+    }
+}
+
+/// Writes the attempt's exit record. How the attempt ended is the one record that must not be
+/// lost: a full disk may free up, so it tries for a while before giving up (the agent then
+/// records the attempt as ended without a record).
+fn record_end(job: &JobDir, attempt: u32, ended: Ended) -> Result<(), ShimError> {
+    let rec = ExitRecord {
+        exit_code: ended.exit_code,
+        signal: ended.signal,
+        finished_at: Utc::now(),
+        reason: ended.reason,
+        message: ended.message,
+    };
+    let path = job.exit_record(attempt);
+    let mut tries = 0;
+    loop {
+        match write_json(&path, &rec) {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 10 => {
+                eprintln!("rift shim: {}: {e}; retrying", path.display());
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        }
+    }
+}
+
+/// Starts the job in a process group of its own, its stdout and stderr on one pipe (their
+/// lines stay in order, and one loop reads both). Returns the child and the pipe's read end,
+/// or why it could not start (for the exit record).
+fn spawn(
+    job: &JobDir,
+    attempt: u32,
+    spec: &RunSpec,
+    launch: &mut Launch,
+) -> Result<Result<(Child, std::fs::File), String>, ShimError> {
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| ShimError::Io {
         path: "pipe".into(),
         source: e.into(),
@@ -276,28 +320,31 @@ pub fn run(
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     launch.configure(&mut cmd);
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let message = launch.start_error(&spec.command[0], &e);
-            return end(None, None, EndReason::StartError, message);
-        }
+        Err(e) => return Ok(Err(launch.start_error(&spec.command[0], &e))),
     };
     // Our copies of the write end went into the child; drop them so EOF arrives when the job
     // (and everything it started) has closed its output.
     drop(cmd);
-    let pid = child.id();
-    let mut output = std::fs::File::from(read_end);
-    let mut pipe_open = true;
-    if let Some(rec) = procs::record(pid) {
-        if let Err(e) = write_json(&job.job_record(attempt), &rec) {
-            // The job runs: supervise it anyway (the agent still sees this shim alive).
-            eprintln!("rift shim: {}: {e}", job.job_record(attempt).display());
-        }
-    }
+    Ok(Ok((child, std::fs::File::from(read_end))))
+}
 
+/// Watches the job until it exits, copying its output to `log`: stops its group on the
+/// agent's SIGTERM or, for `onNodeLost: reschedule`, once the node's lease went unrenewed for
+/// `lostAfter`; SIGKILL after the grace period. Then kills what is left of its group and
+/// copies the output still buffered.
+fn supervise(
+    child: &mut Child,
+    mut output: std::fs::File,
+    log: &mut CappedLog,
+    launch: &mut Launch,
+    spec: &RunSpec,
+    heartbeat: &Path,
+) -> Ended {
+    let pid = child.id();
+    let mut pipe_open = true;
     let grace = Duration::from_secs(spec.grace_secs);
-    let lost_after = Duration::from_secs(spec.lost_after_secs);
     let mut lease = LeaseAge::new(heartbeat);
     let mut stopping: Option<(Instant, EndReason, String)> = None;
     let mut killed = false;
@@ -305,25 +352,11 @@ pub fn run(
         if let Some(status) = child.try_wait().ok().flatten() {
             break status;
         }
-        if stopping.is_none() && STOP_REQUESTED.load(Ordering::SeqCst) {
-            stopping = Some((
-                Instant::now(),
-                EndReason::Stopped,
-                "stopped by the agent".into(),
-            ));
-            procs::signal_group(pid, Signal::SIGTERM);
-        }
-        if spec.on_node_lost == OnNodeLost::Reschedule && stopping.is_none() {
-            let since = lease.since_renewal();
-            if since >= lost_after {
-                let msg = format!(
-                    "the node's lease was not renewed for {}s (onNodeLost: reschedule, lostAfter {}s): stopped so it can run elsewhere",
-                    since.as_secs(),
-                    lost_after.as_secs()
-                );
-                stopping = Some((Instant::now(), EndReason::NodeLost, msg));
+        if stopping.is_none() {
+            stopping = stop_reason(spec, &mut lease).map(|(reason, message)| {
                 procs::signal_group(pid, Signal::SIGTERM);
-            }
+                (Instant::now(), reason, message)
+            });
         }
         if let Some((since, _, _)) = &stopping {
             if since.elapsed() >= grace && !killed {
@@ -333,7 +366,7 @@ pub fn run(
         }
         launch.sync_due();
         if pipe_open {
-            pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(100));
+            pipe_open = drain_output(&mut output, log, Duration::from_millis(100));
         } else {
             // The job closed its output but runs on: just wait.
             std::thread::sleep(Duration::from_millis(100));
@@ -344,14 +377,38 @@ pub fn run(
     // Whatever is still buffered in the pipe (the group is dead, so it ends soon).
     let deadline = Instant::now() + Duration::from_secs(1);
     while pipe_open && Instant::now() < deadline {
-        pipe_open = drain_output(&mut output, &mut log, Duration::from_millis(50));
+        pipe_open = drain_output(&mut output, log, Duration::from_millis(50));
     }
-    // The job's last progress and result are in place before the runner learns of its end.
-    launch.finish();
     use std::os::unix::process::ExitStatusExt;
     let (reason, message) = match stopping {
         Some((_, reason, message)) => (reason, message),
         None => (EndReason::Exited, String::new()),
     };
-    end(status.code(), status.signal(), reason, message)
+    Ended {
+        exit_code: status.code(),
+        signal: status.signal(),
+        reason,
+        message,
+    }
+}
+
+/// Why a running job must stop now, if it must: the agent asked (SIGTERM), or, for
+/// `onNodeLost: reschedule`, the node's lease went unrenewed for `lostAfter`.
+fn stop_reason(spec: &RunSpec, lease: &mut LeaseAge) -> Option<(EndReason, String)> {
+    if STOP_REQUESTED.load(Ordering::SeqCst) {
+        return Some((EndReason::Stopped, "stopped by the agent".into()));
+    }
+    if spec.on_node_lost != OnNodeLost::Reschedule {
+        return None;
+    }
+    let lost_after = Duration::from_secs(spec.lost_after_secs);
+    let since = lease.since_renewal();
+    (since >= lost_after).then(|| {
+        let msg = format!(
+            "the node's lease was not renewed for {}s (onNodeLost: reschedule, lostAfter {}s): stopped so it can run elsewhere",
+            since.as_secs(),
+            lost_after.as_secs()
+        );
+        (EndReason::NodeLost, msg)
+    })
 }

@@ -18,6 +18,7 @@ fn usage(cpu: f64, memory: f64, gpu_memory: f64, disk: f64) -> Usage {
         cpu_percent: cpu,
         memory_percent: memory,
         disk_percent: disk,
+        disk_available_bytes: None,
         gpu_memory_percent: gpu_memory,
         gpu_util_percent: 0.0,
         gpus: vec![],
@@ -190,6 +191,7 @@ fn status() -> NodeStatus {
             cpu_percent: 20.0,
             memory_percent: 30.0,
             disk_percent: 40.0,
+            disk_available_bytes: Some(600 << 30),
             gpu_memory_percent: 50.0,
             gpu_util_percent: 60.0,
             gpus: vec![GpuUsage {

@@ -18,7 +18,6 @@ pub mod supervisor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use etcd_client::{GetOptions, TxnOp};
 use tokio::sync::watch;
 
 use crate::api::validation::dns1123_problem;
@@ -27,6 +26,7 @@ use crate::store::cache::{self, Cached, Keyed};
 use crate::store::compose::direct_child;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 use supervisor::{Endpoints, Supervisor};
@@ -245,7 +245,7 @@ impl Tunnels {
             let key = keys::agent_tunnel(&self.node, name);
             if let Err(e) = self
                 .store
-                .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                .txn(vec![], vec![Op::delete(key.as_str())], vec![])
                 .await
             {
                 tracing::debug!(%e, "tunnel status not deleted; the next full list retries");
@@ -261,17 +261,14 @@ impl Tunnels {
     /// was down).
     async fn remove_orphan_statuses(&self, running: &HashMap<String, Running>) {
         let prefix = keys::agent_tunnel(&self.node, "");
-        let mut kv = self.store.client().kv_client();
-        let opts = GetOptions::new().with_prefix().with_keys_only();
-        let Ok(resp) = self.store.call(kv.get(prefix.as_str(), Some(opts))).await else {
+        let Ok(keys) = self.store.list_keys(&prefix).await else {
             return;
         };
-        for k in resp.kvs() {
-            let key = String::from_utf8_lossy(k.key()).into_owned();
+        for key in keys {
             if direct_child(&prefix, &key).is_some_and(|n| !running.contains_key(n)) {
                 let _ = self
                     .store
-                    .txn(vec![], vec![TxnOp::delete(key.as_str(), None)], vec![])
+                    .txn(vec![], vec![Op::delete(key.as_str())], vec![])
                     .await;
             }
         }

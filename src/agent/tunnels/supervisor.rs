@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::TxnOp;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -23,12 +22,14 @@ use tokio::time::Instant;
 
 use super::select::{choose_relay, pick_address, Candidate};
 use super::ssh::{classify, explain, host_alias, write_known_hosts, Line, SshInvocation};
+use crate::api::event::Reason;
 use crate::api::selector::LabelSelector;
 use crate::api::tunnel::TunnelStatus;
 use crate::api::{NodeSpec, TunnelSpec};
 use crate::net::dial::host_of;
 use crate::store::backoff::ResettingBackoff;
 use crate::store::events::EventRecorder;
+use crate::store::Op;
 use crate::store::{keys, Store};
 use crate::tasks::CancellationToken;
 
@@ -122,7 +123,7 @@ impl Supervisor {
                             );
                             tracing::info!(tunnel = %self.name, "{msg}");
                             self.events
-                                .normal("Tunnel", &self.name, "RelaySwitched", msg);
+                                .record("Tunnel", &self.name, Reason::RelaySwitched, msg);
                         }
                         p.relay = Some(choice.relay.clone());
                         p.failures = 0;
@@ -145,7 +146,7 @@ impl Supervisor {
                     if up_for.is_some() {
                         p.failures = 0;
                         self.events
-                            .warning("Tunnel", &self.name, "TunnelDown", &error);
+                            .record("Tunnel", &self.name, Reason::TunnelDown, &error);
                     }
                     let delay = backoff.next_delay().min(MAX_BACKOFF);
                     tracing::info!(tunnel = %self.name, %error, ?delay, "tunnel down; starting ssh again after the delay");
@@ -202,7 +203,7 @@ impl Supervisor {
         let key = keys::agent_tunnel(&self.node, &self.name);
         match self
             .store
-            .txn(vec![], vec![TxnOp::put(key.as_str(), body, None)], vec![])
+            .txn(vec![], vec![Op::put(key.as_str(), body)], vec![])
             .await
         {
             Ok(_) => p.published = Some(p.status.clone()),
@@ -230,34 +231,9 @@ impl Supervisor {
         stop: &CancellationToken,
     ) -> Ended {
         let host = host_of(address).to_string();
-        let alias = host_alias(relay);
-        let known_hosts = self.dir.join("known_hosts");
-        p.status.relay = Some(relay.to_string());
-        if let Err(e) = write_known_hosts(&known_hosts, &alias, host_key) {
-            let error = format!("cannot write {}: {e}", known_hosts.display());
-            p.status.last_error = error.clone();
-            return Ended::Exited {
-                up_for: None,
-                error,
-            };
-        }
-        let invocation = SshInvocation {
-            alias,
-            host: host.clone(),
-            port: self.spec.ssh_port,
-            user: self.spec.ssh_user.clone(),
-            identity_file: self.spec.identity_file.clone().into(),
-            known_hosts,
-            forwards: self.spec.ports.clone(),
-        };
-        if p.starts > 0 {
-            p.status.restarts = p.status.restarts.saturating_add(1);
-        }
-        p.starts += 1;
-        let mut child = match invocation.spawn() {
+        let mut child = match self.start_ssh(p, relay, host_key, &host).await {
             Ok(c) => c,
-            Err(e) => {
-                let error = format!("cannot start ssh: {e}");
+            Err(error) => {
                 p.status.last_error = error.clone();
                 return Ended::Exited {
                     up_for: None,
@@ -277,29 +253,7 @@ impl Supervisor {
                     Ok(Some(line)) => match classify(&line) {
                         Line::ForwardsUp if up_since.is_none() => {
                             up_since = Some(Instant::now());
-                            p.failures = 0;
-                            p.good_address = Some(address.to_string());
-                            let endpoint = self
-                                .advertised_remote_port()
-                                .map(|port| format!("{}:{port}", bracket(&host)));
-                            p.status.connected = true;
-                            p.status.since = Some(Utc::now());
-                            p.status.endpoint = endpoint.clone();
-                            if self.spec.ports.iter().any(|f| f.local_port == self.agent_port) {
-                                if let Some(ep) = endpoint {
-                                    self.endpoints.send_modify(|m| {
-                                        m.insert(self.name.clone(), ep);
-                                    });
-                                }
-                            }
-                            tracing::info!(tunnel = %self.name, %relay, %address, "tunnel up");
-                            self.events.normal(
-                                "Tunnel",
-                                &self.name,
-                                "TunnelUp",
-                                format!("connected through relay {relay} at {address}"),
-                            );
-                            self.publish(p).await;
+                            self.forwards_up(p, relay, address, &host).await;
                         }
                         Line::Message(m) => {
                             if messages.len() == KEPT_MESSAGES {
@@ -340,6 +294,79 @@ impl Supervisor {
             up_for: up_since.map(|t| t.elapsed()),
             error,
         }
+    }
+
+    /// Writes the relay's pinned host key and starts ssh through it to `host`; the error, for
+    /// the status, when either fails.
+    async fn start_ssh(
+        &self,
+        p: &mut Progress,
+        relay: &str,
+        host_key: &str,
+        host: &str,
+    ) -> Result<Child, String> {
+        let alias = host_alias(relay);
+        let known_hosts = self.dir.join("known_hosts");
+        p.status.relay = Some(relay.to_string());
+        // Off the async workers: the write ends with an fsync.
+        let written = {
+            let (path, alias, key) = (known_hosts.clone(), alias.clone(), host_key.to_string());
+            tokio::task::spawn_blocking(move || write_known_hosts(&path, &alias, &key))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        if let Err(e) = written {
+            return Err(format!("cannot write {}: {e}", known_hosts.display()));
+        }
+        let invocation = SshInvocation {
+            alias,
+            host: host.to_string(),
+            port: self.spec.ssh_port,
+            user: self.spec.ssh_user.clone(),
+            identity_file: self.spec.identity_file.clone().into(),
+            known_hosts,
+            forwards: self.spec.ports.clone(),
+        };
+        if p.starts > 0 {
+            p.status.restarts = p.status.restarts.saturating_add(1);
+        }
+        p.starts += 1;
+        invocation
+            .spawn()
+            .map_err(|e| format!("cannot start ssh: {e}"))
+    }
+
+    /// ssh reported its forwards up: the tunnel is connected (its endpoint published, an
+    /// event recorded, the status written).
+    async fn forwards_up(&self, p: &mut Progress, relay: &str, address: &str, host: &str) {
+        p.failures = 0;
+        p.good_address = Some(address.to_string());
+        let endpoint = self
+            .advertised_remote_port()
+            .map(|port| format!("{}:{port}", bracket(host)));
+        p.status.connected = true;
+        p.status.since = Some(Utc::now());
+        p.status.endpoint = endpoint.clone();
+        if self
+            .spec
+            .ports
+            .iter()
+            .any(|f| f.local_port == self.agent_port)
+        {
+            if let Some(ep) = endpoint {
+                self.endpoints.send_modify(|m| {
+                    m.insert(self.name.clone(), ep);
+                });
+            }
+        }
+        tracing::info!(tunnel = %self.name, %relay, %address, "tunnel up");
+        self.events.record(
+            "Tunnel",
+            &self.name,
+            Reason::TunnelUp,
+            format!("connected through relay {relay} at {address}"),
+        );
+        self.publish(p).await;
     }
 }
 

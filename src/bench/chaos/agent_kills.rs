@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::bed::{AgentPlan, Bed, Link};
-use super::etcd::Advertise;
+use super::bed::Bed;
 use super::{ms, ChaosArgs, ChaosScenario, Outcome};
 use crate::bench::report::Spread;
 use crate::bench::{BenchError, Common};
@@ -28,11 +27,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let seconds = args.seconds.unwrap_or(60).max(1);
     let jobs = args.jobs.unwrap_or(50).max(1);
     let ttl = common.lease_ttl;
-    let mut bed = Bed::start("agent-kills", 1, Advertise::Listen, &[], ttl).await?;
-    bed.add_agent(AgentPlan::controller("ctl"), None, 2).await?;
-    bed.add_agent(AgentPlan::worker("w1", Link::Direct), None, 2)
-        .await?;
-    bed.wait_leader(common.timeout).await?;
+    let mut bed = Bed::controller_and_worker("agent-kills", ttl, common.timeout).await?;
     for i in 0..jobs {
         let name = format!("job-{i:03}");
         let mut spec = bed.real_job(&name, None);

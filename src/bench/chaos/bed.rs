@@ -19,7 +19,7 @@ use super::super::BenchError;
 use super::etcd::{Advertise, ChaosEtcd};
 use crate::api::duration::HumanDuration;
 use crate::api::job::{OnNodeLost, RestartPolicy};
-use crate::api::{JobSpec, NodeSpec, Object};
+use crate::api::{JobPhase, JobSpec, NodeSpec, Object};
 use crate::faults::invariants::{self, Convergence, Tracked, Verdict, Violation};
 use crate::faults::netns::NetNs;
 use crate::faults::procs::{self, Paused};
@@ -395,6 +395,27 @@ impl Bed {
         self.operations += 1;
         self.tracked.insert(name.to_string(), tracked);
         Ok(())
+    }
+
+    /// The usual bed: one etcd member, a controller agent `ctl` and a worker `w1` (2 GPUs
+    /// each, directly linked), once a leader is named.
+    pub async fn controller_and_worker(
+        name: &str,
+        ttl: u64,
+        within: Duration,
+    ) -> Result<Bed, BenchError> {
+        let mut bed = Bed::start(name, 1, Advertise::Listen, &[], ttl).await?;
+        bed.add_agent(AgentPlan::controller("ctl"), None, 2).await?;
+        bed.add_agent(AgentPlan::worker("w1", Link::Direct), None, 2)
+            .await?;
+        bed.wait_leader(within).await?;
+        Ok(bed)
+    }
+
+    /// The phase of Job `name` as stored; `None` when it cannot be read or has no status.
+    pub async fn job_phase(&self, name: &str) -> Option<JobPhase> {
+        let job = self.store.get::<JobSpec>(name).await.ok().flatten()?;
+        job.status.map(|s| s.phase)
     }
 
     /// Waits until a leader is named.

@@ -162,14 +162,7 @@ async fn watch_probe(
                 bound = Some(since.elapsed());
             }
         }
-        let phase = bed
-            .store
-            .get::<JobSpec>(probe)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|j| j.status)
-            .map(|s| s.phase);
+        let phase = bed.job_phase(probe).await;
         if phase == Some(crate::api::JobPhase::Running) {
             running = Some(since.elapsed());
             bound = bound.or(running);

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::bed::{AgentPlan, Bed, Link};
-use super::etcd::Advertise;
+use super::bed::Bed;
 use super::{ms, ChaosArgs, ChaosScenario, Outcome};
 use crate::bench::{BenchError, Common};
 use crate::faults::invariants::{Expect, Tracked};
@@ -29,11 +28,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let kills = args.faults.unwrap_or(4).max(1);
     let jobs = args.jobs.unwrap_or(4).max(1);
     let ttl = common.lease_ttl;
-    let mut bed = Bed::start("shim-kills", 1, Advertise::Listen, &[], ttl).await?;
-    bed.add_agent(AgentPlan::controller("ctl"), None, 2).await?;
-    bed.add_agent(AgentPlan::worker("w1", Link::Direct), None, 2)
-        .await?;
-    bed.wait_leader(common.timeout).await?;
+    let mut bed = Bed::controller_and_worker("shim-kills", ttl, common.timeout).await?;
     for i in 0..jobs {
         let name = format!("job-{i}");
         let spec = bed.real_job(&name, None);

@@ -12,16 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::TxnOp;
 use serde_json::{json, Value};
 
-use super::bed::{AgentPlan, Bed, Link};
-use super::etcd::Advertise;
+use super::bed::Bed;
 use super::{ms, ChaosArgs, ChaosScenario, Outcome};
-use crate::api::JobSpec;
 use crate::bench::{BenchError, Common};
 use crate::faults::invariants::{self, Tracked, Violation};
 use crate::store::keys;
+use crate::store::Op;
 
 /// What a newer version might have added.
 const NEW_FIELD: &str = "gpuSharing";
@@ -31,11 +29,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let rewrite = args.faults.unwrap_or(jobs).clamp(1, jobs);
     let watch = Duration::from_secs(args.seconds.unwrap_or(20).max(1));
     let ttl = common.lease_ttl;
-    let mut bed = Bed::start("unknown-field", 1, Advertise::Listen, &[], ttl).await?;
-    bed.add_agent(AgentPlan::controller("ctl"), None, 2).await?;
-    bed.add_agent(AgentPlan::worker("w1", Link::Direct), None, 2)
-        .await?;
-    bed.wait_leader(common.timeout).await?;
+    let mut bed = Bed::controller_and_worker("unknown-field", ttl, common.timeout).await?;
     for i in 0..jobs {
         let name = format!("job-{i}");
         let spec = bed.real_job(&name, None);
@@ -89,14 +83,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
     let mut first_kill: Option<Duration> = None;
     while since.elapsed() < watch {
         if probe_running.is_none() {
-            let phase = bed
-                .store
-                .get::<JobSpec>(probe)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|j| j.status)
-                .map(|s| s.phase);
+            let phase = bed.job_phase(probe).await;
             if phase == Some(crate::api::JobPhase::Running) {
                 probe_running = Some(since.elapsed());
             }
@@ -164,7 +151,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
 async fn put(bed: &Bed, key: &str, value: &Value) -> Result<(), BenchError> {
     let body = serde_json::to_vec(value).expect("JSON serializes");
     bed.store
-        .txn(vec![], vec![TxnOp::put(key, body, None)], vec![])
+        .txn(vec![], vec![Op::put(key, body)], vec![])
         .await?;
     Ok(())
 }

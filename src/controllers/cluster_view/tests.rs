@@ -5,13 +5,7 @@ use crate::api::selector::LabelSelector;
 use crate::store::mirror::Mirror;
 
 fn kv(key: &str, value: Value, rev: i64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: serde_json::to_vec(&value).unwrap(),
-        create_revision: rev,
-        mod_revision: rev,
-        lease: 0,
-    }
+    KeyValue::json(key, value, rev)
 }
 
 fn job(name: &str, uid: &str) -> Value {

@@ -71,6 +71,11 @@ pub(super) struct NodeState<'a> {
     /// Not ready or cordoned.
     down: Option<Unfit>,
     overloaded: bool,
+    /// The agent reports `DiskPressure`.
+    disk_pressure: bool,
+    /// Bytes free for inputs (as last reported, less inputs placed in this call); `None`
+    /// when the agent does not report it.
+    disk_free: Option<u64>,
     load: f64,
     /// Sorted by index.
     slots: Vec<Slot>,
@@ -144,6 +149,8 @@ impl<'a> Cluster<'a> {
                 labels: &v.labels,
                 down,
                 overloaded: status.is_some_and(|s| s.overloaded),
+                disk_pressure: status.is_some_and(|s| s.has_disk_pressure()),
+                disk_free: status.and_then(|s| s.usage.disk_available_bytes),
                 load: status
                     .map(|s| s.load_score)
                     .filter(|l| l.is_finite())
@@ -313,6 +320,12 @@ impl<'a> NodeState<'a> {
         if self.overloaded {
             return Err(Unfit::Overloaded);
         }
+        if self.disk_pressure {
+            return Err(Unfit::DiskPressure);
+        }
+        if self.disk_free.is_some_and(|free| n.job.input_bytes > free) {
+            return Err(Unfit::InsufficientDisk);
+        }
         if free < n.gpus {
             return Err(Unfit::InsufficientGpus);
         }
@@ -390,6 +403,9 @@ impl<'a> NodeState<'a> {
             gpus.push(self.slots[i].index);
         }
         gpus.sort_unstable();
+        self.disk_free = self
+            .disk_free
+            .map(|free| free.saturating_sub(n.job.input_bytes));
         self.add_resident(Resident {
             name: &n.job.name,
             priority: n.job.priority,

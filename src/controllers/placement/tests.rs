@@ -74,6 +74,7 @@ pub(super) fn job(name: &str, gpus: u32) -> PendingJob {
         created: at(0),
         pool: None,
         prefer_gpu: None,
+        input_bytes: 0,
     }
 }
 
@@ -627,4 +628,95 @@ fn preemption_frees_cpus_and_memory_too() {
             evict: vec!["hog".into()],
         }
     );
+}
+
+fn with_disk(mut n: NodeView, free: Option<u64>, pressure: bool) -> NodeView {
+    let s = n.status.as_mut().unwrap();
+    s.usage.disk_available_bytes = free;
+    if pressure {
+        s.conditions.push(Condition {
+            type_: crate::api::node::DISK_PRESSURE.into(),
+            status: ConditionStatus::True,
+            reason: String::new(),
+            message: String::new(),
+            last_transition_time: None,
+        });
+    }
+    n
+}
+
+fn with_inputs(j: PendingJob, bytes: u64) -> PendingJob {
+    PendingJob {
+        input_bytes: bytes,
+        ..j
+    }
+}
+
+#[test]
+fn a_node_under_disk_pressure_gets_no_new_job_and_the_why_not_names_it() {
+    let a = with_disk(node("a", "H100", 8), Some(1 << 40), true);
+    assert_eq!(
+        reason(&one(std::slice::from_ref(&a), job("j", 1))),
+        "0/1 nodes: 1 disk pressure"
+    );
+    assert_eq!(placed(&one(&[a, node("b", "A10", 1)], job("j", 1))).0, "b");
+}
+
+#[test]
+fn a_job_whose_inputs_do_not_fit_one_node_lands_on_another() {
+    let small = with_disk(node("a", "H100", 8), Some(10 * GIB_BYTES), false);
+    let big = with_disk(node("b", "A10", 1), Some(100 * GIB_BYTES), false);
+    let j = with_inputs(job("j", 1), 50 * GIB_BYTES);
+    assert_eq!(
+        reason(&one(std::slice::from_ref(&small), j.clone())),
+        "0/1 nodes: 1 insufficient disk for inputs"
+    );
+    // `a` packs better (more GPUs in use would be the same), but only `b` has room.
+    assert_eq!(placed(&one(&[small, big], j)).0, "b");
+}
+
+#[test]
+fn inputs_placed_in_one_call_use_up_the_nodes_free_disk() {
+    let a = with_disk(node("a", "H100", 8), Some(100 * GIB_BYTES), false);
+    let b = with_disk(node("b", "H100", 8), Some(100 * GIB_BYTES), false);
+    let jobs: Vec<PendingJob> = (0..3)
+        .map(|i| with_inputs(job(&format!("j{i}"), 1), 60 * GIB_BYTES))
+        .collect();
+    let d = schedule(&[a, b], &jobs, &PlacementConfig::default());
+    let on: Vec<&str> = d
+        .iter()
+        .filter_map(|x| match x {
+            Decision::Place { node, .. } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(on, ["a", "b"], "{d:?}");
+    assert_eq!(reason(&d[2]), "0/2 nodes: 2 insufficient disk for inputs");
+}
+
+#[test]
+fn a_node_that_does_not_report_free_disk_is_not_checked_and_a_job_without_inputs_fits_a_full_disk()
+{
+    let unknown = with_disk(node("a", "H100", 8), None, false);
+    assert_eq!(
+        placed(&one(&[unknown], with_inputs(job("j", 1), u64::MAX))).0,
+        "a"
+    );
+    let full = with_disk(node("b", "H100", 8), Some(0), false);
+    assert_eq!(placed(&one(&[full], job("k", 1))).0, "b");
+}
+
+#[test]
+fn a_jobs_input_bytes_count_each_artifact_once_and_never_overflow() {
+    let name = |c: char| format!("sha256-{}", c.to_string().repeat(64));
+    let mut spec = JobSpec::with_command(["x"]);
+    spec.inputs = vec![
+        crate::api::JobInput::of("a", [name('a'), name('b')]),
+        crate::api::JobInput::of("b", [name('a'), name('c')]),
+    ];
+    let job = Job::new("j", spec);
+    let sizes: HashMap<String, u64> = [(name('a'), 5), (name('b'), 7)].into();
+    assert_eq!(input_bytes(&job, &sizes), 12, "c is unknown and counts 0");
+    let huge: HashMap<String, u64> = [(name('a'), u64::MAX), (name('b'), u64::MAX)].into();
+    assert_eq!(input_bytes(&job, &huge), u64::MAX);
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::decide::{decide, ActiveRun, Next, RunEnd, Stage};
 use super::games::{count_games, selfplay_jobs};
+use crate::api::event::Reason;
 use crate::api::job::{Job, JobSpec, JobTemplate};
 use crate::api::labels::{GENERATION, STAGE, TRAINING_TARGET};
 use crate::api::meta::OwnerReference;
@@ -16,7 +17,7 @@ use crate::api::Object;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Happening {
     pub target: String,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -105,7 +106,7 @@ pub fn apply(
                 status.history.drain(..extra);
             }
             say(
-                "training_started",
+                Reason::TrainingStarted,
                 format!("run {generation} started as job {}", job.name()),
             );
             create = Some(job);
@@ -116,7 +117,7 @@ pub fn apply(
         } => {
             status.last_trained_at = Some(now);
             say(
-                "training_complete",
+                Reason::TrainingComplete,
                 format!("run {generation} trained {candidate}"),
             );
             let eval = target
@@ -150,36 +151,37 @@ pub fn apply(
             let outcome = end.outcome();
             match &end {
                 RunEnd::Vanished => say(
-                    "training_failed",
+                    Reason::TrainingFailed,
                     format!("run {generation}: its job was deleted"),
                 ),
-                RunEnd::Failed { .. } => {
-                    say("training_failed", format!("run {generation}: {outcome}"))
-                }
+                RunEnd::Failed { .. } => say(
+                    Reason::TrainingFailed,
+                    format!("run {generation}: {outcome}"),
+                ),
                 RunEnd::NoModel => {
                     status.last_trained_at = Some(now);
                     say(
-                        "training_complete",
+                        Reason::TrainingComplete,
                         format!("run {generation} trained a model without a name"),
                     );
                     say(
-                        "training_failed",
+                        Reason::TrainingFailed,
                         format!("run {generation}: the training result has no `model`"),
                     );
                 }
                 RunEnd::PromotedUnevaluated { model } => {
                     status.last_trained_at = Some(now);
                     say(
-                        "training_complete",
+                        Reason::TrainingComplete,
                         format!("run {generation} trained {model}"),
                     );
                     say(
-                        "model_promoted",
+                        Reason::ModelPromoted,
                         format!("run {generation}: {model} promoted (no evaluation configured)"),
                     );
                 }
                 RunEnd::Evaluated { candidate, .. } if end.promoted() => say(
-                    "model_promoted",
+                    Reason::ModelPromoted,
                     format!(
                         "run {generation}: {} {outcome}",
                         candidate.as_deref().unwrap_or_default()

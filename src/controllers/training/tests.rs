@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use super::games::count_games;
 use super::plan::apply;
 use super::*;
+use crate::api::event::Reason;
 use crate::api::job::JobSpec;
 use crate::api::labels::STAGE;
 use crate::api::training_target::{TrainingRun, TrainingTargetStatus};
@@ -387,7 +388,7 @@ fn a_due_target_plans_its_training_job_and_consumes_its_games() {
     assert_eq!(p.status.active_job.as_deref(), Some("hex8-2p-train-1"));
     assert_eq!(p.status.total_games, 2500);
     assert_eq!(p.status.games_since_last_training, 0);
-    assert_eq!(p.happenings[0].reason, "training_started");
+    assert_eq!(p.happenings[0].reason, Reason::TrainingStarted);
     // The same pass again (the job now exists but has not reported): nothing new to create.
     let again = plan(&target(spec(), p.status.clone()), &[job], t(1));
     assert_eq!(again.create, None);
@@ -411,7 +412,7 @@ fn a_promotion_sets_the_current_model_and_finishes_the_run() {
     let run = p.status.history.last().unwrap();
     assert!(run.promoted && run.finished_at == Some(t(0)));
     assert_eq!(run.win_rate, Some(0.7));
-    assert_eq!(p.happenings[0].reason, "model_promoted");
+    assert_eq!(p.happenings[0].reason, Reason::ModelPromoted);
 }
 
 #[test]
