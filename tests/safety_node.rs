@@ -136,6 +136,9 @@ async fn a_shim_started_after_the_lease_lapsed_stops_its_job_at_once() {
         on_node_lost: OnNodeLost::Reschedule,
         lost_after_secs: 4,
         grace_secs: 1,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        labels: Default::default(),
     };
     rift::agent::jobs::layout::write_json(&job.run_spec(), &spec).unwrap();
     let renewed = rift::clock::BootTime::from_nanos(

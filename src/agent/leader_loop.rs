@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::{AgentConfig, AgentState};
 use crate::api::event::Reason;
 use crate::controllers::artifact_gc::ArtifactGc;
+use crate::controllers::artifacts::ArtifactsController;
 use crate::controllers::housekeeping::Housekeeping;
 use crate::controllers::metrics::LeaderMetrics;
 use crate::controllers::notifier::NotifierController;
@@ -103,6 +104,7 @@ async fn lead(
     let scheduler = Scheduler::new(store.clone(), PlacementConfig::default(), housekeeping)
         .with_metrics(metrics);
     let notifier = NotifierController::new(store.clone());
+    let artifacts = ArtifactsController::new(store.clone());
     let artifact_gc = ArtifactGc::new(store.clone(), config.secrets_dir.clone());
     let mut running = Controllers {
         tasks: vec![
@@ -115,6 +117,10 @@ async fn lead(
                 Some(controllers.spawn(notifier.run(stop.clone()))),
             ),
             ("voters", Some(controllers.spawn(voters.run(stop.clone())))),
+            (
+                "artifacts",
+                Some(controllers.spawn(artifacts.run(stop.clone()))),
+            ),
             (
                 "artifact-gc",
                 Some(controllers.spawn(artifact_gc.run(stop.clone()))),

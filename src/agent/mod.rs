@@ -13,6 +13,7 @@ mod http;
 pub mod http_server;
 pub mod https;
 pub mod identity;
+pub mod jobio;
 pub mod jobs;
 mod leader_loop;
 mod logs;
@@ -193,6 +194,28 @@ async fn start_and_serve(
             secrets_dir: config.secrets_dir.clone(),
         },
     );
+    let access = jobio::StoreAccess {
+        etcd: store.clone(),
+        secrets_dir: config.secrets_dir.clone(),
+    };
+    let cache = jobio::cache::NodeCache::new(&state_dir);
+    let stager = jobio::staging::Stager::new(access.clone(), cache.clone());
+    let uploader = jobio::outputs::Uploader {
+        node: config.name.clone(),
+        access: access.clone(),
+        uploads: state_dir.uploads(),
+    };
+    tasks.spawn(uploader.run(tasks.token().clone()));
+    tasks.spawn(jobio::keep_cache_in_bounds(
+        cache,
+        stager.clone(),
+        access,
+        tasks.token().clone(),
+    ));
+    let data = jobio::DataPlane {
+        stager,
+        uploads: state_dir.uploads(),
+    };
     let runner = jobs::runner::Runner::with_processes(
         config.name.clone(),
         store.clone(),
@@ -201,7 +224,8 @@ async fn start_and_serve(
         metrics,
         last_renewal,
         shims,
-    );
+    )
+    .with_data_plane(data);
     tasks.spawn(runner.run(tasks.token().clone()));
 
     if config.controllers {

@@ -396,4 +396,7 @@ pub struct JobStatus {
     /// What the job wrote to `RIFT_RESULT_FILE`, once it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// While its inputs are staged: bytes done, total and rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<super::job_io::StagingProgress>,
 }

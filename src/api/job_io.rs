@@ -9,6 +9,13 @@
 //! in `.tmp` are still being written and are never taken. A Job is `Succeeded` only once its
 //! outputs are uploaded.
 //!
+//! Counts (`games: 500`) come from an optional sidecar `<file>.counts.json` (`{"games": 500}`)
+//! written before the file is sealed; a sidecar is metadata, never an artifact of its own.
+//!
+//! The agent uploads each sealed file and reports it under its own keys as an
+//! [`OutputReport`] (`/rift/v1/agents/<node>/outputs/<job>.<hex>`); the leader records it as the
+//! Artifact `sha256-<hex>` (identical bytes from two jobs make one Artifact, the first report's).
+//!
 //! A stored Job names its inputs by digest only, so every Job can be run again on the same bytes.
 //! A `selector` is for Job templates: the controller that stamps the Job out resolves it to the
 //! matching artifact names when it creates the Job.
@@ -53,6 +60,57 @@ pub struct JobOutput {
     /// What the files are, e.g. `npz` or `pt` (the Artifact's `spec.format`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+}
+
+/// How far a Job's input staging got (in its status while its phase is `Scheduled` with reason
+/// `Staging`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StagingProgress {
+    /// Bytes of the inputs on the node (cached or downloaded) so far.
+    pub done_bytes: u64,
+    /// Bytes of all its inputs.
+    pub total_bytes: u64,
+    /// The download rate so far.
+    pub bytes_per_second: u64,
+}
+
+impl StagingProgress {
+    /// Whole percent done (0 while the total is not known yet).
+    pub fn percent(&self) -> u64 {
+        if self.total_bytes == 0 {
+            0
+        } else {
+            (u128::from(self.done_bytes.min(self.total_bytes)) * 100 / u128::from(self.total_bytes))
+                as u64
+        }
+    }
+}
+
+/// One sealed output file, uploaded: what a node's agent reports so that the leader records it
+/// as an Artifact. The node is the key's, never the value's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputReport {
+    pub job: String,
+    #[serde(default)]
+    pub uid: String,
+    pub attempt: u32,
+    pub output: String,
+    /// `sha256:<64 hex>` of the uploaded bytes.
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// The output's labels plus `rift.dev/job`, `rift.dev/output` and the Job's inherited ones.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The Job's input artifacts.
+    #[serde(default)]
+    pub parents: Vec<String>,
+    /// From the sidecar `<file>.counts.json`, when there was one.
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
 }
 
 impl JobInput {

@@ -14,6 +14,12 @@ pub const TRAINING_TARGET: &str = "rift.dev/training-target";
 pub const GENERATION: &str = "rift.dev/generation";
 /// The stage of a TrainingTarget's Job: `train` or `eval`.
 pub const STAGE: &str = "rift.dev/stage";
+/// On an Artifact made from a Job's output: the Job that wrote it.
+pub const ARTIFACT_JOB: &str = "rift.dev/job";
+/// On an Artifact made from a Job's output: the output (directory) it was sealed in.
+pub const ARTIFACT_OUTPUT: &str = "rift.dev/output";
+/// The Job labels an output's Artifacts inherit, when the Job has them.
+pub const INHERITED_BY_OUTPUTS: [&str; 4] = [POOL, TRAINING_TARGET, GENERATION, STAGE];
 /// `rift.dev/keep: "true"` on an Artifact: garbage collection never deletes it, referenced or
 /// not (for artifacts pushed by hand that no Job, TrainingTarget or Pool names yet).
 pub const KEEP: &str = "rift.dev/keep";

@@ -120,6 +120,9 @@ pub struct RuntimeReport {
     /// more, nor will: the scheduler may hand its name and GPUs to a new holder.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// While the job's inputs are staged: bytes done, total and rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<crate::api::job_io::StagingProgress>,
 }
 
 /// A Job's status from its placement and the report of the node it is placed on:
@@ -160,6 +163,7 @@ pub fn compose_job_status(
             message: r.message.clone(),
             progress: r.progress.clone(),
             result: r.result.clone(),
+            staging: r.staging.clone(),
             ..base
         },
         _ => base,

@@ -36,6 +36,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use error::CliError;
+/// `4.0 KiB`: byte counts as people read them (also in the agent's staging and upload messages).
+pub(crate) use printer::human_bytes;
 
 use crate::store::Store;
 

@@ -365,6 +365,23 @@ pub fn row(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec
     r
 }
 
+/// A Job's PHASE cell: its phase, or what it waits on while its data moves (`Staging 45%`,
+/// `Uploading`).
+fn job_phase(v: &Value) -> String {
+    let phase = v
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    let staging = v.pointer("/status/staging").and_then(|s| {
+        serde_json::from_value::<crate::api::job_io::StagingProgress>(s.clone()).ok()
+    });
+    match (text(v, "/status/reason").as_str(), staging) {
+        ("Staging", Some(s)) => format!("Staging {}%", s.percent()),
+        ("Uploading", _) => "Uploading".into(),
+        _ => phase.to_string(),
+    }
+}
+
 fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<String> {
     let name = text(v, "/metadata/name");
     let created = at.age(timestamp(v, "/metadata/creationTimestamp"));
@@ -397,10 +414,7 @@ fn row_of(kind: &KindInfo, v: &Value, wide: bool, at: At, ctx: &Context) -> Vec<
             vec![
                 name,
                 text(v, "/spec/type"),
-                v.pointer("/status/phase")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Pending")
-                    .to_string(),
+                job_phase(v),
                 or_dash(text(v, "/status/node")),
                 // How many GPUs it uses; which ones is GPU-IDS (`0` there is GPU 0).
                 v.pointer("/spec/resources/gpus")

@@ -20,8 +20,8 @@ use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::artifact::{Artifact, ArtifactSpec};
 use crate::api::placement::{Binding, Placement, RuntimeReport};
 use crate::api::{
-    Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget,
-    TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
+    Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec, Tunnel,
+    TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, object, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};

@@ -1,6 +1,7 @@
 //! Leader-run controllers, one file each, with their decisions as pure functions beside them
 //! (docs/architecture.md, "Control flow": decide in pure functions, act through the store).
 //!
+//! * [`artifacts`]: records the outputs agents uploaded as Artifacts.
 //! * [`scheduler`]: the leader's passes: pools, housekeeping, placement, written in batches.
 //! * [`placement`]: which node and GPUs each pending Job gets, why-not summaries, preemption.
 //! * [`pools`]: the member Jobs each Pool should have, and model rollouts.
@@ -11,6 +12,7 @@
 //! * [`metrics`]: the cluster-wide figures the leader exports.
 
 pub mod artifact_gc;
+pub mod artifacts;
 pub mod cluster_view;
 pub mod housekeeping;
 pub mod metrics;

@@ -74,6 +74,25 @@ pub fn agent_tunnel(node: &str, tunnel: &str) -> String {
     format!("{ROOT}agents/{node}/tunnels/{tunnel}")
 }
 
+/// `/rift/v1/agents/<node>/outputs/`: the node's uploaded job outputs, each waiting for the
+/// leader to record it as an Artifact.
+pub fn agent_outputs_prefix(node: &str) -> String {
+    format!("{ROOT}agents/{node}/outputs/")
+}
+
+/// `/rift/v1/agents/<node>/outputs/<job>.<64 hex>`: one uploaded output of one job.
+pub fn agent_output(node: &str, job: &str, hex: &str) -> String {
+    format!("{ROOT}agents/{node}/outputs/{job}.{hex}")
+}
+
+/// The node of an `agent_output` key, when `key` is one.
+pub fn parse_agent_output(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(AGENTS_PREFIX)?;
+    let (node, rest) = rest.split_once('/')?;
+    let id = rest.strip_prefix("outputs/")?;
+    (!node.is_empty() && !id.is_empty() && !id.contains('/')).then_some(node)
+}
+
 pub fn agent_event(node: &str, id: &str) -> String {
     format!("{ROOT}agents/{node}/events/{id}")
 }

@@ -81,6 +81,12 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The server's root: one directory per bucket, and its multipart parts in progress
+    /// (`.upload_id-<id>.part-<n>`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The file holding object `key` of [`BUCKET`].
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.dir.path().join("data").join(BUCKET).join(key)
@@ -88,9 +94,26 @@ impl S3Server {
 
     /// Stops the server (SIGKILL): the store is down.
     pub fn stop(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): transfers in flight stall, nothing fails yet.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
         }
     }
 

@@ -1,7 +1,9 @@
 //! What the shim prepares before it starts a job's process, in one place: the user it runs
 //! as ([`super::run_as`]), the variables of its `envFrom` files ([`super::env_files`]), and
 //! where it writes its progress and result ([`super::exchange`] when it runs as another user;
-//! the state directory otherwise, with both files created private first).
+//! the state directory otherwise, with both files created private first), and its data:
+//! `RIFT_INPUTS` (staged by the agent before the attempt) and `RIFT_OUTPUTS` (each declared
+//! output's directory created here).
 //!
 //! The shim calls [`Launch::prepare`] once at start (an error is the attempt's start error),
 //! [`Launch::configure`] on the command just before spawning it, [`Launch::sync_due`] on every
@@ -27,6 +29,9 @@ pub struct Launch {
     progress_file: PathBuf,
     result_file: PathBuf,
     workdir: Option<String>,
+    /// `RIFT_INPUTS` and `RIFT_OUTPUTS` (the job directory's `inputs/` and `outputs/`).
+    inputs_dir: PathBuf,
+    outputs_dir: PathBuf,
 }
 
 impl Launch {
@@ -62,6 +67,14 @@ impl Launch {
                 None
             }
         };
+        // Each declared output's directory exists before the process starts, so a job can
+        // rename its files into place without creating it.
+        for output in &spec.outputs {
+            let dir = job.outputs().join(&output.name);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("cannot create the output directory {}: {e}", dir.display())
+            })?;
+        }
         let (progress_file, result_file) = match &exchange {
             Some(x) => (x.progress_file(), x.result_file()),
             None => (job.progress(attempt), job.result()),
@@ -73,6 +86,8 @@ impl Launch {
             progress_file,
             result_file,
             workdir: spec.workdir.clone(),
+            inputs_dir: job.inputs(),
+            outputs_dir: job.outputs(),
         })
     }
 
@@ -87,7 +102,9 @@ impl Launch {
             }
         }
         cmd.env("RIFT_PROGRESS_FILE", &self.progress_file)
-            .env("RIFT_RESULT_FILE", &self.result_file);
+            .env("RIFT_RESULT_FILE", &self.result_file)
+            .env("RIFT_INPUTS", &self.inputs_dir)
+            .env("RIFT_OUTPUTS", &self.outputs_dir);
         run_as::prepare(cmd, self.switch_to.as_ref(), self.workdir.as_deref());
     }
 

@@ -7,6 +7,10 @@
 //! <state>/jobs/<job>/run.json              RunSpec: what to run (written once per epoch)
 //! <state>/jobs/<job>/book.json             Book: restart bookkeeping (failures, first start)
 //! <state>/jobs/<job>/result.json           RIFT_RESULT_FILE: the job's result, if it writes one
+//! <state>/jobs/<job>/inputs/<input>/<artifact>  RIFT_INPUTS: read-only hard links into the cache
+//! <state>/jobs/<job>/outputs/<output>/<file>    RIFT_OUTPUTS: sealed files become artifacts
+//! <state>/cache/sha256/<hex>               the node's artifact cache (outlives jobs)
+//! <state>/uploads/<id>.json, <id>.data     the upload journal and its spooled bytes
 //! <state>/jobs/<job>/attempts/<n>/shim.json   the shim's pid and start time
 //! <state>/jobs/<job>/attempts/<n>/job.json    the job process's pid and start time
 //! <state>/jobs/<job>/attempts/<n>/exit.json   how the attempt ended
@@ -39,6 +43,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::job::{OnNodeLost, RestartPolicy};
+use crate::api::job_io::{JobInput, JobOutput};
 use crate::api::validation::dns1123_problem;
 use crate::clock::{boot_id, BootTime};
 
@@ -109,6 +114,15 @@ pub struct RunSpec {
     pub on_node_lost: OnNodeLost,
     pub lost_after_secs: u64,
     pub grace_secs: u64,
+    /// Artifacts staged under `inputs/` before the first attempt starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<JobInput>,
+    /// Directories under `outputs/` whose sealed files become artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<JobOutput>,
+    /// The Job's labels (the ones its output artifacts inherit are picked from these).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A process as recorded by the shim: pid plus its start time in clock ticks since boot, so a
@@ -182,6 +196,16 @@ impl StateDir {
 
     pub fn jobs(&self) -> PathBuf {
         self.root.join("jobs")
+    }
+
+    /// `<state>/cache/`: the node's artifact cache ([`crate::agent::jobio::cache`]).
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// `<state>/uploads/`: the upload journal and its spool ([`crate::agent::jobio::outputs`]).
+    pub fn uploads(&self) -> PathBuf {
+        self.root.join("uploads")
     }
 
     /// The directory of job `job`: one path component, checked. `Err` (saying why) for
@@ -265,6 +289,16 @@ impl JobDir {
 
     pub fn result(&self) -> PathBuf {
         self.path.join("result.json")
+    }
+
+    /// `RIFT_INPUTS`: `inputs/<input>/<artifact name>`, read-only links into the node cache.
+    pub fn inputs(&self) -> PathBuf {
+        self.path.join("inputs")
+    }
+
+    /// `RIFT_OUTPUTS`: `outputs/<output>/`, where sealed files become artifacts.
+    pub fn outputs(&self) -> PathBuf {
+        self.path.join("outputs")
     }
 
     pub fn attempt(&self, n: u32) -> PathBuf {

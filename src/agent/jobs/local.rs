@@ -28,7 +28,9 @@ use super::layout::{
 };
 use super::policy::{decide, AttemptState, Book, Next, Observed};
 use super::process::JobProcesses;
+use crate::agent::jobio::staging::Stage;
 use crate::api::job::{JobPhase, JobSpec};
+use crate::api::job_io::JobInput;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::Object;
 use crate::clock::BootTime;
@@ -48,6 +50,9 @@ pub struct PassInput {
     pub fresh: HashMap<String, RunSpec>,
     /// When the node's lease was last renewed; `None` when it never was (by this agent).
     pub renewed: Option<BootTime>,
+    /// Where the staging of each job with inputs stands; a job with inputs and no entry has
+    /// not started staging (it waits).
+    pub staging: HashMap<String, Stage>,
 }
 
 /// What one pass found.
@@ -117,6 +122,9 @@ impl RunSpec {
             on_node_lost: terms.on_node_lost,
             lost_after_secs: terms.lost_after.0.as_secs(),
             grace_secs: terms.termination_grace_period.0.as_secs(),
+            inputs: s.inputs.clone(),
+            outputs: s.outputs.clone(),
+            labels: job.metadata.labels.clone(),
         }
     }
 }
@@ -161,6 +169,43 @@ impl<P: JobProcesses> Local<P> {
         }
     }
 
+    /// Jobs with inputs that may still start an attempt: `(job, instance, inputs, inputs dir)`,
+    /// where the instance (`<uid>#<epoch>`) changes whenever the job directory was made anew
+    /// (another Job of the name, or a new binding epoch), so its inputs are staged again.
+    pub fn staging_wanted(&self) -> Vec<(String, String, Vec<JobInput>, std::path::PathBuf)> {
+        self.jobs
+            .iter()
+            .filter(|(_, t)| !t.spec.inputs.is_empty() && t.done.is_none())
+            .map(|(job, t)| {
+                (
+                    job.clone(),
+                    format!("{}#{}", t.spec.uid, t.spec.epoch),
+                    t.spec.inputs.clone(),
+                    t.dir.inputs(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether this node has a run spec for `job`.
+    pub fn tracks(&self, job: &str) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// Jobs with outputs: their directory, run spec and last attempt.
+    pub fn output_jobs(&self) -> Vec<(JobDir, RunSpec, u32)> {
+        self.jobs
+            .values()
+            .filter(|t| !t.spec.outputs.is_empty() && t.attempt > 0)
+            .map(|t| (t.dir.clone(), t.spec.clone(), t.attempt))
+            .collect()
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
     /// True when binding `b` of `job` needs a run spec from its Job (none, or one for another
     /// epoch or uid). In memory only.
     pub fn needs_spec(&self, job: &str, b: &Binding) -> bool {
@@ -189,7 +234,8 @@ impl<P: JobProcesses> Local<P> {
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for job in names {
             let binding = input.bindings.as_ref().and_then(|m| m.get(&job));
-            let (report, restarted) = self.step(&job, binding, input.renewed, now);
+            let stage = input.staging.get(&job);
+            let (report, restarted) = self.step(&job, binding, input.renewed, stage, now);
             out.restarts += u64::from(restarted);
             let uid = self
                 .jobs
@@ -313,6 +359,7 @@ impl<P: JobProcesses> Local<P> {
         job: &str,
         binding: Option<&Binding>,
         renewed: Option<BootTime>,
+        stage: Option<&Stage>,
         now: DateTime<Utc>,
     ) -> (RuntimeReport, bool) {
         let t = self.jobs.get_mut(job).expect("stepping a tracked job");
@@ -343,12 +390,26 @@ impl<P: JobProcesses> Local<P> {
                         t.held = Some(why);
                     }
                 }
-                None => {
+                None if t.spec.inputs.is_empty() || stage == Some(&Stage::Ready) => {
                     t.held = None;
                     restarted = attempt > 1;
                     start(&mut self.procs, t, attempt);
                     state = observe(&mut self.procs, job, t);
                 }
+                None => match stage {
+                    Some(Stage::Failed(message)) => {
+                        tracing::warn!(job, message, "inputs cannot be staged; the job fails");
+                        reject(t, attempt, message.clone());
+                        state = observe(&mut self.procs, job, t);
+                    }
+                    _ => {
+                        let why = "its inputs are being staged";
+                        if t.held != Some(why) {
+                            tracing::info!(job, why, "not starting yet");
+                            t.held = Some(why);
+                        }
+                    }
+                },
             },
             Next::Stop { reason } => {
                 if self.stopping.get(job) != Some(&t.attempt) {
@@ -392,6 +453,21 @@ fn start_blocker(
     match renewed {
         Some(r) if !lost_at(r, lost_after, BootTime::now()) => None,
         _ => Some("the node's lease has not been renewed for lostAfter: the job may run elsewhere"),
+    }
+}
+
+/// Ends attempt `attempt` before it starts: rejected with `message` (retrying cannot help).
+fn reject(t: &mut Tracked, attempt: u32, message: String) {
+    let rec = ExitRecord {
+        exit_code: None,
+        signal: None,
+        finished_at: Utc::now(),
+        reason: EndReason::Rejected,
+        message,
+    };
+    if write_json_with(&t.dir.exit_record(attempt), &rec, t.durable).is_ok() {
+        t.attempt = attempt;
+        t.exit = Some(rec);
     }
 }
 

@@ -255,6 +255,9 @@ mod tests {
             on_node_lost: OnNodeLost::Wait,
             lost_after_secs: 60,
             grace_secs: 30,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            labels: Default::default(),
         }
     }
 

@@ -27,9 +27,12 @@ use futures::{FutureExt, StreamExt};
 use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
+use crate::agent::jobio::staging::Stage;
+use crate::agent::jobio::{outputs, DataPlane};
 use crate::agent::metrics::Metrics;
 use crate::api::event::{ObjectRef, Reason};
 use crate::api::job::JobPhase;
+use crate::api::job_io::StagingProgress;
 use crate::api::placement::{Binding, RuntimeReport};
 use crate::api::validation::dns1123_problem;
 use crate::api::{JobSpec, Object, Spec};
@@ -64,6 +67,41 @@ fn job_name(rest: &str) -> Option<&str> {
     }
 }
 
+/// What inputs and outputs change in a job's report: `Scheduled` with reason `Staging` (bytes
+/// done, total and rate) while its inputs are staged; a finished job stays `Running` with reason
+/// `Uploading` until its `uploading` output files are recorded as Artifacts.
+fn data_phase(report: &mut RuntimeReport, stage: Option<&Stage>, uploading: usize) {
+    if report.phase == JobPhase::Scheduled && report.attempts == 0 {
+        if let Some(
+            s @ Stage::Staging {
+                done,
+                total,
+                bytes_per_second,
+                ..
+            },
+        ) = stage
+        {
+            report.reason = "Staging".into();
+            report.message = s.describe();
+            report.staging = Some(StagingProgress {
+                done_bytes: *done,
+                total_bytes: *total,
+                bytes_per_second: *bytes_per_second,
+            });
+        }
+    }
+    if report.phase.is_finished() && uploading > 0 {
+        report.message = format!(
+            "{} ({}); {uploading} output file(s) uploading: the job finishes once they are recorded as Artifacts",
+            report.phase.as_str(),
+            if report.message.is_empty() { "exited" } else { report.message.as_str() },
+        );
+        report.phase = JobPhase::Running;
+        report.reason = "Uploading".into();
+        report.finish_time = None;
+    }
+}
+
 /// The converge loop of one node, over a process layer `P` (real shims by default; hollow
 /// nodes use simulated processes, so the same logic is exercised at scale).
 pub struct Runner<P: JobProcesses = ShimProcesses> {
@@ -86,6 +124,9 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     metrics: Arc<Metrics>,
     /// How often the jobs are looked at when nothing changes.
     tick: Duration,
+    /// Inputs and outputs; `None` on hollow nodes (inputs count as staged, outputs are not
+    /// taken).
+    data: Option<DataPlane>,
 }
 
 impl<P: JobProcesses> Runner<P> {
@@ -111,7 +152,14 @@ impl<P: JobProcesses> Runner<P> {
             published: HashMap::new(),
             metrics,
             tick: TICK,
+            data: None,
         }
+    }
+
+    /// Stages inputs and uploads outputs through `data`.
+    pub fn with_data_plane(mut self, data: DataPlane) -> Self {
+        self.data = Some(data);
+        self
     }
 
     /// Looks at the jobs every `tick` when nothing changes (default [`TICK`]).
@@ -188,7 +236,9 @@ impl<P: JobProcesses> Runner<P> {
     /// One pass: start, restart, stop and report.
     pub async fn converge(&mut self) {
         let mut local = self.local.take().expect("passes do not overlap");
+        let staging = self.stage_inputs(&local);
         let input = PassInput {
+            staging: staging.clone(),
             fresh: self.fresh_specs(&local).await,
             bindings: self.bindings.synced().then(|| {
                 self.bindings
@@ -203,18 +253,61 @@ impl<P: JobProcesses> Runner<P> {
                 .collect(),
             renewed: self.lease.last(),
         };
+        let uploads = self.data.as_ref().map(|d| d.uploads.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let out = local.pass(&input, chrono::Utc::now());
-            (local, out)
+            // After the pass, so a file present when the process exited is journaled before
+            // the job can be reported finished.
+            let pending = uploads.map(|dir| {
+                for (job_dir, spec, attempt) in local.output_jobs() {
+                    if let Err(e) = outputs::journal_sealed(&dir, &job_dir, &spec, attempt) {
+                        tracing::warn!(job = spec.job, %e, "cannot journal the job's outputs");
+                    }
+                }
+                outputs::pending(&dir)
+            });
+            (local, out, pending)
         });
-        let (local, out) = pass.await.expect("a runner pass does not panic");
+        let (local, mut out, pending) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
+        for (job, uid, report) in &mut out.reports {
+            data_phase(
+                report,
+                staging.get(job.as_str()),
+                pending
+                    .as_ref()
+                    .and_then(|p| p.get(&(job.clone(), uid.clone())))
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
         if out.restarts > 0 {
             self.metrics.restarts.inc_by(out.restarts);
         }
         self.publish(out.reports).await;
         self.metrics
             .set_jobs(self.published.values().map(|r| r.phase));
+    }
+
+    /// Asks the stager for the inputs of every job that may still start, forgets jobs gone,
+    /// and returns where each job's staging stands.
+    fn stage_inputs(&self, local: &Local<P>) -> HashMap<String, Stage> {
+        let wanted = local.staging_wanted();
+        let Some(data) = &self.data else {
+            // Hollow nodes move no bytes: their jobs' inputs count as staged.
+            return wanted
+                .into_iter()
+                .map(|(job, ..)| (job, Stage::Ready))
+                .collect();
+        };
+        for (job, instance, inputs, dir) in &wanted {
+            data.stager.want(job, instance, inputs, dir.clone());
+        }
+        data.stager.retain(|job| local.tracks(job));
+        wanted
+            .iter()
+            .filter_map(|(job, ..)| Some((job.clone(), data.stager.stage(job)?)))
+            .collect()
     }
 
     /// Run specs, from their Jobs, for the bindings that have none here: each such Job read
@@ -352,5 +445,55 @@ impl<P: JobProcesses> Runner<P> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_job_with_outputs_uploading_is_not_reported_finished() {
+        let mut r = RuntimeReport {
+            phase: JobPhase::Succeeded,
+            attempts: 1,
+            finish_time: Some(chrono::Utc::now()),
+            ..RuntimeReport::default()
+        };
+        data_phase(&mut r, None, 2);
+        assert_eq!(
+            (r.phase, r.reason.as_str()),
+            (JobPhase::Running, "Uploading")
+        );
+        assert!(r.finish_time.is_none());
+        assert!(r.message.contains("2 output file(s)"), "{}", r.message);
+        let mut done = RuntimeReport {
+            phase: JobPhase::Failed,
+            ..RuntimeReport::default()
+        };
+        data_phase(&mut done, None, 0);
+        assert_eq!(done.phase, JobPhase::Failed, "nothing pending: as it was");
+    }
+
+    #[test]
+    fn a_job_not_started_shows_its_staging_bytes() {
+        let mut r = RuntimeReport {
+            phase: JobPhase::Scheduled,
+            ..RuntimeReport::default()
+        };
+        let stage = Stage::Staging {
+            done: 512,
+            total: 1024,
+            bytes_per_second: 256,
+            note: None,
+        };
+        data_phase(&mut r, Some(&stage), 0);
+        assert_eq!(r.reason, "Staging");
+        assert_eq!(r.staging.as_ref().map(|s| s.percent()), Some(50));
+        assert!(
+            r.message.contains("512 B of 1.0 KiB (50%)"),
+            "{}",
+            r.message
+        );
     }
 }

@@ -242,6 +242,9 @@ mod tests {
             on_node_lost: OnNodeLost::Wait,
             lost_after_secs: 60,
             grace_secs: 10,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            labels: Default::default(),
         }
     }
 

@@ -76,6 +76,55 @@ fn gib(bytes: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A Job's inputs (`$RIFT_INPUTS/<name>/`: the artifacts) and outputs (`$RIFT_OUTPUTS/<name>/`:
+/// labels and format), one line each; nothing when it has none.
+fn job_io(v: &Value) -> String {
+    let mut out = String::new();
+    for input in v
+        .pointer("/spec/inputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let names: Vec<&str> = input["artifacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out += &field(
+            "Input",
+            format!(
+                "{}: {}",
+                input["name"].as_str().unwrap_or("-"),
+                names.join(", ")
+            ),
+        );
+    }
+    for output in v
+        .pointer("/spec/outputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let labels = pairs(output, "/labels");
+        let format = output["format"].as_str().unwrap_or("-");
+        out += &field(
+            "Output",
+            format!(
+                "{} (format {format}; labels {})",
+                output["name"].as_str().unwrap_or("-"),
+                if labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    labels
+                }
+            ),
+        );
+    }
+    out
+}
+
 /// A Job: what it runs, where, how it went.
 pub fn job(v: &Value, now: DateTime<Utc>) -> String {
     let mut out = String::new();
@@ -123,6 +172,7 @@ pub fn job(v: &Value, now: DateTime<Utc>) -> String {
         "Command",
         serde_json::to_string(&v["spec"]["command"]).unwrap_or_default(),
     );
+    out += &job_io(v);
     out += &field("Priority", dash(at(v, "/spec/priority")));
     out += &field(
         "Restart",

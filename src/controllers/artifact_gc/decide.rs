@@ -265,7 +265,10 @@ mod tests {
             pools: &pools,
             ..Referrers::default()
         });
-        assert!(!refs.contains(name(7).as_str()), "the template no longer names it");
+        assert!(
+            !refs.contains(name(7).as_str()),
+            "the template no longer names it"
+        );
         assert!(refs.contains(name(8).as_str()) && refs.contains(name(9).as_str()));
     }
 
