@@ -239,3 +239,37 @@ async fn unreachable_etcd_is_one_clear_error_within_five_seconds() {
     );
     assert!(!msg.contains('\n'), "{msg}");
 }
+
+/// `rift delete node` of a node whose agent just died: its announcement outlives the agent
+/// until the lease expires, and the leader must not adopt the Node back from it.
+#[tokio::test]
+async fn a_deleted_node_is_not_adopted_back_from_its_dead_agents_announcement() {
+    use rift::agent::registration::{adopt_announced, NodeAnnouncement};
+    use rift::api::NodeSpec;
+    use rift::store::{keys, Op};
+
+    let cluster = EtcdCluster::single();
+    let store = store(&cluster).await;
+    let announcement = serde_json::to_vec(&NodeAnnouncement::default()).unwrap();
+    store
+        .txn(
+            vec![],
+            vec![Op::put(keys::agent_node("w1"), announcement)],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        adopt_announced(&store).await.unwrap(),
+        ["w1"],
+        "adopted once"
+    );
+    assert!(store.get::<NodeSpec>("w1").await.unwrap().is_some());
+
+    store
+        .delete_object(kinds::by_kind("Node").unwrap(), "w1")
+        .await
+        .unwrap();
+    assert!(adopt_announced(&store).await.unwrap().is_empty());
+    assert!(store.get::<NodeSpec>("w1").await.unwrap().is_none());
+}

@@ -468,13 +468,17 @@ impl Store {
                     DeleteOutcome::Terminating,
                 )
             } else {
-                (
-                    vec![
-                        Op::delete(key.as_str()),
-                        Op::delete(keys::status(kind.plural, name)),
-                    ],
-                    DeleteOutcome::Deleted,
-                )
+                let mut ops = vec![
+                    Op::delete(key.as_str()),
+                    Op::delete(keys::status(kind.plural, name)),
+                ];
+                if kind.kind == "Node" {
+                    // The agent's announcement lives on its lease, which outlives a killed
+                    // agent by up to a TTL: gone with the Node, or the leader adopts it back.
+                    // A live agent announces again when it next registers.
+                    ops.push(Op::delete(keys::agent_node(name)));
+                }
+                (ops, DeleteOutcome::Deleted)
             };
             if self.txn(guard, ops, vec![]).await?.succeeded {
                 return Ok(outcome);
