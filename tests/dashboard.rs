@@ -47,7 +47,7 @@ spec:
   training:
     spec:
       type: training
-      command: [sh, -c, 'sleep 1']
+      command: [sh, -c, 'sleep 1; echo weights > "$RIFT_OUTPUTS/model/model.pt"']
   evaluation:
     promoteWinRate: 0.55
     template:
@@ -101,9 +101,14 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
         &["--controllers", "--lease-ttl", "2", "--gpus", "H100x2"],
     );
     let worker = TestAgent::start("w1", &ep, &["--gpus", "H100x1"]);
-    // The trained model's Artifact, recorded as the artifacts controller records an upload.
-    let recorder = support::recorder::record_models(etcd.store().await);
-    let applied = rift_stdin(&ep, &["apply", "-f", "-"], CLUSTER);
+    // The trained model goes through the real data plane: uploaded by the agent into a local
+    // store, recorded as an Artifact by the leader, staged into the evaluation.
+    let objects = tempfile::tempdir().unwrap();
+    let store = format!(
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: file://{}\n  cache: {{highPercent: 99, lowPercent: 98}}\n---\n{CLUSTER}",
+        objects.path().display()
+    );
+    let applied = rift_stdin(&ep, &["apply", "-f", "-"], &store);
     assert!(applied.ok, "{}", applied.stderr);
     let dash = TestDashboard::start(&ep);
     let mut b = Browser::launch(1400, 900).await;
@@ -228,7 +233,6 @@ async fn the_dashboard_follows_a_real_cluster_in_a_real_browser() {
         "{body}"
     );
     drop(b);
-    recorder.abort();
     leader.kill_shims();
     worker.kill_shims();
 }

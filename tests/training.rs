@@ -2,10 +2,10 @@
 //! → evaluation → promotion → the Pool's rollout; a failing training run waits out its
 //! cooldown.
 //!
-//! Artifacts here are recorded by `support::recorder`, as the leader's artifacts controller
-//! records them once an agent has uploaded a Job's output (that controller and the agent's
-//! uploads are built on another branch): the test plays that part only, with the labels and
-//! producer that controller writes, and checks what the training and Pool controllers do.
+//! Artifacts go through the real data plane: a local `file://` ArtifactStore, training jobs
+//! that write `$RIFT_OUTPUTS/model/model.pt` (their job name, so the model's name is known),
+//! the agent's upload and the leader's artifacts controller; game shards are pushed with
+//! `rift artifact push`, as labelled selfplay output.
 
 mod support;
 
@@ -15,12 +15,28 @@ use rift::api::labels::POOL;
 use rift::api::pool::PoolSpec;
 use rift::api::selector::LabelSelector;
 use rift::api::training_target::TrainingTargetStatus;
-use rift::api::{JobPhase, JobSpec, Object, TrainingTargetSpec};
+use rift::api::{JobPhase, JobSpec, TrainingTargetSpec};
 use rift::store::Store;
 use support::agent::{eventually, TestAgent};
-use support::cli::rift_stdin;
+use support::cli::{rift, rift_stdin};
 use support::etcd::EtcdCluster;
-use support::recorder::{create_if_absent, model_name, record_models, recorded};
+
+/// A local store for the cluster's artifacts, with watermarks no shared disk crosses.
+fn local_store(dir: &std::path::Path) -> String {
+    format!(
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: file://{}\n  cache: {{highPercent: 99, lowPercent: 98}}\n---\n",
+        dir.display()
+    )
+}
+
+/// The name of the Artifact holding `bytes`.
+fn artifact_name(bytes: &str) -> String {
+    use sha2::Digest as _;
+    rift::api::Digest::from_bytes(sha2::Sha256::digest(bytes.as_bytes()).into()).artifact_name()
+}
+
+/// A training step that writes its job's name as the model.
+const WRITE_MODEL: &str = r#"printf %s "$RIFT_JOB_NAME" > "$RIFT_OUTPUTS/model/model.pt""#;
 
 const SELFPLAY: &str = r#"apiVersion: rift/v1
 kind: Pool
@@ -72,12 +88,17 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
     let store = etcd.store().await;
     let _leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
-    let recorder = record_models(store.clone());
-    let train = r#"sleep 1; echo "{\"loss\": 0.4}" > "$RIFT_RESULT_FILE""#;
+    let objects = tempfile::tempdir().unwrap();
+    let train =
+        format!(r#"sleep 1; echo "{{\"loss\": 0.4}}" > "$RIFT_RESULT_FILE"; {WRITE_MODEL}"#);
     let out = rift_stdin(
         &ep,
         &["apply", "-f", "-"],
-        &format!("{SELFPLAY}---\n{}", target("hex8-2p", train, 3600)),
+        &format!(
+            "{}{SELFPLAY}---\n{}",
+            local_store(objects.path()),
+            target("hex8-2p", &train, 3600)
+        ),
     );
     assert!(out.ok, "{}", out.stderr);
 
@@ -87,7 +108,7 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
             .filter(|s| s.current_model.is_some())
     })
     .await;
-    let model = model_name("hex8-2p-train-1");
+    let model = artifact_name("hex8-2p-train-1");
     assert_eq!(st.current_model.as_deref(), Some(model.as_str()));
     assert_eq!(st.training_generation, 1);
     let run = &st.history[0];
@@ -124,7 +145,6 @@ async fn games_trigger_one_training_run_then_evaluation_then_promotion() {
         "selfplay games still counted"
     );
     assert!(later.active_job.is_none());
-    recorder.abort();
 }
 
 #[tokio::test]
@@ -206,14 +226,13 @@ async fn a_promotion_reaches_a_signed_webhook() {
         "apiVersion: rift/v1\nkind: Notifier\nmetadata: {{name: hook}}\nspec:\n  url: {url}\n  events: [model_promoted]\n  secret: {{file: {}}}\n",
         secret_file.display()
     );
-    let recorder = record_models(etcd.store().await);
-    let train = "true";
     let out = rift_stdin(
         &ep,
         &["apply", "-f", "-"],
         &format!(
-            "{SELFPLAY}---\n{}---\n{notifier}",
-            target("hex8-2p", train, 3600)
+            "{}{SELFPLAY}---\n{}---\n{notifier}",
+            local_store(dir.path()),
+            target("hex8-2p", WRITE_MODEL, 3600)
         ),
     );
     assert!(out.ok, "{}", out.stderr);
@@ -237,7 +256,6 @@ async fn a_promotion_reaches_a_signed_webhook() {
         "the secret is never sent"
     );
     assert_eq!(seen.lock().unwrap().len(), 1, "only the subscribed event");
-    recorder.abort();
 }
 
 #[tokio::test]
@@ -323,13 +341,14 @@ async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_poo
     let store = etcd.store().await;
     let mut leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
     let _worker = TestAgent::start("w1", &ep, &[]);
-    let recorder = record_models(store.clone());
+    let objects = tempfile::tempdir().unwrap();
     let out = rift_stdin(
         &ep,
         &["apply", "-f", "-"],
         &format!(
-            "{SHARD_POOL}---\n{}",
-            target("loop", "true", 3600)
+            "{}{SHARD_POOL}---\n{}",
+            local_store(objects.path()),
+            target("loop", WRITE_MODEL, 3600)
                 .replace("firstTrainingGames: 200", "firstTrainingGames: 300")
         ),
     );
@@ -358,27 +377,35 @@ async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_poo
     // Each member's outputs carry the template's labels, so the target's selector picks them.
     assert_eq!(members[0].spec.outputs[0].labels["board"], "hex8");
 
-    // Two shards of 150 games each, one of them recorded twice (two jobs, identical bytes:
-    // one artifact), and a shard of another board.
-    let shard = |seed: &str, m: &Object<JobSpec>| {
-        recorded(
-            seed,
-            &m.spec,
-            m.name(),
-            &m.metadata.labels,
-            "games",
-            Some(150),
-        )
+    // Two shards of 150 games each, one of them pushed twice (identical bytes: one artifact),
+    // and a shard of another board.
+    let shard = |bytes: &str, board: &str| {
+        let file = objects.path().join(format!("{bytes}.npz"));
+        std::fs::write(&file, bytes).unwrap();
+        let file = file.to_str().unwrap().to_string();
+        let board = format!("board={board}");
+        let pushed = rift(
+            &ep,
+            &[
+                "artifact",
+                "push",
+                &file,
+                "-l",
+                &board,
+                "-l",
+                "players=2",
+                "-l",
+                "type=games",
+                "--count",
+                "games=150",
+            ],
+        );
+        assert!(pushed.ok, "{}", pushed.stderr);
+        artifact_name(bytes)
     };
-    let (a, b) = (shard("shard-a", &members[0]), shard("shard-b", &members[1]));
-    let mut other = shard("shard-c", &members[1]);
-    other
-        .metadata
-        .labels
-        .insert("board".into(), "square8".into());
-    for art in [&a, &b, &a, &other] {
-        create_if_absent(&store, art).await;
-    }
+    let (a, b) = (shard("shard-a", "hex8"), shard("shard-b", "hex8"));
+    shard("shard-a", "hex8");
+    shard("shard-c", "square8");
 
     let st = eventually(Duration::from_secs(60), "a promoted model", || async {
         status(&store, "loop")
@@ -386,7 +413,7 @@ async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_poo
             .filter(|s| s.current_model.is_some())
     })
     .await;
-    let model = model_name("loop-train-1");
+    let model = artifact_name("loop-train-1");
     assert_eq!(st.current_model.as_deref(), Some(model.as_str()));
     assert_eq!(
         st.total_games, 300,
@@ -395,15 +422,14 @@ async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_poo
     let train = store.get::<JobSpec>("loop-train-1").await.unwrap().unwrap();
     let mut games = train.spec.inputs[0].artifacts.clone();
     games.sort();
-    let mut want = vec![a.name().to_string(), b.name().to_string()];
+    let mut want = vec![a.clone(), b.clone()];
     want.sort();
     assert_eq!((train.spec.inputs[0].name.as_str(), games), ("games", want));
 
     // The leader is SIGKILLed and comes back: nothing is counted again.
     leader.kill();
     leader.restart();
-    let shard_d = shard("shard-d", &members[0]);
-    create_if_absent(&store, &shard_d).await;
+    shard("shard-d", "hex8");
     eventually(Duration::from_secs(30), "the new shard counted", || async {
         status(&store, "loop")
             .await
@@ -444,5 +470,4 @@ async fn game_shards_train_once_each_and_the_promoted_model_rolls_out_to_the_poo
     assert!(table.stdout.contains(&model[..19]), "{}", table.stdout);
     assert!(table.stdout.contains("2/2"), "{}", table.stdout);
     assert_eq!(status(&store, "loop").await.unwrap().total_games, 450);
-    recorder.abort();
 }

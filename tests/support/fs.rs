@@ -3,9 +3,20 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Every path under `root` that others could read: a directory not 0700, a file with any
-/// group or other permission bit.
+/// Every path under `root` that others could read: a directory not 0700, a file rift wrote
+/// with any group or other permission bit.
 pub fn not_private(root: &Path) -> Vec<String> {
+    /// Bytes the job wrote (its outputs, and their upload spool, a hard link to the same file)
+    /// keep the job's own modes, and artifact copies are read-only: both are reachable only
+    /// through the 0700 directories checked here.
+    fn job_data(path: &Path) -> bool {
+        let s = path.to_string_lossy();
+        s.contains("/outputs/")
+            || (s.contains("/uploads/") && s.ends_with(".data"))
+            || s.contains("/cache/sha256/")
+            || s.contains("/inputs/")
+    }
+
     let mut bad = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -21,7 +32,7 @@ pub fn not_private(root: &Path) -> Vec<String> {
             let meta = entry.metadata().unwrap();
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else if meta.permissions().mode() & 0o077 != 0 {
+            } else if meta.permissions().mode() & 0o077 != 0 && !job_data(&entry.path()) {
                 bad.push(format!(
                     "{} {:o}",
                     entry.path().display(),

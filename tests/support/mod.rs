@@ -12,7 +12,6 @@ pub mod http;
 pub mod jobs;
 pub mod proc;
 pub mod promtool;
-pub mod recorder;
 pub mod relay;
 pub mod s3;
 pub mod sshd;
