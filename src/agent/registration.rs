@@ -69,6 +69,9 @@ pub struct NodeAnnouncement {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// How often a refused announcement is tried before the lease keeper takes over.
+const ANNOUNCE_TRIES: u32 = 50;
+
 /// Puts this node's announcement on its lease.
 async fn announce(
     store: &Store,
@@ -159,8 +162,24 @@ pub async fn keep_alive(
                 }
             }
         };
-        if let Err(e) = announce(&store, &node, grant.id, &announcement).await {
-            tracing::debug!(%e, "cannot announce the Node yet");
+        // Without its announcement the leader never makes this node's Node, so a refused
+        // put (etcd refuses requests racing an auth change, e.g. another node joining) is
+        // tried again; after ANNOUNCE_TRIES the lease keeper decides (a lost lease means a
+        // new registration, which announces again).
+        for attempt in 1..=ANNOUNCE_TRIES {
+            match announce(&store, &node, grant.id, &announcement).await {
+                Ok(()) => break,
+                Err(e) if attempt == ANNOUNCE_TRIES => {
+                    tracing::warn!(%e, "cannot announce the Node; going on without it")
+                }
+                Err(e) => {
+                    tracing::debug!(%e, attempt, "cannot announce the Node yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
         }
         if std::mem::take(&mut was_down) {
             metrics.etcd_reconnects.inc();
