@@ -21,6 +21,18 @@ fn use_s3(endpoints: &str, server: &S3Server, creds: &str) {
     assert!(r.ok, "{}", r.stderr);
 }
 
+/// One etcd member and one S3 server, the ArtifactStore pointing at it with the right
+/// credentials (`s3.env` in the returned secrets directory).
+fn s3_cluster() -> (EtcdCluster, String, S3Server, tempfile::TempDir) {
+    let cluster = EtcdCluster::single();
+    let ep = cluster.endpoints_csv();
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    S3Server::write_credentials(dir.path(), "s3.env", SECRET_KEY);
+    use_s3(&ep, &server, "s3.env");
+    (cluster, ep, server, dir)
+}
+
 fn artifact(endpoints: &str, secrets: &Path, args: &[&str]) -> Run {
     let mut all = vec!["artifact", "--secrets-dir", secrets.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -41,13 +53,8 @@ fn names(endpoints: &str) -> Vec<String> {
 
 #[test]
 fn pushed_bytes_pull_back_identical_once_per_content_with_lineage() {
-    let cluster = EtcdCluster::single();
-    let ep = cluster.endpoints_csv();
-    let server = S3Server::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, ep, server, dir) = s3_cluster();
     let d = dir.path();
-    S3Server::write_credentials(d, "s3.env", SECRET_KEY);
-    use_s3(&ep, &server, "s3.env");
 
     // 12 MiB + 5: three parts of 5 MiB, the last one short.
     let bytes = pattern(12 * 1024 * 1024 + 5, 3);
@@ -126,13 +133,8 @@ fn pushed_bytes_pull_back_identical_once_per_content_with_lineage() {
 
 #[test]
 fn damaged_bytes_in_the_store_are_retried_then_refused_and_never_written() {
-    let cluster = EtcdCluster::single();
-    let ep = cluster.endpoints_csv();
-    let server = S3Server::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, ep, server, dir) = s3_cluster();
     let d = dir.path();
-    S3Server::write_credentials(d, "s3.env", SECRET_KEY);
-    use_s3(&ep, &server, "s3.env");
     let bytes = pattern(3 * 1024 * 1024, 5);
     std::fs::write(d.join("m.pt"), &bytes).unwrap();
     let r = artifact(&ep, d, &["push", d.join("m.pt").to_str().unwrap()]);
@@ -262,13 +264,8 @@ fn wait_for_size(path: &Path, bytes: u64) {
 
 #[test]
 fn a_pull_killed_mid_transfer_resumes_and_a_killed_push_leaves_nothing_behind() {
-    let cluster = EtcdCluster::single();
-    let ep = cluster.endpoints_csv();
-    let server = S3Server::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, ep, server, dir) = s3_cluster();
     let d = dir.path();
-    S3Server::write_credentials(d, "s3.env", SECRET_KEY);
-    use_s3(&ep, &server, "s3.env");
     let bytes = pattern(96 * 1024 * 1024, 11);
     let src = d.join("big.npz");
     std::fs::write(&src, &bytes).unwrap();
