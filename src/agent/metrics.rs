@@ -24,6 +24,29 @@ const RENEW_BUCKETS: [f64; 13] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0,
 ];
 
+/// The node cache's hits and misses, counted once per input a job stages (an input
+/// downloaded for one job and linked for the next counts one miss, then one hit).
+#[derive(Clone, Debug)]
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub hit_bytes: IntCounter,
+    pub fetched_bytes: IntCounter,
+}
+
+impl Default for CacheMetrics {
+    /// Counters registered nowhere (for a stager outside an agent).
+    fn default() -> Self {
+        let c = |name: &str| IntCounter::new(name, "unregistered").expect("valid counter");
+        Self {
+            hits: c("hits"),
+            misses: c("misses"),
+            hit_bytes: c("hit_bytes"),
+            fetched_bytes: c("fetched_bytes"),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub restarts: IntCounter,
@@ -35,6 +58,8 @@ pub struct Metrics {
     pub http_refused: IntCounter,
     /// Followed-log requests refused for being over the follow-stream limit.
     pub follows_refused: IntCounter,
+    /// Job inputs found in the node cache and fetched into it.
+    pub cache: CacheMetrics,
     jobs: IntGaugeVec,
     gpu_util: GaugeVec,
     gpu_memory: GaugeVec,
@@ -86,6 +111,24 @@ impl Metrics {
             "rift_agent_log_follows_refused_total",
             "Followed-log requests refused for being over the follow-stream limit.",
         );
+        let cache = CacheMetrics {
+            hits: counter(
+                "rift_agent_cache_hits_total",
+                "Job inputs found complete in the node cache (linked, nothing fetched).",
+            ),
+            misses: counter(
+                "rift_agent_cache_misses_total",
+                "Job inputs fetched from the artifact store into the node cache.",
+            ),
+            hit_bytes: counter(
+                "rift_agent_cache_hit_bytes_total",
+                "Bytes of job inputs served from the node cache.",
+            ),
+            fetched_bytes: counter(
+                "rift_agent_cache_fetched_bytes_total",
+                "Bytes of job inputs fetched from the artifact store.",
+            ),
+        };
         let lease_renew_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "rift_agent_lease_renew_seconds",
@@ -134,6 +177,7 @@ impl Metrics {
             lease_renew_seconds,
             http_refused,
             follows_refused,
+            cache,
             jobs,
             gpu_util,
             gpu_memory,

@@ -199,7 +199,7 @@ async fn start_and_serve(
         secrets_dir: config.secrets_dir.clone(),
     };
     let cache = jobio::cache::NodeCache::new(&state_dir);
-    let stager = jobio::staging::Stager::new(access.clone(), cache.clone());
+    let stager = jobio::staging::Stager::new(access.clone(), cache.clone(), metrics.cache.clone());
     let uploader = jobio::outputs::Uploader {
         node: config.name.clone(),
         access: access.clone(),

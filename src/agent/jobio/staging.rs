@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::cache::NodeCache;
 use super::StoreAccess;
+use crate::agent::metrics::CacheMetrics;
 use crate::api::artifact::{ArtifactSpec, Digest};
 use crate::api::job_io::JobInput;
 use crate::artifacts::TransferError;
@@ -99,15 +100,17 @@ struct Staged {
 pub struct Stager {
     access: StoreAccess,
     cache: NodeCache,
+    counters: CacheMetrics,
     downloads: Arc<Semaphore>,
     jobs: Arc<Mutex<HashMap<String, Staged>>>,
 }
 
 impl Stager {
-    pub fn new(access: StoreAccess, cache: NodeCache) -> Self {
+    pub fn new(access: StoreAccess, cache: NodeCache, counters: CacheMetrics) -> Self {
         Self {
             access,
             cache,
+            counters,
             downloads: Arc::new(Semaphore::new(1)),
             jobs: Arc::default(),
         }
@@ -138,6 +141,7 @@ impl Stager {
         let work = StageJob {
             access: self.access.clone(),
             cache: self.cache.clone(),
+            counters: self.counters.clone(),
             downloads: self.downloads.clone(),
             inputs: inputs.to_vec(),
             inputs_dir,
@@ -189,6 +193,7 @@ impl Stager {
 struct StageJob {
     access: StoreAccess,
     cache: NodeCache,
+    counters: CacheMetrics,
     downloads: Arc<Semaphore>,
     inputs: Vec<JobInput>,
     inputs_dir: PathBuf,
@@ -264,7 +269,10 @@ impl StageJob {
                     .await
                     .unwrap_or(false)
             };
-            if !cached {
+            if cached {
+                self.counters.hits.inc();
+                self.counters.hit_bytes.inc_by(*size);
+            } else {
                 let _permit = self
                     .downloads
                     .acquire()
@@ -320,6 +328,8 @@ impl StageJob {
                     }
                 }
                 downloaded += size;
+                self.counters.misses.inc();
+                self.counters.fetched_bytes.inc_by(*size);
                 let (c, d) = (self.cache.clone(), *digest);
                 tokio::task::spawn_blocking(move || c.seal(&d))
                     .await
