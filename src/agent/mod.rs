@@ -204,6 +204,7 @@ async fn start_and_serve(
         node: config.name.clone(),
         access: access.clone(),
         uploads: state_dir.uploads(),
+        cache: Some(cache.clone()),
     };
     tasks.spawn(uploader.run(tasks.token().clone()));
     tasks.spawn(jobio::keep_cache_in_bounds(

@@ -38,6 +38,7 @@ use crate::store::txn::Op;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::cache::NodeCache;
 use super::StoreAccess;
 use crate::agent::jobs::layout::{read_json, write_json, JobDir, RunSpec};
 use crate::api::artifact::{ArtifactSpec, Digest};
@@ -258,9 +259,15 @@ pub fn pending(uploads: &Path) -> HashMap<(String, String), usize> {
 }
 
 /// Removes what a finished entry left: the job's file (only if it is still the bytes that were
-/// uploaded), its sidecar, the spooled link, then the entry.
-fn finish(uploads: &Path, id: &str, p: &Pending) -> io::Result<()> {
+/// uploaded), its sidecar, the spooled link, then the entry. The bytes go to the node cache
+/// first ([`NodeCache::adopt`]: verified against the uploaded digest) when `cache` is given.
+fn finish(uploads: &Path, id: &str, p: &Pending, cache: Option<&NodeCache>) -> io::Result<()> {
     let data = uploads.join(format!("{id}.data"));
+    if let (Some(cache), Ok(digest)) = (cache, Digest::parse(&p.report.digest)) {
+        if let Err(e) = cache.adopt(&digest, &data) {
+            tracing::warn!(digest = %digest, %e, "an uploaded output stays out of the node cache");
+        }
+    }
     let same = match (std::fs::metadata(&data), std::fs::metadata(&p.source)) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
@@ -278,6 +285,8 @@ pub struct Uploader {
     pub node: String,
     pub access: StoreAccess,
     pub uploads: PathBuf,
+    /// Where uploaded outputs are kept for later jobs on this node (none: not kept).
+    pub cache: Option<NodeCache>,
 }
 
 impl Uploader {
@@ -382,7 +391,8 @@ impl Uploader {
                         .await
                         .map_err(|e| e.to_string())?;
                     let (dir, id, entry) = (self.uploads.clone(), id.to_string(), p.clone());
-                    tokio::task::spawn_blocking(move || finish(&dir, &id, &entry))
+                    let cache = self.cache.clone();
+                    tokio::task::spawn_blocking(move || finish(&dir, &id, &entry, cache.as_ref()))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
