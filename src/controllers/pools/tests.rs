@@ -1,6 +1,6 @@
 use super::*;
 use crate::api::job_io::JobInput;
-use crate::api::meta::{Condition, ConditionStatus};
+use crate::api::meta::Condition;
 use crate::api::node::{Capacity, Gpu, NodeSpec, NodeStatus};
 use crate::api::pool::PoolSpec;
 use crate::api::{JobStatus, Object};
@@ -23,17 +23,7 @@ fn node(name: &str, gpus: u32, ready: bool, labelled: bool) -> Node {
         n.metadata.labels.insert("gpu".into(), "yes".into());
     }
     n.status = Some(NodeStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: if ready {
-                ConditionStatus::True
-            } else {
-                ConditionStatus::False
-            },
-            reason: String::new(),
-            message: String::new(),
-            last_transition_time: None,
-        }],
+        conditions: vec![Condition::new("Ready", ready)],
         capacity: Capacity {
             gpus: (0..gpus)
                 .map(|i| Gpu {
