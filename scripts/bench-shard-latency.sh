@@ -17,8 +17,7 @@ interval=${2:-0.5}
 name="shard-latency-$(date +%s)"
 cleanup() {
   rift delete job "$name" >/dev/null 2>&1 || true
-  rift get artifacts -l "rift.dev/job=$name" -o 'jsonpath={.items[*].metadata.name}' 2>/dev/null |
-    xargs -r -n 50 rift delete artifacts >/dev/null 2>&1 || true
+  rift delete artifacts -l "rift.dev/job=$name" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 rift apply -f - <<YAML >/dev/null
