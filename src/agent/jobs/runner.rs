@@ -289,7 +289,8 @@ impl<P: JobProcesses> Runner<P> {
         for (job, uid, report) in &mut out.reports {
             if let Some(dir) = model_dirs.get(job.as_str()) {
                 let held = held.remove(job.as_str()).flatten();
-                self.model_phase(job, report, dir, held);
+                let staging_now = matches!(staging.get(job.as_str()), Some(Stage::Staging { .. }));
+                self.model_phase(job, report, dir, held, staging_now);
             }
             data_phase(
                 report,
@@ -350,8 +351,9 @@ impl<P: JobProcesses> Runner<P> {
         out
     }
 
-    /// Carries out `job`'s model order (prefetch; for Reload, swap and SIGHUP) and puts the
-    /// model its process holds, and where the order stands, in its report. Hollow nodes move
+    /// Carries out `job`'s model order (prefetch; for Reload, swap and SIGHUP; not while its
+    /// inputs are being staged) and puts the model its process holds, and where the order
+    /// stands, in its report. Hollow nodes move
     /// no bytes: an order counts as prefetched (and, for Reload, held) at once.
     fn model_phase(
         &self,
@@ -359,6 +361,7 @@ impl<P: JobProcesses> Runner<P> {
         report: &mut RuntimeReport,
         dir: &std::path::Path,
         held: Option<String>,
+        staging_now: bool,
     ) {
         let order = self.bindings.ready(job).and_then(|b| b.model.clone());
         let mut model = JobModel {
@@ -375,6 +378,8 @@ impl<P: JobProcesses> Runner<P> {
                     model.prefetched = Some(order.artifact);
                 }
                 Some(_) if done => model.prefetched = Some(order.artifact),
+                // Its inputs (the model among them) are still being staged: after that.
+                Some(_) if staging_now => {}
                 Some(data) => {
                     let pid = report.pid.filter(|_| report.phase == JobPhase::Running);
                     data.models.want(job, &order, dir.to_path_buf(), pid);
