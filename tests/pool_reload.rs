@@ -44,7 +44,16 @@ fn push(cluster: &Cluster, bytes: &[u8]) -> String {
     let path = cluster.dir.path().join(sha256_name(bytes));
     std::fs::write(&path, bytes).unwrap();
     let ep = cluster.etcd.endpoints_csv();
-    let r = rift(&ep, &["artifact", "push", path.to_str().unwrap(), "-l", "type=model"]);
+    let r = rift(
+        &ep,
+        &[
+            "artifact",
+            "push",
+            path.to_str().unwrap(),
+            "-l",
+            "type=model",
+        ],
+    );
     assert!(r.ok, "{}", r.stderr);
     sha256_name(bytes)
 }
@@ -53,7 +62,11 @@ fn push(cluster: &Cluster, bytes: &[u8]) -> String {
 /// would; written again should a controller pass race it).
 async fn promote(cluster: &Cluster, model: &str) {
     eventually(Duration::from_secs(20), "the model promoted", || async {
-        let t = cluster.store.get::<TrainingTargetSpec>("loop").await.ok()??;
+        let t = cluster
+            .store
+            .get::<TrainingTargetSpec>("loop")
+            .await
+            .ok()??;
         let mut st: TrainingTargetStatus = t.status.unwrap_or_default();
         if st.current_model.as_deref() == Some(model) {
             let pool = pool_status(cluster).await?;
@@ -74,13 +87,17 @@ async fn pool_status(cluster: &Cluster) -> Option<PoolStatus> {
 }
 
 async fn completed(cluster: &Cluster, model: &str, within: u64) -> PoolStatus {
-    eventually(Duration::from_secs(within), "the rollout complete", || async {
-        pool_status(cluster).await.filter(|s| {
-            s.rollout
-                .as_ref()
-                .is_some_and(|r| r.artifact == model && r.completed_at.is_some())
-        })
-    })
+    eventually(
+        Duration::from_secs(within),
+        "the rollout complete",
+        || async {
+            pool_status(cluster).await.filter(|s| {
+                s.rollout
+                    .as_ref()
+                    .is_some_and(|r| r.artifact == model && r.completed_at.is_some())
+            })
+        },
+    )
     .await
 }
 
@@ -170,7 +187,11 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
         }
     }))
     .unwrap();
-    cluster.store.create(&Object::new("sp", pool)).await.unwrap();
+    cluster
+        .store
+        .create(&Object::new("sp", pool))
+        .await
+        .unwrap();
     completed(&cluster, &models[0], 60).await;
     let pid = eventually(Duration::from_secs(30), "the member started", || async {
         seen(seen_dir.path()).first().cloned()
@@ -189,7 +210,10 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
     saw(seen_dir.path(), pid, "model-two").await;
     let m = member(&cluster).await;
     let s = m.status.unwrap();
-    assert_eq!((s.phase, s.pid, s.attempts), (JobPhase::Running, Some(pid), 1));
+    assert_eq!(
+        (s.phase, s.pid, s.attempts),
+        (JobPhase::Running, Some(pid), 1)
+    );
     assert_eq!(
         m.spec.inputs[0].artifacts,
         [models[0].clone()],
@@ -204,7 +228,14 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
     let listed = eventually(Duration::from_secs(30), "the shard labelled", || async {
         let r = rift(
             &cluster.etcd.endpoints_csv(),
-            &["get", "artifacts", "-l", &format!("model={short}"), "-o", "name"],
+            &[
+                "get",
+                "artifacts",
+                "-l",
+                &format!("model={short}"),
+                "-o",
+                "name",
+            ],
         );
         r.stdout.contains(&shard).then_some(r.stdout)
     })
@@ -257,24 +288,35 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
     completed(&cluster, &models[3], 60).await;
     saw(seen_dir.path(), pid, "model-four").await;
     let lines = seen(seen_dir.path());
-    assert!(lines.iter().all(|(p, _)| *p == pid), "one process throughout: {lines:?}");
+    assert!(
+        lines.iter().all(|(p, _)| *p == pid),
+        "one process throughout: {lines:?}"
+    );
     assert_eq!(member(&cluster).await.status.unwrap().attempts, 1);
 }
 
 /// Sets the target's current model before any Pool exists.
 async fn promote_target_only(cluster: &Cluster, model: &str) {
-    eventually(Duration::from_secs(20), "the first model promoted", || async {
-        let t = cluster.store.get::<TrainingTargetSpec>("loop").await.ok()??;
-        let mut st: TrainingTargetStatus = t.status.unwrap_or_default();
-        if st.current_model.as_deref() == Some(model) {
-            return Some(());
-        }
-        st.current_model = Some(model.to_string());
-        let _ = cluster
-            .store
-            .put_status::<TrainingTargetSpec>("loop", &st)
-            .await;
-        None
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the first model promoted",
+        || async {
+            let t = cluster
+                .store
+                .get::<TrainingTargetSpec>("loop")
+                .await
+                .ok()??;
+            let mut st: TrainingTargetStatus = t.status.unwrap_or_default();
+            if st.current_model.as_deref() == Some(model) {
+                return Some(());
+            }
+            st.current_model = Some(model.to_string());
+            let _ = cluster
+                .store
+                .put_status::<TrainingTargetSpec>("loop", &st)
+                .await;
+            None
+        },
+    )
     .await;
 }

@@ -31,10 +31,10 @@ use crate::api::meta::OwnerReference;
 use crate::api::node::{selector_matches, Node};
 use crate::api::placement::ModelOrder;
 use crate::api::pool::{ModelUpdate, Pool, PoolStatus, MODEL_INPUT};
-use crate::controllers::housekeeping::BoundRecord;
 use crate::api::training_target::TrainingTarget;
 use crate::api::JobPhase;
 use crate::controllers::cluster_view::StoredArtifact;
+use crate::controllers::housekeeping::BoundRecord;
 use crate::controllers::template_inputs::{label_outputs, resolve, resolved_from};
 use crate::store::compose::{READY, REASON_LEASE_EXPIRED};
 use rollout::{replacements, rollout_status, Outdated, Progress};
@@ -447,7 +447,10 @@ async fn write_model_orders(
             })
             .collect();
         if !store.txn(guards, ops, vec![]).await?.succeeded {
-            tracing::debug!(pool = pool.name(), "a member's binding changed: ordering its model next pass");
+            tracing::debug!(
+                pool = pool.name(),
+                "a member's binding changed: ordering its model next pass"
+            );
         }
     }
     Ok(())

@@ -55,9 +55,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub fn point_current_if_absent(model_dir: &Path, name: &str) -> io::Result<()> {
     match std::fs::symlink_metadata(model_dir.join(CURRENT)) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            replace_symlink(model_dir, name, CURRENT)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => replace_symlink(model_dir, name, CURRENT),
         Err(e) => Err(e),
     }
 }
@@ -132,7 +130,9 @@ pub fn with_held_model(mut spec: RunSpec, held: Option<&str>) -> RunSpec {
     }
     match spec.inputs.iter_mut().find(|i| i.name == MODEL_INPUT) {
         Some(input) => input.artifacts = vec![held.to_string()],
-        None => spec.inputs.push(JobInput::of(MODEL_INPUT, [held.to_string()])),
+        None => spec
+            .inputs
+            .push(JobInput::of(MODEL_INPUT, [held.to_string()])),
     }
     for output in &mut spec.outputs {
         output
@@ -243,8 +243,10 @@ impl Models {
 
     /// Records the models the node's jobs hold now (pinned with the ordered ones).
     pub fn set_held<'a>(&self, held: impl IntoIterator<Item = &'a str>) {
-        *self.held.lock().expect("held lock") =
-            held.into_iter().filter_map(|h| Digest::parse(h).ok()).collect();
+        *self.held.lock().expect("held lock") = held
+            .into_iter()
+            .filter_map(|h| Digest::parse(h).ok())
+            .collect();
     }
 
     /// Every model ordered for or held by a job on this node: pinned in the cache (the current
@@ -289,7 +291,12 @@ impl Fetch {
                     return;
                 }
                 Err(problem) => {
-                    tracing::warn!(job = self.job, model = self.order.artifact, problem, "model not swapped yet");
+                    tracing::warn!(
+                        job = self.job,
+                        model = self.order.artifact,
+                        problem,
+                        "model not swapped yet"
+                    );
                     let prefetched = self.progress.lock().expect("progress lock").prefetched;
                     self.set(prefetched, problem);
                     tokio::time::sleep(delay).await;
@@ -442,7 +449,10 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let bytes = std::fs::read(&path).expect("current always resolves");
                     assert_eq!(bytes.len(), 1 << 20, "a whole model, never part of one");
-                    assert!(bytes.iter().all(|b| *b == bytes[0]), "one model, never a mix");
+                    assert!(
+                        bytes.iter().all(|b| *b == bytes[0]),
+                        "one model, never a mix"
+                    );
                     reads += 1;
                 }
                 reads
@@ -468,7 +478,11 @@ mod tests {
         .unwrap();
         let m2 = format!("sha256-{}", "ab".repeat(32));
         let out = with_held_model(spec.clone(), Some(&m2));
-        assert_eq!(out.inputs[0].artifacts, [m2.clone()], "parents name the held model");
+        assert_eq!(
+            out.inputs[0].artifacts,
+            std::slice::from_ref(&m2),
+            "parents name the held model"
+        );
         assert_eq!(
             out.outputs[0].labels[labels::MODEL],
             format!("sha256-{}", "ab".repeat(8))

@@ -346,8 +346,8 @@ impl StageJob {
                 *digest,
                 self.inputs_dir.join(input).join(name),
             );
-            let model_dir = (input == crate::api::pool::MODEL_INPUT)
-                .then(|| self.inputs_dir.join(input));
+            let model_dir =
+                (input == crate::api::pool::MODEL_INPUT).then(|| self.inputs_dir.join(input));
             let link_name = name.clone();
             tokio::task::spawn_blocking(move || {
                 c.link(&d, &dest)?;
@@ -358,8 +358,8 @@ impl StageJob {
                 }
             })
             .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("input {input}: cannot link {name} into the job: {e}"))?;
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("input {input}: cannot link {name} into the job: {e}"))?;
             done += size;
             let secs = started.elapsed().as_secs_f64().max(0.001);
             self.set(done, total, (downloaded as f64 / secs) as u64, None);

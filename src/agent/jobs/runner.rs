@@ -278,8 +278,7 @@ impl<P: JobProcesses> Runner<P> {
             });
             (local, out, pending, held)
         });
-        let (local, mut out, pending, mut held) =
-            pass.await.expect("a runner pass does not panic");
+        let (local, mut out, pending, mut held) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
         if let Some(data) = &self.data {
             data.models.retain(|job| model_dirs.contains_key(job));

@@ -340,7 +340,11 @@ fn pool_model_validation_refuses_bad_budgets_and_a_template_model_input() {
     let mut p = model_pool(2, "25%");
     assert!(p.validate().is_empty(), "{}", p.validate());
     p.spec.model.as_mut().unwrap().update = crate::api::pool::ModelUpdate::Reload;
-    assert!(p.validate().is_empty(), "Reload is accepted: {}", p.validate());
+    assert!(
+        p.validate().is_empty(),
+        "Reload is accepted: {}",
+        p.validate()
+    );
     p.spec.model.as_mut().unwrap().max_unavailable = "0%".into();
     p.spec.template.spec.inputs = vec![JobInput::of("model", [model(1)])];
     let errors = p.validate().to_string();
@@ -384,7 +388,14 @@ fn a_reload_pool_replaces_no_member_and_counts_those_whose_node_swapped_the_mode
     for j in &mut jobs[..2] {
         j.status.as_mut().unwrap().model.as_mut().unwrap().held = Some(model(2));
     }
-    jobs[2].status.as_mut().unwrap().model.as_mut().unwrap().problem = "store down".into();
+    jobs[2]
+        .status
+        .as_mut()
+        .unwrap()
+        .model
+        .as_mut()
+        .unwrap()
+        .problem = "store down".into();
     let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
     assert!(plan.delete.is_empty(), "{plan:?}");
     assert_eq!(plan.status.rollout.as_ref().unwrap().updated, 2);
@@ -410,7 +421,14 @@ fn a_rolling_restart_waits_for_each_members_node_to_prefetch_the_model() {
     let mut jobs = reporting(jobs, &model(1), None);
     let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
     assert!(plan.delete.is_empty(), "nothing prefetched yet: {plan:?}");
-    jobs[1].status.as_mut().unwrap().model.as_mut().unwrap().prefetched = Some(model(2));
+    jobs[1]
+        .status
+        .as_mut()
+        .unwrap()
+        .model
+        .as_mut()
+        .unwrap()
+        .prefetched = Some(model(2));
     let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
     assert_eq!(plan.delete, ["sp-1"]);
 }
@@ -452,7 +470,11 @@ fn model_orders_go_to_members_bindings_that_lack_them() {
     let out = model_orders(&desired, &refs, &bindings, true);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(
-        (out[0].job.as_str(), out[0].binding.model.as_ref(), out[0].revision),
+        (
+            out[0].job.as_str(),
+            out[0].binding.model.as_ref(),
+            out[0].revision
+        ),
         ("sp-0", Some(&order), 9)
     );
     // A binding of another Job of the member's name gets no order.
