@@ -20,7 +20,8 @@
 //!   trying (backoff up to [`MAX_BACKOFF`]) until it succeeds or the order changes.
 //! - **Held means signalled.** A model is reported held only after SIGHUP was sent (or when no
 //!   process runs, so the next attempt starts on it); an agent killed between the swap and the
-//!   signal does it again when it comes back.
+//!   signal does both again when it comes back (`.held` still names the old model). Held is not
+//!   handled: the job's handler may run a moment after the report says held.
 //!
 //! Caveat: a job without a SIGHUP handler exits on it and is restarted by its `restartPolicy`
 //! (`Never` ends it: Reload suits jobs that handle SIGHUP or restart `OnFailure`/`Always`).
@@ -50,12 +51,16 @@ const HELD: &str = ".held";
 /// The longest wait between tries while the model cannot be fetched.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Points `model_dir/current` at `name` unless `current` exists (staging calls it after linking
-/// a `model` input, so a re-staged job keeps a model swapped in since). Blocking.
+/// Points `model_dir/current` at `name` and records it held (the process starts after
+/// staging, so it starts on it), unless `current` exists (staging calls it after linking a
+/// `model` input, so a re-staged job keeps a model swapped in since). Blocking.
 pub fn point_current_if_absent(model_dir: &Path, name: &str) -> io::Result<()> {
     match std::fs::symlink_metadata(model_dir.join(CURRENT)) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => replace_symlink(model_dir, name, CURRENT),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            replace_symlink(model_dir, name, CURRENT)?;
+            record_held(model_dir, name)
+        }
         Err(e) => Err(e),
     }
 }
@@ -97,19 +102,15 @@ pub fn swap(cache: &NodeCache, digest: &Digest, model_dir: &Path, name: &str) ->
     Ok(())
 }
 
-/// The model the job's process holds: the last one swapped in and signalled, else the one
-/// `current` named when it was staged. Blocking.
+/// The model the job's process holds: the one staged before it started, or the last one
+/// swapped in and signalled. Read from `.held`, never from `current`: an agent killed between
+/// a swap and its SIGHUP finds `current` on the new model but `.held` on the old one, and so
+/// swaps and signals again. Blocking.
 pub fn held(model_dir: &Path) -> Option<String> {
-    let recorded = std::fs::read_to_string(model_dir.join(HELD))
+    std::fs::read_to_string(model_dir.join(HELD))
         .ok()
         .map(|s| s.trim().to_string())
-        .filter(|s| Digest::parse(s).is_ok());
-    recorded.or_else(|| {
-        std::fs::read_link(model_dir.join(CURRENT))
-            .ok()?
-            .to_str()
-            .map(str::to_string)
-    })
+        .filter(|s| Digest::parse(s).is_ok())
 }
 
 fn record_held(model_dir: &Path, name: &str) -> io::Result<()> {
@@ -415,6 +416,11 @@ mod tests {
         assert_eq!(held(&model_dir).as_deref(), Some(m1.as_str()));
         swap(&cache, &d2, &model_dir, &m2).unwrap();
         assert_eq!(std::fs::read(model_dir.join(CURRENT)).unwrap(), b"two");
+        assert_eq!(
+            held(&model_dir).as_deref(),
+            Some(m1.as_str()),
+            "swapped but not signalled yet: the old one is still held"
+        );
         // Staging the job again does not undo the swap.
         point_current_if_absent(&model_dir, &m1).unwrap();
         assert_eq!(std::fs::read(model_dir.join(CURRENT)).unwrap(), b"two");
@@ -423,6 +429,7 @@ mod tests {
         let mut left: Vec<String> = std::fs::read_dir(&model_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
             .collect();
         left.sort();
         let mut want = vec![CURRENT.to_string(), m2.clone(), m3.clone()];
