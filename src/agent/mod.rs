@@ -207,14 +207,17 @@ async fn start_and_serve(
         cache: Some(cache.clone()),
     };
     tasks.spawn(uploader.run(tasks.token().clone()));
+    let models = jobio::models::Models::new(access.clone(), cache.clone(), stager.downloads());
     tasks.spawn(jobio::keep_cache_in_bounds(
         cache,
         stager.clone(),
+        models.clone(),
         access,
         tasks.token().clone(),
     ));
     let data = jobio::DataPlane {
         stager,
+        models,
         uploads: state_dir.uploads(),
     };
     let runner = jobs::runner::Runner::with_processes(

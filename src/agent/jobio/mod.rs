@@ -6,12 +6,14 @@
 //! - [`outputs`]: sealed files journaled, uploaded one at a time, reported for the leader to
 //!   record as Artifacts; resumed after an agent restart.
 //! - [`evict`]: which cache entries to delete when the disk passes its high watermark.
+//! - [`models`]: a Pool member's newly promoted model prefetched and, for Reload, swapped in.
 //!
 //! The runner ([`crate::agent::jobs::runner`]) drives them: it holds an attempt until its
 //! inputs are staged and a finished job until its outputs are recorded.
 
 pub mod cache;
 pub mod evict;
+pub mod models;
 pub mod outputs;
 pub mod staging;
 
@@ -25,6 +27,7 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct DataPlane {
     pub stager: staging::Stager,
+    pub models: models::Models,
     /// The upload journal's directory (`<state>/uploads`).
     pub uploads: PathBuf,
 }
@@ -72,10 +75,12 @@ pub const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every [`EVICT_EVERY`], evicts least-recently-used unpinned cache entries while the disk
 /// holding the cache is above the `ArtifactStore`'s high watermark ([`evict`]); the inputs of
-/// every job the stager knows are pinned. Runs until `shutdown`.
+/// every job the stager knows are pinned, and so are the models its Pool members hold or are
+/// ordered to get (the current and previous model of the node's Pools). Runs until `shutdown`.
 pub async fn keep_cache_in_bounds(
     cache: cache::NodeCache,
     stager: staging::Stager,
+    models: models::Models,
     access: StoreAccess,
     shutdown: crate::tasks::CancellationToken,
 ) {
@@ -89,7 +94,8 @@ pub async fn keep_cache_in_bounds(
             Ok(None) => Default::default(),
             Err(_) => continue,
         };
-        let pinned = stager.pinned();
+        let mut pinned = stager.pinned();
+        pinned.extend(models.pinned());
         let c = cache.clone();
         let evicted = tokio::task::spawn_blocking(move || {
             let dir = c.dir().to_path_buf();

@@ -355,17 +355,31 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
             &["JOB", "PHASE", "NODE", "GPU-IDS", "MODEL", "PROGRESS"],
             &rows,
         );
+        for j in members {
+            if let Some(p) = j
+                .pointer("/status/model/problem")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
+                out += &format!("  {} keeps its model: {p}\n", at(j, "/metadata/name"));
+            }
+        }
     }
     out
 }
 
-/// The first artifact of a member Job's `model` input, cut like `rift get pools` cuts it.
+/// The model a member holds (its node's report: a Reload may have swapped it since the Job was
+/// made), else the first artifact of its `model` input; cut like `rift get pools` cuts it.
 fn member_model(job: &Value) -> String {
-    job.pointer("/spec/inputs")
-        .and_then(Value::as_array)
-        .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
-        .and_then(|i| i.pointer("/artifacts/0"))
+    job.pointer("/status/model/held")
         .and_then(Value::as_str)
+        .or_else(|| {
+            job.pointer("/spec/inputs")
+                .and_then(Value::as_array)
+                .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
+                .and_then(|i| i.pointer("/artifacts/0"))
+                .and_then(Value::as_str)
+        })
         .map(|m| m.chars().take("sha256-".len() + 12).collect())
         .unwrap_or_default()
 }

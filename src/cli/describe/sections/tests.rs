@@ -54,3 +54,27 @@ fn a_job_names_its_gpus_by_count_and_index() {
     assert!(text.contains("GPUs:         1 (GPU 0)"), "{text}");
     assert!(text.contains("games=240"), "{text}");
 }
+
+#[test]
+fn a_reload_pool_shows_the_model_each_member_holds_and_why_one_keeps_the_old() {
+    let p = serde_json::json!({
+        "spec": {"replicas": 2, "model": {"fromTrainingTarget": "t", "update": "Reload"}},
+        "status": {"currentModel": format!("sha256-{}", "b".repeat(64))}
+    });
+    let old = format!("sha256-{}", "a".repeat(64));
+    let member = |name: &str, held: &str, problem: &str| {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"inputs": [{"name": "model", "artifacts": [old]}]},
+            "status": {"phase": "Running", "model": {"held": held, "problem": problem}}
+        })
+    };
+    let new = format!("sha256-{}", "b".repeat(64));
+    let out = pool(
+        &p,
+        &[member("sp-0", &new, ""), member("sp-1", &old, "store down")],
+    );
+    assert!(out.contains(&new[..19]), "{out}");
+    assert!(out.contains("sp-1 keeps its model: store down"), "{out}");
+    assert!(!out.contains("sp-0 keeps"), "{out}");
+}
