@@ -18,11 +18,13 @@ use support::cluster::{create_job, sh, Cluster};
 use support::s3::{S3Server, BUCKET, SECRET_KEY};
 
 /// Applies ArtifactStore `default` on `server` with an absolute credentials file (so agents and
-/// the CLI find it whatever their secrets directory).
+/// the CLI find it whatever their secrets directory). Cache watermarks at 99/98 %: the tests
+/// share the machine's disk, which may well be fuller than the default 85 % (DiskPressure has
+/// its own test, tests/disk.rs).
 fn use_s3(cluster: &Cluster, server: &S3Server) -> std::path::PathBuf {
     let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
     cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n",
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
         server.endpoint(),
         creds.display()
     ));
