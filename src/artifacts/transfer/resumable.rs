@@ -119,7 +119,10 @@ async fn pass(
             && j.digest == digest.to_string()
             && j.size == size
     };
-    let mut j = match read(journal).await? {
+    let journaled = read(journal).await?;
+    // An upload id from an earlier run: the store may have forgotten it since.
+    let reused = journaled.as_ref().is_some_and(wanted);
+    let mut j = match journaled {
         Some(j) if wanted(&j) => j,
         stale => {
             if let Some(old) = stale {
@@ -157,7 +160,7 @@ async fn pass(
         let skip = j.parts.get(&idx).is_some_and(|p| p.size == len as u64);
         while !skip && in_flight.len() >= UPLOAD_CONCURRENCY {
             let finished = in_flight.next().await.expect("a part is in flight");
-            record(store, key, journal, &mut j, finished).await?;
+            record(store, key, journal, &mut j, reused, finished).await?;
             progress.advanced(stored(&j), size);
         }
         let mut buf = vec![0u8; len];
@@ -188,7 +191,7 @@ async fn pass(
         });
     }
     while let Some(finished) = in_flight.next().await {
-        record(store, key, journal, &mut j, finished).await?;
+        record(store, key, journal, &mut j, reused, finished).await?;
         progress.advanced(stored(&j), size);
     }
     // The file must still be the bytes that were hashed before (and name the key).
@@ -211,7 +214,7 @@ async fn pass(
         .await
     {
         Ok(_) => {}
-        Err(e) if forgotten(&e) => return Err(Failed::Forgotten),
+        Err(e) if forgotten(&e, reused) => return Err(Failed::Forgotten),
         Err(e) => return Err(remote(store, key)(e).into()),
     }
     remove(journal).await?;
@@ -224,6 +227,7 @@ async fn record(
     key: &Key,
     journal: &Path,
     j: &mut Journal,
+    reused: bool,
     (idx, size, got): (usize, u64, object_store::Result<PartId>),
 ) -> Result<(), Failed> {
     match got {
@@ -238,14 +242,19 @@ async fn record(
             write(journal, j).await?;
             Ok(())
         }
-        Err(e) if forgotten(&e) => Err(Failed::Forgotten),
+        Err(e) if forgotten(&e, reused) => Err(Failed::Forgotten),
         Err(e) => Err(remote(store, key)(e).into()),
     }
 }
 
-/// Whether the store says the upload id is unknown (S3 `NoSuchUpload`, HTTP 404).
-fn forgotten(e: &object_store::Error) -> bool {
+/// Whether the store says the upload id is unknown: S3 `NoSuchUpload` (HTTP 404); or, for an
+/// id from an earlier run (`reused`), a refusal (403: s3s-fs answers so for an unknown id). If
+/// the credentials are what is wrong, the fresh upload tried next is refused too and says so.
+fn forgotten(e: &object_store::Error, reused: bool) -> bool {
     if matches!(e, object_store::Error::NotFound { .. }) {
+        return true;
+    }
+    if reused && matches!(e, object_store::Error::PermissionDenied { .. }) {
         return true;
     }
     let text = format!("{e:?}");
