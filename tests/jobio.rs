@@ -631,7 +631,7 @@ mv "$RIFT_OUTPUTS/games/.o" "$RIFT_OUTPUTS/games/out.npz""#,
     let done = finished(&cluster, "bw", 60).await;
     let uploaded = std::time::Instant::now();
     assert_eq!(phase(&done).0, JobPhase::Succeeded, "{:?}", phase(&done));
-    // Lower bounds only: a bucket may have saved up one burst (a quarter second of its rate)
+    // Lower bounds only: a bucket may have saved up one burst (50 ms of its rate)
     // while idle.
     let least = |bytes: u64| {
         Duration::from_secs_f64(bytes as f64 / rate as f64) - rift::artifacts::bandwidth::BURST

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::api::artifact_store::BandwidthLimit;
 
 /// The most credit an idle bucket saves up, in seconds of its rate.
-pub const BURST: Duration = Duration::from_millis(250);
+pub const BURST: Duration = Duration::from_millis(50);
 
 /// A shared token bucket; clones share the same balance.
 #[derive(Clone, Debug, Default)]
@@ -189,9 +189,9 @@ mod tests {
         assert_eq!(s.charge(500, t0), Duration::from_millis(500));
         // The next 500 queue behind them: due at one second.
         assert_eq!(s.charge(500, t0), Duration::from_secs(1));
-        // Idle for 10 s: only a burst (250 bytes) was saved up.
+        // Idle for 10 s: only a burst (50 bytes) was saved up.
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(s.charge(250, later), Duration::ZERO);
+        assert_eq!(s.charge(50, later), Duration::ZERO);
         assert_eq!(s.charge(100, later), Duration::from_millis(100));
         // Unlimited: never waits.
         let mut free = State::default();
