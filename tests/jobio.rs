@@ -18,11 +18,13 @@ use support::cluster::{create_job, sh, Cluster};
 use support::s3::{S3Server, BUCKET, SECRET_KEY};
 
 /// Applies ArtifactStore `default` on `server` with an absolute credentials file (so agents and
-/// the CLI find it whatever their secrets directory).
+/// the CLI find it whatever their secrets directory), its watermarks at 99/98 % so a shared
+/// test host's full disk does not put the nodes under `DiskPressure` (the eviction test sets
+/// its own).
 fn use_s3(cluster: &Cluster, server: &S3Server) -> std::path::PathBuf {
     let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
     cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n",
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
         server.endpoint(),
         creds.display()
     ));
@@ -593,7 +595,7 @@ async fn a_node_s_bandwidth_limit_holds_both_directions_to_at_least_size_over_ra
     // second matches the worker (labelled worker=yes): 2 MiB/s each way.
     let rate = 2 * 1024 * 1024u64;
     cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  bandwidth:\n  - nodeSelector: {{provider: elsewhere}}\n    uploadBytesPerSecond: 1\n    downloadBytesPerSecond: 1\n  - nodeSelector: {{worker: \"yes\"}}\n    uploadBytesPerSecond: {rate}\n    downloadBytesPerSecond: {rate}\n",
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n  bandwidth:\n  - nodeSelector: {{provider: elsewhere}}\n    uploadBytesPerSecond: 1\n    downloadBytesPerSecond: 1\n  - nodeSelector: {{worker: \"yes\"}}\n    uploadBytesPerSecond: {rate}\n    downloadBytesPerSecond: {rate}\n",
         server.endpoint(),
         creds.display()
     ));
