@@ -197,6 +197,8 @@ async fn start_and_serve(
     let access = jobio::StoreAccess {
         etcd: store.clone(),
         secrets_dir: config.secrets_dir.clone(),
+        node: config.name.clone(),
+        limits: Default::default(),
     };
     let cache = jobio::cache::NodeCache::new(&state_dir);
     let stager = jobio::staging::Stager::new(access.clone(), cache.clone(), metrics.cache.clone());

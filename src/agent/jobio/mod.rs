@@ -20,6 +20,7 @@ pub mod staging;
 use std::path::PathBuf;
 
 use crate::api::artifact_store::{ArtifactStoreSpec, DEFAULT_STORE};
+use crate::api::node::NodeSpec;
 use crate::artifacts;
 use crate::store::Store;
 
@@ -33,11 +34,16 @@ pub struct DataPlane {
 }
 
 /// How the agent reaches the artifact store: the `ArtifactStore` `default` read from etcd,
-/// opened with credentials from the node's secrets directory.
+/// opened with credentials from the node's secrets directory, its bandwidth limits applied
+/// for this node.
 #[derive(Clone)]
 pub struct StoreAccess {
     pub etcd: Store,
     pub secrets_dir: PathBuf,
+    /// This node's name: its Node's labels choose the `bandwidth` entry that applies.
+    pub node: String,
+    /// The node's buckets, shared by every transfer of this agent (one per direction).
+    pub limits: artifacts::bandwidth::Limits,
 }
 
 /// Why the store cannot be opened now.
@@ -65,8 +71,19 @@ impl StoreAccess {
                     "this cluster has no ArtifactStore `{DEFAULT_STORE}`: apply one (rift explain artifactstore)"
                 ))
             })?;
-        artifacts::open(&spec.spec, &self.secrets_dir)
-            .map_err(|e| AccessError::Permanent(e.to_string()))
+        let mut store = artifacts::open(&spec.spec, &self.secrets_dir)
+            .map_err(|e| AccessError::Permanent(e.to_string()))?;
+        if !spec.spec.bandwidth.is_empty() {
+            let node = self.etcd.get::<NodeSpec>(&self.node).await.map_err(|e| {
+                AccessError::Transient(format!("cannot read Node {}: {e}", self.node))
+            })?;
+            let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
+            self.limits.apply(&spec.spec.bandwidth, &labels);
+        } else {
+            self.limits.apply(&[], &Default::default());
+        }
+        store.limits = self.limits.clone();
+        Ok(store)
     }
 }
 

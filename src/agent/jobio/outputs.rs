@@ -25,8 +25,11 @@
 //! - **An unreachable store waits.** Entries stay queued and are retried with backoff; running
 //!   jobs are not affected. One upload at a time per node.
 //!
-//! Caveat: an upload killed mid-way starts again from the first byte (see
-//! [`crate::artifacts::transfer`]).
+//! - **Resumed, not restarted.** Each entry's multipart upload is journaled in `<id>.parts`
+//!   (upload id, finished parts): an agent killed mid-upload continues from the next part.
+//!
+//! Caveat: to a local-directory store an upload killed mid-way starts again from the first
+//! byte (see [`crate::artifacts::transfer`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -277,6 +280,7 @@ fn finish(uploads: &Path, id: &str, p: &Pending, cache: Option<&NodeCache>) -> i
         let _ = std::fs::remove_file(sidecar(&p.source));
     }
     let _ = std::fs::remove_file(&data);
+    let _ = std::fs::remove_file(uploads.join(format!("{id}.parts")));
     std::fs::remove_file(uploads.join(format!("{id}.json")))
 }
 
@@ -327,10 +331,18 @@ impl Uploader {
                 Step::Queued => {
                     let store = self.access.open().await.map_err(|e| e.to_string())?;
                     let data = self.uploads.join(format!("{id}.data"));
-                    let up =
-                        crate::artifacts::upload(&store, &data, &crate::artifacts::transfer::quiet)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                    let parts = self.uploads.join(format!("{id}.parts"));
+                    let up = crate::artifacts::upload_journaled(
+                        &store,
+                        &data,
+                        Some(&parts),
+                        &crate::artifacts::transfer::quiet,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if up.resumed_bytes > 0 {
+                        tracing::info!(job = p.report.job, digest = %up.digest, resumed_bytes = up.resumed_bytes, size = up.size, "output upload resumed from its journal: the store already had {} of {} bytes", up.resumed_bytes, up.size);
+                    }
                     // A record garbage collection has marked is losing its bytes: wait until
                     // it is gone, then store them again (the next turns upload anew).
                     if self.marked(&up.digest.artifact_name()).await? {
