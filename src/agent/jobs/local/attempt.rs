@@ -75,6 +75,9 @@ pub(super) fn reject(t: &mut Tracked, attempt: u32, message: String) {
 /// Starts attempt `attempt`, removing the folders of attempts too old to keep.
 pub(super) fn start<P: JobProcesses>(procs: &mut P, t: &mut Tracked, attempt: u32) {
     let job = t.spec.job.clone();
+    // Older folders go before the new one is made, so no more than KEEP_ATTEMPTS exist at
+    // any instant (a reader counting them never sees one too many).
+    t.dir.prune_attempts(attempt);
     if let Err(e) = std::fs::create_dir_all(t.dir.attempt(attempt)) {
         tracing::error!(job, %e, "cannot create the attempt directory");
         return;
@@ -96,7 +99,6 @@ pub(super) fn start<P: JobProcesses>(procs: &mut P, t: &mut Tracked, attempt: u3
             let _ = write_json_with(&t.dir.exit_record(attempt), &rec, t.durable);
         }
     }
-    t.dir.prune_attempts(attempt);
 }
 
 impl Tracked {
