@@ -167,6 +167,11 @@ touch {sealed}"#,
     let name = arts[0].metadata.name.clone();
 
     eprintln!("uploaded in {up_secs:.1} s; a job takes it as its input");
+    // The agent kept the uploaded bytes in its node cache: drop them, so the input is
+    // downloaded (a cache hit would measure nothing).
+    let hex = name.trim_start_matches("sha256-").to_string();
+    let cached = worker.state.join("cache/sha256").join(&hex);
+    std::fs::remove_file(&cached).unwrap_or_else(|e| panic!("{}: {e}", cached.display()));
     // Download: a job takes it as its input.
     let t0 = Instant::now();
     create_job(&cluster.store, "down", sh("true"), |spec| {
@@ -180,7 +185,6 @@ touch {sealed}"#,
     let state = worker.state.clone();
     drop(worker);
     let _ = std::fs::remove_dir_all(state);
-    let hex = name.trim_start_matches("sha256-");
     let _ = std::fs::remove_file(server.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2])));
 
     eprintln!("staged in {down_secs:.1} s; bandwidth next");
