@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Create the jobs before the leader starts (schedule: the scheduler's own throughput).
     #[arg(long)]
     pub preload: bool,
+    /// Run the hollow nodes in this many `rift sim` processes instead of in the bench process
+    /// (schedule), so their CPU is reported apart from the bench's applier; they end with the
+    /// bench. 0: in the bench process.
+    #[arg(long, default_value_t = 0)]
+    pub hollow_processes: usize,
     /// Trials per signal (failover).
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
@@ -178,7 +183,14 @@ async fn scenario(
                         cpus_per_job: args.cpus_per_job,
                         concurrency: common.concurrency,
                         preload: args.preload,
+                        hollow_processes: args.hollow_processes,
                     };
+                    if args.hollow_processes > n {
+                        return Err(CliError::Usage(format!(
+                            "--hollow-processes {} is more than the {n} hollow nodes: each process runs at least one",
+                            args.hollow_processes
+                        )));
+                    }
                     if args.gpus_per_job as usize * jobs > 8 * n
                         || args.cpus_per_job * jobs as f64 > 64.0 * n as f64
                     {

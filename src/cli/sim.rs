@@ -31,6 +31,15 @@ pub struct SimArgs {
     /// Node names are PREFIX-00000, PREFIX-00001, ...
     #[arg(long, default_value = "hollow")]
     pub prefix: String,
+    /// Number the nodes from this index (PREFIX-<FIRST>..), so several `rift sim` processes
+    /// can share one prefix without overlapping names.
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// End when standard input closes (as crashes: leases left to expire), besides on SIGTERM
+    /// or SIGINT. A parent that starts `rift sim` keeps its stdin open, so the hollow nodes end
+    /// with the parent however it ends, SIGKILL included (`rift bench --hollow-processes`).
+    #[arg(long)]
+    pub exit_with_stdin: bool,
     /// Where the hollow nodes keep their job state [default: /dev/shm/rift-sim-PID].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -52,24 +61,56 @@ impl SimArgs {
     }
 }
 
-/// Runs the hollow nodes until SIGTERM or SIGINT, then stops them gracefully.
+/// Runs the hollow nodes until SIGTERM or SIGINT, then stops them gracefully; with
+/// `--exit-with-stdin`, also until stdin closes, then ends them as crashes.
 pub async fn run(args: SimArgs, access: &crate::store::Access) -> Result<(), CliError> {
     if args.nodes == 0 {
         return Err(CliError::Usage("--nodes must be at least 1".into()));
     }
-    crate::api::validation::dns1123_problem(&crate::sim::node_name(&args.prefix, 0))
+    let last = args
+        .first
+        .checked_add(args.nodes)
+        .filter(|end| *end <= 100_000)
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--first {} --nodes {}: node numbers must stay below 100000",
+                args.first, args.nodes
+            ))
+        })?;
+    crate::api::validation::dns1123_problem(&crate::sim::node_name(&args.prefix, last - 1))
         .map_or(Ok(()), |p| {
             Err(CliError::Usage(format!("--prefix {}: {p}", args.prefix)))
         })?;
     let root = args.state_dir.clone().unwrap_or_else(default_state_root);
     let shutdown = crate::tasks::shutdown_on_signals();
-    let cluster = Cluster::start(access, &args.prefix, args.nodes, args.settings(), root).await?;
+    let orphaned = crate::tasks::CancellationToken::new();
+    if args.exit_with_stdin {
+        let orphaned = orphaned.clone();
+        // A plain thread, not tokio's stdin: a blocking read on the runtime's blocking pool
+        // would hold the runtime's shutdown (after SIGTERM) until stdin closes.
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            // Anything read is ignored; end of file or an error means the parent is gone.
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            orphaned.cancel();
+        });
+    }
+    let mut cluster = Cluster::start(access, &args.prefix, 0, args.settings(), root).await?;
+    cluster
+        .add(&args.prefix, args.first..last, args.settings())
+        .await?;
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => break,
+            _ = orphaned.cancelled() => {
+                cluster.crash().await;
+                return Ok(());
+            }
         }
         if !announced && cluster.alive().await.unwrap_or(0) == cluster.len() {
             println!(
