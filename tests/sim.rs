@@ -288,6 +288,36 @@ fn bench_failover_detect_and_idle_print_their_figures() {
     }
 }
 
+#[test]
+fn bench_rollout_prints_its_figures() {
+    let v = bench(&[
+        "rollout",
+        "--nodes",
+        "4",
+        "--input-mib",
+        "10",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert_eq!(v["scenario"], "rollout");
+    spread_ok(&v["promotion_to_member_running"], 4);
+    let all = v["promotion_to_all_running_ms"].as_f64().unwrap();
+    assert_eq!(
+        all,
+        v["promotion_to_member_running"]["max_ms"].as_f64().unwrap(),
+        "{v}"
+    );
+    // Each member stages the new model (10 MiB at 100 MiB/s) before it runs.
+    assert!(
+        v["promotion_to_member_running"]["p50_ms"].as_f64().unwrap() >= 100.0,
+        "{v}"
+    );
+    assert!(
+        v["promotion_to_completed_ms"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
+
 /// `rift bench --hollow-processes` runs its hollow nodes in `rift sim` children; SIGKILL of the
 /// bench (no chance to clean up) must not leave one of them running.
 #[test]

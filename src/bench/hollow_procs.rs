@@ -150,6 +150,7 @@ impl HollowProcesses {
                     "--node-lease-ttl",
                     &settings.node_lease_ttl.as_secs().max(1).to_string(),
                 ])
+                .args(staging_args(settings))
                 .arg("--state-dir")
                 .arg(root.join(format!("state-{i}")))
                 .arg("--exit-with-stdin")
@@ -264,6 +265,19 @@ pub fn shares(nodes: usize, processes: usize) -> Vec<std::ops::Range<usize>> {
             r
         })
         .collect()
+}
+
+/// `rift sim`'s simulated-staging flags for `settings` (whole MiB).
+fn staging_args(settings: &HollowSettings) -> Vec<String> {
+    match settings.staging {
+        Some(m) => vec![
+            "--input-mib".into(),
+            (m.artifact_bytes >> 20).max(1).to_string(),
+            "--download-mib-per-s".into(),
+            (m.bytes_per_second >> 20).max(1).to_string(),
+        ],
+        None => Vec::new(),
+    }
 }
 
 fn millis(d: Duration) -> String {

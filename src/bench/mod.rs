@@ -3,7 +3,7 @@
 //! process or in `rift sim` children: [`hollow_procs`]), run, and print a table and one JSON
 //! line. Build with `--release` for figures.
 //!
-//! Scenarios: [`schedule`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
+//! Scenarios: [`schedule`], [`rollout`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
 //! campaign [`chaos`].
 
 pub mod chaos;
@@ -15,6 +15,7 @@ pub mod hollow_procs;
 pub mod idle;
 pub mod observe;
 pub mod report;
+pub mod rollout;
 pub mod schedule;
 
 use std::path::Path;

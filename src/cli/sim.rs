@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::jobs::simulated::SimBehaviour;
+use crate::sim::staging::TransferModel;
 use crate::sim::{default_state_root, Cluster, HollowSettings};
 
 use super::CliError;
@@ -40,6 +41,13 @@ pub struct SimArgs {
     /// with the parent however it ends, SIGKILL included (`rift bench --hollow-processes`).
     #[arg(long)]
     pub exit_with_stdin: bool,
+    /// Simulated staging: every input artifact counts as this many MiB, downloaded at
+    /// `--download-mib-per-s` (a node caches what it staged). 0: inputs are staged at once.
+    #[arg(long, default_value_t = 0)]
+    pub input_mib: u64,
+    /// The simulated download rate, in MiB/s (with `--input-mib`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_mib_per_s: u64,
     /// Where the hollow nodes keep their job state [default: /dev/shm/rift-sim-PID].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -56,6 +64,10 @@ impl SimArgs {
                 ..SimBehaviour::default()
             },
             node_lease_ttl: Duration::from_secs(self.node_lease_ttl.max(1)),
+            staging: (self.input_mib > 0).then(|| TransferModel {
+                artifact_bytes: self.input_mib.saturating_mul(1 << 20),
+                bytes_per_second: self.download_mib_per_s.saturating_mul(1 << 20),
+            }),
             ..HollowSettings::default()
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod hollow;
 pub mod leases;
+pub mod staging;
 
 use std::path::{Path, PathBuf};
 
