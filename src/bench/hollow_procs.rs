@@ -139,6 +139,12 @@ impl HollowProcesses {
                 .args(["--nodes", &range.len().to_string()])
                 .args(["--first", &range.start.to_string()])
                 .args(["--prefix", PREFIX])
+                // One bench-wide wave, shared out: as many nodes register at once as in the
+                // bench process.
+                .args([
+                    "--wave",
+                    &(super::schedule::WAVE / processes).max(1).to_string(),
+                ])
                 .args(["--gpus-per-node", &settings.gpus.to_string()])
                 .args(["--job-duration", &millis(settings.behaviour.duration)])
                 .args(["--exit-code", &settings.behaviour.exit_code.to_string()])

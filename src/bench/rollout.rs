@@ -265,8 +265,8 @@ pub async fn run(args: &RolloutArgs, common: &Common) -> Result<Report, BenchErr
     let store = etcd.store().await?;
     let dir = TempDir::new("rollout")?;
     let transfer = TransferModel {
-        artifact_bytes: args.input_mib << 20,
-        bytes_per_second: args.download_mib_per_s.max(1) << 20,
+        artifact_bytes: args.input_mib.saturating_mul(1 << 20),
+        bytes_per_second: args.download_mib_per_s.max(1).saturating_mul(1 << 20),
     };
     let mut settings = quiet_settings(1, common.lease_ttl);
     // As often as a real agent looks at its jobs (a finished staging is noticed on a tick).
@@ -284,7 +284,7 @@ pub async fn run(args: &RolloutArgs, common: &Common) -> Result<Report, BenchErr
     .await?;
     let hollow_pids = hollow.pids();
 
-    let bytes = args.input_mib << 20;
+    let bytes = transfer.artifact_bytes;
     let m0 = artifact(&store, "rift bench rollout: model 0", bytes).await?;
     let m1 = artifact(&store, "rift bench rollout: model 1", bytes).await?;
     let target: TrainingTargetSpec = spec(json!({

@@ -80,10 +80,10 @@ pub fn job_name(i: usize) -> String {
 }
 
 /// Hollow nodes started at once; the next wave starts when these are alive.
-const WAVE: usize = 500;
+pub const WAVE: usize = 500;
 
-/// Starts hollow nodes in waves of [`WAVE`] (thousands registering at once only queue behind
-/// each other) and waits until every one is alive.
+/// Starts hollow nodes in waves of [`WAVE`] ([`Cluster::grow`]) and waits until every one is
+/// alive.
 pub async fn hollow(
     access: &crate::store::Access,
     nodes: usize,
@@ -94,22 +94,19 @@ pub async fn hollow(
     let started = Instant::now();
     let root = state.join("hollow");
     let mut cluster = Cluster::start(access, "hollow", 0, settings.clone(), root).await?;
-    let mut alive = 0;
-    while alive < nodes {
-        let target = (cluster.len() + WAVE).min(nodes);
-        if cluster.len() < target && alive >= cluster.len() {
-            cluster
-                .add("hollow", cluster.len()..target, settings.clone())
-                .await?;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // A slow answer while thousands register is no failure: ask again.
-        alive = cluster.alive().await.unwrap_or(alive);
-        if started.elapsed() > limit {
+    let mut seen = 0;
+    let grown = tokio::time::timeout(
+        limit,
+        cluster.grow("hollow", 0..nodes, settings, WAVE, |alive, _| seen = alive),
+    )
+    .await;
+    match grown {
+        Ok(r) => r?,
+        Err(_) => {
             return Err(BenchError::Timeout(format!(
-                "{alive} of {nodes} hollow nodes alive after {} s",
+                "{seen} of {nodes} hollow nodes alive after {} s",
                 limit.as_secs()
-            )));
+            )))
         }
     }
     Ok((cluster, started.elapsed().as_secs_f64()))

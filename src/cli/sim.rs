@@ -41,6 +41,9 @@ pub struct SimArgs {
     /// with the parent however it ends, SIGKILL included (`rift bench --hollow-processes`).
     #[arg(long)]
     pub exit_with_stdin: bool,
+    /// Nodes registering at once: the next wave starts when these are alive.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..100_001))]
+    pub wave: u64,
     /// Simulated staging: every input artifact counts as this many MiB, downloaded at
     /// `--download-mib-per-s` (a node caches what it staged). 0: inputs are staged at once.
     #[arg(long, default_value_t = 0)]
@@ -109,11 +112,36 @@ pub async fn run(args: SimArgs, access: &crate::store::Access) -> Result<(), Cli
             orphaned.cancel();
         });
     }
-    let mut cluster = Cluster::start(access, &args.prefix, 0, args.settings(), root).await?;
-    cluster
-        .add(&args.prefix, args.first..last, args.settings())
-        .await?;
     let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(access, &args.prefix, 0, args.settings(), root).await?;
+    let mut shown = std::time::Instant::now();
+    let growing = cluster.grow(
+        &args.prefix,
+        args.first..last,
+        args.settings(),
+        args.wave as usize,
+        |alive, started_so_far| {
+            if shown.elapsed() >= Duration::from_secs(5) {
+                eprintln!(
+                    "{alive} of {} hollow nodes alive ({started_so_far} started)",
+                    args.nodes
+                );
+                shown = std::time::Instant::now();
+            }
+        },
+    );
+    let grown = tokio::select! {
+        r = growing => Some(r),
+        _ = shutdown.cancelled() => None,
+        _ = orphaned.cancelled() => None,
+    };
+    match grown {
+        Some(r) => r?,
+        None => {
+            cluster.crash().await;
+            return Ok(());
+        }
+    }
     let mut announced = false;
     loop {
         tokio::select! {

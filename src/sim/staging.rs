@@ -33,7 +33,8 @@ impl TransferModel {
     /// How long `artifacts` artifacts take to download.
     pub fn duration(&self, artifacts: usize) -> Duration {
         let bytes = self.artifact_bytes as f64 * artifacts as f64;
-        Duration::from_secs_f64(bytes / self.bytes_per_second.max(1) as f64)
+        Duration::try_from_secs_f64(bytes / self.bytes_per_second.max(1) as f64)
+            .unwrap_or(Duration::MAX)
     }
 }
 
