@@ -202,7 +202,7 @@ impl HollowProcesses {
                     return Err(BenchError::Setup(format!(
                         "rift sim exited ({status}) before its nodes were alive; the end of {}:\n{}",
                         c.log.display(),
-                        tail(&c.log)
+                        env::log_tail(&c.log, 2000)
                     )));
                 }
             }
@@ -288,13 +288,6 @@ fn staging_args(settings: &HollowSettings) -> Vec<String> {
 
 fn millis(d: Duration) -> String {
     format!("{}ms", d.as_millis())
-}
-
-/// The last 2,000 bytes of a log file.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let from = text.len().saturating_sub(2000);
-    String::from_utf8_lossy(&text[from..]).into_owned()
 }
 
 #[cfg(test)]

@@ -59,7 +59,12 @@ async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, 
                     spec.resources.gpus = gpus;
                     spec.resources.cpus = (cpus > 0.0).then_some(cpus);
                     let at = Instant::now();
-                    store.create(&Object::new(job_name(i), spec)).await?;
+                    let job = Object::new(job_name(i), spec);
+                    // A create that timed out may have been written: found again, it counts.
+                    match env::patient(|| store.create(&job)).await {
+                        Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                     sent.lock().expect("lock")[i] = Some(at);
                 }
             })
@@ -364,7 +369,8 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     Ok(r)
 }
 
-/// Starts the leader agent and waits until it leads.
+/// Starts the leader agent and waits until it leads (up to the bench's timeout, with progress
+/// every 5 s: at thousands of nodes its start takes longer).
 pub async fn start_leader(
     etcd: &LocalEtcd,
     store: &Store,
@@ -372,8 +378,25 @@ pub async fn start_leader(
     common: &Common,
 ) -> Result<env::Proc, BenchError> {
     let p = env::spawn_agent(etcd, store, "leader-0", dir.path(), true, common.lease_ttl).await?;
-    env::wait_for_leader(store, None, Duration::from_secs(30))
-        .await
-        .ok_or_else(|| BenchError::Timeout("no leader within 30 s".into()))?;
-    Ok(p)
+    let started = Instant::now();
+    loop {
+        if env::wait_for_leader(store, None, Duration::from_secs(5))
+            .await
+            .is_some()
+        {
+            return Ok(p);
+        }
+        if started.elapsed() > common.timeout {
+            let log = dir.path().join("leader-0").join("agent.log");
+            return Err(BenchError::Timeout(format!(
+                "no leader within {} s; the end of its log:\n{}",
+                common.timeout.as_secs(),
+                env::log_tail(&log, 3000)
+            )));
+        }
+        eprintln!(
+            "rift bench: waiting for the leader ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
 }
