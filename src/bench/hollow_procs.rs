@@ -26,7 +26,7 @@ pub const PREFIX: &str = "hollow";
 /// The hollow nodes of one bench run, wherever they run.
 pub enum HollowNodes {
     /// In the bench process.
-    InBench(Cluster),
+    InBench(Box<Cluster>),
     /// In `rift sim` children.
     Processes(HollowProcesses),
 }
@@ -47,7 +47,7 @@ impl HollowNodes {
         if processes == 0 {
             let (cluster, s) =
                 super::schedule::hollow(&etcd.access, nodes, settings, dir, limit).await?;
-            return Ok((HollowNodes::InBench(cluster), s));
+            return Ok((HollowNodes::InBench(Box::new(cluster)), s));
         }
         let (p, s) =
             HollowProcesses::start(etcd, store, nodes, processes, &settings, dir, limit).await?;
@@ -65,7 +65,7 @@ impl HollowNodes {
     /// Ends every node as a crash (leases left to expire) and removes their state.
     pub async fn crash(self) {
         match self {
-            HollowNodes::InBench(c) => c.crash().await,
+            HollowNodes::InBench(c) => (*c).crash().await,
             HollowNodes::Processes(p) => p.stop().await,
         }
     }
