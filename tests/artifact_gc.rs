@@ -72,7 +72,7 @@ async fn the_leader_deletes_only_what_nothing_needs_record_and_bytes() {
     let creds = S3Server::write_credentials(d, "s3.env", SECRET_KEY);
     let store_yaml = |gc_after: &str| {
         format!(
-            "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  gcAfter: {gc_after}\n",
+            "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  gcAfter: {gc_after}\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
             server.endpoint(),
             creds.display()
         )
@@ -180,7 +180,7 @@ impl Bench {
         apply(
             &etcd.endpoints_csv(),
             &format!(
-                "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: file://{}/objects\n  gcAfter: 1s\n",
+                "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: file://{}/objects\n  gcAfter: 1s\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
                 dir.path().display()
             ),
         );

@@ -1,6 +1,7 @@
 //! `rift artifact push/pull` against a real etcd and a real S3-compatible server (s3s-fs):
 //! bytes and records, and the faults the data plane must survive — damaged stored bytes, the
-//! store down, wrong credentials, bad input.
+//! store down, wrong credentials, bad input — and the transfer layer itself against the same
+//! server: uploads resumed from their journal, or started over when the store forgot them.
 
 mod support;
 
@@ -340,4 +341,124 @@ fn a_pull_killed_mid_transfer_resumes_and_a_killed_push_leaves_nothing_behind() 
     );
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "no corrupt file");
     assert!(!partial.exists());
+}
+
+/// The store `server` opened as the agent opens it, 5 MiB parts.
+fn open_s3(server: &S3Server, secrets: &Path) -> rift::artifacts::Store {
+    S3Server::write_credentials(secrets, "s3.env", SECRET_KEY);
+    let spec: rift::api::artifact_store::ArtifactStoreSpec = serde_json::from_value(
+        serde_json::json!({"url": format!("s3://{BUCKET}/some/prefix"), "endpoint": server.endpoint(),
+            "credentialsFile": "s3.env", "partSize": 5242880}),
+    )
+    .unwrap();
+    rift::artifacts::open(&spec, secrets).unwrap()
+}
+
+/// Parts journaled in `journal` (0 when there is none).
+fn journaled(journal: &Path) -> usize {
+    std::fs::read(journal)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["parts"].as_object().map(|p| p.len()))
+        .unwrap_or(0)
+}
+
+/// Runs a journaled upload of `file` until `journal` holds a finished part, then drops it
+/// (the in-process equivalent of a kill: nothing after the last journaled part is kept).
+async fn interrupted_upload(store: &rift::artifacts::Store, file: &Path, journal: &Path) {
+    let upload = rift::artifacts::upload_journaled(
+        store,
+        file,
+        Some(journal),
+        &rift::artifacts::transfer::quiet,
+    );
+    tokio::select! {
+        r = upload => panic!("finished before it was interrupted: {r:?}"),
+        _ = async { while journaled(journal) == 0 { tokio::time::sleep(std::time::Duration::from_millis(1)).await } } => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_resumes_from_its_journal_and_one_the_store_forgot_starts_over() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_s3(&server, dir.path());
+    // Slow enough to interrupt between parts on any machine: 40 MiB at 20 MiB/s.
+    store.limits.upload.set_rate(Some(20 * 1024 * 1024));
+    let bytes = pattern(40 * 1024 * 1024 + 9, 4);
+    let file = dir.path().join("big.npz");
+    std::fs::write(&file, &bytes).unwrap();
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let key = format!("some/prefix/cas/sha256/{}/{hex}", &hex[..2]);
+    let journal = dir.path().join("big.parts");
+
+    // Interrupted, then resumed: only the parts the store lacked are sent.
+    interrupted_upload(&store, &file, &journal).await;
+    let had = journaled(&journal);
+    assert!(!server.object_path(&key).exists());
+    let up = rift::artifacts::upload_journaled(
+        &store,
+        &file,
+        Some(&journal),
+        &rift::artifacts::transfer::quiet,
+    )
+    .await
+    .unwrap();
+    assert!(
+        up.resumed_bytes >= had as u64 * 5242880 && up.resumed_bytes < bytes.len() as u64,
+        "{up:?}"
+    );
+    assert!(
+        std::fs::read(server.object_path(&key)).unwrap() == bytes,
+        "whole and right"
+    );
+    assert!(
+        !journal.exists(),
+        "the journal goes once the upload completes"
+    );
+
+    // Interrupted, then the store aborts the upload (lifecycle rule, GC): the next run finds
+    // the upload gone, starts over from byte 0 and still stores the right bytes once.
+    std::fs::remove_file(server.object_path(&key)).unwrap();
+    interrupted_upload(&store, &file, &journal).await;
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    let mp = store.multipart.clone().expect("S3 has upload ids");
+    mp.parts
+        .abort_multipart(
+            &key.as_str().into(),
+            &j["uploadId"].as_str().unwrap().to_string(),
+        )
+        .await
+        .unwrap();
+    let up = rift::artifacts::upload_journaled(
+        &store,
+        &file,
+        Some(&journal),
+        &rift::artifacts::transfer::quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.resumed_bytes, 0, "started over");
+    assert!(
+        std::fs::read(server.object_path(&key)).unwrap() == bytes,
+        "whole and right"
+    );
+    assert!(!journal.exists());
+
+    // A journal that names other bytes (the file was replaced) is never resumed onto.
+    let other = pattern(12 * 1024 * 1024, 5);
+    std::fs::write(&file, &other).unwrap();
+    std::fs::write(&journal, serde_json::to_vec(&j).unwrap()).unwrap();
+    let up = rift::artifacts::upload_journaled(
+        &store,
+        &file,
+        Some(&journal),
+        &rift::artifacts::transfer::quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.resumed_bytes, 0);
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&other));
+    let key = format!("some/prefix/cas/sha256/{}/{hex}", &hex[..2]);
+    assert!(std::fs::read(server.object_path(&key)).unwrap() == other);
 }

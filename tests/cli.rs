@@ -293,6 +293,61 @@ fn describe_and_delete_by_name_and_by_file() {
 }
 
 #[test]
+fn delete_takes_what_get_prints_and_a_label_selector_and_refuses_mixed_forms() {
+    let cluster = EtcdCluster::single();
+    let ep = cluster.endpoints_csv();
+    let jobs: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            let team = if *n == "d" { "blue" } else { "red" };
+            format!("apiVersion: rift/v1\nkind: Job\nmetadata: {{name: {n}, labels: {{team: {team}}}}}\nspec: {{command: [\"true\"]}}\n---\n")
+        })
+        .collect();
+    assert!(rift_stdin(&ep, &["apply", "-f", "-"], &jobs).ok);
+    let names = |sel: &str| {
+        let out = rift(&ep, &["get", "jobs", "-l", sel, "-o", "name"]);
+        out.stdout.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+
+    // Bad input first: each is refused before anything is deleted.
+    for bad in [
+        vec!["delete", "jobs", "a", "-l", "team=red"],
+        vec!["delete", "job/a", "-l", "team=red"],
+        vec!["delete", "jobs", "job/a"],
+        vec!["delete", "job/"],
+        vec!["delete", "widget/a"],
+        vec!["delete", "jobs", "-l", "team in (red"],
+        vec!["delete", "jobs"],
+    ] {
+        let out = rift(&ep, &bad);
+        assert!(!out.ok, "{bad:?} was accepted");
+        assert!(!out.stderr.trim().is_empty(), "{bad:?} said nothing");
+        assert_eq!(names("team").len(), 4, "{bad:?} deleted something");
+    }
+
+    // `rift get -o name` output is what `rift delete` takes.
+    let first = names("team=red")[0].clone();
+    assert_eq!(first, "job/a");
+    let out = rift(&ep, &["delete", &first]);
+    assert!(
+        out.ok && out.stdout.contains("job/a deleted"),
+        "{}",
+        out.stderr
+    );
+    // A selector deletes what it matches, and nothing else.
+    let out = rift(&ep, &["delete", "jobs", "-l", "team=red"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout.matches(" deleted").count(), 2, "{}", out.stdout);
+    assert_eq!(names("team"), vec!["job/d".to_string()]);
+    let out = rift(&ep, &["delete", "jobs", "-l", "team=red"]);
+    assert!(
+        out.ok && out.stdout.contains("no jobs match"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn get_watch_prints_a_change_made_by_another_process() {
     let cluster = EtcdCluster::single();
     let ep = cluster.endpoints_csv();

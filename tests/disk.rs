@@ -60,6 +60,26 @@ async fn wait_pressure(cluster: &Cluster, node: &str, want: ConditionStatus) -> 
 }
 
 /// Waits until Job `name` is Pending with a why-not containing `words`.
+/// Records an Artifact named after `bytes`' digest that claims `size` bytes (only its record:
+/// placement reads sizes, and these jobs never get as far as staging).
+async fn record_artifact(cluster: &Cluster, bytes: &[u8], size: u64) -> String {
+    let digest = Digest::from_bytes(sha2::Sha256::digest(bytes).into());
+    let spec = ArtifactSpec {
+        digest: digest.to_string(),
+        size,
+        format: None,
+        producer: None,
+        parents: vec![],
+        counts: BTreeMap::new(),
+    };
+    cluster
+        .store
+        .create(&Object::new(digest.artifact_name(), spec))
+        .await
+        .unwrap();
+    digest.artifact_name()
+}
+
 async fn wait_why_not(cluster: &Cluster, name: &str, words: &str) {
     eventually(
         Duration::from_secs(30),
@@ -133,23 +153,8 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_f
             .and_then(|n| n.status?.usage.disk_available_bytes)
     })
     .await;
-    let huge_digest: [u8; 32] = sha2::Sha256::digest(b"a petabyte").into();
-    let huge = Digest::from_bytes(huge_digest);
-    cluster
-        .store
-        .create(&Object::new(
-            huge.artifact_name(),
-            ArtifactSpec {
-                digest: huge.to_string(),
-                size: free.saturating_mul(2).max(1 << 50),
-                format: None,
-                producer: None,
-                parents: vec![],
-                counts: BTreeMap::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    let huge_name =
+        record_artifact(&cluster, b"a petabyte", free.saturating_mul(2).max(1 << 50)).await;
     let small = tempfile::tempdir().unwrap();
     let file = small.path().join("small.npz");
     std::fs::write(&file, b"small input").unwrap();
@@ -158,7 +163,6 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_f
     let small_digest: [u8; 32] = sha2::Sha256::digest(b"small input").into();
     let small_name = Digest::from_bytes(small_digest).artifact_name();
 
-    let huge_name = huge.artifact_name();
     create_job(&cluster.store, "too-big", sh("sleep 60"), |s| {
         s.inputs = vec![JobInput::of("games", [huge_name.clone()])];
     })
@@ -198,25 +202,9 @@ async fn a_node_past_its_watermark_gets_no_new_jobs_and_inputs_land_where_they_f
         mid < hollow_free,
         "the real disk ({disk_total} bytes) is larger than a hollow node's"
     );
-    let mid_digest: [u8; 32] = sha2::Sha256::digest(b"between the nodes").into();
-    let mid_art = Digest::from_bytes(mid_digest);
-    cluster
-        .store
-        .create(&Object::new(
-            mid_art.artifact_name(),
-            ArtifactSpec {
-                digest: mid_art.to_string(),
-                size: mid,
-                format: None,
-                producer: None,
-                parents: vec![],
-                counts: BTreeMap::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    let mid_name = record_artifact(&cluster, b"between the nodes", mid).await;
     let mut spec = JobSpec::with_command(["selfplay"]);
-    spec.inputs = vec![JobInput::of("games", [mid_art.artifact_name()])];
+    spec.inputs = vec![JobInput::of("games", [mid_name.clone()])];
     cluster
         .store
         .create(&Object::new("roomy", spec))

@@ -18,11 +18,13 @@ use support::cluster::{create_job, sh, Cluster};
 use support::s3::{S3Server, BUCKET, SECRET_KEY};
 
 /// Applies ArtifactStore `default` on `server` with an absolute credentials file (so agents and
-/// the CLI find it whatever their secrets directory).
+/// the CLI find it whatever their secrets directory), its watermarks at 99/98 % so a shared
+/// test host's full disk does not put the nodes under `DiskPressure` (the eviction test sets
+/// its own).
 fn use_s3(cluster: &Cluster, server: &S3Server) -> std::path::PathBuf {
     let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
     cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n",
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
         server.endpoint(),
         creds.display()
     ));
@@ -520,22 +522,33 @@ async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_arti
         with_io(vec![], vec![games_output()]),
     )
     .await;
-    // Freeze the store as soon as a part has arrived (the multipart upload is under way and
-    // cannot complete), SIGKILL the agent, let the store go on, start the agent again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let part_arrived = || {
-        std::fs::read_dir(server.data_dir()).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
-        })
+    // Freeze the store once the agent has journaled a finished part (the multipart upload is
+    // under way and cannot complete), SIGKILL the agent, let the store go on, start it again.
+    let uploads = worker.state.join("uploads");
+    let journaled_parts = || -> usize {
+        std::fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".parts"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|j| j["parts"].as_object().map_or(0, |p| p.len()))
+            .sum()
     };
-    while !part_arrived() {
-        assert!(std::time::Instant::now() < deadline, "no upload started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while journaled_parts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no part journaled");
         std::thread::sleep(Duration::from_millis(2));
     }
     server.pause();
     worker.kill();
     server.resume();
+    let had = journaled_parts();
+    assert!(
+        (1..10).contains(&had),
+        "killed mid-upload ({had} of 10 parts journaled)"
+    );
     let expected = vec![b'm'; 50331648];
     let name = format!("sha256-{}", sha256_hex(&expected));
     assert!(
@@ -550,5 +563,90 @@ async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_arti
     assert_eq!(arts[0].name(), name);
     let stored = std::fs::read(cas(&server, &name)).unwrap();
     assert!(stored == expected, "the stored bytes are whole");
+    // The restarted agent sent only the parts the store did not have.
+    let log = std::fs::read_to_string(worker.state.join("agent.log")).unwrap();
+    let resumed: u64 = log
+        .lines()
+        .find(|l| l.contains("output upload resumed from its journal"))
+        .and_then(|l| l.split("resumed_bytes=").nth(1))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the upload was not resumed:\n{log}"));
+    assert!(
+        resumed > 0 && resumed < expected.len() as u64,
+        "resumed after {resumed} of {} bytes",
+        expected.len()
+    );
+    assert!(
+        std::fs::read_dir(&uploads).unwrap().next().is_none(),
+        "journal and spooled bytes removed once recorded"
+    );
     worker.kill_shims();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_bandwidth_limit_holds_both_directions_to_at_least_size_over_rate() {
+    let cluster = Cluster::start().await;
+    let server = S3Server::start();
+    let creds = use_s3(&cluster, &server);
+    let input_bytes = pattern(6 * 1024 * 1024, 9);
+    let input = push(&cluster, &input_bytes, "in.bin");
+    // The first entry matches no node here (it would stall everything at 1 byte/s); the
+    // second matches the worker (labelled worker=yes): 2 MiB/s each way.
+    let rate = 2 * 1024 * 1024u64;
+    cluster.apply(&format!(
+        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n  bandwidth:\n  - nodeSelector: {{provider: elsewhere}}\n    uploadBytesPerSecond: 1\n    downloadBytesPerSecond: 1\n  - nodeSelector: {{worker: \"yes\"}}\n    uploadBytesPerSecond: {rate}\n    downloadBytesPerSecond: {rate}\n",
+        server.endpoint(),
+        creds.display()
+    ));
+    let worker = cluster.worker("w1", &[]);
+    let _log = LogOnPanic(worker.state.join("agent.log"));
+    let marks = tempfile::tempdir().unwrap();
+    let started = marks.path().join("started");
+    let out_size = 6 * 1024 * 1024u64;
+    let created = std::time::Instant::now();
+    create_job(
+        &cluster.store,
+        "bw",
+        sh(&format!(
+            r#"set -e
+touch {started}
+head -c {out_size} /dev/urandom > "$RIFT_OUTPUTS/games/.o"
+mv "$RIFT_OUTPUTS/games/.o" "$RIFT_OUTPUTS/games/out.npz""#,
+            started = started.display()
+        )),
+        with_io(
+            vec![JobInput::of("m", [input.clone()])],
+            vec![games_output()],
+        ),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ran = std::time::Instant::now();
+    let done = finished(&cluster, "bw", 60).await;
+    let uploaded = std::time::Instant::now();
+    assert_eq!(phase(&done).0, JobPhase::Succeeded, "{:?}", phase(&done));
+    // Lower bounds only: a bucket may have saved up one burst (50 ms of its rate)
+    // while idle.
+    let least = |bytes: u64| {
+        Duration::from_secs_f64(bytes as f64 / rate as f64) - rift::artifacts::bandwidth::BURST
+    };
+    let staging = ran - created;
+    assert!(
+        staging >= least(input_bytes.len() as u64),
+        "the 6 MiB input was staged in {staging:?}, faster than 2 MiB/s"
+    );
+    let upload = uploaded - ran;
+    assert!(
+        upload >= least(out_size),
+        "the 6 MiB output was uploaded in {upload:?}, faster than 2 MiB/s"
+    );
+    assert_eq!(artifacts_labelled(&cluster, "bw").await.len(), 1);
 }

@@ -67,17 +67,7 @@ fn resident() -> impl Strategy<Value = Resident> {
 }
 
 fn ready(yes: bool) -> Vec<Condition> {
-    vec![Condition {
-        type_: "Ready".into(),
-        status: if yes {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        },
-        reason: String::new(),
-        message: String::new(),
-        last_transition_time: None,
-    }]
+    vec![Condition::new("Ready", yes)]
 }
 
 /// One node: readiness, cordon, overload, zone label, capacity, and the residents that fit.
@@ -113,17 +103,7 @@ fn node(i: usize) -> impl Strategy<Value = NodeView> {
                     labels.insert("zone".to_string(), format!("z{z}"));
                 }
                 let mut conditions = ready(is_ready);
-                conditions.push(Condition {
-                    type_: DISK_PRESSURE.into(),
-                    status: if disk_pressure {
-                        ConditionStatus::True
-                    } else {
-                        ConditionStatus::False
-                    },
-                    reason: String::new(),
-                    message: String::new(),
-                    last_transition_time: None,
-                });
+                conditions.push(Condition::new(DISK_PRESSURE, disk_pressure));
                 let status = NodeStatus {
                     conditions,
                     usage: Usage {

@@ -197,6 +197,8 @@ async fn start_and_serve(
     let access = jobio::StoreAccess {
         etcd: store.clone(),
         secrets_dir: config.secrets_dir.clone(),
+        node: config.name.clone(),
+        limits: Default::default(),
     };
     let cache = jobio::cache::NodeCache::new(&state_dir);
     let stager = jobio::staging::Stager::new(access.clone(), cache.clone(), metrics.cache.clone());
@@ -204,16 +206,20 @@ async fn start_and_serve(
         node: config.name.clone(),
         access: access.clone(),
         uploads: state_dir.uploads(),
+        cache: Some(cache.clone()),
     };
     tasks.spawn(uploader.run(tasks.token().clone()));
+    let models = jobio::models::Models::new(access.clone(), cache.clone(), stager.downloads());
     tasks.spawn(jobio::keep_cache_in_bounds(
         cache,
         stager.clone(),
+        models.clone(),
         access,
         tasks.token().clone(),
     ));
     let data = jobio::DataPlane {
         stager,
+        models,
         uploads: state_dir.uploads(),
     };
     let runner = jobs::runner::Runner::with_processes(

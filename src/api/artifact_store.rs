@@ -44,7 +44,10 @@ pub struct ArtifactStoreSpec {
     /// Bytes per part of a multipart upload, 5 MiB to 5 GiB.
     #[serde(default = "default_part_size")]
     pub part_size: u64,
-    /// Bandwidth limits for the nodes each selector matches; the first match applies.
+    /// Bandwidth limits for the nodes each selector matches: the first entry whose
+    /// `nodeSelector` matches a node's labels applies to all its transfers (one token bucket per
+    /// direction per node) and decides both directions (a direction it leaves out is
+    /// unlimited); a node no entry matches is unlimited.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bandwidth: Vec<BandwidthLimit>,
     #[serde(default)]

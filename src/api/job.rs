@@ -399,4 +399,7 @@ pub struct JobStatus {
     /// While its inputs are staged: bytes done, total and rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<super::job_io::StagingProgress>,
+    /// A Pool member's model on its node: held by the process, prefetched, or why not yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<super::placement::JobModel>,
 }

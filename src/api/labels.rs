@@ -29,3 +29,13 @@ pub const HOLLOW: &str = "hollow";
 pub const JOB: &str = "rift.dev/job";
 /// The Job output an Artifact came from, e.g. `games` or `model`.
 pub const OUTPUT: &str = "rift.dev/output";
+/// On the output Artifacts of a Pool member with a model: the model it held when the agent took
+/// the file, as `sha256-<first 16 hex>` ([`model_label_value`]): a label value holds at most 63
+/// characters and an Artifact name has 71; the full name is among the Artifact's `parents`.
+pub const MODEL: &str = "model";
+
+/// The [`MODEL`] label's value for model artifact `name` (`sha256-<64 hex>`): its first 23
+/// characters, `sha256-` and 16 hex digits (64 bits: no two models of a fleet collide).
+pub fn model_label_value(name: &str) -> String {
+    name.chars().take(23).collect()
+}

@@ -96,6 +96,23 @@ pub struct Condition {
     pub last_transition_time: Option<DateTime<Utc>>,
 }
 
+impl Condition {
+    /// `type_` is True or False, with no reason, message or transition time yet.
+    pub fn new(type_: impl Into<String>, holds: bool) -> Self {
+        Self {
+            type_: type_.into(),
+            status: if holds {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            reason: String::new(),
+            message: String::new(),
+            last_transition_time: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {
     True,

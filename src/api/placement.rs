@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
@@ -56,6 +57,41 @@ pub struct Binding {
     /// Set when the job must leave this node: stop it and report it released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopOrder>,
+    /// The model a Pool member should hold, written by the Pool controller when its Pool's
+    /// model changes (the agent already watches its bindings: no other watch or poll). `None`
+    /// for jobs of no Pool with a model, and in bindings the Pool controller has not reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelOrder>,
+}
+
+/// What the agent does with a Pool member's newly promoted model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelOrder {
+    /// The model artifact (`sha256-<hex>`).
+    pub artifact: String,
+    /// `update: Reload`: swap `$RIFT_INPUTS/model/current` to it under the running process and
+    /// SIGHUP its process group. Otherwise (`RollingRestart`) only prefetch it into the node
+    /// cache, so the replacement member starts from the cache.
+    #[serde(default)]
+    pub reload: bool,
+}
+
+/// A Pool member's model as its node sees it (reported by the agent, counted by the Pool
+/// controller's rollout).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobModel {
+    /// The model the job's process was given: staged before it started, or swapped in and
+    /// signalled (SIGHUP) since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// The ordered model ([`Binding::model`]), once it is verified in the node cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetched: Option<String>,
+    /// Why the ordered model is not there yet (the store unreachable, damaged bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 /// What a partition of a job's node does to it, copied into its binding.
@@ -123,6 +159,9 @@ pub struct RuntimeReport {
     /// While the job's inputs are staged: bytes done, total and rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<crate::api::job_io::StagingProgress>,
+    /// A Pool member's model on this node (jobs with a `model` input or a model order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<JobModel>,
 }
 
 /// A Job's status from its placement and the report of the node it is placed on:
@@ -164,6 +203,7 @@ pub fn compose_job_status(
             progress: r.progress.clone(),
             result: r.result.clone(),
             staging: r.staging.clone(),
+            model: r.model.clone(),
             ..base
         },
         _ => base,

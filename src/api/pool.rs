@@ -57,8 +57,11 @@ pub enum ModelUpdate {
     /// the new artifact.
     #[default]
     RollingRestart,
-    /// Swap the model under running members (prefetch, atomic symlink swap, SIGHUP). Refused
-    /// by validation until the agent can do it.
+    /// Swap the model under running members: each member's node prefetches it into its cache,
+    /// points `$RIFT_INPUTS/model/current` at it (a symlink renamed over the old one, so it
+    /// names a complete file at every instant) and sends SIGHUP to the job's process group.
+    /// Members are not replaced; a job without a SIGHUP handler exits and is restarted by its
+    /// `restartPolicy`, and then reads the new model.
     Reload,
 }
 
@@ -131,13 +134,6 @@ impl PoolModel {
     fn validate(&self, template: &JobTemplate, errors: &mut FieldErrors) {
         if let Some(problem) = dns1123_problem(&self.from_training_target) {
             errors.push("spec.model.fromTrainingTarget", problem);
-        }
-        if self.update == ModelUpdate::Reload {
-            errors.push(
-                "spec.model.update",
-                "Reload (swap the model under running members) is not built yet: the agent \
-                 cannot prefetch and signal a running job; use RollingRestart",
-            );
         }
         if parse_max_unavailable(&self.max_unavailable, 1).is_none() {
             errors.push(

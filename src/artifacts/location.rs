@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
+use object_store::path::Path as Key;
 use object_store::ObjectStore;
+
+use super::bandwidth::Limits;
 
 use crate::api::artifact_store::{ArtifactStoreSpec, DEFAULT_PART_SIZE};
 
@@ -22,6 +26,35 @@ pub struct Store {
     pub part_size: usize,
     /// What people see: `file:///...` or `s3://bucket/prefix`.
     pub url: String,
+    /// The store's multipart API with upload ids, for uploads that resume after a restart;
+    /// `None` for a local directory (its uploads restart from byte 0).
+    pub multipart: Option<Multipart>,
+    /// Bandwidth limits every transfer through this store honours (unlimited unless set;
+    /// clones share them).
+    pub limits: Limits,
+}
+
+/// A store's multipart API, and the prefix its keys live under (the `s3://BUCKET/PREFIX` part
+/// that [`Store::objects`] adds by itself).
+#[derive(Clone)]
+pub struct Multipart {
+    pub parts: Arc<dyn MultipartStore>,
+    pub prefix: Key,
+}
+
+impl Multipart {
+    /// The full key of `key` in the bucket.
+    pub fn key(&self, key: &Key) -> Key {
+        Key::from_iter(self.prefix.parts().chain(key.parts()))
+    }
+}
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipart")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a store cannot be opened.
@@ -60,6 +93,8 @@ pub fn local(dir: &Path) -> Result<Store, OpenError> {
         objects: Arc::new(fs),
         part_size: DEFAULT_PART_SIZE as usize,
         url,
+        multipart: None,
+        limits: Limits::default(),
     })
 }
 
@@ -99,18 +134,21 @@ pub fn open(spec: &ArtifactStoreSpec, credentials_dir: &Path) -> Result<Store, O
                 }
             }
             let s3 = b.build().map_err(|e| config(e.to_string()))?;
-            let objects: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
-                Arc::new(s3)
+            let prefix = prefix.trim_matches('/');
+            let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3.clone())
             } else {
-                Arc::new(object_store::prefix::PrefixStore::new(
-                    s3,
-                    prefix.trim_matches('/'),
-                ))
+                Arc::new(object_store::prefix::PrefixStore::new(s3.clone(), prefix))
             };
             Store {
                 objects,
                 part_size: DEFAULT_PART_SIZE as usize,
                 url: url.clone(),
+                multipart: Some(Multipart {
+                    parts: Arc::new(s3),
+                    prefix: Key::from(prefix),
+                }),
+                limits: Limits::default(),
             }
         }
         _ => {

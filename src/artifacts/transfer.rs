@@ -16,9 +16,15 @@
 //! - **Content addressed, so idempotent.** Bytes already present under their key with the
 //!   right size are not sent again ([`Uploaded::already_present`]).
 //!
-//! Caveats: an upload killed mid-way starts again from the first part (the store's
-//! multipart upload is abandoned; S3 lifecycle rules or GC clean it). Blocking file reads run on
-//! tokio's blocking pool through `tokio::fs`.
+//! - **Resumable uploads.** [`upload_journaled`] to a store with upload ids (S3) journals the
+//!   upload id and each finished part; a rerun after a kill continues from the next part
+//!   ([`resumable`]).
+//! - **Bandwidth.** Every byte read for an upload and received by a download passes the
+//!   store's [`crate::artifacts::bandwidth::Limits`] first.
+//!
+//! Caveats: an upload without a journal, or to a local directory, killed mid-way starts again
+//! from the first part (the store's multipart upload is abandoned; S3 lifecycle rules or GC
+//! clean it). Blocking file reads run on tokio's blocking pool through `tokio::fs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +67,8 @@ pub struct Uploaded {
     pub size: u64,
     /// The store had these bytes already; nothing was sent.
     pub already_present: bool,
+    /// Bytes an earlier, interrupted run of this upload had already stored (from its journal).
+    pub resumed_bytes: u64,
 }
 
 /// Why a transfer failed. Nothing was left under the destination name.
@@ -193,9 +201,23 @@ fn hash_prefix(path: &Path, limit: u64, done: &AtomicU64) -> std::io::Result<(Sh
 }
 
 /// Uploads `path` under its digest's key ([`Digest::cas_key`]) unless those bytes are there.
+/// Killed mid-way, it starts over next time; see [`upload_journaled`].
 pub async fn upload(
     store: &Store,
     path: &Path,
+    progress: &dyn Progress,
+) -> Result<Uploaded, TransferError> {
+    upload_journaled(store, path, None, progress).await
+}
+
+/// [`upload`], journaling the multipart upload in `journal` (when given and the store has
+/// upload ids) so that a later call after a kill continues from the parts already stored. The
+/// journal is removed once the upload completes or is refused; a failure that may pass (the
+/// store unreachable) keeps it, and the store keeps the parts.
+pub async fn upload_journaled(
+    store: &Store,
+    path: &Path,
+    journal: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<Uploaded, TransferError> {
     progress.stage("hashing");
@@ -208,10 +230,22 @@ pub async fn upload(
                 digest,
                 size,
                 already_present: true,
+                resumed_bytes: 0,
             });
         }
         Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(remote(store, &key)(e)),
+    }
+    if let (Some(mp), Some(journal)) = (&store.multipart, journal) {
+        progress.stage("uploading");
+        let resumed_bytes =
+            resumable::send(store, mp, &key, path, (digest, size), journal, progress).await?;
+        return Ok(Uploaded {
+            digest,
+            size,
+            already_present: false,
+            resumed_bytes,
+        });
     }
     let upload = store
         .objects
@@ -228,6 +262,7 @@ pub async fn upload(
                 digest,
                 size,
                 already_present: false,
+                resumed_bytes: 0,
             })
         }
         Ok(_) => {
@@ -260,6 +295,7 @@ async fn send_file(
             break;
         }
         hasher.update(&buf[..n]);
+        store.limits.upload.take(n as u64).await;
         writer
             .wait_for_capacity(UPLOAD_CONCURRENCY)
             .await
@@ -342,6 +378,7 @@ pub async fn download(
                     actual: done,
                 });
             }
+            store.limits.download.take(chunk.len() as u64).await;
             if tx.send(chunk).await.is_err() {
                 break; // the writer failed: its error is reported below
             }
@@ -410,5 +447,6 @@ pub async fn exists(store: &Store, digest: &Digest) -> Result<bool, TransferErro
     }
 }
 
+mod resumable;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,11 @@
-//! `rift delete KIND NAME...` and `rift delete -f PATH`.
+//! `rift delete KIND NAME...`, `rift delete KIND/NAME...` (what `rift get -o name` prints, so
+//! the two pipe together), `rift delete KIND -l SELECTOR` and `rift delete -f PATH`.
 
 use std::path::PathBuf;
 
 use crate::api::kinds::KindInfo;
 use crate::api::manifest;
+use crate::api::selector::LabelSelector;
 use crate::store::{DeleteOutcome, Store};
 
 use super::error::resolve_kind;
@@ -11,11 +13,15 @@ use super::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// Kind of the objects to delete (nodes, jobs, pools, ...); or use -f.
+    /// Kind of the objects to delete (nodes, jobs, pools, ...), or the first KIND/NAME; or use
+    /// -f.
     #[arg(required_unless_present = "files", conflicts_with = "files")]
     pub kind: Option<String>,
-    /// Names of the objects to delete.
+    /// Names of the objects to delete (or more KIND/NAMEs).
     pub names: Vec<String>,
+    /// Delete every object of KIND whose labels match, e.g. `-l app=demo,type!=model`.
+    #[arg(short = 'l', long = "selector", conflicts_with = "files")]
+    pub selector: Option<String>,
     /// Delete the objects a manifest file or directory defines.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
@@ -30,22 +36,58 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Store, CliError>>,
 {
-    let targets: Vec<(&'static KindInfo, String)> = if args.files.is_empty() {
-        let kind = resolve_kind(args.kind.as_deref().unwrap_or_default())?;
-        if args.names.is_empty() {
-            return Err(CliError::Usage(format!(
-                "name the {} to delete: rift delete {} NAME",
-                kind.plural, kind.singular
-            )));
-        }
-        args.names.iter().map(|n| (kind, n.clone())).collect()
-    } else {
+    let first = args.kind.as_deref().unwrap_or_default();
+    let mut targets: Vec<(&'static KindInfo, String)> = if !args.files.is_empty() {
         manifest::load_paths(&args.files)?
             .into_iter()
             .map(|d| (d.kind, d.name))
             .collect()
+    } else if first.contains('/') {
+        if args.selector.is_some() {
+            return Err(CliError::Usage(
+                "-l selects among one kind: rift delete KIND -l SELECTOR".into(),
+            ));
+        }
+        std::iter::once(first)
+            .chain(args.names.iter().map(String::as_str))
+            .map(kind_and_name)
+            .collect::<Result<_, _>>()?
+    } else {
+        let kind = resolve_kind(first)?;
+        if let Some(n) = args.names.iter().find(|n| n.contains('/')) {
+            return Err(CliError::Usage(format!(
+                "`{n}`: give either KIND NAME... or KIND/NAME..., not both"
+            )));
+        }
+        match (&args.selector, args.names.is_empty()) {
+            (Some(_), false) => {
+                return Err(CliError::Usage(format!(
+                    "give either names or -l, not both: rift delete {} -l SELECTOR",
+                    kind.plural
+                )))
+            }
+            (None, true) => {
+                return Err(CliError::Usage(format!(
+                    "name the {} to delete: rift delete {} NAME (or -l SELECTOR)",
+                    kind.plural, kind.singular
+                )))
+            }
+            _ => args.names.iter().map(|n| (kind, n.clone())).collect(),
+        }
     };
+    let selector: Option<LabelSelector> = args.selector.as_deref().map(str::parse).transpose()?;
     let store = connect().await?;
+    if let Some(selector) = &selector {
+        let kind = resolve_kind(first)?;
+        let (items, _) = store.list_objects_keyed(kind, selector).await?;
+        targets = items
+            .into_iter()
+            .filter_map(|(_, v)| Some((kind, v["metadata"]["name"].as_str()?.to_string())))
+            .collect();
+        if targets.is_empty() {
+            println!("no {} match {selector}", kind.plural);
+        }
+    }
     let mut missing = Vec::new();
     let mut deleted = 0;
     for (kind, name) in targets {
@@ -69,5 +111,17 @@ where
         (true, _) => Ok(()),
         (false, 0) => Err(CliError::NotFoundNames(missing)),
         (false, _) => Err(CliError::SomeNotFound { missing, deleted }),
+    }
+}
+
+/// `KIND/NAME` (e.g. `job/train-7`, `artifacts/sha256-…`) as a kind and a name.
+fn kind_and_name(arg: &str) -> Result<(&'static KindInfo, String), CliError> {
+    match arg.split_once('/') {
+        Some((kind, name)) if !kind.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((resolve_kind(kind)?, name.to_string()))
+        }
+        _ => Err(CliError::Usage(format!(
+            "`{arg}` is not KIND/NAME (e.g. job/train-7); or give KIND NAME..."
+        ))),
     }
 }

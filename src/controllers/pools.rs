@@ -29,10 +29,12 @@ use crate::api::job::{Job, JobSpec};
 use crate::api::job_io::JobInput;
 use crate::api::meta::OwnerReference;
 use crate::api::node::{selector_matches, Node};
-use crate::api::pool::{Pool, PoolStatus, MODEL_INPUT};
+use crate::api::placement::ModelOrder;
+use crate::api::pool::{ModelUpdate, Pool, PoolStatus, MODEL_INPUT};
 use crate::api::training_target::TrainingTarget;
 use crate::api::JobPhase;
 use crate::controllers::cluster_view::StoredArtifact;
+use crate::controllers::housekeeping::BoundRecord;
 use crate::controllers::template_inputs::{label_outputs, resolve, resolved_from};
 use crate::store::compose::{READY, REASON_LEASE_EXPIRED};
 use rollout::{replacements, rollout_status, Outdated, Progress};
@@ -197,10 +199,26 @@ pub fn fit(stored: &JobSpec, desired: &JobSpec) -> Fit {
     }
 }
 
-/// Creates and deletes that take `existing` (the Pool's members) to `desired`. Members on
-/// another model are replaced at most `max_unavailable` at a time ([`rollout::replacements`]);
-/// `None` replaces them all at once.
-pub fn plan(desired: &[Member], existing: &[&Job], max_unavailable: Option<u32>) -> PoolPlan {
+/// The model input's artifact of `spec`, if it has one.
+pub fn model_of(spec: &JobSpec) -> Option<&str> {
+    spec.inputs
+        .iter()
+        .find(|i| i.name == MODEL_INPUT)
+        .and_then(|i| i.artifacts.first())
+        .map(String::as_str)
+}
+
+/// Creates and deletes that take `existing` (the Pool's members) to `desired`. A member on
+/// another model is up to date once its node reports it holds the desired one (a Reload
+/// swapped it in); otherwise, with `reload`, it waits for its node to swap it, and without,
+/// it is replaced at most `max_unavailable` at a time once its node prefetched the new model
+/// ([`rollout::replacements`]); `None` replaces them all at once.
+pub fn plan(
+    desired: &[Member],
+    existing: &[&Job],
+    max_unavailable: Option<u32>,
+    reload: bool,
+) -> PoolPlan {
     let wanted: BTreeMap<&str, &Member> = desired.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut present = BTreeSet::new();
     let mut out = PoolPlan::default();
@@ -226,11 +244,17 @@ pub fn plan(desired: &[Member], existing: &[&Job], max_unavailable: Option<u32>)
             JobPhase::Scheduled => out.status.scheduled += 1,
             _ => {}
         }
-        if fit == Fit::OtherModel {
-            outdated.push(Outdated {
-                name: job.name().to_string(),
-                running: phase == JobPhase::Running,
-            });
+        let reported = job.status.as_ref().and_then(|s| s.model.as_ref());
+        let wanted_model = model_of(&m.spec);
+        let holds = |m: Option<&String>| m.is_some() && m.map(String::as_str) == wanted_model;
+        if fit == Fit::OtherModel && !reported.is_some_and(|r| holds(r.held.as_ref())) {
+            if !reload {
+                outdated.push(Outdated {
+                    name: job.name().to_string(),
+                    running: phase == JobPhase::Running,
+                    prefetched: reported.is_some_and(|r| holds(r.prefetched.as_ref())),
+                });
+            }
         } else {
             out.progress.updated += 1;
             out.progress.updated_running += u32::from(phase == JobPhase::Running);
@@ -253,6 +277,45 @@ pub fn plan(desired: &[Member], existing: &[&Job], max_unavailable: Option<u32>)
 #[cfg(test)]
 mod tests;
 
+/// The bindings of `pool`'s members to rewrite with a model order ([`ModelOrder`]): every
+/// binding (not ordered to stop) of a member whose desired spec has a model, when it does not
+/// carry that order yet. The agent prefetches the ordered model into its node cache and, with
+/// `reload`, swaps it under the running process. Pure.
+pub fn model_orders(
+    desired: &[Member],
+    existing: &[&Job],
+    bindings: &[BoundRecord],
+    reload: bool,
+) -> Vec<BoundRecord> {
+    let wanted: BTreeMap<&str, &Member> = desired.iter().map(|m| (m.name.as_str(), m)).collect();
+    let uids: BTreeMap<&str, &str> = existing
+        .iter()
+        .map(|j| (j.name(), j.metadata.uid.as_deref().unwrap_or_default()))
+        .collect();
+    let mut out = Vec::new();
+    for b in bindings {
+        let (Some(m), Some(uid)) = (wanted.get(b.job.as_str()), uids.get(b.job.as_str())) else {
+            continue;
+        };
+        let Some(artifact) = model_of(&m.spec) else {
+            continue;
+        };
+        if b.binding.stop.is_some() || (!b.binding.uid.is_empty() && b.binding.uid != *uid) {
+            continue;
+        }
+        let order = ModelOrder {
+            artifact: artifact.to_string(),
+            reload,
+        };
+        if b.binding.model.as_ref() != Some(&order) {
+            let mut next = b.clone();
+            next.binding.model = Some(order);
+            out.push(next);
+        }
+    }
+    out
+}
+
 /// The whole pass for one Pool as data: its plan (with the model fields of its status) and the
 /// members to create, their template selectors resolved against `artifacts`.
 pub fn plan_pool(
@@ -271,7 +334,12 @@ pub fn plan_pool(
         .model
         .as_ref()
         .and_then(|m| m.max_unavailable_of(desired.len() as u32));
-    let mut p = plan(&desired, &existing, limit);
+    let reload = pool
+        .spec
+        .model
+        .as_ref()
+        .is_some_and(|m| m.update == ModelUpdate::Reload);
+    let mut p = plan(&desired, &existing, limit, reload);
     let (rollout, current, previous) =
         rollout_status(pool.status.as_ref(), model.as_deref(), p.progress, now);
     p.status.rollout = rollout;
@@ -329,11 +397,60 @@ pub async fn reconcile(
         for name in &p.delete {
             store.delete_object(job_kind, name).await?;
         }
+        write_model_orders(store, pool, snap, p.status.current_model.as_deref()).await?;
         let status = p.status.clone();
         if pool.status.as_ref() != Some(&status) {
             store
                 .put_status::<crate::api::pool::PoolSpec>(pool.name(), &status)
                 .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `pool`'s model orders into its members' bindings, each guarded by the binding as
+/// read (a binding the scheduler rewrote meanwhile is ordered again next pass).
+async fn write_model_orders(
+    store: &crate::store::Store,
+    pool: &Pool,
+    snap: &crate::controllers::cluster_view::Snapshot,
+    model: Option<&str>,
+) -> Result<(), crate::store::StoreError> {
+    let (Some(source), Some(model)) = (&pool.spec.model, model) else {
+        return Ok(());
+    };
+    let desired = desired_members(pool, &snap.nodes, Some(model));
+    let existing: Vec<&Job> = snap.jobs.iter().filter(|j| owned_by(j, pool)).collect();
+    let orders = model_orders(
+        &desired,
+        &existing,
+        &snap.bindings,
+        source.update == ModelUpdate::Reload,
+    );
+    for batch in orders.chunks(crate::controllers::writes::BATCH) {
+        let guards = batch
+            .iter()
+            .map(|b| {
+                crate::store::Guard::unchanged(
+                    crate::store::keys::binding(&b.node, &b.job),
+                    b.revision,
+                )
+            })
+            .collect();
+        let ops = batch
+            .iter()
+            .map(|b| {
+                crate::store::Op::put(
+                    crate::store::keys::binding(&b.node, &b.job),
+                    serde_json::to_vec(&b.binding).expect("bindings serialize"),
+                )
+            })
+            .collect();
+        if !store.txn(guards, ops, vec![]).await?.succeeded {
+            tracing::debug!(
+                pool = pool.name(),
+                "a member's binding changed: ordering its model next pass"
+            );
         }
     }
     Ok(())

@@ -152,6 +152,7 @@ impl Write {
                         uid: uid.clone(),
                         terms: Some(*terms),
                         stop: None,
+                        model: None,
                     }),
                 ),
             ],

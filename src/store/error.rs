@@ -50,6 +50,11 @@ pub enum StoreError {
     /// written.
     #[error("the system gave no random bytes for {what}; nothing was written")]
     NoRandomness { what: &'static str },
+    /// etcd refused a request that raced a change to its users or roles (another node being
+    /// admitted, a role granted): it was checked against the auth state before the change and
+    /// not applied, so sending it again is safe and normally succeeds at once.
+    #[error("etcd refused the request because its users or roles changed meanwhile ({0}); it was not applied and is sent again")]
+    AuthChanged(String),
     /// Any other refusal by etcd, with etcd's reason.
     #[error("etcd refused the request: {0}")]
     Etcd(String),
@@ -60,7 +65,9 @@ impl StoreError {
     /// shedding load: "too many requests" while its apply lags its commits by 5,000 entries).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Unreachable { .. } | StoreError::Timeout { .. } => true,
+            StoreError::Unreachable { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::AuthChanged(_) => true,
             StoreError::Etcd(reason) => reason.contains("too many requests"),
             _ => false,
         }
@@ -125,6 +132,8 @@ impl StoreError {
 fn refusal(msg: String) -> StoreError {
     if msg.contains("lease not found") {
         StoreError::LeaseNotFound(msg)
+    } else if msg.contains("revision of auth store is old") {
+        StoreError::AuthChanged(msg)
     } else if msg.contains("in sync with leader") {
         StoreError::LearnerNotCaughtUp(msg)
     } else if msg.contains("already exists") {
@@ -196,3 +205,17 @@ fn first_line(s: &str) -> String {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_raced_an_auth_change_is_transient() {
+        // etcd's ErrAuthOldRevision, as its server returns it.
+        let e = refusal("etcdserver: revision of auth store is old".into());
+        assert!(matches!(e, StoreError::AuthChanged(_)));
+        assert!(e.is_transient());
+        assert!(!refusal("etcdserver: lease not found".into()).is_transient());
+    }
+}

@@ -86,6 +86,47 @@ impl NodeCache {
         file.set_modified(SystemTime::now())
     }
 
+    /// Puts a copy of `source` in the cache as `digest`'s entry, unless it is cached already:
+    /// so an output this node uploaded is a hit for the next job here that reads it (training
+    /// reading its node's games, evaluation its candidate). The copy is hashed while it is
+    /// written to `<hex>.adopt` and renamed into place only when it matches `digest`: a source
+    /// changed since its upload is left out, never cached under the wrong name. Blocking.
+    pub fn adopt(&self, digest: &Digest, source: &Path) -> io::Result<bool> {
+        use sha2::{Digest as _, Sha256};
+        use std::io::{Read, Write};
+        let dest = self.path(digest);
+        if dest.exists() {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!("{}.adopt", digest.hex()));
+        let result = (|| {
+            let mut from = std::fs::File::open(source)?;
+            let mut to = std::fs::File::create(&tmp)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = from.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                to.write_all(&buf[..n])?;
+            }
+            to.sync_all()?;
+            if Digest::from_bytes(hasher.finalize().into()) != *digest {
+                return Ok(false);
+            }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+            std::fs::rename(&tmp, &dest)?;
+            Ok(true)
+        })();
+        if !matches!(result, Ok(true)) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Every complete entry (partial downloads and stray names are skipped).
     pub fn entries(&self) -> Vec<Entry> {
         let Ok(read) = std::fs::read_dir(&self.dir) else {
@@ -143,5 +184,25 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert!(entries[0].last_used > old);
         assert!(cache.has(&d, 5) && !cache.has(&d, 6));
+    }
+
+    #[test]
+    fn an_adopted_output_is_cached_only_when_its_bytes_match_the_digest() {
+        use sha2::{Digest as _, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::new(&StateDir::new(dir.path()));
+        let source = dir.path().join("model.pt");
+        std::fs::write(&source, b"weights").unwrap();
+        let right = Digest::from_bytes(Sha256::digest(b"weights").into());
+        let wrong = Digest::from_bytes(Sha256::digest(b"other").into());
+        assert!(!cache.adopt(&wrong, &source).unwrap());
+        assert!(!cache.path(&wrong).exists());
+        assert!(cache.adopt(&right, &source).unwrap());
+        assert!(!cache.adopt(&right, &source).unwrap()); // already there
+        assert!(cache.has(&right, 7));
+        let meta = std::fs::metadata(cache.path(&right)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+        assert_ne!(meta.ino(), std::fs::metadata(&source).unwrap().ino());
+        assert_eq!(cache.entries().len(), 1, "no temporary name left behind");
     }
 }

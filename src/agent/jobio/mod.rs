@@ -6,18 +6,21 @@
 //! - [`outputs`]: sealed files journaled, uploaded one at a time, reported for the leader to
 //!   record as Artifacts; resumed after an agent restart.
 //! - [`evict`]: which cache entries to delete when the disk passes its high watermark.
+//! - [`models`]: a Pool member's newly promoted model prefetched and, for Reload, swapped in.
 //!
 //! The runner ([`crate::agent::jobs::runner`]) drives them: it holds an attempt until its
 //! inputs are staged and a finished job until its outputs are recorded.
 
 pub mod cache;
 pub mod evict;
+pub mod models;
 pub mod outputs;
 pub mod staging;
 
 use std::path::PathBuf;
 
 use crate::api::artifact_store::{ArtifactStoreSpec, DEFAULT_STORE};
+use crate::api::node::NodeSpec;
 use crate::artifacts;
 use crate::store::Store;
 
@@ -25,16 +28,22 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct DataPlane {
     pub stager: staging::Stager,
+    pub models: models::Models,
     /// The upload journal's directory (`<state>/uploads`).
     pub uploads: PathBuf,
 }
 
 /// How the agent reaches the artifact store: the `ArtifactStore` `default` read from etcd,
-/// opened with credentials from the node's secrets directory.
+/// opened with credentials from the node's secrets directory, its bandwidth limits applied
+/// for this node.
 #[derive(Clone)]
 pub struct StoreAccess {
     pub etcd: Store,
     pub secrets_dir: PathBuf,
+    /// This node's name: its Node's labels choose the `bandwidth` entry that applies.
+    pub node: String,
+    /// The node's buckets, shared by every transfer of this agent (one per direction).
+    pub limits: artifacts::bandwidth::Limits,
 }
 
 /// Why the store cannot be opened now.
@@ -62,8 +71,19 @@ impl StoreAccess {
                     "this cluster has no ArtifactStore `{DEFAULT_STORE}`: apply one (rift explain artifactstore)"
                 ))
             })?;
-        artifacts::open(&spec.spec, &self.secrets_dir)
-            .map_err(|e| AccessError::Permanent(e.to_string()))
+        let mut store = artifacts::open(&spec.spec, &self.secrets_dir)
+            .map_err(|e| AccessError::Permanent(e.to_string()))?;
+        if !spec.spec.bandwidth.is_empty() {
+            let node = self.etcd.get::<NodeSpec>(&self.node).await.map_err(|e| {
+                AccessError::Transient(format!("cannot read Node {}: {e}", self.node))
+            })?;
+            let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
+            self.limits.apply(&spec.spec.bandwidth, &labels);
+        } else {
+            self.limits.apply(&[], &Default::default());
+        }
+        store.limits = self.limits.clone();
+        Ok(store)
     }
 }
 
@@ -72,10 +92,12 @@ pub const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every [`EVICT_EVERY`], evicts least-recently-used unpinned cache entries while the disk
 /// holding the cache is above the `ArtifactStore`'s high watermark ([`evict`]); the inputs of
-/// every job the stager knows are pinned. Runs until `shutdown`.
+/// every job the stager knows are pinned, and so are the models its Pool members hold or are
+/// ordered to get (the current and previous model of the node's Pools). Runs until `shutdown`.
 pub async fn keep_cache_in_bounds(
     cache: cache::NodeCache,
     stager: staging::Stager,
+    models: models::Models,
     access: StoreAccess,
     shutdown: crate::tasks::CancellationToken,
 ) {
@@ -89,7 +111,8 @@ pub async fn keep_cache_in_bounds(
             Ok(None) => Default::default(),
             Err(_) => continue,
         };
-        let pinned = stager.pinned();
+        let mut pinned = stager.pinned();
+        pinned.extend(models.pinned());
         let c = cache.clone();
         let evicted = tokio::task::spawn_blocking(move || {
             let dir = c.dir().to_path_buf();

@@ -25,8 +25,11 @@
 //! - **An unreachable store waits.** Entries stay queued and are retried with backoff; running
 //!   jobs are not affected. One upload at a time per node.
 //!
-//! Caveat: an upload killed mid-way starts again from the first byte (see
-//! [`crate::artifacts::transfer`]).
+//! - **Resumed, not restarted.** Each entry's multipart upload is journaled in `<id>.parts`
+//!   (upload id, finished parts): an agent killed mid-upload continues from the next part.
+//!
+//! Caveat: to a local-directory store an upload killed mid-way starts again from the first
+//! byte (see [`crate::artifacts::transfer`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -38,6 +41,7 @@ use crate::store::txn::Op;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::cache::NodeCache;
 use super::StoreAccess;
 use crate::agent::jobs::layout::{read_json, write_json, JobDir, RunSpec};
 use crate::api::artifact::{ArtifactSpec, Digest};
@@ -258,9 +262,15 @@ pub fn pending(uploads: &Path) -> HashMap<(String, String), usize> {
 }
 
 /// Removes what a finished entry left: the job's file (only if it is still the bytes that were
-/// uploaded), its sidecar, the spooled link, then the entry.
-fn finish(uploads: &Path, id: &str, p: &Pending) -> io::Result<()> {
+/// uploaded), its sidecar, the spooled link, then the entry. The bytes go to the node cache
+/// first ([`NodeCache::adopt`]: verified against the uploaded digest) when `cache` is given.
+fn finish(uploads: &Path, id: &str, p: &Pending, cache: Option<&NodeCache>) -> io::Result<()> {
     let data = uploads.join(format!("{id}.data"));
+    if let (Some(cache), Ok(digest)) = (cache, Digest::parse(&p.report.digest)) {
+        if let Err(e) = cache.adopt(&digest, &data) {
+            tracing::warn!(digest = %digest, %e, "an uploaded output stays out of the node cache");
+        }
+    }
     let same = match (std::fs::metadata(&data), std::fs::metadata(&p.source)) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
@@ -270,6 +280,7 @@ fn finish(uploads: &Path, id: &str, p: &Pending) -> io::Result<()> {
         let _ = std::fs::remove_file(sidecar(&p.source));
     }
     let _ = std::fs::remove_file(&data);
+    let _ = std::fs::remove_file(uploads.join(format!("{id}.parts")));
     std::fs::remove_file(uploads.join(format!("{id}.json")))
 }
 
@@ -278,6 +289,8 @@ pub struct Uploader {
     pub node: String,
     pub access: StoreAccess,
     pub uploads: PathBuf,
+    /// Where uploaded outputs are kept for later jobs on this node (none: not kept).
+    pub cache: Option<NodeCache>,
 }
 
 impl Uploader {
@@ -318,10 +331,18 @@ impl Uploader {
                 Step::Queued => {
                     let store = self.access.open().await.map_err(|e| e.to_string())?;
                     let data = self.uploads.join(format!("{id}.data"));
-                    let up =
-                        crate::artifacts::upload(&store, &data, &crate::artifacts::transfer::quiet)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                    let parts = self.uploads.join(format!("{id}.parts"));
+                    let up = crate::artifacts::upload_journaled(
+                        &store,
+                        &data,
+                        Some(&parts),
+                        &crate::artifacts::transfer::quiet,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if up.resumed_bytes > 0 {
+                        tracing::info!(job = p.report.job, digest = %up.digest, resumed_bytes = up.resumed_bytes, size = up.size, "output upload resumed from its journal: the store already had {} of {} bytes", up.resumed_bytes, up.size);
+                    }
                     // A record garbage collection has marked is losing its bytes: wait until
                     // it is gone, then store them again (the next turns upload anew).
                     if self.marked(&up.digest.artifact_name()).await? {
@@ -382,7 +403,8 @@ impl Uploader {
                         .await
                         .map_err(|e| e.to_string())?;
                     let (dir, id, entry) = (self.uploads.clone(), id.to_string(), p.clone());
-                    tokio::task::spawn_blocking(move || finish(&dir, &id, &entry))
+                    let cache = self.cache.clone();
+                    tokio::task::spawn_blocking(move || finish(&dir, &id, &entry, cache.as_ref()))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;

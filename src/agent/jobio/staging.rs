@@ -178,6 +178,11 @@ impl Stager {
         });
     }
 
+    /// The node's download slot (one download at a time), shared with [`super::models`].
+    pub fn downloads(&self) -> Arc<Semaphore> {
+        self.downloads.clone()
+    }
+
     /// The artifacts of every job this stager knows (staging or staged): pinned in the cache.
     pub fn pinned(&self) -> BTreeSet<Digest> {
         self.jobs
@@ -341,10 +346,20 @@ impl StageJob {
                 *digest,
                 self.inputs_dir.join(input).join(name),
             );
-            tokio::task::spawn_blocking(move || c.link(&d, &dest))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("input {input}: cannot link {name} into the job: {e}"))?;
+            let model_dir =
+                (input == crate::api::pool::MODEL_INPUT).then(|| self.inputs_dir.join(input));
+            let link_name = name.clone();
+            tokio::task::spawn_blocking(move || {
+                c.link(&d, &dest)?;
+                // `$RIFT_INPUTS/model/current`, which a Reload swaps later.
+                match model_dir {
+                    Some(dir) => super::models::point_current_if_absent(&dir, &link_name),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("input {input}: cannot link {name} into the job: {e}"))?;
             done += size;
             let secs = started.elapsed().as_secs_f64().max(0.001);
             self.set(done, total, (downloaded as f64 / secs) as u64, None);

@@ -17,27 +17,28 @@
 //!   is read once and kept in memory; failures are counted in the job's [`Book`] as attempts
 //!   end; only the last [`KEEP_ATTEMPTS`](super::layout::KEEP_ATTEMPTS) attempt folders stay.
 
+//!
+//! Submodules: [`attempt`] (one job's attempts on disk), [`report`] (its runtime report),
+//! [`run_spec`] (what a binding asks to run).
+
+mod attempt;
+mod report;
+mod run_spec;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::layout::{
-    read_json, write_json_if_absent, write_json_with, EndReason, ExitRecord, JobDir, ProcRecord,
-    RunSpec, StateDir,
-};
-use super::policy::{decide, AttemptState, Book, Next, Observed};
+use super::layout::{read_json, write_json_with, EndReason, ExitRecord, JobDir, RunSpec, StateDir};
+use super::policy::{decide, AttemptState, Book, Next};
 use super::process::JobProcesses;
 use crate::agent::jobio::staging::Stage;
-use crate::api::job::{JobPhase, JobSpec};
 use crate::api::job_io::JobInput;
 use crate::api::placement::{Binding, RuntimeReport};
-use crate::api::Object;
 use crate::clock::BootTime;
-use crate::store::lease::lost_at;
-
-/// A started attempt is given this long to write its shim record before it counts as lost.
-const SHIM_START_GRACE: Duration = Duration::from_secs(10);
+use attempt::{load_book, observe, reject, start, start_blocker, Tracked};
+use report::build_report;
+use run_spec::matches;
 
 /// What one pass works from.
 #[derive(Clone, Debug, Default)]
@@ -64,27 +65,6 @@ pub struct PassOutput {
     pub restarts: u64,
 }
 
-/// One job this node has a run spec for.
-struct Tracked {
-    dir: JobDir,
-    spec: RunSpec,
-    book: Book,
-    /// The last attempt started (0: none).
-    attempt: u32,
-    /// The last attempt's exit, once seen (it never changes).
-    exit: Option<ExitRecord>,
-    /// The last attempt's job process, once seen.
-    job_record: Option<ProcRecord>,
-    /// When this runner started the last attempt (its records may not be written yet).
-    started_here: Option<Instant>,
-    /// Starts held back, and why (logged once per reason).
-    held: Option<&'static str>,
-    /// The report of the attempt that ended the job, once built.
-    done: Option<(u32, RuntimeReport)>,
-    /// Whether its records are flushed to disk ([`JobProcesses::DURABLE`]).
-    durable: bool,
-}
-
 /// The runner's local state: tracked jobs and the process layer.
 pub struct Local<P: JobProcesses> {
     node: String,
@@ -96,41 +76,6 @@ pub struct Local<P: JobProcesses> {
     strays: BTreeSet<String>,
     /// Attempts already asked to stop, so SIGTERM is sent once.
     stopping: HashMap<String, u32>,
-}
-
-impl RunSpec {
-    /// What to run for the Job `job` under `binding`: the Job's command and policy, the
-    /// binding's epoch, GPUs, uid and (when it has them) its node-loss terms, so the agent
-    /// counts with the numbers the scheduler hands over by.
-    pub fn for_binding(job: &Object<JobSpec>, binding: &Binding) -> RunSpec {
-        let s = &job.spec;
-        let terms = binding
-            .terms
-            .unwrap_or_else(|| crate::api::placement::LossTerms::of(s));
-        RunSpec {
-            job: job.metadata.name.clone(),
-            uid: job.metadata.uid.clone().unwrap_or_default(),
-            epoch: binding.epoch,
-            command: s.command.clone(),
-            env: s.env.clone(),
-            env_from: s.env_from.iter().map(|e| e.file.clone()).collect(),
-            workdir: s.workdir.clone(),
-            gpus: binding.gpus.clone(),
-            restart_policy: s.restart_policy,
-            backoff_limit: s.backoff_limit,
-            active_deadline_seconds: s.active_deadline_seconds,
-            on_node_lost: terms.on_node_lost,
-            lost_after_secs: terms.lost_after.0.as_secs(),
-            grace_secs: terms.termination_grace_period.0.as_secs(),
-            inputs: s.inputs.clone(),
-            outputs: s.outputs.clone(),
-            labels: job.metadata.labels.clone(),
-        }
-    }
-}
-
-fn matches(spec: &RunSpec, b: &Binding) -> bool {
-    spec.epoch == b.epoch && (b.uid.is_empty() || spec.uid.is_empty() || spec.uid == b.uid)
 }
 
 impl<P: JobProcesses> Local<P> {
@@ -436,252 +381,4 @@ impl<P: JobProcesses> Local<P> {
         report.released = ordered_off && state != AttemptState::Running;
         (report, restarted)
     }
-}
-
-/// Why an attempt that is due must not start now, if it must not.
-fn start_blocker(
-    bound_here: bool,
-    renewed: Option<BootTime>,
-    spec: &RunSpec,
-) -> Option<&'static str> {
-    if !bound_here {
-        return Some(
-            "it is not bound here (or the binding list has not been read since the agent started)",
-        );
-    }
-    let lost_after = Duration::from_secs(spec.lost_after_secs);
-    match renewed {
-        Some(r) if !lost_at(r, lost_after, BootTime::now()) => None,
-        _ => Some("the node's lease has not been renewed for lostAfter: the job may run elsewhere"),
-    }
-}
-
-/// Ends attempt `attempt` before it starts: rejected with `message` (retrying cannot help).
-fn reject(t: &mut Tracked, attempt: u32, message: String) {
-    let rec = ExitRecord {
-        exit_code: None,
-        signal: None,
-        finished_at: Utc::now(),
-        reason: EndReason::Rejected,
-        message,
-    };
-    if write_json_with(&t.dir.exit_record(attempt), &rec, t.durable).is_ok() {
-        t.attempt = attempt;
-        t.exit = Some(rec);
-    }
-}
-
-/// Starts attempt `attempt`, removing the folders of attempts too old to keep.
-fn start<P: JobProcesses>(procs: &mut P, t: &mut Tracked, attempt: u32) {
-    let job = t.spec.job.clone();
-    if let Err(e) = std::fs::create_dir_all(t.dir.attempt(attempt)) {
-        tracing::error!(job, %e, "cannot create the attempt directory");
-        return;
-    }
-    t.attempt = attempt;
-    t.exit = None;
-    t.job_record = None;
-    t.started_here = Some(Instant::now());
-    match procs.start(&t.dir, &t.spec, attempt) {
-        Ok(()) => tracing::info!(job, attempt, "started"),
-        Err(e) => {
-            let rec = ExitRecord {
-                exit_code: None,
-                signal: None,
-                finished_at: Utc::now(),
-                reason: EndReason::StartError,
-                message: format!("cannot start the shim: {e}"),
-            };
-            let _ = write_json_with(&t.dir.exit_record(attempt), &rec, t.durable);
-        }
-    }
-    t.dir.prune_attempts(attempt);
-}
-
-impl Tracked {
-    fn new(dir: JobDir, spec: RunSpec, book: Book, attempt: u32, durable: bool) -> Self {
-        Self {
-            durable,
-            dir,
-            spec,
-            book,
-            attempt,
-            exit: None,
-            job_record: None,
-            started_here: None,
-            held: None,
-            done: None,
-        }
-    }
-
-    fn observed(&self, state: AttemptState) -> Observed {
-        Observed {
-            attempt: self.attempt,
-            state,
-            failures: self.book.failures,
-            first_started: self.book.first_started,
-        }
-    }
-
-    /// Folds what the last attempt did into the book (written to disk when it changed).
-    fn count(&mut self) {
-        let started = self.job_record.and_then(|r| r.started_at);
-        let mut book = self.book.started(started);
-        if let Some(exit) = &self.exit {
-            book = book.count(self.attempt, started, exit);
-        }
-        if book != self.book {
-            if let Err(e) = write_json_with(&self.dir.book(), &book, self.durable) {
-                tracing::warn!(job = self.spec.job, %e, "cannot write the restart book");
-            }
-            self.book = book;
-        }
-    }
-}
-
-/// The state of the job's last attempt, recording a vanished shim as a failed attempt.
-fn observe<P: JobProcesses>(procs: &mut P, job: &str, t: &mut Tracked) -> AttemptState {
-    let n = t.attempt;
-    if n == 0 {
-        return AttemptState::NotStarted;
-    }
-    if t.job_record.is_none() {
-        t.job_record = read_json(&t.dir.job_record(n)).ok().flatten();
-        if t.job_record.is_some() {
-            t.count();
-        }
-    }
-    if t.exit.is_none() {
-        t.exit = read_json(&t.dir.exit_record(n)).ok().flatten();
-        if t.exit.is_none() && !procs.is_running(job, &t.dir, n) {
-            // The shim writes its exit record before it ends: if it ended, the record is on
-            // disk now (read again, so a shim that just finished is never overwritten).
-            t.exit = read_json(&t.dir.exit_record(n)).ok().flatten();
-            if t.exit.is_none() && !starting(t) {
-                t.exit = Some(vanished(&t.dir, n));
-            }
-        }
-        if t.exit.is_some() {
-            t.count();
-        }
-    }
-    match &t.exit {
-        Some(rec) => AttemptState::Ended(rec.clone()),
-        None => AttemptState::Running,
-    }
-}
-
-/// True while a just-started attempt may still be writing its first records.
-fn starting(t: &Tracked) -> bool {
-    if let Some(at) = t.started_here {
-        return at.elapsed() < SHIM_START_GRACE;
-    }
-    let shim = t.dir.shim_record(t.attempt);
-    !shim.exists()
-        && std::fs::metadata(t.dir.attempt(t.attempt))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < SHIM_START_GRACE)
-}
-
-/// Records that attempt `n`'s shim ended without recording an exit — unless a record appeared
-/// in the meantime, which is then the truth.
-fn vanished(dir: &JobDir, n: u32) -> ExitRecord {
-    let rec = ExitRecord {
-        exit_code: None,
-        signal: None,
-        finished_at: Utc::now(),
-        reason: EndReason::Exited,
-        message: "the shim ended without recording an exit (killed, or the host rebooted)".into(),
-    };
-    match write_json_if_absent(&dir.exit_record(n), &rec) {
-        Ok(true) | Err(_) => rec,
-        Ok(false) => read_json(&dir.exit_record(n)).ok().flatten().unwrap_or(rec),
-    }
-}
-
-/// The book of a job as stored, or rebuilt from its attempt folders (state directories of
-/// agents older than the book).
-fn load_book(dir: &JobDir, last: u32) -> Book {
-    if let Ok(Some(book)) = read_json::<Book>(&dir.book()) {
-        return book;
-    }
-    let mut numbers = dir.attempt_numbers();
-    numbers.sort_unstable();
-    let mut book = Book::default();
-    for n in numbers.into_iter().filter(|n| *n <= last) {
-        let started = read_json::<ProcRecord>(&dir.job_record(n))
-            .ok()
-            .flatten()
-            .and_then(|r| r.started_at);
-        book = book.started(started);
-        if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.exit_record(n)) {
-            book = book.count(n, started, &exit);
-        }
-    }
-    book
-}
-
-fn build_report(t: &Tracked, obs: &Observed, now: DateTime<Utc>) -> RuntimeReport {
-    let attempt = obs.attempt;
-    let mut r = RuntimeReport {
-        epoch: t.spec.epoch,
-        attempts: attempt,
-        gpus: t.spec.gpus.clone(),
-        progress: if attempt > 0 {
-            t.dir.read_progress(attempt)
-        } else {
-            BTreeMap::new()
-        },
-        start_time: t.job_record.and_then(|p| p.started_at),
-        ..RuntimeReport::default()
-    };
-    match (&obs.state, decide(&t.spec, obs, now)) {
-        (AttemptState::NotStarted, _) => r.phase = JobPhase::Scheduled,
-        (AttemptState::Running, _) => match t.job_record {
-            Some(p) => {
-                r.phase = JobPhase::Running;
-                r.pid = Some(p.pid);
-            }
-            None => {
-                r.phase = JobPhase::Scheduled;
-                r.reason = "Starting".into();
-            }
-        },
-        (
-            AttemptState::Ended(rec),
-            Next::Done {
-                phase,
-                reason,
-                message,
-            },
-        ) => {
-            r.phase = phase;
-            r.reason = reason;
-            r.message = message;
-            r.exit_code = rec.exit_code;
-            r.signal = rec.signal;
-            r.finish_time = Some(rec.finished_at);
-            r.result = t.dir.read_result();
-        }
-        (AttemptState::Ended(rec), Next::Start { not_before, .. }) => {
-            r.phase = JobPhase::Scheduled;
-            r.reason = if rec.reason == EndReason::NodeLost {
-                "NodeLost".into()
-            } else {
-                "BackOff".into()
-            };
-            r.message = format!(
-                "attempt {attempt} ended ({}); next attempt at {}",
-                rec.exit_code
-                    .map_or_else(|| rec.message.clone(), |c| format!("exit code {c}")),
-                not_before.format("%H:%M:%S")
-            );
-            r.exit_code = rec.exit_code;
-            r.signal = rec.signal;
-        }
-        (AttemptState::Ended(_), _) => r.phase = JobPhase::Scheduled,
-    }
-    r
 }

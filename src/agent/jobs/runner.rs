@@ -19,6 +19,7 @@
 //!   handled by [`Local`] inside `spawn_blocking`; this loop only talks to etcd.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +29,13 @@ use super::layout::{RunSpec, StateDir};
 use super::local::{Local, PassInput};
 use super::process::{JobProcesses, ShimProcesses};
 use crate::agent::jobio::staging::Stage;
-use crate::agent::jobio::{outputs, DataPlane};
+use crate::agent::jobio::{models, outputs, DataPlane};
 use crate::agent::metrics::Metrics;
 use crate::api::event::{ObjectRef, Reason};
 use crate::api::job::JobPhase;
 use crate::api::job_io::StagingProgress;
-use crate::api::placement::{Binding, RuntimeReport};
+use crate::api::placement::{Binding, JobModel, RuntimeReport};
+use crate::api::pool::MODEL_INPUT;
 use crate::api::validation::dns1123_problem;
 use crate::api::{JobSpec, Object, Spec};
 use crate::store::cache::{self, Keyed};
@@ -246,6 +248,7 @@ impl<P: JobProcesses> Runner<P> {
     pub async fn converge(&mut self) {
         let mut local = self.local.take().expect("passes do not overlap");
         let staging = self.stage_inputs(&local);
+        let model_dirs = self.model_dirs(&local);
         let input = PassInput {
             staging: staging.clone(),
             fresh: self.fresh_specs(&local).await,
@@ -263,23 +266,40 @@ impl<P: JobProcesses> Runner<P> {
             renewed: self.lease.last(),
         };
         let uploads = self.data.as_ref().map(|d| d.uploads.clone());
+        let dirs = model_dirs.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let out = local.pass(&input, chrono::Utc::now());
+            let held: HashMap<String, Option<String>> = dirs
+                .iter()
+                .map(|(job, dir)| (job.clone(), models::held(dir)))
+                .collect();
             // After the pass, so a file present when the process exited is journaled before
             // the job can be reported finished.
             let pending = uploads.map(|dir| {
                 for (job_dir, spec, attempt) in local.output_jobs() {
+                    let model = held.get(&spec.job).cloned().flatten();
+                    let spec = models::with_held_model(spec, model.as_deref());
                     if let Err(e) = outputs::journal_sealed(&dir, &job_dir, &spec, attempt) {
                         tracing::warn!(job = spec.job, %e, "cannot journal the job's outputs");
                     }
                 }
                 outputs::pending(&dir)
             });
-            (local, out, pending)
+            (local, out, pending, held)
         });
-        let (local, mut out, pending) = pass.await.expect("a runner pass does not panic");
+        let (local, mut out, pending, mut held) = pass.await.expect("a runner pass does not panic");
         self.local = Some(local);
+        if let Some(data) = &self.data {
+            data.models.retain(|job| model_dirs.contains_key(job));
+            data.models
+                .set_held(held.values().filter_map(|h| h.as_deref()));
+        }
         for (job, uid, report) in &mut out.reports {
+            if let Some(dir) = model_dirs.get(job.as_str()) {
+                let held = held.remove(job.as_str()).flatten();
+                let staging_now = matches!(staging.get(job.as_str()), Some(Stage::Staging { .. }));
+                self.model_phase(job, report, dir, held, staging_now);
+            }
             data_phase(
                 report,
                 staging.get(job.as_str()),
@@ -321,6 +341,70 @@ impl<P: JobProcesses> Runner<P> {
             .iter()
             .filter_map(|(job, ..)| Some((job.clone(), data.stager.stage(job)?)))
             .collect()
+    }
+
+    /// The model directory (`$RIFT_INPUTS/model`) of every job with a `model` input or a model
+    /// order in its binding.
+    fn model_dirs(&self, local: &Local<P>) -> HashMap<String, PathBuf> {
+        let mut out: HashMap<String, PathBuf> = local
+            .staging_wanted()
+            .into_iter()
+            .filter(|(_, _, inputs, _)| inputs.iter().any(|i| i.name == MODEL_INPUT))
+            .map(|(job, _, _, dir)| (job, dir.join(MODEL_INPUT)))
+            .collect();
+        for (job, b) in self.bindings.iter() {
+            if b.ready().is_some_and(|b| b.model.is_some()) && local.tracks(job) {
+                if let Ok(dir) = local.state().job(job) {
+                    out.entry(job.clone())
+                        .or_insert_with(|| dir.inputs().join(MODEL_INPUT));
+                }
+            }
+        }
+        out
+    }
+
+    /// Carries out `job`'s model order (prefetch; for Reload, swap and SIGHUP; not while its
+    /// inputs are being staged) and puts the model its process holds, and where the order
+    /// stands, in its report. Hollow nodes move
+    /// no bytes: an order counts as prefetched (and, for Reload, held) at once.
+    fn model_phase(
+        &self,
+        job: &str,
+        report: &mut RuntimeReport,
+        dir: &std::path::Path,
+        held: Option<String>,
+        staging_now: bool,
+    ) {
+        let order = self.bindings.ready(job).and_then(|b| b.model.clone());
+        let mut model = JobModel {
+            held,
+            ..JobModel::default()
+        };
+        if let Some(order) = order.filter(|_| !report.phase.is_finished()) {
+            let done = model.held.as_deref() == Some(order.artifact.as_str());
+            match &self.data {
+                None => {
+                    if order.reload {
+                        model.held = Some(order.artifact.clone());
+                    }
+                    model.prefetched = Some(order.artifact);
+                }
+                Some(_) if done => model.prefetched = Some(order.artifact),
+                // Its inputs (the model among them) are still being staged: after that.
+                Some(_) if staging_now => {}
+                Some(data) => {
+                    let pid = report.pid.filter(|_| report.phase == JobPhase::Running);
+                    data.models.want(job, &order, dir.to_path_buf(), pid);
+                    if let Some(p) = data.models.progress(job, &order.artifact) {
+                        model.prefetched = p.prefetched.then(|| order.artifact.clone());
+                        model.problem = p.problem;
+                    }
+                }
+            }
+        }
+        if model != JobModel::default() {
+            report.model = Some(model);
+        }
     }
 
     /// Run specs, from their Jobs, for the bindings that have none here: each such Job read

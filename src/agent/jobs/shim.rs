@@ -319,6 +319,18 @@ fn spawn(
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(err_end));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // The shim ignores SIGHUP and SIGINT; an ignored signal stays ignored across exec (and a
+    // shell cannot even trap it), so the job gets the defaults back: a Pool's `update: Reload`
+    // reaches it with SIGHUP.
+    // SAFETY: between fork and exec only sigaction runs, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            for sig in [Signal::SIGHUP, Signal::SIGINT] {
+                let _ = set_handler(sig, SigHandler::SigDfl);
+            }
+            Ok(())
+        });
+    }
     launch.configure(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,

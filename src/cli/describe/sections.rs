@@ -355,17 +355,31 @@ pub fn pool(v: &Value, members: &[Value]) -> String {
             &["JOB", "PHASE", "NODE", "GPU-IDS", "MODEL", "PROGRESS"],
             &rows,
         );
+        for j in members {
+            if let Some(p) = j
+                .pointer("/status/model/problem")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
+                out += &format!("  {} keeps its model: {p}\n", at(j, "/metadata/name"));
+            }
+        }
     }
     out
 }
 
-/// The first artifact of a member Job's `model` input, cut like `rift get pools` cuts it.
+/// The model a member holds (its node's report: a Reload may have swapped it since the Job was
+/// made), else the first artifact of its `model` input; cut like `rift get pools` cuts it.
 fn member_model(job: &Value) -> String {
-    job.pointer("/spec/inputs")
-        .and_then(Value::as_array)
-        .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
-        .and_then(|i| i.pointer("/artifacts/0"))
+    job.pointer("/status/model/held")
         .and_then(Value::as_str)
+        .or_else(|| {
+            job.pointer("/spec/inputs")
+                .and_then(Value::as_array)
+                .and_then(|inputs| inputs.iter().find(|i| i["name"] == "model"))
+                .and_then(|i| i.pointer("/artifacts/0"))
+                .and_then(Value::as_str)
+        })
         .map(|m| m.chars().take("sha256-".len() + 12).collect())
         .unwrap_or_default()
 }
@@ -616,61 +630,4 @@ pub fn raw(v: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn target(status: Value) -> Value {
-        json!({"metadata": {"name": "hex8-2p"}, "spec": {
-            "board": "hex8", "players": 2, "selfplaySelector": {"board": "hex8"},
-            "firstTrainingGames": 200, "retrainGames": 200, "cooldownSeconds": 1200,
-            "training": {"spec": {"command": ["true"]}}}, "status": status})
-    }
-
-    #[test]
-    fn a_training_target_says_its_state_in_words_and_games_per_job() {
-        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
-        let cooling = target(
-            json!({"gamesSinceLastTraining": 40, "totalGames": 240, "trainingGeneration": 1,
-            "artifactGames": 0, "gamesRevision": 0,
-            "ledger": {"selfplay-0/u1/1/1": 100, "selfplay-0/u1/1/2": 20, "selfplay-1/u2/1/1": 120},
-            "history": [{"generation": 1, "job": "hex8-2p-train-1", "winRate": 0.61, "promoted": true,
-                         "finishedAt": "2026-11-22T11:54:00Z", "outcome": "promoted"}]}),
-        );
-        let text = training_target(&cooling, now);
-        for part in [
-            "cooling down, 14 m left",
-            "40 new since the last training (200 start one)",
-            "selfplay-0   120     2",
-            "selfplay-1   120     1",
-            "0.61",
-            "yes",
-        ] {
-            assert!(text.contains(part), "`{part}` not in:\n{text}");
-        }
-        assert!(
-            !text.contains("From shards"),
-            "no shards counted: no line\n{text}"
-        );
-        let shards = target(json!({"gamesSinceLastTraining": 500, "totalGames": 500,
-            "artifactGames": 500, "gamesRevision": 42, "trainedRevision": 0}));
-        let text = training_target(&shards, now);
-        assert!(
-            text.contains("500 games in game artifacts (counted through etcd revision 42"),
-            "{text}"
-        );
-        let waiting = target(json!({"gamesSinceLastTraining": 120}));
-        assert!(training_target(&waiting, now).contains("waiting: 120/200 new games"));
-        let running = target(json!({"activeJob": "hex8-2p-train-2"}));
-        assert!(training_target(&running, now).contains("running hex8-2p-train-2"));
-    }
-
-    #[test]
-    fn a_job_names_its_gpus_by_count_and_index() {
-        let j = json!({"spec": {"type": "selfplay", "resources": {"gpus": 1}, "command": ["sh"]},
-            "status": {"phase": "Running", "node": "local", "gpus": [0], "progress": {"games": 240.0}}});
-        let text = job(&j, Utc::now());
-        assert!(text.contains("GPUs:         1 (GPU 0)"), "{text}");
-        assert!(text.contains("games=240"), "{text}");
-    }
-}
+mod tests;

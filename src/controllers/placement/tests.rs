@@ -11,13 +11,7 @@ const GIB_BYTES: u64 = 1 << 30;
 
 fn ready_status() -> NodeStatus {
     NodeStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: ConditionStatus::True,
-            reason: String::new(),
-            message: String::new(),
-            last_transition_time: None,
-        }],
+        conditions: vec![Condition::new("Ready", true)],
         ..NodeStatus::default()
     }
 }
@@ -634,13 +628,8 @@ fn with_disk(mut n: NodeView, free: Option<u64>, pressure: bool) -> NodeView {
     let s = n.status.as_mut().unwrap();
     s.usage.disk_available_bytes = free;
     if pressure {
-        s.conditions.push(Condition {
-            type_: crate::api::node::DISK_PRESSURE.into(),
-            status: ConditionStatus::True,
-            reason: String::new(),
-            message: String::new(),
-            last_transition_time: None,
-        });
+        s.conditions
+            .push(Condition::new(crate::api::node::DISK_PRESSURE, true));
     }
     n
 }

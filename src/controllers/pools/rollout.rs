@@ -13,11 +13,18 @@
 //!    batch instead of taking the whole Pool down, and a Pool whose members cannot all run
 //!    (no room) stalls its rollout rather than dropping further below strength, as a
 //!    Kubernetes Deployment does.
-//! 3. A newer promotion mid-rollout makes every member not on the newest model outdated: the
+//! 3. A Running outdated member is replaced only once its node reports the new model
+//!    prefetched into its cache (the Pool controller orders the prefetch in the member's
+//!    binding), so the replacement starts without a staging wait, and a node that cannot fetch
+//!    the model (store down, damaged bytes) keeps its member on the old model.
+//! 4. With `update: Reload` no member is replaced for its model: its node swaps the model
+//!    under the running process and reports it held; the member is then up to date.
+//! 5. A newer promotion mid-rollout makes every member not on the newest model outdated: the
 //!    rollout starts again for the newest one ([`rollout_status`]); the members already moved
 //!    to the superseded model are replaced like the rest.
 //!
-//! `status.rollout.updated` counts members (not finished) on the rolled-out model; the rollout
+//! `status.rollout.updated` counts members (not finished) on the rolled-out model (by their
+//! spec, or by the model their node reports they hold); the rollout
 //! is complete once all `total` of them are Running. `status.currentModel` is the model being
 //! rolled out, `status.previousModel` the one before it: both pinned by garbage collection.
 
@@ -41,15 +48,19 @@ pub fn wanted_model(pool: &Pool, targets: &[TrainingTarget]) -> Option<String> {
         .or_else(|| pool.status.as_ref()?.current_model.clone())
 }
 
-/// A member the rollout may replace: its name and whether it is Running.
+/// A member the rollout may replace: its name, whether it is Running, and whether its node
+/// reports the new model prefetched into its cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outdated {
     pub name: String,
     pub running: bool,
+    pub prefetched: bool,
 }
 
 /// Which outdated members to delete now (each is made again with the wanted model by a later
-/// pass): every one not Running, and Running ones, in name order, while fewer than
+/// pass): every one not Running, and Running ones whose node has prefetched the new model (so
+/// the replacement starts from the node cache, with no staging wait), in name order, while
+/// fewer than
 /// `max_unavailable` of the Pool's desired members are not Running. `running` counts the
 /// desired members Running now, `total` the desired members.
 pub fn replacements(
@@ -65,7 +76,10 @@ pub fn replacements(
         .collect();
     let unavailable = total.saturating_sub(running);
     let budget = max_unavailable.saturating_sub(unavailable) as usize;
-    let mut live: Vec<&Outdated> = outdated.iter().filter(|o| o.running).collect();
+    let mut live: Vec<&Outdated> = outdated
+        .iter()
+        .filter(|o| o.running && o.prefetched)
+        .collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
     out.extend(live.into_iter().take(budget).map(|o| o.name.clone()));
     out
@@ -123,7 +137,18 @@ mod tests {
         Outdated {
             name: name.into(),
             running,
+            prefetched: true,
         }
+    }
+
+    #[test]
+    fn a_running_member_is_replaced_only_once_its_node_prefetched_the_model() {
+        let mut members = vec![o("a", true), o("b", true), o("c", true)];
+        members[0].prefetched = false;
+        // Budget 2: a is skipped (its node still downloads), b and c go.
+        assert_eq!(replacements(&members, 3, 3, 2), ["b", "c"]);
+        // Its node cannot fetch the model (store down): a keeps running the old one.
+        assert!(replacements(&members[..1], 3, 3, 3).is_empty());
     }
 
     fn t(secs: i64) -> DateTime<Utc> {

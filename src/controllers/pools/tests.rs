@@ -1,6 +1,6 @@
 use super::*;
 use crate::api::job_io::JobInput;
-use crate::api::meta::{Condition, ConditionStatus};
+use crate::api::meta::Condition;
 use crate::api::node::{Capacity, Gpu, NodeSpec, NodeStatus};
 use crate::api::pool::PoolSpec;
 use crate::api::{JobStatus, Object};
@@ -23,17 +23,7 @@ fn node(name: &str, gpus: u32, ready: bool, labelled: bool) -> Node {
         n.metadata.labels.insert("gpu".into(), "yes".into());
     }
     n.status = Some(NodeStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: if ready {
-                ConditionStatus::True
-            } else {
-                ConditionStatus::False
-            },
-            reason: String::new(),
-            message: String::new(),
-            last_transition_time: None,
-        }],
+        conditions: vec![Condition::new("Ready", ready)],
         capacity: Capacity {
             gpus: (0..gpus)
                 .map(|i| Gpu {
@@ -109,7 +99,7 @@ fn plan_creates_missing_and_deletes_extra_finished_and_changed_members() {
     let failed = member_job(&desired[1], JobPhase::Failed);
     let mut extra = member_job(&desired[0], JobPhase::Running);
     extra.metadata.name = "sp-9".into();
-    let p = plan(&desired, &[&running, &failed, &extra], None);
+    let p = plan(&desired, &[&running, &failed, &extra], None, false);
     assert_eq!(
         p.create.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
         ["sp-2"]
@@ -122,7 +112,7 @@ fn plan_creates_missing_and_deletes_extra_finished_and_changed_members() {
 
     let mut changed = member_job(&desired[2], JobPhase::Running);
     changed.spec.command = vec!["old".into()];
-    assert_eq!(plan(&desired, &[&changed], None).delete, ["sp-2"]);
+    assert_eq!(plan(&desired, &[&changed], None, false).delete, ["sp-2"]);
 }
 
 #[test]
@@ -133,7 +123,7 @@ fn plan_is_idempotent_once_converged() {
         .map(|m| member_job(m, JobPhase::Running))
         .collect();
     let refs: Vec<&Job> = jobs.iter().collect();
-    let p = plan(&desired, &refs, None);
+    let p = plan(&desired, &refs, None, false);
     assert!(p.create.is_empty() && p.delete.is_empty());
 }
 
@@ -228,7 +218,12 @@ fn members_get_the_model_input_and_their_outputs_the_template_labels() {
 #[test]
 fn a_promotion_replaces_running_members_in_batches_until_the_rollout_completes() {
     let p = model_pool(8, "25%");
-    let mut jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    // Every node has prefetched the new model.
+    let mut jobs = reporting(
+        members_on(&p, Some(&model(1)), JobPhase::Running),
+        &model(1),
+        Some(&model(2)),
+    );
     let targets = [target_with(Some(model(2)))];
     let mut batches = Vec::new();
     for _ in 0..10 {
@@ -271,7 +266,11 @@ fn a_promotion_replaces_running_members_in_batches_until_the_rollout_completes()
 #[test]
 fn a_new_model_whose_members_fail_stops_after_the_first_batch() {
     let p = model_pool(8, "2");
-    let mut jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    let mut jobs = reporting(
+        members_on(&p, Some(&model(1)), JobPhase::Running),
+        &model(1),
+        Some(&model(2)),
+    );
     let targets = [target_with(Some(model(2)))];
     let (first, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
     assert_eq!(first.delete, ["sp-0", "sp-1"]);
@@ -337,19 +336,149 @@ fn a_resolved_selector_input_does_not_make_a_member_look_changed() {
 }
 
 #[test]
-fn pool_model_validation_refuses_reload_bad_budgets_and_a_template_model_input() {
+fn pool_model_validation_refuses_bad_budgets_and_a_template_model_input() {
     let mut p = model_pool(2, "25%");
     assert!(p.validate().is_empty(), "{}", p.validate());
     p.spec.model.as_mut().unwrap().update = crate::api::pool::ModelUpdate::Reload;
+    assert!(
+        p.validate().is_empty(),
+        "Reload is accepted: {}",
+        p.validate()
+    );
     p.spec.model.as_mut().unwrap().max_unavailable = "0%".into();
     p.spec.template.spec.inputs = vec![JobInput::of("model", [model(1)])];
     let errors = p.validate().to_string();
-    for field in [
-        "spec.model.update",
-        "spec.model.maxUnavailable",
-        "spec.template.spec.inputs",
-    ] {
+    for field in ["spec.model.maxUnavailable", "spec.template.spec.inputs"] {
         assert!(errors.contains(field), "{field}: {errors}");
     }
-    assert!(errors.contains("RollingRestart"), "{errors}");
+}
+
+/// `jobs` with the model their node reports: held and prefetched.
+fn reporting(mut jobs: Vec<Job>, held: &str, prefetched: Option<&str>) -> Vec<Job> {
+    for j in &mut jobs {
+        j.metadata.uid = Some(format!("uid-{}", j.name()));
+        j.status.as_mut().unwrap().model = Some(crate::api::placement::JobModel {
+            held: Some(held.into()),
+            prefetched: prefetched.map(str::to_string),
+            problem: String::new(),
+        });
+    }
+    jobs
+}
+
+#[test]
+fn a_reload_pool_replaces_no_member_and_counts_those_whose_node_swapped_the_model() {
+    let mut p = model_pool(4, "25%");
+    p.spec.model.as_mut().unwrap().update = crate::api::pool::ModelUpdate::Reload;
+    p.status = Some(PoolStatus {
+        current_model: Some(model(1)),
+        ..PoolStatus::default()
+    });
+    let targets = [target_with(Some(model(2)))];
+    let mut jobs = reporting(
+        members_on(&p, Some(&model(1)), JobPhase::Running),
+        &model(1),
+        None,
+    );
+    let (plan, create) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert!(plan.delete.is_empty() && create.is_empty(), "{plan:?}");
+    let r = plan.status.rollout.clone().unwrap();
+    assert_eq!((r.updated, r.total, r.completed_at), (0, 4, None));
+    // Two nodes swapped it in; one could not fetch it (it keeps the old model).
+    for j in &mut jobs[..2] {
+        j.status.as_mut().unwrap().model.as_mut().unwrap().held = Some(model(2));
+    }
+    jobs[2]
+        .status
+        .as_mut()
+        .unwrap()
+        .model
+        .as_mut()
+        .unwrap()
+        .problem = "store down".into();
+    let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert!(plan.delete.is_empty(), "{plan:?}");
+    assert_eq!(plan.status.rollout.as_ref().unwrap().updated, 2);
+    assert!(plan.status.rollout.as_ref().unwrap().completed_at.is_none());
+    for j in &mut jobs[2..] {
+        j.status.as_mut().unwrap().model.as_mut().unwrap().held = Some(model(2));
+    }
+    let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    let r = plan.status.rollout.unwrap();
+    assert_eq!(r.updated, 4);
+    assert!(r.completed_at.is_some(), "every member holds the new model");
+}
+
+#[test]
+fn a_rolling_restart_waits_for_each_members_node_to_prefetch_the_model() {
+    let mut p = model_pool(2, "100%");
+    p.status = Some(PoolStatus {
+        current_model: Some(model(1)),
+        ..PoolStatus::default()
+    });
+    let targets = [target_with(Some(model(2)))];
+    let jobs = members_on(&p, Some(&model(1)), JobPhase::Running);
+    let mut jobs = reporting(jobs, &model(1), None);
+    let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert!(plan.delete.is_empty(), "nothing prefetched yet: {plan:?}");
+    jobs[1]
+        .status
+        .as_mut()
+        .unwrap()
+        .model
+        .as_mut()
+        .unwrap()
+        .prefetched = Some(model(2));
+    let (plan, _) = plan_pool(&p, &[], &jobs, &targets, &[], now());
+    assert_eq!(plan.delete, ["sp-1"]);
+}
+
+#[test]
+fn model_orders_go_to_members_bindings_that_lack_them() {
+    use crate::api::placement::{Binding, ModelOrder, StopOrder};
+    let mut p = model_pool(3, "25%");
+    p.spec.model.as_mut().unwrap().update = crate::api::pool::ModelUpdate::Reload;
+    let desired = desired_members(&p, &[], Some(&model(2)));
+    let jobs = reporting(
+        members_on(&p, Some(&model(1)), JobPhase::Running),
+        &model(1),
+        None,
+    );
+    let refs: Vec<&Job> = jobs.iter().collect();
+    let bound = |job: &str, model: Option<ModelOrder>, stop: bool| BoundRecord {
+        node: "n1".into(),
+        job: job.into(),
+        binding: Binding {
+            epoch: 1,
+            uid: format!("uid-{job}"),
+            model,
+            stop: stop.then(StopOrder::default),
+            ..Binding::default()
+        },
+        revision: 9,
+    };
+    let order = ModelOrder {
+        artifact: model(2),
+        reload: true,
+    };
+    let bindings = [
+        bound("sp-0", None, false),
+        bound("sp-1", Some(order.clone()), false),
+        bound("sp-2", None, true),
+        bound("other", None, false),
+    ];
+    let out = model_orders(&desired, &refs, &bindings, true);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (
+            out[0].job.as_str(),
+            out[0].binding.model.as_ref(),
+            out[0].revision
+        ),
+        ("sp-0", Some(&order), 9)
+    );
+    // A binding of another Job of the member's name gets no order.
+    let mut stale = bindings[0].clone();
+    stale.binding.uid = "older".into();
+    assert!(model_orders(&desired, &refs, &[stale], true).is_empty());
 }
