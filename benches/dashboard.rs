@@ -86,7 +86,7 @@ async fn main() {
         &etcd.access(),
         nodes,
         quiet_settings(8, 5),
-        &dir,
+        dir.path(),
         Duration::from_secs(600),
     )
     .await

@@ -233,6 +233,26 @@ fn bench_schedule_and_etcd_limit_print_their_figures() {
     assert!(v["leader"]["rss_mib"].as_f64().unwrap() > 1.0);
     assert!(v["etcd"]["db_mib"].as_f64().unwrap() > 0.0);
 
+    let v = bench(&[
+        "schedule",
+        "--nodes",
+        "4",
+        "--jobs",
+        "8",
+        "--hollow-processes",
+        "2",
+    ]);
+    spread_ok(&v["apply_to_running"], 8);
+    assert_eq!(v["hollow_processes"]["processes"], 2, "{v}");
+    assert!(
+        v["hollow_processes"]["rss_mib"].as_f64().unwrap() > 1.0,
+        "{v}"
+    );
+    assert!(
+        v["bench_process"]["cpu_percent"].as_f64().unwrap() >= 0.0,
+        "{v}"
+    );
+
     let v = bench(&["etcd-limit"]);
     assert_eq!(v["scenario"], "etcd-limit");
     assert!(v["etcd_txn_per_s"].as_f64().unwrap() > 10.0, "{v}");
@@ -266,4 +286,108 @@ fn bench_failover_detect_and_idle_print_their_figures() {
         assert!(v[k]["rss_mib"].as_f64().unwrap() > 1.0, "{v}");
         assert!(v[k]["cpu_percent"].as_f64().unwrap() >= 0.0, "{v}");
     }
+}
+
+#[test]
+fn bench_rollout_prints_its_figures() {
+    let v = bench(&[
+        "rollout",
+        "--nodes",
+        "4",
+        "--input-mib",
+        "10",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert_eq!(v["scenario"], "rollout");
+    spread_ok(&v["promotion_to_member_running"], 4);
+    let all = v["promotion_to_all_running_ms"].as_f64().unwrap();
+    assert_eq!(
+        all,
+        v["promotion_to_member_running"]["max_ms"].as_f64().unwrap(),
+        "{v}"
+    );
+    // Each member stages the new model (10 MiB at 100 MiB/s) before it runs.
+    assert!(
+        v["promotion_to_member_running"]["p50_ms"].as_f64().unwrap() >= 100.0,
+        "{v}"
+    );
+    assert!(
+        v["promotion_to_completed_ms"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
+
+/// `rift bench --hollow-processes` runs its hollow nodes in `rift sim` children; SIGKILL of the
+/// bench (no chance to clean up) must not leave one of them running.
+#[test]
+fn no_rift_sim_child_outlives_a_sigkilled_bench() {
+    let mut bench = Sim(Command::new(rift_bin())
+        .args(["bench", "schedule", "--nodes", "4", "--jobs", "8"])
+        .args([
+            "--hollow-processes",
+            "2",
+            "--repeat",
+            "50",
+            "--limit-seconds",
+            "1",
+        ])
+        .env_remove("RIFT_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let pid = bench.0.id();
+    let sims = |all: &[(u32, String)]| -> Vec<u32> {
+        all.iter()
+            .filter(|(_, cmd)| cmd.contains(" sim "))
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let children = loop {
+        let children = support::proc::children_of(pid);
+        if sims(&children).len() == 2 {
+            break children;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench started no 2 `rift sim` children within 60 s: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    bench.0.kill().unwrap(); // SIGKILL
+    bench.0.wait().unwrap();
+    let orphans = sims(&children);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while orphans.iter().any(|p| support::proc::is_alive(*p))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let survivors: Vec<u32> = orphans
+        .iter()
+        .copied()
+        .filter(|p| support::proc::is_alive(*p))
+        .collect();
+    // The bench's etcd and leader agent are not under test here: end them, and remove the
+    // directories the killed bench could not.
+    for (p, _) in &children {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for root in [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("rift-bench-") && name.contains(&format!("-{pid}-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    assert!(
+        survivors.is_empty(),
+        "rift sim children {survivors:?} outlived the SIGKILLed bench"
+    );
 }

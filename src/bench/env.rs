@@ -227,7 +227,8 @@ pub async fn spawn_agent(
             unschedulable: true,
             ..NodeSpec::default()
         };
-        match store.create(&Object::new(name, spec)).await {
+        let node = Object::new(name, spec);
+        match patient(|| store.create(&node)).await {
             Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -247,7 +248,7 @@ pub async fn spawn_agent(
                 crate::pki::LEAF_VALIDITY,
             )
             .map_err(|e| BenchError::Setup(e.to_string()))?;
-        crate::store::auth::ensure_admitted(store, name, role).await?;
+        patient(|| crate::store::auth::ensure_admitted(store, name, role)).await?;
     }
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut cmd = Command::new(exe);
@@ -265,7 +266,7 @@ pub async fn spawn_agent(
         .env_remove("RIFT_NODE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(agent_log(&dir.join(name))?);
     if controllers {
         cmd.arg("--controllers");
     }
@@ -276,6 +277,41 @@ pub async fn spawn_agent(
         .spawn()
         .map_err(|e| BenchError::Setup(format!("cannot start rift agent: {e}")))?;
     Ok(Proc { child })
+}
+
+/// Runs a bench step against etcd again while it fails for a reason that passes on its own (a
+/// timeout: thousands of hollow nodes can keep etcd busy past a request's 5 s), for up to a
+/// minute; other errors, and the last transient one, are returned.
+pub async fn patient<T, F, Fut>(mut step: F) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match step().await {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tracing::debug!(%e, "bench step: trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `<state>/agent.log`, created (with its directory) for an agent's stderr; read it with
+/// [`log_tail`] when the agent does not do what the bench waits for.
+fn agent_log(state: &Path) -> Result<std::fs::File, BenchError> {
+    std::fs::create_dir_all(state).map_err(|e| BenchError::io(state, e))?;
+    let path = state.join("agent.log");
+    std::fs::File::create(&path).map_err(|e| BenchError::io(&path, e))
+}
+
+/// The last `bytes` bytes of a log file (empty when it cannot be read).
+pub fn log_tail(path: &Path, bytes: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let from = text.len().saturating_sub(bytes);
+    String::from_utf8_lossy(&text[from..]).into_owned()
 }
 
 /// The node named by the leader key, if any.

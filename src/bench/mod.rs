@@ -1,8 +1,9 @@
 //! `rift bench SCENARIO`: scale and latency benchmarks that start everything they need (etcd on
 //! free ports in a temporary directory, real `rift agent` processes, hollow nodes in this
-//! process), run, and print a table and one JSON line. Build with `--release` for figures.
+//! process or in `rift sim` children: [`hollow_procs`]), run, and print a table and one JSON
+//! line. Build with `--release` for figures.
 //!
-//! Scenarios: [`schedule`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
+//! Scenarios: [`schedule`], [`rollout`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
 //! campaign [`chaos`].
 
 pub mod chaos;
@@ -10,9 +11,11 @@ pub mod detect;
 pub mod env;
 pub mod etcd_limit;
 pub mod failover;
+pub mod hollow_procs;
 pub mod idle;
 pub mod observe;
 pub mod report;
+pub mod rollout;
 pub mod schedule;
 
 use std::path::Path;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::env::{self, LocalEtcd, TempDir};
+use super::hollow_procs::{cpu_seconds_of, rss_mib_of, HollowNodes};
 use super::observe::{self, Observed};
 use super::report::{round, Report, Spread};
 use super::{etcd_limit, BenchError, Common};
@@ -30,6 +31,8 @@ pub struct ScheduleArgs {
     pub cpus_per_job: f64,
     pub concurrency: usize,
     pub preload: bool,
+    /// Run the hollow nodes in this many `rift sim` processes (0: in the bench process).
+    pub hollow_processes: usize,
 }
 
 /// Creates jobs `bench-00000`.. with `concurrency` creates in flight; returns when each
@@ -56,7 +59,12 @@ async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, 
                     spec.resources.gpus = gpus;
                     spec.resources.cpus = (cpus > 0.0).then_some(cpus);
                     let at = Instant::now();
-                    store.create(&Object::new(job_name(i), spec)).await?;
+                    let job = Object::new(job_name(i), spec);
+                    // A create that timed out may have been written: found again, it counts.
+                    match env::patient(|| store.create(&job)).await {
+                        Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                     sent.lock().expect("lock")[i] = Some(at);
                 }
             })
@@ -77,36 +85,33 @@ pub fn job_name(i: usize) -> String {
 }
 
 /// Hollow nodes started at once; the next wave starts when these are alive.
-const WAVE: usize = 500;
+pub const WAVE: usize = 500;
 
-/// Starts hollow nodes in waves of [`WAVE`] (thousands registering at once only queue behind
-/// each other) and waits until every one is alive.
+/// Starts hollow nodes in waves of [`WAVE`] ([`Cluster::grow`]) and waits until every one is
+/// alive.
 pub async fn hollow(
     access: &crate::store::Access,
     nodes: usize,
     settings: HollowSettings,
-    state: &TempDir,
+    state: &std::path::Path,
     limit: Duration,
 ) -> Result<(Cluster, f64), BenchError> {
     let started = Instant::now();
-    let root = state.path().join("hollow");
+    let root = state.join("hollow");
     let mut cluster = Cluster::start(access, "hollow", 0, settings.clone(), root).await?;
-    let mut alive = 0;
-    while alive < nodes {
-        let target = (cluster.len() + WAVE).min(nodes);
-        if cluster.len() < target && alive >= cluster.len() {
-            cluster
-                .add("hollow", cluster.len()..target, settings.clone())
-                .await?;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // A slow answer while thousands register is no failure: ask again.
-        alive = cluster.alive().await.unwrap_or(alive);
-        if started.elapsed() > limit {
+    let mut seen = 0;
+    let grown = tokio::time::timeout(
+        limit,
+        cluster.grow("hollow", 0..nodes, settings, WAVE, |alive, _| seen = alive),
+    )
+    .await;
+    match grown {
+        Ok(r) => r?,
+        Err(_) => {
             return Err(BenchError::Timeout(format!(
-                "{alive} of {nodes} hollow nodes alive after {} s",
+                "{seen} of {nodes} hollow nodes alive after {} s",
                 limit.as_secs()
-            )));
+            )))
         }
     }
     Ok((cluster, started.elapsed().as_secs_f64()))
@@ -133,7 +138,8 @@ pub async fn hollow_bed(
     let store = etcd.store().await?;
     let dir = TempDir::new(name)?;
     let settings = quiet_settings(8, common.lease_ttl);
-    let (cluster, register_s) = hollow(&etcd.access, nodes, settings, &dir, common.timeout).await?;
+    let (cluster, register_s) =
+        hollow(&etcd.access, nodes, settings, dir.path(), common.timeout).await?;
     let observed = observe::start(&store).await?;
     Ok(HollowBed {
         etcd,
@@ -163,23 +169,28 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     let store = etcd.store().await?;
     let limit = etcd_limit::measure(&store, common.concurrency, common.limit_for).await?;
     let dir = TempDir::new("schedule")?;
-    let (cluster, register_s) = hollow(
-        &etcd.access,
+    let (hollow_nodes, register_s) = HollowNodes::start(
+        &etcd,
+        &store,
         args.nodes,
+        args.hollow_processes,
         quiet_settings(8, common.lease_ttl),
-        &dir,
+        dir.path(),
         common.timeout,
     )
     .await?;
+    let hollow_pids = hollow_nodes.pids();
     let observed = observe::start(&store).await?;
 
     let mut leader = None;
     let mut etcd_before = None;
     let mut bench_cpu_before = 0.0;
+    let mut hollow_cpu_before = 0.0;
     if !args.preload {
         leader = Some(start_leader(&etcd, &store, &dir, common).await?);
         etcd_before = Some(etcd.usage().await);
         bench_cpu_before = env::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        hollow_cpu_before = cpu_seconds_of(&hollow_pids);
     }
     let apply_start = Instant::now();
     let sent = apply_jobs(&store, args).await?;
@@ -190,6 +201,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
             leader = Some(start_leader(&etcd, &store, &dir, common).await?);
             etcd_before = Some(etcd.usage().await);
             bench_cpu_before = env::cpu_seconds(std::process::id()).unwrap_or(0.0);
+            hollow_cpu_before = cpu_seconds_of(&hollow_pids);
             Instant::now()
         }
     };
@@ -215,6 +227,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     let leader_cpu = 100.0 * (env::cpu_seconds(leader.pid()).unwrap_or(0.0) - cpu_before) / wall;
     let bench_cpu =
         100.0 * (env::cpu_seconds(std::process::id()).unwrap_or(0.0) - bench_cpu_before) / wall;
+    let hollow_cpu = 100.0 * (cpu_seconds_of(&hollow_pids) - hollow_cpu_before) / wall;
     let etcd_used = etcd_before.until(&etcd.usage().await);
     leader_rss = leader_rss.max(env::rss_mib(leader.pid()).unwrap_or(0.0));
 
@@ -240,14 +253,18 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     r.add(
         "setup",
         format!(
-            "{} hollow nodes x 8 GPUs, 64 CPUs (alive in {register_s:.1} s), {} jobs of {} GPU(s) and {} CPU(s), {}",
+            "{} hollow nodes x 8 GPUs, 64 CPUs ({}; alive in {register_s:.1} s), {} jobs of {} GPU(s) and {} CPU(s), {}",
             args.nodes,
+            match args.hollow_processes {
+                0 => "in the bench process".to_string(),
+                k => format!("in {k} rift sim processes"),
+            },
             args.jobs,
             args.gpus_per_job,
             args.cpus_per_job,
             if args.preload { "preloaded before the leader started" } else { "applied while the leader runs" }
         ),
-        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency}),
+        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency, "hollow_processes": args.hollow_processes}),
     );
     limit.add_to(&mut r);
     r.add(
@@ -299,7 +316,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
     );
     let db = env::etcd_db_mib(&store).await.unwrap_or(0.0);
     let etcd_rss = env::rss_mib(etcd.proc.pid()).unwrap_or(0.0);
-    let sim_rss = env::rss_mib(std::process::id()).unwrap_or(0.0);
+    let bench_rss = env::rss_mib(std::process::id()).unwrap_or(0.0);
     r.add(
         "leader",
         format!("RSS {leader_rss:.0} MiB (peak), CPU {leader_cpu:.0} % of one core over the run"),
@@ -311,14 +328,34 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         json!({"db_mib": round(db), "rss_mib": round(etcd_rss)}),
     );
     etcd_used.add_to(&mut r);
-    r.add(
-        "hollow_process",
-        format!(
-            "RSS {sim_rss:.0} MiB, CPU {bench_cpu:.0} % of one core over the run, for {} hollow nodes, the applier and this bench's watch",
-            args.nodes
-        ),
-        json!({"rss_mib": round(sim_rss), "cpu_percent": round(bench_cpu)}),
-    );
+    if hollow_pids.is_empty() {
+        r.add(
+            "hollow_process",
+            format!(
+                "RSS {bench_rss:.0} MiB, CPU {bench_cpu:.0} % of one core over the run, for {} hollow nodes, the applier and this bench's watch",
+                args.nodes
+            ),
+            json!({"rss_mib": round(bench_rss), "cpu_percent": round(bench_cpu)}),
+        );
+    } else {
+        let hollow_rss = rss_mib_of(&hollow_pids);
+        r.add(
+            "hollow_processes",
+            format!(
+                "RSS {hollow_rss:.0} MiB, CPU {hollow_cpu:.0} % of one core over the run, summed over {} `rift sim` processes running the {} hollow nodes",
+                hollow_pids.len(),
+                args.nodes
+            ),
+            json!({"processes": hollow_pids.len(), "rss_mib": round(hollow_rss), "cpu_percent": round(hollow_cpu)}),
+        );
+        r.add(
+            "bench_process",
+            format!(
+                "RSS {bench_rss:.0} MiB, CPU {bench_cpu:.0} % of one core over the run, for the applier and this bench's watch"
+            ),
+            json!({"rss_mib": round(bench_rss), "cpu_percent": round(bench_cpu)}),
+        );
+    }
     r.add(
         "load",
         format!(
@@ -328,11 +365,12 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
         json!(round(load_at_start)),
     );
     drop(leader);
-    cluster.crash().await;
+    hollow_nodes.crash().await;
     Ok(r)
 }
 
-/// Starts the leader agent and waits until it leads.
+/// Starts the leader agent and waits until it leads (up to the bench's timeout, with progress
+/// every 5 s: at thousands of nodes its start takes longer).
 pub async fn start_leader(
     etcd: &LocalEtcd,
     store: &Store,
@@ -340,8 +378,25 @@ pub async fn start_leader(
     common: &Common,
 ) -> Result<env::Proc, BenchError> {
     let p = env::spawn_agent(etcd, store, "leader-0", dir.path(), true, common.lease_ttl).await?;
-    env::wait_for_leader(store, None, Duration::from_secs(30))
-        .await
-        .ok_or_else(|| BenchError::Timeout("no leader within 30 s".into()))?;
-    Ok(p)
+    let started = Instant::now();
+    loop {
+        if env::wait_for_leader(store, None, Duration::from_secs(5))
+            .await
+            .is_some()
+        {
+            return Ok(p);
+        }
+        if started.elapsed() > common.timeout {
+            let log = dir.path().join("leader-0").join("agent.log");
+            return Err(BenchError::Timeout(format!(
+                "no leader within {} s; the end of its log:\n{}",
+                common.timeout.as_secs(),
+                env::log_tail(&log, 3000)
+            )));
+        }
+        eprintln!(
+            "rift bench: waiting for the leader ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
 }

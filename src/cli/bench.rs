@@ -11,6 +11,9 @@ use super::CliError;
 pub enum Scenario {
     /// Jobs applied onto hollow nodes: jobs/s bound and Running, apply -> Running latency.
     Schedule,
+    /// A promoted model rolled out to a Pool with one member per hollow node: promotion ->
+    /// every member Running on it (p100) and -> the rollout's completedAt.
+    Rollout,
     /// Leader SIGKILL / SIGTERM with hollow nodes present: takeover p50/p99.
     Failover,
     /// Hollow nodes crash: NotReady observed p50/p99.
@@ -53,6 +56,21 @@ pub struct BenchArgs {
     /// Create the jobs before the leader starts (schedule: the scheduler's own throughput).
     #[arg(long)]
     pub preload: bool,
+    /// Run the hollow nodes in this many `rift sim` processes instead of in the bench process
+    /// (schedule, rollout), so their CPU is reported apart from the bench's applier; they end with the
+    /// bench. 0: in the bench process.
+    #[arg(long, default_value_t = 0)]
+    pub hollow_processes: usize,
+    /// The model's simulated size in MiB (rollout): hollow nodes stage it in the time a
+    /// download at `--download-mib-per-s` takes, once per node.
+    #[arg(long, default_value_t = 100)]
+    pub input_mib: u64,
+    /// The simulated download rate in MiB/s (rollout).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_mib_per_s: u64,
+    /// The Pool's maxUnavailable (rollout): a count (`10`) or a share (`25%`).
+    #[arg(long, default_value = "25%")]
+    pub max_unavailable: String,
     /// Trials per signal (failover).
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
@@ -178,7 +196,14 @@ async fn scenario(
                         cpus_per_job: args.cpus_per_job,
                         concurrency: common.concurrency,
                         preload: args.preload,
+                        hollow_processes: args.hollow_processes,
                     };
+                    if args.hollow_processes > n {
+                        return Err(CliError::Usage(format!(
+                            "--hollow-processes {} is more than the {n} hollow nodes: each process runs at least one",
+                            args.hollow_processes
+                        )));
+                    }
                     if args.gpus_per_job as usize * jobs > 8 * n
                         || args.cpus_per_job * jobs as f64 > 64.0 * n as f64
                     {
@@ -192,6 +217,32 @@ async fn scenario(
                     })
                     .await?;
                 }
+            }
+        }
+        Scenario::Rollout => {
+            for &n in &nodes(1000) {
+                if n == 0 || args.hollow_processes > n {
+                    return Err(CliError::Usage(format!(
+                        "rift bench rollout: --nodes {n} --hollow-processes {}: at least one node, and no more processes than nodes",
+                        args.hollow_processes
+                    )));
+                }
+                if crate::api::pool::parse_max_unavailable(&args.max_unavailable, n as u32)
+                    .is_none()
+                {
+                    return Err(CliError::Usage(format!(
+                        "rift bench rollout: --max-unavailable {:?}: give a count of at least 1 (`10`) or a share from 1% to 100% (`25%`)",
+                        args.max_unavailable
+                    )));
+                }
+                let a = bench::rollout::RolloutArgs {
+                    nodes: n,
+                    hollow_processes: args.hollow_processes,
+                    input_mib: args.input_mib,
+                    download_mib_per_s: args.download_mib_per_s,
+                    max_unavailable: args.max_unavailable.clone(),
+                };
+                repeated(args.repeat, common.tls, || bench::rollout::run(&a, &common)).await?;
             }
         }
         Scenario::Failover => {

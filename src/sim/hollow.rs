@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::leases::SharedLeases;
+use super::staging::{SimStaging, TransferModel};
 use crate::agent::jobs::layout::StateDir;
 use crate::agent::jobs::runner::Runner;
 use crate::agent::jobs::simulated::{SimBehaviour, SimProcesses};
@@ -54,6 +55,9 @@ pub struct HollowSettings {
     pub tick: Duration,
     /// How often the node status is looked at (written on change or every 30 s).
     pub status_every: Duration,
+    /// How long jobs' inputs take to stage (simulated downloads, a node cache); `None`: they
+    /// count as staged at once.
+    pub staging: Option<TransferModel>,
 }
 
 impl Default for HollowSettings {
@@ -64,6 +68,7 @@ impl Default for HollowSettings {
             node_lease_ttl: Duration::from_secs(5),
             tick: Duration::from_secs(1),
             status_every: Duration::from_secs(5),
+            staging: None,
         }
     }
 }
@@ -83,7 +88,7 @@ impl HollowNode {
         let tasks = crate::tasks::Tasks::default();
         let metrics = Arc::new(Metrics::default());
         let (renewals, last_renewal) = LastRenewal::channel();
-        let runner = Runner::with_processes(
+        let mut runner = Runner::with_processes(
             self.name.clone(),
             self.store.clone(),
             self.state.clone(),
@@ -93,6 +98,9 @@ impl HollowNode {
             SimProcesses::new(self.settings.behaviour.clone()),
         )
         .with_tick(self.settings.tick);
+        if let Some(model) = self.settings.staging {
+            runner = runner.with_simulated_staging(SimStaging::new(model));
+        }
         tasks.spawn(runner.run(tasks.token().clone()));
         tasks.spawn(status_loop(
             self.name.clone(),

@@ -15,6 +15,7 @@
 
 pub mod hollow;
 pub mod leases;
+pub mod staging;
 
 use std::path::{Path, PathBuf};
 
@@ -114,6 +115,35 @@ impl Cluster {
             };
             let task = tokio::spawn(node.run(rx));
             self.members.push(Member { name, life, task });
+        }
+        Ok(())
+    }
+
+    /// Starts nodes `range` in waves of `wave` (thousands registering at once only queue
+    /// behind each other, and past etcd's request timeouts they retry and queue more): the
+    /// next wave starts once every node started so far is alive. Calls `progress(alive,
+    /// started)` after each look (every 200 ms). Returns when all are alive; a slow or failed
+    /// look is asked again, so callers bound the wait.
+    pub async fn grow(
+        &mut self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        settings: HollowSettings,
+        wave: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<(), StoreError> {
+        let (first, want) = (self.len(), self.len() + range.len());
+        let mut alive = 0;
+        while alive < want {
+            let target = (self.len() + wave.max(1)).min(want);
+            if self.len() < target && alive >= self.len() {
+                let from = range.start + (self.len() - first);
+                let to = range.start + (target - first);
+                self.add(prefix, from..to, settings.clone()).await?;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            alive = self.alive().await.unwrap_or(alive);
+            progress(alive, self.len());
         }
         Ok(())
     }

@@ -61,14 +61,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True for conditions that pass on their own (etcd restarting, a network blip).
+    /// True for conditions that pass on their own (etcd restarting, a network blip, etcd
+    /// shedding load: "too many requests" while its apply lags its commits by 5,000 entries).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Unreachable { .. }
-                | StoreError::Timeout { .. }
-                | StoreError::AuthChanged(_)
-        )
+            | StoreError::Timeout { .. }
+            | StoreError::AuthChanged(_) => true,
+            StoreError::Etcd(reason) => reason.contains("too many requests"),
+            _ => false,
+        }
     }
 
     /// Classifies an etcd client error, naming `endpoints` where that helps.

@@ -129,6 +129,8 @@ pub struct Runner<P: JobProcesses = ShimProcesses> {
     /// Inputs and outputs; `None` on hollow nodes (inputs count as staged, outputs are not
     /// taken).
     data: Option<DataPlane>,
+    /// Hollow nodes only: inputs take a simulated download's time instead of none.
+    simulated_staging: Option<crate::sim::staging::SimStaging>,
 }
 
 impl<P: JobProcesses> Runner<P> {
@@ -155,7 +157,14 @@ impl<P: JobProcesses> Runner<P> {
             metrics,
             tick: TICK,
             data: None,
+            simulated_staging: None,
         }
+    }
+
+    /// Hollow nodes: inputs are staged in the time `staging` simulates (no bytes move).
+    pub fn with_simulated_staging(mut self, staging: crate::sim::staging::SimStaging) -> Self {
+        self.simulated_staging = Some(staging);
+        self
     }
 
     /// Stages inputs and uploads outputs through `data`.
@@ -314,7 +323,11 @@ impl<P: JobProcesses> Runner<P> {
     fn stage_inputs(&self, local: &Local<P>) -> HashMap<String, Stage> {
         let wanted = local.staging_wanted();
         let Some(data) = &self.data else {
-            // Hollow nodes move no bytes: their jobs' inputs count as staged.
+            // Hollow nodes move no bytes: their jobs' inputs take a simulated download's time,
+            // or count as staged.
+            if let Some(sim) = &self.simulated_staging {
+                return sim.stage_all(&wanted, std::time::Instant::now());
+            }
             return wanted
                 .into_iter()
                 .map(|(job, ..)| (job, Stage::Ready))

@@ -51,7 +51,7 @@ pub async fn run(args: &ChaosArgs, common: &Common) -> Result<Outcome, BenchErro
         &bed.etcd.access(),
         nodes,
         quiet_settings(8, ttl),
-        &hollow_dir,
+        hollow_dir.path(),
         common.timeout,
     )
     .await?;
