@@ -5,6 +5,7 @@
 //! operator's tool.
 
 pub mod agent;
+pub mod alloc;
 pub mod api;
 pub mod artifacts;
 pub mod bench;

@@ -142,6 +142,7 @@ pub struct ShimArgs {
 
 /// Parses the command line, runs the command and turns any error into a message and exit 1.
 pub fn run() -> ExitCode {
+    crate::alloc::tune();
     let cli = Cli::parse();
     if let Command::Shim(args) = &cli.command {
         // No async runtime and no tracing subscriber: the shim stays small.

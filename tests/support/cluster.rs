@@ -156,23 +156,14 @@ pub fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
-/// The pid of `agent`'s own process (not its shims).
+/// The pid of `agent`'s own process (not its shims): the child it was spawned as. (Scanning
+/// /proc for its command line raced the spawn: a process forked but not yet exec'd still shows
+/// the test's own command line.)
 pub fn agent_pid(agent: &TestAgent) -> nix::unistd::Pid {
-    let needle = format!("--name\0{}\0", agent.name);
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("agent")
-            && cmd.contains(&needle)
-            && cmd.contains(&agent.state.to_string_lossy().to_string())
-        {
-            return nix::unistd::Pid::from_raw(pid);
-        }
-    }
-    panic!("agent {} not found", agent.name);
+    let pid = agent
+        .pid()
+        .unwrap_or_else(|| panic!("agent {} is not running", agent.name));
+    nix::unistd::Pid::from_raw(pid as i32)
 }
 
 /// When each attempt folder of `job` on `agent` says its job process started (wall clock).
