@@ -94,6 +94,35 @@ async fn push(
     Ok(name)
 }
 
+/// `e` with the end of the controller's and the first worker's logs (what to read when the
+/// rollout did not get there).
+async fn with_logs(e: BenchError, bed: &Bed) -> BenchError {
+    let tail = |name: &str| {
+        let log = bed.path().join("agents").join(name).join("agent.log");
+        format!("\n-- the end of {name}'s log:\n{}", env::log_tail(&log, 2000))
+    };
+    let jobs = match bed.store.list::<JobSpec>(&Default::default()).await {
+        Ok((jobs, _)) => jobs
+            .iter()
+            .map(|j| {
+                let status = j.status.as_ref();
+                format!(
+                    "\n{}: {:?} model {:?}",
+                    j.name(),
+                    status.map(|s| s.phase),
+                    status.and_then(|s| s.model.as_ref())
+                )
+            })
+            .collect::<String>(),
+        Err(e) => format!("\n(etcd unreadable: {e})"),
+    };
+    BenchError::Setup(format!(
+        "{e}\n-- members in etcd:{jobs}{}{}",
+        tail("ctl"),
+        tail("w0")
+    ))
+}
+
 pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, BenchError> {
     let load_at_start = env::load_average().unwrap_or(0.0);
     let n = args.agents;
@@ -170,7 +199,7 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
     store.create(&Object::new(POOL, pool)).await?;
 
     let cold = Instant::now();
-    wait_until(
+    let waited = wait_until(
         &seen,
         common.timeout,
         "members on the first model",
@@ -179,7 +208,10 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
             (c == n && s.member_count() == n, c)
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        return Err(with_logs(e, &bed).await);
+    }
     let cold_s = cold.elapsed().as_secs_f64();
 
     let ctl_pid = bed.agent("ctl").pid();
@@ -187,7 +219,7 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
     seen.lock().expect("lock").promoted = Some(m1.clone());
     let t0 = Instant::now();
     promote(&store, &m1).await?;
-    wait_until(
+    let waited = wait_until(
         &seen,
         common.timeout,
         "members on the promoted model",
@@ -198,7 +230,10 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
             )
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        return Err(with_logs(e, &bed).await);
+    }
     let wall = t0.elapsed().as_secs_f64();
     let leader_cpu =
         100.0 * (ctl_pid.and_then(env::cpu_seconds).unwrap_or(0.0) - leader_cpu_before) / wall;
