@@ -347,7 +347,10 @@ fn bench_rollout_on_real_agents_prints_its_figures_and_refuses_bad_settings() {
     for (args, says) in [
         (&["--update", "reload"][..], "needs real agents"),
         (&["--agents", "2", "--input-mib", "0"][..], "--input-mib 0"),
-        (&["--agents", "2", "--max-unavailable", "0"][..], "--max-unavailable"),
+        (
+            &["--agents", "2", "--max-unavailable", "0"][..],
+            "--max-unavailable",
+        ),
     ] {
         let out = Command::new(rift_bin())
             .args(["bench", "rollout"])

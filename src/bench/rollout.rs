@@ -82,7 +82,10 @@ pub(super) struct Seen {
 impl Seen {
     /// How many members run `model`.
     pub(super) fn running_on(&self, model: &str) -> usize {
-        self.members.values().filter(|m| self.is_on(m, model)).count()
+        self.members
+            .values()
+            .filter(|m| self.is_on(m, model))
+            .count()
     }
 
     fn is_on(&self, m: &Member, model: &str) -> bool {
@@ -171,7 +174,9 @@ pub(super) fn watch(store: &Store, from: i64, nodes: usize, reload: bool) -> Sha
                 }
                 (true, ["agents", node, "jobs", job]) => {
                     let report = serde_json::from_slice::<RuntimeReport>(value).ok();
-                    let running = report.as_ref().is_some_and(|r| r.phase == JobPhase::Running);
+                    let running = report
+                        .as_ref()
+                        .is_some_and(|r| r.phase == JobPhase::Running);
                     let held = report.and_then(|r| r.model).and_then(|m| m.held);
                     let promoted = seen.promoted.clone();
                     let reload = seen.reload;

@@ -99,7 +99,10 @@ async fn push(
 async fn with_logs(e: BenchError, bed: &Bed) -> BenchError {
     let tail = |name: &str| {
         let log = bed.path().join("agents").join(name).join("agent.log");
-        format!("\n-- the end of {name}'s log:\n{}", env::log_tail(&log, 2000))
+        format!(
+            "\n-- the end of {name}'s log:\n{}",
+            env::log_tail(&log, 2000)
+        )
     };
     let jobs = match bed.store.list::<JobSpec>(&Default::default()).await {
         Ok((jobs, _)) => jobs
@@ -203,15 +206,10 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
     bed.wait_leader(common.timeout).await?;
 
     let cold = Instant::now();
-    let waited = wait_until(
-        &seen,
-        common.timeout,
-        "members on the first model",
-        |s| {
-            let c = s.running_on(&m0);
-            (c == n && s.member_count() == n, c)
-        },
-    )
+    let waited = wait_until(&seen, common.timeout, "members on the first model", |s| {
+        let c = s.running_on(&m0);
+        (c == n && s.member_count() == n, c)
+    })
     .await;
     if let Err(e) = waited {
         return Err(with_logs(e, &bed).await);
@@ -297,11 +295,7 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
     let all_ms = all_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
     let completed_ms = completed_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
     let spread = Spread::of(per_member);
-    let on = if args.reload {
-        "holding"
-    } else {
-        "Running on"
-    };
+    let on = if args.reload { "holding" } else { "Running on" };
 
     let mut r = Report::new("rollout");
     r.add(
