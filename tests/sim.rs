@@ -318,6 +318,51 @@ fn bench_rollout_prints_its_figures() {
     );
 }
 
+/// The real-agent variant: both update modes end with every member on the new model (the
+/// bench checks etcd before it prints), and bad settings are refused before anything starts.
+#[test]
+fn bench_rollout_on_real_agents_prints_its_figures_and_refuses_bad_settings() {
+    for update in ["reload", "rolling-restart"] {
+        let v = bench(&[
+            "rollout",
+            "--agents",
+            "2",
+            "--update",
+            update,
+            "--input-mib",
+            "1",
+        ]);
+        assert_eq!(v["scenario"], "rollout", "{v}");
+        spread_ok(&v["promotion_to_member_on_new"], 2);
+        assert_eq!(
+            v["promotion_to_all_on_new_ms"].as_f64().unwrap(),
+            v["promotion_to_member_on_new"]["max_ms"].as_f64().unwrap(),
+            "{v}"
+        );
+        assert!(
+            v["promotion_to_completed_ms"].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+    }
+    for (args, says) in [
+        (&["--update", "reload"][..], "needs real agents"),
+        (&["--agents", "2", "--input-mib", "0"][..], "--input-mib 0"),
+        (
+            &["--agents", "2", "--max-unavailable", "0"][..],
+            "--max-unavailable",
+        ),
+    ] {
+        let out = Command::new(rift_bin())
+            .args(["bench", "rollout"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// `rift bench --hollow-processes` runs its hollow nodes in `rift sim` children; SIGKILL of the
 /// bench (no chance to clean up) must not leave one of them running.
 #[test]

@@ -3,7 +3,7 @@
 //! process or in `rift sim` children: [`hollow_procs`]), run, and print a table and one JSON
 //! line. Build with `--release` for figures.
 //!
-//! Scenarios: [`schedule`], [`rollout`], [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
+//! Scenarios: [`schedule`], [`rollout`] (and [`rollout_real`]), [`failover`], [`detect`], [`idle`], [`etcd_limit`], and the fault
 //! campaign [`chaos`].
 
 pub mod chaos;
@@ -16,6 +16,7 @@ pub mod idle;
 pub mod observe;
 pub mod report;
 pub mod rollout;
+pub mod rollout_real;
 pub mod schedule;
 
 use std::path::Path;

@@ -35,7 +35,7 @@ use crate::store::{keys, Store, WatchConfig, WatchEvent, Watcher};
 
 /// The Pool and TrainingTarget the bench makes.
 pub const POOL: &str = "rollout-bench";
-const TARGET: &str = "rollout-bench";
+pub(super) const TARGET: &str = "rollout-bench";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -58,37 +58,56 @@ struct Member {
     /// name) are not its own.
     node: Option<String>,
     running: bool,
+    /// The model its node reports the process holds (a Reload swaps it in place).
+    held: Option<String>,
 }
 
 /// What the rollout watch has seen.
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
+    /// `update: Reload`: a member is on a model once its node reports it held; otherwise once
+    /// it runs a spec naming it.
+    reload: bool,
     members: HashMap<String, Member>,
     /// The model whose rollout is timed, once promoted.
-    promoted: Option<String>,
+    pub(super) promoted: Option<String>,
     /// First time each member was seen Running on the promoted model.
-    on_new: HashMap<String, Instant>,
+    pub(super) on_new: HashMap<String, Instant>,
     /// First time every member was Running on the promoted model.
-    all_on_new: Option<Instant>,
+    pub(super) all_on_new: Option<Instant>,
     /// First time the Pool's status showed the promoted model's rollout completed.
-    completed: Option<Instant>,
+    pub(super) completed: Option<Instant>,
 }
 
 impl Seen {
     /// How many members run `model`.
-    fn running_on(&self, model: &str) -> usize {
+    pub(super) fn running_on(&self, model: &str) -> usize {
         self.members
             .values()
-            .filter(|m| m.running && m.model.as_deref() == Some(model))
+            .filter(|m| self.is_on(m, model))
             .count()
+    }
+
+    fn is_on(&self, m: &Member, model: &str) -> bool {
+        let on = if self.reload { &m.held } else { &m.model };
+        m.running && on.as_deref() == Some(model)
+    }
+
+    /// How many members the watch knows.
+    pub(super) fn member_count(&self) -> usize {
+        self.members.len()
     }
 }
 
-type Shared = Arc<Mutex<Seen>>;
+pub(super) type Shared = Arc<Mutex<Seen>>;
 
-/// Watches members' specs, their Running reports and the Pool's status from `from`.
-fn watch(store: &Store, from: i64, nodes: usize) -> Shared {
-    let seen: Shared = Arc::default();
+/// Watches members' specs, their Running reports (and the model held, with `reload`) and the
+/// Pool's status from `from`.
+pub(super) fn watch(store: &Store, from: i64, nodes: usize, reload: bool) -> Shared {
+    let seen: Shared = Arc::new(Mutex::new(Seen {
+        reload,
+        ..Seen::default()
+    }));
     let mut watcher =
         Watcher::from_revision(store.clone(), keys::ROOT, from, WatchConfig::default());
     let s = seen.clone();
@@ -128,17 +147,21 @@ fn watch(store: &Store, from: i64, nodes: usize) -> Shared {
                         .iter()
                         .find(|i| i.name == MODEL_INPUT)
                         .and_then(|i| i.artifacts.first().cloned());
-                    // A member made again under its name is a new member: not Running yet.
+                    // A member made again under its name is a new member: not Running yet (a
+                    // Reload keeps the member and its process).
                     let was = seen.members.insert(
                         name.to_string(),
                         Member {
                             model: model.clone(),
                             node: None,
                             running: false,
+                            held: None,
                         },
                     );
-                    if let Some(was) = was.filter(|w| w.model == model) {
-                        seen.members.insert(name.to_string(), was);
+                    let reload = seen.reload;
+                    if let Some(was) = was.filter(|w| reload || w.model == model) {
+                        seen.members
+                            .insert(name.to_string(), Member { model, ..was });
                     }
                 }
                 (false, ["jobs", name]) => {
@@ -150,8 +173,13 @@ fn watch(store: &Store, from: i64, nodes: usize) -> Shared {
                     }
                 }
                 (true, ["agents", node, "jobs", job]) => {
-                    let running = serde_json::from_slice::<RuntimeReport>(value)
-                        .is_ok_and(|r| r.phase == JobPhase::Running);
+                    let report = serde_json::from_slice::<RuntimeReport>(value).ok();
+                    let running = report
+                        .as_ref()
+                        .is_some_and(|r| r.phase == JobPhase::Running);
+                    let held = report.and_then(|r| r.model).and_then(|m| m.held);
+                    let promoted = seen.promoted.clone();
+                    let reload = seen.reload;
                     let Some(m) = seen
                         .members
                         .get_mut(*job)
@@ -160,8 +188,9 @@ fn watch(store: &Store, from: i64, nodes: usize) -> Shared {
                         continue;
                     };
                     m.running = running;
-                    let model = m.model.clone();
-                    if running && model.is_some() && model == seen.promoted {
+                    m.held = held;
+                    let on = if reload { &m.held } else { &m.model };
+                    if running && on.is_some() && *on == promoted {
                         seen.on_new.entry(job.to_string()).or_insert(now);
                     }
                 }
@@ -211,7 +240,7 @@ async fn artifact(store: &Store, seed: &str, bytes: u64) -> Result<String, Bench
 }
 
 /// Sets the target's `status.currentModel` (what a promotion writes).
-async fn promote(store: &Store, model: &str) -> Result<(), BenchError> {
+pub(super) async fn promote(store: &Store, model: &str) -> Result<(), BenchError> {
     let mut status = store
         .get::<TrainingTargetSpec>(TARGET)
         .await?
@@ -224,12 +253,12 @@ async fn promote(store: &Store, model: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn spec<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+pub(super) fn spec<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("the bench's own objects are valid")
 }
 
 /// Waits until `done` holds, printing `what` and the count every 5 s.
-async fn wait_until(
+pub(super) async fn wait_until(
     seen: &Shared,
     limit: Duration,
     what: &str,
@@ -308,7 +337,7 @@ pub async fn run(args: &RolloutArgs, common: &Common) -> Result<Report, BenchErr
     }));
     store.create(&Object::new(POOL, pool)).await?;
     let from = store.revision().await? + 1;
-    let seen = watch(&store, from, args.nodes);
+    let seen = watch(&store, from, args.nodes, false);
 
     let leader = start_leader(&etcd, &store, &dir, common).await?;
     let cold = Instant::now();

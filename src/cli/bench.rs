@@ -7,6 +7,13 @@ use crate::bench::{self, schedule::ScheduleArgs, Common};
 
 use super::CliError;
 
+/// A Pool's `model.update` (`rift bench rollout --update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Update {
+    RollingRestart,
+    Reload,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// Jobs applied onto hollow nodes: jobs/s bound and Running, apply -> Running latency.
@@ -61,10 +68,19 @@ pub struct BenchArgs {
     /// bench. 0: in the bench process.
     #[arg(long, default_value_t = 0)]
     pub hollow_processes: usize,
-    /// The model's simulated size in MiB (rollout): hollow nodes stage it in the time a
-    /// download at `--download-mib-per-s` takes, once per node.
-    #[arg(long, default_value_t = 100)]
-    pub input_mib: u64,
+    /// Real `rift agent` processes instead of hollow nodes (rollout): each downloads both
+    /// models from a local file:// ArtifactStore. 0: hollow nodes (`--nodes`).
+    #[arg(long, default_value_t = 0)]
+    pub agents: usize,
+    /// How Pool members take the promoted model (rollout): RollingRestart replaces them,
+    /// Reload swaps it under the running process (with --agents only).
+    #[arg(long, value_enum, default_value = "rolling-restart")]
+    pub update: Update,
+    /// The model's size in MiB (rollout): hollow nodes stage it in the time a download at
+    /// `--download-mib-per-s` takes, once per node; with --agents, real bytes every agent
+    /// downloads and caches (agents x 2 x this on disk). [default: 100; with --agents 16]
+    #[arg(long)]
+    pub input_mib: Option<u64>,
     /// The simulated download rate in MiB/s (rollout).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub download_mib_per_s: u64,
@@ -219,7 +235,34 @@ async fn scenario(
                 }
             }
         }
+        Scenario::Rollout if args.agents > 0 => {
+            let n = args.agents;
+            if crate::api::pool::parse_max_unavailable(&args.max_unavailable, n as u32).is_none() {
+                return Err(CliError::Usage(format!(
+                    "rift bench rollout: --max-unavailable {:?}: give a count of at least 1 (`10`) or a share from 1% to 100% (`25%`)",
+                    args.max_unavailable
+                )));
+            }
+            let input_mib = args.input_mib.unwrap_or(16);
+            if input_mib == 0 || input_mib > 4096 {
+                return Err(CliError::Usage(format!(
+                    "rift bench rollout --agents: --input-mib {input_mib}: give 1 to 4096 (every agent caches both models: {n} x 2 x this on disk)"
+                )));
+            }
+            let a = bench::rollout_real::RealRolloutArgs {
+                agents: n,
+                input_mib,
+                reload: args.update == Update::Reload,
+                max_unavailable: args.max_unavailable.clone(),
+            };
+            repeated(args.repeat, true, || bench::rollout_real::run(&a, &common)).await?;
+        }
         Scenario::Rollout => {
+            if args.update == Update::Reload {
+                return Err(CliError::Usage(
+                    "rift bench rollout: --update reload needs real agents (--agents N): hollow nodes only restart members".into(),
+                ));
+            }
             for &n in &nodes(1000) {
                 if n == 0 || args.hollow_processes > n {
                     return Err(CliError::Usage(format!(
@@ -238,7 +281,7 @@ async fn scenario(
                 let a = bench::rollout::RolloutArgs {
                     nodes: n,
                     hollow_processes: args.hollow_processes,
-                    input_mib: args.input_mib,
+                    input_mib: args.input_mib.unwrap_or(100),
                     download_mib_per_s: args.download_mib_per_s,
                     max_unavailable: args.max_unavailable.clone(),
                 };
