@@ -363,15 +363,29 @@ mv "$RIFT_OUTPUTS/out/.r.tmp" "$RIFT_OUTPUTS/out/result.bin" && echo sealed"#;
         .create(&Object::new("reader", spec))
         .await
         .unwrap();
+    let status = eventually(Duration::from_secs(60), "reader finished", || async {
+        let status = cluster.job("reader").await?.status?;
+        status.phase.is_finished().then_some(status)
+    })
+    .await;
+    assert_eq!(
+        status.phase,
+        JobPhase::Succeeded,
+        "{}: {}\n{}",
+        status.message,
+        attempt_log(&worker, "reader"),
+        worker.log()
+    );
+    // Succeeded only once the output is an Artifact.
     let mut expected = seed.clone();
     expected.extend_from_slice(b" and more");
     let made = format!("sha256-{}", hex(&expected));
-    let art = eventually(
-        Duration::from_secs(60),
-        "the job's output becomes an Artifact",
-        || async { cluster.store.get::<ArtifactSpec>(&made).await.unwrap() },
-    )
-    .await;
+    let art = cluster
+        .store
+        .get::<ArtifactSpec>(&made)
+        .await
+        .unwrap()
+        .expect("the job's output is an Artifact");
     assert_eq!(art.spec.producer.unwrap().job, "reader");
     assert_eq!(art.spec.parents, vec![input.clone()]);
     assert_eq!(attempt_log(&worker, "reader"), "sealed\n", "as nobody");

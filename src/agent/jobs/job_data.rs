@@ -102,3 +102,58 @@ fn set(path: &Path, owner: Option<(Uid, Gid)>, mode: u32) -> io::Result<()> {
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(outputs: &[&str]) -> RunSpec {
+        serde_json::from_value(serde_json::json!({
+            "job": "j", "epoch": 1, "command": ["true"],
+            "restartPolicy": "Never", "backoffLimit": 0, "onNodeLost": "wait",
+            "lostAfterSecs": 60, "graceSecs": 1,
+            "outputs": outputs.iter().map(|o| serde_json::json!({"name": o})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The user this test runs as: chown to it needs no privilege.
+    fn me() -> RunAs {
+        RunAs::resolve(&Uid::effective().as_raw().to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_job_without_data_opens_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let job = JobDir::at(root.path().join("jobs/j"));
+        std::fs::create_dir_all(job.path()).unwrap();
+        std::fs::set_permissions(job.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        open_to(&job, &spec(&[]), &me()).unwrap();
+        assert_eq!(mode(job.path()), 0o700);
+        assert!(!job.inputs().exists() && !job.outputs().exists());
+    }
+
+    #[test]
+    fn outputs_are_opened_and_a_symlink_in_their_place_is_refused_unfollowed() {
+        let root = tempfile::tempdir().unwrap();
+        let job = JobDir::at(root.path().join("jobs/j"));
+        std::fs::create_dir_all(job.outputs().join("games")).unwrap();
+        open_to(&job, &spec(&["games"]), &me()).unwrap();
+        assert_eq!(mode(job.path()), TRAVERSE_ONLY);
+        assert_eq!(mode(&root.path().join("jobs")), TRAVERSE_ONLY);
+        assert_eq!(mode(&job.outputs()), GROUP_READ);
+        assert_eq!(mode(&job.outputs().join("games")), GROUP_READ);
+
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, job.outputs().join("models")).unwrap();
+        let err = open_to(&job, &spec(&["models"]), &me()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert_eq!(mode(&elsewhere), 0o700, "the link's target is left alone");
+    }
+}
