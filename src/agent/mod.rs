@@ -114,8 +114,8 @@ async fn start_and_serve(
     tasks: &Tasks,
     member: &Tasks,
 ) -> Result<(), AgentError> {
-    check_run_as(config)?;
-    private_state_dir(&config.state_dir)?;
+    let switches_user = check_run_as(config)?;
+    private_state_dir(&config.state_dir, switches_user)?;
     let me = identity::establish(config).await?;
     // Endpoints learned by an earlier run (every voter's client URLs) come after the
     // configured ones: the cluster is found even after the configured voters were retired.
@@ -243,7 +243,8 @@ async fn start_and_serve(
 }
 
 /// Refuses at once a runAs no job could start with, rather than failing every job later.
-fn check_run_as(config: &AgentConfig) -> Result<(), AgentError> {
+/// True when jobs run as a user other than the agent's.
+fn check_run_as(config: &AgentConfig) -> Result<bool, AgentError> {
     let run_as = config
         .run_as
         .as_deref()
@@ -257,7 +258,7 @@ fn check_run_as(config: &AgentConfig) -> Result<(), AgentError> {
         ),
         None => {}
     }
-    Ok(())
+    Ok(run_as.is_some_and(|u| !u.is_current()))
 }
 
 /// What the HTTP handlers will read; `shutdown` ends followed logs.
@@ -451,7 +452,11 @@ async fn keep_trust(store: Store, node: String, role: crate::pki::NodeRole, ca: 
 /// are created 0600 under the agent's umask 077; older ones are unreachable through the
 /// directory.) A shared directory — `/`, one with the sticky bit like `/tmp`, or one owned by
 /// someone else — is refused rather than changed.
-fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
+///
+/// When jobs run as another user (`switches_user`) the directory is 0711 instead: others may
+/// pass through it (to the job data directories opened to the job's user,
+/// [`jobs::job_data`]) but not list it, and everything else in it stays 0700 and 0600.
+fn private_state_dir(path: &std::path::Path, switches_user: bool) -> Result<(), AgentError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let err = |source| AgentError::StateDir {
         path: path.display().to_string(),
@@ -469,9 +474,14 @@ fn private_state_dir(path: &std::path::Path) -> Result<(), AgentError> {
              user); give the agent a directory of its own, e.g. /var/lib/rift",
         )));
     }
-    if mode != 0o700 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-        tracing::info!(path = %path.display(), from = format!("{mode:o}"), "state directory made private (0700)");
+    let want = if switches_user {
+        jobs::job_data::TRAVERSE_ONLY
+    } else {
+        0o700
+    };
+    if mode != want {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)).map_err(err)?;
+        tracing::info!(path = %path.display(), from = format!("{mode:o}"), to = format!("{want:o}"), "state directory mode set");
     }
     Ok(())
 }
@@ -532,17 +542,25 @@ mod tests {
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-        private_state_dir(&state).unwrap();
+        private_state_dir(&state, false).unwrap();
         assert_eq!(mode(&state), 0o700);
-        private_state_dir(&dir.path().join("new/state")).unwrap();
+        private_state_dir(&state, true).unwrap();
+        assert_eq!(
+            mode(&state),
+            0o711,
+            "traversable when jobs run as another user"
+        );
+        private_state_dir(&state, false).unwrap();
+        assert_eq!(mode(&state), 0o700, "closed again without runAs");
+        private_state_dir(&dir.path().join("new/state"), false).unwrap();
         assert_eq!(mode(&dir.path().join("new/state")), 0o700);
 
         let sticky = dir.path().join("tmp");
         std::fs::create_dir(&sticky).unwrap();
         std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let err = private_state_dir(&sticky).unwrap_err().to_string();
+        let err = private_state_dir(&sticky, false).unwrap_err().to_string();
         assert!(err.contains("shared"), "{err}");
         assert_eq!(mode(&sticky), 0o1777, "left as it was");
-        assert!(private_state_dir(std::path::Path::new("/")).is_err());
+        assert!(private_state_dir(std::path::Path::new("/"), false).is_err());
     }
 }

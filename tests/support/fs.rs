@@ -6,9 +6,16 @@ use std::path::{Path, PathBuf};
 /// Every path under `root` that others could read: a directory not 0700, a file rift wrote
 /// with any group or other permission bit.
 pub fn not_private(root: &Path) -> Vec<String> {
+    not_private_except(root, &[])
+}
+
+/// [`not_private`], except the directories in `open` (paths relative to `root`, `""` for
+/// `root` itself) must have exactly the mode given: what rift opens to a job's user (`runAs`).
+/// A listed directory with another mode, or missing, is reported too.
+pub fn not_private_except(root: &Path, open: &[(&str, u32)]) -> Vec<String> {
     /// Bytes the job wrote (its outputs, and their upload spool, a hard link to the same file)
     /// keep the job's own modes, and artifact copies are read-only: both are reachable only
-    /// through the 0700 directories checked here.
+    /// through the 0700 directories checked here (or the job's data directories in `open`).
     fn job_data(path: &Path) -> bool {
         let s = path.to_string_lossy();
         s.contains("/outputs/")
@@ -25,7 +32,16 @@ pub fn not_private(root: &Path) -> Vec<String> {
             .permissions()
             .mode()
             & 0o777;
-        if mode != 0o700 {
+        let rel = dir
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let want = open
+            .iter()
+            .find(|(p, _)| *p == rel)
+            .map_or(0o700, |(_, m)| *m);
+        if mode != want {
             bad.push(format!("{} {mode:o}", dir.display()));
         }
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
@@ -39,6 +55,11 @@ pub fn not_private(root: &Path) -> Vec<String> {
                     meta.permissions().mode() & 0o777
                 ));
             }
+        }
+    }
+    for (p, _) in open {
+        if !root.join(p).is_dir() {
+            bad.push(format!("{} missing", root.join(p).display()));
         }
     }
     bad

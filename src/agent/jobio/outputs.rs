@@ -174,7 +174,11 @@ pub fn journal_sealed(
             };
             std::fs::create_dir_all(uploads)?;
             write_json(&json, &entry)?;
-            link_data(uploads, &id, &source)?;
+            if let Err(e) = link_data(uploads, &id, &source) {
+                tracing::warn!(job = spec.job, file = %source.display(), %e, "an output file is not taken");
+                let _ = std::fs::remove_file(&json);
+                continue;
+            }
             tracing::info!(job = spec.job, file = %source.display(), "output sealed; queued for upload");
         }
     }
@@ -189,16 +193,23 @@ fn sidecar(source: &Path) -> PathBuf {
 
 /// The counts in a sidecar; none when there is no sidecar or it is not `{"name": number}`
 /// (warned: the artifact is still made, without counts).
+/// Only a regular file is read (never a link a job put there: the agent may be root), and at
+/// most [`MAX_SIDECAR_BYTES`] of it.
 fn read_counts(path: &Path) -> BTreeMap<String, u64> {
-    let Ok(meta) = std::fs::metadata(path) else {
+    use std::io::Read as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
         return BTreeMap::new();
     };
-    let parsed = if meta.len() > MAX_SIDECAR_BYTES {
+    let parsed = if !meta.is_file() {
+        Err("not a regular file".to_string())
+    } else if meta.len() > MAX_SIDECAR_BYTES {
         Err(format!("larger than {MAX_SIDECAR_BYTES} bytes"))
     } else {
-        std::fs::read(path)
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SIDECAR_BYTES).read_to_end(&mut bytes))
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|_| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
     };
     parsed.unwrap_or_else(|e| {
         tracing::warn!(sidecar = %path.display(), e, "ignoring counts that are not {{\"name\": whole number}}");
@@ -206,11 +217,25 @@ fn read_counts(path: &Path) -> BTreeMap<String, u64> {
     })
 }
 
+/// Links `source` into the spool as `<id>.data`, and keeps the link only when it is a regular
+/// file owned by the owner of `source`'s output directory. A job (possibly another user, its
+/// directory its own) that swaps a sealed file for a symlink, or links in someone else's file,
+/// between the look and the link gets an error, never a spooled copy of that file.
 fn link_data(uploads: &Path, id: &str, source: &Path) -> io::Result<()> {
-    match std::fs::hard_link(source, uploads.join(format!("{id}.data"))) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
+    let data = uploads.join(format!("{id}.data"));
+    let owner = std::fs::symlink_metadata(source.parent().unwrap_or(Path::new("/")))?.uid();
+    match std::fs::hard_link(source, &data) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
     }
+    let linked = std::fs::symlink_metadata(&data)?;
+    if !linked.is_file() || linked.uid() != owner {
+        let _ = std::fs::remove_file(&data);
+        return Err(io::Error::other(format!(
+            "not a regular file owned by its output directory's owner (uid {owner})"
+        )));
+    }
+    Ok(())
 }
 
 /// Every journal entry (blocking); an entry whose spooled bytes are missing is relinked from
@@ -504,5 +529,43 @@ mod tests {
         );
         assert!(!p.report.labels.contains_key("other"));
         assert_eq!(pending(&uploads).get(&("sp".into(), "u1".into())), Some(&1));
+    }
+
+    #[test]
+    fn a_sidecar_that_is_a_link_or_a_device_gives_no_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let counts = root.path().join("real.counts.json");
+        std::fs::write(&counts, br#"{"games": 7}"#).unwrap();
+        let link = root.path().join("a.npz.counts.json");
+        std::os::unix::fs::symlink(&counts, &link).unwrap();
+        assert!(read_counts(&link).is_empty(), "a link is not followed");
+        // A device reads forever; it is never read.
+        assert!(read_counts(Path::new("/dev/zero")).is_empty());
+        assert_eq!(read_counts(&counts).get("games"), Some(&7));
+    }
+
+    #[test]
+    fn a_file_someone_else_owns_in_an_output_directory_is_not_spooled() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // Only root can give a file away; the job-side check is the same.
+        }
+        let root = tempfile::tempdir().unwrap();
+        let job = JobDir::at(root.path().join("job"));
+        let uploads = root.path().join("uploads");
+        let games = job.outputs().join("games");
+        std::fs::create_dir_all(&games).unwrap();
+        // The directory is the job user's (uid 65534); one file is, one is root's (a hard link
+        // the job made to a file it does not own).
+        let job_user = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&games, Some(job_user), None).unwrap();
+        std::fs::write(games.join("mine.npz"), b"mine").unwrap();
+        nix::unistd::chown(&games.join("mine.npz"), Some(job_user), None).unwrap();
+        std::fs::write(games.join("roots.npz"), b"root's").unwrap();
+        journal_sealed(&uploads, &job, &spec(&["games"]), 1).unwrap();
+        let entries = load(&uploads);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].1.source, games.join("mine.npz"));
+        let spooled = std::fs::read_dir(&uploads).unwrap().count();
+        assert_eq!(spooled, 2, "one entry and its data, nothing of root's file");
     }
 }

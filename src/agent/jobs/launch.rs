@@ -3,7 +3,8 @@
 //! where it writes its progress and result ([`super::exchange`] when it runs as another user;
 //! the state directory otherwise, with both files created private first), and its data:
 //! `RIFT_INPUTS` (staged by the agent before the attempt) and `RIFT_OUTPUTS` (each declared
-//! output's directory created here).
+//! output's directory created here, and both opened to the job's user when it runs as another
+//! one, [`super::job_data`]).
 //!
 //! The shim calls [`Launch::prepare`] once at start (an error is the attempt's start error),
 //! [`Launch::configure`] on the command just before spawning it, [`Launch::sync_due`] on every
@@ -16,6 +17,7 @@ use std::process::Command;
 
 use super::env_files;
 use super::exchange::Exchange;
+use super::job_data;
 use super::layout::{JobDir, RunSpec};
 use super::run_as::{self, RunAs};
 use super::shim::ShimOptions;
@@ -73,6 +75,14 @@ impl Launch {
             let dir = job.outputs().join(&output.name);
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!("cannot create the output directory {}: {e}", dir.display())
+            })?;
+        }
+        if let Some(user) = &switch_to {
+            job_data::open_to(job, spec, user).map_err(|e| {
+                format!(
+                    "cannot open the job's inputs and outputs to user {}: {e}",
+                    user.name
+                )
             })?;
         }
         let (progress_file, result_file) = match &exchange {

@@ -30,9 +30,10 @@
 //! anything but a DNS-1123 label (so a binding key `..` or `a/b` can never leave `jobs/`).
 //!
 //! The directory is private to the agent's user (0700, files 0600). A job that runs as another
-//! user (`runAs`) cannot reach it: its `RIFT_PROGRESS_FILE` and `RIFT_RESULT_FILE` are in a
+//! user (`runAs`) cannot read it: its `RIFT_PROGRESS_FILE` and `RIFT_RESULT_FILE` are in a
 //! private directory of its own, and `progress.jsonl` and `result.json` here are the shim's
-//! copies of them ([`super::exchange`]).
+//! copies of them ([`super::exchange`]); only its `inputs/` and `outputs/` are opened to it,
+//! through traverse-only (0711) directories ([`super::job_data`]).
 
 use std::collections::BTreeMap;
 use std::io;

@@ -3,6 +3,7 @@
 
 pub mod env_files;
 pub mod exchange;
+pub mod job_data;
 pub mod launch;
 pub mod layout;
 pub mod local;
