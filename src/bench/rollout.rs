@@ -80,6 +80,18 @@ pub(super) struct Seen {
 }
 
 impl Seen {
+    /// Since `t0` (the promotion), in ms: every member on the new model, the rollout's
+    /// `completedAt` seen, and each member's own time. Call once both were seen.
+    pub(super) fn timings(&self, t0: Instant) -> (f64, f64, Spread) {
+        let ms = |at: Instant| at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+        let per: Vec<f64> = self.on_new.values().map(|at| ms(*at)).collect();
+        (
+            ms(self.all_on_new.expect("waited for")),
+            ms(self.completed.expect("waited for")),
+            Spread::of(per),
+        )
+    }
+
     /// How many members run `model`.
     pub(super) fn running_on(&self, model: &str) -> usize {
         self.members
@@ -419,22 +431,7 @@ pub async fn run(args: &RolloutArgs, common: &Common) -> Result<Report, BenchErr
         )));
     }
 
-    let (all_at, completed_at, per_member) = {
-        let s = seen.lock().expect("lock");
-        let per: Vec<f64> = s
-            .on_new
-            .values()
-            .map(|at| at.saturating_duration_since(t0).as_secs_f64() * 1000.0)
-            .collect();
-        (
-            s.all_on_new.expect("waited for"),
-            s.completed.expect("waited for"),
-            per,
-        )
-    };
-    let all_ms = all_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
-    let completed_ms = completed_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
-    let spread = Spread::of(per_member);
+    let (all_ms, completed_ms, spread) = seen.lock().expect("lock").timings(t0);
 
     let mut r = Report::new("rollout");
     r.add(

@@ -25,7 +25,7 @@ use serde_json::json;
 use super::chaos::bed::{AgentPlan, Bed, Link, REAL_LABEL};
 use super::chaos::etcd::Advertise;
 use super::env;
-use super::report::{round, Report, Spread};
+use super::report::{round, Report};
 use super::rollout::{promote, spec, wait_until, watch, POOL, TARGET};
 use super::{BenchError, Common};
 use crate::api::artifact::ArtifactSpec;
@@ -279,22 +279,7 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
         )));
     }
 
-    let (all_at, completed_at, per_member) = {
-        let s = seen.lock().expect("lock");
-        let per: Vec<f64> = s
-            .on_new
-            .values()
-            .map(|at| at.saturating_duration_since(t0).as_secs_f64() * 1000.0)
-            .collect();
-        (
-            s.all_on_new.expect("waited for"),
-            s.completed.expect("waited for"),
-            per,
-        )
-    };
-    let all_ms = all_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
-    let completed_ms = completed_at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
-    let spread = Spread::of(per_member);
+    let (all_ms, completed_ms, spread) = seen.lock().expect("lock").timings(t0);
     let on = if args.reload { "holding" } else { "Running on" };
 
     let mut r = Report::new("rollout");
