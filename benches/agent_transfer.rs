@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rift::api::job_io::{JobInput, JobOutput};
 use support::cluster::{create_job, sh, Cluster};
 use support::proc::env_or;
-use support::s3::{S3Server, BUCKET, SECRET_KEY};
+use support::s3::{S3Server, BUCKET};
 
 fn vm_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -98,12 +98,7 @@ async fn main() {
     let limit_mib: u64 = env_or("RIFT_BENCH_LIMIT_MIB", 256);
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
-    cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
-        server.endpoint(),
-        creds.display()
-    ));
+    let creds = cluster.use_s3(&server, "");
     let worker = cluster.worker("w1", &[]);
     let pid = support::cluster::agent_pid(&worker).as_raw() as u32;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -185,7 +180,7 @@ touch {sealed}"#,
     let state = worker.state.clone();
     drop(worker);
     let _ = std::fs::remove_dir_all(state);
-    let _ = std::fs::remove_file(server.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2])));
+    let _ = std::fs::remove_file(server.cas_path(&name));
 
     eprintln!("staged in {down_secs:.1} s; bandwidth next");
     // Bandwidth: the transfer code in this process, unlimited then at half that rate.
@@ -237,9 +232,7 @@ touch {sealed}"#,
             .unwrap();
         let down_s = t.elapsed().as_secs_f64();
         let _ = std::fs::remove_file(&dest);
-        let hex = digest.hex();
-        let _ =
-            std::fs::remove_file(server.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2])));
+        let _ = std::fs::remove_file(server.cas_path(&digest.artifact_name()));
         rates.push((limit_mib as f64 / up_s, limit_mib as f64 / down_s));
         if let Some(l) = rate_limit {
             rates.push((l as f64 / 1048576.0, l as f64 / 1048576.0));

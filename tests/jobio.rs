@@ -13,71 +13,10 @@ use rift::api::artifact::ArtifactSpec;
 use rift::api::job_io::{JobInput, JobOutput};
 use rift::api::{Job, JobPhase, JobSpec, Object};
 use support::agent::eventually;
-use support::cli::{rift, rift_stdin};
-use support::cluster::{create_job, sh, Cluster};
-use support::s3::{S3Server, BUCKET, SECRET_KEY};
-
-/// Applies ArtifactStore `default` on `server` with an absolute credentials file (so agents and
-/// the CLI find it whatever their secrets directory), its watermarks at 99/98 % so a shared
-/// test host's full disk does not put the nodes under `DiskPressure` (the eviction test sets
-/// its own).
-fn use_s3(cluster: &Cluster, server: &S3Server) -> std::path::PathBuf {
-    let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
-    cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
-        server.endpoint(),
-        creds.display()
-    ));
-    creds
-}
-
-/// Pushes `bytes` as an artifact; returns its name.
-fn push(cluster: &Cluster, bytes: &[u8], file: &str) -> String {
-    let path = cluster.dir.path().join(file);
-    std::fs::write(&path, bytes).unwrap();
-    let ep = cluster.etcd.endpoints_csv();
-    let r = rift(
-        &ep,
-        &[
-            "artifact",
-            "push",
-            path.to_str().unwrap(),
-            "-l",
-            "type=seed",
-        ],
-    );
-    assert!(r.ok, "{}", r.stderr);
-    let out = rift_stdin(
-        &ep,
-        &["get", "artifacts", "-l", "type=seed", "-o", "name"],
-        "",
-    );
-    let name = format!("sha256-{}", sha256_hex(bytes));
-    assert!(out.stdout.contains(&name), "{}", out.stdout);
-    name
-}
-
-/// Prints an agent's log (the file at this path) when the test fails.
-struct LogOnPanic(std::path::PathBuf);
-
-impl Drop for LogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
-            eprintln!("--- {} ---\n{log}", self.0.display());
-        }
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-fn cas(server: &S3Server, name: &str) -> std::path::PathBuf {
-    let hex = name.trim_start_matches("sha256-");
-    server.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2]))
-}
+use support::agent::LogOnPanic;
+use support::cli::rift;
+use support::cluster::{artifact_name, create_job, sh, Cluster};
+use support::s3::S3Server;
 
 async fn finished(cluster: &Cluster, job: &str, within: u64) -> Job {
     let deadline = std::time::Instant::now() + Duration::from_secs(within);
@@ -142,11 +81,11 @@ async fn artifacts_labelled(cluster: &Cluster, job: &str) -> Vec<Object<Artifact
 async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     let seed = pattern(6 * 1024 * 1024 + 3, 1);
-    let input = push(&cluster, &seed, "seed.bin");
+    let input = cluster.push(&seed, "seed.bin", "type=seed");
     let marks = tempfile::tempdir().unwrap();
 
     // 1. A job reading an input and sealing an output, in a Pool's name.
@@ -164,7 +103,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
 
     let mut expected = seed.clone();
     expected.extend_from_slice(b"one");
-    let name = format!("sha256-{}", sha256_hex(&expected));
+    let name = artifact_name(&expected);
     let art = cluster
         .store
         .get::<ArtifactSpec>(&name)
@@ -196,7 +135,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
             "{k}"
         );
     }
-    assert_eq!(std::fs::read(cas(&server, &name)).unwrap(), expected);
+    assert_eq!(std::fs::read(server.cas_path(&name)).unwrap(), expected);
     let described = rift(&cluster.etcd.endpoints_csv(), &["describe", "job", "p1"]);
     assert!(
         described.stdout.contains(&format!("games: {input}"))
@@ -237,7 +176,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
 
     // 2. A second job on the node: a cache hit (the store's copy is gone, and not needed), and
     // identical output bytes: still one Artifact, the first producer's.
-    std::fs::remove_file(cas(&server, &input)).unwrap();
+    std::fs::remove_file(server.cas_path(&input)).unwrap();
     create_job(
         &cluster.store,
         "p2",
@@ -266,10 +205,10 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
 
     // 3. Damaged bytes in the store: detected, retried, never run on; the job fails saying so.
     let other = pattern(1024 * 1024, 9);
-    let damaged = push(&cluster, &other, "other.bin");
+    let damaged = cluster.push(&other, "other.bin", "type=seed");
     let mut flipped = other.clone();
     flipped[4096] ^= 0xff;
-    std::fs::write(cas(&server, &damaged), &flipped).unwrap();
+    std::fs::write(server.cas_path(&damaged), &flipped).unwrap();
     let marker = marks.path().join("p3");
     create_job(
         &cluster.store,
@@ -294,7 +233,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
     assert!(!cache_copy.exists(), "damaged bytes never enter the cache");
 
     // 4. An input naming an artifact that does not exist: the job fails and says what to do.
-    let unknown = format!("sha256-{}", sha256_hex(b"never pushed"));
+    let unknown = artifact_name(b"never pushed");
     let marker = marks.path().join("p4");
     create_job(
         &cluster.store,
@@ -318,7 +257,7 @@ async fn inputs_are_staged_verified_and_outputs_become_artifacts_with_lineage() 
 async fn outputs_queued_while_the_store_is_down_survive_an_agent_sigkill_and_are_recorded_once() {
     let cluster = Cluster::start().await;
     let mut server = S3Server::start();
-    use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let mut worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     server.stop();
@@ -370,12 +309,8 @@ for i in 1 2 3; do printf "shard $i" > "$RIFT_OUTPUTS/games/.s$i"; mv "$RIFT_OUT
     let arts = artifacts_labelled(&cluster, "sp").await;
     assert_eq!(arts.len(), 3, "one Artifact per shard, none twice");
     for a in &arts {
-        let bytes = std::fs::read(cas(&server, a.name())).unwrap();
-        assert_eq!(
-            format!("sha256-{}", sha256_hex(&bytes)),
-            a.name(),
-            "stored bytes are whole"
-        );
+        let bytes = std::fs::read(server.cas_path(a.name())).unwrap();
+        assert_eq!(artifact_name(&bytes), a.name(), "stored bytes are whole");
         assert!(bytes.starts_with(b"shard "));
         // A sidecar whose counts make no valid Artifact costs the counts, never the bytes.
         assert!(a.spec.counts.is_empty(), "{:?}", a.spec.counts);
@@ -394,12 +329,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_bytes() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let mut worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     let big = pattern(48 * 1024 * 1024 + 11, 5);
-    let input = push(&cluster, &big, "big.bin");
-    let hex = sha256_hex(&big);
+    let input = cluster.push(&big, "big.bin", "type=seed");
+    let hex = artifact_name(&big)["sha256-".len()..].to_string();
     create_job(
         &cluster.store,
         "tr",
@@ -435,7 +370,10 @@ async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_by
     let done = finished(&cluster, "tr", 90).await;
     assert_eq!(phase(&done).0, JobPhase::Succeeded, "{:?}", phase(&done));
     let cached = worker.state.join(format!("cache/sha256/{hex}"));
-    assert_eq!(sha256_hex(&std::fs::read(&cached).unwrap()), hex);
+    assert_eq!(
+        artifact_name(&std::fs::read(&cached).unwrap())["sha256-".len()..],
+        hex
+    );
     assert!(!partial.exists());
     // While it was staging, the Job said so with its bytes.
     assert_eq!(shown.total_bytes, big.len() as u64);
@@ -447,13 +385,13 @@ async fn an_agent_sigkilled_mid_download_resumes_and_the_job_runs_on_verified_by
 async fn above_the_high_watermark_only_cache_entries_no_job_uses_are_evicted() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    let creds = use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     let (old, used) = (pattern(100_000, 1), pattern(100_000, 2));
     let (old_name, used_name) = (
-        push(&cluster, &old, "old.bin"),
-        push(&cluster, &used, "used.bin"),
+        cluster.push(&old, "old.bin", "type=seed"),
+        cluster.push(&used, "used.bin", "type=seed"),
     );
     let cached = |name: &str| {
         worker
@@ -485,11 +423,10 @@ async fn above_the_high_watermark_only_cache_entries_no_job_uses_are_evicted() {
     assert!(cached(&old_name).exists() && cached(&used_name).exists());
 
     // Any disk is above 1 %: everything unpinned goes, the running job's input stays.
-    cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 1, lowPercent: 0}}\n",
-        server.endpoint(),
-        creds.display()
-    ));
+    cluster.use_s3(
+        &server,
+        "  partSize: 5242880\n  cache: {highPercent: 1, lowPercent: 0}\n",
+    );
     eventually(
         Duration::from_secs(40),
         "the unused entry evicted",
@@ -511,7 +448,7 @@ async fn above_the_high_watermark_only_cache_entries_no_job_uses_are_evicted() {
 async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_artifact() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let mut worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     // 48 MiB of one byte repeated: ten 5 MiB parts.
@@ -550,9 +487,9 @@ async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_arti
         "killed mid-upload ({had} of 10 parts journaled)"
     );
     let expected = vec![b'm'; 50331648];
-    let name = format!("sha256-{}", sha256_hex(&expected));
+    let name = artifact_name(&expected);
     assert!(
-        !cas(&server, &name).exists(),
+        !server.cas_path(&name).exists(),
         "killed before the upload completed"
     );
     worker.respawn();
@@ -561,7 +498,7 @@ async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_arti
     let arts = artifacts_labelled(&cluster, "tr").await;
     assert_eq!(arts.len(), 1, "one Artifact");
     assert_eq!(arts[0].name(), name);
-    let stored = std::fs::read(cas(&server, &name)).unwrap();
+    let stored = std::fs::read(server.cas_path(&name)).unwrap();
     assert!(stored == expected, "the stored bytes are whole");
     // The restarted agent sent only the parts the store did not have.
     let log = std::fs::read_to_string(worker.state.join("agent.log")).unwrap();
@@ -588,17 +525,16 @@ async fn an_agent_sigkilled_mid_upload_resumes_after_restart_with_one_whole_arti
 async fn a_node_s_bandwidth_limit_holds_both_directions_to_at_least_size_over_rate() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    let creds = use_s3(&cluster, &server);
+    cluster.use_s3(&server, "  partSize: 5242880\n");
     let input_bytes = pattern(6 * 1024 * 1024, 9);
-    let input = push(&cluster, &input_bytes, "in.bin");
+    let input = cluster.push(&input_bytes, "in.bin", "type=seed");
     // The first entry matches no node here (it would stall everything at 1 byte/s); the
     // second matches the worker (labelled worker=yes): 2 MiB/s each way.
     let rate = 2 * 1024 * 1024u64;
-    cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  partSize: 5242880\n  cache: {{highPercent: 99, lowPercent: 98}}\n  bandwidth:\n  - nodeSelector: {{provider: elsewhere}}\n    uploadBytesPerSecond: 1\n    downloadBytesPerSecond: 1\n  - nodeSelector: {{worker: \"yes\"}}\n    uploadBytesPerSecond: {rate}\n    downloadBytesPerSecond: {rate}\n",
-        server.endpoint(),
-        creds.display()
-    ));
+    cluster.use_s3(
+        &server,
+        &format!("  partSize: 5242880\n  bandwidth:\n  - nodeSelector: {{provider: elsewhere}}\n    uploadBytesPerSecond: 1\n    downloadBytesPerSecond: 1\n  - nodeSelector: {{worker: \"yes\"}}\n    uploadBytesPerSecond: {rate}\n    downloadBytesPerSecond: {rate}\n"),
+    );
     let worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     let marks = tempfile::tempdir().unwrap();

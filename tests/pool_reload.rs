@@ -13,9 +13,10 @@ use rift::api::pool::{PoolSpec, PoolStatus};
 use rift::api::training_target::TrainingTargetStatus;
 use rift::api::{Job, JobPhase, Object, TrainingTargetSpec};
 use support::agent::eventually;
+use support::agent::LogOnPanic;
 use support::cli::rift;
-use support::cluster::Cluster;
-use support::s3::{S3Server, BUCKET, SECRET_KEY};
+use support::cluster::{artifact_name, Cluster};
+use support::s3::S3Server;
 
 /// The member: records `<pid> <model bytes>` when it starts and on every SIGHUP, and seals a
 /// shard (`<model bytes>-<n>`) each time.
@@ -29,34 +30,6 @@ look() {
 trap look HUP
 look
 while true; do sleep 0.2; done"#;
-
-fn sha256_name(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256-{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-fn cas(server: &S3Server, name: &str) -> std::path::PathBuf {
-    let hex = name.trim_start_matches("sha256-");
-    server.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2]))
-}
-
-fn push(cluster: &Cluster, bytes: &[u8]) -> String {
-    let path = cluster.dir.path().join(sha256_name(bytes));
-    std::fs::write(&path, bytes).unwrap();
-    let ep = cluster.etcd.endpoints_csv();
-    let r = rift(
-        &ep,
-        &[
-            "artifact",
-            "push",
-            path.to_str().unwrap(),
-            "-l",
-            "type=model",
-        ],
-    );
-    assert!(r.ok, "{}", r.stderr);
-    sha256_name(bytes)
-}
 
 /// Promotes `model` on TrainingTarget `loop` (its status written as the training controller
 /// would; written again should a controller pass race it).
@@ -113,16 +86,8 @@ fn seen(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Prints the worker's log when the test fails.
-struct LogOnPanic(std::path::PathBuf);
-
-impl Drop for LogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
-            eprintln!("--- {} ---\n{log}", self.0.display());
-        }
-    }
+async fn member(cluster: &Cluster) -> Job {
+    cluster.job("sp-0").await.expect("the member exists")
 }
 
 /// Waits until the member's last record is process `pid` reading `model`.
@@ -139,26 +104,17 @@ async fn saw(dir: &Path, pid: u32, model: &str) {
     }
 }
 
-async fn member(cluster: &Cluster) -> Job {
-    cluster.job("sp-0").await.expect("the member exists")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_faults() {
     let cluster = Cluster::start().await;
     let server = S3Server::start();
-    let creds = S3Server::write_credentials(cluster.dir.path(), "s3.env", SECRET_KEY);
-    cluster.apply(&format!(
-        "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n  cache: {{highPercent: 99, lowPercent: 98}}\n",
-        server.endpoint(),
-        creds.display()
-    ));
+    cluster.use_s3(&server, "");
     let worker = cluster.worker("w1", &[]);
     let _log = LogOnPanic(worker.state.join("agent.log"));
     let seen_dir = tempfile::tempdir().unwrap();
     let models: Vec<String> = ["model-one", "model-two", "model-three", "model-four"]
         .iter()
-        .map(|m| push(&cluster, m.as_bytes()))
+        .map(|m| cluster.push(m.as_bytes(), &format!("{m}.bin"), "type=model"))
         .collect();
 
     let target: TrainingTargetSpec = serde_json::from_value(serde_json::json!({
@@ -224,7 +180,7 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
     // Its shards carry the model they were played with: the short digest as a label, the
     // full name among the parents.
     let short = &models[1][..23];
-    let shard = sha256_name(b"model-two-2");
+    let shard = artifact_name(b"model-two-2");
     let listed = eventually(Duration::from_secs(30), "the shard labelled", || async {
         let r = rift(
             &cluster.etcd.endpoints_csv(),
@@ -264,7 +220,7 @@ async fn a_reload_swaps_the_model_under_the_running_member_and_waits_out_store_f
     saw(seen_dir.path(), pid, "model-three").await;
 
     // 3. The model's stored bytes damaged: detected, never swapped in, reported.
-    let object = cas(&server, &models[3]);
+    let object = server.cas_path(&models[3]);
     let good = std::fs::read(&object).unwrap();
     std::fs::write(&object, b"model-f0ur").unwrap();
     promote(&cluster, &models[3]).await;

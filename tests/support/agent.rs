@@ -317,3 +317,15 @@ pub fn spawn_candidate(name: &str, endpoints: &str, port: u16, ttl: u64) -> Chil
         .spawn()
         .expect("rift agent starts")
 }
+
+/// Prints an agent's log (the file at this path) when the test fails.
+pub struct LogOnPanic(pub PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.0.display());
+        }
+    }
+}

@@ -7,14 +7,16 @@
 //! ArtifactStore's watermarks, is what tests of a full disk use), and every agent's node lease
 //! TTL is 2 s ([`TestAgent`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rift::api::{Job, JobPhase, JobSpec, Object};
 use rift::store::Store;
 
 use super::agent::{eventually, TestAgent};
+use super::cli::rift;
 use super::etcd::EtcdCluster;
+use super::s3::{S3Server, BUCKET, SECRET_KEY};
 
 /// An agent config file with `labels`, written under `dir`.
 pub fn agent_config(dir: &Path, name: &str, labels: &str) -> String {
@@ -133,6 +135,47 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("--- controller agent log ---\n{}", self.ctl.log());
         }
+    }
+}
+
+/// The Artifact name of `bytes`: `sha256-<hex of their digest>`.
+pub fn artifact_name(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256-{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+impl Cluster {
+    /// Applies ArtifactStore `default` on `server` with an absolute credentials file (so agents
+    /// and the CLI find it whatever their secrets directory) and `extra` spec lines (each
+    /// indented two spaces); returns the credentials file. Cache watermarks 99/98 % unless
+    /// `extra` sets `cache`: the tests share the machine's disk, which may well be fuller than
+    /// the default 85 % (DiskPressure has its own test, tests/disk.rs).
+    pub fn use_s3(&self, server: &S3Server, extra: &str) -> PathBuf {
+        let creds = S3Server::write_credentials(self.dir.path(), "s3.env", SECRET_KEY);
+        let cache = if extra.contains("cache:") {
+            ""
+        } else {
+            "  cache: {highPercent: 99, lowPercent: 98}\n"
+        };
+        self.apply(&format!(
+            "apiVersion: rift/v1\nkind: ArtifactStore\nmetadata: {{name: default}}\nspec:\n  url: s3://{BUCKET}\n  endpoint: {}\n  credentialsFile: {}\n{cache}{extra}",
+            server.endpoint(),
+            creds.display()
+        ));
+        creds
+    }
+
+    /// Pushes `bytes` (written to `file` in the cluster's directory) with `rift artifact push
+    /// -l LABEL`; returns the Artifact's name.
+    pub fn push(&self, bytes: &[u8], file: &str, label: &str) -> String {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let r = rift(
+            &self.etcd.endpoints_csv(),
+            &["artifact", "push", path.to_str().unwrap(), "-l", label],
+        );
+        assert!(r.ok, "{}", r.stderr);
+        artifact_name(bytes)
     }
 }
 

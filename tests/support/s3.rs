@@ -92,6 +92,12 @@ impl S3Server {
         self.dir.path().join("data").join(BUCKET).join(key)
     }
 
+    /// Where the bytes of Artifact `name` (`sha256-<hex>`) are stored, `cas/sha256/<2>/<hex>`.
+    pub fn cas_path(&self, name: &str) -> PathBuf {
+        let hex = name.trim_start_matches("sha256-");
+        self.object_path(&format!("cas/sha256/{}/{hex}", &hex[..2]))
+    }
+
     /// Stops the server (SIGKILL): the store is down.
     pub fn stop(&mut self) {
         self.resume();
