@@ -70,8 +70,6 @@ fn scrape(agent: &TestAgent) -> Option<String> {
 async fn every_metrics_endpoint_passes_promtool_and_only_the_leader_exports_the_cluster() {
     let etcd = EtcdCluster::single();
     let ep = etcd.endpoints_csv();
-    let mut leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
-    let worker = TestAgent::start("w1", &ep, &["--gpus", "H100x2"]);
     let out = rift_stdin(&ep, &["apply", "-f", "-"], OBJECTS);
     assert!(out.ok, "{}", out.stderr);
     // A target that has promoted once (as the training controller records it), so its
@@ -90,6 +88,11 @@ async fn every_metrics_endpoint_passes_promtool_and_only_the_leader_exports_the_
         )
         .await
         .unwrap();
+    // The agents start only now: a training controller already running could write the
+    // target's status from its own older view over the one just put (only it writes that
+    // status in a real cluster).
+    let mut leader = TestAgent::start("ctl", &ep, &["--controllers", "--lease-ttl", "2"]);
+    let worker = TestAgent::start("w1", &ep, &["--gpus", "H100x2"]);
 
     let wanted = [
         "rift_scheduler_pending_jobs{node=\"ctl\"} 1",
