@@ -71,6 +71,18 @@ impl Report {
         self.json.insert(key.to_string(), value);
     }
 
+    /// The `load` row: the 1-minute load average when the run started, and the CPUs it shared.
+    pub fn add_load(&mut self, load_at_start: f64) {
+        self.add(
+            "load",
+            format!(
+                "1-minute load average {load_at_start:.1} at the start, on {} CPUs",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+            json!(round(load_at_start)),
+        );
+    }
+
     /// Marks the report with the transport it ran over (`tls` or `plaintext`).
     pub fn tagged(mut self, tls: bool) -> Report {
         let t = if tls { "tls" } else { "plaintext" };

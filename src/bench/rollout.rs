@@ -489,14 +489,7 @@ pub async fn run(args: &RolloutArgs, common: &Common) -> Result<Report, BenchErr
         ),
         json!(round(hollow_cpu)),
     );
-    r.add(
-        "load",
-        format!(
-            "1-minute load average {load_at_start:.1} at the start, on {} CPUs",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        json!(round(load_at_start)),
-    );
+    r.add_load(load_at_start);
     drop(seen);
     drop(leader);
     hollow.crash().await;

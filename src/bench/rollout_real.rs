@@ -319,14 +319,7 @@ pub async fn run(args: &RealRolloutArgs, common: &Common) -> Result<Report, Benc
         format!("CPU {leader_cpu:.0} % of one core during the rollout (the controller agent)"),
         json!({"cpu_percent": round(leader_cpu)}),
     );
-    r.add(
-        "load",
-        format!(
-            "1-minute load average {load_at_start:.1} at the start, on {} CPUs",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        json!(round(load_at_start)),
-    );
+    r.add_load(load_at_start);
     drop(seen);
     // Dropping the bed ends the agents, their shims and members, etcd, and the directory
     // (store objects and node caches with it).

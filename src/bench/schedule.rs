@@ -356,14 +356,7 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
             json!({"rss_mib": round(bench_rss), "cpu_percent": round(bench_cpu)}),
         );
     }
-    r.add(
-        "load",
-        format!(
-            "1-minute load average {load_at_start:.1} at the start, on {} CPUs",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        json!(round(load_at_start)),
-    );
+    r.add_load(load_at_start);
     drop(leader);
     hollow_nodes.crash().await;
     Ok(r)
