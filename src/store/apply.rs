@@ -36,6 +36,9 @@ impl ApplyOutcome {
     }
 }
 
+/// Gets in one read transaction: etcd's default `--max-txn-ops` (128).
+const READ_GROUP: usize = 128;
+
 /// How many times a whole apply is re-read and retried when another writer got in between.
 const MAX_ATTEMPTS: usize = 5;
 
@@ -155,17 +158,18 @@ impl Store {
         })
     }
 
+    /// The stored form of every item, read in transactions of up to [`READ_GROUP`] gets (one
+    /// request per group instead of one per object).
     async fn read_all(&self, items: &[ApplyItem]) -> Result<Vec<Option<KeyValue>>> {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        stream::iter(items)
-            .map(|i| self.get_raw_owned(keys::object(i.kind.plural, &i.name)))
-            .buffered(32)
-            .try_collect()
-            .await
-    }
-
-    async fn get_raw_owned(&self, key: String) -> Result<Option<KeyValue>> {
-        self.get_raw(&key).await
+        let keys: Vec<String> = items
+            .iter()
+            .map(|i| keys::object(i.kind.plural, &i.name))
+            .collect();
+        let mut values = Vec::with_capacity(keys.len());
+        for group in keys.chunks(READ_GROUP) {
+            values.extend(self.get_many(group).await?.0);
+        }
+        Ok(values)
     }
 }
 

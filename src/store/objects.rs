@@ -237,7 +237,8 @@ pub(crate) fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
 impl Store {
     /// Reads several keys at one revision: one transaction of gets (without the leader fence:
     /// reading needs no proof of leadership). Returns the values in order and that revision.
-    async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
+    /// At most etcd's `--max-txn-ops` keys (128 by default) in one call.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
         let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
         let mut client = self.client();
         let resp = self.call(client.txn(Txn::new().and_then(ops))).await?;
