@@ -18,9 +18,10 @@ use super::hollow_procs::{cpu_seconds_of, rss_mib_of, HollowNodes};
 use super::observe::{self, Observed};
 use super::report::{round, Report, Spread};
 use super::{etcd_limit, BenchError, Common};
+use crate::api::Spec;
 use crate::api::{JobSpec, Object};
 use crate::sim::{Cluster, HollowSettings};
-use crate::store::Store;
+use crate::store::{ApplyItem, Store};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -30,42 +31,57 @@ pub struct ScheduleArgs {
     pub gpus_per_job: u32,
     pub cpus_per_job: f64,
     pub concurrency: usize,
+    /// Jobs per apply transaction (1: one create each).
+    pub apply_group: usize,
     pub preload: bool,
     /// Run the hollow nodes in this many `rift sim` processes (0: in the bench process).
     pub hollow_processes: usize,
 }
 
-/// Creates jobs `bench-00000`.. with `concurrency` creates in flight; returns when each
-/// create was sent.
+/// Creates jobs `bench-00000`.. with `concurrency` requests in flight, one job a request or,
+/// with `apply_group` > 1, that many in one all-or-nothing transaction as `rift apply -f` writes
+/// a file of them ([`Store::apply`]); returns when each job's request was sent.
 async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, BenchError> {
-    let (jobs, gpus, cpus, concurrency) = (
-        args.jobs,
-        args.gpus_per_job,
-        args.cpus_per_job,
-        args.concurrency,
-    );
+    let (jobs, group) = (args.jobs, args.apply_group.max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(Mutex::new(vec![None; jobs]));
-    let tasks: Vec<_> = (0..concurrency.max(1))
+    let tasks: Vec<_> = (0..args.concurrency.max(1))
         .map(|_| {
-            let (store, next, sent) = (store.clone(), next.clone(), sent.clone());
+            let (store, next, sent, args) =
+                (store.clone(), next.clone(), sent.clone(), args.clone());
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
+                    let first = next.fetch_add(group, Ordering::Relaxed);
+                    if first >= jobs {
                         return Ok::<(), BenchError>(());
                     }
-                    let mut spec = JobSpec::with_command(["selfplay"]);
-                    spec.resources.gpus = gpus;
-                    spec.resources.cpus = (cpus > 0.0).then_some(cpus);
+                    let range = first..(first + group).min(jobs);
                     let at = Instant::now();
-                    let job = Object::new(job_name(i), spec);
-                    // A create that timed out may have been written: found again, it counts.
-                    match env::patient(|| store.create(&job)).await {
-                        Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
-                        Err(e) => return Err(e.into()),
+                    if group == 1 {
+                        // A create that timed out may have been written: found again, it counts.
+                        let job = bench_job(first, &args);
+                        match env::patient(|| store.create(&job)).await {
+                            Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        let kind = crate::api::kinds::by_kind(JobSpec::KIND).expect("registered");
+                        let items: Vec<ApplyItem> = range
+                            .clone()
+                            .map(|i| ApplyItem {
+                                kind,
+                                name: job_name(i),
+                                object: serde_json::to_value(bench_job(i, &args))
+                                    .expect("resource types serialize"),
+                            })
+                            .collect();
+                        // Applied again after a timeout that was written, it is unchanged.
+                        env::patient(|| store.apply(&items, false)).await?;
                     }
-                    sent.lock().expect("lock")[i] = Some(at);
+                    let mut sent = sent.lock().expect("lock");
+                    for i in range {
+                        sent[i] = Some(at);
+                    }
                 }
             })
         })
@@ -78,6 +94,14 @@ async fn apply_jobs(store: &Store, args: &ScheduleArgs) -> Result<Vec<Instant>, 
         .iter()
         .map(|t| t.expect("every job was created"))
         .collect())
+}
+
+/// Job `i` of the bench: `selfplay`, asking for the run's GPUs and CPUs.
+fn bench_job(i: usize, args: &ScheduleArgs) -> Object<JobSpec> {
+    let mut spec = JobSpec::with_command(["selfplay"]);
+    spec.resources.gpus = args.gpus_per_job;
+    spec.resources.cpus = (args.cpus_per_job > 0.0).then_some(args.cpus_per_job);
+    Object::new(job_name(i), spec)
 }
 
 pub fn job_name(i: usize) -> String {
@@ -264,14 +288,15 @@ pub async fn run(args: &ScheduleArgs, common: &Common) -> Result<Report, BenchEr
             args.cpus_per_job,
             if args.preload { "preloaded before the leader started" } else { "applied while the leader runs" }
         ),
-        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency, "hollow_processes": args.hollow_processes}),
+        json!({"nodes": args.nodes, "jobs": args.jobs, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job, "preload": args.preload, "concurrency": args.concurrency, "apply_group": args.apply_group, "hollow_processes": args.hollow_processes}),
     );
     limit.add_to(&mut r);
     r.add(
         "apply_per_s",
         format!(
-            "{apply_rate:.0} jobs/s created ({} in flight), {:.3} of etcd's txn rate",
+            "{apply_rate:.0} jobs/s created ({} requests in flight, {} job(s) a transaction), {:.3} of etcd's txn rate",
             args.concurrency,
+            args.apply_group,
             limit.fraction(apply_rate)
         ),
         json!(round(apply_rate)),

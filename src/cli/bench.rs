@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// Requests in flight while applying jobs and measuring etcd.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Jobs written per transaction while applying (schedule): 1 creates each job on its own;
+    /// N > 1 applies them N at a time, all or nothing, as `rift apply -f` writes a file of N
+    /// Jobs (at most 128, etcd's default `--max-txn-ops`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub apply_group: u16,
     /// Create the jobs before the leader starts (schedule: the scheduler's own throughput).
     #[arg(long)]
     pub preload: bool,
@@ -211,6 +216,7 @@ async fn scenario(
                         gpus_per_job: args.gpus_per_job,
                         cpus_per_job: args.cpus_per_job,
                         concurrency: common.concurrency,
+                        apply_group: args.apply_group.into(),
                         preload: args.preload,
                         hollow_processes: args.hollow_processes,
                     };
