@@ -477,3 +477,102 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
     let _ = agent.0.kill();
     support::agent::kill_processes_mentioning(&state);
 }
+
+/// Puts `job`'s placement and a binding at epoch 1 for `uid` that carries `embedded` (the
+/// field the scheduler fills with the Job's stored form).
+async fn bind_carrying(
+    client: &mut Client,
+    job: &str,
+    node: &str,
+    uid: &str,
+    embedded: serde_json::Value,
+) {
+    let placement = serde_json::json!({"node": node, "epoch": 1, "uid": uid});
+    let binding = serde_json::json!({"epoch": 1, "uid": uid, "job": embedded});
+    client
+        .put(
+            format!("/rift/v1/placements/{job}"),
+            placement.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .put(
+            format!("/rift/v1/bindings/{node}/{job}"),
+            binding.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+fn stored_job(name: &str, uid: &str, script: &str) -> serde_json::Value {
+    let mut job = Object::new(name, JobSpec::with_command(["sh", "-c", script]));
+    job.metadata.uid = Some(uid.into());
+    serde_json::to_value(job).unwrap()
+}
+
+#[tokio::test]
+async fn a_binding_that_carries_its_job_starts_it_without_the_job_being_read() {
+    let (cluster, _store, mut client) = setup().await;
+    let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
+    // No Job object exists at all: only the binding's copy can have started it.
+    let embedded = stored_job(
+        "carried",
+        "uid-1",
+        "echo started > \"$RIFT_PROGRESS_FILE\"; exit 4",
+    );
+    bind_carrying(&mut client, "carried", "n1", "uid-1", embedded).await;
+    let r = wait_phase(&mut client, "n1", "carried", JobPhase::Failed, 20).await;
+    assert_eq!(r.exit_code, Some(4), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_carried_job_of_another_uid_or_of_unknown_fields_is_ignored_and_the_job_is_read() {
+    let (cluster, store, mut client) = setup().await;
+    let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
+    let mut newer = stored_job("newer", "uid-of-newer", "exit 5");
+    newer["spec"]["aFieldFromANewerRift"] = serde_json::json!(true);
+    let cases = [
+        (
+            "other-uid",
+            stored_job("other-uid", "someone-else", "exit 5"),
+        ),
+        ("newer", newer),
+    ];
+    for (name, embedded) in cases {
+        let real = "echo '{\"real\": 1}' >> \"$RIFT_PROGRESS_FILE\"; sleep 30";
+        create_job(&store, name, real, |_| {}).await;
+        let uid = store
+            .get::<JobSpec>(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .uid
+            .unwrap();
+        // For "newer" the binding's uid is the Job's, so only the unknown field rejects the
+        // copy; for "other-uid" the copy names another Job.
+        let mut embedded = embedded;
+        if name == "newer" {
+            embedded["metadata"]["uid"] = serde_json::json!(uid);
+        }
+        bind_carrying(&mut client, name, "n1", &uid, embedded).await;
+        // The Job read from etcd runs, not the copy (`exit 5`).
+        let c = client.clone();
+        eventually(
+            Duration::from_secs(20),
+            &format!("{name} runs the real Job"),
+            || {
+                let mut c = c.clone();
+                async move {
+                    report(&mut c, "n1", name).await.filter(|r| {
+                        r.phase == JobPhase::Running && r.progress.get("real") == Some(&1.0)
+                    })
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -62,7 +62,45 @@ pub struct Binding {
     /// for jobs of no Pool with a model, and in bindings the Pool controller has not reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelOrder>,
+    /// The Job as the scheduler bound it (its stored form: metadata and spec), so that the
+    /// node starts it without reading it from etcd. `None` for a Job whose stored form is
+    /// over [`EmbeddedJob::LIMIT`], in bindings written before this field, and in bindings a
+    /// controller rewrote without it: then the agent reads the Job. Kept as raw JSON, so that a
+    /// binding decodes even when the Job has fields this build does not know (the agent then
+    /// treats the Job as it treats one it read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<EmbeddedJob>,
 }
+
+/// A Job's stored form carried in its [`Binding`], as raw JSON (see [`Binding::job`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EmbeddedJob(Box<serde_json::value::RawValue>);
+
+impl EmbeddedJob {
+    /// The largest stored form embedded. With the scheduler's 50 bindings a transaction this
+    /// keeps a transaction of bindings under 1 MiB, below etcd's 1.5 MiB request limit.
+    pub const LIMIT: usize = 16 * 1024;
+
+    /// `job` serialized, or `None` when that is over [`EmbeddedJob::LIMIT`].
+    pub fn of<T: Serialize>(job: &T) -> Option<EmbeddedJob> {
+        let raw = serde_json::value::to_raw_value(job).ok()?;
+        (raw.get().len() <= Self::LIMIT).then_some(EmbeddedJob(raw))
+    }
+
+    /// The embedded Job decoded as `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl PartialEq for EmbeddedJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for EmbeddedJob {}
 
 /// What the agent does with a Pool member's newly promoted model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,5 +303,26 @@ mod tests {
             compose_job_status(Some(&placed(3)), Some(&report)).phase,
             JobPhase::Scheduled
         );
+    }
+
+    #[test]
+    fn a_binding_carries_a_small_job_verbatim_and_not_one_over_the_limit() {
+        let mut job = crate::api::Object::new("j", JobSpec::with_command(["selfplay"]));
+        job.metadata.uid = Some("u".into());
+        let b = Binding {
+            epoch: 1,
+            uid: "u".into(),
+            job: EmbeddedJob::of(&job),
+            ..Binding::default()
+        };
+        let back: Binding = serde_json::from_slice(&serde_json::to_vec(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+        let decoded: crate::api::Object<JobSpec> = back.job.unwrap().decode().unwrap();
+        assert_eq!(decoded, job);
+
+        job.spec
+            .env
+            .insert("BIG".into(), "x".repeat(EmbeddedJob::LIMIT));
+        assert!(EmbeddedJob::of(&job).is_none());
     }
 }

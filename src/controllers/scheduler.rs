@@ -26,7 +26,7 @@ use super::training::TrainingController;
 use super::writes::{self, ToPending, Write};
 use crate::api::event::Reason;
 use crate::api::kinds;
-use crate::api::placement::LossTerms;
+use crate::api::placement::{EmbeddedJob, LossTerms};
 use crate::api::Job;
 use crate::store::events::EventRecorder;
 use crate::store::watcher::{WatchConfig, WatchEvent, Watcher};
@@ -344,6 +344,7 @@ impl Scheduler {
                         epoch: epoch + 1,
                         uid: uid.clone(),
                         terms: LossTerms::of(&job.spec),
+                        embedded: EmbeddedJob::of(job),
                         expect,
                     });
                 }

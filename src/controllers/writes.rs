@@ -4,7 +4,7 @@
 
 use futures::StreamExt;
 
-use crate::api::placement::{Binding, LossTerms, Placement};
+use crate::api::placement::{Binding, EmbeddedJob, LossTerms, Placement};
 use crate::store::{keys, Store, StoreError};
 use crate::store::{Guard, Op};
 
@@ -30,6 +30,8 @@ pub enum Write {
         epoch: u64,
         uid: String,
         terms: LossTerms,
+        /// The Job's stored form for the binding ([`Binding::job`]).
+        embedded: Option<EmbeddedJob>,
         expect: Option<i64>,
     },
     /// `job` cannot be placed: record why (it stays Pending).
@@ -132,6 +134,7 @@ impl Write {
                 epoch,
                 uid,
                 terms,
+                embedded,
                 ..
             } => vec![
                 Op::put(
@@ -153,6 +156,7 @@ impl Write {
                         terms: Some(*terms),
                         stop: None,
                         model: None,
+                        job: embedded.clone(),
                     }),
                 ),
             ],

@@ -34,7 +34,7 @@ use crate::agent::metrics::Metrics;
 use crate::api::event::{ObjectRef, Reason};
 use crate::api::job::JobPhase;
 use crate::api::job_io::StagingProgress;
-use crate::api::placement::{Binding, JobModel, RuntimeReport};
+use crate::api::placement::{Binding, EmbeddedJob, JobModel, RuntimeReport};
 use crate::api::pool::MODEL_INPUT;
 use crate::api::validation::dns1123_problem;
 use crate::api::{JobSpec, Object, Spec};
@@ -407,9 +407,9 @@ impl<P: JobProcesses> Runner<P> {
         }
     }
 
-    /// Run specs, from their Jobs, for the bindings that have none here: each such Job read
-    /// once (spec and metadata only; the runner needs no composed status), up to
-    /// [`READS_IN_FLIGHT`] at a time. A Job of another uid than its binding's is not run.
+    /// Run specs, from their Jobs, for the bindings that have none here: from the Job the
+    /// binding carries ([`Binding::job`]), or else each such Job read once (spec and metadata
+    /// only; the runner needs no composed status), up to [`READS_IN_FLIGHT`] at a time. A Job of another uid than its binding's is not run.
     async fn fresh_specs(&mut self, local: &Local<P>) -> HashMap<String, RunSpec> {
         let mut fresh = HashMap::new();
         if !self.bindings.synced() {
@@ -422,7 +422,21 @@ impl<P: JobProcesses> Runner<P> {
             .filter(|(job, b)| local.needs_spec(job, b))
             .map(|(job, b)| (job.clone(), b.clone()))
             .collect();
-        let reads: Vec<_> = wanted
+        // A binding that carries its Job needs no read.
+        let mut to_read = Vec::new();
+        for (job, b) in wanted {
+            match b.job.as_ref().map(EmbeddedJob::decode::<Object<JobSpec>>) {
+                Some(Ok(j))
+                    if j.metadata.name == job
+                        && j.metadata.uid.as_deref() == Some(b.uid.as_str()) =>
+                {
+                    fresh.insert(job, RunSpec::for_binding(&j, &b));
+                }
+                // Absent, or not this build's Job (fields it does not know): read it.
+                _ => to_read.push((job, b)),
+            }
+        }
+        let reads: Vec<_> = to_read
             .into_iter()
             .map(|(job, b)| {
                 let store = self.store.clone();
