@@ -67,7 +67,10 @@ pub struct Binding {
     /// over [`EmbeddedJob::LIMIT`], in bindings written before this field, and in bindings a
     /// controller rewrote without it: then the agent reads the Job. Kept as raw JSON, so that a
     /// binding decodes even when the Job has fields this build does not know (the agent then
-    /// treats the Job as it treats one it read).
+    /// reads the Job, and treats it as it treats any Job it reads). A Job deleted just after it
+    /// was bound can so start on its node before the binding's removal reaches the agent,
+    /// which then stops it as it stops any unbound job (a Pod deleted just after binding
+    /// starts on its kubelet the same way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<EmbeddedJob>,
 }
