@@ -193,6 +193,15 @@ async fn rift_up_runs_the_demo_and_resumes_the_same_cluster() {
         .expect("rift up serves the dashboard");
     assert_eq!(code, 200);
     assert!(page.contains("id=\"node-local\""), "{page}");
+    // Its etcd member runs with rift's Go settings: GOGC 400 under a memory limit.
+    let etcd_env = etcd_environment(&state);
+    assert!(etcd_env.contains(&"GOGC=400".to_string()), "{etcd_env:?}");
+    assert!(
+        etcd_env
+            .iter()
+            .any(|v| v.starts_with("GOMEMLIMIT=") && v.ends_with("MiB")),
+        "{etcd_env:?}"
+    );
     // etcd listens on the node's address, not on every interface.
     assert!(
         std::net::TcpStream::connect(("127.0.0.2", ports.0)).is_err(),
@@ -360,6 +369,30 @@ fn processes_mentioning(state: &std::path::Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// The environment of the etcd process whose data directory is under `state`.
+fn etcd_environment(state: &std::path::Path) -> Vec<String> {
+    let needle = state.to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .map(str::to_string)
+            .collect();
+        let is_etcd = args.first().is_some_and(|a| a.ends_with("etcd"));
+        if is_etcd && args.iter().any(|a| a.contains(&needle)) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            return String::from_utf8_lossy(&environ)
+                .split('\0')
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    panic!("no etcd process with its data under {needle}")
 }
 
 /// Which of `ports` on 127.0.0.1 still accept connections.

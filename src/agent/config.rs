@@ -124,10 +124,32 @@ pub struct EtcdFileConfig {
     /// voters far apart.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Go's garbage-collector target for the member (`GOGC`). Default 400: etcd collects a
+    /// quarter as often as Go's 100, which on a busy control plane halves its CPU at about
+    /// twice its memory (BENCHMARKS.md, issue 20); [`EtcdFileConfig::memory_limit_mib`] bounds
+    /// that memory.
+    pub gogc: Option<u32>,
+    /// The member's soft memory limit in MiB (`GOMEMLIMIT`): near it Go collects more often
+    /// whatever `gogc` says. Default: a quarter of the machine's memory. 0: no limit.
+    pub memory_limit_mib: Option<u64>,
     /// Addresses etcd listens on. Default: those of the node's `addresses` that are on this
     /// machine (and 127.0.0.1 for clients). `[0.0.0.0]` listens everywhere.
     #[serde(default)]
     pub bind_addresses: Vec<String>,
+}
+
+/// `GOGC` for the etcd members rift runs (and the benchmarks' etcd), unless configured.
+pub const ETCD_GOGC: u32 = 400;
+
+/// A quarter of this machine's memory in MiB (`None` when it cannot be read).
+pub fn default_etcd_memory_limit_mib() -> Option<u64> {
+    let system = sysinfo::System::new_with_specifics(
+        sysinfo::RefreshKind::nothing()
+            .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+    )
+    .ok()?;
+    let total = system.total_memory();
+    (total > 0).then_some(total / 4 / (1 << 20))
 }
 
 /// The local etcd member's settings, resolved.
@@ -140,6 +162,10 @@ pub struct EtcdMemberConfig {
     pub metrics_port: Option<u16>,
     pub stop_with_agent: bool,
     pub extra_args: Vec<String>,
+    /// `GOGC` for the member.
+    pub gogc: u32,
+    /// `GOMEMLIMIT` for the member in MiB (`None`: none).
+    pub memory_limit_mib: Option<u64>,
     /// Addresses to listen on, when given (else chosen from the node's addresses).
     pub bind_addresses: Vec<String>,
     /// Start a new one-member cluster when there is no data and no cluster answers.
@@ -371,6 +397,12 @@ impl AgentConfig {
                 stop_with_agent: o.etcd_stop_with_agent
                     || file.etcd.stop_with_agent.unwrap_or(false),
                 extra_args: file.etcd.extra_args,
+                gogc: file.etcd.gogc.unwrap_or(ETCD_GOGC),
+                memory_limit_mib: match file.etcd.memory_limit_mib {
+                    Some(0) => None,
+                    Some(mib) => Some(mib),
+                    None => default_etcd_memory_limit_mib(),
+                },
                 bind_addresses: file.etcd.bind_addresses,
                 bootstrap: o.bootstrap,
             },
@@ -409,6 +441,22 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(3));
         assert!(c.controllers);
         assert_eq!(c.advertise.as_deref(), Some("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn the_etcd_member_gets_gogc_400_and_a_memory_limit_unless_configured() {
+        let resolve = |yaml: &str| {
+            let file: ConfigFile = serde_norway::from_str(yaml).unwrap();
+            AgentConfig::resolve(file, Overrides::default())
+                .unwrap()
+                .etcd
+        };
+        let defaults = resolve("name: a\n");
+        assert_eq!(defaults.gogc, ETCD_GOGC);
+        assert_eq!(defaults.memory_limit_mib, default_etcd_memory_limit_mib());
+        assert!(defaults.memory_limit_mib.is_some_and(|m| m > 0));
+        let set = resolve("name: a\netcd:\n  gogc: 100\n  memoryLimitMib: 0\n");
+        assert_eq!((set.gogc, set.memory_limit_mib), (100, None));
     }
 
     #[test]

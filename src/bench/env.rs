@@ -119,8 +119,9 @@ pub struct LocalEtcd {
 }
 
 impl LocalEtcd {
-    /// Starts the member; `gogc` sets the Go garbage collector's `GOGC` for it (etcd's
-    /// default, 100, when `None`).
+    /// Starts the member with the Go settings rift's own members run with
+    /// ([`config::ETCD_GOGC`](crate::agent::config::ETCD_GOGC) and a quarter of the machine's
+    /// memory as `GOMEMLIMIT`), or with `GOGC` = `gogc` when given (100 is Go's default).
     pub async fn start(tls: bool, gogc: Option<u32>) -> Result<LocalEtcd, BenchError> {
         let dir = TempDir::on_disk("etcd")?;
         let bin = std::env::var("RIFT_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
@@ -144,8 +145,12 @@ impl LocalEtcd {
         let log = std::fs::File::create(dir.path().join("etcd.log"))
             .map_err(|e| BenchError::io(dir.path(), e))?;
         let mut cmd = Command::new(&bin);
-        if let Some(gogc) = gogc {
-            cmd.env("GOGC", gogc.to_string());
+        cmd.env(
+            "GOGC",
+            gogc.unwrap_or(crate::agent::config::ETCD_GOGC).to_string(),
+        );
+        if let Some(mib) = crate::agent::config::default_etcd_memory_limit_mib() {
+            cmd.env("GOMEMLIMIT", format!("{mib}MiB"));
         }
         let child = cmd
             .arg("--name=bench")

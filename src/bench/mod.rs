@@ -63,6 +63,6 @@ pub struct Common {
     /// etcd with TLS, client certificates and authentication, agents with identities (what a
     /// rift cluster runs); false: the old plaintext setup, as a baseline.
     pub tls: bool,
-    /// `GOGC` for the etcd member the bench starts (etcd's default when `None`).
+    /// `GOGC` for the etcd member the bench starts (rift's members' setting when `None`).
     pub etcd_gogc: Option<u32>,
 }

@@ -128,8 +128,8 @@ pub struct BenchArgs {
     /// of every figure.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// GOGC (Go's garbage collector target) for the etcd member the bench starts; etcd's
-    /// default (100) when not given.
+    /// GOGC (Go's garbage collector target) for the etcd member the bench starts; when not
+    /// given, what rift's own etcd members run with (400; 100 is Go's default).
     #[arg(long)]
     pub etcd_gogc: Option<u32>,
     /// etcd and agents with TLS, client certificates and authentication (what a rift cluster

@@ -164,6 +164,8 @@ pub fn member_spec(config: &AgentConfig) -> Result<MemberSpec, String> {
             .filter(|p| *p != 0)
             .map(|p| format!("http://127.0.0.1:{p}")),
         extra_args: etcd.extra_args.clone(),
+        gogc: etcd.gogc,
+        memory_limit_mib: etcd.memory_limit_mib,
     })
 }
 

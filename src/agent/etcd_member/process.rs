@@ -168,6 +168,21 @@ pub struct MemberSpec {
     /// `http://127.0.0.1:<port>` for `/metrics` and `/health`, when configured.
     pub metrics_url: Option<String>,
     pub extra_args: Vec<String>,
+    /// `GOGC` for the process.
+    pub gogc: u32,
+    /// `GOMEMLIMIT` for the process, in MiB (`None`: none).
+    pub memory_limit_mib: Option<u64>,
+}
+
+impl MemberSpec {
+    /// The Go runtime settings the member runs with (`GOGC`, and `GOMEMLIMIT` when limited).
+    pub fn go_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("GOGC", self.gogc.to_string())];
+        if let Some(mib) = self.memory_limit_mib {
+            env.push(("GOMEMLIMIT", format!("{mib}MiB")));
+        }
+        env
+    }
 }
 
 /// The etcd arguments for starting in `mode`.
@@ -239,6 +254,7 @@ impl MemberProcess {
             .open(spec.dir.log())?;
         let child = tokio::process::Command::new(&spec.binary)
             .args(args(spec, mode))
+            .envs(spec.go_env())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -329,7 +345,23 @@ mod tests {
             tls: None,
             metrics_url: None,
             extra_args: vec!["--heartbeat-interval".into(), "200".into()],
+            gogc: 400,
+            memory_limit_mib: Some(2048),
         }
+    }
+
+    #[test]
+    fn the_member_runs_with_its_gc_target_and_memory_limit() {
+        let mut s = spec();
+        assert_eq!(
+            s.go_env(),
+            vec![
+                ("GOGC", "400".to_string()),
+                ("GOMEMLIMIT", "2048MiB".to_string())
+            ]
+        );
+        s.memory_limit_mib = None;
+        assert_eq!(s.go_env(), vec![("GOGC", "400".to_string())]);
     }
 
     fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
