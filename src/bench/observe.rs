@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use super::BenchError;
 use crate::api::job::JobPhase;
 use crate::api::placement::RuntimeReport;
@@ -12,12 +14,14 @@ use crate::store::{keys, Store, WatchConfig, WatchEvent, Watcher};
 
 type Stamps = Arc<Mutex<HashMap<String, Instant>>>;
 
-/// First-seen times, by job (bound, running) or node (not ready).
-#[derive(Clone, Default)]
+/// First-seen times, by job (bound, running) or node (not ready). The watches stop once every
+/// clone is dropped.
+#[derive(Clone)]
 pub struct Observed {
     pub bound: Stamps,
     pub running: Stamps,
     pub not_ready: Stamps,
+    _watching: Arc<DropGuard>,
 }
 
 impl Observed {
@@ -42,28 +46,45 @@ fn stamp(stamps: &Stamps, name: &str, at: Instant) {
 /// other objects, whose events would cost etcd and this process for nothing) from now on. The
 /// tasks end once every clone of the returned [`Observed`] is dropped.
 pub async fn start(store: &Store) -> Result<Observed, BenchError> {
-    let observed = Observed::default();
     let from = store
         .revision()
         .await
         .map_err(|e| BenchError::Setup(format!("cannot watch etcd: {e}")))?;
+    let stop = CancellationToken::new();
+    let observed = Observed {
+        bound: Stamps::default(),
+        running: Stamps::default(),
+        not_ready: Stamps::default(),
+        _watching: Arc::new(stop.clone().drop_guard()),
+    };
     for prefix in [
         format!("{}bindings/", keys::ROOT),
         keys::AGENTS_PREFIX.to_string(),
     ] {
         let watcher = Watcher::from_revision(store.clone(), &prefix, from, WatchConfig::default());
-        tokio::spawn(stamp_from(watcher, observed.clone()));
+        let sinks = Sinks {
+            bound: observed.bound.clone(),
+            running: observed.running.clone(),
+            not_ready: observed.not_ready.clone(),
+        };
+        tokio::spawn(stamp_from(watcher, sinks, stop.clone()));
     }
     Ok(observed)
 }
 
-async fn stamp_from(mut watcher: Watcher, o: Observed) {
-    // Only the watch tasks' clones are left: nobody reads the stamps any more.
-    while Arc::strong_count(&o.bound) > 2 {
-        // `next` is cancel-safe: a tick that wins loses no event.
+/// What a watch task writes (not an [`Observed`]: holding one would keep it watching).
+struct Sinks {
+    bound: Stamps,
+    running: Stamps,
+    not_ready: Stamps,
+}
+
+async fn stamp_from(mut watcher: Watcher, o: Sinks, stop: CancellationToken) {
+    loop {
+        // `next` is cancel-safe.
         let event = tokio::select! {
             event = watcher.next() => event,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+            _ = stop.cancelled() => return,
         };
         // Errors are retried by the watcher after its backoff.
         let Ok(event) = event else { continue };
