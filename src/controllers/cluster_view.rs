@@ -18,10 +18,10 @@ use std::collections::{HashMap, HashSet};
 
 use super::housekeeping::{BoundRecord, Undecodable};
 use crate::api::artifact::{Artifact, ArtifactSpec};
-use crate::api::placement::{Binding, Placement, RuntimeReport};
+use crate::api::placement::{Binding, JobModel, Placement, RuntimeReport};
 use crate::api::{
-    Job, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget, TrainingTargetSpec, Tunnel,
-    TunnelSpec, VoterSet, VoterSetSpec,
+    Job, JobPhase, JobSpec, Node, NodeSpec, Pool, PoolSpec, Spec, TrainingTarget,
+    TrainingTargetSpec, Tunnel, TunnelSpec, VoterSet, VoterSetSpec,
 };
 use crate::store::cache::{self, direct_child, object, Cached, Keyed};
 use crate::store::compose::{parse_agent_key, AgentKey, StatusSources};
@@ -94,6 +94,13 @@ fn placement_facts(s: Option<&crate::api::node::NodeStatus>) -> Option<Placement
 /// stop order was answered (a Running report changes only what people see).
 fn decisive(r: Option<&RuntimeReport>) -> bool {
     r.is_some_and(|r| r.phase.is_finished() || r.released)
+}
+
+/// What a Pool member's runtime report tells its Pool's rollout: whether it runs (the
+/// `maxUnavailable` budget) and the model its node holds or has prefetched (the prefetch gate,
+/// `Reload` progress).
+fn rollout_facts(r: Option<&RuntimeReport>) -> (Option<JobPhase>, Option<JobModel>) {
+    r.map_or((None, None), |r| (Some(r.phase), r.model.clone()))
 }
 
 /// See the module docs.
@@ -178,9 +185,10 @@ impl ClusterView {
     /// Takes in one event of a watch on `/rift/v1/`. Returns true when the change can alter a
     /// scheduling decision: a Node, Job, Pool, TrainingTarget, Artifact, placement or binding changed, a
     /// node's alive key came or went, or a runtime report says (or stops saying) that a job
-    /// finished or was released. Not: events, statuses controllers write, the leader's record
+    /// finished or was released, or a Pool member's report changes its phase or model (a
+    /// rollout waits on those). Not: events, statuses controllers write, the leader's record
     /// and heartbeat, node status reports (capacity and load are read again at the next tick),
-    /// a job's Running report, tunnel and etcd-member reports.
+    /// the Running report of a job no Pool owns, tunnel and etcd-member reports.
     pub fn apply(&mut self, event: &WatchEvent) -> bool {
         let key = match event {
             WatchEvent::Restarted { items, .. } => {
@@ -262,8 +270,11 @@ impl ClusterView {
             return false;
         };
         let before = match parsed {
-            AgentKey::Job { node, job } => decisive(self.sources.report(node, job)),
-            _ => false,
+            AgentKey::Job { node, job } => {
+                let r = self.sources.report(node, job);
+                Some((decisive(r), rollout_facts(r)))
+            }
+            _ => None,
         };
         match event {
             WatchEvent::Put(kv) => self.sources.add(kv),
@@ -281,7 +292,11 @@ impl ClusterView {
             AgentKey::Status { node } | AgentKey::Etcd { node } => self.compose_node(node),
             AgentKey::Job { node, job } => {
                 self.compose_job(job);
-                before || decisive(self.sources.report(node, job))
+                let (was_decisive, facts_before) = before.expect("read for job reports");
+                let after = self.sources.report(node, job);
+                was_decisive
+                    || decisive(after)
+                    || (self.is_pool_member(job) && facts_before != rollout_facts(after))
             }
             AgentKey::Tunnel { tunnel, .. } => {
                 self.compose_tunnel(tunnel);
@@ -363,6 +378,16 @@ impl ClusterView {
             }
             None => false,
         }
+    }
+
+    /// Whether Job `name` is a Pool's member (its controller is a Pool).
+    fn is_pool_member(&self, name: &str) -> bool {
+        self.jobs.ready(name).is_some_and(|j| {
+            j.metadata
+                .owner_references
+                .iter()
+                .any(|o| o.controller && o.kind == "Pool")
+        })
     }
 
     fn compose_job(&mut self, name: &str) {

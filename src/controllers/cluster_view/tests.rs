@@ -303,3 +303,28 @@ fn only_changes_that_can_alter_a_decision_start_a_pass() {
         prev: None
     }));
 }
+
+#[test]
+fn a_pool_members_running_or_model_report_starts_a_pass() {
+    let mut v = listed(&cluster());
+    let mut member = job("m", "um");
+    member["metadata"]["ownerReferences"] =
+        json!([{"kind": "Pool", "name": "p", "uid": "up", "controller": true}]);
+    v.apply(&WatchEvent::Put(kv("/rift/v1/jobs/m", member, 80)));
+    let put = |v: &mut ClusterView, value: Value| {
+        v.apply(&WatchEvent::Put(kv("/rift/v1/agents/n1/jobs/m", value, 81)))
+    };
+    // The rollout's budget counts Running members; its prefetch gate reads the model.
+    assert!(put(&mut v, json!({"phase": "Scheduled", "epoch": 1})));
+    assert!(put(&mut v, json!({"phase": "Running", "epoch": 1})));
+    assert!(put(
+        &mut v,
+        json!({"phase": "Running", "epoch": 1, "model": {"prefetched": "sha256-aa"}})
+    ));
+    // What the rollout does not read changes nothing.
+    assert!(!put(
+        &mut v,
+        json!({"phase": "Running", "epoch": 1, "model": {"prefetched": "sha256-aa"},
+               "progress": {"games": 3.0}})
+    ));
+}
