@@ -79,6 +79,21 @@ struct Sinks {
     not_ready: Stamps,
 }
 
+/// A watch event as (a put?, its key's segments under rift's root, the value put); `None` for a
+/// restart.
+pub fn event_parts(event: &WatchEvent) -> Option<(bool, Vec<&str>, &[u8])> {
+    let (put, key, value) = match event {
+        WatchEvent::Put(kv) => (true, kv.key.as_str(), kv.value.as_slice()),
+        WatchEvent::Delete { key, .. } => (false, key.as_str(), &[][..]),
+        WatchEvent::Restarted { .. } => return None,
+    };
+    Some((
+        put,
+        key.trim_start_matches(keys::ROOT).split('/').collect(),
+        value,
+    ))
+}
+
 async fn stamp_from(mut watcher: Watcher, o: Sinks, stop: CancellationToken) {
     loop {
         // `next` is cancel-safe.
@@ -89,12 +104,9 @@ async fn stamp_from(mut watcher: Watcher, o: Sinks, stop: CancellationToken) {
         // Errors are retried by the watcher after its backoff.
         let Ok(event) = event else { continue };
         let now = Instant::now();
-        let (put, key, value) = match &event {
-            WatchEvent::Put(kv) => (true, kv.key.as_str(), kv.value.as_slice()),
-            WatchEvent::Delete { key, .. } => (false, key.as_str(), &[][..]),
-            WatchEvent::Restarted { .. } => continue,
+        let Some((put, parts, value)) = event_parts(&event) else {
+            continue;
         };
-        let parts: Vec<&str> = key.trim_start_matches(keys::ROOT).split('/').collect();
         match (put, parts.as_slice()) {
             (true, ["bindings", _node, job]) => stamp(&o.bound, job, now),
             (true, ["agents", _node, "jobs", job])

@@ -31,7 +31,7 @@ use crate::api::pool::{PoolSpec, PoolStatus, MODEL_INPUT};
 use crate::api::training_target::TrainingTargetSpec;
 use crate::api::{JobSpec, Object};
 use crate::sim::staging::TransferModel;
-use crate::store::{keys, Store, WatchConfig, WatchEvent, Watcher};
+use crate::store::{keys, Store, WatchConfig, Watcher};
 
 /// The Pool and TrainingTarget the bench makes.
 pub const POOL: &str = "rollout-bench";
@@ -132,12 +132,9 @@ pub(super) fn watch(store: &Store, from: i64, nodes: usize, reload: bool) -> Sha
             };
             let Ok(event) = event else { continue };
             let now = Instant::now();
-            let (put, key, value) = match &event {
-                WatchEvent::Put(kv) => (true, kv.key.as_str(), kv.value.as_slice()),
-                WatchEvent::Delete { key, .. } => (false, key.as_str(), &[][..]),
-                WatchEvent::Restarted { .. } => continue,
+            let Some((put, parts, value)) = super::observe::event_parts(&event) else {
+                continue;
             };
-            let parts: Vec<&str> = key.trim_start_matches(keys::ROOT).split('/').collect();
             let mut seen = s.lock().expect("lock");
             match (put, parts.as_slice()) {
                 (true, ["jobs", name]) => {
