@@ -190,6 +190,8 @@ pub enum ConfigError {
     BadName(String),
     #[error("lease TTL must be at least 1 second")]
     BadTtl,
+    #[error("etcd.gogc: {0} is outside 25..=10000 (Go's garbage-collector target in percent: 100 is Go's default, 400 rift's; a tiny value makes etcd collect all the time)")]
+    BadGogc(u32),
     #[error("{0}")]
     Http(String),
 }
@@ -330,6 +332,10 @@ impl AgentConfig {
         if lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::BadTtl);
         }
+        let gogc = file.etcd.gogc.unwrap_or(ETCD_GOGC);
+        if !(25..=10_000).contains(&gogc) {
+            return Err(ConfigError::BadGogc(gogc));
+        }
         let port = o.port.or(file.port).unwrap_or(DEFAULT_AGENT_PORT);
         let listen = o.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0".into());
         let advertise = o.advertise.or(file.advertise).or_else(|| {
@@ -397,7 +403,7 @@ impl AgentConfig {
                 stop_with_agent: o.etcd_stop_with_agent
                     || file.etcd.stop_with_agent.unwrap_or(false),
                 extra_args: file.etcd.extra_args,
-                gogc: file.etcd.gogc.unwrap_or(ETCD_GOGC),
+                gogc,
                 memory_limit_mib: match file.etcd.memory_limit_mib {
                     Some(0) => None,
                     Some(mib) => Some(mib),
@@ -457,6 +463,12 @@ mod tests {
         assert!(defaults.memory_limit_mib.is_some_and(|m| m > 0));
         let set = resolve("name: a\netcd:\n  gogc: 100\n  memoryLimitMib: 0\n");
         assert_eq!((set.gogc, set.memory_limit_mib), (100, None));
+        for bad in [0, 24, 10_001] {
+            let file: ConfigFile =
+                serde_norway::from_str(&format!("name: a\netcd:\n  gogc: {bad}\n")).unwrap();
+            let err = AgentConfig::resolve(file, Overrides::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::BadGogc(g) if g == bad), "{err}");
+        }
     }
 
     #[test]

@@ -85,9 +85,13 @@ impl EmbeddedJob {
     /// keeps a transaction of bindings under 1 MiB, below etcd's 1.5 MiB request limit.
     pub const LIMIT: usize = 16 * 1024;
 
-    /// `job` serialized, or `None` when that is over [`EmbeddedJob::LIMIT`].
-    pub fn of<T: Serialize>(job: &T) -> Option<EmbeddedJob> {
-        let raw = serde_json::value::to_raw_value(job).ok()?;
+    /// `job`'s stored form (without the status a controller's view composes onto it, and
+    /// without its resourceVersion), or `None` when that is over [`EmbeddedJob::LIMIT`].
+    pub fn of(job: &super::Job) -> Option<EmbeddedJob> {
+        let mut stored = job.clone();
+        stored.status = None;
+        stored.metadata.resource_version = None;
+        let raw = serde_json::value::to_raw_value(&stored).ok()?;
         (raw.get().len() <= Self::LIMIT).then_some(EmbeddedJob(raw))
     }
 
@@ -322,6 +326,14 @@ mod tests {
         assert_eq!(back, b);
         let decoded: crate::api::Object<JobSpec> = back.job.unwrap().decode().unwrap();
         assert_eq!(decoded, job);
+
+        // What a controller's view composes onto a Job is not carried.
+        let mut viewed = job.clone();
+        viewed.status = Some(JobStatus::default());
+        viewed.metadata.resource_version = Some("42".into());
+        let carried: crate::api::Object<JobSpec> =
+            EmbeddedJob::of(&viewed).unwrap().decode().unwrap();
+        assert_eq!(carried, job);
 
         job.spec
             .env

@@ -269,12 +269,12 @@ impl ClusterView {
         let Some(parsed) = parse_agent_key(key) else {
             return false;
         };
-        let before = match parsed {
+        let (was_decisive, facts_before) = match parsed {
             AgentKey::Job { node, job } => {
                 let r = self.sources.report(node, job);
-                Some((decisive(r), rollout_facts(r)))
+                (decisive(r), rollout_facts(r))
             }
-            _ => None,
+            _ => (false, (None, None)),
         };
         match event {
             WatchEvent::Put(kv) => self.sources.add(kv),
@@ -292,7 +292,6 @@ impl ClusterView {
             AgentKey::Status { node } | AgentKey::Etcd { node } => self.compose_node(node),
             AgentKey::Job { node, job } => {
                 self.compose_job(job);
-                let (was_decisive, facts_before) = before.expect("read for job reports");
                 let after = self.sources.report(node, job);
                 was_decisive
                     || decisive(after)

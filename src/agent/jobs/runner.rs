@@ -409,7 +409,8 @@ impl<P: JobProcesses> Runner<P> {
 
     /// Run specs, from their Jobs, for the bindings that have none here: from the Job the
     /// binding carries ([`Binding::job`]), or else each such Job read once (spec and metadata
-    /// only; the runner needs no composed status), up to [`READS_IN_FLIGHT`] at a time. A Job of another uid than its binding's is not run.
+    /// only; the runner needs no composed status), up to [`READS_IN_FLIGHT`] at a time. A Job
+    /// of another uid than its binding's is not run.
     async fn fresh_specs(&mut self, local: &Local<P>) -> HashMap<String, RunSpec> {
         let mut fresh = HashMap::new();
         if !self.bindings.synced() {
