@@ -6,46 +6,11 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use rift::api::job::{OnNodeLost, RestartPolicy};
-use rift::api::placement::RuntimeReport;
 use rift::api::{JobPhase, JobSpec, Object};
 use rift::store::Store;
 use support::agent::{eventually, process_alive, TestAgent};
 use support::etcd::EtcdCluster;
-use support::jobs::{bind_at, report};
-
-async fn create_job(store: &Store, name: &str, script: &str, tune: impl FnOnce(&mut JobSpec)) {
-    let mut spec = JobSpec::with_command(["sh", "-c", script]);
-    spec.termination_grace_period = rift::api::duration::HumanDuration::from_secs(3);
-    tune(&mut spec);
-    store.create(&Object::new(name, spec)).await.unwrap();
-}
-
-async fn unbind(client: &mut Client, job: &str, node: &str) {
-    client
-        .delete(format!("/rift/v1/bindings/{node}/{job}"), None)
-        .await
-        .unwrap();
-}
-
-async fn wait_phase(
-    client: &mut Client,
-    node: &str,
-    job: &str,
-    phase: JobPhase,
-    within: u64,
-) -> RuntimeReport {
-    let mut c = client.clone();
-    eventually(
-        Duration::from_secs(within),
-        &format!("{job} {phase:?}"),
-        || {
-            let mut c = c.clone();
-            async move { report(&mut c, node, job).await.filter(|r| r.phase == phase) }
-        },
-    )
-    .await;
-    report(&mut c, node, job).await.unwrap()
-}
+use support::jobs::{bind_at, create_job, report, unbind, wait_phase};
 
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
@@ -66,7 +31,14 @@ async fn bound_job_runs_to_success_with_progress_and_its_exit_code() {
     )
     .await;
     bind_at(&mut client, "ok", "n1", 1, &[]).await;
-    let r = wait_phase(&mut client, "n1", "ok", JobPhase::Succeeded, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "ok",
+        JobPhase::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(r.progress.get("games"), Some(&7.0));
     assert_eq!(r.attempts, 1);
@@ -90,7 +62,14 @@ async fn failing_job_is_retried_per_policy_then_failed() {
     .await;
     bind_at(&mut client, "flaky", "n1", 1, &[]).await;
     // Backoff 1 s then 2 s: three attempts, then Failed.
-    let r = wait_phase(&mut client, "n1", "flaky", JobPhase::Failed, 30).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "flaky",
+        JobPhase::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(r.attempts, 3, "{r:?}");
     assert_eq!(r.exit_code, Some(3));
     assert_eq!(r.reason, "BackoffLimitExceeded");
@@ -116,14 +95,28 @@ async fn cuda_visible_devices_comes_from_the_binding() {
     )
     .await;
     bind_at(&mut client, "gpu", "n1", 1, &[1, 3]).await;
-    wait_phase(&mut client, "n1", "gpu", JobPhase::Succeeded, 20).await;
+    wait_phase(
+        &client,
+        "n1",
+        "gpu",
+        JobPhase::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     let seen = std::fs::read_to_string(agent.state.join("devices")).unwrap();
     assert_eq!(seen.trim(), "1,3");
 
     // A GPU index the node does not have fails the job with a clear message.
     create_job(&store, "bad-gpu", "true", |_| {}).await;
     bind_at(&mut client, "bad-gpu", "n1", 1, &[7]).await;
-    let r = wait_phase(&mut client, "n1", "bad-gpu", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "bad-gpu",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         r.message.contains("GPU index 7 is not present"),
         "{}",
@@ -148,13 +141,27 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
     .await;
     bind_at(&mut client, "nobin", "n1", 1, &[]).await;
     bind_at(&mut client, "nodir", "n1", 1, &[]).await;
-    let r = wait_phase(&mut client, "n1", "nobin", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "nobin",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         r.message.contains("cannot start `/nonexistent/trainer`"),
         "{}",
         r.message
     );
-    let r = wait_phase(&mut client, "n1", "nodir", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "nodir",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         r.message
             .contains("workdir `/nonexistent/dir` does not exist"),
@@ -163,7 +170,14 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
     );
     create_job(&store, "after", "true", |_| {}).await;
     bind_at(&mut client, "after", "n1", 1, &[]).await;
-    wait_phase(&mut client, "n1", "after", JobPhase::Succeeded, 20).await;
+    wait_phase(
+        &client,
+        "n1",
+        "after",
+        JobPhase::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -174,14 +188,35 @@ async fn agent_restart_keeps_the_running_job_and_learns_exits_that_happened_whil
     create_job(&store, "short", "sleep 3; exit 5", |_| {}).await;
     bind_at(&mut client, "long", "n1", 1, &[]).await;
     bind_at(&mut client, "short", "n1", 1, &[]).await;
-    let before = wait_phase(&mut client, "n1", "long", JobPhase::Running, 20).await;
-    wait_phase(&mut client, "n1", "short", JobPhase::Running, 20).await;
+    let before = wait_phase(
+        &client,
+        "n1",
+        "long",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_phase(
+        &client,
+        "n1",
+        "short",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
 
     agent.kill();
     tokio::time::sleep(Duration::from_secs(4)).await; // `short` exits while the agent is down
     agent.restart();
 
-    let r = wait_phase(&mut client, "n1", "short", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "short",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
         r.exit_code,
         Some(5),
@@ -207,7 +242,14 @@ async fn deleting_the_binding_stops_the_process_group_within_the_grace_period() 
     )
     .await;
     bind_at(&mut client, "stubborn", "n1", 1, &[]).await;
-    let r = wait_phase(&mut client, "n1", "stubborn", JobPhase::Running, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "stubborn",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
     let pid = r.pid.unwrap();
     unbind(&mut client, "stubborn", "n1").await;
     let stopped_at = std::time::Instant::now();
@@ -255,7 +297,14 @@ async fn a_binding_at_a_new_epoch_replaces_the_old_instance() {
     let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "moved", "sleep 60", |_| {}).await;
     bind_at(&mut client, "moved", "n1", 1, &[]).await;
-    let old = wait_phase(&mut client, "n1", "moved", JobPhase::Running, 20).await;
+    let old = wait_phase(
+        &client,
+        "n1",
+        "moved",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
     bind_at(&mut client, "moved", "n1", 2, &[]).await;
     let new = eventually(Duration::from_secs(20), "epoch 2 running", || {
         let mut c = client.clone();
@@ -299,7 +348,14 @@ async fn a_reused_pid_is_never_adopted() {
         dir.path().to_path_buf(),
         &[],
     );
-    let r = wait_phase(&mut client, "n1", "ghost", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "ghost",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         r.message.contains("without recording an exit"),
         "{}",
@@ -351,10 +407,38 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     for j in ["steady", "finisher", "mover", "waiter"] {
         bind_at(&mut client, j, "n1", 1, &[]).await;
     }
-    let steady = wait_phase(&mut client, "n1", "steady", JobPhase::Running, 20).await;
-    let mover = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 20).await;
-    let waiter = wait_phase(&mut client, "n1", "waiter", JobPhase::Running, 20).await;
-    wait_phase(&mut client, "n1", "finisher", JobPhase::Running, 20).await;
+    let steady = wait_phase(
+        &client,
+        "n1",
+        "steady",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    let mover = wait_phase(
+        &client,
+        "n1",
+        "mover",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    let waiter = wait_phase(
+        &client,
+        "n1",
+        "waiter",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_phase(
+        &client,
+        "n1",
+        "finisher",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
 
     cluster.stop(0);
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -379,7 +463,14 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     cluster.start(0);
 
     let mut client = cluster.client().await;
-    let r = wait_phase(&mut client, "n1", "finisher", JobPhase::Succeeded, 30).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "finisher",
+        JobPhase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         r.exit_code,
         Some(0),
@@ -387,7 +478,14 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     );
     // A NodeLost stop is no failure: with the lease current again and the job still bound
     // here, it runs again (issue 14, item 6).
-    let r = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 30).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "mover",
+        JobPhase::Running,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(r.attempts, 2, "{r:?}");
     assert_ne!(r.pid, mover.pid);
     let r = report(&mut client, "n1", "steady").await.unwrap();
@@ -410,8 +508,22 @@ async fn a_reschedule_job_is_stopped_by_its_shim_when_the_agent_dies_for_good() 
     create_job(&store, "waiter", "sleep 60", |s| s.lost_after = lost_after).await;
     bind_at(&mut client, "mover", "n1", 1, &[]).await;
     bind_at(&mut client, "waiter", "n1", 1, &[]).await;
-    let mover = wait_phase(&mut client, "n1", "mover", JobPhase::Running, 20).await;
-    let waiter = wait_phase(&mut client, "n1", "waiter", JobPhase::Running, 20).await;
+    let mover = wait_phase(
+        &client,
+        "n1",
+        "mover",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    let waiter = wait_phase(
+        &client,
+        "n1",
+        "waiter",
+        JobPhase::Running,
+        Duration::from_secs(20),
+    )
+    .await;
     agent.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(process_alive(mover.pid.unwrap()), "not before lostAfter");
@@ -472,7 +584,14 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
     std::fs::remove_file(&exe).unwrap();
     create_job(&store, "upgrading", "exit 0", |_| {}).await;
     bind_at(&mut client, "upgrading", "n1", 1, &[]).await;
-    let r = wait_phase(&mut client, "n1", "upgrading", JobPhase::Succeeded, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "upgrading",
+        JobPhase::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(r.exit_code, Some(0));
     let _ = agent.0.kill();
     support::agent::kill_processes_mentioning(&state);
@@ -524,7 +643,14 @@ async fn a_binding_that_carries_its_job_starts_it_without_the_job_being_read() {
         "echo started > \"$RIFT_PROGRESS_FILE\"; exit 4",
     );
     bind_carrying(&mut client, "carried", "n1", "uid-1", embedded).await;
-    let r = wait_phase(&mut client, "n1", "carried", JobPhase::Failed, 20).await;
+    let r = wait_phase(
+        &client,
+        "n1",
+        "carried",
+        JobPhase::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(r.exit_code, Some(4), "{r:?}");
 }
 

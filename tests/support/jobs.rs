@@ -38,6 +38,14 @@ pub async fn bind_at(client: &mut Client, job: &str, node: &str, epoch: u64, gpu
         .unwrap();
 }
 
+/// Deletes `job`'s binding on `node`, as the scheduler does when it takes a job off a node.
+pub async fn unbind(client: &mut Client, job: &str, node: &str) {
+    client
+        .delete(format!("/rift/v1/bindings/{node}/{job}"), None)
+        .await
+        .unwrap();
+}
+
 /// The runtime report `node`'s agent wrote for `job`.
 pub async fn report(client: &mut Client, node: &str, job: &str) -> Option<RuntimeReport> {
     let resp = client
