@@ -351,6 +351,8 @@ fn bench_rollout_on_real_agents_prints_its_figures_and_refuses_bad_settings() {
             &["--agents", "2", "--max-unavailable", "0"][..],
             "--max-unavailable",
         ),
+        (&["--concurrency", "0"][..], "1..=4096"),
+        (&["--concurrency", "100000"][..], "1..=4096"),
     ] {
         let out = Command::new(rift_bin())
             .args(["bench", "rollout"])
