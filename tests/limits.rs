@@ -381,3 +381,38 @@ async fn an_apply_larger_than_etcd_takes_is_refused_whole_with_its_size() {
         run.stderr
     );
 }
+
+/// `rift apply` reads what it applies in transactions of up to 128 gets: stored objects that
+/// are large together (here 6 Jobs of ~1 MB, more than gRPC's default 4 MiB answer) are read
+/// whole, so applying them again is answered "unchanged", not refused.
+#[tokio::test]
+async fn applying_again_over_large_stored_objects_reads_them_whole() {
+    let cluster = EtcdCluster::single();
+    let eps = cluster.endpoints_csv();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = "x".repeat(1_000_000);
+    let files: Vec<String> = (0..6)
+        .map(|i| {
+            let path = dir.path().join(format!("large-{i}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "apiVersion: rift/v1\nkind: Job\nmetadata: {{name: large-{i}}}\nspec:\n  command: [sh]\n  env: {{BLOB: {blob}}}\n"
+                ),
+            )
+            .unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    for f in &files {
+        let run = rift(&eps, &["apply", "-f", f]);
+        assert!(run.ok, "{}", run.stderr);
+    }
+    let mut args = vec!["apply"];
+    for f in &files {
+        args.extend(["-f", f.as_str()]);
+    }
+    let run = rift(&eps, &args);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout.matches("unchanged").count(), 6, "{}", run.stdout);
+}

@@ -237,11 +237,15 @@ pub(crate) fn to_typed<S: Spec>(key: &str, value: Value) -> Result<Object<S>> {
 impl Store {
     /// Reads several keys at one revision: one transaction of gets (without the leader fence:
     /// reading needs no proof of leadership). Returns the values in order and that revision.
-    /// At most etcd's `--max-txn-ops` keys (128 by default) in one call.
+    /// At most etcd's `--max-txn-ops` keys (128 by default) in one call; the answer may be as
+    /// large as their values together (up to the listing limit, not gRPC's default 4 MiB).
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
         let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-        let mut client = self.client();
-        let resp = self.call(client.txn(Txn::new().and_then(ops))).await?;
+        let mut kv = self
+            .client()
+            .kv_client()
+            .max_decoding_message_size(super::client::MAX_RESPONSE_BYTES);
+        let resp = self.call(kv.txn(Txn::new().and_then(ops))).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let values = resp
             .op_responses()
