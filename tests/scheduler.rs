@@ -254,3 +254,70 @@ async fn a_cut_off_node_never_runs_a_job_at_the_same_time_as_its_replacement() {
         "the old instance was stopped: {text}"
     );
 }
+
+/// The scheduler's binding write is guarded by the Job as its pass read it: a Job edited, or
+/// deleted and created again under its name, after the read is neither bound nor carried in a
+/// binding from that read (the next pass decides from the Job as it is).
+#[tokio::test]
+async fn a_job_changed_after_the_pass_read_it_is_not_bound_from_that_read() {
+    use rift::api::placement::{Binding, EmbeddedJob, LossTerms};
+    use rift::api::Object;
+    use rift::controllers::writes::{self, Write};
+
+    let etcd = support::etcd::EtcdCluster::single();
+    let store = etcd.store().await;
+    let client = etcd.client().await;
+    let place = |job: &rift::api::Job| Write::Place {
+        job: job.name().to_string(),
+        node: "n1".into(),
+        gpus: vec![],
+        epoch: 1,
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        terms: LossTerms::of(&job.spec),
+        embedded: EmbeddedJob::of(job),
+        expect: None,
+        job_revision: job.metadata.revision(),
+    };
+    let binding = |mut c: etcd_client::Client| async move {
+        let got = c.get("/rift/v1/bindings/n1/j", None).await.unwrap();
+        got.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice::<Binding>(kv.value()).unwrap())
+    };
+
+    let read = store
+        .create(&Object::new("j", JobSpec::with_command(["echo", "old"])))
+        .await
+        .unwrap();
+    let mut edited = read.clone();
+    edited.spec.command = vec!["echo".into(), "new".into()];
+    store.update(&edited).await.unwrap();
+    let applied = writes::apply(&store, &[place(&read)]).await.unwrap();
+    assert_eq!((applied.written, applied.conflicts), (0, 1));
+    assert!(
+        binding(client.clone()).await.is_none(),
+        "bound from a stale read"
+    );
+
+    // Deleted and created again: another uid under the same name.
+    let kind = rift::api::kinds::by_kind("Job").unwrap();
+    store.delete_object(kind, "j").await.unwrap();
+    let again = store
+        .create(&Object::new("j", JobSpec::with_command(["echo", "again"])))
+        .await
+        .unwrap();
+    let applied = writes::apply(&store, &[place(&edited)]).await.unwrap();
+    assert_eq!((applied.written, applied.conflicts), (0, 1));
+    assert!(
+        binding(client.clone()).await.is_none(),
+        "bound a deleted Job"
+    );
+
+    // Read as it is, it is bound, and the binding carries it as it is.
+    let applied = writes::apply(&store, &[place(&again)]).await.unwrap();
+    assert_eq!((applied.written, applied.conflicts), (1, 0));
+    let b = binding(client.clone()).await.expect("bound");
+    assert_eq!(b.uid, again.metadata.uid.clone().unwrap());
+    let carried: rift::api::Job = b.job.expect("carried").decode().unwrap();
+    assert_eq!(carried.spec.command, ["echo", "again"]);
+}

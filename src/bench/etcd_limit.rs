@@ -15,8 +15,8 @@ use crate::store::Store;
 /// Keys written here (overwritten in a small set), outside rift's prefix so no controller
 /// wakes up; deleted afterwards.
 const PREFIX: &str = "/rift-bench/limit/";
-/// Puts per transaction in the batched run: what the scheduler writes per transaction
-/// (50 placements + 50 bindings).
+/// Puts per transaction in the batched run: about what the scheduler writes per transaction
+/// (42 placements + 42 bindings).
 pub const BATCH: usize = 100;
 
 /// etcd's own rates.

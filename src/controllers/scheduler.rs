@@ -346,6 +346,7 @@ impl Scheduler {
                         terms: LossTerms::of(&job.spec),
                         embedded: EmbeddedJob::of(job),
                         expect,
+                        job_revision: job.metadata.revision(),
                     });
                 }
                 Decision::Preempt {

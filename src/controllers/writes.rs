@@ -5,6 +5,7 @@
 use futures::StreamExt;
 
 use crate::api::placement::{Binding, EmbeddedJob, LossTerms, Placement};
+use crate::api::{JobSpec, Spec};
 use crate::store::{keys, Store, StoreError};
 use crate::store::{Guard, Op};
 
@@ -21,8 +22,10 @@ pub struct ToPending {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// Bind `job` (the Job of `uid`) to `node` at `epoch`: placement and binding together,
-    /// guarded by the placement as read and by the binding key being free (an old instance's
-    /// binding on that node must be gone first).
+    /// guarded by the placement as read, by the binding key being free (an old instance's
+    /// binding on that node must be gone first) and by the Job being as read at
+    /// `job_revision`, so that a binding never carries (or was decided from) a Job edited,
+    /// or deleted and created again, while the pass ran.
     Place {
         job: String,
         node: String,
@@ -33,6 +36,8 @@ pub enum Write {
         /// The Job's stored form for the binding ([`Binding::job`]).
         embedded: Option<EmbeddedJob>,
         expect: Option<i64>,
+        /// The Job's revision as read (`None`: unguarded, for a Job read without one).
+        job_revision: Option<i64>,
     },
     /// `job` cannot be placed: record why (it stays Pending).
     Pending { job: String, pending: ToPending },
@@ -84,11 +89,21 @@ impl Write {
             |node: &str, job: &str, rev: i64| Guard::unchanged(keys::binding(node, job), rev);
         match self {
             Write::Place {
-                job, node, expect, ..
-            } => vec![
-                Self::placement_guard(job, *expect),
-                Guard::absent(keys::binding(node, job)),
-            ],
+                job,
+                node,
+                expect,
+                job_revision,
+                ..
+            } => {
+                let mut g = vec![
+                    Self::placement_guard(job, *expect),
+                    Guard::absent(keys::binding(node, job)),
+                ];
+                if let Some(rev) = job_revision {
+                    g.push(Guard::unchanged(keys::object(JobSpec::PLURAL, job), *rev));
+                }
+                g
+            }
             Write::Pending { job, pending } => vec![Self::placement_guard(job, pending.expect)],
             Write::Stop {
                 job,
@@ -191,9 +206,9 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("placement records serialize")
 }
 
-/// Writes per transaction: each takes at most two compares and two operations, under etcd's
-/// default limit of 128 of each.
-pub const BATCH: usize = 50;
+/// Writes per transaction: each takes at most three compares and two operations, so a batch
+/// with the leader fence's compare stays under etcd's default limit of 128 of each (127).
+pub const BATCH: usize = 42;
 
 /// What [`apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
