@@ -141,16 +141,27 @@ pub struct EtcdFileConfig {
 /// `GOGC` for the etcd members rift runs (and the benchmarks' etcd), unless configured.
 pub const ETCD_GOGC: u32 = 400;
 
-/// A quarter of this machine's memory in MiB (`None` when it cannot be read).
+/// A quarter of this machine's memory in MiB, or of its cgroup's memory limit when that is
+/// lower (a container on a large host), at least [`ETCD_MEMORY_LIMIT_MIB`]'s lower end
+/// (`None` when the memory cannot be read).
 pub fn default_etcd_memory_limit_mib() -> Option<u64> {
     let system = sysinfo::System::new_with_specifics(
         sysinfo::RefreshKind::nothing()
             .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
     )
     .ok()?;
-    let total = system.total_memory();
-    (total > 0).then_some(total / 4 / (1 << 20))
+    let mut total = system.total_memory();
+    if let Some(limits) = system.cgroup_limits() {
+        if limits.total_memory > 0 && limits.total_memory < total {
+            total = limits.total_memory;
+        }
+    }
+    (total > 0).then(|| (total / 4 / (1 << 20)).max(*ETCD_MEMORY_LIMIT_MIB.start()))
 }
+
+/// The `etcd.memoryLimitMib` values taken (0 turns the limit off): below 128 MiB etcd would
+/// collect garbage all the time; the top (1 PiB) keeps Go's byte count far from overflowing.
+pub const ETCD_MEMORY_LIMIT_MIB: std::ops::RangeInclusive<u64> = 128..=(1 << 30);
 
 /// The local etcd member's settings, resolved.
 #[derive(Clone, Debug)]
@@ -192,6 +203,8 @@ pub enum ConfigError {
     BadTtl,
     #[error("etcd.gogc: {0} is outside 25..=10000 (Go's garbage-collector target in percent: 100 is Go's default, 400 rift's; a tiny value makes etcd collect all the time)")]
     BadGogc(u32),
+    #[error("etcd.memoryLimitMib: {0} is outside 128..=1073741824 (the member's soft memory limit in MiB; 0 turns it off): below 128 MiB etcd would collect garbage all the time")]
+    BadMemoryLimit(u64),
     #[error("{0}")]
     Http(String),
 }
@@ -336,6 +349,11 @@ impl AgentConfig {
         if !(25..=10_000).contains(&gogc) {
             return Err(ConfigError::BadGogc(gogc));
         }
+        if let Some(mib) = file.etcd.memory_limit_mib {
+            if mib != 0 && !ETCD_MEMORY_LIMIT_MIB.contains(&mib) {
+                return Err(ConfigError::BadMemoryLimit(mib));
+            }
+        }
         let port = o.port.or(file.port).unwrap_or(DEFAULT_AGENT_PORT);
         let listen = o.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0".into());
         let advertise = o.advertise.or(file.advertise).or_else(|| {
@@ -469,6 +487,18 @@ mod tests {
             let err = AgentConfig::resolve(file, Overrides::default()).unwrap_err();
             assert!(matches!(err, ConfigError::BadGogc(g) if g == bad), "{err}");
         }
+        for bad in [1, 127, (1 << 30) + 1, u64::MAX] {
+            let file: ConfigFile =
+                serde_norway::from_str(&format!("name: a\netcd:\n  memoryLimitMib: {bad}\n"))
+                    .unwrap();
+            let err = AgentConfig::resolve(file, Overrides::default()).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::BadMemoryLimit(m) if m == bad),
+                "{err}"
+            );
+        }
+        let set = resolve("name: a\netcd:\n  memoryLimitMib: 128\n");
+        assert_eq!(set.memory_limit_mib, Some(128));
     }
 
     #[test]
