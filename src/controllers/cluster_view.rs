@@ -98,9 +98,18 @@ fn decisive(r: Option<&RuntimeReport>) -> bool {
 
 /// What a Pool member's runtime report tells its Pool's rollout: whether it runs (the
 /// `maxUnavailable` budget) and the model its node holds or has prefetched (the prefetch gate,
-/// `Reload` progress).
-fn rollout_facts(r: Option<&RuntimeReport>) -> (Option<JobPhase>, Option<JobModel>) {
-    r.map_or((None, None), |r| (Some(r.phase), r.model.clone()))
+/// `Reload` progress). Not why a model is missing: that text is for people, and it changes
+/// with every retry of a failing fetch.
+type RolloutFacts = (Option<JobPhase>, Option<(Option<String>, Option<String>)>);
+
+fn rollout_facts(r: Option<&RuntimeReport>) -> RolloutFacts {
+    r.map_or((None, None), |r| {
+        let model = r
+            .model
+            .as_ref()
+            .map(|m: &JobModel| (m.held.clone(), m.prefetched.clone()));
+        (Some(r.phase), model)
+    })
 }
 
 /// See the module docs.

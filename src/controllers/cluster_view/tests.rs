@@ -327,4 +327,10 @@ fn a_pool_members_running_or_model_report_starts_a_pass() {
         json!({"phase": "Running", "epoch": 1, "model": {"prefetched": "sha256-aa"},
                "progress": {"games": 3.0}})
     ));
+    // Nor does why a model is missing (its text changes with each retry of a failing fetch).
+    assert!(!put(
+        &mut v,
+        json!({"phase": "Running", "epoch": 1,
+               "model": {"prefetched": "sha256-aa", "problem": "store down (try 4)"}})
+    ));
 }
