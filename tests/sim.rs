@@ -353,6 +353,7 @@ fn bench_rollout_on_real_agents_prints_its_figures_and_refuses_bad_settings() {
         ),
         (&["--concurrency", "0"][..], "1..=4096"),
         (&["--concurrency", "100000"][..], "1..=4096"),
+        (&["--etcd-gogc", "1"][..], "25..=10000"),
     ] {
         let out = Command::new(rift_bin())
             .args(["bench", "rollout"])

@@ -131,8 +131,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// GOGC (Go's garbage collector target) for the etcd member the bench starts; when not
-    /// given, what rift's own etcd members run with (400; 100 is Go's default).
-    #[arg(long)]
+    /// given, what rift's own etcd members run with (400; 100 is Go's default). 25..=10000,
+    /// as the node config's `etcd.gogc`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(25..=10_000))]
     pub etcd_gogc: Option<u32>,
     /// etcd and agents with TLS, client certificates and authentication (what a rift cluster
     /// runs), plaintext (the old setup), or both in one run (plaintext first, as the baseline).
