@@ -203,7 +203,7 @@ pub enum ConfigError {
     BadTtl,
     #[error("etcd.gogc: {0} is outside 25..=10000 (Go's garbage-collector target in percent: 100 is Go's default, 400 rift's; a tiny value makes etcd collect all the time)")]
     BadGogc(u32),
-    #[error("etcd.memoryLimitMib: {0} is outside 128..=1073741824 (the member's soft memory limit in MiB; 0 turns it off): below 128 MiB etcd would collect garbage all the time")]
+    #[error("etcd.memoryLimitMib: {0} is outside 128..=1073741824 (the member's soft memory limit in MiB; 0 turns it off): below 128 MiB etcd would collect garbage all the time, and far above any machine Go cannot count it in bytes")]
     BadMemoryLimit(u64),
     #[error("{0}")]
     Http(String),
