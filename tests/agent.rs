@@ -12,6 +12,11 @@ use support::agent::{eventually, process_alive, TestAgent};
 use support::etcd::EtcdCluster;
 use support::jobs::{bind_at, create_job, report, unbind, wait_phase};
 
+/// How long a job on the test agent gets to reach a phase.
+const WAIT: Duration = Duration::from_secs(20);
+/// The same for a job that backs off between attempts or waits out an etcd outage.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+
 async fn setup() -> (EtcdCluster, Store, Client) {
     let cluster = EtcdCluster::single();
     let store = cluster.store().await;
@@ -31,14 +36,7 @@ async fn bound_job_runs_to_success_with_progress_and_its_exit_code() {
     )
     .await;
     bind_at(&mut client, "ok", "n1", 1, &[]).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "ok",
-        JobPhase::Succeeded,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "ok", JobPhase::Succeeded, WAIT).await;
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(r.progress.get("games"), Some(&7.0));
     assert_eq!(r.attempts, 1);
@@ -62,14 +60,7 @@ async fn failing_job_is_retried_per_policy_then_failed() {
     .await;
     bind_at(&mut client, "flaky", "n1", 1, &[]).await;
     // Backoff 1 s then 2 s: three attempts, then Failed.
-    let r = wait_phase(
-        &client,
-        "n1",
-        "flaky",
-        JobPhase::Failed,
-        Duration::from_secs(30),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "flaky", JobPhase::Failed, LONG_WAIT).await;
     assert_eq!(r.attempts, 3, "{r:?}");
     assert_eq!(r.exit_code, Some(3));
     assert_eq!(r.reason, "BackoffLimitExceeded");
@@ -95,28 +86,14 @@ async fn cuda_visible_devices_comes_from_the_binding() {
     )
     .await;
     bind_at(&mut client, "gpu", "n1", 1, &[1, 3]).await;
-    wait_phase(
-        &client,
-        "n1",
-        "gpu",
-        JobPhase::Succeeded,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_phase(&client, "n1", "gpu", JobPhase::Succeeded, WAIT).await;
     let seen = std::fs::read_to_string(agent.state.join("devices")).unwrap();
     assert_eq!(seen.trim(), "1,3");
 
     // A GPU index the node does not have fails the job with a clear message.
     create_job(&store, "bad-gpu", "true", |_| {}).await;
     bind_at(&mut client, "bad-gpu", "n1", 1, &[7]).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "bad-gpu",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "bad-gpu", JobPhase::Failed, WAIT).await;
     assert!(
         r.message.contains("GPU index 7 is not present"),
         "{}",
@@ -141,27 +118,13 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
     .await;
     bind_at(&mut client, "nobin", "n1", 1, &[]).await;
     bind_at(&mut client, "nodir", "n1", 1, &[]).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "nobin",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "nobin", JobPhase::Failed, WAIT).await;
     assert!(
         r.message.contains("cannot start `/nonexistent/trainer`"),
         "{}",
         r.message
     );
-    let r = wait_phase(
-        &client,
-        "n1",
-        "nodir",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "nodir", JobPhase::Failed, WAIT).await;
     assert!(
         r.message
             .contains("workdir `/nonexistent/dir` does not exist"),
@@ -170,14 +133,7 @@ async fn missing_binary_and_bad_workdir_fail_with_a_message_and_the_agent_carrie
     );
     create_job(&store, "after", "true", |_| {}).await;
     bind_at(&mut client, "after", "n1", 1, &[]).await;
-    wait_phase(
-        &client,
-        "n1",
-        "after",
-        JobPhase::Succeeded,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_phase(&client, "n1", "after", JobPhase::Succeeded, WAIT).await;
 }
 
 #[tokio::test]
@@ -188,35 +144,14 @@ async fn agent_restart_keeps_the_running_job_and_learns_exits_that_happened_whil
     create_job(&store, "short", "sleep 3; exit 5", |_| {}).await;
     bind_at(&mut client, "long", "n1", 1, &[]).await;
     bind_at(&mut client, "short", "n1", 1, &[]).await;
-    let before = wait_phase(
-        &client,
-        "n1",
-        "long",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
-    wait_phase(
-        &client,
-        "n1",
-        "short",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
+    let before = wait_phase(&client, "n1", "long", JobPhase::Running, WAIT).await;
+    wait_phase(&client, "n1", "short", JobPhase::Running, WAIT).await;
 
     agent.kill();
     tokio::time::sleep(Duration::from_secs(4)).await; // `short` exits while the agent is down
     agent.restart();
 
-    let r = wait_phase(
-        &client,
-        "n1",
-        "short",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "short", JobPhase::Failed, WAIT).await;
     assert_eq!(
         r.exit_code,
         Some(5),
@@ -242,14 +177,7 @@ async fn deleting_the_binding_stops_the_process_group_within_the_grace_period() 
     )
     .await;
     bind_at(&mut client, "stubborn", "n1", 1, &[]).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "stubborn",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "stubborn", JobPhase::Running, WAIT).await;
     let pid = r.pid.unwrap();
     unbind(&mut client, "stubborn", "n1").await;
     let stopped_at = std::time::Instant::now();
@@ -297,14 +225,7 @@ async fn a_binding_at_a_new_epoch_replaces_the_old_instance() {
     let _agent = TestAgent::start("n1", &cluster.endpoints_csv(), &[]);
     create_job(&store, "moved", "sleep 60", |_| {}).await;
     bind_at(&mut client, "moved", "n1", 1, &[]).await;
-    let old = wait_phase(
-        &client,
-        "n1",
-        "moved",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
+    let old = wait_phase(&client, "n1", "moved", JobPhase::Running, WAIT).await;
     bind_at(&mut client, "moved", "n1", 2, &[]).await;
     let new = eventually(Duration::from_secs(20), "epoch 2 running", || {
         let mut c = client.clone();
@@ -348,14 +269,7 @@ async fn a_reused_pid_is_never_adopted() {
         dir.path().to_path_buf(),
         &[],
     );
-    let r = wait_phase(
-        &client,
-        "n1",
-        "ghost",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "ghost", JobPhase::Failed, WAIT).await;
     assert!(
         r.message.contains("without recording an exit"),
         "{}",
@@ -407,38 +321,10 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     for j in ["steady", "finisher", "mover", "waiter"] {
         bind_at(&mut client, j, "n1", 1, &[]).await;
     }
-    let steady = wait_phase(
-        &client,
-        "n1",
-        "steady",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
-    let mover = wait_phase(
-        &client,
-        "n1",
-        "mover",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
-    let waiter = wait_phase(
-        &client,
-        "n1",
-        "waiter",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
-    wait_phase(
-        &client,
-        "n1",
-        "finisher",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
+    let steady = wait_phase(&client, "n1", "steady", JobPhase::Running, WAIT).await;
+    let mover = wait_phase(&client, "n1", "mover", JobPhase::Running, WAIT).await;
+    let waiter = wait_phase(&client, "n1", "waiter", JobPhase::Running, WAIT).await;
+    wait_phase(&client, "n1", "finisher", JobPhase::Running, WAIT).await;
 
     cluster.stop(0);
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -463,14 +349,7 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     cluster.start(0);
 
     let mut client = cluster.client().await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "finisher",
-        JobPhase::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "finisher", JobPhase::Succeeded, LONG_WAIT).await;
     assert_eq!(
         r.exit_code,
         Some(0),
@@ -478,14 +357,7 @@ async fn etcd_outage_keeps_jobs_running_and_a_node_lost_job_runs_again_after_it(
     );
     // A NodeLost stop is no failure: with the lease current again and the job still bound
     // here, it runs again (issue 14, item 6).
-    let r = wait_phase(
-        &client,
-        "n1",
-        "mover",
-        JobPhase::Running,
-        Duration::from_secs(30),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "mover", JobPhase::Running, LONG_WAIT).await;
     assert_eq!(r.attempts, 2, "{r:?}");
     assert_ne!(r.pid, mover.pid);
     let r = report(&mut client, "n1", "steady").await.unwrap();
@@ -508,22 +380,8 @@ async fn a_reschedule_job_is_stopped_by_its_shim_when_the_agent_dies_for_good() 
     create_job(&store, "waiter", "sleep 60", |s| s.lost_after = lost_after).await;
     bind_at(&mut client, "mover", "n1", 1, &[]).await;
     bind_at(&mut client, "waiter", "n1", 1, &[]).await;
-    let mover = wait_phase(
-        &client,
-        "n1",
-        "mover",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
-    let waiter = wait_phase(
-        &client,
-        "n1",
-        "waiter",
-        JobPhase::Running,
-        Duration::from_secs(20),
-    )
-    .await;
+    let mover = wait_phase(&client, "n1", "mover", JobPhase::Running, WAIT).await;
+    let waiter = wait_phase(&client, "n1", "waiter", JobPhase::Running, WAIT).await;
     agent.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(process_alive(mover.pid.unwrap()), "not before lostAfter");
@@ -584,14 +442,7 @@ async fn jobs_still_start_while_the_agent_binary_is_being_replaced() {
     std::fs::remove_file(&exe).unwrap();
     create_job(&store, "upgrading", "exit 0", |_| {}).await;
     bind_at(&mut client, "upgrading", "n1", 1, &[]).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "upgrading",
-        JobPhase::Succeeded,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "upgrading", JobPhase::Succeeded, WAIT).await;
     assert_eq!(r.exit_code, Some(0));
     let _ = agent.0.kill();
     support::agent::kill_processes_mentioning(&state);
@@ -643,14 +494,7 @@ async fn a_binding_that_carries_its_job_starts_it_without_the_job_being_read() {
         "echo started > \"$RIFT_PROGRESS_FILE\"; exit 4",
     );
     bind_carrying(&mut client, "carried", "n1", "uid-1", embedded).await;
-    let r = wait_phase(
-        &client,
-        "n1",
-        "carried",
-        JobPhase::Failed,
-        Duration::from_secs(20),
-    )
-    .await;
+    let r = wait_phase(&client, "n1", "carried", JobPhase::Failed, WAIT).await;
     assert_eq!(r.exit_code, Some(4), "{r:?}");
 }
 
