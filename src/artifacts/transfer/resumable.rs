@@ -11,8 +11,10 @@
 //!   file is still hashed whole while it is read, so a changed file is refused
 //!   ([`TransferError::Changed`]) whatever the journal says.
 //! - **A forgotten upload starts over cleanly.** If the store no longer knows the upload (aborted
-//!   by lifecycle rules or garbage collection: `404 NoSuchUpload`), the journal is removed and
-//!   the file sent again from the first byte under a new upload, once per call.
+//!   by lifecycle rules or garbage collection: `404 NoSuchUpload`), or resuming it fails in any
+//!   way past the client's retries (a store may refuse an unknown id by closing the connection
+//!   mid-part), the old upload is aborted (best effort), the journal removed and the file sent
+//!   again from the first byte under a new upload, once per call.
 //! - **Flat memory.** At most [`UPLOAD_CONCURRENCY`] parts are held, read and in flight.
 //!
 //! Caveat: only stores with [`object_store::multipart::MultipartStore`] (S3 and the stores
@@ -83,7 +85,11 @@ pub(super) async fn send(
         Ok(resumed) => Ok(resumed),
         Err(Failed::Other(e)) => Err(e),
         Err(Failed::Forgotten) => {
-            tracing::info!(key = %key, "the store forgot an interrupted upload; sending the file again from the start");
+            tracing::info!(key = %key, "the store forgot an interrupted upload, or refused to go on with it; sending the file again from the start");
+            // Best effort: if the store still has it, its parts are not left behind.
+            if let Ok(Some(old)) = read(journal).await {
+                let _ = mp.parts.abort_multipart(&mp.key(key), &old.upload_id).await;
+            }
             remove(journal).await?;
             match pass(store, mp, key, path, (digest, size), journal, progress).await {
                 Ok(resumed) => Ok(resumed),
@@ -247,14 +253,14 @@ async fn record(
     }
 }
 
-/// Whether the store says the upload id is unknown: S3 `NoSuchUpload` (HTTP 404); or, for an
-/// id from an earlier run (`reused`), a refusal (403: s3s-fs answers so for an unknown id). If
-/// the credentials are what is wrong, the fresh upload tried next is refused too and says so.
+/// Whether the upload id may be unknown to the store: S3 `NoSuchUpload` (HTTP 404); or, for an
+/// id from an earlier run (`reused`), any failure that outlasted the client's retries. A store
+/// that no longer knows an id can answer before it has read the part and close the
+/// connection (s3s-fs does, with a 403), and the client then sees only a broken pipe. If the
+/// store itself is what fails (down, wrong credentials), the fresh upload tried next fails too
+/// and says why.
 fn forgotten(e: &object_store::Error, reused: bool) -> bool {
-    if matches!(e, object_store::Error::NotFound { .. }) {
-        return true;
-    }
-    if reused && matches!(e, object_store::Error::PermissionDenied { .. }) {
+    if reused || matches!(e, object_store::Error::NotFound { .. }) {
         return true;
     }
     let text = format!("{e:?}");
