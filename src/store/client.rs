@@ -279,6 +279,14 @@ impl Store {
         self.client.clone()
     }
 
+    /// A KV client that takes answers up to [`MAX_RESPONSE_BYTES`] (listings, batched reads),
+    /// not gRPC's default 4 MiB.
+    pub(crate) fn kv_for_large_answers(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
     /// A store whose every transaction also requires `fence` to hold.
     pub fn with_fence(&self, fence: Fence) -> Store {
         Store {
@@ -340,10 +348,7 @@ impl Store {
         if let Some(rev) = revision {
             opts = opts.with_revision(rev);
         }
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut kv = self.kv_for_large_answers();
         let resp = self.call(kv.get(prefix, Some(opts))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().iter().map(KeyValue::from_etcd).collect(), rev))
@@ -352,10 +357,7 @@ impl Store {
     /// The names of every key under `prefix` (one keys-only read: no values).
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         let opts = GetOptions::new().with_prefix().with_keys_only();
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut kv = self.kv_for_large_answers();
         let resp = self.call(kv.get(prefix, Some(opts))).await?;
         Ok(resp
             .kvs()

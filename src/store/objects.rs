@@ -241,10 +241,7 @@ impl Store {
     /// large as their values together (up to the listing limit, not gRPC's default 4 MiB).
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
         let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-        let mut kv = self
-            .client()
-            .kv_client()
-            .max_decoding_message_size(super::client::MAX_RESPONSE_BYTES);
+        let mut kv = self.kv_for_large_answers();
         let resp = self.call(kv.txn(Txn::new().and_then(ops))).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let values = resp
